@@ -1,0 +1,81 @@
+// speedrun: the command-line front end. It parses flags (CLI11) into the argument structs of
+// train/commands.h and calls the command; it holds no other logic. Errors the user can cause
+// arrive as sr::Error and are printed as "speedrun: error: ..." with exit status 1.
+#include <cstdio>
+#include <cstdlib>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "train/commands.h"
+
+namespace {
+
+void add_common(CLI::App* c, sr::CommonArgs& a) {
+    c->add_option("--preset", a.preset, "Recipe preset (see `speedrun presets`)")->capture_default_str();
+    c->add_option("--config", a.config, "JSON file merged over the preset");
+    c->add_option("--set", a.sets, "Override one recipe value: key.path=value (e.g. opt.lr=10)");
+    c->add_option("--device", a.device, "auto | cpu | cuda (auto: the GPU when there is one)")->capture_default_str();
+    c->add_option("--threads", a.threads, "CPU threads (0 = all cores)")->capture_default_str();
+    c->add_option("--data", a.data, "CIFAR-10 binary directory (default: $CIFAR10_DIR, "
+                                    "../shared/data/cifar-10-batches-bin, the user cache, else download)");
+    c->add_flag("--synthetic", a.synthetic, "Use a small synthetic CIFAR-shaped set");
+    c->add_flag("!--no-download", a.download, "Never download CIFAR-10");
+    c->add_option("--epochs", a.epochs, "Override the recipe's epochs");
+    c->add_option("--batch-size", a.batch_size, "Override the recipe's batch size");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"speedrun: train a ResNet on CIFAR-10 to 94% as fast as possible (CPU or CUDA)"};
+    app.require_subcommand(1);
+
+    sr::TrainArgs ta;
+    auto* train = app.add_subcommand("train", "Train a preset (default airbench94) and report accuracy");
+    add_common(train, ta);
+    train->add_option("--seed", ta.seed, "Seed of the first run")->capture_default_str();
+    train->add_option("--runs", ta.runs, "Number of runs (seeds seed, seed+1, ...)")->capture_default_str();
+    train->add_option("--subset", ta.subset, "Train on the first N training images (0 = all)");
+    train->add_option("--test-subset", ta.test_subset, "Evaluate on the first N test images (0 = all)");
+    train->add_option("--summary-json", ta.summary_json, "Write the runs and statistics as JSON");
+    train->add_option("--log", ta.log, "Append a JSONL log (one line per epoch and per run)");
+    train->add_flag("--no-epoch-eval", ta.no_epoch_eval, "Skip the untimed test evaluation after each epoch");
+    train->add_option("--warmup", ta.warmup, "Untimed warm-up runs (default: 1 on a GPU, 0 on the CPU)");
+
+    sr::BenchArgs ba;
+    auto* bench = app.add_subcommand("bench", "Time training steps and TTA inference; GFLOP/s and share of peak");
+    add_common(bench, ba);
+    bench->add_option("--steps", ba.steps, "Timed training steps")->capture_default_str();
+    bench->add_option("--eval-images", ba.eval_images, "Images for the timed TTA inference (default: one batch)");
+    bench->add_option("--json", ba.json, "Write the result as JSON");
+
+    sr::DataArgs da;
+    auto* data = app.add_subcommand("data", "Find, check and describe CIFAR-10 (or write a synthetic set)");
+    data->add_option("--data", da.data, "CIFAR-10 binary directory");
+    data->add_flag("!--no-download", da.download, "Never download CIFAR-10");
+    data->add_option("--write-synthetic", da.write_synthetic, "Write a synthetic set in the binary format to DIR");
+    data->add_option("--synthetic-train", da.synthetic_train, "Synthetic training images")->capture_default_str();
+    data->add_option("--synthetic-test", da.synthetic_test, "Synthetic test images")->capture_default_str();
+    data->add_option("--seed", da.seed, "Synthetic seed")->capture_default_str();
+
+    auto* presets = app.add_subcommand("presets", "List the built-in presets with their sources");
+
+    CLI11_PARSE(app, argc, argv);
+    try {
+        if (train->parsed()) return sr::cmd_train(ta);
+        if (bench->parsed()) return sr::cmd_bench(ba);
+        if (data->parsed()) return sr::cmd_data(da);
+        if (presets->parsed()) return sr::cmd_presets();
+    } catch (const sr::Error& e) {
+        std::fflush(stdout);
+        fmt::print(stderr, "speedrun: error: {}\n", e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        std::fflush(stdout);
+        fmt::print(stderr, "speedrun: error: {}\n", e.what());
+        return 1;
+    }
+    return 0;
+}

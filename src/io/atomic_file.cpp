@@ -1,0 +1,76 @@
+// atomic_file.cpp: see atomic_file.h.
+#include "io/atomic_file.h"
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "core/error.h"
+
+namespace sr {
+namespace fs = std::filesystem;
+
+namespace {
+void write_all(int fd, const char* p, size_t n, const std::string& path) {
+    while (n > 0) {
+        const ssize_t w = ::write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            fail("{}: write failed: {}", path, std::strerror(errno));
+        }
+        p += w;
+        n -= size_t(w);
+    }
+}
+void make_parent(const std::string& path) {
+    const fs::path parent = fs::path(path).parent_path();
+    if (!parent.empty()) {
+        std::error_code ec;
+        fs::create_directories(parent, ec);
+        if (ec) fail("{}: cannot create directory {}: {}", path, parent.string(), ec.message());
+    }
+}
+}  // namespace
+
+void write_file_atomic(const std::string& path, const std::string& content) {
+    make_parent(path);
+    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) fail("{}: cannot create: {}", tmp, std::strerror(errno));
+    try {
+        write_all(fd, content.data(), content.size(), tmp);
+        if (::fsync(fd) != 0) fail("{}: fsync failed: {}", tmp, std::strerror(errno));
+    } catch (...) {
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        throw;
+    }
+    ::close(fd);
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+        const int e = errno;
+        ::unlink(tmp.c_str());
+        fail("{}: cannot rename the temporary file into place: {}", path, std::strerror(e));
+    }
+}
+
+JsonlLog::JsonlLog(const std::string& path) : path_(path) {
+    make_parent(path);
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail("{}: cannot open the log for appending: {}", path, std::strerror(errno));
+}
+
+JsonlLog::~JsonlLog() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
+void JsonlLog::write(const nlohmann::json& j) {
+    if (fd_ < 0) return;
+    const std::string line = j.dump() + "\n";
+    write_all(fd_, line.data(), line.size(), path_);  // O_APPEND: one write, one whole line
+    ::fsync(fd_);
+}
+
+}  // namespace sr

@@ -1,0 +1,29 @@
+// atomic_file.h: files that are never seen half-written. write_file_atomic writes a temporary
+// file beside the target, fsyncs it and renames it over the target; JsonlLog appends one whole
+// line per write() and fsyncs, so a crash loses at most the line being written.
+#pragma once
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace sr {
+
+void write_file_atomic(const std::string& path, const std::string& content);
+
+class JsonlLog {
+public:
+    JsonlLog() = default;
+    explicit JsonlLog(const std::string& path);  // appends; creates parent dirs
+    ~JsonlLog();
+    JsonlLog(const JsonlLog&) = delete;
+    JsonlLog& operator=(const JsonlLog&) = delete;
+    bool open() const { return fd_ >= 0; }
+    void write(const nlohmann::json& j);
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+    int fd_ = -1;
+};
+
+}  // namespace sr

@@ -1,0 +1,291 @@
+// network.cpp: parameter layout, initialisation (PyTorch conventions), whitening init, and the
+// straight-line forward/backward of the airbench-family network.
+#include "model/network.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <Eigen/Eigenvalues>
+
+#include "core/error.h"
+
+namespace sr {
+
+// ---- layout -------------------------------------------------------------------------------
+
+Network::Network(Backend& b, const NetConfig& cfg) : backend(b), cfg_(cfg) {
+    const int k = cfg.whiten_kernel, cw = cfg.whiten_width();
+    auto add = [&](std::string name, std::vector<int> shape, ParamGroup grp) {
+        TensorSpec s{std::move(name), std::move(shape), grp};
+        s.count = 1;
+        for (int d : s.shape) s.count *= size_t(d);
+        specs_.push_back(std::move(s));
+    };
+    add("whiten.bias", {cw}, ParamGroup::whiten_bias);
+    int cin = cw;
+    for (int gi = 0; gi < 3; ++gi) {
+        const int c = cfg.widths[gi];
+        add(fmt::format("block{}.conv1.weight", gi + 1), {c, 3, 3, cin}, ParamGroup::weight);
+        add(fmt::format("block{}.conv2.weight", gi + 1), {c, 3, 3, c}, ParamGroup::weight);
+        cin = c;
+    }
+    add("head.weight", {cfg.num_classes, cin}, ParamGroup::weight);
+    const ParamGroup scale_group = cfg.bn_train_scale ? ParamGroup::bn_scale : ParamGroup::frozen;
+    for (int gi = 0; gi < 3; ++gi)
+        for (int j = 1; j <= 2; ++j) {
+            add(fmt::format("block{}.norm{}.bias", gi + 1, j), {cfg.widths[gi]}, ParamGroup::bn_bias);
+            add(fmt::format("block{}.norm{}.weight", gi + 1, j), {cfg.widths[gi]}, scale_group);
+            add(fmt::format("block{}.norm{}.running_mean", gi + 1, j), {cfg.widths[gi]}, ParamGroup::buffer);
+            add(fmt::format("block{}.norm{}.running_var", gi + 1, j), {cfg.widths[gi]}, ParamGroup::buffer);
+        }
+    add("whiten.weight", {cw, k, k, 3}, ParamGroup::frozen);
+    std::stable_sort(specs_.begin(), specs_.end(),
+                     [](const TensorSpec& a, const TensorSpec& b) { return int(a.group) < int(b.group); });
+    for (auto& s : specs_) {
+        s.offset = total_;
+        total_ += s.count;
+    }
+    params = DeviceBuffer<float>(b, total_);
+    grads = DeviceBuffer<float>(b, total_);
+    momentum = DeviceBuffer<float>(b, total_);
+    ema = DeviceBuffer<float>(b, total_);
+    auto bind = [&](Params& P, float* base) {
+        auto at = [&](const std::string& n) { return base + tensor(n).offset; };
+        P.whiten_b = at("whiten.bias");
+        P.whiten_w = at("whiten.weight");
+        P.head_w = at("head.weight");
+        for (int gi = 0; gi < 3; ++gi)
+            for (int j = 0; j < 2; ++j) {
+                const std::string blk = fmt::format("block{}.", gi + 1);
+                P.conv_w[gi][j] = at(blk + fmt::format("conv{}.weight", j + 1));
+                P.bn_b[gi][j] = at(blk + fmt::format("norm{}.bias", j + 1));
+                P.bn_w[gi][j] = at(blk + fmt::format("norm{}.weight", j + 1));
+                P.bn_mean[gi][j] = at(blk + fmt::format("norm{}.running_mean", j + 1));
+                P.bn_var[gi][j] = at(blk + fmt::format("norm{}.running_var", j + 1));
+            }
+    };
+    bind(p, params.get());
+    bind(g, grads.get());
+}
+
+const TensorSpec& Network::tensor(const std::string& name) const {
+    for (const auto& s : specs_)
+        if (s.name == name) return s;
+    fail("no tensor named '{}' in the network", name);
+}
+
+std::pair<size_t, size_t> Network::group_range(ParamGroup grp) const {
+    size_t b = total_, e = 0;
+    for (const auto& s : specs_)
+        if (s.group == grp) {
+            b = std::min(b, s.offset);
+            e = std::max(e, s.offset + s.count);
+        }
+    return b < e ? std::pair{b, e} : std::pair{size_t(0), size_t(0)};
+}
+
+size_t Network::learnable_count() const {
+    size_t n = 0;
+    for (const auto& s : specs_)
+        if (s.group == ParamGroup::weight || s.group == ParamGroup::bn_bias ||
+            s.group == ParamGroup::bn_scale || s.group == ParamGroup::whiten_bias)
+            n += s.count;
+    return n;
+}
+
+double Network::flops_per_image_forward() const {
+    const int side = cfg_.image_side, k = cfg_.whiten_kernel;
+    int H = side - k + 1;
+    double f = 2.0 * H * H * cfg_.whiten_width() * 3 * k * k;
+    int cin = cfg_.whiten_width();
+    for (int gi = 0; gi < 3; ++gi) {
+        const int c = cfg_.widths[gi];
+        f += 2.0 * H * H * c * cin * 9;
+        H /= 2;
+        f += 2.0 * H * H * c * c * 9;
+        cin = c;
+    }
+    f += 2.0 * cin * cfg_.num_classes;
+    return f;
+}
+
+void Network::download(std::vector<float>& host) const {
+    host.resize(total_);
+    backend.download(host.data(), params.get(), total_ * sizeof(float));
+}
+
+void Network::upload(const std::vector<float>& host) {
+    SR_CHECK(host.size() == total_);
+    backend.upload(params.get(), host.data(), total_ * sizeof(float));
+}
+
+// ---- initialisation -----------------------------------------------------------------------
+
+void Network::init(Rng& rng) {
+    std::vector<float> h(total_, 0.f);
+    for (const auto& s : specs_) {
+        float* t = h.data() + s.offset;
+        const bool conv = s.shape.size() == 4, linear = s.name == "head.weight";
+        if (conv || linear) {
+            size_t fan_in = 1;
+            for (size_t d = 1; d < s.shape.size(); ++d) fan_in *= size_t(s.shape[d]);
+            const float bound = 1.f / std::sqrt(float(fan_in));
+            for (size_t i = 0; i < s.count; ++i) t[i] = rng.uniform(-bound, bound);
+            if (conv) {  // dirac on the first C_in filters (OHWI): filter o < C_in passes channel o
+                const int K = s.shape[0], R = s.shape[1], S = s.shape[2], C = s.shape[3];
+                for (int o = 0; o < std::min(K, C); ++o) {
+                    float* f = t + size_t(o) * R * S * C;
+                    std::fill(f, f + size_t(R) * S * C, 0.f);
+                    f[(size_t(R / 2) * S + S / 2) * C + o] = 1.f;
+                }
+            }
+        } else if (s.name.ends_with(".weight") || s.name.ends_with("running_var")) {
+            std::fill(t, t + s.count, 1.f);  // BN scale, running variance
+        }  // biases and running means stay 0
+    }
+    upload(h);
+}
+
+void Network::init_whitening(const float* x, int N, float eps) {
+    const int k = cfg_.whiten_kernel, D = 3 * k * k;
+    std::vector<double> cov(size_t(D) * D);
+    backend.patch_covariance(cov.data(), x, N, cfg_.image_side, cfg_.image_side, 3, k);
+    Eigen::MatrixXd m(D, D);
+    for (int i = 0; i < D; ++i)
+        for (int j = 0; j < D; ++j) m(i, j) = cov[size_t(i) * D + j];
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(m);
+    if (es.info() != Eigen::Success) fail("whitening: eigen-decomposition of the patch covariance failed");
+    // Eigen sorts eigenvalues ascending; the recipe uses descending order.
+    std::vector<float> w(size_t(2) * D * D);
+    for (int f = 0; f < D; ++f) {
+        const int col = D - 1 - f;
+        const double scale = 1.0 / std::sqrt(es.eigenvalues()(col) + eps);
+        for (int c = 0; c < 3; ++c)
+            for (int r = 0; r < k; ++r)
+                for (int s = 0; s < k; ++s) {
+                    const double v = es.eigenvectors()(c * k * k + r * k + s, col) * scale;
+                    const size_t o = (size_t(r) * k + s) * 3 + c;  // OHWI inside the filter
+                    w[size_t(f) * D + o] = float(v);
+                    w[size_t(f + D) * D + o] = float(-v);
+                }
+    }
+    backend.upload(p.whiten_w, w.data(), w.size() * sizeof(float));
+}
+
+// ---- workspace: forward and backward ------------------------------------------------------
+
+Workspace::Workspace(Network& net, int batch) : net_(net), b_(net.backend), N_(batch) {
+    const NetConfig& c = net.config();
+    const int k = c.whiten_kernel, cw = c.whiten_width();
+    int H = c.image_side - k + 1;
+    whiten_ = b_.make_conv({N_, c.image_side, c.image_side, 3, cw, k, k, 0});
+    const size_t n0 = size_t(N_) * H * H * cw;
+    z0_ = DeviceBuffer<float>(b_, n0);
+    a0_ = DeviceBuffer<float>(b_, n0);
+    d_z0_ = DeviceBuffer<float>(b_, n0);
+    d_a0_ = DeviceBuffer<float>(b_, n0);
+    dw_whiten_ = DeviceBuffer<float>(b_, size_t(cw) * k * k * 3);
+    int cin = cw;
+    for (int gi = 0; gi < 3; ++gi) {
+        Group& G = grp_[gi];
+        G.cin = cin;
+        G.cout = c.widths[gi];
+        G.H = H;
+        G.Hp = H / 2;
+        G.conv1 = b_.make_conv({N_, H, H, cin, G.cout, 3, 3, 1});
+        G.conv2 = b_.make_conv({N_, G.Hp, G.Hp, G.cout, G.cout, 3, 3, 1});
+        const size_t big = size_t(N_) * H * H * G.cout, small = size_t(N_) * G.Hp * G.Hp * G.cout;
+        G.c1 = DeviceBuffer<float>(b_, big);
+        G.d_big = DeviceBuffer<float>(b_, std::max(big, size_t(N_) * H * H * cin));
+        for (auto* buf : {&G.p, &G.n1, &G.g1, &G.c2, &G.n2, &G.g2, &G.d_p, &G.d_n, &G.d_g})
+            *buf = DeviceBuffer<float>(b_, small);
+        G.arg = DeviceBuffer<uint8_t>(b_, small);
+        for (auto* buf : {&G.mean1, &G.istd1, &G.mean2, &G.istd2}) *buf = DeviceBuffer<float>(b_, G.cout);
+        cin = G.cout;
+        H = G.Hp;
+    }
+    Hf_ = H / c.final_pool;
+    SR_CHECK(Hf_ == 1);  // the head is linear over channels: the final pool must leave 1x1
+    feat_ = DeviceBuffer<float>(b_, size_t(N_) * cin);
+    d_feat_ = DeviceBuffer<float>(b_, size_t(N_) * cin);
+    feat_arg_ = DeviceBuffer<uint8_t>(b_, size_t(N_) * cin);
+    logits_ = DeviceBuffer<float>(b_, size_t(N_) * c.num_classes);
+    dlogits_ = DeviceBuffer<float>(b_, size_t(N_) * c.num_classes);
+}
+
+const float* Workspace::forward(const float* x, bool train) {
+    const NetConfig& c = net_.config();
+    Params& P = net_.p;
+    x_ = x;
+    whiten_->forward(z0_.get(), x, P.whiten_w, P.whiten_b);
+    b_.gelu_forward(a0_.get(), z0_.get(), z0_.size());
+    const float* in = a0_.get();
+    for (int gi = 0; gi < 3; ++gi) {
+        Group& G = grp_[gi];
+        const int M = N_ * G.Hp * G.Hp;
+        G.conv1->forward(G.c1.get(), in, P.conv_w[gi][0], nullptr);
+        b_.maxpool_forward(G.p.get(), G.arg.get(), G.c1.get(), N_, G.H, G.H, G.cout, 2);
+        if (train)
+            b_.bn_forward_train(G.n1.get(), G.mean1.get(), G.istd1.get(), P.bn_mean[gi][0],
+                                P.bn_var[gi][0], G.p.get(), P.bn_w[gi][0], P.bn_b[gi][0], M,
+                                G.cout, c.bn_eps, c.bn_momentum);
+        else
+            b_.bn_forward_eval(G.n1.get(), G.p.get(), P.bn_mean[gi][0], P.bn_var[gi][0],
+                               P.bn_w[gi][0], P.bn_b[gi][0], M, G.cout, c.bn_eps);
+        b_.gelu_forward(G.g1.get(), G.n1.get(), size_t(M) * G.cout);
+        G.conv2->forward(G.c2.get(), G.g1.get(), P.conv_w[gi][1], nullptr);
+        if (train)
+            b_.bn_forward_train(G.n2.get(), G.mean2.get(), G.istd2.get(), P.bn_mean[gi][1],
+                                P.bn_var[gi][1], G.c2.get(), P.bn_w[gi][1], P.bn_b[gi][1], M,
+                                G.cout, c.bn_eps, c.bn_momentum);
+        else
+            b_.bn_forward_eval(G.n2.get(), G.c2.get(), P.bn_mean[gi][1], P.bn_var[gi][1],
+                               P.bn_w[gi][1], P.bn_b[gi][1], M, G.cout, c.bn_eps);
+        b_.gelu_forward(G.g2.get(), G.n2.get(), size_t(M) * G.cout);
+        in = G.g2.get();
+    }
+    const Group& L = grp_[2];
+    b_.maxpool_forward(feat_.get(), feat_arg_.get(), in, N_, L.Hp, L.Hp, L.cout, c.final_pool);
+    b_.linear_forward(logits_.get(), feat_.get(), P.head_w, N_, L.cout, c.num_classes,
+                      c.scaling_factor);
+    return logits_.get();
+}
+
+void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
+    const NetConfig& c = net_.config();
+    Params& P = net_.p;
+    Params& Gd = net_.g;
+    const bool scale = c.bn_train_scale;
+    const Group& L = grp_[2];
+    b_.linear_backward(d_feat_.get(), Gd.head_w, dlogits, feat_.get(), P.head_w, N_, L.cout,
+                       c.num_classes, c.scaling_factor);
+    // gradient w.r.t. the last group's output, written into that group's d_g scratch
+    b_.maxpool_backward(grp_[2].d_g.get(), d_feat_.get(), feat_arg_.get(), N_, L.Hp, L.Hp,
+                        L.cout, c.final_pool);
+    for (int gi = 2; gi >= 0; --gi) {
+        Group& G = grp_[gi];
+        const int M = N_ * G.Hp * G.Hp;
+        const size_t m = size_t(M) * G.cout;
+        // d_g holds dL/d(g2)
+        b_.gelu_backward(G.d_n.get(), G.d_g.get(), G.n2.get(), m);
+        b_.bn_backward(G.d_p.get(), scale ? Gd.bn_w[gi][1] : nullptr, Gd.bn_b[gi][1], G.d_n.get(),
+                       G.c2.get(), G.mean2.get(), G.istd2.get(), P.bn_w[gi][1], M, G.cout);
+        G.conv2->backward_weights(Gd.conv_w[gi][1], nullptr, G.d_p.get(), G.g1.get());
+        G.conv2->backward_data(G.d_g.get(), G.d_p.get(), P.conv_w[gi][1]);  // d(g1)
+        b_.gelu_backward(G.d_n.get(), G.d_g.get(), G.n1.get(), m);
+        b_.bn_backward(G.d_p.get(), scale ? Gd.bn_w[gi][0] : nullptr, Gd.bn_b[gi][0], G.d_n.get(),
+                       G.p.get(), G.mean1.get(), G.istd1.get(), P.bn_w[gi][0], M, G.cout);
+        b_.maxpool_backward(G.d_big.get(), G.d_p.get(), G.arg.get(), N_, G.H, G.H, G.cout, 2);
+        const float* group_in = gi > 0 ? grp_[gi - 1].g2.get() : a0_.get();
+        G.conv1->backward_weights(Gd.conv_w[gi][0], nullptr, G.d_big.get(), group_in);
+        if (gi > 0) {
+            G.conv1->backward_data(grp_[gi - 1].d_g.get(), G.d_big.get(), P.conv_w[gi][0]);
+        } else if (with_whiten_bias) {
+            G.conv1->backward_data(d_a0_.get(), G.d_big.get(), P.conv_w[gi][0]);
+            b_.gelu_backward(d_z0_.get(), d_a0_.get(), z0_.get(), d_z0_.size());
+            whiten_->backward_weights(dw_whiten_.get(), Gd.whiten_b, d_z0_.get(), x_);
+        }
+    }
+}
+
+}  // namespace sr

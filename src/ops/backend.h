@@ -1,0 +1,179 @@
+// backend.h: the contract between the recipe and a compute backend (CPU or CUDA).
+//
+// The recipe (model, optimizer, schedule, augmentation policy, training loop) calls only what is
+// declared here, so it never knows which backend runs. Each backend implements every op twice in
+// spirit: src/ops/cpu/ holds the reference (and fast CPU) versions in namespace sr::cpu,
+// src/ops/cuda/ the same names in sr::cuda. tests/ops/ compares the two on random inputs.
+//
+// Conventions that hold for every op (docs/conventions.md says the same at more length):
+// - Size letters: N batch, H/W height/width, C channels (C_in, K = C_out), M = N*H*W rows.
+// - Activations are NHWC, fp32 (float*) in device memory of the backend that made them.
+// - Conv weights are OHWI (K, R, S, C_in): the layout cuDNN calls KRSC and oneDNN "ohwi".
+//   Linear weights are (out, in), row-major, as PyTorch.
+// - Every pointer argument is device memory of this backend unless the name ends in _host.
+// - Outputs come first, then inputs, then saved statistics, then sizes.
+// - Gradients are ASSIGNED (=), never accumulated: every parameter and activation is used
+//   exactly once in the static network, so nothing needs +=. Zeroing is never required.
+// - Ops may run asynchronously (CUDA stream). Host reads go through download(), which waits.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace sr {
+
+enum class Device { cpu, cuda };
+
+// Shape of a stride-1 2D convolution with symmetric zero padding, NHWC.
+struct ConvShape {
+    int N = 0, H = 0, W = 0, C = 0;  // input
+    int K = 0;                       // output channels
+    int R = 3, S = 3;                // kernel height, width
+    int pad = 1;                     // zero padding on every side
+    int P() const { return H + 2 * pad - R + 1; }  // output height
+    int Q() const { return W + 2 * pad - S + 1; }  // output width
+    double flops_forward() const { return 2.0 * N * P() * Q() * K * C * R * S; }
+};
+
+// A convolution set up once for one shape (primitives/algorithms chosen, workspace held),
+// then run many times. Copying is not allowed.
+class Conv2d {
+public:
+    explicit Conv2d(const ConvShape& s) : shape(s) {}
+    virtual ~Conv2d() = default;
+    Conv2d(const Conv2d&) = delete;
+    Conv2d& operator=(const Conv2d&) = delete;
+
+    // y (N,P,Q,K) = conv(x (N,H,W,C), w (K,R,S,C)) [+ bias (K) if bias != nullptr]
+    virtual void forward(float* y, const float* x, const float* w, const float* bias) = 0;
+    // dx (N,H,W,C) = conv_transpose(dy (N,P,Q,K), w)
+    virtual void backward_data(float* dx, const float* dy, const float* w) = 0;
+    // dw (K,R,S,C) = correlation of x and dy; db (K) = sum of dy over N,P,Q if db != nullptr
+    virtual void backward_weights(float* dw, float* db, const float* dy, const float* x) = 0;
+
+    const ConvShape shape;
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual Device device() const = 0;
+    virtual std::string name() const = 0;  // e.g. "cpu (oneDNN 3.0, 2 threads)"
+
+    // ---- memory -----------------------------------------------------------------------------
+    virtual void* alloc(size_t bytes) = 0;  // zero-filled
+    virtual void release(void* p) = 0;
+    virtual void upload(void* dst, const void* src_host, size_t bytes) = 0;
+    virtual void download(void* dst_host, const void* src, size_t bytes) = 0;  // waits
+    virtual void copy(void* dst, const void* src, size_t bytes) = 0;             // device to device
+    virtual void synchronize() = 0;
+    // Peak device memory allocated through alloc() so far, in bytes.
+    virtual size_t peak_bytes() const = 0;
+
+    // ---- convolution ------------------------------------------------------------------------
+    virtual std::unique_ptr<Conv2d> make_conv(const ConvShape& s) = 0;
+
+    // ---- batch norm over M rows of C channels (NHWC flattened) --------------------------------
+    // Training mode. y = (x - mean) * invstd * gamma + beta, with the batch mean and the biased
+    // batch variance; saves mean (C) and invstd = 1/sqrt(var + eps) (C) for backward; updates
+    // running_mean/var in place the PyTorch way: r = (1 - momentum) r + momentum * batch, with the
+    // unbiased variance (var * M / (M - 1)) for running_var. gamma == nullptr means gamma = 1.
+    virtual void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
+                                  float* running_var, const float* x, const float* gamma,
+                                  const float* beta, int M, int C, float eps, float momentum) = 0;
+    // Inference mode: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta.
+    virtual void bn_forward_eval(float* y, const float* x, const float* running_mean,
+                                 const float* running_var, const float* gamma, const float* beta,
+                                 int M, int C, float eps) = 0;
+    // dx (M,C) =, dgamma (C) = (skipped if nullptr), dbeta (C) = (skipped if nullptr).
+    // x is the forward input; mean/invstd as saved by bn_forward_train.
+    virtual void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
+                             const float* x, const float* mean, const float* invstd,
+                             const float* gamma, int M, int C) = 0;
+
+    // ---- activations (exact, erf-based GELU) -------------------------------------------------
+    virtual void gelu_forward(float* y, const float* x, size_t n) = 0;
+    virtual void gelu_backward(float* dx, const float* dy, const float* x, size_t n) = 0;
+
+    // ---- max pooling, window k, stride k, no padding, floor (PyTorch MaxPool2d(k)) ---------
+    // y (N,H/k,W/k,C); arg (same size) = index in 0..k*k-1 of the max inside its window
+    // (first max in row-major window order wins, as PyTorch).
+    virtual void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, int H, int W,
+                                 int C, int k) = 0;
+    // dx (N,H,W,C) = (every element written; zero where no window took it)
+    virtual void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int H,
+                                  int W, int C, int k) = 0;
+
+    // ---- linear, no bias: y (N,O) = scale * x (N,I) w^T (w is (O,I)) --------------------------
+    virtual void linear_forward(float* y, const float* x, const float* w, int N, int I, int O,
+                                float scale) = 0;
+    // dx (N,I) = (skipped if nullptr); dw (O,I) =
+    virtual void linear_backward(float* dx, float* dw, const float* dy, const float* x,
+                                 const float* w, int N, int I, int O, float scale) = 0;
+
+    // ---- loss ---------------------------------------------------------------------------------
+    // Cross-entropy with label smoothing s over N rows of O logits, summed over the batch:
+    // target = (1 - s) onehot + s / O. dlogits (N,O) = softmax - target (the gradient of the sum).
+    // stats[0] += summed loss, stats[1] += number of rows whose argmax equals the label
+    // (stats is a device array of 2 floats; it accumulates, so an epoch's sums build up).
+    virtual void cross_entropy(float* dlogits, float* stats, const float* logits,
+                               const int32_t* labels, int N, int O, float smoothing) = 0;
+
+    // ---- optimizer ------------------------------------------------------------------------------
+    // PyTorch SGD with Nesterov momentum and (coupled) weight decay, over n values:
+    //   g' = g + wd p;  buf = momentum buf + g';  p -= lr (g' + momentum buf)
+    virtual void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
+                              float momentum) = 0;
+    // Lookahead / EMA: ema = ema + t (p - ema); p = ema.   (t = 1 - decay)
+    virtual void lerp_assign(float* ema, float* p, size_t n, float t) = 0;
+    // y += a x
+    virtual void axpy(float* y, const float* x, float a, size_t n) = 0;
+
+    // ---- data -----------------------------------------------------------------------------------
+    // out (N,H+2pad,W+2pad,3) = reflect_pad((in/255 - mean) / std), in is uint8 (N,H,W,3).
+    virtual void normalize_pad(float* out, const uint8_t* in, int N, int H, int W,
+                               const float* mean_host, const float* std_host, int pad) = 0;
+    // Gather a batch of crops: for b in 0..B-1, image i = idx[b] (or first + b if idx == nullptr)
+    // of src (Nsrc, H+2pad, W+2pad, 3); shift (dy, dx) = shifts[2b], shifts[2b+1] in [-pad, pad]
+    // (or the scalars sy, sx if shifts == nullptr); flip = flips[b] (or the scalar flip).
+    // out[b][y][x] = src[i][y + pad + dy][xs + pad + dx] with xs = flip ? W-1-x : x.
+    virtual void gather_crops(float* out, const float* src, int H, int W, int pad, int B,
+                              const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
+                              const uint8_t* flips, int flip) = 0;
+    // Uncentred covariance of all k x k patches (stride 1, valid) of N images (N,H,W,C):
+    // cov_host (D,D), D = C*k*k, with patch vector order (c, r, s) as PyTorch's unfold.
+    // cov = sum(patch patch^T) / number_of_patches, accumulated in double.
+    virtual void patch_covariance(double* cov_host, const float* x, int N, int H, int W, int C,
+                                  int k) = 0;
+};
+
+// The CPU backend is always available; the CUDA one only in builds with CUDA (nullptr + reason
+// otherwise). threads <= 0 means "all cores".
+std::unique_ptr<Backend> make_cpu_backend(int threads);
+std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_not);
+bool cuda_compiled();
+
+// A typed buffer owned by a backend; released on destruction.
+template <typename T>
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    DeviceBuffer(Backend& b, size_t n) : b_(&b), n_(n), p_(static_cast<T*>(b.alloc(n * sizeof(T) + 64))) {}
+    ~DeviceBuffer() { reset(); }
+    DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+    DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+        if (this != &o) { reset(); b_ = o.b_; n_ = o.n_; p_ = o.p_; o.p_ = nullptr; o.n_ = 0; }
+        return *this;
+    }
+    void reset() { if (p_) b_->release(p_); p_ = nullptr; n_ = 0; }
+    T* get() const { return p_; }
+    size_t size() const { return n_; }
+
+private:
+    Backend* b_ = nullptr;
+    size_t n_ = 0;
+    T* p_ = nullptr;
+};
+
+}  // namespace sr

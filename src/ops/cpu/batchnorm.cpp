@@ -1,0 +1,134 @@
+// batchnorm.cpp: CPU batch norm over M rows x C channels (NHWC flattened), training mode with
+// batch statistics (sums in double, per thread, then combined), inference mode, and backward.
+#include <cmath>
+#include <vector>
+
+#include <omp.h>
+
+#include "ops/cpu/cpu_ops.h"
+
+namespace sr::cpu {
+namespace {
+
+// Per-thread partial sums: [thread][2][C] doubles. Grows once, then reused (no allocation in
+// the training loop after the first step).
+double* partials(int threads, int C) {
+    static std::vector<double> buf;
+    const size_t need = size_t(threads) * 2 * C;
+    if (buf.size() < need) buf.resize(need);
+    std::fill(buf.begin(), buf.begin() + need, 0.0);
+    return buf.data();
+}
+
+// Runs body(row_begin, row_end, sums_for_this_thread) over all rows in parallel, then adds the
+// per-thread sums into out[0..2C).
+template <typename Body>
+void reduce_rows(double* out, int M, int C, Body body) {
+    const int T = omp_get_max_threads();
+    double* part = partials(T, C);
+#pragma omp parallel num_threads(T)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int r0 = int(int64_t(M) * t / nt), r1 = int(int64_t(M) * (t + 1) / nt);
+        body(r0, r1, part + size_t(t) * 2 * C);
+    }
+    for (int i = 0; i < 2 * C; ++i) out[i] = 0;
+    for (int t = 0; t < T; ++t)
+        for (int i = 0; i < 2 * C; ++i) out[i] += part[size_t(t) * 2 * C + i];
+}
+
+// y = x * a[c] + b[c]
+SR_CLONES void affine_rows(float* y, const float* x, const float* a, const float* b, int M, int C) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < M; ++r) {
+        const float* xr = x + size_t(r) * C;
+        float* yr = y + size_t(r) * C;
+#pragma omp simd
+        for (int c = 0; c < C; ++c) yr[c] = xr[c] * a[c] + b[c];
+    }
+}
+
+}  // namespace
+
+SR_CLONES void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
+                      float* running_var, const float* x, const float* gamma, const float* beta,
+                      int M, int C, float eps, float momentum) {
+    std::vector<double> sums(2 * C);
+    reduce_rows(sums.data(), M, C, [&](int r0, int r1, double* s) {
+        double* ss = s + C;
+        for (int r = r0; r < r1; ++r) {
+            const float* xr = x + size_t(r) * C;
+#pragma omp simd
+            for (int c = 0; c < C; ++c) {
+                const double v = xr[c];
+                s[c] += v;
+                ss[c] += v * v;
+            }
+        }
+    });
+    std::vector<float> a(C), b(C);
+    for (int c = 0; c < C; ++c) {
+        const double m = sums[c] / M;
+        const double var = std::max(0.0, sums[C + c] / M - m * m);
+        const float is = float(1.0 / std::sqrt(var + double(eps)));
+        mean[c] = float(m);
+        invstd[c] = is;
+        const float unbiased = float(M > 1 ? var * M / (M - 1) : var);
+        running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * float(m);
+        running_var[c] = (1.f - momentum) * running_var[c] + momentum * unbiased;
+        a[c] = is * (gamma ? gamma[c] : 1.f);
+        b[c] = (beta ? beta[c] : 0.f) - float(m) * a[c];
+    }
+    affine_rows(y, x, a.data(), b.data(), M, C);
+}
+
+void bn_forward_eval(float* y, const float* x, const float* running_mean,
+                     const float* running_var, const float* gamma, const float* beta, int M,
+                     int C, float eps) {
+    std::vector<float> a(C), b(C);
+    for (int c = 0; c < C; ++c) {
+        const float is = float(1.0 / std::sqrt(double(running_var[c]) + double(eps)));
+        a[c] = is * (gamma ? gamma[c] : 1.f);
+        b[c] = (beta ? beta[c] : 0.f) - running_mean[c] * a[c];
+    }
+    affine_rows(y, x, a.data(), b.data(), M, C);
+}
+
+SR_CLONES void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                 const float* mean, const float* invstd, const float* gamma, int M, int C) {
+    // sums[c] = sum dy, sums[C + c] = sum dy * xhat
+    std::vector<double> sums(2 * C);
+    reduce_rows(sums.data(), M, C, [&](int r0, int r1, double* s) {
+        double* sx = s + C;
+        for (int r = r0; r < r1; ++r) {
+            const float* xr = x + size_t(r) * C;
+            const float* dyr = dy + size_t(r) * C;
+#pragma omp simd
+            for (int c = 0; c < C; ++c) {
+                s[c] += dyr[c];
+                sx[c] += double(dyr[c]) * double((xr[c] - mean[c]) * invstd[c]);
+            }
+        }
+    });
+    std::vector<float> k(C), mb(C), mg(C);
+    for (int c = 0; c < C; ++c) {
+        if (dbeta) dbeta[c] = float(sums[c]);
+        if (dgamma) dgamma[c] = float(sums[C + c]);
+        k[c] = (gamma ? gamma[c] : 1.f) * invstd[c];
+        mb[c] = float(sums[c] / M);
+        mg[c] = float(sums[C + c] / M);
+    }
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < M; ++r) {
+        const float* xr = x + size_t(r) * C;
+        const float* dyr = dy + size_t(r) * C;
+        float* dxr = dx + size_t(r) * C;
+#pragma omp simd
+        for (int c = 0; c < C; ++c) {
+            const float xh = (xr[c] - mean[c]) * invstd[c];
+            dxr[c] = k[c] * (dyr[c] - mb[c] - xh * mg[c]);
+        }
+    }
+}
+
+}  // namespace sr::cpu

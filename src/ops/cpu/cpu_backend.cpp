@@ -1,0 +1,139 @@
+// cpu_backend.cpp: the CPU backend: host memory (64-byte aligned, zeroed), oneDNN engine and
+// stream, OpenMP thread count, and the dispatch of every Backend op to its sr::cpu twin.
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+#include <dnnl.hpp>
+#include <fmt/format.h>
+#include <omp.h>
+
+#include "core/error.h"
+#include "ops/cpu/cpu_backend.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace sr {
+namespace {
+
+class CpuBackend final : public Backend {
+public:
+    explicit CpuBackend(int threads) : eng_(dnnl::engine::kind::cpu, 0), strm_(eng_) {
+        if (threads > 0) omp_set_num_threads(threads);
+        threads_ = omp_get_max_threads();
+    }
+    ~CpuBackend() override {
+        for (auto& [p, n] : sizes_) std::free(p);
+    }
+    Device device() const override { return Device::cpu; }
+    std::string name() const override {
+        const dnnl_version_t* v = dnnl_version();
+        return fmt::format("cpu (oneDNN {}.{}.{}, {} threads)", v->major, v->minor, v->patch, threads_);
+    }
+
+    void* alloc(size_t bytes) override {
+        const size_t n = (bytes + 63) / 64 * 64;
+        void* p = std::aligned_alloc(64, n ? n : 64);
+        if (!p) fail("out of host memory allocating {} bytes", bytes);
+        std::memset(p, 0, n);
+        std::lock_guard lock(mu_);
+        sizes_[p] = n;
+        current_ += n;
+        peak_ = std::max(peak_, current_);
+        return p;
+    }
+    void release(void* p) override {
+        if (!p) return;
+        std::lock_guard lock(mu_);
+        auto it = sizes_.find(p);
+        SR_CHECK(it != sizes_.end());
+        current_ -= it->second;
+        sizes_.erase(it);
+        std::free(p);
+    }
+    void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+    void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+    void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+    void synchronize() override {}
+    size_t peak_bytes() const override { return peak_; }
+
+    std::unique_ptr<Conv2d> make_conv(const ConvShape& s) override {
+        return std::make_unique<cpu::CpuConv2d>(s, eng_, strm_);
+    }
+
+    void bn_forward_train(float* y, float* mean, float* invstd, float* rm, float* rv,
+                          const float* x, const float* g, const float* b, int M, int C, float eps,
+                          float mom) override {
+        cpu::bn_forward_train(y, mean, invstd, rm, rv, x, g, b, M, C, eps, mom);
+    }
+    void bn_forward_eval(float* y, const float* x, const float* rm, const float* rv,
+                         const float* g, const float* b, int M, int C, float eps) override {
+        cpu::bn_forward_eval(y, x, rm, rv, g, b, M, C, eps);
+    }
+    void bn_backward(float* dx, float* dg, float* db, const float* dy, const float* x,
+                     const float* mean, const float* invstd, const float* g, int M,
+                     int C) override {
+        cpu::bn_backward(dx, dg, db, dy, x, mean, invstd, g, M, C);
+    }
+    void gelu_forward(float* y, const float* x, size_t n) override { cpu::gelu_forward(y, x, n); }
+    void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override {
+        cpu::gelu_backward(dx, dy, x, n);
+    }
+    void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, int H, int W, int C,
+                         int k) override {
+        cpu::maxpool_forward(y, arg, x, N, H, W, C, k);
+    }
+    void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int H, int W,
+                          int C, int k) override {
+        cpu::maxpool_backward(dx, dy, arg, N, H, W, C, k);
+    }
+    void linear_forward(float* y, const float* x, const float* w, int N, int I, int O,
+                        float scale) override {
+        cpu::linear_forward(y, x, w, N, I, O, scale);
+    }
+    void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
+                         int N, int I, int O, float scale) override {
+        cpu::linear_backward(dx, dw, dy, x, w, N, I, O, scale);
+    }
+    void cross_entropy(float* dl, float* stats, const float* logits, const int32_t* labels,
+                       int N, int O, float s) override {
+        cpu::cross_entropy(dl, stats, logits, labels, N, O, s);
+    }
+    void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
+                      float m) override {
+        cpu::sgd_nesterov(p, buf, g, n, lr, wd, m);
+    }
+    void lerp_assign(float* ema, float* p, size_t n, float t) override {
+        cpu::lerp_assign(ema, p, n, t);
+    }
+    void axpy(float* y, const float* x, float a, size_t n) override { cpu::axpy(y, x, a, n); }
+    void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const float* mean,
+                       const float* std, int pad) override {
+        cpu::normalize_pad(out, in, N, H, W, mean, std, pad);
+    }
+    void gather_crops(float* out, const float* src, int H, int W, int pad, int B,
+                      const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
+                      const uint8_t* flips, int flip) override {
+        cpu::gather_crops(out, src, H, W, pad, B, idx, first, shifts, sy, sx, flips, flip);
+    }
+    void patch_covariance(double* cov, const float* x, int N, int H, int W, int C,
+                          int k) override {
+        cpu::patch_covariance(cov, x, N, H, W, C, k);
+    }
+
+private:
+    dnnl::engine eng_;
+    dnnl::stream strm_;
+    int threads_ = 1;
+    std::mutex mu_;
+    std::unordered_map<void*, size_t> sizes_;
+    size_t current_ = 0, peak_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+    return std::make_unique<CpuBackend>(threads);
+}
+
+}  // namespace sr

@@ -1,0 +1,70 @@
+// cpu_ops.h: the CPU twins of every op in ops/backend.h, as free functions in sr::cpu.
+// Semantics, layouts and the "=" gradient rule are those of backend.h; each function here is
+// both the CPU backend's implementation and the reference that tests/ops compares CUDA against.
+// Where the fast path is oneDNN (convolution), a plain-loop *_naive twin sits beside it
+// (conv.cpp) and the tests check the fast path against it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "ops/backend.h"
+
+// Hot loops are compiled three times (AVX-512, AVX2/x86-64-v3, baseline) and the loader picks
+// the best for the CPU at hand: fast here, still correct on CPUs without AVX-512.
+#define SR_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+
+namespace sr::cpu {
+
+// ---- convolution: plain loops (reference for the oneDNN path in CpuConv2d) ------------------
+void conv2d_forward_naive(float* y, const float* x, const float* w, const float* bias,
+                          const ConvShape& s);
+void conv2d_backward_data_naive(float* dx, const float* dy, const float* w, const ConvShape& s);
+void conv2d_backward_weights_naive(float* dw, float* db, const float* dy, const float* x,
+                                   const ConvShape& s);
+
+// ---- batch norm -----------------------------------------------------------------------------
+void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
+                      float* running_var, const float* x, const float* gamma, const float* beta,
+                      int M, int C, float eps, float momentum);
+void bn_forward_eval(float* y, const float* x, const float* running_mean,
+                     const float* running_var, const float* gamma, const float* beta, int M,
+                     int C, float eps);
+void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                 const float* mean, const float* invstd, const float* gamma, int M, int C);
+
+// ---- activations ----------------------------------------------------------------------------
+void gelu_forward(float* y, const float* x, size_t n);
+void gelu_backward(float* dx, const float* dy, const float* x, size_t n);
+
+// ---- pooling --------------------------------------------------------------------------------
+void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, int H, int W, int C, int k);
+void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int H, int W, int C,
+                      int k);
+
+// ---- linear ---------------------------------------------------------------------------------
+void linear_forward(float* y, const float* x, const float* w, int N, int I, int O, float scale);
+void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int N,
+                     int I, int O, float scale);
+
+// ---- loss -----------------------------------------------------------------------------------
+void cross_entropy(float* dlogits, float* stats, const float* logits, const int32_t* labels,
+                   int N, int O, float smoothing);
+
+// ---- optimizer ------------------------------------------------------------------------------
+void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
+                  float momentum);
+void lerp_assign(float* ema, float* p, size_t n, float t);
+void axpy(float* y, const float* x, float a, size_t n);
+
+// ---- data -----------------------------------------------------------------------------------
+void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const float* mean,
+                   const float* std, int pad);
+void gather_crops(float* out, const float* src, int H, int W, int pad, int B, const int32_t* idx,
+                  int first, const int8_t* shifts, int sy, int sx, const uint8_t* flips, int flip);
+void patch_covariance(double* cov, const float* x, int N, int H, int W, int C, int k);
+
+// Vectorisable exact-GELU pieces (erf to ~1e-7), shared with tests.
+float gelu_scalar(float x);
+float gelu_grad_scalar(float x);
+
+}  // namespace sr::cpu

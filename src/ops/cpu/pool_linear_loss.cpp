@@ -1,0 +1,118 @@
+// pool_linear_loss.cpp: CPU max pooling (k x k, stride k), the bias-free linear layer and the
+// label-smoothed cross-entropy: the small ops at the head of the network.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "ops/cpu/cpu_ops.h"
+
+namespace sr::cpu {
+
+SR_CLONES void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, int H, int W, int C, int k) {
+    const int P = H / k, Q = W / k;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int n = 0; n < N; ++n)
+        for (int p = 0; p < P; ++p)
+            for (int q = 0; q < Q; ++q) {
+                float* yo = y + ((size_t(n) * P + p) * Q + q) * C;
+                uint8_t* ao = arg + ((size_t(n) * P + p) * Q + q) * C;
+                const float* x0 = x + ((size_t(n) * H + p * k) * W + q * k) * C;
+                std::memcpy(yo, x0, sizeof(float) * C);
+                std::memset(ao, 0, C);
+                for (int i = 0; i < k; ++i)
+                    for (int j = 0; j < k; ++j) {
+                        if (i == 0 && j == 0) continue;
+                        const float* xi = x0 + (size_t(i) * W + j) * C;
+                        const uint8_t idx = uint8_t(i * k + j);
+#pragma omp simd
+                        for (int c = 0; c < C; ++c) {
+                            const bool take = xi[c] > yo[c];  // first max wins
+                            yo[c] = take ? xi[c] : yo[c];
+                            ao[c] = take ? idx : ao[c];
+                        }
+                    }
+            }
+}
+
+SR_CLONES void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int H, int W, int C,
+                      int k) {
+    const int P = H / k, Q = W / k;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; ++n) {
+        float* dxn = dx + size_t(n) * H * W * C;
+        std::memset(dxn, 0, sizeof(float) * size_t(H) * W * C);
+        for (int p = 0; p < P; ++p)
+            for (int q = 0; q < Q; ++q) {
+                const float* dyo = dy + ((size_t(n) * P + p) * Q + q) * C;
+                const uint8_t* ao = arg + ((size_t(n) * P + p) * Q + q) * C;
+                for (int c = 0; c < C; ++c) {
+                    const int i = ao[c] / k, j = ao[c] % k;
+                    dxn[(size_t(p * k + i) * W + (q * k + j)) * C + c] = dyo[c];
+                }
+            }
+    }
+}
+
+SR_CLONES void linear_forward(float* y, const float* x, const float* w, int N, int I, int O, float scale) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; ++n)
+        for (int o = 0; o < O; ++o) {
+            float s = 0.f;
+#pragma omp simd reduction(+ : s)
+            for (int i = 0; i < I; ++i) s += x[size_t(n) * I + i] * w[size_t(o) * I + i];
+            y[size_t(n) * O + o] = scale * s;
+        }
+}
+
+SR_CLONES void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int N,
+                     int I, int O, float scale) {
+    if (dx) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; ++n) {
+            float* dxn = dx + size_t(n) * I;
+            for (int i = 0; i < I; ++i) dxn[i] = 0.f;
+            for (int o = 0; o < O; ++o) {
+                const float g = scale * dy[size_t(n) * O + o];
+#pragma omp simd
+                for (int i = 0; i < I; ++i) dxn[i] += g * w[size_t(o) * I + i];
+            }
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < I; ++i)
+        for (int o = 0; o < O; ++o) {
+            float s = 0.f;
+            for (int n = 0; n < N; ++n) s += dy[size_t(n) * O + o] * x[size_t(n) * I + i];
+            dw[size_t(o) * I + i] = scale * s;
+        }
+}
+
+void cross_entropy(float* dlogits, float* stats, const float* logits, const int32_t* labels,
+                   int N, int O, float smoothing) {
+    double loss_sum = 0.0, correct = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : loss_sum, correct)
+    for (int n = 0; n < N; ++n) {
+        const float* z = logits + size_t(n) * O;
+        float* d = dlogits + size_t(n) * O;
+        int best = 0;
+        for (int o = 1; o < O; ++o)
+            if (z[o] > z[best]) best = o;
+        const float zmax = z[best];
+        double se = 0.0;
+        for (int o = 0; o < O; ++o) se += std::exp(double(z[o] - zmax));
+        const double lse = zmax + std::log(se);
+        const int y = labels[n];
+        double loss = 0.0;
+        for (int o = 0; o < O; ++o) {
+            const double target = (o == y ? 1.0 - smoothing : 0.0) + smoothing / O;
+            loss -= target * (double(z[o]) - lse);
+            d[o] = float(std::exp(double(z[o]) - lse) - target);
+        }
+        loss_sum += loss;
+        correct += (best == y) ? 1.0 : 0.0;
+    }
+    stats[0] += float(loss_sum);
+    stats[1] += float(correct);
+}
+
+}  // namespace sr::cpu

@@ -1,0 +1,15 @@
+// cuda_off.cpp: what a build without a CUDA toolkit links instead of src/ops/cuda/.
+#include "ops/backend.h"
+
+namespace sr {
+
+bool cuda_compiled() { return false; }
+
+std::unique_ptr<Backend> make_cuda_backend(int, std::string* why_not) {
+    if (why_not)
+        *why_not = "this build has no CUDA backend (CMake found no CUDA toolkit with cuDNN; "
+                   "see README, 'GPU build')";
+    return nullptr;
+}
+
+}  // namespace sr

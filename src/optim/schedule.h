@@ -1,0 +1,32 @@
+// schedule.h: learning-rate and lookahead schedules as pure functions of the step (like
+// llm.c's schedulers.h), and the step counts derived from epochs and batch size.
+#pragma once
+#include <cmath>
+
+namespace sr {
+
+// Steps per epoch (the last partial batch is dropped) and total steps = ceil(per_epoch * epochs).
+inline int steps_per_epoch(int n_train, int batch) { return n_train / batch; }
+inline int total_steps(int n_train, int batch, double epochs) {
+    return int(std::ceil(double(steps_per_epoch(n_train, batch)) * epochs - 1e-9));
+}
+
+// Piecewise-linear lr multiplier used at step `step` (0-based, before the update), as
+// airbench94's LambdaLR: start -> peak over int(warmup_frac * total) steps, then peak -> end.
+inline double lr_multiplier(int step, int total, double warmup_frac, double start, double peak,
+                            double end) {
+    const int warmup = int(total * warmup_frac);
+    if (step < warmup) {
+        const double f = double(step) / warmup;
+        return start * (1 - f) + peak * f;
+    }
+    const double f = double(step - warmup) / (total - warmup);
+    return peak * (1 - f) + end * f;
+}
+
+// Lookahead decay after `step` updates: base^every * (step / total)^power.
+inline double lookahead_decay(int step, int total, int every, double base, double power) {
+    return std::pow(base, every) * std::pow(double(step) / total, power);
+}
+
+}  // namespace sr

@@ -1,0 +1,303 @@
+// commands.cpp: the train / bench / data / presets subcommands (see commands.h).
+#include "train/commands.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include "core/cpu_peak.h"
+#include "core/error.h"
+#include "optim/schedule.h"
+
+namespace sr {
+namespace {
+using clock_type = std::chrono::steady_clock;
+double since(clock_type::time_point t) {
+    return std::chrono::duration<double>(clock_type::now() - t).count();
+}
+}  // namespace
+
+AccuracyStats accuracy_stats(const std::vector<double>& v) {
+    AccuracyStats s;
+    s.n = int(v.size());
+    if (v.empty()) return s;
+    s.min = s.max = v[0];
+    for (double x : v) {
+        s.mean += x;
+        s.min = std::min(s.min, x);
+        s.max = std::max(s.max, x);
+    }
+    s.mean /= s.n;
+    if (s.n > 1) {
+        double ss = 0;
+        for (double x : v) ss += (x - s.mean) * (x - s.mean);
+        s.std = std::sqrt(ss / (s.n - 1));
+    }
+    return s;
+}
+
+Recipe resolve_recipe(const CommonArgs& a) {
+    nlohmann::json j = load_recipe(a.preset, a.config).json;
+    for (const auto& s : a.sets) apply_override(j, s);
+    if (a.epochs >= 0) j["opt"]["epochs"] = a.epochs;
+    if (a.batch_size >= 0) j["opt"]["batch_size"] = a.batch_size;
+    return recipe_from_json(j);
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& device, int threads) {
+    if (device == "cpu") return make_cpu_backend(threads);
+    std::string why;
+    if (device == "cuda") {
+        auto b = make_cuda_backend(0, &why);
+        if (!b) fail("--device cuda: {}", why);
+        return b;
+    }
+    if (device != "auto") fail("--device must be auto, cpu or cuda (got '{}')", device);
+    if (auto b = make_cuda_backend(0, &why)) return b;
+    return make_cpu_backend(threads);
+}
+
+Cifar10 load_data(const CommonArgs& a) {
+    if (a.synthetic) return make_synthetic_cifar10(10000, 2000, 1);
+    return load_cifar10(a.data, a.download);
+}
+
+int cmd_presets() {
+    for (const auto& name : preset_names()) {
+        const Recipe r = recipe_from_json(preset_json(name));
+        fmt::print("{:<14} {}\n{:<14} source: {}\n{:<14} published: {}\n", name, r.description, "",
+                   r.source, "", r.published);
+    }
+    return 0;
+}
+
+static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, const TrainArgs& a,
+                         int n_train, int n_test) {
+    const int total = total_steps(n_train, r.batch_size, r.epochs);
+    fmt::print("preset        {}  ({})\n", r.name, r.source);
+    fmt::print("device        {}\n", b.name());
+    fmt::print("data          {}  ({} train, {} test images used)\n", d.source, n_train, n_test);
+    fmt::print("epochs        {}  batch {}  steps/epoch {}  total steps {}\n", r.epochs, r.batch_size,
+               steps_per_epoch(n_train, r.batch_size), total);
+    fmt::print("net           widths {}/{}/{}  whiten {}x{} -> {}  BN eps {:g} momentum {:g}  scale {:g}\n",
+               r.net.widths[0], r.net.widths[1], r.net.widths[2], r.net.whiten_kernel,
+               r.net.whiten_kernel, r.net.whiten_width(), r.net.bn_eps, r.net.bn_momentum,
+               r.net.scaling_factor);
+    fmt::print("optimizer     SGD Nesterov  lr {:g}/1024  momentum {:g}  wd {:g}/1024  bias x{:g}  "
+               "label smoothing {:g}\n",
+               r.lr, r.momentum, r.weight_decay, r.bias_scaler, r.label_smoothing);
+    fmt::print("schedule      {:g} -> {:g} over {:.0f}% of steps -> {:g};  lookahead every {} steps\n",
+               r.lr_start, r.lr_peak, r.warmup_frac * 100, r.lr_end, r.lookahead_every);
+    fmt::print("augmentation  translate +/-{}  flip {}  TTA level {}\n", r.translate,
+               r.flip ? "alternating" : "off", r.tta_level);
+    fmt::print("runs          {} (seeds {}..{})\n\n", a.runs, a.seed, a.seed + a.runs - 1);
+    std::fflush(stdout);
+}
+
+int cmd_train(const TrainArgs& a) {
+    if (a.runs < 1) fail("--runs must be >= 1");
+    const Recipe r = resolve_recipe(a);
+    auto backend = make_backend(a.device, a.threads);
+    const auto tl = clock_type::now();
+    const Cifar10 data = load_data(a);
+    const double load_s = since(tl);
+    if (data.synthetic) fmt::print("note: training on SYNTHETIC data ({}), not CIFAR-10\n", data.source);
+
+    TrainOptions o;
+    o.subset = a.subset;
+    o.test_subset = a.test_subset;
+    o.eval_each_epoch = !a.no_epoch_eval;
+    o.log_path = a.log;
+    const auto tu = clock_type::now();
+    Trainer trainer(*backend, r, data, o);
+    const double upload_s = since(tu);
+    print_recipe(r, *backend, data, a, trainer.n_train(), trainer.n_test());
+    fmt::print("data loading  {:.2f} s from disk; set-up {:.2f} s (buffers, conv plans, upload); "
+               "neither is in the timed region\n\n",
+               load_s, upload_s);
+
+    const int warmups = a.warmup >= 0 ? a.warmup : (backend->device() == Device::cuda ? 1 : 0);
+    for (int w = 0; w < warmups; ++w) {
+        fmt::print("warm-up run (untimed)...\n");
+        std::fflush(stdout);
+        trainer.run(a.seed + 1000003ull * (w + 1), true);
+    }
+    std::vector<RunResult> results;
+    std::vector<double> acc, acc_tta, secs;
+    for (int i = 0; i < a.runs; ++i) {
+        if (a.runs > 1) fmt::print("run {} of {} (seed {})\n", i + 1, a.runs, a.seed + i);
+        results.push_back(trainer.run(a.seed + i));
+        acc.push_back(results.back().test_accuracy);
+        acc_tta.push_back(results.back().test_accuracy_tta);
+        secs.push_back(results.back().train_seconds);
+        fmt::print("\n");
+    }
+    const AccuracyStats s = accuracy_stats(acc_tta), s0 = accuracy_stats(acc), t = accuracy_stats(secs);
+    int n94 = 0;
+    for (double x : acc_tta) n94 += x >= 0.94;
+    fmt::print("summary: n={}  TTA accuracy mean {:.4f} std {:.4f} min {:.4f} max {:.4f}  "
+               "(without TTA mean {:.4f});  >= 94%: {} of {}\n",
+               s.n, s.mean, s.std, s.min, s.max, s0.mean, n94, s.n);
+    fmt::print("         seconds per run mean {:.3f} std {:.3f} min {:.3f} max {:.3f};  peak device "
+               "memory {:.0f} MiB\n",
+               t.mean, t.std, t.min, t.max, backend->peak_bytes() / 1048576.0);
+
+    if (!a.summary_json.empty()) {
+        nlohmann::json runs = nlohmann::json::array();
+        for (const auto& rr : results) {
+            nlohmann::json epochs = nlohmann::json::array();
+            for (const auto& e : rr.epochs)
+                epochs.push_back({{"epoch", e.epoch}, {"steps", e.steps}, {"train_loss", e.train_loss},
+                                  {"train_acc", e.train_acc}, {"test_acc", e.test_acc},
+                                  {"epoch_seconds", e.epoch_seconds}, {"total_seconds", e.total_seconds}});
+            runs.push_back({{"seed", rr.seed}, {"test_accuracy", rr.test_accuracy},
+                            {"test_accuracy_tta", rr.test_accuracy_tta},
+                            {"train_seconds", rr.train_seconds}, {"step_seconds", rr.step_seconds},
+                            {"images_per_second", rr.images_per_second}, {"steps", rr.steps},
+                            {"epochs", epochs}});
+        }
+        nlohmann::json j = {
+            {"preset", r.name}, {"device", backend->name()}, {"data", data.source},
+            {"n_train", trainer.n_train()}, {"n_test", trainer.n_test()}, {"runs", runs},
+            {"accuracy_mean", s.mean}, {"accuracy_std", s.std}, {"accuracy_min", s.min},
+            {"accuracy_max", s.max}, {"accuracy_no_tta_mean", s0.mean},
+            {"share_at_least_94", s.n ? double(n94) / s.n : 0.0},
+            {"train_seconds_mean", t.mean}, {"train_seconds_std", t.std},
+            {"data_load_seconds", load_s}, {"peak_device_bytes", backend->peak_bytes()},
+            {"recipe", r.json}};
+        write_file_atomic(a.summary_json, j.dump(2) + "\n");
+        fmt::print("summary written to {}\n", a.summary_json);
+    }
+    return 0;
+}
+
+int cmd_bench(const BenchArgs& a) {
+    const Recipe r = resolve_recipe(a);
+    auto backend = make_backend(a.device, a.threads);
+    Backend& b = *backend;
+    const int B = r.batch_size, side = r.net.image_side, O = r.net.num_classes;
+    fmt::print("bench: preset {}, batch {}, device {}\n", r.name, B, b.name());
+    fmt::print("(random inputs: the speed of these ops does not depend on pixel values)\n");
+
+    Network net(b, r.net);
+    Rng rng(1);
+    net.init(rng);
+    Workspace ws(net, B);
+    Optimizer opt(net, r);
+    std::vector<float> x(size_t(B) * side * side * 3);
+    for (auto& v : x) v = rng.normal();
+    std::vector<int32_t> y(B);
+    for (auto& v : y) v = int32_t(rng.below(uint32_t(O)));
+    DeviceBuffer<float> xd(b, x.size()), stats(b, 2);
+    DeviceBuffer<int32_t> yd(b, y.size());
+    b.upload(xd.get(), x.data(), x.size() * sizeof(float));
+    b.upload(yd.get(), y.data(), y.size() * sizeof(int32_t));
+
+    double t_fwd = 0, t_bwd = 0, t_opt = 0;
+    for (int i = -1; i < a.steps; ++i) {  // step -1 is the warm-up
+        b.synchronize();
+        auto t0 = clock_type::now();
+        const float* logits = ws.forward(xd.get(), true);
+        b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
+        b.synchronize();
+        auto t1 = clock_type::now();
+        ws.backward(ws.dlogits(), true);
+        b.synchronize();
+        auto t2 = clock_type::now();
+        opt.step(1.0, true);
+        b.synchronize();
+        auto t3 = clock_type::now();
+        if (i >= 0) {
+            t_fwd += std::chrono::duration<double>(t1 - t0).count();
+            t_bwd += std::chrono::duration<double>(t2 - t1).count();
+            t_opt += std::chrono::duration<double>(t3 - t2).count();
+        }
+    }
+    const double step = (t_fwd + t_bwd + t_opt) / a.steps;
+    const double fwd_flop = net.flops_per_image_forward();
+    const double step_flop = 3.0 * fwd_flop * B;  // forward + backward data + backward weights
+    const double gflops = step_flop / step * 1e-9;
+
+    // TTA inference (level of the recipe): 6 views at level 2
+    const int views = r.tta_level == 2 ? 6 : (r.tta_level == 1 ? 2 : 1);
+    const int n_eval = a.eval_images > 0 ? a.eval_images : B;
+    const int chunks = std::max(1, n_eval / B);
+    b.synchronize();
+    auto te = clock_type::now();
+    for (int c = 0; c < chunks; ++c)
+        for (int v = 0; v < views; ++v) ws.forward(xd.get(), false);
+    b.synchronize();
+    const double t_eval = since(te);
+    const double eval_ips = double(chunks) * B / t_eval;
+    const double eval_gflops = double(chunks) * B * views * fwd_flop / t_eval * 1e-9;
+
+    fmt::print("\nnetwork       {:.3f} GFLOP per image forward, {:.1f} GFLOP per training step\n",
+               fwd_flop * 1e-9, step_flop * 1e-9);
+    fmt::print("train step    {:.1f} ms  (forward+loss {:.1f}, backward {:.1f}, optimizer {:.1f}) "
+               "over {} steps\n",
+               step * 1e3, t_fwd / a.steps * 1e3, t_bwd / a.steps * 1e3, t_opt / a.steps * 1e3, a.steps);
+    fmt::print("              {:.0f} images/s, {:.1f} GFLOP/s\n", B / step, gflops);
+    fmt::print("TTA inference {:.0f} images/s ({} views each), {:.1f} GFLOP/s\n", eval_ips, views, eval_gflops);
+    nlohmann::json j = {{"preset", r.name}, {"device", b.name()}, {"batch_size", B},
+                        {"gflop_per_image_forward", fwd_flop * 1e-9},
+                        {"step_ms", step * 1e3}, {"forward_ms", t_fwd / a.steps * 1e3},
+                        {"backward_ms", t_bwd / a.steps * 1e3}, {"optimizer_ms", t_opt / a.steps * 1e3},
+                        {"train_images_per_second", B / step}, {"train_gflops", gflops},
+                        {"tta_images_per_second", eval_ips}, {"tta_views", views},
+                        {"peak_device_bytes", b.peak_bytes()}};
+    const int total = total_steps(50000, B, r.epochs);
+    const double est = total * step + 10000.0 / eval_ips;
+    fmt::print("estimate      full run ({} steps + TTA on 10,000 images): {:.1f} s\n", total, est);
+    j["full_run_estimate_seconds"] = est;
+    if (b.device() == Device::cpu) {
+        const CpuPeak peak = measure_cpu_peak(a.threads);
+        fmt::print("CPU peak      {:.1f} GFLOP/s measured ({} FMA chains, {} threads): training "
+                   "reaches {:.0f}% of it, TTA inference {:.0f}%\n",
+                   peak.gflops, peak.isa, peak.threads, 100 * gflops / peak.gflops,
+                   100 * eval_gflops / peak.gflops);
+        j["cpu_peak_gflops"] = peak.gflops;
+        j["cpu_isa"] = peak.isa;
+        j["train_share_of_peak"] = gflops / peak.gflops;
+    }
+    fmt::print("peak memory   {:.0f} MiB\n", b.peak_bytes() / 1048576.0);
+    if (!a.json.empty()) write_file_atomic(a.json, j.dump(2) + "\n");
+    return 0;
+}
+
+int cmd_data(const DataArgs& a) {
+    if (!a.write_synthetic.empty()) {
+        const Cifar10 s = make_synthetic_cifar10(a.synthetic_train, a.synthetic_test, a.seed);
+        namespace fs = std::filesystem;
+        fs::create_directories(a.write_synthetic);
+        for (int f = 0; f < 5; ++f) {
+            const int per = (s.train.n + 4) / 5, first = std::min(f * per, s.train.n);
+            write_cifar_file(fmt::format("{}/data_batch_{}.bin", a.write_synthetic, f + 1), s.train,
+                             first, std::min(per, s.train.n - first));
+        }
+        write_cifar_file(a.write_synthetic + "/test_batch.bin", s.test, 0, s.test.n);
+        fmt::print("wrote {} ({} train, {} test images) to {}\n", s.source, s.train.n, s.test.n,
+                   a.write_synthetic);
+        return 0;
+    }
+    const auto t0 = clock_type::now();
+    const Cifar10 d = load_cifar10(a.data, a.download);
+    const double secs = since(t0);
+    fmt::print("CIFAR-10 from {}: {} train, {} test images, read and checked in {:.2f} s\n", d.source,
+               d.train.n, d.test.n, secs);
+    for (const auto* set : {&d.train, &d.test}) {
+        int counts[10] = {};
+        double mean[3] = {};
+        for (int i = 0; i < set->n; ++i) counts[set->labels[i]]++;
+        for (size_t i = 0; i < set->images.size(); ++i) mean[i % 3] += set->images[i];
+        const double px = double(set->n) * kCifarSide * kCifarSide * 255.0;
+        fmt::print("  {:<5} classes [{}]  channel means {:.4f} {:.4f} {:.4f}\n",
+                   set == &d.train ? "train" : "test", fmt::join(counts, " "), mean[0] / px,
+                   mean[1] / px, mean[2] / px);
+    }
+    return 0;
+}
+
+}  // namespace sr

@@ -1,0 +1,64 @@
+// commands.h: what each `speedrun` subcommand does, behind the CLI (app/ only parses flags into
+// these structs and calls these functions).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "train/trainer.h"
+
+namespace sr {
+
+struct CommonArgs {
+    std::string preset = "airbench94";
+    std::string config;              // JSON merged over the preset
+    std::vector<std::string> sets;   // key.path=value overrides
+    std::string device = "auto";     // auto | cpu | cuda
+    int threads = 0;                 // CPU threads (0 = all cores)
+    std::string data;                // CIFAR-10 directory
+    bool synthetic = false;          // use the synthetic set instead of CIFAR-10
+    bool download = true;            // allow downloading CIFAR-10 when not found
+    // single-flag overrides (< 0 / empty: keep the recipe's)
+    double epochs = -1;
+    int batch_size = -1;
+};
+
+struct TrainArgs : CommonArgs {
+    uint64_t seed = 0;
+    int runs = 1;
+    int subset = 0, test_subset = 0;
+    std::string summary_json, log;
+    bool no_epoch_eval = false;
+    int warmup = -1;  // -1: one warm-up run on the GPU, none on the CPU
+};
+
+struct BenchArgs : CommonArgs {
+    int steps = 5;        // timed training steps (after 1 warm-up step)
+    int eval_images = 0;  // images for the timed TTA inference (0 = one eval batch)
+    std::string json;     // write the result as JSON
+};
+
+struct DataArgs {
+    std::string data;
+    bool download = true;
+    std::string write_synthetic;  // write a synthetic set in the binary format to this dir
+    int synthetic_train = 5000, synthetic_test = 1000;
+    uint64_t seed = 0;
+};
+
+struct AccuracyStats {
+    int n = 0;
+    double mean = 0, std = 0, min = 0, max = 0;
+};
+AccuracyStats accuracy_stats(const std::vector<double>& v);  // std: sample (n - 1)
+
+Recipe resolve_recipe(const CommonArgs& a);
+std::unique_ptr<Backend> make_backend(const std::string& device, int threads);
+Cifar10 load_data(const CommonArgs& a);
+
+int cmd_train(const TrainArgs& a);
+int cmd_bench(const BenchArgs& a);
+int cmd_data(const DataArgs& a);
+int cmd_presets();
+
+}  // namespace sr

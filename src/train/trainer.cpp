@@ -1,0 +1,268 @@
+// trainer.cpp: see trainer.h. The order of operations follows airbench94.py's main().
+#include "train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "optim/schedule.h"
+
+namespace sr {
+namespace {
+
+// Checked before anything is allocated, so a bad flag fails at once.
+int checked_train_count(const Recipe& r, const Cifar10& data, const TrainOptions& o) {
+    if (o.subset < 0) fail("--subset must be >= 0 (got {})", o.subset);
+    if (o.test_subset < 0) fail("--test-subset must be >= 0 (got {})", o.test_subset);
+    const int n = o.subset > 0 ? std::min(o.subset, data.train.n) : data.train.n;
+    if (r.batch_size > n)
+        fail("batch size {} is larger than the training set ({} images)", r.batch_size, n);
+    if (data.test.n <= 0) fail("the test set is empty");
+    return n;
+}
+
+using clock_type = std::chrono::steady_clock;
+double seconds_since(clock_type::time_point t) {
+    return std::chrono::duration<double>(clock_type::now() - t).count();
+}
+
+void progress_bar(int epoch, int done, int total, double loss, double secs) {
+    const int width = 30, fill = total ? done * width / total : width;
+    std::string bar(size_t(fill), '#');
+    bar.resize(width, '.');
+    std::fprintf(stderr, "\r  epoch %2d [%s] %4d/%-4d loss %.4f  %6.1f s ", epoch, bar.c_str(), done,
+                 total, loss, secs);
+    std::fflush(stderr);
+}
+
+}  // namespace
+
+Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOptions& o)
+    : b_(b),
+      r_(r),
+      o_(o),
+      n_train_(checked_train_count(r, data, o)),
+      n_test_(o.test_subset > 0 ? std::min(o.test_subset, data.test.n) : data.test.n),
+      batch_(r.batch_size),
+      eval_batch_(std::min(r.batch_size, n_test_)),
+      net_(b, r.net),
+      opt_(net_, r),
+      ws_train_(std::make_unique<Workspace>(net_, r.batch_size)) {
+    if (eval_batch_ == batch_) {
+        ws_eval_ = ws_train_.get();
+    } else {
+        ws_eval_own_ = std::make_unique<Workspace>(net_, eval_batch_);
+        ws_eval_ = ws_eval_own_.get();
+    }
+    const int side = r.net.image_side, pad = r.translate;
+    // data loading (untimed): raw uint8 images and labels onto the device
+    train_labels_.assign(data.train.labels.begin(), data.train.labels.begin() + n_train_);
+    test_labels_.assign(data.test.labels.begin(), data.test.labels.begin() + n_test_);
+    train_u8_ = DeviceBuffer<uint8_t>(b, size_t(n_train_) * kCifarPixels);
+    test_u8_ = DeviceBuffer<uint8_t>(b, size_t(n_test_) * kCifarPixels);
+    b.upload(train_u8_.get(), data.train.images.data(), train_u8_.size());
+    b.upload(test_u8_.get(), data.test.images.data(), test_u8_.size());
+    train_pad_ = DeviceBuffer<float>(b, size_t(n_train_) * (side + 2 * pad) * (side + 2 * pad) * 3);
+    test_pad_ = DeviceBuffer<float>(b, size_t(n_test_) * (side + 2) * (side + 2) * 3);
+    batch_x_ = DeviceBuffer<float>(b, size_t(std::max(batch_, std::min(r.whiten_images, n_train_))) * side * side * 3);
+    eval_x_ = DeviceBuffer<float>(b, size_t(eval_batch_) * side * side * 3);
+    logits_acc_ = DeviceBuffer<float>(b, size_t(eval_batch_) * r.net.num_classes);
+    zeros_ = DeviceBuffer<float>(b, size_t(eval_batch_) * r.net.num_classes);
+    stats_ = DeviceBuffer<float>(b, 2);
+    ep_idx_ = DeviceBuffer<int32_t>(b, n_train_);
+    ep_labels_ = DeviceBuffer<int32_t>(b, n_train_);
+    ep_shifts_ = DeviceBuffer<int8_t>(b, size_t(2) * n_train_);
+    ep_flips_ = DeviceBuffer<uint8_t>(b, n_train_);
+    host_logits_.resize(size_t(n_test_) * r.net.num_classes);
+    if (!o.log_path.empty()) log_ = std::make_unique<JsonlLog>(o.log_path);
+}
+
+double Trainer::evaluate(int level) {
+    const int side = r_.net.image_side, O = r_.net.num_classes, Be = eval_batch_;
+    b_.normalize_pad(test_pad_.get(), test_u8_.get(), n_test_, side, side, r_.mean.data(),
+                     r_.std.data(), 1);
+    struct View { int sy, sx, flip; float w; };
+    std::vector<View> views;
+    if (level == 0) views = {{0, 0, 0, 1.f}};
+    else if (level == 1) views = {{0, 0, 0, .5f}, {0, 0, 1, .5f}};
+    else  // 0.5 mean(id, flip) + 0.5 mean over the two 1-pixel translations of mean(view, flip)
+        views = {{0, 0, 0, .25f}, {0, 0, 1, .25f}, {-1, -1, 0, .125f}, {-1, -1, 1, .125f},
+                 {1, 1, 0, .125f}, {1, 1, 1, .125f}};
+    for (int c = 0; c < n_test_; c += Be) {
+        const int first = std::min(c, n_test_ - Be);
+        b_.copy(logits_acc_.get(), zeros_.get(), size_t(Be) * O * sizeof(float));
+        for (const View& v : views) {
+            b_.gather_crops(eval_x_.get(), test_pad_.get(), side, side, 1, Be, nullptr, first,
+                            nullptr, v.sy, v.sx, nullptr, v.flip);
+            const float* logits = ws_eval_->forward(eval_x_.get(), false);
+            b_.axpy(logits_acc_.get(), logits, v.w, size_t(Be) * O);
+        }
+        b_.download(host_logits_.data() + size_t(first) * O, logits_acc_.get(), size_t(Be) * O * sizeof(float));
+    }
+    int correct = 0;
+    for (int i = 0; i < n_test_; ++i) {
+        const float* z = host_logits_.data() + size_t(i) * O;
+        correct += int(std::max_element(z, z + O) - z) == test_labels_[i];
+    }
+    return double(correct) / n_test_;
+}
+
+RunResult Trainer::run(uint64_t seed, bool warmup) {
+    const int side = r_.net.image_side, pad = r_.translate, B = batch_, O = r_.net.num_classes;
+    const bool print = !warmup && !o_.quiet;
+    const bool bar = print && o_.progress && isatty(2);
+    Rng rng(seed);
+    RunResult res;
+    res.seed = seed;
+
+    // fresh weights, zero momentum, lookahead state = the initial weights (taken before the
+    // whitening init, as airbench94 does)
+    net_.init(rng);
+    std::vector<float> zero(net_.size(), 0.f);
+    b_.upload(net_.momentum.get(), zero.data(), zero.size() * sizeof(float));
+    opt_.reset_ema();
+
+    const int spe = steps_per_epoch(n_train_, B);
+    const int total = total_steps(n_train_, B, r_.epochs);
+    const int n_epochs = int(std::ceil(r_.epochs - 1e-9));
+    res.steps = total;
+
+    b_.synchronize();
+    auto t0 = clock_type::now();
+    double timed = 0;
+    // first touch of the training data on the device: normalise + reflect-pad once
+    b_.normalize_pad(train_pad_.get(), train_u8_.get(), n_train_, side, side, r_.mean.data(),
+                     r_.std.data(), pad);
+    const int nw = std::min(r_.whiten_images, n_train_);
+    b_.gather_crops(batch_x_.get(), train_pad_.get(), side, side, pad, nw, nullptr, 0, nullptr, 0,
+                    0, nullptr, 0);
+    net_.init_whitening(batch_x_.get(), nw, float(r_.whiten_eps));
+    b_.synchronize();
+    timed += seconds_since(t0);
+
+    // alternating flip: a random half at the start, then every image flips each epoch
+    std::vector<uint8_t> base_flip(size_t(n_train_), 0);
+    if (r_.flip)
+        for (auto& f : base_flip) f = rng.uniform() < 0.5 ? 1 : 0;
+    std::vector<int32_t> perm(n_train_), idx(n_train_), lab(n_train_);
+    std::vector<int8_t> shifts(size_t(2) * n_train_);
+    std::vector<uint8_t> flips(n_train_);
+
+    if (print) {
+        fmt::print("{:>5} | {:>5} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8}\n", "epoch", "steps",
+                   "train_loss", "train_acc", "test_acc", "epoch_s", "total_s");
+        fmt::print("{:-<5}-+-{:-<5}-+-{:-<10}-+-{:-<9}-+-{:-<8}-+-{:-<8}-+-{:-<8}\n", "", "", "",
+                   "", "", "", "");
+        std::fflush(stdout);
+    }
+
+    int step = 0;
+    for (int epoch = 0; epoch < n_epochs && step < total; ++epoch) {
+        const bool whiten_bias = epoch < r_.whiten_bias_epochs;
+        // this epoch's order, translations and flips, made on the host, uploaded once
+        std::iota(perm.begin(), perm.end(), 0);
+        for (int i = n_train_ - 1; i > 0; --i) std::swap(perm[i], perm[rng.below(uint32_t(i + 1))]);
+        for (int j = 0; j < n_train_; ++j) {
+            idx[j] = perm[j];
+            lab[j] = train_labels_[perm[j]];
+            shifts[2 * j] = int8_t(pad ? int(rng.below(2 * pad + 1)) - pad : 0);
+            shifts[2 * j + 1] = int8_t(pad ? int(rng.below(2 * pad + 1)) - pad : 0);
+            flips[j] = r_.flip ? uint8_t(base_flip[perm[j]] ^ (epoch & 1)) : 0;
+        }
+        b_.synchronize();
+        const auto te = clock_type::now();
+        b_.upload(ep_idx_.get(), idx.data(), idx.size() * sizeof(int32_t));
+        b_.upload(ep_labels_.get(), lab.data(), lab.size() * sizeof(int32_t));
+        b_.upload(ep_shifts_.get(), shifts.data(), shifts.size());
+        b_.upload(ep_flips_.get(), flips.data(), flips.size());
+        const float zero2[2] = {0.f, 0.f};
+        b_.upload(stats_.get(), zero2, sizeof zero2);
+
+        int steps_here = 0;
+        for (int s = 0; s < spe && step < total; ++s) {
+            b_.gather_crops(batch_x_.get(), train_pad_.get(), side, side, pad, B,
+                            ep_idx_.get() + size_t(s) * B, 0, ep_shifts_.get() + size_t(2) * s * B,
+                            0, 0, ep_flips_.get() + size_t(s) * B, 0);
+            const float* logits = ws_train_->forward(batch_x_.get(), true);
+            b_.cross_entropy(ws_train_->dlogits(), stats_.get(), logits,
+                             ep_labels_.get() + size_t(s) * B, B, O, r_.label_smoothing);
+            ws_train_->backward(ws_train_->dlogits(), whiten_bias);
+            opt_.step(lr_multiplier(step, total, r_.warmup_frac, r_.lr_start, r_.lr_peak, r_.lr_end),
+                      whiten_bias);
+            ++step;
+            ++steps_here;
+            if (r_.lookahead_every > 0) {
+                if (step % r_.lookahead_every == 0)
+                    opt_.lookahead(lookahead_decay(step, total, r_.lookahead_every,
+                                                   r_.lookahead_base, r_.lookahead_power));
+                if (step == total) opt_.lookahead(1.0);  // the weights become the EMA
+            }
+            if (bar && b_.device() == Device::cpu) {
+                float st[2];
+                b_.download(st, stats_.get(), sizeof st);
+                progress_bar(epoch, s + 1, std::min(spe, total - (step - steps_here)),
+                             st[0] / (double(steps_here) * B), seconds_since(te));
+            }
+        }
+        b_.synchronize();
+        const double epoch_s = seconds_since(te);
+        timed += epoch_s;
+        res.step_seconds += epoch_s;
+        if (bar) std::fprintf(stderr, "\r%*s\r", 80, "");
+
+        float st[2];
+        b_.download(st, stats_.get(), sizeof st);
+        EpochStats es;
+        es.epoch = epoch;
+        es.steps = step;
+        es.train_loss = st[0] / (double(steps_here) * B);
+        es.train_acc = st[1] / (double(steps_here) * B);
+        es.epoch_seconds = epoch_s;
+        es.total_seconds = timed;
+        if (o_.eval_each_epoch) es.test_acc = evaluate(0);  // untimed
+        res.epochs.push_back(es);
+        if (print) {
+            fmt::print("{:>5} | {:>5} | {:>10.4f} | {:>9.4f} | {:>8} | {:>8.2f} | {:>8.2f}\n", epoch,
+                       step, es.train_loss, es.train_acc,
+                       es.test_acc >= 0 ? fmt::format("{:.4f}", es.test_acc) : std::string("-"),
+                       epoch_s, timed);
+            std::fflush(stdout);
+        }
+        if (!warmup && log_)
+            log_->write({{"event", "epoch"}, {"seed", seed}, {"epoch", epoch}, {"steps", step},
+                        {"train_loss", es.train_loss}, {"train_acc", es.train_acc},
+                        {"test_acc", es.test_acc}, {"epoch_seconds", epoch_s}, {"total_seconds", timed}});
+    }
+
+    // the final test-time-augmented evaluation is part of the timed region
+    b_.synchronize();
+    const auto tt = clock_type::now();
+    res.test_accuracy_tta = evaluate(r_.tta_level);
+    b_.synchronize();
+    timed += seconds_since(tt);
+    res.test_accuracy = (o_.eval_each_epoch && !res.epochs.empty()) ? res.epochs.back().test_acc
+                                                                     : evaluate(0);
+    res.train_seconds = timed;
+    res.images_per_second = res.step_seconds > 0 ? double(total) * B / res.step_seconds : 0;
+    if (print) {
+        fmt::print("{:>5} | {:>5} | {:>10} | {:>9} | {:>8.4f} | {:>8} | {:>8.2f}   (TTA level {}; "
+                   "without TTA {:.4f})\n",
+                   "eval", step, "", "", res.test_accuracy_tta, "", timed, r_.tta_level,
+                   res.test_accuracy);
+        std::fflush(stdout);
+    }
+    if (!warmup && log_)
+        log_->write({{"event", "run"}, {"seed", seed}, {"test_accuracy", res.test_accuracy},
+                    {"test_accuracy_tta", res.test_accuracy_tta}, {"train_seconds", timed},
+                    {"step_seconds", res.step_seconds}, {"images_per_second", res.images_per_second},
+                    {"steps", total}});
+    return res;
+}
+
+}  // namespace sr

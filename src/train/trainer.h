@@ -1,0 +1,73 @@
+// trainer.h: one training run of a recipe on a backend: data upload (untimed), then the timed
+// region (normalise/pad, whitening init, every training step, the final TTA evaluation), with
+// per-epoch statistics and evaluation (untimed) in between.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data/cifar10.h"
+#include "io/atomic_file.h"
+#include "model/network.h"
+#include "optim/optimizer.h"
+#include "train/recipe.h"
+
+namespace sr {
+
+struct TrainOptions {
+    int subset = 0;             // train on the first N training images (0 = all)
+    int test_subset = 0;        // evaluate on the first N test images (0 = all)
+    bool eval_each_epoch = true;  // untimed test accuracy after every epoch
+    bool progress = true;       // live progress bar on stderr when it is a terminal
+    bool quiet = false;         // no per-epoch table
+    std::string log_path;       // JSONL log (one line per epoch and per run); empty = none
+};
+
+struct EpochStats {
+    int epoch = 0, steps = 0;
+    double train_loss = 0, train_acc = 0, test_acc = -1;  // test_acc < 0: not evaluated
+    double epoch_seconds = 0, total_seconds = 0;
+};
+
+struct RunResult {
+    uint64_t seed = 0;
+    double test_accuracy = 0, test_accuracy_tta = 0;
+    double train_seconds = 0;  // timed region: prep + whitening + steps + TTA eval
+    double step_seconds = 0;   // the training steps alone
+    double images_per_second = 0;  // trained images / step_seconds
+    int steps = 0;
+    std::vector<EpochStats> epochs;
+};
+
+class Trainer {
+public:
+    Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOptions& o);
+    // A full run from a fresh init with this seed. warmup: run but print nothing.
+    RunResult run(uint64_t seed, bool warmup = false);
+    // Test accuracy of the current weights with TTA level 0, 1 or 2.
+    double evaluate(int tta_level);
+    Network& network() { return net_; }
+    int n_train() const { return n_train_; }
+    int n_test() const { return n_test_; }
+
+private:
+    Backend& b_;
+    Recipe r_;
+    TrainOptions o_;
+    int n_train_, n_test_, batch_, eval_batch_;
+    Network net_;
+    Optimizer opt_;
+    std::unique_ptr<Workspace> ws_train_;
+    std::unique_ptr<Workspace> ws_eval_own_;
+    Workspace* ws_eval_;
+    std::vector<int32_t> train_labels_, test_labels_;
+    DeviceBuffer<uint8_t> train_u8_, test_u8_;
+    DeviceBuffer<float> train_pad_, test_pad_, batch_x_, eval_x_, logits_acc_, zeros_, stats_;
+    DeviceBuffer<int32_t> ep_idx_, ep_labels_;
+    DeviceBuffer<int8_t> ep_shifts_;
+    DeviceBuffer<uint8_t> ep_flips_;
+    std::vector<float> host_logits_;
+    std::unique_ptr<JsonlLog> log_;
+};
+
+}  // namespace sr

@@ -1,0 +1,397 @@
+// test_cpu_ops.cpp: every CPU op against an independent reference: finite differences for the
+// gradients (central, in double around float ops), plain loops for the oneDNN convolution, and
+// closed forms for the data ops. Shapes are small and awkward (odd sides, C not a multiple of 8).
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <numeric>
+
+#include <fmt/format.h>
+
+#include "ops/backend.h"
+#include "ops/cpu/cpu_ops.h"
+#include "test_util.h"
+
+namespace sr {
+namespace {
+using test::all_close;
+using test::randn;
+
+// Central-difference gradient of L(x) = sum_i r_i f(x)_i for a float function f, at `probes`
+// indices of x (all if probes >= x.size()).
+std::vector<std::pair<size_t, double>> fd_grad(std::vector<float> x, const std::vector<float>& r,
+                                               const std::function<std::vector<float>(const std::vector<float>&)>& f,
+                                               double eps, size_t probes, uint64_t seed) {
+    std::vector<size_t> idx(x.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    if (probes < x.size()) {
+        Rng rng(seed);
+        for (size_t i = 0; i < probes; ++i) std::swap(idx[i], idx[i + rng.below(uint32_t(x.size() - i))]);
+        idx.resize(probes);
+    }
+    auto L = [&](const std::vector<float>& xx) {
+        const auto y = f(xx);
+        double s = 0;
+        for (size_t i = 0; i < y.size(); ++i) s += double(r[i]) * y[i];
+        return s;
+    };
+    std::vector<std::pair<size_t, double>> out;
+    for (size_t i : idx) {
+        const float x0 = x[i];
+        x[i] = x0 + float(eps);
+        const double lp = L(x);
+        x[i] = x0 - float(eps);
+        const double lm = L(x);
+        x[i] = x0;
+        out.push_back({i, (lp - lm) / (2 * eps)});
+    }
+    return out;
+}
+
+::testing::AssertionResult grad_matches(const std::vector<std::pair<size_t, double>>& fd,
+                                        const std::vector<float>& analytic, double atol, double rtol) {
+    for (auto [i, g] : fd) {
+        if (std::abs(g - analytic[i]) > atol + rtol * std::abs(g))
+            return ::testing::AssertionFailure() << "index " << i << ": analytic " << analytic[i]
+                                                 << " vs finite difference " << g;
+    }
+    return ::testing::AssertionSuccess();
+}
+
+// ---- convolution: oneDNN against plain loops, plain loops against finite differences -------
+
+struct ConvCase { ConvShape s; const char* what; };
+const ConvCase kConvCases[] = {
+    {{3, 7, 7, 5, 6, 3, 3, 1}, "3x3 pad 1, odd side, C=5 K=6"},
+    {{2, 9, 9, 3, 24, 2, 2, 0}, "2x2 valid (whitening shape)"},
+    {{2, 5, 5, 17, 9, 3, 3, 1}, "3x3, C=17 (vector tail)"},
+    {{4, 15, 15, 64, 64, 3, 3, 1}, "real shape: block1 conv2 at N=4"},
+};
+
+TEST(CpuOps, ConvOneDnnMatchesNaive) {
+    auto b = make_cpu_backend(2);
+    for (const auto& c : kConvCases) {
+        SCOPED_TRACE(c.what);
+        const ConvShape& s = c.s;
+        const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K,
+                     nw = size_t(s.K) * s.R * s.S * s.C;
+        auto x = randn(nx, 1), w = randn(nw, 2, 0.3f), bias = randn(s.K, 3), dy = randn(ny, 4);
+        auto conv = b->make_conv(s);
+        std::vector<float> y(ny, 7.f), y_ref(ny, -7.f), dx(nx, 7.f), dx_ref(nx, -7.f), dw(nw, 7.f),
+            dw_ref(nw, -7.f), db(s.K, 7.f), db_ref(s.K, -7.f);
+        conv->forward(y.data(), x.data(), w.data(), bias.data());
+        cpu::conv2d_forward_naive(y_ref.data(), x.data(), w.data(), bias.data(), s);
+        // tolerance: fp32 sums of up to C*R*S = 576 products; oneDNN reorders the sum
+        EXPECT_TRUE(all_close(y, y_ref, 1e-4, 1e-4));
+        conv->forward(y.data(), x.data(), w.data(), nullptr);
+        cpu::conv2d_forward_naive(y_ref.data(), x.data(), w.data(), nullptr, s);
+        EXPECT_TRUE(all_close(y, y_ref, 1e-4, 1e-4));
+        conv->backward_data(dx.data(), dy.data(), w.data());
+        cpu::conv2d_backward_data_naive(dx_ref.data(), dy.data(), w.data(), s);
+        EXPECT_TRUE(all_close(dx, dx_ref, 1e-4, 1e-4));
+        conv->backward_weights(dw.data(), db.data(), dy.data(), x.data());
+        cpu::conv2d_backward_weights_naive(dw_ref.data(), db_ref.data(), dy.data(), x.data(), s);
+        // weight gradients sum over N*P*Q up to 900 terms
+        EXPECT_TRUE(all_close(dw, dw_ref, 1e-3, 1e-4));
+        EXPECT_TRUE(all_close(db, db_ref, 1e-3, 1e-4));
+        std::fill(dw.begin(), dw.end(), 7.f);
+        conv->backward_weights(dw.data(), nullptr, dy.data(), x.data());
+        EXPECT_TRUE(all_close(dw, dw_ref, 1e-3, 1e-4));
+    }
+}
+
+TEST(CpuOps, ConvNaiveGradientsMatchFiniteDifferences) {
+    const ConvShape s{2, 5, 5, 3, 4, 3, 3, 1};
+    const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K,
+                 nw = size_t(s.K) * s.R * s.S * s.C;
+    auto x = randn(nx, 11), w = randn(nw, 12, 0.5f), bias = randn(s.K, 13), r = randn(ny, 14);
+    std::vector<float> dx(nx), dw(nw), db(s.K);
+    cpu::conv2d_backward_data_naive(dx.data(), r.data(), w.data(), s);
+    cpu::conv2d_backward_weights_naive(dw.data(), db.data(), r.data(), x.data(), s);
+    auto fx = [&](const std::vector<float>& xx) {
+        std::vector<float> y(ny);
+        cpu::conv2d_forward_naive(y.data(), xx.data(), w.data(), bias.data(), s);
+        return y;
+    };
+    auto fw = [&](const std::vector<float>& ww) {
+        std::vector<float> y(ny);
+        cpu::conv2d_forward_naive(y.data(), x.data(), ww.data(), bias.data(), s);
+        return y;
+    };
+    auto fb = [&](const std::vector<float>& bb) {
+        std::vector<float> y(ny);
+        cpu::conv2d_forward_naive(y.data(), x.data(), w.data(), bb.data(), s);
+        return y;
+    };
+    // linear in each argument: FD error is float rounding of y only (eps 1e-2)
+    EXPECT_TRUE(grad_matches(fd_grad(x, r, fx, 1e-2, 60, 1), dx, 2e-3, 2e-3));
+    EXPECT_TRUE(grad_matches(fd_grad(w, r, fw, 1e-2, 60, 2), dw, 2e-3, 2e-3));
+    EXPECT_TRUE(grad_matches(fd_grad(bias, r, fb, 1e-2, 99, 3), db, 2e-3, 2e-3));
+}
+
+// ---- batch norm -------------------------------------------------------------------------------
+
+TEST(CpuOps, BatchNormForwardStatisticsAndRunningUpdate) {
+    const int M = 147, C = 5;
+    auto x = randn(size_t(M) * C, 21, 2.f);
+    for (int i = 0; i < M; ++i) x[size_t(i) * C + 2] += 3.f;  // a channel with a large mean
+    auto gamma = randn(C, 22), beta = randn(C, 23);
+    std::vector<float> y(x.size()), mean(C), istd(C), rm(C, 0.5f), rv(C, 2.f);
+    cpu::bn_forward_train(y.data(), mean.data(), istd.data(), rm.data(), rv.data(), x.data(),
+                          gamma.data(), beta.data(), M, C, 1e-5f, 0.4f);
+    for (int c = 0; c < C; ++c) {
+        double m = 0, v = 0;
+        for (int i = 0; i < M; ++i) m += x[size_t(i) * C + c];
+        m /= M;
+        for (int i = 0; i < M; ++i) v += std::pow(x[size_t(i) * C + c] - m, 2);
+        v /= M;
+        EXPECT_NEAR(mean[c], m, 1e-5);
+        EXPECT_NEAR(istd[c], 1 / std::sqrt(v + 1e-5), 1e-4);
+        EXPECT_NEAR(rm[c], 0.6 * 0.5 + 0.4 * m, 1e-5);
+        EXPECT_NEAR(rv[c], 0.6 * 2.0 + 0.4 * v * M / (M - 1), 1e-4);  // unbiased, as PyTorch
+        for (int i = 0; i < M; ++i)
+            EXPECT_NEAR(y[size_t(i) * C + c], (x[size_t(i) * C + c] - m) / std::sqrt(v + 1e-5) * gamma[c] + beta[c], 1e-4);
+    }
+    std::vector<float> ye(x.size());
+    cpu::bn_forward_eval(ye.data(), x.data(), rm.data(), rv.data(), gamma.data(), beta.data(), M, C, 1e-5f);
+    for (int c = 0; c < C; ++c)
+        EXPECT_NEAR(ye[c], (x[c] - rm[c]) / std::sqrt(rv[c] + 1e-5) * gamma[c] + beta[c], 1e-5);
+}
+
+TEST(CpuOps, BatchNormGradientsMatchFiniteDifferences) {
+    const int M = 30, C = 3;
+    auto x = randn(size_t(M) * C, 31), gamma = randn(C, 32), beta = randn(C, 33), r = randn(size_t(M) * C, 34);
+    std::vector<float> y(x.size()), mean(C), istd(C), rm(C), rv(C), dx(x.size()), dg(C), db(C);
+    cpu::bn_forward_train(y.data(), mean.data(), istd.data(), rm.data(), rv.data(), x.data(),
+                          gamma.data(), beta.data(), M, C, 1e-5f, 0.1f);
+    cpu::bn_backward(dx.data(), dg.data(), db.data(), r.data(), x.data(), mean.data(), istd.data(),
+                     gamma.data(), M, C);
+    auto run = [&](const std::vector<float>& xx, const std::vector<float>& g, const std::vector<float>& bb) {
+        std::vector<float> yy(xx.size()), m(C), s(C), a(C), v(C);
+        cpu::bn_forward_train(yy.data(), m.data(), s.data(), a.data(), v.data(), xx.data(), g.data(),
+                              bb.data(), M, C, 1e-5f, 0.1f);
+        return yy;
+    };
+    // BN is smooth; eps 1e-3 keeps the FD truncation error ~1e-6, float rounding ~1e-4
+    EXPECT_TRUE(grad_matches(fd_grad(x, r, [&](auto& xx) { return run(xx, gamma, beta); }, 1e-3, 90, 1), dx, 3e-3, 3e-3));
+    EXPECT_TRUE(grad_matches(fd_grad(gamma, r, [&](auto& g) { return run(x, g, beta); }, 1e-3, 3, 2), dg, 3e-3, 3e-3));
+    EXPECT_TRUE(grad_matches(fd_grad(beta, r, [&](auto& bb) { return run(x, gamma, bb); }, 1e-3, 3, 3), db, 3e-3, 3e-3));
+}
+
+// ---- GELU ---------------------------------------------------------------------------------
+
+TEST(CpuOps, GeluMatchesErfFormulaAndItsDerivative) {
+    std::vector<float> x;
+    for (float v = -9.f; v <= 9.f; v += 0.0137f) x.push_back(v);
+    std::vector<float> y(x.size()), dx(x.size()), ones(x.size(), 1.f);
+    cpu::gelu_forward(y.data(), x.data(), x.size());
+    cpu::gelu_backward(dx.data(), ones.data(), x.data(), x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+        const double v = x[i];
+        const double ref = 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+        const double dref = 0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI);
+        ASSERT_NEAR(y[i], ref, 2e-6 + 2e-6 * std::abs(ref)) << "x=" << v;
+        ASSERT_NEAR(dx[i], dref, 2e-6) << "x=" << v;
+    }
+}
+
+// ---- max pooling ------------------------------------------------------------------------------
+
+// distinct values, gaps >= 0.01, so finite differences with eps 1e-3 never cross a kink
+std::vector<float> distinct_values(size_t n, uint64_t seed) {
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = 0.01f * float(i) - 0.005f * float(n);
+    Rng r(seed);
+    for (size_t i = n - 1; i > 0; --i) std::swap(v[i], v[r.below(uint32_t(i + 1))]);
+    return v;
+}
+
+TEST(CpuOps, MaxPoolForwardBackward) {
+    for (auto [H, k] : {std::pair{7, 2}, std::pair{3, 3}, std::pair{4, 3}}) {
+        SCOPED_TRACE(fmt::format("H={} k={}", H, k));
+        const int N = 2, C = 5, P = H / k;
+        auto x = distinct_values(size_t(N) * H * H * C, 41);
+        std::vector<float> y(size_t(N) * P * P * C, 9.f), dx(x.size(), 9.f);
+        std::vector<uint8_t> arg(y.size());
+        cpu::maxpool_forward(y.data(), arg.data(), x.data(), N, H, H, C, k);
+        for (int n = 0; n < N; ++n)
+            for (int p = 0; p < P; ++p)
+                for (int q = 0; q < P; ++q)
+                    for (int c = 0; c < C; ++c) {
+                        float m = -1e30f;
+                        for (int i = 0; i < k; ++i)
+                            for (int j = 0; j < k; ++j)
+                                m = std::max(m, x[((size_t(n) * H + p * k + i) * H + q * k + j) * C + c]);
+                        ASSERT_EQ(y[((size_t(n) * P + p) * P + q) * C + c], m);
+                    }
+        auto r = randn(y.size(), 42);
+        cpu::maxpool_backward(dx.data(), r.data(), arg.data(), N, H, H, C, k);
+        auto f = [&](const std::vector<float>& xx) {
+            std::vector<float> yy(y.size());
+            std::vector<uint8_t> a(y.size());
+            cpu::maxpool_forward(yy.data(), a.data(), xx.data(), N, H, H, C, k);
+            return yy;
+        };
+        EXPECT_TRUE(grad_matches(fd_grad(x, r, f, 1e-3, x.size(), 1), dx, 1e-3, 1e-3));
+    }
+}
+
+TEST(CpuOps, MaxPoolTiesTakeTheFirstElementAsPyTorch) {
+    std::vector<float> x(4 * 1, 1.f);  // N=1, 2x2, C=1, all equal
+    std::vector<float> y(1);
+    std::vector<uint8_t> arg(1, 99);
+    cpu::maxpool_forward(y.data(), arg.data(), x.data(), 1, 2, 2, 1, 2);
+    EXPECT_EQ(arg[0], 0);
+}
+
+// ---- linear and loss --------------------------------------------------------------------------
+
+TEST(CpuOps, LinearGradientsMatchFiniteDifferences) {
+    const int N = 3, I = 13, O = 10;
+    const float scale = 1.f / 9;
+    auto x = randn(size_t(N) * I, 51), w = randn(size_t(O) * I, 52), r = randn(size_t(N) * O, 53);
+    std::vector<float> y(size_t(N) * O), dx(x.size()), dw(w.size());
+    cpu::linear_forward(y.data(), x.data(), w.data(), N, I, O, scale);
+    for (int n = 0; n < N; ++n)
+        for (int o = 0; o < O; ++o) {
+            double s = 0;
+            for (int i = 0; i < I; ++i) s += double(x[size_t(n) * I + i]) * w[size_t(o) * I + i];
+            ASSERT_NEAR(y[size_t(n) * O + o], scale * s, 1e-5);
+        }
+    cpu::linear_backward(dx.data(), dw.data(), r.data(), x.data(), w.data(), N, I, O, scale);
+    auto fx = [&](const std::vector<float>& xx) { std::vector<float> yy(y.size()); cpu::linear_forward(yy.data(), xx.data(), w.data(), N, I, O, scale); return yy; };
+    auto fw = [&](const std::vector<float>& ww) { std::vector<float> yy(y.size()); cpu::linear_forward(yy.data(), x.data(), ww.data(), N, I, O, scale); return yy; };
+    EXPECT_TRUE(grad_matches(fd_grad(x, r, fx, 1e-2, x.size(), 1), dx, 1e-3, 1e-3));
+    EXPECT_TRUE(grad_matches(fd_grad(w, r, fw, 1e-2, w.size(), 2), dw, 1e-3, 1e-3));
+}
+
+TEST(CpuOps, CrossEntropyWithLabelSmoothing) {
+    const int N = 4, O = 10;
+    const float s = 0.2f;
+    auto z = randn(size_t(N) * O, 61, 3.f);
+    std::vector<int32_t> labels = {3, 0, 9, 3};
+    std::vector<float> d(z.size()), stats = {1.f, 2.f};  // stats accumulate
+    cpu::cross_entropy(d.data(), stats.data(), z.data(), labels.data(), N, O, s);
+    double loss = 0;
+    int correct = 0;
+    for (int n = 0; n < N; ++n) {
+        const float* zn = z.data() + size_t(n) * O;
+        double mx = *std::max_element(zn, zn + O), se = 0;
+        for (int o = 0; o < O; ++o) se += std::exp(zn[o] - mx);
+        const double lse = mx + std::log(se);
+        for (int o = 0; o < O; ++o) {
+            const double t = (o == labels[n] ? 1 - s : 0) + s / O;
+            loss -= t * (zn[o] - lse);
+            EXPECT_NEAR(d[size_t(n) * O + o], std::exp(zn[o] - lse) - t, 1e-6);
+        }
+        correct += int(std::max_element(zn, zn + O) - zn) == labels[n];
+    }
+    EXPECT_NEAR(stats[0], 1.0 + loss, 1e-4);
+    EXPECT_NEAR(stats[1], 2.0 + correct, 1e-6);
+    // and the gradient is the derivative of the summed loss
+    auto f = [&](const std::vector<float>& zz) {
+        std::vector<float> dd(zz.size()), st = {0.f, 0.f};
+        cpu::cross_entropy(dd.data(), st.data(), zz.data(), labels.data(), N, O, s);
+        return std::vector<float>{st[0]};
+    };
+    EXPECT_TRUE(grad_matches(fd_grad(z, {1.f}, f, 1e-2, z.size(), 1), d, 2e-3, 2e-3));
+}
+
+// ---- optimizer --------------------------------------------------------------------------------
+
+TEST(CpuOps, SgdNesterovIsPyTorchSgd) {
+    std::vector<float> p = {1.f, -2.f, 0.5f}, buf = {0.f, 0.f, 0.f}, g = {0.1f, 0.2f, -0.3f};
+    double P[3] = {1, -2, 0.5}, Bf[3] = {0, 0, 0};
+    const double lr = 0.01, wd = 0.5, m = 0.85;
+    for (int step = 0; step < 3; ++step) {
+        cpu::sgd_nesterov(p.data(), buf.data(), g.data(), 3, float(lr), float(wd), float(m));
+        for (int i = 0; i < 3; ++i) {
+            const double gi = g[i] + wd * P[i];
+            Bf[i] = m * Bf[i] + gi;  // step 0: buf = g (PyTorch clones g; the same as 0 * m + g)
+            P[i] -= lr * (gi + m * Bf[i]);
+            ASSERT_NEAR(p[i], P[i], 1e-6);
+            ASSERT_NEAR(buf[i], Bf[i], 1e-6);
+        }
+    }
+}
+
+TEST(CpuOps, LerpAssignAndAxpy) {
+    std::vector<float> ema = {0.f, 10.f}, p = {1.f, 0.f};
+    cpu::lerp_assign(ema.data(), p.data(), 2, 0.25f);
+    EXPECT_FLOAT_EQ(ema[0], 0.25f);
+    EXPECT_FLOAT_EQ(ema[1], 7.5f);
+    EXPECT_EQ(ema, p);
+    std::vector<float> y = {1.f, 2.f}, x = {3.f, 4.f};
+    cpu::axpy(y.data(), x.data(), 0.5f, 2);
+    EXPECT_FLOAT_EQ(y[0], 2.5f);
+    EXPECT_FLOAT_EQ(y[1], 4.f);
+}
+
+// ---- data ops ---------------------------------------------------------------------------------
+
+TEST(CpuOps, NormalizePadReflects) {
+    const int N = 1, H = 4, W = 5, pad = 2;
+    std::vector<uint8_t> in(size_t(N) * H * W * 3);
+    for (size_t i = 0; i < in.size(); ++i) in[i] = uint8_t(i * 7 % 256);
+    const float mean[3] = {0.1f, 0.2f, 0.3f}, stdv[3] = {0.5f, 0.25f, 2.f};
+    std::vector<float> out(size_t(N) * (H + 2 * pad) * (W + 2 * pad) * 3);
+    cpu::normalize_pad(out.data(), in.data(), N, H, W, mean, stdv, pad);
+    auto reflect = [](int i, int n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); };
+    for (int y = 0; y < H + 2 * pad; ++y)
+        for (int x = 0; x < W + 2 * pad; ++x)
+            for (int c = 0; c < 3; ++c) {
+                const int sy = reflect(y - pad, H), sx = reflect(x - pad, W);
+                const float v = in[(size_t(sy) * W + sx) * 3 + c];
+                ASSERT_FLOAT_EQ(out[(size_t(y) * (W + 2 * pad) + x) * 3 + c], (v / 255.f - mean[c]) / stdv[c]);
+            }
+    // reflect, not replicate: the pixel left of column 0 is column 1
+    EXPECT_EQ(out[(size_t(pad) * (W + 2 * pad) + pad - 1) * 3], out[(size_t(pad) * (W + 2 * pad) + pad + 1) * 3]);
+}
+
+TEST(CpuOps, GatherCropsTranslateAndFlip) {
+    const int N = 3, H = 6, W = 6, pad = 2, HP = H + 2 * pad, WP = W + 2 * pad;
+    auto src = randn(size_t(N) * HP * WP * 3, 71);
+    const int B = 3;
+    std::vector<int32_t> idx = {2, 0, 1};
+    std::vector<int8_t> shifts = {-2, 1, 0, 0, 2, -1};
+    std::vector<uint8_t> flips = {0, 1, 1};
+    std::vector<float> out(size_t(B) * H * W * 3, 5.f);
+    cpu::gather_crops(out.data(), src.data(), H, W, pad, B, idx.data(), 0, shifts.data(), 0, 0, flips.data(), 0);
+    for (int b = 0; b < B; ++b)
+        for (int y = 0; y < H; ++y)
+            for (int x = 0; x < W; ++x)
+                for (int c = 0; c < 3; ++c) {
+                    const int xs = flips[b] ? W - 1 - x : x;
+                    const float want = src[((size_t(idx[b]) * HP + y + pad + shifts[2 * b]) * WP + xs + pad + shifts[2 * b + 1]) * 3 + c];
+                    ASSERT_EQ(out[((size_t(b) * H + y) * W + x) * 3 + c], want);
+                }
+    // flipping twice is the identity (pad 0, no shift)
+    std::vector<float> once(out.size()), twice(out.size());
+    cpu::gather_crops(once.data(), out.data(), H, W, 0, B, nullptr, 0, nullptr, 0, 0, nullptr, 1);
+    cpu::gather_crops(twice.data(), once.data(), H, W, 0, B, nullptr, 0, nullptr, 0, 0, nullptr, 1);
+    EXPECT_EQ(twice, out);
+    EXPECT_NE(once, out);
+}
+
+TEST(CpuOps, PatchCovarianceMatchesDirectSum) {
+    const int N = 2, H = 5, W = 4, C = 3, k = 2, D = C * k * k;
+    auto x = randn(size_t(N) * H * W * C, 81);
+    std::vector<double> cov(size_t(D) * D);
+    cpu::patch_covariance(cov.data(), x.data(), N, H, W, C, k);
+    std::vector<double> ref(size_t(D) * D, 0.0);
+    int count = 0;
+    for (int n = 0; n < N; ++n)
+        for (int p = 0; p + k <= H; ++p)
+            for (int q = 0; q + k <= W; ++q, ++count) {
+                std::vector<double> v(D);
+                for (int c = 0; c < C; ++c)  // PyTorch unfold order: (c, r, s)
+                    for (int r = 0; r < k; ++r)
+                        for (int s = 0; s < k; ++s) v[(c * k + r) * k + s] = x[((size_t(n) * H + p + r) * W + q + s) * C + c];
+                for (int a = 0; a < D; ++a)
+                    for (int b = 0; b < D; ++b) ref[a * D + b] += v[a] * v[b];
+            }
+    for (int i = 0; i < D * D; ++i) EXPECT_NEAR(cov[i], ref[i] / count, 1e-5);
+}
+
+}  // namespace
+}  // namespace sr

@@ -1,0 +1,65 @@
+// test_recipe.cpp: the airbench94 preset's numbers and everything derived from them (steps,
+// schedule, optimizer hyperparameters, lookahead decay), and config validation.
+#include "optim/optimizer.h"
+#include "optim/schedule.h"
+#include "train/recipe.h"
+#include "core/error.h"
+#include "test_util.h"
+
+namespace sr {
+namespace {
+
+TEST(Recipe, Airbench94DerivedQuantities) {
+    const Recipe r = load_recipe("airbench94", "");
+    EXPECT_EQ(r.batch_size, 1024);
+    EXPECT_EQ(steps_per_epoch(50000, r.batch_size), 48);
+    EXPECT_EQ(total_steps(50000, r.batch_size, r.epochs), 476);  // ceil(48 * 9.9)
+    // LambdaLR: step 0 uses 0.2; warm-up int(0.23 * 476) = 109 steps to 1.0; then to 0.07
+    EXPECT_DOUBLE_EQ(lr_multiplier(0, 476, 0.23, 0.2, 1.0, 0.07), 0.2);
+    EXPECT_NEAR(lr_multiplier(54, 476, 0.23, 0.2, 1.0, 0.07), 0.2 + 0.8 * 54 / 109.0, 1e-12);
+    EXPECT_DOUBLE_EQ(lr_multiplier(109, 476, 0.23, 0.2, 1.0, 0.07), 1.0);
+    EXPECT_NEAR(lr_multiplier(475, 476, 0.23, 0.2, 1.0, 0.07), 1.0 - 0.93 * 366 / 367.0, 1e-12);
+    const SgdHyper h = sgd_hyper(r);
+    const double kilostep = 1024 * (1 + 1 / (1 - 0.85));
+    EXPECT_NEAR(h.lr, 11.5 / kilostep, 1e-12);
+    EXPECT_NEAR(h.wd * h.lr, 0.0153 * 1024 / kilostep, 1e-12);
+    EXPECT_NEAR(h.lr_bias, 64 * h.lr, 1e-12);
+    EXPECT_NEAR(h.wd_bias * h.lr_bias, h.wd * h.lr, 1e-12);  // the same effective decay
+    EXPECT_NEAR(lookahead_decay(5, 476, 5, 0.95, 3), std::pow(0.95, 5) * std::pow(5 / 476.0, 3), 1e-15);
+    EXPECT_NEAR(r.net.bn_momentum, 0.4f, 1e-7);  // airbench's 0.6 is 1 - PyTorch momentum
+    EXPECT_EQ(r.tta_level, 2);
+}
+
+TEST(Recipe, ConfigErrorsNameTheKey) {
+    auto j = preset_json("airbench94");
+    j["opt"]["epochs"] = -1;
+    try {
+        recipe_from_json(j);
+        FAIL() << "negative epochs accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("opt.epochs"), std::string::npos) << e.what();
+    }
+    j = preset_json("airbench94");
+    j["opt"]["lerning_rate"] = 1;
+    try {
+        recipe_from_json(j);
+        FAIL() << "unknown key accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("opt.lerning_rate"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(preset_json("no-such-preset"), Error);
+    EXPECT_THROW(load_recipe("airbench94", "/nonexistent/config.json"), Error);
+}
+
+TEST(Recipe, OverridesApply) {
+    auto j = preset_json("airbench94");
+    apply_override(j, "opt.lr=10.5");
+    apply_override(j, "net.widths=[32,64,64]");
+    const Recipe r = recipe_from_json(j);
+    EXPECT_DOUBLE_EQ(r.lr, 10.5);
+    EXPECT_EQ(r.net.widths[1], 64);
+    EXPECT_THROW(apply_override(j, "novalue"), Error);
+}
+
+}  // namespace
+}  // namespace sr

@@ -1,0 +1,44 @@
+// test_util.h: helpers shared by the tests: seeded random vectors, max-difference checks with
+// the offending index in the message, and where the real CIFAR-10 is (if present).
+#pragma once
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "core/rng.h"
+
+namespace sr::test {
+
+inline std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.f) {
+    Rng r(seed);
+    std::vector<float> v(n);
+    for (auto& x : v) x = scale * r.normal();
+    return v;
+}
+
+// max over i of |a - b| / (atol + rtol |b|) must be <= 1 (b is the reference)
+inline ::testing::AssertionResult all_close(const std::vector<float>& a, const std::vector<float>& b,
+                                            double atol, double rtol) {
+    if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes differ";
+    double worst = 0;
+    size_t wi = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        if (!std::isfinite(a[i]) || !std::isfinite(b[i]))
+            return ::testing::AssertionFailure() << "non-finite at " << i << ": " << a[i] << " vs " << b[i];
+        const double e = std::abs(double(a[i]) - b[i]) / (atol + rtol * std::abs(double(b[i])));
+        if (e > worst) worst = e, wi = i;
+    }
+    if (worst <= 1) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << "index " << wi << ": " << a[wi] << " vs reference " << b[wi]
+                                         << " (" << worst << " x the allowed error)";
+}
+
+inline std::string real_cifar_dir() {
+    const std::string d = "../shared/data/cifar-10-batches-bin";
+    return std::filesystem::exists(d + "/data_batch_1.bin") ? d : "";
+}
+
+}  // namespace sr::test
