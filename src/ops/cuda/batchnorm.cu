@@ -1,0 +1,276 @@
+// batchnorm.cu: batch norm over M rows of C channels (NHWC flattened), CUDA twin of
+// cpu::bn_forward_train / bn_forward_eval / bn_backward (contract in ops/backend.h).
+//
+// Per-channel sums are two-level: kernel channel_partials gives each block 32 channels x
+// kRowsPerChunk rows (threads along x read 32 neighbouring channels, so loads coalesce), sums
+// in fp32 over at most kRowsPerChunk / 8 values per thread, and writes one float2 per (chunk,
+// channel); kernel channel_finalize then adds the chunks of one channel in double. The variance
+// is two-pass (sum of (x - mean)^2 after the mean is known), so a large mean does not cancel:
+// sound for M up to the 1024*31*31 rows of the first layer and far beyond.
+// The same reduction gives channel_sum and the bias helpers that the cuDNN convolution wrapper
+// uses for its optional bias (add_channel_bias, channel_sum for db).
+#include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace sr::cuda {
+namespace {
+
+constexpr int kRowsPerChunk = 512;  // rows per block in channel_partials
+constexpr int kRowThreads = 8;      // threadIdx.y extent in channel_partials
+constexpr int kFinalizeThreads = 256;
+
+int num_chunks(int M) { return int(ceil_div(size_t(M), kRowsPerChunk)); }
+
+// Scratch layout: partial (chunks*C float2), then sum_a (C float), sum_b (C float).
+struct BnScratch {
+    float2* partial;
+    float* sum_a;
+    float* sum_b;
+};
+BnScratch split_scratch(void* scratch, int M, int C) {
+    BnScratch s;
+    s.partial = static_cast<float2*>(scratch);
+    s.sum_a = reinterpret_cast<float*>(s.partial + size_t(num_chunks(M)) * C);
+    s.sum_b = s.sum_a + C;
+    return s;
+}
+
+// partial[chunk][c] = sum over the chunk's rows m of f(m, c) (two quantities at once).
+template <class F>
+__global__ void channel_partials(float2* partial, F f, int M, int C) {
+    __shared__ float2 sh[kRowThreads][33];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    const int m0 = blockIdx.y * kRowsPerChunk;
+    const int m1 = min(M, m0 + kRowsPerChunk);
+    float2 acc = make_float2(0.f, 0.f);
+    if (c < C) {
+        for (int m = m0 + threadIdx.y; m < m1; m += kRowThreads) {
+            const float2 v = f(m, c);
+            acc.x += v.x;
+            acc.y += v.y;
+        }
+    }
+    sh[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float2 s = make_float2(0.f, 0.f);
+        for (int i = 0; i < kRowThreads; ++i) {
+            s.x += sh[i][threadIdx.x].x;
+            s.y += sh[i][threadIdx.x].y;
+        }
+        partial[size_t(blockIdx.y) * C + c] = s;
+    }
+}
+
+// One block per channel: adds the chunks' partials in double, then calls e(c, sum_x, sum_y).
+template <class E>
+__global__ void channel_finalize(const float2* partial, int chunks, int C, E e) {
+    __shared__ double shx[kFinalizeThreads], shy[kFinalizeThreads];
+    const int c = blockIdx.x;
+    double sx = 0, sy = 0;
+    for (int i = threadIdx.x; i < chunks; i += blockDim.x) {
+        const float2 v = partial[size_t(i) * C + c];
+        sx += v.x;
+        sy += v.y;
+    }
+    shx[threadIdx.x] = sx;
+    shy[threadIdx.x] = sy;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            shx[threadIdx.x] += shx[threadIdx.x + s];
+            shy[threadIdx.x] += shy[threadIdx.x + s];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) e(c, shx[0], shy[0]);
+}
+
+template <class F, class E>
+void channel_reduce(cudaStream_t st, float2* partial, F f, E e, int M, int C) {
+    const int chunks = num_chunks(M);
+    const dim3 grid(ceil_div(size_t(C), 32), unsigned(chunks));
+    const dim3 block(32, kRowThreads);
+    channel_partials<<<grid, block, 0, st>>>(partial, f, M, C);
+    CUDA_CHECK_LAUNCH();
+    channel_finalize<<<C, kFinalizeThreads, 0, st>>>(partial, chunks, C, e);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ---- functors: what is summed, and what is done with the sums ---------------------------------
+
+struct SumX {
+    const float* x;
+    int C;
+    __device__ float2 operator()(int m, int c) const {
+        return make_float2(x[size_t(m) * C + c], 0.f);
+    }
+};
+
+struct SumSqDev {  // (x - mean)^2
+    const float* x;
+    const float* mean;
+    int C;
+    __device__ float2 operator()(int m, int c) const {
+        const float d = x[size_t(m) * C + c] - mean[c];
+        return make_float2(d * d, 0.f);
+    }
+};
+
+struct SumDyDyXhat {  // dy, dy * xhat
+    const float* dy;
+    const float* x;
+    const float* mean;
+    const float* invstd;
+    int C;
+    __device__ float2 operator()(int m, int c) const {
+        const size_t i = size_t(m) * C + c;
+        const float g = dy[i];
+        return make_float2(g, g * ((x[i] - mean[c]) * invstd[c]));
+    }
+};
+
+struct StoreMean {
+    float* mean;
+    int M;
+    __device__ void operator()(int c, double sx, double) const { mean[c] = float(sx / M); }
+};
+
+struct StoreVar {
+    float* invstd;
+    float* running_mean;
+    float* running_var;
+    const float* mean;
+    int M;
+    float eps, momentum;
+    __device__ void operator()(int c, double sx, double) const {
+        const double var = sx / M;
+        invstd[c] = float(1.0 / sqrt(var + double(eps)));
+        const double unbiased = M > 1 ? var * M / (M - 1) : var;
+        running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * mean[c];
+        running_var[c] = (1.f - momentum) * running_var[c] + momentum * float(unbiased);
+    }
+};
+
+struct StoreGrads {
+    float* sum_dy;        // scratch, always written
+    float* sum_dy_xhat;   // scratch, always written
+    float* dbeta;         // may be nullptr
+    float* dgamma;        // may be nullptr
+    __device__ void operator()(int c, double sx, double sy) const {
+        sum_dy[c] = float(sx);
+        sum_dy_xhat[c] = float(sy);
+        if (dbeta) dbeta[c] = float(sx);
+        if (dgamma) dgamma[c] = float(sy);
+    }
+};
+
+// ---- elementwise kernels -----------------------------------------------------------------
+
+__global__ void bn_normalize(float* y, const float* x, const float* mean, const float* invstd,
+                             const float* gamma, const float* beta, size_t n, int C) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % C);
+        const float g = gamma ? gamma[c] : 1.f;
+        const float b = beta ? beta[c] : 0.f;
+        y[i] = (x[i] - mean[c]) * invstd[c] * g + b;
+    }
+}
+
+__global__ void bn_eval(float* y, const float* x, const float* rmean, const float* rvar,
+                        const float* gamma, const float* beta, size_t n, int C, float eps) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % C);
+        const float g = gamma ? gamma[c] : 1.f;
+        const float b = beta ? beta[c] : 0.f;
+        y[i] = (x[i] - rmean[c]) / sqrtf(rvar[c] + eps) * g + b;
+    }
+}
+
+// dx = gamma * invstd * (dy - sum(dy)/M - xhat * sum(dy xhat)/M)
+__global__ void bn_dx(float* dx, const float* dy, const float* x, const float* mean,
+                      const float* invstd, const float* gamma, const float* sum_dy,
+                      const float* sum_dy_xhat, size_t n, int C, float inv_m) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % C);
+        const float g = gamma ? gamma[c] : 1.f;
+        const float xhat = (x[i] - mean[c]) * invstd[c];
+        dx[i] = g * invstd[c] * (dy[i] - sum_dy[c] * inv_m - xhat * sum_dy_xhat[c] * inv_m);
+    }
+}
+
+struct StoreSum {
+    float* out;
+    __device__ void operator()(int c, double sx, double) const { out[c] = float(sx); }
+};
+
+__global__ void add_bias_kernel(float* y, const float* bias, size_t n, int C) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x)
+        y[i] += bias[i % C];
+}
+
+void check_shape(int M, int C) {
+    CUDA_ASSERT(M > 0 && C > 0);
+    CUDA_ASSERT(num_chunks(M) <= 65535);  // grid.y limit of channel_partials
+}
+
+}  // namespace
+
+void channel_sum(cudaStream_t st, void* scratch, float* out, const float* x, int M, int C) {
+    check_shape(M, C);
+    const BnScratch s = split_scratch(scratch, M, C);
+    channel_reduce(st, s.partial, SumX{x, C}, StoreSum{out}, M, C);
+}
+
+void add_channel_bias(cudaStream_t st, float* y, const float* bias, int M, int C) {
+    CUDA_ASSERT(M > 0 && C > 0);
+    const size_t n = size_t(M) * C;
+    add_bias_kernel<<<grid_size(n), kBlock, 0, st>>>(y, bias, n, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+size_t bn_scratch_bytes(int M, int C) {
+    return size_t(num_chunks(M)) * C * sizeof(float2) + 2 * size_t(C) * sizeof(float);
+}
+
+void bn_forward_train(cudaStream_t st, void* scratch, float* y, float* mean, float* invstd,
+                      float* running_mean, float* running_var, const float* x, const float* gamma,
+                      const float* beta, int M, int C, float eps, float momentum) {
+    check_shape(M, C);
+    const BnScratch s = split_scratch(scratch, M, C);
+    channel_reduce(st, s.partial, SumX{x, C}, StoreMean{mean, M}, M, C);
+    channel_reduce(st, s.partial, SumSqDev{x, mean, C},
+                   StoreVar{invstd, running_mean, running_var, mean, M, eps, momentum}, M, C);
+    const size_t n = size_t(M) * C;
+    bn_normalize<<<grid_size(n), kBlock, 0, st>>>(y, x, mean, invstd, gamma, beta, n, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+void bn_forward_eval(cudaStream_t st, float* y, const float* x, const float* running_mean,
+                     const float* running_var, const float* gamma, const float* beta, int M,
+                     int C, float eps) {
+    CUDA_ASSERT(M > 0 && C > 0);
+    const size_t n = size_t(M) * C;
+    bn_eval<<<grid_size(n), kBlock, 0, st>>>(y, x, running_mean, running_var, gamma, beta, n, C,
+                                             eps);
+    CUDA_CHECK_LAUNCH();
+}
+
+void bn_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
+                 const float* dy, const float* x, const float* mean, const float* invstd,
+                 const float* gamma, int M, int C) {
+    check_shape(M, C);
+    const BnScratch s = split_scratch(scratch, M, C);
+    channel_reduce(st, s.partial, SumDyDyXhat{dy, x, mean, invstd, C},
+                   StoreGrads{s.sum_a, s.sum_b, dbeta, dgamma}, M, C);
+    const size_t n = size_t(M) * C;
+    bn_dx<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, s.sum_a, s.sum_b, n, C,
+                                           1.f / float(M));
+    CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace sr::cuda

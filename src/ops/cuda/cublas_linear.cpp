@@ -1,0 +1,71 @@
+// cublas_linear.cpp: the cuBLAS wrapper (the only file that includes cublas headers): the
+// linear layer y = scale * x w^T and its gradients as single sgemm calls, scale as alpha,
+// beta = 0 (gradients are assigned). Math mode CUBLAS_DEFAULT_MATH: full fp32, no TF32 (the
+// layer is tiny; its logits feed the loss directly).
+//
+// cuBLAS is column-major; a row-major (a, b) matrix is the column-major (b, a) matrix, its
+// transpose. So, with every matrix below read column-major:
+//   y^T (O,N)  = w (I,O)^T  x^T (I,N)    -> gemm(T, N, m=O, n=N, k=I, A=w ld I, B=x ld I, C=y ld O)
+//   dx^T (I,N) = w (I,O)    dy^T (O,N)   -> gemm(N, N, m=I, n=N, k=O, A=w ld I, B=dy ld O, C=dx ld I)
+//   dw^T (I,O) = x^T (I,N)  dy (N,O)     -> gemm(N, T, m=I, n=O, k=N, A=x ld I, B=dy ld O, C=dw ld I)
+#include "ops/cuda/cublas_linear.h"
+
+#include <cstdio>
+
+#include <cublas_v2.h>
+
+#include "ops/cuda/cuda_common.cuh"
+
+namespace sr::cuda {
+
+class CublasContext {
+public:
+    explicit CublasContext(cudaStream_t st) {
+        CUBLAS_CHECK(cublasCreate(&handle));
+        CUBLAS_CHECK(cublasSetStream(handle, st));
+        CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+        CUBLAS_CHECK(cublasSetPointerMode(handle, CUBLAS_POINTER_MODE_HOST));
+    }
+    ~CublasContext() {
+        if (handle) cublasDestroy(handle);
+    }
+    CublasContext(const CublasContext&) = delete;
+    CublasContext& operator=(const CublasContext&) = delete;
+
+    cublasHandle_t handle = nullptr;
+};
+
+void CublasContextDeleter::operator()(CublasContext* c) const { delete c; }
+
+CublasContextPtr make_cublas_context(cudaStream_t st) {
+    return CublasContextPtr(new CublasContext(st));
+}
+
+std::string cublas_version(CublasContext& ctx) {
+    int v = 0;
+    CUBLAS_CHECK(cublasGetVersion(ctx.handle, &v));  // major*10000 + minor*100 + patch
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%d.%d.%d", v / 10000, (v / 100) % 100, v % 100);
+    return buf;
+}
+
+void linear_forward(CublasContext& ctx, float* y, const float* x, const float* w, int N, int I,
+                    int O, float scale) {
+    CUDA_ASSERT(N > 0 && I > 0 && O > 0);
+    const float zero = 0.f;
+    CUBLAS_CHECK(cublasSgemm(ctx.handle, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, &scale, w, I, x, I,
+                             &zero, y, O));
+}
+
+void linear_backward(CublasContext& ctx, float* dx, float* dw, const float* dy, const float* x,
+                     const float* w, int N, int I, int O, float scale) {
+    CUDA_ASSERT(N > 0 && I > 0 && O > 0);
+    const float zero = 0.f;
+    if (dx)
+        CUBLAS_CHECK(cublasSgemm(ctx.handle, CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, &scale, w, I, dy,
+                                 O, &zero, dx, I));
+    CUBLAS_CHECK(cublasSgemm(ctx.handle, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, &scale, x, I, dy, O,
+                             &zero, dw, I));
+}
+
+}  // namespace sr::cuda

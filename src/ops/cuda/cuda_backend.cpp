@@ -1,0 +1,266 @@
+// cuda_backend.cpp: CudaBackend, the sr::Backend that runs on one NVIDIA GPU, and the factory
+// sr::make_cuda_backend. It owns the one cudaStream_t that every op, copy and library call runs
+// on, the cuDNN and cuBLAS contexts bound to it, the device memory handed out by alloc()
+// (tracked: current and peak bytes) and one scratch buffer that ops needing temporary device
+// memory share (ops on one stream run one after the other). The ops themselves are the
+// sr::cuda:: functions of the .cu files (cuda_ops.h) and the two library wrappers.
+// Also defines sr::cuda::fail_at, the one place where CUDA-side errors become sr::Error.
+#include <cstdio>
+#include <string>
+#include <unordered_map>
+
+#include <cuda_runtime.h>
+
+#include "core/error.h"
+#include "ops/backend.h"
+#include "ops/cuda/cublas_linear.h"
+#include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/cudnn_conv.h"
+
+namespace sr {
+
+namespace cuda {
+
+void fail_at(const char* lib, const char* call, const char* file, int line, const char* msg) {
+    fail("{}: {} failed at {}:{}: {}", lib, call, file, line, msg);
+}
+
+}  // namespace cuda
+
+namespace {
+
+class CudaBackend final : public Backend {
+public:
+    explicit CudaBackend(int device) : device_(device) {
+        CUDA_CHECK(cudaSetDevice(device));
+        cudaDeviceProp prop{};
+        CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+        CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+        try {
+            cudnn_ = cuda::make_cudnn_context(stream_);
+            cublas_ = cuda::make_cublas_context(stream_);
+        } catch (...) {  // the destructor does not run for a half-built object
+            cudnn_.reset();
+            cudaStreamDestroy(stream_);
+            throw;
+        }
+        int rt = 0;
+        CUDA_CHECK(cudaRuntimeGetVersion(&rt));
+        name_ = fmt::format("cuda ({}, sm_{}{}, {:.0f} GiB, CUDA runtime {}.{}, cuDNN {}, cuBLAS {})",
+                            prop.name, prop.major, prop.minor,
+                            double(prop.totalGlobalMem) / double(1ull << 30), rt / 1000,
+                            (rt % 1000) / 10, cuda::cudnn_version(),
+                            cuda::cublas_version(*cublas_));
+    }
+
+    ~CudaBackend() override {
+        cudaSetDevice(device_);
+        cudaStreamSynchronize(stream_);
+        if (scratch_) cudaFree(scratch_);
+        // Memory the caller never released (DeviceBuffers outliving the backend would be a bug
+        // in the caller; free what is left so the device is clean).
+        for (auto& [p, bytes] : sizes_) cudaFree(p);
+        cudnn_.reset();
+        cublas_.reset();
+        cudaStreamDestroy(stream_);
+    }
+
+    Device device() const override { return Device::cuda; }
+    std::string name() const override { return name_; }
+
+    // ---- memory -----------------------------------------------------------------------------
+    void* alloc(size_t bytes) override {
+        if (bytes == 0) bytes = 1;
+        void* p = nullptr;
+        const cudaError_t e = cudaMalloc(&p, bytes);
+        if (e != cudaSuccess) {
+            cudaGetLastError();  // clear it: an out-of-memory error is not sticky
+            size_t free_b = 0, total_b = 0;
+            cudaMemGetInfo(&free_b, &total_b);
+            fail("cuda: cannot allocate {} bytes ({:.1f} MiB) on device {}: {} ({:.1f} MiB free "
+                 "of {:.1f} MiB; {:.1f} MiB held by this backend)",
+                 bytes, bytes / 1048576.0, device_, cudaGetErrorString(e), free_b / 1048576.0,
+                 total_b / 1048576.0, current_ / 1048576.0);
+        }
+        CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+        sizes_[p] = bytes;
+        current_ += bytes;
+        if (current_ > peak_) peak_ = current_;
+        return p;
+    }
+
+    void release(void* p) override {
+        if (!p) return;
+        auto it = sizes_.find(p);
+        SR_CHECK(it != sizes_.end());
+        current_ -= it->second;
+        sizes_.erase(it);
+        CUDA_CHECK(cudaStreamSynchronize(stream_));  // queued work may still use p
+        CUDA_CHECK(cudaFree(p));
+    }
+
+    // Host memory here is pageable: cudaMemcpyAsync stages it before returning, so src_host may
+    // be reused as soon as upload returns.
+    void upload(void* dst, const void* src_host, size_t bytes) override {
+        if (bytes == 0) return;
+        CUDA_CHECK(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, stream_));
+    }
+
+    void download(void* dst_host, const void* src, size_t bytes) override {
+        if (bytes == 0) return;
+        CUDA_CHECK(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, stream_));
+        CUDA_CHECK(cudaStreamSynchronize(stream_));
+    }
+
+    void copy(void* dst, const void* src, size_t bytes) override {
+        if (bytes == 0) return;
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+    }
+
+    void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+    size_t peak_bytes() const override { return peak_; }
+
+    // ---- convolution ------------------------------------------------------------------------
+    std::unique_ptr<Conv2d> make_conv(const ConvShape& s) override {
+        return cuda::make_cudnn_conv(*cudnn_, s);
+    }
+
+    // ---- batch norm ---------------------------------------------------------------------------
+    void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
+                          float* running_var, const float* x, const float* gamma,
+                          const float* beta, int M, int C, float eps, float momentum) override {
+        cuda::bn_forward_train(stream_, scratch(cuda::bn_scratch_bytes(M, C)), y, mean, invstd,
+                               running_mean, running_var, x, gamma, beta, M, C, eps, momentum);
+    }
+    void bn_forward_eval(float* y, const float* x, const float* running_mean,
+                         const float* running_var, const float* gamma, const float* beta, int M,
+                         int C, float eps) override {
+        cuda::bn_forward_eval(stream_, y, x, running_mean, running_var, gamma, beta, M, C, eps);
+    }
+    void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                     const float* mean, const float* invstd, const float* gamma, int M,
+                     int C) override {
+        cuda::bn_backward(stream_, scratch(cuda::bn_scratch_bytes(M, C)), dx, dgamma, dbeta, dy,
+                          x, mean, invstd, gamma, M, C);
+    }
+
+    // ---- activations ------------------------------------------------------------------------
+    void gelu_forward(float* y, const float* x, size_t n) override {
+        cuda::gelu_forward(stream_, y, x, n);
+    }
+    void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override {
+        cuda::gelu_backward(stream_, dx, dy, x, n);
+    }
+
+    // ---- pooling ----------------------------------------------------------------------------
+    void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, int H, int W, int C,
+                         int k) override {
+        cuda::maxpool_forward(stream_, y, arg, x, N, H, W, C, k);
+    }
+    void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int H, int W,
+                          int C, int k) override {
+        cuda::maxpool_backward(stream_, dx, dy, arg, N, H, W, C, k);
+    }
+
+    // ---- linear -----------------------------------------------------------------------------
+    void linear_forward(float* y, const float* x, const float* w, int N, int I, int O,
+                        float scale) override {
+        cuda::linear_forward(*cublas_, y, x, w, N, I, O, scale);
+    }
+    void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
+                         int N, int I, int O, float scale) override {
+        cuda::linear_backward(*cublas_, dx, dw, dy, x, w, N, I, O, scale);
+    }
+
+    // ---- loss -------------------------------------------------------------------------------
+    void cross_entropy(float* dlogits, float* stats, const float* logits, const int32_t* labels,
+                       int N, int O, float smoothing) override {
+        cuda::cross_entropy(stream_, dlogits, stats, logits, labels, N, O, smoothing);
+    }
+
+    // ---- optimizer --------------------------------------------------------------------------
+    void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
+                      float momentum) override {
+        cuda::sgd_nesterov(stream_, p, buf, g, n, lr, wd, momentum);
+    }
+    void lerp_assign(float* ema, float* p, size_t n, float t) override {
+        cuda::lerp_assign(stream_, ema, p, n, t);
+    }
+    void axpy(float* y, const float* x, float a, size_t n) override {
+        cuda::axpy(stream_, y, x, a, n);
+    }
+
+    // ---- data -------------------------------------------------------------------------------
+    void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const float* mean_host,
+                       const float* std_host, int pad) override {
+        cuda::normalize_pad(stream_, out, in, N, H, W, mean_host, std_host, pad);
+    }
+    void gather_crops(float* out, const float* src, int H, int W, int pad, int B,
+                      const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
+                      const uint8_t* flips, int flip) override {
+        cuda::gather_crops(stream_, out, src, H, W, pad, B, idx, first, shifts, sy, sx, flips,
+                           flip);
+    }
+    void patch_covariance(double* cov_host, const float* x, int N, int H, int W, int C,
+                          int k) override {
+        cuda::patch_covariance(stream_, scratch(cuda::covariance_scratch_bytes(N, H, W, C, k)),
+                               cov_host, x, N, H, W, C, k);
+    }
+
+private:
+    // The shared scratch buffer, grown to at least bytes. Not counted in peak_bytes (which the
+    // contract defines as memory from alloc()); it is about the size of one activation's
+    // per-channel partial sums.
+    void* scratch(size_t bytes) {
+        if (bytes > scratch_bytes_) {
+            CUDA_CHECK(cudaStreamSynchronize(stream_));  // queued work may still use the old one
+            if (scratch_) CUDA_CHECK(cudaFree(scratch_));
+            scratch_ = nullptr;
+            scratch_bytes_ = 0;
+            CUDA_CHECK(cudaMalloc(&scratch_, bytes));
+            scratch_bytes_ = bytes;
+        }
+        return scratch_;
+    }
+
+    int device_;
+    cudaStream_t stream_ = nullptr;
+    cuda::CudnnContextPtr cudnn_;
+    cuda::CublasContextPtr cublas_;
+    std::string name_;
+    std::unordered_map<void*, size_t> sizes_;
+    size_t current_ = 0, peak_ = 0;
+    void* scratch_ = nullptr;
+    size_t scratch_bytes_ = 0;
+};
+
+}  // namespace
+
+bool cuda_compiled() { return true; }
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_not) {
+    auto no = [&](std::string reason) -> std::unique_ptr<Backend> {
+        if (why_not) *why_not = std::move(reason);
+        return nullptr;
+    };
+    int count = 0;
+    const cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return no(fmt::format("cudaGetDeviceCount failed: {} ({}); no NVIDIA driver or GPU here?",
+                              cudaGetErrorString(e), cudaGetErrorName(e)));
+    }
+    if (count == 0) return no("no CUDA device found (cudaGetDeviceCount returned 0)");
+    if (device_index < 0 || device_index >= count)
+        return no(fmt::format("CUDA device {} asked for, but only devices 0..{} exist",
+                              device_index, count - 1));
+    try {
+        return std::make_unique<CudaBackend>(device_index);
+    } catch (const std::exception& ex) {
+        return no(fmt::format("CUDA device {} could not be set up: {}", device_index, ex.what()));
+    }
+}
+
+}  // namespace sr

@@ -1,0 +1,73 @@
+// cuda_common.cuh: what every file of the CUDA backend shares: the error-check macros
+// (CUDA_CHECK, CUDNN_CHECK, CUBLAS_CHECK, CUDA_CHECK_LAUNCH, CUDA_ASSERT), the grid-size helper
+// and the block size of the plain elementwise kernels.
+//
+// Errors follow src/core/error.h: a failed call throws sr::Error whose message holds the call's
+// text, file:line and the library's own error string. The throw itself lives in
+// cuda_backend.cpp (sr::cuda::fail_at), because core/error.h uses fmt's consteval format
+// strings, which nvcc 13 rejects: .cu files must not include core/error.h.
+//
+// CUDNN_CHECK and CUBLAS_CHECK name cudnnGetErrorString / cublasGetStatusString, so they work
+// only in the one file that includes each library's header (cudnn_conv.cpp, cublas_linear.cpp).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace sr::cuda {
+
+// Throws sr::Error("<lib>: <call> failed at file:line: <msg>"), e.g.
+// "cuDNN: cudnnCreate(&handle) failed at .../cudnn_conv.cpp:42: CUDNN_STATUS_NOT_INITIALIZED".
+// Defined in cuda_backend.cpp.
+[[noreturn]] void fail_at(const char* lib, const char* call, const char* file, int line,
+                          const char* msg);
+
+// Threads per block of the grid-stride elementwise kernels.
+constexpr int kBlock = 256;
+
+// Blocks for a grid-stride loop over n items: enough to fill the GPU several times over, never
+// more than needed, never 0 (a launch with 0 blocks is an error).
+inline unsigned grid_size(size_t n, int block = kBlock) {
+    const size_t max_blocks = 132 * 32;  // H100: 132 SMs; more blocks only loop more
+    size_t b = (n + size_t(block) - 1) / size_t(block);
+    if (b > max_blocks) b = max_blocks;
+    if (b == 0) b = 1;
+    return unsigned(b);
+}
+
+inline unsigned ceil_div(size_t a, size_t b) { return unsigned((a + b - 1) / b); }
+
+}  // namespace sr::cuda
+
+#define CUDA_CHECK(call)                                                                   \
+    do {                                                                                   \
+        cudaError_t e_ = (call);                                                           \
+        if (e_ != cudaSuccess)                                                             \
+            ::sr::cuda::fail_at("CUDA", #call, __FILE__, __LINE__, cudaGetErrorString(e_)); \
+    } while (0)
+
+// After a kernel launch: reports a bad launch configuration at once (execution errors show up
+// at the next synchronizing call, with that call's text).
+#define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+
+#define CUDNN_CHECK(call)                                                                     \
+    do {                                                                                      \
+        cudnnStatus_t s_ = (call);                                                            \
+        if (s_ != CUDNN_STATUS_SUCCESS)                                                       \
+            ::sr::cuda::fail_at("cuDNN", #call, __FILE__, __LINE__, cudnnGetErrorString(s_)); \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                       \
+    do {                                                                                         \
+        cublasStatus_t s_ = (call);                                                              \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                         \
+            ::sr::cuda::fail_at("cuBLAS", #call, __FILE__, __LINE__, cublasGetStatusString(s_)); \
+    } while (0)
+
+// Shape and argument checks in the launchers (the SR_CHECK of .cu files).
+#define CUDA_ASSERT(cond)                                                                   \
+    do {                                                                                    \
+        if (!(cond))                                                                        \
+            ::sr::cuda::fail_at("check", #cond, __FILE__, __LINE__, "bad shape or argument"); \
+    } while (0)

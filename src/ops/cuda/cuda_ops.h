@@ -1,0 +1,70 @@
+// cuda_ops.h: the CUDA twins of the ops in ops/backend.h, as free functions in sr::cuda.
+// Each is the entry point of one .cu file's kernels: it checks the shapes, launches on the given
+// stream and returns without waiting. Semantics, layouts and the "=" gradient rule are exactly
+// those of backend.h (and of the CPU twins in ops/cpu/cpu_ops.h); only what differs is said here.
+// Convolution and linear live in cudnn_conv.h and cublas_linear.h (library wrappers).
+//
+// Every pointer is device memory unless its name ends in _host. Storage is fp32 throughout;
+// a reduced-precision path will come as separate entry points, not as flags on these.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace sr::cuda {
+
+// ---- batch norm (batchnorm.cu) -------------------------------------------------------------
+// The per-channel reductions need scratch device memory of bn_scratch_bytes(M, C) bytes, owned
+// by the caller and reused (ops on one stream run one after the other).
+size_t bn_scratch_bytes(int M, int C);
+void bn_forward_train(cudaStream_t st, void* scratch, float* y, float* mean, float* invstd,
+                      float* running_mean, float* running_var, const float* x, const float* gamma,
+                      const float* beta, int M, int C, float eps, float momentum);
+void bn_forward_eval(cudaStream_t st, float* y, const float* x, const float* running_mean,
+                     const float* running_var, const float* gamma, const float* beta, int M,
+                     int C, float eps);
+void bn_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
+                 const float* dy, const float* x, const float* mean, const float* invstd,
+                 const float* gamma, int M, int C);
+// Per-channel helpers on the same reduction, for the convolution's bias:
+// out (C) = sum over the M rows of x (M,C), needing bn_scratch_bytes(M, C) of scratch;
+// y (M,C) += bias (C) broadcast over rows.
+void channel_sum(cudaStream_t st, void* scratch, float* out, const float* x, int M, int C);
+void add_channel_bias(cudaStream_t st, float* y, const float* bias, int M, int C);
+
+// ---- GELU, exact erf form (gelu.cu) ---------------------------------------------------------
+void gelu_forward(cudaStream_t st, float* y, const float* x, size_t n);
+void gelu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n);
+
+// ---- max pooling, window k = stride k (pool.cu) --------------------------------------------
+void maxpool_forward(cudaStream_t st, float* y, uint8_t* arg, const float* x, int N, int H,
+                     int W, int C, int k);
+void maxpool_backward(cudaStream_t st, float* dx, const float* dy, const uint8_t* arg, int N,
+                      int H, int W, int C, int k);
+
+// ---- loss (loss.cu) --------------------------------------------------------------------------
+void cross_entropy(cudaStream_t st, float* dlogits, float* stats, const float* logits,
+                   const int32_t* labels, int N, int O, float smoothing);
+
+// ---- optimizer (optim.cu) ------------------------------------------------------------------
+void sgd_nesterov(cudaStream_t st, float* p, float* buf, const float* g, size_t n, float lr,
+                  float wd, float momentum);
+void lerp_assign(cudaStream_t st, float* ema, float* p, size_t n, float t);
+void axpy(cudaStream_t st, float* y, const float* x, float a, size_t n);
+
+// ---- data (data.cu) ----------------------------------------------------------------------------
+void normalize_pad(cudaStream_t st, float* out, const uint8_t* in, int N, int H, int W,
+                   const float* mean_host, const float* std_host, int pad);
+void gather_crops(cudaStream_t st, float* out, const float* src, int H, int W, int pad, int B,
+                  const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
+                  const uint8_t* flips, int flip);
+
+// ---- patch covariance (covariance.cu) -------------------------------------------------------
+// Needs covariance_scratch_bytes(...) bytes of scratch; synchronizes the stream (the result is
+// on the host when it returns).
+size_t covariance_scratch_bytes(int N, int H, int W, int C, int k);
+void patch_covariance(cudaStream_t st, void* scratch, double* cov_host, const float* x, int N,
+                      int H, int W, int C, int k);
+
+}  // namespace sr::cuda

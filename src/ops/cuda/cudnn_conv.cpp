@@ -1,0 +1,291 @@
+// cudnn_conv.cpp: the cuDNN wrapper (the only file that includes cudnn.h): CudnnContext (handle
+// on the backend's stream + shared workspace) and CudnnConv2d, the CUDA Conv2d.
+//
+// Layouts: activations NHWC fp32 (cudnnTensor4d NHWC), filters KRSC fp32 (cudnnFilter4d with
+// format NHWC, which cuDNN reads as K,R,S,C = our OHWI), cross-correlation, stride 1, symmetric
+// zero padding. Math type CUDNN_TENSOR_OP_MATH (kMathType): on fp32 data cuDNN may round the
+// inputs to TF32 on tensor cores (about 1e-3 relative per product), which is what PyTorch does by
+// default for convolutions (torch.backends.cudnn.allow_tf32 = True sets exactly this math type).
+// Not CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: that one also lets cuDNN convert fp32 data to fp16,
+// whose range (6e-8 .. 65504) can flush small gradients to zero; reduced precision will come as
+// an explicit choice with its own storage type, not as a silent conversion.
+//
+// Algorithms are chosen once per shape: cudnnFind*AlgorithmEx times every algorithm on scratch
+// buffers of the real size; if that fails (out of memory, say), cudnnGet*_v7 heuristics decide.
+// Either way only algorithms needing at most kWorkspaceLimit bytes are taken. Each direction has
+// its own convolution descriptor, set to the math type its chosen algorithm was timed with.
+// The bias (forward) and db (backward_weights) use the small kernels of batchnorm.cu.
+#include "ops/cuda/cudnn_conv.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include <cudnn.h>
+
+#include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace sr::cuda {
+
+namespace {
+constexpr size_t kWorkspaceLimit = size_t(512) << 20;  // per algorithm, bytes
+constexpr cudnnDataType_t kDtype = CUDNN_DATA_FLOAT;     // storage and compute type (fp32 now)
+constexpr cudnnMathType_t kMathType = CUDNN_TENSOR_OP_MATH;  // TF32 allowed, no fp16 conversion
+}  // namespace
+
+// ---- context -------------------------------------------------------------------------------
+
+class CudnnContext {
+public:
+    explicit CudnnContext(cudaStream_t st) : stream(st) {
+        CUDNN_CHECK(cudnnCreate(&handle));
+        CUDNN_CHECK(cudnnSetStream(handle, st));
+    }
+    ~CudnnContext() {
+        if (workspace) cudaFree(workspace);
+        if (handle) cudnnDestroy(handle);
+    }
+    CudnnContext(const CudnnContext&) = delete;
+    CudnnContext& operator=(const CudnnContext&) = delete;
+
+    // Grows the shared workspace to at least bytes (waits for the stream before freeing the old
+    // one, since queued work may still use it).
+    void reserve(size_t bytes) {
+        if (bytes <= workspace_bytes) return;
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        if (workspace) CUDA_CHECK(cudaFree(workspace));
+        workspace = nullptr;
+        workspace_bytes = 0;
+        CUDA_CHECK(cudaMalloc(&workspace, bytes));
+        workspace_bytes = bytes;
+    }
+
+    cudaStream_t stream;
+    cudnnHandle_t handle = nullptr;
+    void* workspace = nullptr;
+    size_t workspace_bytes = 0;
+};
+
+void CudnnContextDeleter::operator()(CudnnContext* c) const { delete c; }
+
+CudnnContextPtr make_cudnn_context(cudaStream_t st) { return CudnnContextPtr(new CudnnContext(st)); }
+
+size_t cudnn_workspace_bytes(const CudnnContext& ctx) { return ctx.workspace_bytes; }
+
+std::string cudnn_version() {
+    const size_t v = cudnnGetVersion();  // major*10000 + minor*100 + patch since cuDNN 9
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%zu.%zu.%zu", v / 10000, (v / 100) % 100, v % 100);
+    return buf;
+}
+
+// ---- RAII pieces -----------------------------------------------------------------------------
+
+namespace {
+
+struct TensorDesc {
+    cudnnTensorDescriptor_t d = nullptr;
+    TensorDesc() { CUDNN_CHECK(cudnnCreateTensorDescriptor(&d)); }
+    ~TensorDesc() { cudnnDestroyTensorDescriptor(d); }
+    TensorDesc(const TensorDesc&) = delete;
+    TensorDesc& operator=(const TensorDesc&) = delete;
+};
+
+struct FilterDesc {
+    cudnnFilterDescriptor_t d = nullptr;
+    FilterDesc() { CUDNN_CHECK(cudnnCreateFilterDescriptor(&d)); }
+    ~FilterDesc() { cudnnDestroyFilterDescriptor(d); }
+    FilterDesc(const FilterDesc&) = delete;
+    FilterDesc& operator=(const FilterDesc&) = delete;
+};
+
+struct ConvDesc {
+    cudnnConvolutionDescriptor_t d = nullptr;
+    ConvDesc() { CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&d)); }
+    ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d); }
+    ConvDesc(const ConvDesc&) = delete;
+    ConvDesc& operator=(const ConvDesc&) = delete;
+};
+
+// Device memory for the algorithm search only.
+struct ScratchMem {
+    void* p = nullptr;
+    explicit ScratchMem(size_t bytes) { CUDA_CHECK(cudaMalloc(&p, bytes)); }
+    ~ScratchMem() { cudaFree(p); }
+    ScratchMem(const ScratchMem&) = delete;
+    ScratchMem& operator=(const ScratchMem&) = delete;
+};
+
+// The first (fastest) result that ran and fits the limit; -1 if none.
+template <class Perf>
+int pick(const Perf* perf, int n) {
+    for (int i = 0; i < n; ++i)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kWorkspaceLimit) return i;
+    return -1;
+}
+
+// ---- the convolution -----------------------------------------------------------------------
+
+class CudnnConv2d final : public Conv2d {
+public:
+    CudnnConv2d(CudnnContext& ctx, const ConvShape& s) : Conv2d(s), ctx_(ctx) {
+        check_shape(s);
+        // sizes are given as (N, C, H, W) whatever the layout; NHWC says how they are stored
+        CUDNN_CHECK(
+            cudnnSetTensor4dDescriptor(x_.d, CUDNN_TENSOR_NHWC, kDtype, s.N, s.C, s.H, s.W));
+        CUDNN_CHECK(
+            cudnnSetTensor4dDescriptor(y_.d, CUDNN_TENSOR_NHWC, kDtype, s.N, s.K, s.P(), s.Q()));
+        // filter (K, C, R, S) stored NHWC = K,R,S,C = our OHWI
+        CUDNN_CHECK(
+            cudnnSetFilter4dDescriptor(w_.d, kDtype, CUDNN_TENSOR_NHWC, s.K, s.C, s.R, s.S));
+        for (ConvDesc* c : {&fwd_, &bwd_data_, &bwd_filter_}) {
+            CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c->d, s.pad, s.pad, 1, 1, 1, 1,
+                                                        CUDNN_CROSS_CORRELATION, kDtype));
+            CUDNN_CHECK(cudnnSetConvolutionMathType(c->d, kMathType));
+        }
+        int n, k, p, q;
+        CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(fwd_.d, x_.d, w_.d, &n, &k, &p, &q));
+        CUDA_ASSERT(n == s.N && k == s.K && p == s.P() && q == s.Q());
+
+        if (!find_algorithms()) heuristic_algorithms();
+
+        size_t a = 0, b = 0, c = 0;
+        CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(ctx_.handle, x_.d, w_.d, fwd_.d, y_.d,
+                                                            fwd_algo_, &a));
+        CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
+            ctx_.handle, w_.d, y_.d, bwd_data_.d, x_.d, bwd_data_algo_, &b));
+        CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+            ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, bwd_filter_algo_, &c));
+        // db reuses the workspace as scratch for its channel reduction.
+        const size_t bias = bn_scratch_bytes(s.N * s.P() * s.Q(), s.K);
+        ctx_.reserve(std::max({a, b, c, bias, size_t(256)}));
+    }
+
+    void forward(float* y, const float* x, const float* w, const float* bias) override {
+        const float one = 1.f, zero = 0.f;
+        CUDNN_CHECK(cudnnConvolutionForward(ctx_.handle, &one, x_.d, x, w_.d, w, fwd_.d, fwd_algo_,
+                                            ctx_.workspace, ctx_.workspace_bytes, &zero, y_.d, y));
+        if (bias) add_channel_bias(ctx_.stream, y, bias, shape.N * shape.P() * shape.Q(), shape.K);
+    }
+
+    void backward_data(float* dx, const float* dy, const float* w) override {
+        const float one = 1.f, zero = 0.f;
+        CUDNN_CHECK(cudnnConvolutionBackwardData(ctx_.handle, &one, w_.d, w, y_.d, dy, bwd_data_.d,
+                                                 bwd_data_algo_, ctx_.workspace,
+                                                 ctx_.workspace_bytes, &zero, x_.d, dx));
+    }
+
+    void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
+        const float one = 1.f, zero = 0.f;
+        CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx_.handle, &one, x_.d, x, y_.d, dy,
+                                                   bwd_filter_.d, bwd_filter_algo_, ctx_.workspace,
+                                                   ctx_.workspace_bytes, &zero, w_.d, dw));
+        if (db) channel_sum(ctx_.stream, ctx_.workspace, db, dy, shape.N * shape.P() * shape.Q(),
+                            shape.K);
+    }
+
+private:
+    static void check_shape(const ConvShape& s) {
+        CUDA_ASSERT(s.N > 0 && s.H > 0 && s.W > 0 && s.C > 0 && s.K > 0);
+        CUDA_ASSERT(s.R > 0 && s.S > 0 && s.pad >= 0 && s.P() > 0 && s.Q() > 0);
+    }
+
+    // Times every algorithm on scratch buffers of the real shapes (zeros). False if the search
+    // could not run or found nothing usable.
+    bool find_algorithms() {
+        const ConvShape& s = shape;
+        const size_t xb = size_t(s.N) * s.H * s.W * s.C * sizeof(float);
+        const size_t yb = size_t(s.N) * s.P() * s.Q() * s.K * sizeof(float);
+        const size_t wb = size_t(s.K) * s.R * s.S * s.C * sizeof(float);
+        size_t free_b = 0, total_b = 0;
+        CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+        if (xb + yb + wb > free_b / 2) return false;
+        const size_t ws = std::min(kWorkspaceLimit, (free_b - xb - yb - wb) / 2);
+        try {
+            ScratchMem x(xb), y(yb), w(wb), work(std::max(ws, size_t(256)));
+            CUDA_CHECK(cudaMemsetAsync(x.p, 0, xb, ctx_.stream));
+            CUDA_CHECK(cudaMemsetAsync(y.p, 0, yb, ctx_.stream));
+            CUDA_CHECK(cudaMemsetAsync(w.p, 0, wb, ctx_.stream));
+            CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+            constexpr int kMax = 16;
+            int n = 0, i;
+
+            cudnnConvolutionFwdAlgoPerf_t fp[kMax];
+            CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(ctx_.handle, x_.d, x.p, w_.d, w.p,
+                                                               fwd_.d, y_.d, y.p, kMax, &n, fp,
+                                                               work.p, ws));
+            if ((i = pick(fp, n)) < 0) return false;
+            fwd_algo_ = fp[i].algo;
+            CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d, fp[i].mathType));
+
+            cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
+            CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
+                ctx_.handle, w_.d, w.p, y_.d, y.p, bwd_data_.d, x_.d, x.p, kMax, &n, dp, work.p, ws));
+            if ((i = pick(dp, n)) < 0) return false;
+            bwd_data_algo_ = dp[i].algo;
+            CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, dp[i].mathType));
+
+            cudnnConvolutionBwdFilterAlgoPerf_t wp[kMax];
+            CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                ctx_.handle, x_.d, x.p, y_.d, y.p, bwd_filter_.d, w_.d, w.p, kMax, &n, wp, work.p,
+                ws));
+            if ((i = pick(wp, n)) < 0) return false;
+            bwd_filter_algo_ = wp[i].algo;
+            CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d, wp[i].mathType));
+        } catch (const std::exception&) {
+            cudaGetLastError();  // clear a sticky allocation error, if that is what failed
+            return false;
+        }
+        return true;
+    }
+
+    [[noreturn]] void no_algorithm(const char* direction) {
+        fail_at("cuDNN", direction, __FILE__, __LINE__,
+                "no algorithm for this shape fits the workspace limit");
+    }
+
+    // cuDNN's heuristics, ranked best first: the first that fits the limit.
+    void heuristic_algorithms() {
+        constexpr int kMax = 16;
+        int n = 0, i;
+        cudnnConvolutionFwdAlgoPerf_t fp[kMax];
+        CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d, kMathType));
+        CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(ctx_.handle, x_.d, w_.d, fwd_.d, y_.d,
+                                                           kMax, &n, fp));
+        if ((i = pick(fp, n)) < 0) no_algorithm("forward");
+        fwd_algo_ = fp[i].algo;
+        CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d, fp[i].mathType));
+
+        cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
+        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, kMathType));
+        CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(ctx_.handle, w_.d, y_.d,
+                                                                bwd_data_.d, x_.d, kMax, &n, dp));
+        if ((i = pick(dp, n)) < 0) no_algorithm("backward-data");
+        bwd_data_algo_ = dp[i].algo;
+        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, dp[i].mathType));
+
+        cudnnConvolutionBwdFilterAlgoPerf_t wp[kMax];
+        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d, kMathType));
+        CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+            ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, kMax, &n, wp));
+        if ((i = pick(wp, n)) < 0) no_algorithm("backward-filter");
+        bwd_filter_algo_ = wp[i].algo;
+        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d, wp[i].mathType));
+    }
+
+    CudnnContext& ctx_;
+    TensorDesc x_, y_;
+    FilterDesc w_;
+    ConvDesc fwd_, bwd_data_, bwd_filter_;
+    cudnnConvolutionFwdAlgo_t fwd_algo_ = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+    cudnnConvolutionBwdDataAlgo_t bwd_data_algo_ = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
+    cudnnConvolutionBwdFilterAlgo_t bwd_filter_algo_ = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
+};
+
+}  // namespace
+
+std::unique_ptr<Conv2d> make_cudnn_conv(CudnnContext& ctx, const ConvShape& s) {
+    return std::make_unique<CudnnConv2d>(ctx, s);
+}
+
+}  // namespace sr::cuda

@@ -1,0 +1,88 @@
+// data.cu: the GPU side of the input pipeline, CUDA twins of cpu::normalize_pad and
+// cpu::gather_crops (contract in ops/backend.h). Images are NHWC with 3 channels.
+//   normalize_pad: out (N, H+2pad, W+2pad, 3) = reflect_pad((in/255 - mean) / std), reflect as
+//                  PyTorch's 'reflect' mode (the edge pixel is not repeated).
+//   gather_crops:  out[b][y][x] = src[i][y + pad + dy][xs + pad + dx], xs = flip ? W-1-x : x,
+//                  with per-image idx / shifts / flips arrays or the scalars.
+#include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace sr::cuda {
+namespace {
+
+struct Rgb {
+    float v[3];
+};
+
+// Index in [-pad, n + pad) mapped into [0, n) by reflection without edge repeat.
+__device__ int reflect(int i, int n) {
+    if (i < 0) i = -i;
+    if (i >= n) i = 2 * (n - 1) - i;
+    return i;
+}
+
+__global__ void normalize_pad_kernel(float* out, const uint8_t* in, int N, int H, int W, Rgb mean,
+                                     Rgb std, int pad) {
+    const int Hp = H + 2 * pad, Wp = W + 2 * pad;
+    const size_t n = size_t(N) * Hp * Wp * 3;
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % 3);
+        size_t t = i / 3;
+        const int xo = int(t % Wp);
+        t /= Wp;
+        const int yo = int(t % Hp);
+        const int b = int(t / Hp);
+        const int ys = reflect(yo - pad, H), xs = reflect(xo - pad, W);
+        const float v = float(in[((size_t(b) * H + ys) * W + xs) * 3 + c]);
+        out[i] = (v / 255.f - mean.v[c]) / std.v[c];
+    }
+}
+
+__global__ void gather_crops_kernel(float* out, const float* src, int H, int W, int pad, int B,
+                                    const int32_t* idx, int first, const int8_t* shifts, int sy,
+                                    int sx, const uint8_t* flips, int flip) {
+    const int Hp = H + 2 * pad, Wp = W + 2 * pad;
+    const size_t n = size_t(B) * H * W * 3;
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % 3);
+        size_t t = i / 3;
+        const int x = int(t % W);
+        t /= W;
+        const int y = int(t % H);
+        const int b = int(t / H);
+        const size_t img = idx ? size_t(idx[b]) : size_t(first) + b;
+        const int dy = shifts ? shifts[2 * b] : sy;
+        const int dx = shifts ? shifts[2 * b + 1] : sx;
+        const bool f = flips ? flips[b] != 0 : flip != 0;
+        const int xs = f ? W - 1 - x : x;
+        out[i] = src[((img * Hp + (y + pad + dy)) * Wp + (xs + pad + dx)) * 3 + c];
+    }
+}
+
+}  // namespace
+
+void normalize_pad(cudaStream_t st, float* out, const uint8_t* in, int N, int H, int W,
+                   const float* mean_host, const float* std_host, int pad) {
+    CUDA_ASSERT(N > 0 && H > 0 && W > 0 && pad >= 0 && pad < H && pad < W);
+    const Rgb mean{{mean_host[0], mean_host[1], mean_host[2]}};
+    const Rgb std{{std_host[0], std_host[1], std_host[2]}};
+    const size_t n = size_t(N) * (H + 2 * pad) * (W + 2 * pad) * 3;
+    normalize_pad_kernel<<<grid_size(n), kBlock, 0, st>>>(out, in, N, H, W, mean, std, pad);
+    CUDA_CHECK_LAUNCH();
+}
+
+void gather_crops(cudaStream_t st, float* out, const float* src, int H, int W, int pad, int B,
+                  const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
+                  const uint8_t* flips, int flip) {
+    CUDA_ASSERT(H > 0 && W > 0 && pad >= 0 && B >= 0);
+    CUDA_ASSERT(shifts || (sy >= -pad && sy <= pad && sx >= -pad && sx <= pad));
+    if (B == 0) return;
+    const size_t n = size_t(B) * H * W * 3;
+    gather_crops_kernel<<<grid_size(n), kBlock, 0, st>>>(out, src, H, W, pad, B, idx, first,
+                                                         shifts, sy, sx, flips, flip);
+    CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace sr::cuda

@@ -1,0 +1,46 @@
+// gelu.cu: exact (erf-based) GELU and its derivative, CUDA twin of cpu::gelu_forward /
+// gelu_backward (contract in ops/backend.h). Plain grid-stride elementwise kernels.
+//   gelu(x)  = x * Phi(x),   Phi(x) = 0.5 * (1 + erf(x / sqrt(2)))
+//   gelu'(x) = Phi(x) + x * phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+#include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace sr::cuda {
+namespace {
+
+constexpr float kInvSqrt2 = 0.70710678118654752440f;
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+
+__global__ void gelu_forward_kernel(float* y, const float* x, size_t n) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const float v = x[i];
+        y[i] = 0.5f * v * (1.f + erff(v * kInvSqrt2));
+    }
+}
+
+__global__ void gelu_backward_kernel(float* dx, const float* dy, const float* x, size_t n) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const float v = x[i];
+        const float cdf = 0.5f * (1.f + erff(v * kInvSqrt2));
+        const float pdf = kInvSqrt2Pi * expf(-0.5f * v * v);
+        dx[i] = dy[i] * (cdf + v * pdf);
+    }
+}
+
+}  // namespace
+
+void gelu_forward(cudaStream_t st, float* y, const float* x, size_t n) {
+    if (n == 0) return;
+    gelu_forward_kernel<<<grid_size(n), kBlock, 0, st>>>(y, x, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+void gelu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n) {
+    if (n == 0) return;
+    gelu_backward_kernel<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace sr::cuda

@@ -1,0 +1,76 @@
+// loss.cu: label-smoothed cross-entropy summed over the batch, with its gradient and the
+// accuracy count; CUDA twin of cpu::cross_entropy (contract in ops/backend.h).
+// O is small (10 classes), so one thread takes a whole row. The kernel runs as ONE block
+// (rows in a block-stride loop), so the batch sums are reduced in a fixed order and
+// stats[0] += loss, stats[1] += correct are plain adds by thread 0: no atomics, deterministic.
+//   target_j = (1 - s) [j == label] + s / O
+//   loss_row = logsumexp(l) - sum_j target_j l_j        (sum_j target_j = 1)
+//   dlogits_j = softmax_j - target_j
+#include <cmath>
+
+#include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace sr::cuda {
+namespace {
+
+constexpr int kLossThreads = 256;
+
+__global__ void cross_entropy_kernel(float* dlogits, float* stats, const float* logits,
+                                     const int32_t* labels, int N, int O, float smoothing) {
+    __shared__ double sh_loss[kLossThreads];
+    __shared__ double sh_correct[kLossThreads];
+    double loss_sum = 0, correct = 0;
+    const float off = smoothing / float(O);
+    for (int row = threadIdx.x; row < N; row += blockDim.x) {
+        const float* l = logits + size_t(row) * O;
+        float* d = dlogits + size_t(row) * O;
+        const int label = labels[row];
+        const bool label_ok = label >= 0 && label < O;
+        float mx = l[0];
+        int amax = 0;
+        float sum_l = 0.f;
+        for (int j = 0; j < O; ++j) {
+            if (l[j] > mx) {
+                mx = l[j];
+                amax = j;
+            }
+            sum_l += l[j];
+        }
+        float se = 0.f;
+        for (int j = 0; j < O; ++j) se += expf(l[j] - mx);
+        const float lse = mx + logf(se);
+        const float l_label = label_ok ? l[label] : NAN;
+        loss_sum += double(lse - ((1.f - smoothing) * l_label + off * sum_l));
+        correct += (label_ok && amax == label) ? 1.0 : 0.0;
+        const float inv_se = 1.f / se;
+        for (int j = 0; j < O; ++j)
+            d[j] = expf(l[j] - mx) * inv_se - ((j == label ? 1.f - smoothing : 0.f) + off);
+    }
+    sh_loss[threadIdx.x] = loss_sum;
+    sh_correct[threadIdx.x] = correct;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            sh_loss[threadIdx.x] += sh_loss[threadIdx.x + s];
+            sh_correct[threadIdx.x] += sh_correct[threadIdx.x + s];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        stats[0] += float(sh_loss[0]);
+        stats[1] += float(sh_correct[0]);
+    }
+}
+
+}  // namespace
+
+void cross_entropy(cudaStream_t st, float* dlogits, float* stats, const float* logits,
+                   const int32_t* labels, int N, int O, float smoothing) {
+    CUDA_ASSERT(N > 0 && O > 0);
+    cross_entropy_kernel<<<1, kLossThreads, 0, st>>>(dlogits, stats, logits, labels, N, O,
+                                                     smoothing);
+    CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace sr::cuda

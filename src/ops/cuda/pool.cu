@@ -1,0 +1,81 @@
+// pool.cu: max pooling with window k, stride k, no padding, floor (PyTorch MaxPool2d(k)), NHWC;
+// CUDA twin of cpu::maxpool_forward / maxpool_backward (contract in ops/backend.h).
+// Forward: one thread per output element; arg = r*k + s of the first maximum in row-major
+// window order (a later element wins only if strictly greater, as PyTorch). Backward: one thread
+// per input element, so every dx element is written (0 where no window took it, including the
+// rows and columns that floor drops).
+#include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace sr::cuda {
+namespace {
+
+__global__ void maxpool_forward_kernel(float* y, uint8_t* arg, const float* x, int N, int H,
+                                       int W, int C, int k) {
+    const int Ho = H / k, Wo = W / k;
+    const size_t n = size_t(N) * Ho * Wo * C;
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % C);
+        size_t t = i / C;
+        const int px = int(t % Wo);
+        t /= Wo;
+        const int py = int(t % Ho);
+        const int b = int(t / Ho);
+        const float* base = x + ((size_t(b) * H + size_t(py) * k) * W + size_t(px) * k) * C + c;
+        float best = base[0];
+        int best_at = 0;
+        for (int r = 0; r < k; ++r)
+            for (int s = 0; s < k; ++s) {
+                const float v = base[(size_t(r) * W + s) * C];
+                if (v > best) {
+                    best = v;
+                    best_at = r * k + s;
+                }
+            }
+        y[i] = best;
+        arg[i] = uint8_t(best_at);
+    }
+}
+
+__global__ void maxpool_backward_kernel(float* dx, const float* dy, const uint8_t* arg, int N,
+                                        int H, int W, int C, int k) {
+    const int Ho = H / k, Wo = W / k;
+    const size_t n = size_t(N) * H * W * C;
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % C);
+        size_t t = i / C;
+        const int xw = int(t % W);
+        t /= W;
+        const int yh = int(t % H);
+        const int b = int(t / H);
+        const int py = yh / k, px = xw / k;
+        float g = 0.f;
+        if (py < Ho && px < Wo) {
+            const size_t o = ((size_t(b) * Ho + py) * Wo + px) * C + c;
+            if (arg[o] == (yh - py * k) * k + (xw - px * k)) g = dy[o];
+        }
+        dx[i] = g;
+    }
+}
+
+}  // namespace
+
+void maxpool_forward(cudaStream_t st, float* y, uint8_t* arg, const float* x, int N, int H,
+                     int W, int C, int k) {
+    CUDA_ASSERT(N > 0 && C > 0 && k >= 1 && k * k <= 256 && H >= k && W >= k);
+    const size_t n = size_t(N) * (H / k) * (W / k) * C;
+    maxpool_forward_kernel<<<grid_size(n), kBlock, 0, st>>>(y, arg, x, N, H, W, C, k);
+    CUDA_CHECK_LAUNCH();
+}
+
+void maxpool_backward(cudaStream_t st, float* dx, const float* dy, const uint8_t* arg, int N,
+                      int H, int W, int C, int k) {
+    CUDA_ASSERT(N > 0 && C > 0 && k >= 1 && k * k <= 256 && H >= k && W >= k);
+    const size_t n = size_t(N) * H * W * C;
+    maxpool_backward_kernel<<<grid_size(n), kBlock, 0, st>>>(dx, dy, arg, N, H, W, C, k);
+    CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace sr::cuda

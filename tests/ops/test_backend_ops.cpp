@@ -1,0 +1,636 @@
+// test_backend_ops.cpp: every op of the CUDA backend against the CPU backend (the reference),
+// through the Backend interface only, so this file builds with and without CUDA.
+//
+// How each case works: seeded random inputs are uploaded to both backends; every output buffer
+// is pre-filled with different garbage on each side (1e30 on the CPU, NaN on the GPU) and has
+// guard words on both sides, so an output the op never writes, or a write past its end, fails.
+// Results are compared element-wise with |got - ref| <= atol + rtol |ref|; each case says how
+// its tolerance was chosen. Shapes are small and awkward (N=3, H=W=7, C=5, K=6), plus one
+// convolution at a real airbench shape.
+//
+// Without a GPU (or in a build without CUDA) every BackendOps test is SKIPPED with the reason
+// make_cuda_backend gave, never passed. CudaFactory.ExplainsAbsence runs everywhere: it checks
+// that asking for a GPU where there is none returns nullptr with a reason instead of crashing.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "core/rng.h"
+#include "ops/backend.h"
+
+namespace sr {
+namespace {
+
+constexpr size_t kGuard = 16;  // guard elements on each side of every buffer
+
+// ---- host-side helpers -----------------------------------------------------------------------
+
+std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.f, float offset = 0.f) {
+    Rng r(seed);
+    std::vector<float> v(n);
+    for (auto& x : v) x = offset + scale * r.normal();
+    return v;
+}
+
+std::vector<float> uniform(size_t n, uint64_t seed, float lo, float hi) {
+    Rng r(seed);
+    std::vector<float> v(n);
+    for (auto& x : v) x = r.uniform(lo, hi);
+    return v;
+}
+
+template <typename T>
+double rms(const std::vector<T>& v) {
+    double s = 0;
+    for (auto x : v) s += double(x) * double(x);
+    return v.empty() ? 0 : std::sqrt(s / double(v.size()));
+}
+
+// max over i of |got - ref| / (atol + rtol |ref|) must be <= 1; non-finite values fail.
+template <typename T>
+::testing::AssertionResult close(const std::vector<T>& got, const std::vector<T>& ref, double atol,
+                                 double rtol) {
+    if (got.size() != ref.size())
+        return ::testing::AssertionFailure() << "sizes differ: " << got.size() << " vs " << ref.size();
+    double worst = 0;
+    size_t wi = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        const double g = double(got[i]), r = double(ref[i]);
+        if (!std::isfinite(g) || !std::isfinite(r))
+            return ::testing::AssertionFailure()
+                   << "non-finite at index " << i << ": " << g << " vs reference " << r
+                   << " (an output element left unwritten?)";
+        const double d = std::abs(g - r), allowed = atol + rtol * std::abs(r);
+        const double e = d == 0 ? 0 : (allowed > 0 ? d / allowed : HUGE_VAL);  // exact when 0
+        if (e > worst) worst = e, wi = i;
+    }
+    if (worst <= 1) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure()
+           << "index " << wi << " of " << got.size() << ": " << double(got[wi]) << " vs reference "
+           << double(ref[wi]) << " (" << worst << " x the allowed error; atol " << atol
+           << ", rtol " << rtol << ")";
+}
+
+// ---- device buffers with guards, one per backend ---------------------------------------------
+
+// n elements of T on one backend, with kGuard guard elements before and after.
+template <typename T>
+class Guarded {
+public:
+    Guarded(Backend& b, size_t n, T guard) : b_(&b), n_(n), guard_(guard), buf_(b, n + 2 * kGuard) {}
+
+    T* ptr() const { return buf_.get() + kGuard; }
+    size_t size() const { return n_; }
+
+    void set(const std::vector<T>& v) {
+        std::vector<T> all(n_ + 2 * kGuard, guard_);
+        std::memcpy(all.data() + kGuard, v.data(), n_ * sizeof(T));
+        b_->upload(buf_.get(), all.data(), all.size() * sizeof(T));
+    }
+
+    // The n values; a changed guard word is a test failure (write out of bounds).
+    std::vector<T> get(const char* what) const {
+        std::vector<T> all(n_ + 2 * kGuard);
+        b_->download(all.data(), buf_.get(), all.size() * sizeof(T));
+        for (size_t i = 0; i < kGuard; ++i) {
+            EXPECT_EQ(0, std::memcmp(&all[i], &guard_, sizeof(T)))
+                << what << ": guard word " << i << " before the buffer was overwritten";
+            EXPECT_EQ(0, std::memcmp(&all[kGuard + n_ + i], &guard_, sizeof(T)))
+                << what << ": guard word " << i << " after the buffer was overwritten";
+        }
+        return std::vector<T>(all.begin() + kGuard, all.begin() + kGuard + n_);
+    }
+
+private:
+    Backend* b_;
+    size_t n_;
+    T guard_;
+    DeviceBuffer<T> buf_;
+};
+
+template <typename T> T cpu_garbage();
+template <typename T> T gpu_garbage();
+template <> float cpu_garbage<float>() { return 1e30f; }
+template <> float gpu_garbage<float>() { return std::numeric_limits<float>::quiet_NaN(); }
+template <> uint8_t cpu_garbage<uint8_t>() { return 0xEE; }
+template <> uint8_t gpu_garbage<uint8_t>() { return 0x77; }
+template <> int32_t cpu_garbage<int32_t>() { return -777777; }
+template <> int32_t gpu_garbage<int32_t>() { return 888888; }
+template <> int8_t cpu_garbage<int8_t>() { return -99; }
+template <> int8_t gpu_garbage<int8_t>() { return 99; }
+
+// The same tensor on both backends: c on the CPU, g on the GPU.
+template <typename T>
+struct Twin {
+    Guarded<T> c, g;
+    T* cp() const { return c.ptr(); }
+    T* gp() const { return g.ptr(); }
+};
+
+// The fixture: both backends, and makers of twin buffers. Members are public so the case
+// functions below (shared by several TESTs) can use them.
+class BackendOps : public ::testing::Test {
+public:
+    void SetUp() override {
+        std::string why;
+        gpu_ = make_cuda_backend(0, &why);
+        if (!gpu_) GTEST_SKIP() << "no CUDA device: " << why;
+        cpu_ = make_cpu_backend(2);
+        ASSERT_TRUE(cpu_);
+    }
+
+    // An input: the same values on both sides.
+    template <typename T>
+    Twin<T> in(const std::vector<T>& v) {
+        Twin<T> t{Guarded<T>(*cpu_, v.size(), cpu_garbage<T>()),
+                  Guarded<T>(*gpu_, v.size(), gpu_garbage<T>())};
+        t.c.set(v);
+        t.g.set(v);
+        return t;
+    }
+
+    // An output: different garbage on each side, so an unwritten element cannot match.
+    template <typename T>
+    Twin<T> out(size_t n) {
+        Twin<T> t{Guarded<T>(*cpu_, n, cpu_garbage<T>()), Guarded<T>(*gpu_, n, gpu_garbage<T>())};
+        t.c.set(std::vector<T>(n, cpu_garbage<T>()));
+        t.g.set(std::vector<T>(n, gpu_garbage<T>()));
+        return t;
+    }
+
+    // Compares the GPU's values with the CPU's.
+    template <typename T>
+    ::testing::AssertionResult same(const Twin<T>& t, const char* what, double atol, double rtol) {
+        const auto ref = t.c.get(what);
+        const auto got = t.g.get(what);
+        auto r = close(got, ref, atol, rtol);
+        if (!r) r << " [" << what << "]";
+        return r;
+    }
+
+    std::unique_ptr<Backend> cpu_, gpu_;
+};
+
+// ---- factory and memory ----------------------------------------------------------------------
+
+TEST(CudaFactory, ExplainsAbsence) {
+    std::string why;
+    auto b = make_cuda_backend(0, &why);
+    if (b) {
+        EXPECT_EQ(b->device(), Device::cuda);
+        EXPECT_FALSE(b->name().empty());
+    } else {
+        EXPECT_FALSE(why.empty()) << "make_cuda_backend returned nullptr without a reason";
+    }
+    std::string why2;
+    EXPECT_EQ(make_cuda_backend(1 << 20, &why2), nullptr);  // no machine has that many GPUs
+    EXPECT_FALSE(why2.empty());
+}
+
+TEST_F(BackendOps, Memory) {
+    EXPECT_EQ(gpu_->device(), Device::cuda);
+    EXPECT_FALSE(gpu_->name().empty());
+    const size_t before = gpu_->peak_bytes();
+    const size_t n = 1000003;
+    {
+        DeviceBuffer<float> a(*gpu_, n), b(*gpu_, n);
+        EXPECT_GE(gpu_->peak_bytes(), before + 2 * n * sizeof(float));
+        std::vector<float> h(n, -1.f);
+        gpu_->download(h.data(), a.get(), n * sizeof(float));
+        for (size_t i = 0; i < n; ++i)
+            ASSERT_EQ(h[i], 0.f) << "alloc() must zero-fill; element " << i;
+        const auto v = randn(n, 1);
+        gpu_->upload(a.get(), v.data(), n * sizeof(float));
+        gpu_->copy(b.get(), a.get(), n * sizeof(float));
+        gpu_->synchronize();
+        gpu_->download(h.data(), b.get(), n * sizeof(float));
+        EXPECT_EQ(0, std::memcmp(h.data(), v.data(), n * sizeof(float)));
+    }
+    const size_t peak = gpu_->peak_bytes();
+    DeviceBuffer<float> c(*gpu_, 10);  // a high-water mark: a small allocation after releases keeps it
+    EXPECT_EQ(gpu_->peak_bytes(), peak);
+}
+
+// ---- convolution -----------------------------------------------------------------------------
+
+// Forward (with and without bias), backward data, backward weights (with and without db).
+// Tolerance: cuDNN may run fp32 convolutions in TF32 (inputs rounded to a 10-bit mantissa,
+// about 5e-4 relative error per product). The errors add like a random walk over the C*R*S (or
+// N*P*Q) terms, as the values themselves do, so the error scales with the rms of the result,
+// not with each element (an element near zero by cancellation has a large relative error):
+// atol = 1e-2 * rms(ref), about 10x the expected worst case, plus rtol 1e-2.
+void conv_case(BackendOps& f, const ConvShape& s, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "conv N=" << s.N << " H=" << s.H << " W=" << s.W
+                                    << " C=" << s.C << " K=" << s.K << " R=" << s.R
+                                    << " S=" << s.S << " pad=" << s.pad);
+    const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K;
+    const size_t nw = size_t(s.K) * s.R * s.S * s.C;
+    auto x = f.in(randn(nx, seed));
+    auto w = f.in(randn(nw, seed + 1, 1.f / std::sqrt(float(s.C * s.R * s.S))));
+    auto bias = f.in(randn(s.K, seed + 2));
+    auto dy = f.in(randn(ny, seed + 3));
+    auto cc = f.cpu_->make_conv(s);
+    auto gc = f.gpu_->make_conv(s);
+    ASSERT_TRUE(cc && gc);
+    auto tol = [](const Twin<float>& t) { return 1e-2 * rms(t.c.get("rms")) + 1e-6; };
+
+    for (bool with_bias : {true, false}) {
+        SCOPED_TRACE(with_bias ? "with bias / db" : "without bias / db");
+        auto y = f.out<float>(ny);
+        cc->forward(y.cp(), x.cp(), w.cp(), with_bias ? bias.cp() : nullptr);
+        gc->forward(y.gp(), x.gp(), w.gp(), with_bias ? bias.gp() : nullptr);
+        EXPECT_TRUE(f.same(y, "conv forward y", tol(y), 1e-2));
+
+        auto dx = f.out<float>(nx);
+        cc->backward_data(dx.cp(), dy.cp(), w.cp());
+        gc->backward_data(dx.gp(), dy.gp(), w.gp());
+        EXPECT_TRUE(f.same(dx, "conv backward_data dx", tol(dx), 1e-2));
+
+        auto dw = f.out<float>(nw);
+        auto db = f.out<float>(s.K);
+        cc->backward_weights(dw.cp(), with_bias ? db.cp() : nullptr, dy.cp(), x.cp());
+        gc->backward_weights(dw.gp(), with_bias ? db.gp() : nullptr, dy.gp(), x.gp());
+        EXPECT_TRUE(f.same(dw, "conv backward_weights dw", tol(dw), 1e-2));
+        // db is a plain fp32 sum (no TF32): 1e-5 relative to its rms covers the summation order.
+        if (with_bias) {
+            EXPECT_TRUE(f.same(db, "conv backward_weights db", 1e-5 * rms(db.c.get("db")) + 1e-6, 1e-5));
+        }
+    }
+}
+
+TEST_F(BackendOps, Conv3x3Pad1) {
+    ConvShape s;
+    s.N = 3, s.H = 7, s.W = 7, s.C = 5, s.K = 6, s.R = 3, s.S = 3, s.pad = 1;
+    conv_case(*this, s, 100);
+}
+
+TEST_F(BackendOps, Conv2x2Pad0) {
+    ConvShape s;
+    s.N = 3, s.H = 7, s.W = 7, s.C = 5, s.K = 6, s.R = 2, s.S = 2, s.pad = 0;
+    conv_case(*this, s, 200);
+}
+
+// A real airbench94 shape: the second conv of the last block (batch 8 here).
+TEST_F(BackendOps, Conv3x3RealShape) {
+    ConvShape s;
+    s.N = 8, s.H = 15, s.W = 15, s.C = 64, s.K = 64, s.R = 3, s.S = 3, s.pad = 1;
+    conv_case(*this, s, 300);
+}
+
+// The whitening conv's shape: 2x2, pad 0, 3 -> 24 channels, on 32x32 images.
+TEST_F(BackendOps, ConvWhiteningShape) {
+    ConvShape s;
+    s.N = 4, s.H = 32, s.W = 32, s.C = 3, s.K = 24, s.R = 2, s.S = 2, s.pad = 0;
+    conv_case(*this, s, 400);
+}
+
+// ---- batch norm ------------------------------------------------------------------------------
+
+// Tolerance of the forward: the CPU sums in double, the GPU in fp32 partials of <= 64 values
+// added in double, so mean and invstd agree to ~1e-6 relative; y is O(1) and its fp32 rounding
+// (the CPU computes x*a + b, the GPU (x - mean)*invstd*gamma + beta) differs by a few ulps of
+// |x*a| ~ 10: atol 1e-5, rtol 1e-5.
+void bn_train_case(BackendOps& f, int M, int C, bool with_gamma, uint64_t seed, float offset,
+                   float scale, double y_atol) {
+    SCOPED_TRACE(testing::Message() << "bn train M=" << M << " C=" << C << " gamma="
+                                    << with_gamma << " offset=" << offset);
+    const float eps = 1e-5f, momentum = 0.4f;
+    const size_t n = size_t(M) * C;
+    auto x = f.in(randn(n, seed, scale, offset));
+    auto gamma = f.in(uniform(C, seed + 1, 0.5f, 1.5f));
+    auto beta = f.in(randn(C, seed + 2));
+    auto rmean = f.in(randn(C, seed + 3));
+    auto rvar = f.in(uniform(C, seed + 4, 0.5f, 2.f));
+    auto y = f.out<float>(n);
+    auto mean = f.out<float>(C);
+    auto invstd = f.out<float>(C);
+    for (int side = 0; side < 2; ++side) {
+        Backend& b = side ? *f.gpu_ : *f.cpu_;
+        auto p = [&](auto& t) { return side ? t.gp() : t.cp(); };
+        b.bn_forward_train(p(y), p(mean), p(invstd), p(rmean), p(rvar), p(x),
+                           with_gamma ? p(gamma) : nullptr, p(beta), M, C, eps, momentum);
+    }
+    EXPECT_TRUE(f.same(y, "bn y", y_atol, 1e-5));
+    EXPECT_TRUE(f.same(mean, "bn mean", 1e-6 * (std::abs(offset) + scale), 1e-6));
+    EXPECT_TRUE(f.same(invstd, "bn invstd", 0, 1e-5));
+    EXPECT_TRUE(f.same(rmean, "bn running_mean", 1e-6 * (std::abs(offset) + scale), 1e-6));
+    EXPECT_TRUE(f.same(rvar, "bn running_var (unbiased)", 0, 1e-5));
+
+    // Both against an independent double reference of the batch statistics.
+    const auto xs = x.c.get("x");
+    const auto gm = mean.g.get("mean"), gi = invstd.g.get("invstd");
+    for (int c = 0; c < C; ++c) {
+        double s = 0, ss = 0;
+        for (int m = 0; m < M; ++m) s += xs[size_t(m) * C + c];
+        const double mu = s / M;
+        for (int m = 0; m < M; ++m) ss += (xs[size_t(m) * C + c] - mu) * (xs[size_t(m) * C + c] - mu);
+        const double is = 1.0 / std::sqrt(ss / M + eps);
+        EXPECT_NEAR(gm[c], mu, 1e-6 * (std::abs(mu) + scale)) << "channel " << c;
+        EXPECT_NEAR(gi[c], is, 1e-5 * is) << "channel " << c;
+    }
+}
+
+TEST_F(BackendOps, BatchNormTrainForward) {
+    bn_train_case(*this, 147, 5, true, 500, 1.5f, 2.f, 1e-5);
+}
+
+TEST_F(BackendOps, BatchNormTrainForwardNoGamma) {
+    bn_train_case(*this, 147, 5, false, 510, -0.5f, 0.7f, 1e-5);
+}
+
+// Many rows (64 images of 31x31) and a mean 500x the standard deviation: a one-pass fp32
+// E[x^2] - E[x]^2 would lose every digit here. y's tolerance: x ~ 50 carries fp32 ulps of 4e-6,
+// 4e-5 after division by the std of 0.1, and the CPU's x*a + b cancels two terms of ~500:
+// atol 5e-4.
+TEST_F(BackendOps, BatchNormTrainForwardLargeOffset) {
+    bn_train_case(*this, 64 * 31 * 31, 8, true, 520, 50.f, 0.1f, 5e-4);
+}
+
+TEST_F(BackendOps, BatchNormEvalForward) {
+    const int M = 147, C = 5;
+    const size_t n = size_t(M) * C;
+    auto x = in(randn(n, 600, 2.f, 1.f));
+    auto gamma = in(uniform(C, 601, 0.5f, 1.5f));
+    auto beta = in(randn(C, 602));
+    auto rmean = in(randn(C, 603));
+    auto rvar = in(uniform(C, 604, 0.5f, 2.f));
+    for (bool with_gamma : {true, false}) {
+        auto y = out<float>(n);
+        cpu_->bn_forward_eval(y.cp(), x.cp(), rmean.cp(), rvar.cp(), with_gamma ? gamma.cp() : nullptr,
+                              beta.cp(), M, C, 1e-5f);
+        gpu_->bn_forward_eval(y.gp(), x.gp(), rmean.gp(), rvar.gp(), with_gamma ? gamma.gp() : nullptr,
+                              beta.gp(), M, C, 1e-5f);
+        // elementwise fp32, a few roundings of O(1) values: 1e-5
+        EXPECT_TRUE(same(y, "bn eval y", 1e-5, 1e-5)) << "gamma " << with_gamma;
+    }
+}
+
+// dx = gamma invstd (dy - mean(dy) - xhat mean(dy xhat)); dgamma = sum dy xhat; dbeta = sum dy.
+// Tolerance: the sums are over M terms of O(1) (rms ~ sqrt(M)); the CPU sums in double, the GPU
+// in fp32 partials of <= 64 values added in double: 1e-5 of the rms. dx subtracts means from
+// O(1) values: 1e-5 absolute and relative.
+void bn_backward_case(BackendOps& f, int M, int C, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "bn backward M=" << M << " C=" << C);
+    const size_t n = size_t(M) * C;
+    const auto xs = randn(n, seed, 2.f, 1.f);
+    auto x = f.in(xs);
+    auto dy = f.in(randn(n, seed + 1));
+    auto gamma = f.in(uniform(C, seed + 2, 0.5f, 1.5f));
+    // mean and invstd as bn_forward_train would save them (computed here in double)
+    std::vector<float> mean_h(C), invstd_h(C);
+    for (int c = 0; c < C; ++c) {
+        double s = 0, ss = 0;
+        for (int m = 0; m < M; ++m) s += xs[size_t(m) * C + c];
+        for (int m = 0; m < M; ++m) ss += std::pow(xs[size_t(m) * C + c] - s / M, 2);
+        mean_h[c] = float(s / M);
+        invstd_h[c] = float(1.0 / std::sqrt(ss / M + 1e-5));
+    }
+    auto mean = f.in(mean_h);
+    auto invstd = f.in(invstd_h);
+    for (bool full : {true, false}) {
+        SCOPED_TRACE(full ? "gamma, dgamma, dbeta" : "no gamma, no dgamma, no dbeta");
+        auto dx = f.out<float>(n);
+        auto dgamma = f.out<float>(C);
+        auto dbeta = f.out<float>(C);
+        f.cpu_->bn_backward(dx.cp(), full ? dgamma.cp() : nullptr, full ? dbeta.cp() : nullptr,
+                            dy.cp(), x.cp(), mean.cp(), invstd.cp(), full ? gamma.cp() : nullptr, M, C);
+        f.gpu_->bn_backward(dx.gp(), full ? dgamma.gp() : nullptr, full ? dbeta.gp() : nullptr,
+                            dy.gp(), x.gp(), mean.gp(), invstd.gp(), full ? gamma.gp() : nullptr, M, C);
+        EXPECT_TRUE(f.same(dx, "bn dx", 1e-5, 1e-5));
+        if (full) {
+            const double sum_tol = 1e-5 * std::sqrt(double(M));
+            EXPECT_TRUE(f.same(dgamma, "bn dgamma", sum_tol, 1e-5));
+            EXPECT_TRUE(f.same(dbeta, "bn dbeta", sum_tol, 1e-5));
+        } else {  // skipped outputs stay untouched
+            EXPECT_TRUE(std::isnan(dgamma.g.get("dgamma")[0]));
+            EXPECT_TRUE(std::isnan(dbeta.g.get("dbeta")[0]));
+        }
+    }
+}
+
+TEST_F(BackendOps, BatchNormBackward) { bn_backward_case(*this, 147, 5, 700); }
+
+TEST_F(BackendOps, BatchNormBackwardManyRows) { bn_backward_case(*this, 32 * 31 * 31, 24, 710); }
+
+// ---- GELU ------------------------------------------------------------------------------------
+
+// Tolerance: the CPU's erf is a polynomial good to ~1e-7 absolute (times |x|/2 <= 4 in y),
+// CUDA's erff to 2 ulp: atol 2e-6, rtol 1e-5.
+TEST_F(BackendOps, Gelu) {
+    auto xs = randn(1001, 800, 3.f);
+    for (float v : {0.f, -0.f, 1e-8f, -1e-8f, 8.f, -8.f}) xs.push_back(v);
+    const size_t n = xs.size();
+    auto x = in(xs);
+    auto dy = in(randn(n, 801));
+    auto y = out<float>(n);
+    auto dx = out<float>(n);
+    cpu_->gelu_forward(y.cp(), x.cp(), n);
+    gpu_->gelu_forward(y.gp(), x.gp(), n);
+    EXPECT_TRUE(same(y, "gelu y", 2e-6, 1e-5));
+    cpu_->gelu_backward(dx.cp(), dy.cp(), x.cp(), n);
+    gpu_->gelu_backward(dx.gp(), dy.gp(), x.gp(), n);
+    EXPECT_TRUE(same(dx, "gelu dx", 2e-6, 1e-5));
+}
+
+// ---- max pooling -------------------------------------------------------------------------------
+
+// Inputs are rounded to multiples of 0.5 so windows hold ties (first max in row-major window
+// order must win). Pooling only selects and copies: everything must match exactly.
+void pool_case(BackendOps& f, int N, int H, int W, int C, int k, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "maxpool N=" << N << " H=" << H << " W=" << W << " C=" << C
+                                    << " k=" << k);
+    auto xs = randn(size_t(N) * H * W * C, seed);
+    for (auto& v : xs) v = std::round(v * 2.f) / 2.f;
+    const size_t ny = size_t(N) * (H / k) * (W / k) * C;
+    auto x = f.in(xs);
+    auto dy = f.in(randn(ny, seed + 1));
+    auto y = f.out<float>(ny);
+    auto arg = f.out<uint8_t>(ny);
+    auto dx = f.out<float>(xs.size());
+    f.cpu_->maxpool_forward(y.cp(), arg.cp(), x.cp(), N, H, W, C, k);
+    f.gpu_->maxpool_forward(y.gp(), arg.gp(), x.gp(), N, H, W, C, k);
+    EXPECT_TRUE(f.same(y, "maxpool y", 0, 0));
+    EXPECT_TRUE(f.same(arg, "maxpool arg", 0, 0));
+    f.cpu_->maxpool_backward(dx.cp(), dy.cp(), arg.cp(), N, H, W, C, k);
+    f.gpu_->maxpool_backward(dx.gp(), dy.gp(), arg.gp(), N, H, W, C, k);
+    EXPECT_TRUE(f.same(dx, "maxpool dx", 0, 0));
+}
+
+TEST_F(BackendOps, MaxPool2On7x7) { pool_case(*this, 3, 7, 7, 5, 2, 900); }
+TEST_F(BackendOps, MaxPool3On3x3) { pool_case(*this, 3, 3, 3, 5, 3, 910); }
+TEST_F(BackendOps, MaxPool3On7x7) { pool_case(*this, 3, 7, 7, 5, 3, 920); }
+TEST_F(BackendOps, MaxPool2RealShape) { pool_case(*this, 8, 32, 32, 64, 2, 930); }
+
+// ---- linear ----------------------------------------------------------------------------------
+
+// cuBLAS runs in full fp32 (no TF32): only the summation order differs from the CPU's loops.
+// Tolerance 1e-5 of the result's rms plus 1e-5 relative.
+void linear_case(BackendOps& f, int N, int I, int O, float scale, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "linear N=" << N << " I=" << I << " O=" << O);
+    auto x = f.in(randn(size_t(N) * I, seed));
+    auto w = f.in(randn(size_t(O) * I, seed + 1));
+    auto dy = f.in(randn(size_t(N) * O, seed + 2));
+    auto y = f.out<float>(size_t(N) * O);
+    f.cpu_->linear_forward(y.cp(), x.cp(), w.cp(), N, I, O, scale);
+    f.gpu_->linear_forward(y.gp(), x.gp(), w.gp(), N, I, O, scale);
+    EXPECT_TRUE(f.same(y, "linear y", 1e-5 * rms(y.c.get("y")), 1e-5));
+    for (bool with_dx : {true, false}) {
+        auto dx = f.out<float>(size_t(N) * I);
+        auto dw = f.out<float>(size_t(O) * I);
+        f.cpu_->linear_backward(with_dx ? dx.cp() : nullptr, dw.cp(), dy.cp(), x.cp(), w.cp(), N, I, O, scale);
+        f.gpu_->linear_backward(with_dx ? dx.gp() : nullptr, dw.gp(), dy.gp(), x.gp(), w.gp(), N, I, O, scale);
+        if (with_dx) {
+            EXPECT_TRUE(f.same(dx, "linear dx", 1e-5 * rms(dx.c.get("dx")), 1e-5));
+        } else {
+            EXPECT_TRUE(std::isnan(dx.g.get("dx")[0])) << "dx == nullptr must be skipped";
+        }
+        EXPECT_TRUE(f.same(dw, "linear dw", 1e-5 * rms(dw.c.get("dw")), 1e-5));
+    }
+}
+
+TEST_F(BackendOps, Linear) { linear_case(*this, 3, 13, 10, 0.125f, 1000); }
+TEST_F(BackendOps, LinearRealShape) { linear_case(*this, 1024, 256, 10, 1.f / 9, 1010); }
+
+// ---- loss ------------------------------------------------------------------------------------
+
+// Tolerance: the CPU works in double, the GPU in fp32 (expf/logf) per row, summing rows in
+// double: dlogits (in [-1, 1]) to 1e-6; the loss sum to 1e-5 relative; the correct count exactly.
+void loss_case(BackendOps& f, int N, int O, float smoothing, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "cross_entropy N=" << N << " O=" << O << " s=" << smoothing);
+    Rng r(seed);
+    std::vector<int32_t> labels(N);
+    for (auto& l : labels) l = int32_t(r.below(uint32_t(O)));
+    auto logits = f.in(randn(size_t(N) * O, seed + 1, 3.f));
+    auto lab = f.in(labels);
+    auto d = f.out<float>(size_t(N) * O);
+    auto stats = f.in(std::vector<float>{1.5f, 2.f});  // it accumulates: start from non-zero
+    f.cpu_->cross_entropy(d.cp(), stats.cp(), logits.cp(), lab.cp(), N, O, smoothing);
+    f.gpu_->cross_entropy(d.gp(), stats.gp(), logits.gp(), lab.gp(), N, O, smoothing);
+    EXPECT_TRUE(f.same(d, "dlogits", 1e-6, 1e-5));
+    const auto sc = stats.c.get("stats"), sg = stats.g.get("stats");
+    EXPECT_NEAR(sg[0], sc[0], 1e-5 * std::abs(sc[0])) << "loss sum";
+    EXPECT_EQ(sg[1], sc[1]) << "correct count";
+    EXPECT_GT(sc[1], 2.f) << "the seed should give some correct rows";
+}
+
+TEST_F(BackendOps, CrossEntropy) { loss_case(*this, 37, 10, 0.2f, 1100); }
+TEST_F(BackendOps, CrossEntropyManyRows) { loss_case(*this, 1000, 10, 0.2f, 1110); }
+TEST_F(BackendOps, CrossEntropyNoSmoothing) { loss_case(*this, 37, 10, 0.f, 1120); }
+
+// ---- optimizer -------------------------------------------------------------------------------
+
+// Elementwise fp32 on O(1) values; only FMA contraction may differ: atol 1e-6, rtol 1e-6.
+// n is odd and, in one case, larger than one pass of the grid-stride loop.
+TEST_F(BackendOps, SgdNesterov) {
+    for (size_t n : {size_t(1001), size_t(3000001)}) {
+        SCOPED_TRACE(testing::Message() << "n=" << n);
+        auto p = in(randn(n, 1200));
+        auto buf = in(randn(n, 1201));
+        auto g = in(randn(n, 1202));
+        cpu_->sgd_nesterov(p.cp(), buf.cp(), g.cp(), n, 0.1f, 5e-4f, 0.85f);
+        gpu_->sgd_nesterov(p.gp(), buf.gp(), g.gp(), n, 0.1f, 5e-4f, 0.85f);
+        EXPECT_TRUE(same(p, "sgd p", 1e-6, 1e-6));
+        EXPECT_TRUE(same(buf, "sgd buf", 1e-6, 1e-6));
+    }
+}
+
+TEST_F(BackendOps, LerpAssign) {
+    const size_t n = 1001;
+    auto ema = in(randn(n, 1300));
+    auto p = in(randn(n, 1301));
+    cpu_->lerp_assign(ema.cp(), p.cp(), n, 0.3f);
+    gpu_->lerp_assign(ema.gp(), p.gp(), n, 0.3f);
+    EXPECT_TRUE(same(ema, "lerp ema", 1e-6, 1e-6));
+    EXPECT_TRUE(same(p, "lerp p", 1e-6, 1e-6));
+}
+
+TEST_F(BackendOps, Axpy) {
+    for (size_t n : {size_t(1001), size_t(3000001)}) {
+        SCOPED_TRACE(testing::Message() << "n=" << n);
+        auto y = in(randn(n, 1400));
+        auto x = in(randn(n, 1401));
+        cpu_->axpy(y.cp(), x.cp(), -0.75f, n);
+        gpu_->axpy(y.gp(), x.gp(), -0.75f, n);
+        EXPECT_TRUE(same(y, "axpy y", 1e-6, 1e-6));
+    }
+}
+
+// ---- data ------------------------------------------------------------------------------------
+
+// Same formula on both sides ((v / 255 - mean) / std, IEEE division): 1e-6 covers any rounding.
+TEST_F(BackendOps, NormalizePad) {
+    const int N = 3, H = 7, W = 7, pad = 2;
+    Rng r(1500);
+    std::vector<uint8_t> img(size_t(N) * H * W * 3);
+    for (auto& v : img) v = uint8_t(r.below(256));
+    const float mean[3] = {0.4914f, 0.4822f, 0.4465f}, stdv[3] = {0.2470f, 0.2435f, 0.2616f};
+    auto x = in(img);
+    auto o = out<float>(size_t(N) * (H + 2 * pad) * (W + 2 * pad) * 3);
+    cpu_->normalize_pad(o.cp(), x.cp(), N, H, W, mean, stdv, pad);
+    gpu_->normalize_pad(o.gp(), x.gp(), N, H, W, mean, stdv, pad);
+    EXPECT_TRUE(same(o, "normalize_pad", 1e-6, 1e-6));
+}
+
+// Pure copies: exact.
+TEST_F(BackendOps, GatherCrops) {
+    const int Nsrc = 6, H = 7, W = 7, pad = 2, B = 5;
+    auto src = in(randn(size_t(Nsrc) * (H + 2 * pad) * (W + 2 * pad) * 3, 1600));
+    Rng r(1601);
+    std::vector<int32_t> idx(B);
+    std::vector<int8_t> shifts(2 * B);
+    std::vector<uint8_t> flips(B);
+    for (auto& v : idx) v = int32_t(r.below(Nsrc));
+    for (auto& v : shifts) v = int8_t(int(r.below(2 * pad + 1)) - pad);
+    for (auto& v : flips) v = uint8_t(r.below(2));
+    shifts[0] = -pad, shifts[1] = pad, flips[0] = 1;  // the extremes, flipped
+    auto idx_t = in(idx);
+    auto sh_t = in(shifts);
+    auto fl_t = in(flips);
+    {
+        auto o = out<float>(size_t(B) * H * W * 3);
+        cpu_->gather_crops(o.cp(), src.cp(), H, W, pad, B, idx_t.cp(), 0, sh_t.cp(), 0, 0, fl_t.cp(), 0);
+        gpu_->gather_crops(o.gp(), src.gp(), H, W, pad, B, idx_t.gp(), 0, sh_t.gp(), 0, 0, fl_t.gp(), 0);
+        EXPECT_TRUE(same(o, "gather_crops (arrays)", 0, 0));
+    }
+    struct Scalars { int first, sy, sx, flip; };
+    for (Scalars s : {Scalars{1, -2, 1, 1}, Scalars{2, 2, -2, 0}, Scalars{0, 0, 0, 0}}) {
+        SCOPED_TRACE(testing::Message() << "first=" << s.first << " sy=" << s.sy << " sx=" << s.sx
+                                        << " flip=" << s.flip);
+        const int b = 4;
+        auto o = out<float>(size_t(b) * H * W * 3);
+        cpu_->gather_crops(o.cp(), src.cp(), H, W, pad, b, nullptr, s.first, nullptr, s.sy, s.sx, nullptr, s.flip);
+        gpu_->gather_crops(o.gp(), src.gp(), H, W, pad, b, nullptr, s.first, nullptr, s.sy, s.sx, nullptr, s.flip);
+        EXPECT_TRUE(same(o, "gather_crops (scalars)", 0, 0));
+    }
+}
+
+// Tolerance: the GPU sums exact double products in double; the CPU sums each image's products
+// in fp32 (<= 961 patches, ~1e-6 relative) then in double: rtol 1e-5, atol 1e-6 of the largest
+// entry. The output is host memory: pre-filled with 1e300 (CPU) and NaN (GPU).
+void cov_case(BackendOps& f, int N, int H, int W, int C, int k, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "patch_covariance N=" << N << " H=" << H << " W=" << W
+                                    << " C=" << C << " k=" << k);
+    auto x = f.in(randn(size_t(N) * H * W * C, seed, 1.f, 0.5f));
+    const size_t D = size_t(C) * k * k;
+    std::vector<double> cc(D * D, 1e300), cg(D * D, std::numeric_limits<double>::quiet_NaN());
+    f.cpu_->patch_covariance(cc.data(), x.cp(), N, H, W, C, k);
+    f.gpu_->patch_covariance(cg.data(), x.gp(), N, H, W, C, k);
+    double mx = 0;
+    for (double v : cc) mx = std::max(mx, std::abs(v));
+    EXPECT_TRUE(close(cg, cc, 1e-6 * mx, 1e-5));
+    for (size_t i = 0; i < D; ++i)
+        for (size_t j = 0; j < D; ++j) ASSERT_EQ(cg[i * D + j], cg[j * D + i]) << "not symmetric";
+}
+
+TEST_F(BackendOps, PatchCovariance) { cov_case(*this, 3, 7, 7, 3, 2, 1700); }
+TEST_F(BackendOps, PatchCovarianceK3C5) { cov_case(*this, 2, 9, 9, 5, 3, 1710); }
+TEST_F(BackendOps, PatchCovarianceWhiteningShape) { cov_case(*this, 16, 32, 32, 3, 2, 1720); }
+
+}  // namespace
+}  // namespace sr
