@@ -10,6 +10,15 @@
 #include "core/error.h"
 #include "train/commands.h"
 
+// Subcommands defined in other files of app/ (each returns true if it ran a command).
+// add_dist_commands also adds --distributed / --sync-bn to `train` (into its TrainArgs) and
+// gives its subcommands the common flags through add_common.
+namespace sr::app {
+void add_dist_commands(CLI::App& app, sr::TrainArgs& train,
+                       void (*add_common)(CLI::App*, sr::CommonArgs&));
+bool run_dist_commands();
+}  // namespace sr::app
+
 namespace {
 
 void add_common(CLI::App* c, sr::CommonArgs& a) {
@@ -42,6 +51,13 @@ int main(int argc, char** argv) {
     train->add_option("--summary-json", ta.summary_json, "Write the runs and statistics as JSON");
     train->add_option("--log", ta.log, "Append a JSONL log (one line per epoch and per run)");
     train->add_flag("--no-epoch-eval", ta.no_epoch_eval, "Skip the untimed test evaluation after each epoch");
+    train->add_option("--plot", ta.plot, "PNG of test accuracy and train loss per epoch (gnuplot)");
+    train->add_option("--dawnbench", ta.dawnbench, "DAWNBench logs.tsv of the first run");
+    train->add_option("--checkpoint", ta.checkpoint, "Save a checkpoint (safetensors) at the end and when interrupted");
+    train->add_option("--checkpoint-every", ta.checkpoint_every, "Also save every N steps (0 = only at the end)");
+    train->add_option("--resume", ta.resume, "Continue the run saved in this checkpoint (and keep saving to it)");
+    train->add_flag("--deterministic", ta.deterministic, "CPU: no dynamic threading, so a resumed run is bit-identical");
+    train->add_option("--stop-after-step", ta.stop_after_step, "Stop after N steps as if interrupted (saves the checkpoint)");
     train->add_option("--warmup", ta.warmup, "Untimed warm-up runs (default: 1 on a GPU, 0 on the CPU)");
 
     sr::BenchArgs ba;
@@ -55,12 +71,27 @@ int main(int argc, char** argv) {
     auto* data = app.add_subcommand("data", "Find, check and describe CIFAR-10 (or write a synthetic set)");
     data->add_option("--data", da.data, "CIFAR-10 binary directory");
     data->add_flag("!--no-download", da.download, "Never download CIFAR-10");
-    data->add_option("--write-synthetic", da.write_synthetic, "Write a synthetic set in the binary format to DIR");
-    data->add_option("--synthetic-train", da.synthetic_train, "Synthetic training images")->capture_default_str();
-    data->add_option("--synthetic-test", da.synthetic_test, "Synthetic test images")->capture_default_str();
+    data->add_option("--write-synthetic", da.write_synthetic,
+                     "Write a full-size synthetic set (50,000 + 10,000) in the binary format to DIR");
     data->add_option("--seed", da.seed, "Synthetic seed")->capture_default_str();
 
+    sr::EvalArgs ea;
+    auto* eval = app.add_subcommand("eval", "Test accuracy of a checkpoint, with and without TTA");
+    eval->add_option("--checkpoint", ea.checkpoint, "Checkpoint file (safetensors)")->required();
+    eval->add_option("--data", ea.data, "CIFAR-10 binary directory");
+    eval->add_option("--device", ea.device, "auto | cpu | cuda")->capture_default_str();
+    eval->add_option("--threads", ea.threads, "CPU threads (0 = all cores)");
+    eval->add_option("--test-subset", ea.test_subset, "Evaluate on the first N test images (0 = all)");
+    eval->add_flag("!--no-download", ea.download, "Never download CIFAR-10");
+
+    sr::DescribeArgs dsa;
+    auto* describe = app.add_subcommand("describe", "Layers, parameter count, FLOPs per image, network diagram");
+    add_common(describe, dsa);
+    describe->add_option("--svg", dsa.svg, "Write the network diagram as SVG (graphviz)");
+
     auto* presets = app.add_subcommand("presets", "List the built-in presets with their sources");
+
+    sr::app::add_dist_commands(app, ta, add_common);
 
     CLI11_PARSE(app, argc, argv);
     try {
@@ -68,6 +99,9 @@ int main(int argc, char** argv) {
         if (bench->parsed()) return sr::cmd_bench(ba);
         if (data->parsed()) return sr::cmd_data(da);
         if (presets->parsed()) return sr::cmd_presets();
+        if (describe->parsed()) return sr::cmd_describe(dsa);
+        if (eval->parsed()) return sr::cmd_eval(ea);
+        if (sr::app::run_dist_commands()) return 0;
     } catch (const sr::Error& e) {
         std::fflush(stdout);
         fmt::print(stderr, "speedrun: error: {}\n", e.what());

@@ -63,3 +63,19 @@ TEST(Recipe, OverridesApply) {
 
 }  // namespace
 }  // namespace sr
+
+namespace sr {
+namespace {
+TEST(Recipe, ToJsonRoundTripsTheResolvedValues) {
+    Recipe r = load_recipe("airbench94", "");
+    r.net.widths = {8, 16, 32};  // changed in the struct, not in r.json
+    r.lr = 3.25;
+    r.tta_level = 1;
+    const Recipe back = recipe_from_json(recipe_to_json(r));
+    EXPECT_EQ(back.net.widths, r.net.widths);
+    EXPECT_DOUBLE_EQ(back.lr, 3.25);
+    EXPECT_EQ(back.tta_level, 1);
+    EXPECT_EQ(recipe_to_json(back), recipe_to_json(r));
+}
+}  // namespace
+}  // namespace sr

@@ -211,6 +211,48 @@ Workspace::Workspace(Network& net, int batch) : net_(net), b_(net.backend), N_(b
     feat_arg_ = DeviceBuffer<uint8_t>(b_, size_t(N_) * cin);
     logits_ = DeviceBuffer<float>(b_, size_t(N_) * c.num_classes);
     dlogits_ = DeviceBuffer<float>(b_, size_t(N_) * c.num_classes);
+    bn_sums_ = DeviceBuffer<float>(b_, 4 * size_t(*std::max_element(c.widths.begin(), c.widths.end())));
+}
+
+// Training-mode BN. With sync-BN hooks, the statistics are those of the whole group's batch:
+// pass 1 sums x, pass 2 sums deviations from pass 1's mean (so a large mean does not cancel),
+// each all-reduced over the group before use; every process normalises its own rows.
+void Workspace::bn_train(float* y, float* mean, float* invstd, float* running_mean,
+                         float* running_var, const float* x, const float* gamma, const float* beta,
+                         int M, int C) {
+    const NetConfig& c = net_.config();
+    const int group = hooks_ ? hooks_->bn_group() : 1;
+    if (group <= 1) {
+        b_.bn_forward_train(y, mean, invstd, running_mean, running_var, x, gamma, beta, M, C,
+                            c.bn_eps, c.bn_momentum);
+        return;
+    }
+    const int64_t count = int64_t(M) * group;
+    float* s1 = bn_sums_.get();
+    float* s2 = s1 + 2 * C;
+    const float scale = float(1.0 / double(count));
+    b_.bn_stats(s1, x, nullptr, 0.f, M, C);
+    hooks_->allreduce_bn(s1, 2 * C);
+    b_.bn_stats(s2, x, s1, scale, M, C);
+    hooks_->allreduce_bn(s2, 2 * C);
+    b_.bn_apply(y, mean, invstd, running_mean, running_var, x, gamma, beta, s2, s1, scale, count,
+                M, C, c.bn_eps, c.bn_momentum);
+}
+
+// BN backward. With sync-BN hooks, the two per-channel sums (of dy and of dy * xhat) are
+// all-reduced between the reduction and dx; dgamma/dbeta stay this process's own sums (the
+// gradient all-reduce adds them up like every other parameter gradient).
+void Workspace::bn_back(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                        const float* mean, const float* invstd, const float* gamma, int M, int C) {
+    const int group = hooks_ ? hooks_->bn_group() : 1;
+    if (group <= 1) {
+        b_.bn_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, M, C);
+        return;
+    }
+    float* sums = bn_sums_.get();
+    b_.bn_backward_reduce(sums, dgamma, dbeta, dy, x, mean, invstd, M, C);
+    hooks_->allreduce_bn(sums, 2 * C);
+    b_.bn_backward_apply(dx, dy, x, mean, invstd, gamma, sums, int64_t(M) * group, M, C);
 }
 
 const float* Workspace::forward(const float* x, bool train) {
@@ -226,18 +268,16 @@ const float* Workspace::forward(const float* x, bool train) {
         G.conv1->forward(G.c1.get(), in, P.conv_w[gi][0], nullptr);
         b_.maxpool_forward(G.p.get(), G.arg.get(), G.c1.get(), N_, G.H, G.H, G.cout, 2);
         if (train)
-            b_.bn_forward_train(G.n1.get(), G.mean1.get(), G.istd1.get(), P.bn_mean[gi][0],
-                                P.bn_var[gi][0], G.p.get(), P.bn_w[gi][0], P.bn_b[gi][0], M,
-                                G.cout, c.bn_eps, c.bn_momentum);
+            bn_train(G.n1.get(), G.mean1.get(), G.istd1.get(), P.bn_mean[gi][0], P.bn_var[gi][0],
+                     G.p.get(), P.bn_w[gi][0], P.bn_b[gi][0], M, G.cout);
         else
             b_.bn_forward_eval(G.n1.get(), G.p.get(), P.bn_mean[gi][0], P.bn_var[gi][0],
                                P.bn_w[gi][0], P.bn_b[gi][0], M, G.cout, c.bn_eps);
         b_.gelu_forward(G.g1.get(), G.n1.get(), size_t(M) * G.cout);
         G.conv2->forward(G.c2.get(), G.g1.get(), P.conv_w[gi][1], nullptr);
         if (train)
-            b_.bn_forward_train(G.n2.get(), G.mean2.get(), G.istd2.get(), P.bn_mean[gi][1],
-                                P.bn_var[gi][1], G.c2.get(), P.bn_w[gi][1], P.bn_b[gi][1], M,
-                                G.cout, c.bn_eps, c.bn_momentum);
+            bn_train(G.n2.get(), G.mean2.get(), G.istd2.get(), P.bn_mean[gi][1], P.bn_var[gi][1],
+                     G.c2.get(), P.bn_w[gi][1], P.bn_b[gi][1], M, G.cout);
         else
             b_.bn_forward_eval(G.n2.get(), G.c2.get(), P.bn_mean[gi][1], P.bn_var[gi][1],
                                P.bn_w[gi][1], P.bn_b[gi][1], M, G.cout, c.bn_eps);
@@ -259,6 +299,7 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
     const Group& L = grp_[2];
     b_.linear_backward(d_feat_.get(), Gd.head_w, dlogits, feat_.get(), P.head_w, N_, L.cout,
                        c.num_classes, c.scaling_factor);
+    grad_ready(Gd.head_w, size_t(c.num_classes) * L.cout);
     // gradient w.r.t. the last group's output, written into that group's d_g scratch
     b_.maxpool_backward(grp_[2].d_g.get(), d_feat_.get(), feat_arg_.get(), N_, L.Hp, L.Hp,
                         L.cout, c.final_pool);
@@ -268,22 +309,29 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
         const size_t m = size_t(M) * G.cout;
         // d_g holds dL/d(g2)
         b_.gelu_backward(G.d_n.get(), G.d_g.get(), G.n2.get(), m);
-        b_.bn_backward(G.d_p.get(), scale ? Gd.bn_w[gi][1] : nullptr, Gd.bn_b[gi][1], G.d_n.get(),
-                       G.c2.get(), G.mean2.get(), G.istd2.get(), P.bn_w[gi][1], M, G.cout);
+        bn_back(G.d_p.get(), scale ? Gd.bn_w[gi][1] : nullptr, Gd.bn_b[gi][1], G.d_n.get(),
+                G.c2.get(), G.mean2.get(), G.istd2.get(), P.bn_w[gi][1], M, G.cout);
+        grad_ready(Gd.bn_b[gi][1], G.cout);
+        if (scale) grad_ready(Gd.bn_w[gi][1], G.cout);
         G.conv2->backward_weights(Gd.conv_w[gi][1], nullptr, G.d_p.get(), G.g1.get());
+        grad_ready(Gd.conv_w[gi][1], size_t(G.cout) * 9 * G.cout);
         G.conv2->backward_data(G.d_g.get(), G.d_p.get(), P.conv_w[gi][1]);  // d(g1)
         b_.gelu_backward(G.d_n.get(), G.d_g.get(), G.n1.get(), m);
-        b_.bn_backward(G.d_p.get(), scale ? Gd.bn_w[gi][0] : nullptr, Gd.bn_b[gi][0], G.d_n.get(),
-                       G.p.get(), G.mean1.get(), G.istd1.get(), P.bn_w[gi][0], M, G.cout);
+        bn_back(G.d_p.get(), scale ? Gd.bn_w[gi][0] : nullptr, Gd.bn_b[gi][0], G.d_n.get(),
+                G.p.get(), G.mean1.get(), G.istd1.get(), P.bn_w[gi][0], M, G.cout);
+        grad_ready(Gd.bn_b[gi][0], G.cout);
+        if (scale) grad_ready(Gd.bn_w[gi][0], G.cout);
         b_.maxpool_backward(G.d_big.get(), G.d_p.get(), G.arg.get(), N_, G.H, G.H, G.cout, 2);
         const float* group_in = gi > 0 ? grp_[gi - 1].g2.get() : a0_.get();
         G.conv1->backward_weights(Gd.conv_w[gi][0], nullptr, G.d_big.get(), group_in);
+        grad_ready(Gd.conv_w[gi][0], size_t(G.cout) * 9 * G.cin);
         if (gi > 0) {
             G.conv1->backward_data(grp_[gi - 1].d_g.get(), G.d_big.get(), P.conv_w[gi][0]);
         } else if (with_whiten_bias) {
             G.conv1->backward_data(d_a0_.get(), G.d_big.get(), P.conv_w[gi][0]);
             b_.gelu_backward(d_z0_.get(), d_a0_.get(), z0_.get(), d_z0_.size());
             whiten_->backward_weights(dw_whiten_.get(), Gd.whiten_b, d_z0_.get(), x_);
+            grad_ready(Gd.whiten_b, size_t(c.whiten_width()));
         }
     }
 }

@@ -89,12 +89,31 @@ private:
     size_t total_ = 0;
 };
 
+// Optional hooks into a training workspace, for data-parallel training (src/dist/). Without
+// hooks (the default) a workspace computes exactly what it always did.
+class WorkspaceHooks {
+public:
+    virtual ~WorkspaceHooks() = default;
+    // Sync-BN: the number of equal batches (one per process, this one included) whose rows form
+    // one BN batch; 1 = batch statistics of this workspace alone.
+    virtual int bn_group() const { return 1; }
+    // Sync-BN (bn_group() > 1): sums (n floats, this backend's memory) := their sum over the
+    // group's processes, in place. Called between the per-channel sums and the normalisation
+    // (forward, twice per BN layer) and between the two halves of each BN backward.
+    virtual void allreduce_bn(float* sums, int n) {}
+    // In backward(), as soon as a parameter gradient (n floats at grad, inside net.grads) is
+    // final, in backward order, so the caller can start reducing it while backward goes on.
+    virtual void grad_ready(float* grad, size_t n) {}
+};
+
 // Activations, saved statistics and convolution plans for one batch size. A Network can be run
 // with several workspaces (training batch, evaluation batch).
 class Workspace {
 public:
     Workspace(Network& net, int batch);
     int batch() const { return N_; }
+    // Hooks for data-parallel training (not owned; nullptr = none). Set on a training workspace.
+    void set_hooks(WorkspaceHooks* h) { hooks_ = h; }
 
     // x: (N,32,32,3). train: batch statistics (and running-stat update) else running stats.
     // Returns the logits (N,10) (device memory owned by the workspace).
@@ -125,6 +144,16 @@ private:
     int Hf_ = 0;  // side after the final pool
     DeviceBuffer<float> feat_, d_feat_, logits_, dlogits_;
     DeviceBuffer<uint8_t> feat_arg_;
+    WorkspaceHooks* hooks_ = nullptr;
+    DeviceBuffer<float> bn_sums_;  // sync-BN scratch: 4 x the widest layer's channels
+    // training-mode BN forward / BN backward, through the hooks' sync-BN when they ask for it
+    void bn_train(float* y, float* mean, float* invstd, float* running_mean, float* running_var,
+                  const float* x, const float* gamma, const float* beta, int M, int C);
+    void bn_back(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                 const float* mean, const float* invstd, const float* gamma, int M, int C);
+    void grad_ready(float* grad, size_t n) {
+        if (hooks_) hooks_->grad_ready(grad, n);
+    }
 };
 
 }  // namespace sr

@@ -55,6 +55,15 @@ public:
     const ConvShape shape;
 };
 
+// Elapsed time of the work queued between start() and stop(), measured as the field measures it:
+// CUDA events on the GPU (recorded on the backend's stream), the steady clock on the CPU.
+class DeviceTimer {
+public:
+    virtual ~DeviceTimer() = default;
+    virtual void start() = 0;
+    virtual double stop_seconds() = 0;  // waits for the queued work; seconds since start()
+};
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -70,6 +79,7 @@ public:
     virtual void synchronize() = 0;
     // Peak device memory allocated through alloc() so far, in bytes.
     virtual size_t peak_bytes() const = 0;
+    virtual std::unique_ptr<DeviceTimer> make_timer() = 0;
 
     // ---- convolution ------------------------------------------------------------------------
     virtual std::unique_ptr<Conv2d> make_conv(const ConvShape& s) = 0;
@@ -91,6 +101,43 @@ public:
     virtual void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
                              const float* x, const float* mean, const float* invstd,
                              const float* gamma, int M, int C) = 0;
+
+    // ---- batch norm in pieces: statistics over several processes (sync-BN, src/dist/) ---------
+    // The same computation as bn_forward_train / bn_backward, split where the per-channel sums
+    // are complete, so a caller can add other processes' sums (an all-reduce) in between. With
+    // nothing in between they give bn_forward_train's and bn_backward's results (up to rounding):
+    //   bn_stats(s1, x, nullptr, 0, M, C); bn_stats(s2, x, s1, 1/M, M, C);
+    //   bn_apply(y, mean, invstd, rm, rv, x, gamma, beta, s2, s1, 1/M, M, M, C, eps, momentum)
+    // (two passes: the second sums deviations from the first pass's mean, so a large mean does
+    // not cancel). count is the number of rows over all processes (M here).
+    //
+    // sums (2C) = [sum (x - center), sum (x - center)^2] over the M rows, per channel, where
+    // center[c] = center_sums[c] * center_scale (center_sums == nullptr: center 0).
+    virtual void bn_stats(float* sums, const float* x, const float* center_sums,
+                          float center_scale, int M, int C) = 0;
+    // From sums about center (as bn_stats) over `count` rows in all: mean = center + sums[c] /
+    // count, biased var = sums[C + c] / count - (sums[c] / count)^2. Saves mean (C) and invstd
+    // (C); updates running_mean/var as bn_forward_train (unbiased: var * count / (count - 1));
+    // y (M,C) = (x - mean) * invstd * gamma + beta over this process's M rows.
+    virtual void bn_apply(float* y, float* mean, float* invstd, float* running_mean,
+                          float* running_var, const float* x, const float* gamma,
+                          const float* beta, const float* sums, const float* center_sums,
+                          float center_scale, int64_t count, int M, int C, float eps,
+                          float momentum) = 0;
+    // sums (2C) = [sum dy, sum dy * xhat] over the M rows, xhat = (x - mean) * invstd;
+    // dgamma (C) = sums[C..2C), dbeta (C) = sums[0..C) (this process's rows; skipped if nullptr).
+    virtual void bn_backward_reduce(float* sums, float* dgamma, float* dbeta, const float* dy,
+                                    const float* x, const float* mean, const float* invstd,
+                                    int M, int C) = 0;
+    // dx (M,C) = gamma * invstd * (dy - sums[c] / count - xhat * sums[C + c] / count), with the
+    // sums of bn_backward_reduce over `count` rows in all.
+    virtual void bn_backward_apply(float* dx, const float* dy, const float* x, const float* mean,
+                                   const float* invstd, const float* gamma, const float* sums,
+                                   int64_t count, int M, int C) = 0;
+
+    // The native stream this backend's ops are queued on (a cudaStream_t on CUDA), for a library
+    // that must order its own work with them (NCCL in src/dist/); nullptr on the CPU.
+    virtual void* native_stream() { return nullptr; }
 
     // ---- activations (exact, erf-based GELU) -------------------------------------------------
     virtual void gelu_forward(float* y, const float* x, size_t n) = 0;
@@ -153,6 +200,8 @@ public:
 std::unique_ptr<Backend> make_cpu_backend(int threads);
 std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_not);
 bool cuda_compiled();
+// Number of CUDA devices this process can use (0 without CUDA, a driver or a GPU).
+int cuda_device_count();
 
 // A typed buffer owned by a backend; released on destruction.
 template <typename T>

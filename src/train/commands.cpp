@@ -10,6 +10,11 @@
 
 #include "core/cpu_peak.h"
 #include "core/error.h"
+#include "dist/dist_commands.h"
+#include "io/reports.h"
+#include <sys/resource.h>
+#include <atomic>
+#include <csignal>
 #include "optim/schedule.h"
 
 namespace sr {
@@ -47,16 +52,16 @@ Recipe resolve_recipe(const CommonArgs& a) {
     return recipe_from_json(j);
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& device, int threads) {
+std::unique_ptr<Backend> make_backend(const std::string& device, int threads, int cuda_device) {
     if (device == "cpu") return make_cpu_backend(threads);
     std::string why;
     if (device == "cuda") {
-        auto b = make_cuda_backend(0, &why);
+        auto b = make_cuda_backend(cuda_device, &why);
         if (!b) fail("--device cuda: {}", why);
         return b;
     }
     if (device != "auto") fail("--device must be auto, cpu or cuda (got '{}')", device);
-    if (auto b = make_cuda_backend(0, &why)) return b;
+    if (auto b = make_cuda_backend(cuda_device, &why)) return b;
     return make_cpu_backend(threads);
 }
 
@@ -97,10 +102,29 @@ static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, co
     std::fflush(stdout);
 }
 
+namespace {
+std::atomic<bool> g_interrupt{false};
+extern "C" void on_signal(int) { g_interrupt.store(true); }
+}  // namespace
+
 int cmd_train(const TrainArgs& a) {
     if (a.runs < 1) fail("--runs must be >= 1");
-    const Recipe r = resolve_recipe(a);
-    auto backend = make_backend(a.device, a.threads);
+    if (a.checkpoint_every < 0) fail("--checkpoint-every must be >= 0");
+    if (a.checkpoint_every > 0 && a.checkpoint.empty()) fail("--checkpoint-every needs --checkpoint FILE");
+    std::unique_ptr<Checkpoint> resume;
+    if (!a.resume.empty()) {
+        if (a.runs != 1) fail("--resume continues one run: drop --runs");
+        resume = std::make_unique<Checkpoint>(read_checkpoint(a.resume));
+    }
+    if (a.deterministic) {
+        if (a.device != "cpu") fail("--deterministic is for --device cpu (GPU convolutions pick algorithms by speed)");
+        omp_set_dynamic(0);
+    }
+    if (a.sync_bn && !a.distributed) fail("--sync-bn needs --distributed");
+    if (a.distributed && !a.comm) return cmd_train_distributed(a);  // comes back with comm set
+    // a resumed run uses the recipe saved with it
+    const Recipe r = resume ? resume->recipe : resolve_recipe(a);
+    auto backend = make_backend(a.device, a.threads, a.cuda_device);
     const auto tl = clock_type::now();
     const Cifar10 data = load_data(a);
     const double load_s = since(tl);
@@ -111,6 +135,14 @@ int cmd_train(const TrainArgs& a) {
     o.test_subset = a.test_subset;
     o.eval_each_epoch = !a.no_epoch_eval;
     o.log_path = a.log;
+    o.comm = a.comm;
+    o.sync_bn = a.sync_bn;
+    o.checkpoint_path = a.checkpoint.empty() ? a.resume : a.checkpoint;
+    o.checkpoint_every = a.checkpoint_every;
+    o.stop_after_step = a.stop_after_step;
+    o.interrupt = &g_interrupt;
+    std::signal(SIGINT, on_signal);  // finish the step, save, exit non-zero
+    std::signal(SIGTERM, on_signal);
     const auto tu = clock_type::now();
     Trainer trainer(*backend, r, data, o);
     const double upload_s = since(tu);
@@ -119,7 +151,7 @@ int cmd_train(const TrainArgs& a) {
                "neither is in the timed region\n\n",
                load_s, upload_s);
 
-    const int warmups = a.warmup >= 0 ? a.warmup : (backend->device() == Device::cuda ? 1 : 0);
+    const int warmups = resume ? 0 : a.warmup >= 0 ? a.warmup : (backend->device() == Device::cuda ? 1 : 0);
     for (int w = 0; w < warmups; ++w) {
         fmt::print("warm-up run (untimed)...\n");
         std::fflush(stdout);
@@ -129,7 +161,13 @@ int cmd_train(const TrainArgs& a) {
     std::vector<double> acc, acc_tta, secs;
     for (int i = 0; i < a.runs; ++i) {
         if (a.runs > 1) fmt::print("run {} of {} (seed {})\n", i + 1, a.runs, a.seed + i);
-        results.push_back(trainer.run(a.seed + i));
+        try {
+            results.push_back(trainer.run(a.seed + i, false, resume.get()));
+        } catch (const Interrupted& e) {
+            std::fflush(stdout);
+            fmt::print(stderr, "\nspeedrun: interrupted: {}\n", e.what());
+            return 130;
+        }
         acc.push_back(results.back().test_accuracy);
         acc_tta.push_back(results.back().test_accuracy_tta);
         secs.push_back(results.back().train_seconds);
@@ -141,9 +179,26 @@ int cmd_train(const TrainArgs& a) {
     fmt::print("summary: n={}  TTA accuracy mean {:.4f} std {:.4f} min {:.4f} max {:.4f}  "
                "(without TTA mean {:.4f});  >= 94%: {} of {}\n",
                s.n, s.mean, s.std, s.min, s.max, s0.mean, n94, s.n);
-    fmt::print("         seconds per run mean {:.3f} std {:.3f} min {:.3f} max {:.3f};  peak device "
-               "memory {:.0f} MiB\n",
-               t.mean, t.std, t.min, t.max, backend->peak_bytes() / 1048576.0);
+    double eval_s = 0;
+    int eval_n = 0;
+    for (const auto& rr : results)
+        for (const auto& e : rr.epochs)
+            if (e.test_acc >= 0) eval_s += e.eval_seconds, ++eval_n;
+    struct rusage ru {};
+    getrusage(RUSAGE_SELF, &ru);
+    const double rss_mib = ru.ru_maxrss / 1024.0;
+    fmt::print("         seconds per run mean {:.3f} std {:.3f} min {:.3f} max {:.3f};  peak memory: "
+               "device {:.0f} MiB, host RSS {:.0f} MiB;  eval per epoch {:.2f} s (untimed)\n",
+               t.mean, t.std, t.min, t.max, backend->peak_bytes() / 1048576.0, rss_mib,
+               eval_n ? eval_s / eval_n : 0.0);
+    if (!a.dawnbench.empty()) {
+        write_file_atomic(a.dawnbench, dawnbench_tsv(results.front()));
+        fmt::print("DAWNBench log written to {}\n", a.dawnbench);
+    }
+    if (!a.plot.empty()) {
+        plot_runs(a.plot, results, fmt::format("{} on {} ({})", r.name, backend->name(), data.source));
+        fmt::print("plot written to {}\n", a.plot);
+    }
 
     if (!a.summary_json.empty()) {
         nlohmann::json runs = nlohmann::json::array();
@@ -152,7 +207,8 @@ int cmd_train(const TrainArgs& a) {
             for (const auto& e : rr.epochs)
                 epochs.push_back({{"epoch", e.epoch}, {"steps", e.steps}, {"train_loss", e.train_loss},
                                   {"train_acc", e.train_acc}, {"test_acc", e.test_acc},
-                                  {"epoch_seconds", e.epoch_seconds}, {"total_seconds", e.total_seconds}});
+                                  {"epoch_seconds", e.epoch_seconds}, {"total_seconds", e.total_seconds},
+                                  {"eval_seconds", e.eval_seconds}});
             runs.push_back({{"seed", rr.seed}, {"test_accuracy", rr.test_accuracy},
                             {"test_accuracy_tta", rr.test_accuracy_tta},
                             {"train_seconds", rr.train_seconds}, {"step_seconds", rr.step_seconds},
@@ -167,9 +223,56 @@ int cmd_train(const TrainArgs& a) {
             {"share_at_least_94", s.n ? double(n94) / s.n : 0.0},
             {"train_seconds_mean", t.mean}, {"train_seconds_std", t.std},
             {"data_load_seconds", load_s}, {"peak_device_bytes", backend->peak_bytes()},
-            {"recipe", r.json}};
+            {"peak_host_rss_mib", rss_mib},
+            {"recipe", recipe_to_json(r)}};
         write_file_atomic(a.summary_json, j.dump(2) + "\n");
         fmt::print("summary written to {}\n", a.summary_json);
+    }
+    return 0;
+}
+
+int cmd_eval(const EvalArgs& a) {
+    const Checkpoint c = read_checkpoint(a.checkpoint);
+    auto backend = make_backend(a.device, a.threads, 0);
+    CommonArgs ca;
+    ca.data = a.data;
+    ca.download = a.download;
+    const Cifar10 data = load_data(ca);
+    TrainOptions o;
+    o.test_subset = a.test_subset;
+    o.subset = c.state.n_train;  // the trainer needs a training set to exist; it is not used
+    Recipe r = c.recipe;
+    r.batch_size = std::min(r.batch_size, std::min(data.train.n, o.subset));
+    Trainer t(*backend, r, data, o);
+    load_network(c, t.network(), false);
+    const double acc = t.evaluate(0), acc_tta = t.evaluate(r.tta_level);
+    fmt::print("checkpoint {} (preset {}, seed {}, step {})\n", a.checkpoint, r.name, c.state.seed, c.state.step);
+    fmt::print("test accuracy {:.4f} without TTA, {:.4f} with TTA level {} ({} images, {})\n", acc, acc_tta,
+               r.tta_level, t.n_test(), data.source);
+    return 0;
+}
+
+int cmd_describe(const DescribeArgs& a) {
+    const Recipe r = resolve_recipe(a);
+    auto b = make_cpu_backend(1);
+    Network net(*b, r.net);
+    fmt::print("preset {}: {}\n  source: {}\n  published: {}\n\n", r.name, r.description, r.source, r.published);
+    fmt::print("{:<28} {:<18} {:>10}  {}\n", "tensor", "shape", "values", "optimizer group");
+    static const char* group_names[] = {"whitening bias (first epochs)", "weights", "BN biases (lr x bias_scaler)",
+                                        "BN scales", "frozen", "BN running statistics"};
+    for (const auto& t : net.tensors())
+        fmt::print("{:<28} {:<18} {:>10}  {}\n", t.name, fmt::format("{}", fmt::join(t.shape, "x")), t.count,
+                   group_names[int(t.group)]);
+    const double f = net.flops_per_image_forward();
+    const int total = total_steps(50000, r.batch_size, r.epochs);
+    const int views = r.tta_level == 2 ? 6 : (r.tta_level == 1 ? 2 : 1);
+    fmt::print("\nlearnable parameters  {}\n", net.learnable_count());
+    fmt::print("forward FLOPs/image   {:.3f} GFLOP (convolutions and head; multiply-add = 2)\n", f * 1e-9);
+    fmt::print("one full run          {:.3f} PFLOP ({} steps x {} images x 3 x forward, + TTA {} views x 10,000)\n",
+               (3.0 * f * total * r.batch_size + f * views * 10000.0) * 1e-15, total, r.batch_size, views);
+    if (!a.svg.empty()) {
+        write_svg(a.svg, network_dot(r.net));
+        fmt::print("diagram written to {}\n", a.svg);
     }
     return 0;
 }
@@ -269,13 +372,13 @@ int cmd_bench(const BenchArgs& a) {
 
 int cmd_data(const DataArgs& a) {
     if (!a.write_synthetic.empty()) {
-        const Cifar10 s = make_synthetic_cifar10(a.synthetic_train, a.synthetic_test, a.seed);
+        // full size: the reader accepts only complete 10,000-record files, as CIFAR-10's are
+        const Cifar10 s = make_synthetic_cifar10(5 * kCifarPerFile, kCifarPerFile, a.seed);
         namespace fs = std::filesystem;
         fs::create_directories(a.write_synthetic);
         for (int f = 0; f < 5; ++f) {
-            const int per = (s.train.n + 4) / 5, first = std::min(f * per, s.train.n);
             write_cifar_file(fmt::format("{}/data_batch_{}.bin", a.write_synthetic, f + 1), s.train,
-                             first, std::min(per, s.train.n - first));
+                             f * kCifarPerFile, kCifarPerFile);
         }
         write_cifar_file(a.write_synthetic + "/test_batch.bin", s.test, 0, s.test.n);
         fmt::print("wrote {} ({} train, {} test images) to {}\n", s.source, s.train.n, s.test.n,

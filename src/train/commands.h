@@ -15,6 +15,7 @@ struct CommonArgs {
     std::vector<std::string> sets;   // key.path=value overrides
     std::string device = "auto";     // auto | cpu | cuda
     int threads = 0;                 // CPU threads (0 = all cores)
+    int cuda_device = 0;             // CUDA device index (set per rank by src/dist/, no flag)
     std::string data;                // CIFAR-10 directory
     bool synthetic = false;          // use the synthetic set instead of CIFAR-10
     bool download = true;            // allow downloading CIFAR-10 when not found
@@ -28,8 +29,24 @@ struct TrainArgs : CommonArgs {
     int runs = 1;
     int subset = 0, test_subset = 0;
     std::string summary_json, log;
+    std::string plot;       // PNG: epoch vs test accuracy and train loss (gnuplot)
+    std::string dawnbench;  // DAWNBench logs.tsv of the first run
     bool no_epoch_eval = false;
     int warmup = -1;  // -1: one warm-up run on the GPU, none on the CPU
+    std::string checkpoint;   // safetensors file written at the end (and every N steps)
+    int checkpoint_every = 0; // steps between checkpoints (0: only at the end)
+    std::string resume;       // continue the run saved in this checkpoint
+    bool deterministic = false;  // CPU only: fixed thread count, no dynamic teams
+    int stop_after_step = -1;    // for tests and demos: stop as if interrupted
+    // data parallel over the ranks of mpirun / srun (flags added by app/dist_cli.cpp)
+    bool distributed = false, sync_bn = false;
+    Communicator* comm = nullptr;  // set by cmd_train_distributed (src/dist/), never by a flag
+};
+
+struct EvalArgs {
+    std::string checkpoint, data, device = "auto";
+    int threads = 0, test_subset = 0;
+    bool download = true;
 };
 
 struct BenchArgs : CommonArgs {
@@ -38,11 +55,14 @@ struct BenchArgs : CommonArgs {
     std::string json;     // write the result as JSON
 };
 
+struct DescribeArgs : CommonArgs {
+    std::string svg;  // network diagram through graphviz
+};
+
 struct DataArgs {
     std::string data;
     bool download = true;
-    std::string write_synthetic;  // write a synthetic set in the binary format to this dir
-    int synthetic_train = 5000, synthetic_test = 1000;
+    std::string write_synthetic;  // write a full-size (50,000 + 10,000) synthetic set here
     uint64_t seed = 0;
 };
 
@@ -53,12 +73,14 @@ struct AccuracyStats {
 AccuracyStats accuracy_stats(const std::vector<double>& v);  // std: sample (n - 1)
 
 Recipe resolve_recipe(const CommonArgs& a);
-std::unique_ptr<Backend> make_backend(const std::string& device, int threads);
+std::unique_ptr<Backend> make_backend(const std::string& device, int threads, int cuda_device = 0);
 Cifar10 load_data(const CommonArgs& a);
 
 int cmd_train(const TrainArgs& a);
+int cmd_eval(const EvalArgs& a);
 int cmd_bench(const BenchArgs& a);
 int cmd_data(const DataArgs& a);
 int cmd_presets();
+int cmd_describe(const DescribeArgs& a);
 
 }  // namespace sr

@@ -137,6 +137,24 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     return r;
 }
 
+nlohmann::json recipe_to_json(const Recipe& r) {
+    return {
+        {"name", r.name}, {"description", r.description}, {"source", r.source}, {"published", r.published},
+        {"data", {{"mean", r.mean}, {"std", r.std}}},
+        {"net", {{"widths", r.net.widths}, {"whiten_kernel", r.net.whiten_kernel}, {"bn_eps", r.net.bn_eps},
+                 {"bn_momentum", r.net.bn_momentum}, {"bn_train_scale", r.net.bn_train_scale},
+                 {"scaling_factor", r.net.scaling_factor}, {"final_pool", r.net.final_pool}}},
+        {"opt", {{"epochs", r.epochs}, {"batch_size", r.batch_size}, {"lr", r.lr}, {"momentum", r.momentum},
+                 {"weight_decay", r.weight_decay}, {"bias_scaler", r.bias_scaler},
+                 {"label_smoothing", r.label_smoothing}, {"whiten_bias_epochs", r.whiten_bias_epochs}}},
+        {"schedule", {{"warmup_frac", r.warmup_frac}, {"start", r.lr_start}, {"peak", r.lr_peak}, {"end", r.lr_end}}},
+        {"lookahead", {{"every", r.lookahead_every}, {"base", r.lookahead_base}, {"power", r.lookahead_power}}},
+        {"whiten", {{"images", r.whiten_images}, {"eps", r.whiten_eps}}},
+        {"aug", {{"flip", r.flip}, {"translate", r.translate}}},
+        {"eval", {{"tta_level", r.tta_level}}},
+    };
+}
+
 Recipe load_recipe(const std::string& preset, const std::string& config_path) {
     nlohmann::json j = preset_json(preset);
     if (!config_path.empty()) {

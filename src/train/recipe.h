@@ -46,6 +46,10 @@ Recipe recipe_from_json(const nlohmann::json& j);
 // The preset, with a config file merged over it (path may be empty).
 Recipe load_recipe(const std::string& preset, const std::string& config_path);
 
+// The recipe as it will run, as JSON that recipe_from_json reads back to the same values
+// (checkpoints and summaries store this, not the preset text it started from).
+nlohmann::json recipe_to_json(const Recipe& r);
+
 // "key.path=value" overrides (value parsed as JSON, else taken as a string).
 void apply_override(nlohmann::json& j, const std::string& assignment);
 

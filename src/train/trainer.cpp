@@ -27,6 +27,15 @@ int checked_train_count(const Recipe& r, const Cifar10& data, const TrainOptions
     return n;
 }
 
+// The batch of one rank: its slice of every global batch (the whole batch in one process).
+int local_batch(const Recipe& r, const TrainOptions& o) {
+    const int ranks = o.comm ? o.comm->world() : 1;
+    if (r.batch_size % ranks != 0)
+        fail("--distributed: the batch size {} does not split evenly over {} ranks", r.batch_size,
+             ranks);
+    return r.batch_size / ranks;
+}
+
 using clock_type = std::chrono::steady_clock;
 double seconds_since(clock_type::time_point t) {
     return std::chrono::duration<double>(clock_type::now() - t).count();
@@ -53,8 +62,12 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
       eval_batch_(std::min(r.batch_size, n_test_)),
       net_(b, r.net),
       opt_(net_, r),
-      ws_train_(std::make_unique<Workspace>(net_, r.batch_size)) {
-    if (eval_batch_ == batch_) {
+      ws_train_(std::make_unique<Workspace>(net_, local_batch(r, o))) {
+    if (o.comm) {
+        dp_ = std::make_unique<DataParallel>(net_, *o.comm, DataParallel::Options{o.sync_bn});
+        ws_train_->set_hooks(dp_.get());
+    }
+    if (eval_batch_ == ws_train_->batch()) {
         ws_eval_ = ws_train_.get();
     } else {
         ws_eval_own_ = std::make_unique<Workspace>(net_, eval_batch_);
@@ -80,7 +93,7 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
     ep_shifts_ = DeviceBuffer<int8_t>(b, size_t(2) * n_train_);
     ep_flips_ = DeviceBuffer<uint8_t>(b, n_train_);
     host_logits_.resize(size_t(n_test_) * r.net.num_classes);
-    if (!o.log_path.empty()) log_ = std::make_unique<JsonlLog>(o.log_path);
+    if (!o.log_path.empty() && (!o.comm || o.comm->root())) log_ = std::make_unique<JsonlLog>(o.log_path);
 }
 
 double Trainer::evaluate(int level) {
@@ -113,43 +126,84 @@ double Trainer::evaluate(int level) {
     return double(correct) / n_test_;
 }
 
-RunResult Trainer::run(uint64_t seed, bool warmup) {
+namespace {
+nlohmann::json epoch_json(const EpochStats& e) {
+    return {{"epoch", e.epoch}, {"steps", e.steps}, {"train_loss", e.train_loss},
+            {"train_acc", e.train_acc}, {"test_acc", e.test_acc}, {"epoch_seconds", e.epoch_seconds},
+            {"total_seconds", e.total_seconds}, {"eval_seconds", e.eval_seconds}};
+}
+EpochStats epoch_from_json(const nlohmann::json& j) {
+    EpochStats e;
+    e.epoch = j.at("epoch");
+    e.steps = j.at("steps");
+    e.train_loss = j.at("train_loss");
+    e.train_acc = j.at("train_acc");
+    e.test_acc = j.at("test_acc");
+    e.epoch_seconds = j.at("epoch_seconds");
+    e.total_seconds = j.at("total_seconds");
+    e.eval_seconds = j.at("eval_seconds");
+    return e;
+}
+}  // namespace
+
+RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
+    if (resume) {
+        seed = resume->state.seed;
+        if (resume->state.n_train != n_train_)
+            fail("--resume: the checkpoint was trained on {} images, this run has {} (use the same "
+                 "--subset)", resume->state.n_train, n_train_);
+    }
     const int side = r_.net.image_side, pad = r_.translate, B = batch_, O = r_.net.num_classes;
-    const bool print = !warmup && !o_.quiet;
+    // data parallel: this rank trains on Bl images of every global batch of B, from `first` on
+    const int Bl = ws_train_->batch(), first = dp_ ? dp_->comm().rank() * Bl : 0;
+    const bool root = !dp_ || dp_->comm().root();  // only rank 0 prints, logs and evaluates
+    const bool print = !warmup && !o_.quiet && root;
     const bool bar = print && o_.progress && isatty(2);
     Rng rng(seed);
     RunResult res;
     res.seed = seed;
 
-    // fresh weights, zero momentum, lookahead state = the initial weights (taken before the
-    // whitening init, as airbench94 does)
-    net_.init(rng);
-    std::vector<float> zero(net_.size(), 0.f);
-    b_.upload(net_.momentum.get(), zero.data(), zero.size() * sizeof(float));
-    opt_.reset_ema();
+    if (resume) {  // weights, optimizer and lookahead state as saved
+        load_network(*resume, net_, true);
+    } else {
+        // fresh weights, zero momentum, lookahead state = the initial weights (taken before the
+        // whitening init, as airbench94 does)
+        net_.init(rng);
+        std::vector<float> zero(net_.size(), 0.f);
+        b_.upload(net_.momentum.get(), zero.data(), zero.size() * sizeof(float));
+        opt_.reset_ema();
+    }
 
     const int spe = steps_per_epoch(n_train_, B);
     const int total = total_steps(n_train_, B, r_.epochs);
     const int n_epochs = int(std::ceil(r_.epochs - 1e-9));
     res.steps = total;
 
-    b_.synchronize();
-    auto t0 = clock_type::now();
+    // the timed region, on the device's clock (CUDA events on a GPU)
+    auto timer = b_.make_timer();
+    timer->start();
     double timed = 0;
     // first touch of the training data on the device: normalise + reflect-pad once
     b_.normalize_pad(train_pad_.get(), train_u8_.get(), n_train_, side, side, r_.mean.data(),
                      r_.std.data(), pad);
     const int nw = std::min(r_.whiten_images, n_train_);
-    b_.gather_crops(batch_x_.get(), train_pad_.get(), side, side, pad, nw, nullptr, 0, nullptr, 0,
-                    0, nullptr, 0);
-    net_.init_whitening(batch_x_.get(), nw, float(r_.whiten_eps));
-    b_.synchronize();
-    timed += seconds_since(t0);
+    if (!resume) {  // (a resumed run has its whitening filters in the checkpoint)
+        b_.gather_crops(batch_x_.get(), train_pad_.get(), side, side, pad, nw, nullptr, 0, nullptr,
+                        0, 0, nullptr, 0);
+        net_.init_whitening(batch_x_.get(), nw, float(r_.whiten_eps));
+    }
+    if (dp_) dp_->broadcast_params();  // every rank starts from rank 0's weights, bit for bit
+    timed += timer->stop_seconds();
 
     // alternating flip: a random half at the start, then every image flips each epoch
     std::vector<uint8_t> base_flip(size_t(n_train_), 0);
-    if (r_.flip)
+    if (resume) {
+        base_flip = resume->state.base_flip;
+        timed = resume->state.timed;
+        for (const auto& e : resume->state.epochs) res.epochs.push_back(epoch_from_json(e));
+    } else if (r_.flip) {
         for (auto& f : base_flip) f = rng.uniform() < 0.5 ? 1 : 0;
+    }
     std::vector<int32_t> perm(n_train_), idx(n_train_), lab(n_train_);
     std::vector<int8_t> shifts(size_t(2) * n_train_);
     std::vector<uint8_t> flips(n_train_);
@@ -162,9 +216,44 @@ RunResult Trainer::run(uint64_t seed, bool warmup) {
         std::fflush(stdout);
     }
 
-    int step = 0;
-    for (int epoch = 0; epoch < n_epochs && step < total; ++epoch) {
+    // Saves where the run stands (mid-epoch is fine: the epoch's draws are remade from the RNG
+    // state of its start, and the steps already done are skipped).
+    auto save = [&](int step_now, int epoch, int done_in_epoch, const std::array<uint64_t, 4>& rng0,
+                    double timed_now) {
+        if (o_.checkpoint_path.empty() || !root || warmup) return;
+        RunState st;
+        st.seed = seed;
+        st.step = step_now;
+        st.epoch = epoch;
+        st.steps_in_epoch = done_in_epoch;
+        st.rng_epoch_start = rng0;
+        st.base_flip = base_flip;
+        b_.download(st.epoch_stats, stats_.get(), sizeof st.epoch_stats);
+        st.timed = timed_now;
+        st.n_train = n_train_;
+        for (const auto& e : res.epochs) st.epochs.push_back(epoch_json(e));
+        save_checkpoint(o_.checkpoint_path, net_, r_, st);
+    };
+
+    // Stops the run at a non-finite loss, keeping the last checkpoint written (none is written
+    // from a diverged state).
+    auto check_finite = [&](int step_now, int epoch) {
+        float st[2];
+        b_.download(st, stats_.get(), sizeof st);
+        if (!std::isfinite(st[0]))
+            fail("the training loss became {} at step {} (epoch {}); stopped{}", st[0], step_now, epoch,
+                 o_.checkpoint_path.empty() ? std::string()
+                                            : "; the last good checkpoint is " + o_.checkpoint_path);
+    };
+
+    int step = resume ? resume->state.step : 0;
+    const int first_epoch = resume ? resume->state.epoch : 0;
+    if (resume) rng.set_state(resume->state.rng_epoch_start.data());
+    for (int epoch = first_epoch; epoch < n_epochs && step < total; ++epoch) {
         const bool whiten_bias = epoch < r_.whiten_bias_epochs;
+        std::array<uint64_t, 4> rng0;
+        std::copy(rng.state(), rng.state() + 4, rng0.begin());
+        const int skip = (resume && epoch == first_epoch) ? resume->state.steps_in_epoch : 0;
         // this epoch's order, translations and flips, made on the host, uploaded once
         std::iota(perm.begin(), perm.end(), 0);
         for (int i = n_train_ - 1; i > 0; --i) std::swap(perm[i], perm[rng.below(uint32_t(i + 1))]);
@@ -175,24 +264,29 @@ RunResult Trainer::run(uint64_t seed, bool warmup) {
             shifts[2 * j + 1] = int8_t(pad ? int(rng.below(2 * pad + 1)) - pad : 0);
             flips[j] = r_.flip ? uint8_t(base_flip[perm[j]] ^ (epoch & 1)) : 0;
         }
-        b_.synchronize();
-        const auto te = clock_type::now();
+        const auto te = clock_type::now();  // host clock: progress bar only
+        timer->start();
         b_.upload(ep_idx_.get(), idx.data(), idx.size() * sizeof(int32_t));
         b_.upload(ep_labels_.get(), lab.data(), lab.size() * sizeof(int32_t));
         b_.upload(ep_shifts_.get(), shifts.data(), shifts.size());
         b_.upload(ep_flips_.get(), flips.data(), flips.size());
         const float zero2[2] = {0.f, 0.f};
-        b_.upload(stats_.get(), zero2, sizeof zero2);
+        b_.upload(stats_.get(), skip ? resume->state.epoch_stats : zero2, sizeof zero2);
 
-        int steps_here = 0;
-        for (int s = 0; s < spe && step < total; ++s) {
-            b_.gather_crops(batch_x_.get(), train_pad_.get(), side, side, pad, B,
-                            ep_idx_.get() + size_t(s) * B, 0, ep_shifts_.get() + size_t(2) * s * B,
-                            0, 0, ep_flips_.get() + size_t(s) * B, 0);
+        int steps_here = skip;
+        double epoch_time = 0;
+        for (int s = skip; s < spe && step < total; ++s) {
+            const size_t at = size_t(s) * B + size_t(first);  // this rank's slice
+            b_.gather_crops(batch_x_.get(), train_pad_.get(), side, side, pad, Bl,
+                            ep_idx_.get() + at, 0, ep_shifts_.get() + 2 * at, 0, 0,
+                            ep_flips_.get() + at, 0);
             const float* logits = ws_train_->forward(batch_x_.get(), true);
-            b_.cross_entropy(ws_train_->dlogits(), stats_.get(), logits,
-                             ep_labels_.get() + size_t(s) * B, B, O, r_.label_smoothing);
+            b_.cross_entropy(ws_train_->dlogits(), stats_.get(), logits, ep_labels_.get() + at, Bl,
+                             O, r_.label_smoothing);
             ws_train_->backward(ws_train_->dlogits(), whiten_bias);
+            // the loss is summed over the batch: the global batch's gradient is the SUM of the
+            // ranks' slice gradients (data_parallel.h)
+            if (dp_) dp_->finish_step();
             opt_.step(lr_multiplier(step, total, r_.warmup_frac, r_.lr_start, r_.lr_peak, r_.lr_end),
                       whiten_bias);
             ++step;
@@ -203,15 +297,32 @@ RunResult Trainer::run(uint64_t seed, bool warmup) {
                                                    r_.lookahead_base, r_.lookahead_power));
                 if (step == total) opt_.lookahead(1.0);  // the weights become the EMA
             }
+            // NaN guard: on the CPU every step (reading the loss is free there); on a GPU at the
+            // end of the epoch, to keep the device free of host round trips
+            if (b_.device() == Device::cpu) check_finite(step, epoch);
+            const bool stop = (o_.interrupt && o_.interrupt->load()) ||
+                              (o_.stop_after_step >= 0 && step >= o_.stop_after_step);
+            if (stop || (o_.checkpoint_every > 0 && step % o_.checkpoint_every == 0 && step < total)) {
+                epoch_time += timer->stop_seconds();
+                save(step, epoch, steps_here, rng0, timed + epoch_time);
+                if (stop) {
+                    throw Interrupted(o_.checkpoint_path.empty()
+                        ? fmt::format("stopped after step {} of {} (no --checkpoint: nothing saved)", step, total)
+                        : fmt::format("stopped after step {} of {}; resume with --resume {}", step, total,
+                                      o_.checkpoint_path));
+                }
+                timer->start();
+            }
             if (bar && b_.device() == Device::cpu) {
                 float st[2];
                 b_.download(st, stats_.get(), sizeof st);
                 progress_bar(epoch, s + 1, std::min(spe, total - (step - steps_here)),
-                             st[0] / (double(steps_here) * B), seconds_since(te));
+                             st[0] / (double(steps_here) * Bl), seconds_since(te));
             }
         }
-        b_.synchronize();
-        const double epoch_s = seconds_since(te);
+        if (dp_) dp_->allreduce(stats_.get(), 2);  // loss and correct count of the global batches
+        const double epoch_s = epoch_time + timer->stop_seconds();
+        check_finite(step, epoch);
         timed += epoch_s;
         res.step_seconds += epoch_s;
         if (bar) std::fprintf(stderr, "\r%*s\r", 80, "");
@@ -225,7 +336,12 @@ RunResult Trainer::run(uint64_t seed, bool warmup) {
         es.train_acc = st[1] / (double(steps_here) * B);
         es.epoch_seconds = epoch_s;
         es.total_seconds = timed;
-        if (o_.eval_each_epoch) es.test_acc = evaluate(0);  // untimed
+        if (o_.eval_each_epoch && root) {  // untimed
+            const auto tv = clock_type::now();
+            es.test_acc = evaluate(0);
+            b_.synchronize();
+            es.eval_seconds = seconds_since(tv);
+        }
         res.epochs.push_back(es);
         if (print) {
             fmt::print("{:>5} | {:>5} | {:>10.4f} | {:>9.4f} | {:>8} | {:>8.2f} | {:>8.2f}\n", epoch,
@@ -241,14 +357,13 @@ RunResult Trainer::run(uint64_t seed, bool warmup) {
     }
 
     // the final test-time-augmented evaluation is part of the timed region
-    b_.synchronize();
-    const auto tt = clock_type::now();
-    res.test_accuracy_tta = evaluate(r_.tta_level);
-    b_.synchronize();
-    timed += seconds_since(tt);
+    timer->start();
+    res.test_accuracy_tta = root ? evaluate(r_.tta_level) : 0.0;
+    timed += timer->stop_seconds();
     res.test_accuracy = (o_.eval_each_epoch && !res.epochs.empty()) ? res.epochs.back().test_acc
-                                                                     : evaluate(0);
+                                                                     : (root ? evaluate(0) : 0.0);
     res.train_seconds = timed;
+    save(step, n_epochs, 0, {}, timed);  // the finished run (its weights are the final EMA)
     res.images_per_second = res.step_seconds > 0 ? double(total) * B / res.step_seconds : 0;
     if (print) {
         fmt::print("{:>5} | {:>5} | {:>10} | {:>9} | {:>8.4f} | {:>8} | {:>8.2f}   (TTA level {}; "

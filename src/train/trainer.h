@@ -2,14 +2,18 @@
 // region (normalise/pad, whitening init, every training step, the final TTA evaluation), with
 // per-epoch statistics and evaluation (untimed) in between.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "data/cifar10.h"
+#include "dist/data_parallel.h"
 #include "io/atomic_file.h"
 #include "model/network.h"
 #include "optim/optimizer.h"
+#include "train/checkpoint.h"
 #include "train/recipe.h"
 
 namespace sr {
@@ -21,12 +25,29 @@ struct TrainOptions {
     bool progress = true;       // live progress bar on stderr when it is a terminal
     bool quiet = false;         // no per-epoch table
     std::string log_path;       // JSONL log (one line per epoch and per run); empty = none
+    // Data parallel (src/dist/): with a communicator of several ranks, each rank trains on its
+    // slice (batch / ranks images) of every global batch and the gradients are summed over the
+    // ranks each step; only rank 0 prints, logs and evaluates. nullptr: one process.
+    Communicator* comm = nullptr;
+    bool sync_bn = false;       // BN statistics of the global batch (else per rank, as DDP)
+    // Checkpoints (src/train/checkpoint.h): written to checkpoint_path every checkpoint_every
+    // steps (0: only at the end of the run) and when interrupted.
+    std::string checkpoint_path;
+    int checkpoint_every = 0;
+    int stop_after_step = -1;   // stop (as if interrupted) after this many steps; -1 = never
+    const std::atomic<bool>* interrupt = nullptr;  // set by SIGINT/SIGTERM: save and stop
+};
+
+// Thrown when a run stops early (interrupt or stop_after_step) after saving its checkpoint.
+struct Interrupted : Error {
+    using Error::Error;
 };
 
 struct EpochStats {
     int epoch = 0, steps = 0;
     double train_loss = 0, train_acc = 0, test_acc = -1;  // test_acc < 0: not evaluated
     double epoch_seconds = 0, total_seconds = 0;
+    double eval_seconds = 0;  // the untimed per-epoch evaluation
 };
 
 struct RunResult {
@@ -42,8 +63,9 @@ struct RunResult {
 class Trainer {
 public:
     Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOptions& o);
-    // A full run from a fresh init with this seed. warmup: run but print nothing.
-    RunResult run(uint64_t seed, bool warmup = false);
+    // A full run from a fresh init with this seed (warmup: run but print nothing), or the rest
+    // of the run saved in `resume` (its seed; weights, optimizer state and RNG restored).
+    RunResult run(uint64_t seed, bool warmup = false, const Checkpoint* resume = nullptr);
     // Test accuracy of the current weights with TTA level 0, 1 or 2.
     double evaluate(int tta_level);
     Network& network() { return net_; }
@@ -57,7 +79,8 @@ private:
     int n_train_, n_test_, batch_, eval_batch_;
     Network net_;
     Optimizer opt_;
-    std::unique_ptr<Workspace> ws_train_;
+    std::unique_ptr<Workspace> ws_train_;  // this rank's slice of the batch (all of it alone)
+    std::unique_ptr<DataParallel> dp_;     // with TrainOptions::comm
     std::unique_ptr<Workspace> ws_eval_own_;
     Workspace* ws_eval_;
     std::vector<int32_t> train_labels_, test_labels_;

@@ -418,6 +418,86 @@ TEST_F(BackendOps, BatchNormBackward) { bn_backward_case(*this, 147, 5, 700); }
 
 TEST_F(BackendOps, BatchNormBackwardManyRows) { bn_backward_case(*this, 32 * 31 * 31, 24, 710); }
 
+// The sync-BN pieces (bn_stats, bn_apply, bn_backward_reduce, bn_backward_apply), each on both
+// backends from the same inputs. The sums are over the M rows of O(1) (or offset) values: the
+// CPU adds in double, the GPU fp32 partials of <= 64 values in double, so 1e-5 of their rms
+// covers it; mean/invstd/y as in bn_train_case; dx as in bn_backward_case. count is 3M (the
+// other "ranks'" rows), so the scaling by the global count is checked too.
+void bn_pieces_case(BackendOps& f, int M, int C, uint64_t seed, float offset) {
+    SCOPED_TRACE(testing::Message() << "bn pieces M=" << M << " C=" << C << " offset=" << offset);
+    const size_t n = size_t(M) * C;
+    const int64_t count = 3 * int64_t(M);
+    const float scale = float(1.0 / double(count));
+    auto x = f.in(randn(n, seed, 1.5f, offset));
+    auto gamma = f.in(uniform(C, seed + 1, 0.5f, 1.5f));
+    auto beta = f.in(randn(C, seed + 2));
+    auto rmean = f.in(randn(C, seed + 3));
+    auto rvar = f.in(uniform(C, seed + 4, 0.5f, 2.f));
+    // pass-1 sums of all ranks (made up: 3x this rank's, as if the others had the same rows)
+    std::vector<float> s1h(2 * size_t(C));
+    {
+        const auto xs = x.c.get("x");
+        for (int c = 0; c < C; ++c) {
+            double s = 0, ss = 0;
+            for (int m = 0; m < M; ++m) s += xs[size_t(m) * C + c], ss += double(xs[size_t(m) * C + c]) * xs[size_t(m) * C + c];
+            s1h[size_t(c)] = float(3 * s);
+            s1h[size_t(C + c)] = float(3 * ss);
+        }
+    }
+    auto s1 = f.in(s1h);
+    auto sums = f.out<float>(2 * size_t(C));
+    for (bool centred : {false, true}) {
+        SCOPED_TRACE(centred ? "about the pass-1 mean" : "about 0");
+        f.cpu_->bn_stats(sums.cp(), x.cp(), centred ? s1.cp() : nullptr, scale, M, C);
+        f.gpu_->bn_stats(sums.gp(), x.gp(), centred ? s1.gp() : nullptr, scale, M, C);
+        const auto ref = sums.c.get("sums");
+        double ss = 0;
+        for (float v : ref) ss += double(v) * v;
+        EXPECT_TRUE(f.same(sums, "bn_stats sums", 1e-5 * std::sqrt(ss / ref.size()), 1e-5));
+    }
+    // apply with the (global) sums about the pass-1 mean: the same sums on both sides
+    auto s2 = f.in(sums.c.get("sums"));
+    auto y = f.out<float>(n);
+    auto mean = f.out<float>(C);
+    auto invstd = f.out<float>(C);
+    f.cpu_->bn_apply(y.cp(), mean.cp(), invstd.cp(), rmean.cp(), rvar.cp(), x.cp(), gamma.cp(),
+                     beta.cp(), s2.cp(), s1.cp(), scale, count, M, C, 1e-5f, 0.4f);
+    f.gpu_->bn_apply(y.gp(), mean.gp(), invstd.gp(), rmean.gp(), rvar.gp(), x.gp(), gamma.gp(),
+                     beta.gp(), s2.gp(), s1.gp(), scale, count, M, C, 1e-5f, 0.4f);
+    EXPECT_TRUE(f.same(mean, "bn_apply mean", 1e-6 * (std::abs(offset) + 1.5), 1e-6));
+    EXPECT_TRUE(f.same(invstd, "bn_apply invstd", 0, 1e-5));
+    EXPECT_TRUE(f.same(rmean, "bn_apply running_mean", 1e-6 * (std::abs(offset) + 1.5), 1e-6));
+    EXPECT_TRUE(f.same(rvar, "bn_apply running_var", 0, 1e-5));
+    EXPECT_TRUE(f.same(y, "bn_apply y", 1e-5 * (1 + std::abs(offset)), 1e-5));
+
+    // backward pieces, with the saved statistics of the CPU side on both
+    auto dy = f.in(randn(n, seed + 5));
+    auto mean_in = f.in(mean.c.get("mean"));
+    auto invstd_in = f.in(invstd.c.get("invstd"));
+    auto bsums = f.out<float>(2 * size_t(C));
+    auto dgamma = f.out<float>(C);
+    auto dbeta = f.out<float>(C);
+    f.cpu_->bn_backward_reduce(bsums.cp(), dgamma.cp(), dbeta.cp(), dy.cp(), x.cp(), mean_in.cp(),
+                               invstd_in.cp(), M, C);
+    f.gpu_->bn_backward_reduce(bsums.gp(), dgamma.gp(), dbeta.gp(), dy.gp(), x.gp(), mean_in.gp(),
+                               invstd_in.gp(), M, C);
+    const double sum_tol = 1e-5 * std::sqrt(double(M));
+    EXPECT_TRUE(f.same(bsums, "bn_backward_reduce sums", sum_tol, 1e-5));
+    EXPECT_TRUE(f.same(dgamma, "bn_backward_reduce dgamma", sum_tol, 1e-5));
+    EXPECT_TRUE(f.same(dbeta, "bn_backward_reduce dbeta", sum_tol, 1e-5));
+    auto gsums = f.in(bsums.c.get("sums"));  // "all-reduced": the same on both sides
+    auto dx = f.out<float>(n);
+    f.cpu_->bn_backward_apply(dx.cp(), dy.cp(), x.cp(), mean_in.cp(), invstd_in.cp(), gamma.cp(),
+                              gsums.cp(), count, M, C);
+    f.gpu_->bn_backward_apply(dx.gp(), dy.gp(), x.gp(), mean_in.gp(), invstd_in.gp(), gamma.gp(),
+                              gsums.gp(), count, M, C);
+    EXPECT_TRUE(f.same(dx, "bn_backward_apply dx", 1e-5, 1e-5));
+}
+
+TEST_F(BackendOps, BatchNormSyncPieces) { bn_pieces_case(*this, 147, 5, 750, 1.f); }
+
+TEST_F(BackendOps, BatchNormSyncPiecesManyRows) { bn_pieces_case(*this, 32 * 31 * 31, 24, 760, -3.f); }
+
 // ---- GELU ------------------------------------------------------------------------------------
 
 // Tolerance: the CPU's erf is a polynomial good to ~1e-7 absolute (times |x|/2 <= 4 in y),

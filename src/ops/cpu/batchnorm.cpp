@@ -1,6 +1,8 @@
 // batchnorm.cpp: CPU batch norm over M rows x C channels (NHWC flattened), training mode with
 // batch statistics (sums in double, per thread, then combined), inference mode, and backward.
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include <omp.h>
@@ -11,9 +13,10 @@ namespace sr::cpu {
 namespace {
 
 // Per-thread partial sums: [thread][2][C] doubles. Grows once, then reused (no allocation in
-// the training loop after the first step).
+// the training loop after the first step). One buffer per calling thread, so the ops may run
+// from several threads at once (tests run one data-parallel "rank" per thread).
 double* partials(int threads, int C) {
-    static std::vector<double> buf;
+    thread_local std::vector<double> buf;
     const size_t need = size_t(threads) * 2 * C;
     if (buf.size() < need) buf.resize(need);
     std::fill(buf.begin(), buf.begin() + need, 0.0);
@@ -117,6 +120,99 @@ SR_CLONES void bn_backward(float* dx, float* dgamma, float* dbeta, const float* 
         k[c] = (gamma ? gamma[c] : 1.f) * invstd[c];
         mb[c] = float(sums[c] / M);
         mg[c] = float(sums[C + c] / M);
+    }
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < M; ++r) {
+        const float* xr = x + size_t(r) * C;
+        const float* dyr = dy + size_t(r) * C;
+        float* dxr = dx + size_t(r) * C;
+#pragma omp simd
+        for (int c = 0; c < C; ++c) {
+            const float xh = (xr[c] - mean[c]) * invstd[c];
+            dxr[c] = k[c] * (dyr[c] - mb[c] - xh * mg[c]);
+        }
+    }
+}
+
+// ---- batch norm in pieces (sync-BN): see backend.h ------------------------------------------
+
+SR_CLONES void bn_stats(float* sums, const float* x, const float* center_sums, float center_scale,
+                        int M, int C) {
+    std::vector<float> center(C, 0.f);
+    if (center_sums)
+        for (int c = 0; c < C; ++c) center[c] = center_sums[c] * center_scale;
+    const float* ctr = center.data();
+    std::vector<double> s2(2 * C);
+    reduce_rows(s2.data(), M, C, [&](int r0, int r1, double* s) {
+        double* ss = s + C;
+        for (int r = r0; r < r1; ++r) {
+            const float* xr = x + size_t(r) * C;
+#pragma omp simd
+            for (int c = 0; c < C; ++c) {
+                const double v = double(xr[c]) - double(ctr[c]);
+                s[c] += v;
+                ss[c] += v * v;
+            }
+        }
+    });
+    for (int i = 0; i < 2 * C; ++i) sums[i] = float(s2[i]);
+}
+
+SR_CLONES void bn_apply(float* y, float* mean, float* invstd, float* running_mean,
+                        float* running_var, const float* x, const float* gamma, const float* beta,
+                        const float* sums, const float* center_sums, float center_scale,
+                        int64_t count, int M, int C, float eps, float momentum) {
+    std::vector<float> a(C), b(C);
+    const double n = double(count);
+    for (int c = 0; c < C; ++c) {
+        const double center = center_sums ? double(center_sums[c] * center_scale) : 0.0;
+        const double d = double(sums[c]) / n;
+        const double m = center + d;
+        const double var = std::max(0.0, double(sums[C + c]) / n - d * d);
+        const float is = float(1.0 / std::sqrt(var + double(eps)));
+        mean[c] = float(m);
+        invstd[c] = is;
+        const float unbiased = float(count > 1 ? var * n / (n - 1) : var);
+        running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * float(m);
+        running_var[c] = (1.f - momentum) * running_var[c] + momentum * unbiased;
+        a[c] = is * (gamma ? gamma[c] : 1.f);
+        b[c] = (beta ? beta[c] : 0.f) - float(m) * a[c];
+    }
+    affine_rows(y, x, a.data(), b.data(), M, C);
+}
+
+SR_CLONES void bn_backward_reduce(float* sums, float* dgamma, float* dbeta, const float* dy,
+                                  const float* x, const float* mean, const float* invstd, int M,
+                                  int C) {
+    std::vector<double> s2(2 * C);
+    reduce_rows(s2.data(), M, C, [&](int r0, int r1, double* s) {
+        double* sx = s + C;
+        for (int r = r0; r < r1; ++r) {
+            const float* xr = x + size_t(r) * C;
+            const float* dyr = dy + size_t(r) * C;
+#pragma omp simd
+            for (int c = 0; c < C; ++c) {
+                s[c] += dyr[c];
+                sx[c] += double(dyr[c]) * double((xr[c] - mean[c]) * invstd[c]);
+            }
+        }
+    });
+    for (int c = 0; c < C; ++c) {
+        sums[c] = float(s2[c]);
+        sums[C + c] = float(s2[C + c]);
+        if (dbeta) dbeta[c] = sums[c];
+        if (dgamma) dgamma[c] = sums[C + c];
+    }
+}
+
+SR_CLONES void bn_backward_apply(float* dx, const float* dy, const float* x, const float* mean,
+                                 const float* invstd, const float* gamma, const float* sums,
+                                 int64_t count, int M, int C) {
+    std::vector<float> k(C), mb(C), mg(C);
+    for (int c = 0; c < C; ++c) {
+        k[c] = (gamma ? gamma[c] : 1.f) * invstd[c];
+        mb[c] = float(double(sums[c]) / double(count));
+        mg[c] = float(double(sums[C + c]) / double(count));
     }
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < M; ++r) {

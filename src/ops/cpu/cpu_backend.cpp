@@ -1,5 +1,6 @@
 // cpu_backend.cpp: the CPU backend: host memory (64-byte aligned, zeroed), oneDNN engine and
 // stream, OpenMP thread count, and the dispatch of every Backend op to its sr::cpu twin.
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -15,6 +16,17 @@
 
 namespace sr {
 namespace {
+
+class CpuTimer final : public DeviceTimer {
+public:
+    void start() override { t0_ = std::chrono::steady_clock::now(); }
+    double stop_seconds() override {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    }
+
+private:
+    std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
 
 class CpuBackend final : public Backend {
 public:
@@ -56,6 +68,7 @@ public:
     void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
     void synchronize() override {}
     size_t peak_bytes() const override { return peak_; }
+    std::unique_ptr<DeviceTimer> make_timer() override { return std::make_unique<CpuTimer>(); }
 
     std::unique_ptr<Conv2d> make_conv(const ConvShape& s) override {
         return std::make_unique<cpu::CpuConv2d>(s, eng_, strm_);
@@ -74,6 +87,24 @@ public:
                      const float* mean, const float* invstd, const float* g, int M,
                      int C) override {
         cpu::bn_backward(dx, dg, db, dy, x, mean, invstd, g, M, C);
+    }
+    void bn_stats(float* sums, const float* x, const float* cs, float cscale, int M,
+                  int C) override {
+        cpu::bn_stats(sums, x, cs, cscale, M, C);
+    }
+    void bn_apply(float* y, float* mean, float* invstd, float* rm, float* rv, const float* x,
+                  const float* g, const float* b, const float* sums, const float* cs,
+                  float cscale, int64_t count, int M, int C, float eps, float mom) override {
+        cpu::bn_apply(y, mean, invstd, rm, rv, x, g, b, sums, cs, cscale, count, M, C, eps, mom);
+    }
+    void bn_backward_reduce(float* sums, float* dg, float* db, const float* dy, const float* x,
+                            const float* mean, const float* invstd, int M, int C) override {
+        cpu::bn_backward_reduce(sums, dg, db, dy, x, mean, invstd, M, C);
+    }
+    void bn_backward_apply(float* dx, const float* dy, const float* x, const float* mean,
+                           const float* invstd, const float* g, const float* sums, int64_t count,
+                           int M, int C) override {
+        cpu::bn_backward_apply(dx, dy, x, mean, invstd, g, sums, count, M, C);
     }
     void gelu_forward(float* y, const float* x, size_t n) override { cpu::gelu_forward(y, x, n); }
     void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override {

@@ -31,6 +31,18 @@ void bn_forward_eval(float* y, const float* x, const float* running_mean,
                      int C, float eps);
 void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                  const float* mean, const float* invstd, const float* gamma, int M, int C);
+// the same in pieces, for statistics over several processes (sync-BN)
+void bn_stats(float* sums, const float* x, const float* center_sums, float center_scale, int M,
+              int C);
+void bn_apply(float* y, float* mean, float* invstd, float* running_mean, float* running_var,
+              const float* x, const float* gamma, const float* beta, const float* sums,
+              const float* center_sums, float center_scale, int64_t count, int M, int C,
+              float eps, float momentum);
+void bn_backward_reduce(float* sums, float* dgamma, float* dbeta, const float* dy, const float* x,
+                        const float* mean, const float* invstd, int M, int C);
+void bn_backward_apply(float* dx, const float* dy, const float* x, const float* mean,
+                       const float* invstd, const float* gamma, const float* sums, int64_t count,
+                       int M, int C);
 
 // ---- activations ----------------------------------------------------------------------------
 void gelu_forward(float* y, const float* x, size_t n);

@@ -7,6 +7,8 @@
 // channel); kernel channel_finalize then adds the chunks of one channel in double. The variance
 // is two-pass (sum of (x - mean)^2 after the mean is known), so a large mean does not cancel:
 // sound for M up to the 1024*31*31 rows of the first layer and far beyond.
+// bn_stats / bn_apply / bn_backward_reduce / bn_backward_apply are the same computation in
+// pieces, for sync-BN: the per-channel sums are outputs, so other processes' can be added.
 // The same reduction gives channel_sum and the bias helpers that the cuDNN convolution wrapper
 // uses for its optional bias (add_channel_bias, channel_sum for db).
 #include "ops/cuda/cuda_common.cuh"
@@ -213,6 +215,46 @@ __global__ void add_bias_kernel(float* y, const float* bias, size_t n, int C) {
         y[i] += bias[i % C];
 }
 
+// ---- batch norm in pieces (sync-BN) ------------------------------------------------------------
+
+struct SumCentered {  // x - center, (x - center)^2 with center = center_sums * scale (or 0)
+    const float* x;
+    const float* center_sums;
+    float scale;
+    int C;
+    __device__ float2 operator()(int m, int c) const {
+        const float ctr = center_sums ? center_sums[c] * scale : 0.f;
+        const float d = x[size_t(m) * C + c] - ctr;
+        return make_float2(d, d * d);
+    }
+};
+
+struct StorePair {  // sums[c] = sx, sums[C + c] = sy
+    float* sums;
+    int C;
+    __device__ void operator()(int c, double sx, double sy) const {
+        sums[c] = float(sx);
+        sums[C + c] = float(sy);
+    }
+};
+
+// One thread per channel: mean, invstd and the running statistics from the (global) sums.
+__global__ void bn_finalize_sums(float* mean, float* invstd, float* running_mean,
+                                 float* running_var, const float* sums, const float* center_sums,
+                                 float scale, double count, int C, float eps, float momentum) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    const double ctr = center_sums ? double(center_sums[c] * scale) : 0.0;
+    const double d = double(sums[c]) / count;
+    const double m = ctr + d;
+    const double var = fmax(0.0, double(sums[C + c]) / count - d * d);
+    mean[c] = float(m);
+    invstd[c] = float(1.0 / sqrt(var + double(eps)));
+    const double unbiased = count > 1 ? var * count / (count - 1) : var;
+    running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * float(m);
+    running_var[c] = (1.f - momentum) * running_var[c] + momentum * float(unbiased);
+}
+
 void check_shape(int M, int C) {
     CUDA_ASSERT(M > 0 && C > 0);
     CUDA_ASSERT(num_chunks(M) <= 65535);  // grid.y limit of channel_partials
@@ -270,6 +312,47 @@ void bn_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float
     const size_t n = size_t(M) * C;
     bn_dx<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, s.sum_a, s.sum_b, n, C,
                                            1.f / float(M));
+    CUDA_CHECK_LAUNCH();
+}
+
+void bn_stats(cudaStream_t st, void* scratch, float* sums, const float* x,
+              const float* center_sums, float center_scale, int M, int C) {
+    check_shape(M, C);
+    const BnScratch s = split_scratch(scratch, M, C);
+    channel_reduce(st, s.partial, SumCentered{x, center_sums, center_scale, C}, StorePair{sums, C},
+                   M, C);
+}
+
+void bn_apply(cudaStream_t st, float* y, float* mean, float* invstd, float* running_mean,
+              float* running_var, const float* x, const float* gamma, const float* beta,
+              const float* sums, const float* center_sums, float center_scale, int64_t count,
+              int M, int C, float eps, float momentum) {
+    CUDA_ASSERT(M > 0 && C > 0 && count >= M);
+    bn_finalize_sums<<<ceil_div(size_t(C), kBlock), kBlock, 0, st>>>(
+        mean, invstd, running_mean, running_var, sums, center_sums, center_scale, double(count), C,
+        eps, momentum);
+    CUDA_CHECK_LAUNCH();
+    const size_t n = size_t(M) * C;
+    bn_normalize<<<grid_size(n), kBlock, 0, st>>>(y, x, mean, invstd, gamma, beta, n, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+void bn_backward_reduce(cudaStream_t st, void* scratch, float* sums, float* dgamma, float* dbeta,
+                        const float* dy, const float* x, const float* mean, const float* invstd,
+                        int M, int C) {
+    check_shape(M, C);
+    const BnScratch s = split_scratch(scratch, M, C);
+    channel_reduce(st, s.partial, SumDyDyXhat{dy, x, mean, invstd, C},
+                   StoreGrads{sums, sums + C, dbeta, dgamma}, M, C);
+}
+
+void bn_backward_apply(cudaStream_t st, float* dx, const float* dy, const float* x,
+                       const float* mean, const float* invstd, const float* gamma,
+                       const float* sums, int64_t count, int M, int C) {
+    CUDA_ASSERT(M > 0 && C > 0 && count >= M);
+    const size_t n = size_t(M) * C;
+    bn_dx<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, sums, sums + C, n, C,
+                                           float(1.0 / double(count)));
     CUDA_CHECK_LAUNCH();
 }
 

@@ -30,6 +30,31 @@ void fail_at(const char* lib, const char* call, const char* file, int line, cons
 
 namespace {
 
+// CUDA events on the backend's stream: the GPU's own clock, as the field's timings use.
+class CudaTimer final : public DeviceTimer {
+public:
+    explicit CudaTimer(cudaStream_t s) : stream_(s) {
+        CUDA_CHECK(cudaEventCreate(&a_));
+        CUDA_CHECK(cudaEventCreate(&b_));
+    }
+    ~CudaTimer() override {
+        cudaEventDestroy(a_);
+        cudaEventDestroy(b_);
+    }
+    void start() override { CUDA_CHECK(cudaEventRecord(a_, stream_)); }
+    double stop_seconds() override {
+        CUDA_CHECK(cudaEventRecord(b_, stream_));
+        CUDA_CHECK(cudaEventSynchronize(b_));
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
+        return 1e-3 * ms;
+    }
+
+private:
+    cudaStream_t stream_;
+    cudaEvent_t a_{}, b_{};
+};
+
 class CudaBackend final : public Backend {
 public:
     explicit CudaBackend(int device) : device_(device) {
@@ -121,6 +146,7 @@ public:
     void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
     size_t peak_bytes() const override { return peak_; }
+    std::unique_ptr<DeviceTimer> make_timer() override { return std::make_unique<CudaTimer>(stream_); }
 
     // ---- convolution ------------------------------------------------------------------------
     std::unique_ptr<Conv2d> make_conv(const ConvShape& s) override {
@@ -145,6 +171,30 @@ public:
         cuda::bn_backward(stream_, scratch(cuda::bn_scratch_bytes(M, C)), dx, dgamma, dbeta, dy,
                           x, mean, invstd, gamma, M, C);
     }
+    void bn_stats(float* sums, const float* x, const float* center_sums, float center_scale,
+                  int M, int C) override {
+        cuda::bn_stats(stream_, scratch(cuda::bn_scratch_bytes(M, C)), sums, x, center_sums,
+                       center_scale, M, C);
+    }
+    void bn_apply(float* y, float* mean, float* invstd, float* running_mean, float* running_var,
+                  const float* x, const float* gamma, const float* beta, const float* sums,
+                  const float* center_sums, float center_scale, int64_t count, int M, int C,
+                  float eps, float momentum) override {
+        cuda::bn_apply(stream_, y, mean, invstd, running_mean, running_var, x, gamma, beta, sums,
+                       center_sums, center_scale, count, M, C, eps, momentum);
+    }
+    void bn_backward_reduce(float* sums, float* dgamma, float* dbeta, const float* dy,
+                            const float* x, const float* mean, const float* invstd, int M,
+                            int C) override {
+        cuda::bn_backward_reduce(stream_, scratch(cuda::bn_scratch_bytes(M, C)), sums, dgamma,
+                                 dbeta, dy, x, mean, invstd, M, C);
+    }
+    void bn_backward_apply(float* dx, const float* dy, const float* x, const float* mean,
+                           const float* invstd, const float* gamma, const float* sums,
+                           int64_t count, int M, int C) override {
+        cuda::bn_backward_apply(stream_, dx, dy, x, mean, invstd, gamma, sums, count, M, C);
+    }
+    void* native_stream() override { return stream_; }
 
     // ---- activations ------------------------------------------------------------------------
     void gelu_forward(float* y, const float* x, size_t n) override {
@@ -239,6 +289,15 @@ private:
 }  // namespace
 
 bool cuda_compiled() { return true; }
+
+int cuda_device_count() {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        cudaGetLastError();  // no driver or no GPU: not an error here
+        return 0;
+    }
+    return count;
+}
 
 std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_not) {
     auto no = [&](std::string reason) -> std::unique_ptr<Backend> {

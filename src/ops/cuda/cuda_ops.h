@@ -27,6 +27,20 @@ void bn_forward_eval(cudaStream_t st, float* y, const float* x, const float* run
 void bn_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
                  const float* dy, const float* x, const float* mean, const float* invstd,
                  const float* gamma, int M, int C);
+// The same in pieces, for statistics over several processes (sync-BN; backend.h). bn_stats and
+// bn_backward_reduce need bn_scratch_bytes(M, C) of scratch; bn_apply and bn_backward_apply none.
+void bn_stats(cudaStream_t st, void* scratch, float* sums, const float* x,
+              const float* center_sums, float center_scale, int M, int C);
+void bn_apply(cudaStream_t st, float* y, float* mean, float* invstd, float* running_mean,
+              float* running_var, const float* x, const float* gamma, const float* beta,
+              const float* sums, const float* center_sums, float center_scale, int64_t count,
+              int M, int C, float eps, float momentum);
+void bn_backward_reduce(cudaStream_t st, void* scratch, float* sums, float* dgamma, float* dbeta,
+                        const float* dy, const float* x, const float* mean, const float* invstd,
+                        int M, int C);
+void bn_backward_apply(cudaStream_t st, float* dx, const float* dy, const float* x,
+                       const float* mean, const float* invstd, const float* gamma,
+                       const float* sums, int64_t count, int M, int C);
 // Per-channel helpers on the same reduction, for the convolution's bias:
 // out (C) = sum over the M rows of x (M,C), needing bn_scratch_bytes(M, C) of scratch;
 // y (M,C) += bias (C) broadcast over rows.

@@ -4,6 +4,7 @@
 namespace sr {
 
 bool cuda_compiled() { return false; }
+int cuda_device_count() { return 0; }
 
 std::unique_ptr<Backend> make_cuda_backend(int, std::string* why_not) {
     if (why_not)

@@ -1,0 +1,91 @@
+// nccl_reducer.cpp: the DeviceReducer for CUDA memory on NCCL (CUDA builds that found NCCL;
+// see data_parallel.h). MPI (the Communicator) only bootstraps it: rank 0's ncclUniqueId goes
+// to every rank by broadcast.
+//
+// Every NCCL call runs on one second stream of this reducer ("side"), in the order the ranks
+// issue them (the same on every rank), so one communicator never has two streams in flight.
+// start(): the side stream waits for what the backend's stream has queued so far (an event),
+// then sums there while the backend goes on with the rest of backward; wait_all(): the backend's
+// stream waits for the side stream. The host never blocks.
+#if SPEEDRUN_HAVE_NCCL
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "dist/data_parallel.h"
+
+namespace sr {
+namespace {
+
+void nccl_check(ncclResult_t r, const char* call) {
+    if (r != ncclSuccess) fail("NCCL: {} failed: {}", call, ncclGetErrorString(r));
+}
+void cuda_check(cudaError_t e, const char* call) {
+    if (e != cudaSuccess) fail("CUDA: {} failed: {}", call, cudaGetErrorString(e));
+}
+#define NCCL_CALL(x) nccl_check((x), #x)
+#define CUDA_CALL(x) cuda_check((x), #x)
+
+class NcclReducer final : public DeviceReducer {
+public:
+    NcclReducer(Backend& b, Communicator& comm)
+        : compute_(static_cast<cudaStream_t>(b.native_stream())) {
+        if (b.device() != Device::cuda || !compute_)
+            fail("NCCL: the backend '{}' has no CUDA stream", b.name());
+        ncclUniqueId id{};
+        if (comm.root()) NCCL_CALL(ncclGetUniqueId(&id));
+        comm.broadcast(&id, sizeof id, 0);
+        // the backend made its device current on this thread
+        NCCL_CALL(ncclCommInitRank(&nccl_, comm.world(), id, comm.rank()));
+        CUDA_CALL(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+        CUDA_CALL(cudaEventCreateWithFlags(&to_side_, cudaEventDisableTiming));
+        CUDA_CALL(cudaEventCreateWithFlags(&to_compute_, cudaEventDisableTiming));
+        int v = 0;
+        ncclGetVersion(&v);
+        name_ = fmt::format("NCCL {}.{}.{} on a second stream ({} ranks)", v / 10000,
+                            (v % 10000) / 100, v % 100, comm.world());
+    }
+    ~NcclReducer() override {
+        cudaStreamSynchronize(side_);
+        ncclCommDestroy(nccl_);
+        cudaEventDestroy(to_side_);
+        cudaEventDestroy(to_compute_);
+        cudaStreamDestroy(side_);
+    }
+    std::string name() const override { return name_; }
+
+    void start(float* p, size_t n) override {
+        CUDA_CALL(cudaEventRecord(to_side_, compute_));
+        CUDA_CALL(cudaStreamWaitEvent(side_, to_side_, 0));
+        NCCL_CALL(ncclAllReduce(p, p, n, ncclFloat, ncclSum, nccl_, side_));
+        pending_ = true;
+    }
+    void wait_all() override {
+        if (!pending_) return;
+        CUDA_CALL(cudaEventRecord(to_compute_, side_));
+        CUDA_CALL(cudaStreamWaitEvent(compute_, to_compute_, 0));
+        pending_ = false;
+    }
+    void allreduce(float* p, size_t n) override {
+        start(p, n);
+        wait_all();
+    }
+
+private:
+    cudaStream_t compute_ = nullptr, side_ = nullptr;
+    cudaEvent_t to_side_ = nullptr, to_compute_ = nullptr;
+    ncclComm_t nccl_ = nullptr;
+    bool pending_ = false;
+    std::string name_;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceReducer> make_nccl_reducer(Backend& b, Communicator& comm) {
+    return std::make_unique<NcclReducer>(b, comm);
+}
+
+}  // namespace sr
+#endif  // SPEEDRUN_HAVE_NCCL

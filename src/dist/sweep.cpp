@@ -1,0 +1,426 @@
+// sweep.cpp: `speedrun sweep` (see sweep.h and dist_commands.h). Every rank resolves every
+// setting (so a bad --grid value fails on all of them before any work), rank 0 reads the results
+// file and broadcasts which jobs are finished, the rest are dealt out round-robin, each rank
+// appends a line per run as it ends, and after a barrier rank 0 prints and writes the summary.
+#include "dist/sweep.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "dist/dist_commands.h"
+
+namespace sr {
+namespace fs = std::filesystem;
+
+// ---- grid ---------------------------------------------------------------------------------------
+
+std::vector<std::string> split_grid_values(const std::string& values) {
+    std::vector<std::string> out;
+    std::string cur;
+    int depth = 0;
+    bool quoted = false;
+    for (size_t i = 0; i < values.size(); ++i) {
+        const char ch = values[i];
+        if (quoted) {
+            if (ch == '\\' && i + 1 < values.size()) {
+                cur += ch;
+                cur += values[++i];
+                continue;
+            }
+            if (ch == '"') quoted = false;
+        } else if (ch == '"') {
+            quoted = true;
+        } else if (ch == '[' || ch == '{') {
+            ++depth;
+        } else if (ch == ']' || ch == '}') {
+            --depth;
+        } else if (ch == ',' && depth == 0) {
+            out.push_back(cur);
+            cur.clear();
+            continue;
+        }
+        cur += ch;
+    }
+    out.push_back(cur);
+    return out;
+}
+
+std::vector<SweepSetting> grid_settings(const std::vector<std::string>& grid) {
+    std::vector<SweepSetting> settings(1);
+    std::set<std::string> keys;
+    for (const std::string& axis : grid) {
+        const auto eq = axis.find('=');
+        if (eq == std::string::npos || eq == 0 || eq + 1 == axis.size())
+            fail("--grid '{}': expected key.path=v1,v2,... (e.g. opt.lr=10,11.5)", axis);
+        const std::string key = axis.substr(0, eq);
+        if (!keys.insert(key).second)
+            fail("--grid '{}': the key {} has an axis already", axis, key);
+        const auto values = split_grid_values(axis.substr(eq + 1));
+        for (const auto& v : values)
+            if (v.empty()) fail("--grid '{}': an empty value (two commas in a row?)", axis);
+        std::vector<SweepSetting> next;
+        for (const SweepSetting& s : settings)
+            for (const std::string& v : values) {
+                SweepSetting t = s;
+                t.overrides.push_back(key + "=" + v);
+                t.label += (t.label.empty() ? "" : " ") + key + "=" + v;
+                next.push_back(std::move(t));
+            }
+        settings = std::move(next);
+    }
+    return settings;
+}
+
+std::string fingerprint(const std::string& text) {
+    uint64_t h = 14695981039346656037ull;  // FNV-1a offset basis
+    for (unsigned char c : text) {
+        h ^= c;
+        h *= 1099511628211ull;
+    }
+    return fmt::format("{:016x}", h);
+}
+
+// ---- results file -------------------------------------------------------------------------------
+
+void append_result_line(const std::string& path, const nlohmann::json& j) {
+    const fs::path parent = fs::path(path).parent_path();
+    if (!parent.empty()) {
+        std::error_code ec;
+        fs::create_directories(parent, ec);
+        if (ec) fail("{}: cannot create directory {}: {}", path, parent.string(), ec.message());
+    }
+    const int fd = ::open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        fail("{}: cannot open the results file for appending: {}", path, std::strerror(errno));
+    struct Closer {
+        int fd;
+        ~Closer() { ::close(fd); }  // also releases the lock
+    } closer{fd};
+    struct flock lock {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;  // l_start = l_len = 0: the whole file
+    while (::fcntl(fd, F_SETLKW, &lock) != 0)
+        if (errno != EINTR)
+            fail("{}: cannot lock the results file: {}", path, std::strerror(errno));
+    std::string line = j.dump() + "\n";
+    const off_t size = ::lseek(fd, 0, SEEK_END);
+    char last = '\n';
+    if (size > 0 && ::pread(fd, &last, 1, size - 1) == 1 && last != '\n') line = "\n" + line;
+    const char* p = line.data();
+    size_t n = line.size();
+    while (n > 0) {
+        const ssize_t w = ::write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            fail("{}: write failed: {}", path, std::strerror(errno));
+        }
+        p += w;
+        n -= size_t(w);
+    }
+    if (::fsync(fd) != 0) fail("{}: fsync failed: {}", path, std::strerror(errno));
+}
+
+ResultsFile read_results(const std::string& path) {
+    ResultsFile r;
+    std::ifstream in(path);
+    if (!in) {
+        if (fs::exists(path)) fail("{}: cannot read the results file", path);
+        return r;
+    }
+    std::string line;
+    int no = 0;
+    while (std::getline(in, line)) {
+        ++no;
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        try {
+            auto j = nlohmann::json::parse(line);
+            if (j.is_object()) {
+                r.lines.push_back(std::move(j));
+                continue;
+            }
+        } catch (const nlohmann::json::exception&) {
+        }
+        r.bad_lines.push_back(no);
+    }
+    return r;
+}
+
+nlohmann::json summarize_setting(const SweepSetting& s, const std::string& fp,
+                                 const std::vector<nlohmann::json>& lines,
+                                 const std::vector<uint64_t>& seeds) {
+    const std::set<uint64_t> wanted(seeds.begin(), seeds.end());
+    std::set<uint64_t> seen;
+    std::vector<double> acc, acc0, secs;
+    std::vector<uint64_t> got;
+    int n94 = 0;
+    for (const auto& l : lines) {
+        if (l.value("fingerprint", std::string()) != fp || !l.contains("seed") ||
+            !l["seed"].is_number_unsigned())
+            continue;
+        const uint64_t seed = l["seed"].get<uint64_t>();
+        if (!wanted.count(seed) || !seen.insert(seed).second) continue;
+        got.push_back(seed);
+        acc.push_back(l.value("test_accuracy_tta", 0.0));
+        acc0.push_back(l.value("test_accuracy", 0.0));
+        secs.push_back(l.value("train_seconds", 0.0));
+        n94 += acc.back() >= 0.94;
+    }
+    std::sort(got.begin(), got.end());
+    const AccuracyStats a = accuracy_stats(acc), a0 = accuracy_stats(acc0),
+                        t = accuracy_stats(secs);
+    return {{"setting", s.label},
+            {"overrides", s.overrides},
+            {"fingerprint", fp},
+            {"n", a.n},
+            {"runs_wanted", seeds.size()},
+            {"seeds", got},
+            {"accuracy_mean", a.mean},
+            {"accuracy_std", a.std},
+            {"accuracy_min", a.min},
+            {"accuracy_max", a.max},
+            {"accuracy_no_tta_mean", a0.mean},
+            {"share_at_least_94", a.n ? double(n94) / a.n : 0.0},
+            {"train_seconds_mean", t.mean},
+            {"train_seconds_std", t.std},
+            {"train_seconds_min", t.min},
+            {"train_seconds_max", t.max}};
+}
+
+// ---- the command --------------------------------------------------------------------------------
+
+namespace {
+
+std::string utc_now() {
+    const std::time_t t = std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buf;
+}
+
+std::string host_name() {
+    char buf[256] = {};
+    ::gethostname(buf, sizeof buf - 1);
+    return buf;
+}
+
+std::string summary_path_for(const std::string& results) {
+    const std::string ext = ".jsonl";
+    if (results.size() > ext.size() && results.ends_with(ext))
+        return results.substr(0, results.size() - ext.size()) + ".summary.json";
+    return results + ".summary.json";
+}
+
+struct Job {
+    int setting;
+    uint64_t seed;
+};
+
+int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
+    using clock = std::chrono::steady_clock;
+    const std::string results = a.results.empty() ? a.preset + "-sweep.jsonl" : a.results;
+    const std::string summary = a.summary_json.empty() ? summary_path_for(results) : a.summary_json;
+
+    // every setting resolved on every rank first: a bad value fails everywhere, before any run
+    const std::vector<SweepSetting> settings = grid_settings(a.grid);
+    std::vector<Recipe> recipes;
+    for (const SweepSetting& s : settings) {
+        CommonArgs c = a;
+        c.sets.insert(c.sets.end(), s.overrides.begin(), s.overrides.end());
+        recipes.push_back(resolve_recipe(c));
+    }
+    const RankPlacement pl = place_rank(comm, a.device, a.threads);
+    auto backend = make_backend(pl.device, pl.threads, pl.cuda_device);
+    const Cifar10 data = load_data(a);
+    if (a.subset < 0) fail("--subset must be >= 0 (got {})", a.subset);
+    if (a.test_subset < 0) fail("--test-subset must be >= 0 (got {})", a.test_subset);
+    const int n_train = a.subset > 0 ? std::min(a.subset, data.train.n) : data.train.n;
+    const int n_test = a.test_subset > 0 ? std::min(a.test_subset, data.test.n) : data.test.n;
+    std::vector<std::string> fps;
+    for (const Recipe& r : recipes)
+        fps.push_back(fingerprint(fmt::format("{}|train={}|test={}|data={}", r.json.dump(), n_train,
+                                              n_test, data.synthetic ? "synthetic" : "cifar10")));
+    std::vector<uint64_t> seeds;
+    for (int i = 0; i < a.runs; ++i) seeds.push_back(a.seed + uint64_t(i));
+    std::vector<Job> jobs;
+    for (int s = 0; s < int(settings.size()); ++s)
+        for (uint64_t seed : seeds) jobs.push_back({s, seed});
+
+    // rank 0 reads the results file; every rank learns which jobs are finished
+    std::vector<uint8_t> done(jobs.size(), 0);
+    if (comm.root()) {
+        const ResultsFile rf = read_results(results);
+        for (int no : rf.bad_lines)
+            fmt::print(
+                "note: {} line {} is not a JSON object (a run cut off mid-write?); ignored\n",
+                results, no);
+        std::set<std::pair<std::string, uint64_t>> have;
+        std::set<std::string> ours(fps.begin(), fps.end());
+        int foreign = 0;
+        for (const auto& l : rf.lines) {
+            const std::string fp = l.value("fingerprint", std::string());
+            if (!ours.count(fp) || !l.contains("seed") || !l["seed"].is_number_unsigned()) {
+                ++foreign;
+                continue;
+            }
+            have.insert({fp, l["seed"].get<uint64_t>()});
+        }
+        for (size_t j = 0; j < jobs.size(); ++j)
+            done[j] = have.count({fps[size_t(jobs[j].setting)], jobs[j].seed}) ? 1 : 0;
+        if (foreign)
+            fmt::print(
+                "note: {} line{} of {} belong{} to other recipes or data (other flags); left "
+                "alone and not counted here\n",
+                foreign, foreign == 1 ? "" : "s", results, foreign == 1 ? "s" : "");
+    }
+    comm.broadcast(done.data(), done.size(), 0);
+    std::vector<int> pending;
+    for (size_t j = 0; j < jobs.size(); ++j)
+        if (!done[j]) pending.push_back(int(j));
+    std::vector<int> mine;
+    for (size_t i = 0; i < pending.size(); ++i)
+        if (int(i % size_t(comm.world())) == comm.rank()) mine.push_back(pending[i]);
+    if (comm.root()) {
+        fmt::print(
+            "sweep         preset {}; {} setting{} x {} seed{} ({}..{}) = {} jobs; results {}\n",
+            recipes[0].name, settings.size(), settings.size() == 1 ? "" : "s", a.runs,
+            a.runs == 1 ? "" : "s", seeds.front(), seeds.back(), jobs.size(), results);
+        fmt::print("              {} finished already (skipped), {} to run on {}\n",
+                   jobs.size() - pending.size(), pending.size(), comm.name());
+        std::fflush(stdout);
+    }
+    comm.barrier();  // the header first
+    fmt::print("[rank {}/{}] {} on {}: {} job{}\n", comm.rank(), comm.world(), pl.text,
+               backend->name(), mine.size(), mine.size() == 1 ? "" : "s");
+    std::fflush(stdout);
+    const auto t0 = clock::now();
+
+    TrainOptions o;
+    o.subset = a.subset;
+    o.test_subset = a.test_subset;
+    o.eval_each_epoch = a.epoch_eval;
+    o.progress = false;
+    o.quiet = true;
+    std::unique_ptr<Trainer> trainer;
+    int trainer_setting = -1;
+    auto trainer_for = [&](int s) -> Trainer& {
+        if (s != trainer_setting) {
+            trainer.reset();
+            trainer = std::make_unique<Trainer>(*backend, recipes[size_t(s)], data, o);
+            trainer_setting = s;
+        }
+        return *trainer;
+    };
+    const int warmups = a.warmup >= 0 ? a.warmup : (backend->device() == Device::cuda ? 1 : 0);
+    if (!mine.empty())
+        for (int w = 0; w < warmups; ++w)
+            trainer_for(jobs[size_t(mine[0])].setting).run(a.seed + 1000003ull * (w + 1), true);
+
+    const std::string host = host_name();
+    for (int j : mine) {
+        const Job& job = jobs[size_t(j)];
+        const SweepSetting& s = settings[size_t(job.setting)];
+        const RunResult rr = trainer_for(job.setting).run(job.seed);
+        append_result_line(results, {{"fingerprint", fps[size_t(job.setting)]},
+                                     {"setting", s.label},
+                                     {"overrides", s.overrides},
+                                     {"seed", job.seed},
+                                     {"preset", recipes[0].name},
+                                     {"test_accuracy", rr.test_accuracy},
+                                     {"test_accuracy_tta", rr.test_accuracy_tta},
+                                     {"train_seconds", rr.train_seconds},
+                                     {"step_seconds", rr.step_seconds},
+                                     {"images_per_second", rr.images_per_second},
+                                     {"steps", rr.steps},
+                                     {"n_train", n_train},
+                                     {"n_test", n_test},
+                                     {"rank", comm.rank()},
+                                     {"world", comm.world()},
+                                     {"host", host},
+                                     {"device", backend->name()},
+                                     {"finished", utc_now()}});
+        fmt::print(
+            "[rank {}/{}] job {}/{} done: seed {}{}{}: accuracy {:.4f} (TTA; {:.4f} without) "
+            "in {:.2f} s\n",
+            comm.rank(), comm.world(), j + 1, jobs.size(), job.seed, s.label.empty() ? "" : ", ",
+            s.label, rr.test_accuracy_tta, rr.test_accuracy, rr.train_seconds);
+        std::fflush(stdout);
+    }
+    comm.barrier();  // every run of this sweep is in the file
+    const double wall = std::chrono::duration<double>(clock::now() - t0).count();
+    if (!comm.root()) return 0;
+
+    const ResultsFile rf = read_results(results);
+    nlohmann::json rows = nlohmann::json::array();
+    auto shown = [](const SweepSetting& s) {
+        return s.label.empty() ? std::string("(as given)") : s.label;
+    };
+    size_t width = 7;
+    for (const SweepSetting& s : settings) width = std::max(width, shown(s).size());
+    fmt::print(
+        "\n{:<{}} | {:>3} | {:>8} | {:>7} | {:>7} | {:>7} | {:>6} | {:>9} | {:>7} | {:>7} | "
+        "{:>7}\n",
+        "setting", width, "n", "acc mean", "std", "min", "max", ">=94%", "secs mean", "std", "min",
+        "max");
+    fmt::print("{:-<{}}\n", "", width + 96);
+    int finished = 0;
+    for (size_t i = 0; i < settings.size(); ++i) {
+        nlohmann::json row = summarize_setting(settings[i], fps[i], rf.lines, seeds);
+        const int n = row["n"].get<int>();
+        finished += n;
+        fmt::print(
+            "{:<{}} | {:>3} | {:>8.4f} | {:>7.4f} | {:>7.4f} | {:>7.4f} | {:>5.0f}% | {:>9.2f} | "
+            "{:>7.2f} | {:>7.2f} | {:>7.2f}\n",
+            shown(settings[i]), width, n, row["accuracy_mean"].get<double>(),
+            row["accuracy_std"].get<double>(), row["accuracy_min"].get<double>(),
+            row["accuracy_max"].get<double>(), 100 * row["share_at_least_94"].get<double>(),
+            row["train_seconds_mean"].get<double>(), row["train_seconds_std"].get<double>(),
+            row["train_seconds_min"].get<double>(), row["train_seconds_max"].get<double>());
+        rows.push_back(std::move(row));
+    }
+    const double per_hour = wall > 0 ? 3600.0 * double(pending.size()) / wall : 0.0;
+    fmt::print(
+        "\n{} of {} jobs in {}; this invocation ran {} in {:.1f} s on {} rank{}: {:.1f} runs "
+        "per hour\n",
+        finished, jobs.size(), results, pending.size(), wall, comm.world(),
+        comm.world() == 1 ? "" : "s", per_hour);
+    const nlohmann::json j = {{"preset", recipes[0].name},
+                              {"results", results},
+                              {"runs_per_setting", a.runs},
+                              {"seeds", seeds},
+                              {"jobs", jobs.size()},
+                              {"jobs_finished", finished},
+                              {"ranks", comm.world()},
+                              {"communicator", comm.name()},
+                              {"jobs_run_now", pending.size()},
+                              {"wall_seconds", wall},
+                              {"runs_per_hour", per_hour},
+                              {"settings", rows}};
+    write_file_atomic(summary, j.dump(2) + "\n");
+    fmt::print("summary written to {}\n", summary);
+    return 0;
+}
+
+}  // namespace
+
+int cmd_sweep(const SweepArgs& a) {
+    if (a.runs < 1) fail("--runs must be >= 1 (got {})", a.runs);
+    auto comm = make_process_communicator("sweep");
+    return run_on_all_ranks(*comm, [&] { return sweep_on_rank(a, *comm); });
+}
+
+}  // namespace sr

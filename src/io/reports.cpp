@@ -1,0 +1,103 @@
+// reports.cpp: see reports.h.
+#include "io/reports.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "io/atomic_file.h"
+
+namespace sr {
+namespace fs = std::filesystem;
+
+std::string dawnbench_tsv(const RunResult& run) {
+    std::string s = "epoch\thours\ttop1Accuracy\n";
+    for (const auto& e : run.epochs)
+        s += fmt::format("{}\t{:.8f}\t{:.2f}\n", e.epoch + 1, e.total_seconds / 3600.0,
+                         e.test_acc >= 0 ? 100.0 * e.test_acc : 0.0);
+    return s;
+}
+
+namespace {
+// Runs a program with a script on stdin; throws with its name when it is missing or fails.
+void run_tool(const std::string& cmd, const std::string& input, const char* what) {
+    FILE* p = ::popen(cmd.c_str(), "w");
+    if (!p) fail("cannot start {} ({})", what, cmd);
+    std::fwrite(input.data(), 1, input.size(), p);
+    const int rc = ::pclose(p);
+    if (rc != 0)
+        fail("{} failed (exit status {}): is it installed? (tools/install-deps installs it)", what, rc);
+}
+}  // namespace
+
+void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, const std::string& title) {
+    const fs::path dir = fs::temp_directory_path() / fmt::format("speedrun-plot-{}", ::getpid());
+    fs::create_directories(dir);
+    std::string plot_acc, plot_loss;
+    for (size_t i = 0; i < runs.size(); ++i) {
+        std::string data;
+        for (const auto& e : runs[i].epochs)
+            data += fmt::format("{} {} {}\n", e.epoch + 1, e.test_acc >= 0 ? 100 * e.test_acc : NAN, e.train_loss);
+        const std::string f = (dir / fmt::format("run{}.dat", i)).string();
+        write_file_atomic(f, data);
+        plot_acc += fmt::format("{}'{}' using 1:2 with linespoints lw 2 title 'test acc, seed {}'",
+                                plot_acc.empty() ? "" : ", ", f, runs[i].seed);
+        plot_loss += fmt::format(", '{}' using 1:3 axes x1y2 with lines dt 2 title 'train loss, seed {}'",
+                                 f, runs[i].seed);
+    }
+    const std::string tmp_png = png_path + ".tmp.png";
+    const std::string script = fmt::format(
+        "set terminal pngcairo size 900,560\nset output '{}'\nset title \"{}\"\n"
+        "set xlabel 'epoch'\nset ylabel 'test accuracy (%)'\nset y2label 'train loss'\n"
+        "set ytics nomirror\nset y2tics\nset grid\nset key bottom right\n"
+        "set arrow from graph 0, first 94 to graph 1, first 94 nohead dt 3\n"
+        "plot {}{}\n",
+        tmp_png, title, plot_acc, plot_loss);
+    run_tool("gnuplot", script, "gnuplot");
+    std::error_code ec;
+    fs::rename(tmp_png, png_path, ec);
+    if (ec) fail("{}: cannot write the plot: {}", png_path, ec.message());
+    fs::remove_all(dir, ec);
+}
+
+std::string network_dot(const NetConfig& c) {
+    const int k = c.whiten_kernel, cw = c.whiten_width();
+    int H = c.image_side - k + 1, cin = cw;
+    std::string s = "digraph net {\n  rankdir=TB; node [shape=box, style=rounded, fontname=Helvetica];\n";
+    s += fmt::format("  input [label=\"input\\n3 x {} x {}\"];\n", c.image_side, c.image_side);
+    s += fmt::format("  whiten [label=\"whitening conv {}x{} (frozen) + bias\\n{} x {} x {}\"];\n", k, k, cw, H, H);
+    s += "  gelu0 [label=\"GELU\"];\n  input -> whiten -> gelu0;\n";
+    std::string prev = "gelu0";
+    for (int g = 0; g < 3; ++g) {
+        const int co = c.widths[g], Hp = H / 2;
+        const std::string p = fmt::format("g{}", g + 1);
+        s += fmt::format("  subgraph cluster_{0} {{ label=\"group {1}\"; style=dashed;\n"
+                         "    {0}c1 [label=\"conv 3x3 {2}->{3}\\n{3} x {4} x {4}\"];\n"
+                         "    {0}p [label=\"max pool 2\\n{3} x {5} x {5}\"];\n"
+                         "    {0}b1 [label=\"batch norm\"]; {0}a1 [label=\"GELU\"];\n"
+                         "    {0}c2 [label=\"conv 3x3 {3}->{3}\"]; {0}b2 [label=\"batch norm\"]; {0}a2 [label=\"GELU\"];\n"
+                         "    {0}c1 -> {0}p -> {0}b1 -> {0}a1 -> {0}c2 -> {0}b2 -> {0}a2; }}\n",
+                         p, g + 1, cin, co, H, Hp);
+        s += fmt::format("  {} -> {}c1;\n", prev, p);
+        prev = p + "a2";
+        cin = co;
+        H = Hp;
+    }
+    s += fmt::format("  pool [label=\"max pool {0}\\n{1} x {2} x {2}\"];\n", c.final_pool, cin, H / c.final_pool);
+    s += fmt::format("  head [label=\"linear {} -> {} (no bias) x {:.4g}\"];\n", cin, c.num_classes, c.scaling_factor);
+    s += fmt::format("  {} -> pool -> head;\n}}\n", prev);
+    return s;
+}
+
+void write_svg(const std::string& svg_path, const std::string& dot) {
+    run_tool(fmt::format("dot -Tsvg -o '{}.tmp'", svg_path), dot, "graphviz (dot)");
+    std::error_code ec;
+    fs::rename(svg_path + ".tmp", svg_path, ec);
+    if (ec) fail("{}: cannot write the diagram: {}", svg_path, ec.message());
+}
+
+}  // namespace sr

@@ -1,0 +1,94 @@
+// checkpoint.cpp: see checkpoint.h.
+#include "train/checkpoint.h"
+
+#include "core/error.h"
+
+namespace sr {
+namespace {
+
+constexpr const char* kFormat = "speedrun-checkpoint";
+constexpr int kVersion = 1;
+
+std::vector<int64_t> shape64(const TensorSpec& t) { return {t.shape.begin(), t.shape.end()}; }
+
+std::vector<float> download_range(const Network& net, const float* base, const TensorSpec& t) {
+    std::vector<float> v(t.count);
+    net.backend.download(v.data(), base + t.offset, t.count * sizeof(float));
+    return v;
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, const Network& net, const Recipe& r, const RunState& st) {
+    StFile f;
+    for (const auto& t : net.tensors()) {
+        put_tensor(f, t.name, shape64(t), download_range(net, net.params.get(), t));
+        put_tensor(f, "momentum." + t.name, shape64(t), download_range(net, net.momentum.get(), t));
+        put_tensor(f, "ema." + t.name, shape64(t), download_range(net, net.ema.get(), t));
+    }
+    put_tensor(f, "state.base_flip", {int64_t(st.base_flip.size())}, st.base_flip);
+    put_tensor(f, "state.rng", {4}, std::vector<uint64_t>(st.rng_epoch_start.begin(), st.rng_epoch_start.end()));
+    const nlohmann::json state = {{"seed", st.seed}, {"step", st.step}, {"epoch", st.epoch},
+                                  {"steps_in_epoch", st.steps_in_epoch},
+                                  {"epoch_stats", {st.epoch_stats[0], st.epoch_stats[1]}},
+                                  {"timed", st.timed}, {"n_train", st.n_train}, {"epochs", st.epochs}};
+    f.metadata["format"] = kFormat;
+    f.metadata["version"] = std::to_string(kVersion);
+    f.metadata["recipe"] = recipe_to_json(r).dump();
+    f.metadata["state"] = state.dump();
+    write_safetensors(path, f);
+}
+
+Checkpoint read_checkpoint(const std::string& path) {
+    Checkpoint c;
+    c.file = read_safetensors(path);
+    const auto& m = c.file.metadata;
+    auto meta = [&](const char* key) -> const std::string& {
+        auto it = m.find(key);
+        if (it == m.end()) fail("checkpoint {}: metadata has no '{}' (not a speedrun checkpoint?)", path, key);
+        return it->second;
+    };
+    if (meta("format") != kFormat) fail("checkpoint {}: format '{}' is not '{}'", path, meta("format"), kFormat);
+    if (meta("version") != std::to_string(kVersion))
+        fail("checkpoint {}: version {} (this program reads version {})", path, meta("version"), kVersion);
+    try {
+        c.recipe = recipe_from_json(nlohmann::json::parse(meta("recipe")));
+        const auto s = nlohmann::json::parse(meta("state"));
+        RunState& st = c.state;
+        st.seed = s.at("seed").get<uint64_t>();
+        st.step = s.at("step").get<int>();
+        st.epoch = s.at("epoch").get<int>();
+        st.steps_in_epoch = s.at("steps_in_epoch").get<int>();
+        st.epoch_stats[0] = s.at("epoch_stats").at(0).get<float>();
+        st.epoch_stats[1] = s.at("epoch_stats").at(1).get<float>();
+        st.timed = s.at("timed").get<double>();
+        st.n_train = s.at("n_train").get<int>();
+        st.epochs = s.at("epochs");
+        if (st.step < 0 || st.epoch < 0 || st.steps_in_epoch < 0 || st.n_train <= 0)
+            fail("checkpoint {}: run state has negative counts", path);
+    } catch (const nlohmann::json::exception& e) {
+        fail("checkpoint {}: bad metadata ({})", path, e.what());
+    } catch (const Error& e) {
+        fail("checkpoint {}: {}", path, e.what());
+    }
+    c.state.base_flip = get_tensor<uint8_t>(c.file, "state.base_flip", {int64_t(c.state.n_train)});
+    const auto rng = get_tensor<uint64_t>(c.file, "state.rng", {4});
+    std::copy(rng.begin(), rng.end(), c.state.rng_epoch_start.begin());
+    return c;
+}
+
+void load_network(const Checkpoint& c, Network& net, bool with_optimizer) {
+    auto put = [&](float* base, const std::string& prefix) {
+        for (const auto& t : net.tensors()) {
+            const auto v = get_tensor<float>(c.file, prefix + t.name, shape64(t));
+            net.backend.upload(base + t.offset, v.data(), v.size() * sizeof(float));
+        }
+    };
+    put(net.params.get(), "");
+    if (with_optimizer) {
+        put(net.momentum.get(), "momentum.");
+        put(net.ema.get(), "ema.");
+    }
+}
+
+}  // namespace sr

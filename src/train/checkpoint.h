@@ -1,0 +1,51 @@
+// checkpoint.h: what a checkpoint holds and how a run continues from one.
+// A checkpoint is a safetensors file (src/io/safetensors.h) written atomically with:
+//   <tensor name>            F32  the network's parameters and BN running statistics
+//   momentum.<tensor name>   F32  SGD momentum buffers
+//   ema.<tensor name>        F32  the lookahead (EMA) state
+//   state.base_flip          U8   the alternating-flip choice of every training image
+//   state.rng                U64  the host RNG at the start of the current epoch
+// and metadata: format/version, the resolved recipe (JSON), and the run state (JSON: seed, step,
+// epoch, steps done in the epoch, the epoch's running loss/accuracy sums, timed seconds so far,
+// the finished epochs' statistics, the training-set size).
+#pragma once
+#include <array>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "model/network.h"
+#include "train/recipe.h"
+
+namespace sr {
+
+struct EpochStats;
+
+// Where a run stands, besides the network arrays: enough to continue it exactly.
+struct RunState {
+    uint64_t seed = 0;
+    int step = 0;            // optimizer steps done
+    int epoch = 0;           // the epoch in progress
+    int steps_in_epoch = 0;  // steps of that epoch already done
+    std::array<uint64_t, 4> rng_epoch_start{};  // host RNG before this epoch's draws
+    std::vector<uint8_t> base_flip;
+    float epoch_stats[2] = {0, 0};  // loss sum, correct count of this epoch so far
+    double timed = 0;               // timed seconds so far
+    int n_train = 0;
+    nlohmann::json epochs = nlohmann::json::array();  // finished epochs (EpochStats as JSON)
+};
+
+struct Checkpoint {
+    Recipe recipe;
+    RunState state;
+    StFile file;
+};
+
+void save_checkpoint(const std::string& path, const Network& net, const Recipe& r, const RunState& st);
+// Reads and validates (format, version, recipe, state); throws sr::Error naming the file.
+Checkpoint read_checkpoint(const std::string& path);
+// Copies the checkpoint's arrays into net (whose config must match the checkpoint's recipe);
+// every tensor is checked for presence, dtype and shape. with_optimizer: momentum and EMA too.
+void load_network(const Checkpoint& c, Network& net, bool with_optimizer);
+
+}  // namespace sr

@@ -1,0 +1,352 @@
+// test_mpi.cpp: the commands of issue 9 run as programs: the built `speedrun` (SPEEDRUN_BINARY)
+// under `mpirun -np 2 --mca btl tcp,self` (TCP even between ranks of one host, so the network
+// path is what runs), with the synthetic set and a tiny network, a few seconds each:
+//   - a 2-rank sweep of 4 jobs writes 4 lines and the summary;
+//   - a rank killed (SIGKILL) mid-sweep: a restart with the same file runs only what is missing;
+//   - `dist-check --sync-bn`: a 2-rank data-parallel step equals one process on the full batch;
+//   - `train --distributed --sync-bn` trains, and only rank 0 prints.
+// Without MPI in the build they are skipped (saying so), except the one-process sweep.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "dist/sweep.h"
+
+namespace sr {
+namespace {
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+// the tiny job every test runs: 1024 synthetic images, batch 128 (8 steps an epoch), widths
+// 8/16/16, on the CPU (also in a CUDA build: two ranks on one GPU could not use NCCL)
+const std::vector<std::string> kTiny = {"--device",
+                                        "cpu",
+                                        "--synthetic",
+                                        "--set",
+                                        "net.widths=[8,16,16]",
+                                        "--set",
+                                        "opt.batch_size=128",
+                                        "--subset",
+                                        "1024",
+                                        "--test-subset",
+                                        "256",
+                                        "--no-download"};
+
+fs::path temp_dir(const std::string& name) {
+    const fs::path d =
+        fs::temp_directory_path() / ("speedrun-" + name + "-" + std::to_string(::getpid()));
+    fs::remove_all(d);
+    fs::create_directories(d);
+    return d;
+}
+
+std::vector<std::string> mpirun(int np) {
+#if SPEEDRUN_HAVE_MPI
+    // ASAN_OPTIONS: in a sanitizer build (SPEEDRUN_SANITIZE), LeakSanitizer would fail every rank
+    // at exit over what Open MPI keeps allocated after MPI_Finalize; leaks of our own code are
+    // found by the in-process tests.
+    return {SPEEDRUN_MPIEXEC,
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+            "-np",
+            std::to_string(np),
+            "--mca",
+            "btl",
+            "tcp,self",
+            "-x",
+            "ASAN_OPTIONS=detect_leaks=0"};
+#else
+    (void)np;
+    return {};
+#endif
+}
+
+std::vector<std::string> operator+(std::vector<std::string> a, const std::vector<std::string>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+}
+
+// A child process in its own process group, output to a file.
+struct Child {
+    pid_t pid = -1;
+    std::string log;
+};
+
+Child spawn(const std::vector<std::string>& argv, const std::string& log) {
+    Child c{-1, log};
+    std::fflush(stdout);  // else the child's freopen writes this process's buffer a second time
+    c.pid = ::fork();
+    if (c.pid == 0) {
+        ::setpgid(0, 0);
+        FILE* f = std::freopen(log.c_str(), "w", stdout);
+        (void)f;
+        ::dup2(STDOUT_FILENO, STDERR_FILENO);
+        std::vector<char*> args;
+        for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+        args.push_back(nullptr);
+        ::execvp(args[0], args.data());
+        std::perror("execvp");
+        ::_exit(127);
+    }
+    ::setpgid(c.pid, c.pid);
+    return c;
+}
+
+// Waits up to timeout; then kills the whole group. Exit status, or -signal, or -1000 on timeout.
+int wait_for(const Child& c, std::chrono::seconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+        int st = 0;
+        const pid_t r = ::waitpid(c.pid, &st, WNOHANG);
+        if (r == c.pid) {
+            ::kill(-c.pid, SIGKILL);  // anything of this test's process group still around
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
+        }
+        if (std::chrono::steady_clock::now() > end) {
+            ::kill(-c.pid, SIGKILL);
+            ::waitpid(c.pid, &st, 0);
+            return -1000;
+        }
+        std::this_thread::sleep_for(20ms);
+    }
+}
+
+std::string slurp(const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+}
+
+int run(const std::vector<std::string>& argv, const std::string& log, int timeout_s = 180) {
+    return wait_for(spawn(argv, log), std::chrono::seconds(timeout_s));
+}
+
+// The pids of the direct children of pid (the ranks, for mpirun).
+std::vector<pid_t> children_of(pid_t pid) {
+    std::vector<pid_t> out;
+    for (const auto& e : fs::directory_iterator("/proc")) {
+        const std::string name = e.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::ifstream f(e.path() / "stat");
+        std::string stat;
+        std::getline(f, stat);
+        const auto close = stat.rfind(')');
+        if (close == std::string::npos) continue;
+        std::istringstream rest(stat.substr(close + 2));
+        char state;
+        pid_t ppid;
+        if (rest >> state >> ppid && ppid == pid) out.push_back(pid_t(std::stoi(name)));
+    }
+    return out;
+}
+
+size_t count_lines(const std::string& path) { return read_results(path).lines.size(); }
+
+// (setting, seed) -> how many lines
+std::map<std::pair<std::string, uint64_t>, int> jobs_in(const std::string& path) {
+    std::map<std::pair<std::string, uint64_t>, int> m;
+    for (const auto& l : read_results(path).lines)
+        m[{l["fingerprint"].get<std::string>(), l["seed"].get<uint64_t>()}]++;
+    return m;
+}
+
+#define SKIP_WITHOUT_MPI()                                                                   \
+    do {                                                                                     \
+        if (!SPEEDRUN_HAVE_MPI_FLAG)                                                         \
+            GTEST_SKIP() << "this build has no MPI (install libopenmpi-dev openmpi-bin and " \
+                            "reconfigure)";                                                  \
+    } while (0)
+#if SPEEDRUN_HAVE_MPI
+constexpr bool SPEEDRUN_HAVE_MPI_FLAG = true;
+#else
+constexpr bool SPEEDRUN_HAVE_MPI_FLAG = false;
+#endif
+
+// 2 ranks, 4 jobs (2 settings x 2 seeds): 4 lines, each job once, the summary by setting.
+TEST(Mpi, SweepOfFourJobsOnTwoRanks) {
+    SKIP_WITHOUT_MPI();
+    const fs::path dir = temp_dir("sweep2");
+    const std::string results = (dir / "r.jsonl").string(), log = (dir / "log").string();
+    const int rc =
+        run(mpirun(2) +
+                std::vector<std::string>{SPEEDRUN_BINARY, "sweep", "--runs", "2", "--grid",
+                                         "opt.lr=10,12", "--epochs", "1", "--results", results} +
+                kTiny,
+            log);
+    const std::string out = slurp(log);
+    ASSERT_EQ(rc, 0) << out;
+    const auto jobs = jobs_in(results);
+    EXPECT_EQ(jobs.size(), 4u) << out;
+    for (const auto& [job, n] : jobs) EXPECT_EQ(n, 1) << job.first << " seed " << job.second;
+    std::set<int> ranks;
+    for (const auto& l : read_results(results).lines) ranks.insert(l["rank"].get<int>());
+    EXPECT_EQ(ranks, (std::set<int>{0, 1})) << "both ranks should have run jobs";
+    const auto summary = nlohmann::json::parse(slurp((dir / "r.summary.json").string()));
+    ASSERT_EQ(summary["settings"].size(), 2u);
+    for (const auto& s : summary["settings"]) EXPECT_EQ(s["n"], 2);
+    EXPECT_EQ(summary["ranks"], 2);
+    EXPECT_NE(out.find("opt.lr=12"), std::string::npos) << out;  // the table
+    fs::remove_all(dir);
+}
+
+// A rank SIGKILLed mid-sweep ends the job (mpirun takes the other rank down); the file keeps
+// the finished runs; the same command again runs only the missing ones: every job exactly once.
+TEST(Mpi, SweepRestartAfterAKilledRankRunsOnlyTheRest) {
+    SKIP_WITHOUT_MPI();
+    const fs::path dir = temp_dir("sweepkill");
+    const std::string results = (dir / "r.jsonl").string();
+    // 4 jobs of 2 epochs: long enough that the kill lands while the second ones run
+    const auto cmd = mpirun(2) +
+                     std::vector<std::string>{SPEEDRUN_BINARY, "sweep", "--runs",    "4",
+                                              "--epochs",      "2",     "--results", results} +
+                     kTiny;
+    const Child c = spawn(cmd, (dir / "log1").string());
+    const auto deadline = std::chrono::steady_clock::now() + 120s;
+    while (count_lines(results) < 1 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(20ms);
+    const size_t before = count_lines(results);
+    ASSERT_GE(before, 1u) << "no run finished in 120 s:\n" << slurp((dir / "log1").string());
+    const auto ranks = children_of(c.pid);
+    ASSERT_FALSE(ranks.empty()) << "no rank process found under mpirun";
+    ::kill(ranks.back(), SIGKILL);
+    const int rc1 = wait_for(c, 60s);
+    EXPECT_NE(rc1, 0) << "mpirun should report the killed rank";
+    const size_t kept = count_lines(results);
+    ASSERT_LT(kept, 4u) << "every run had finished before the kill: nothing left to restart";
+    std::printf("[ result ] %zu of 4 runs finished before a rank was killed\n", kept);
+
+    const int rc2 = run(cmd, (dir / "log2").string());
+    const std::string out2 = slurp((dir / "log2").string());
+    ASSERT_EQ(rc2, 0) << out2;
+    EXPECT_NE(out2.find(std::to_string(kept) + " finished already (skipped), " +
+                        std::to_string(4 - kept) + " to run"),
+              std::string::npos)
+        << out2;
+    const auto jobs = jobs_in(results);
+    EXPECT_EQ(jobs.size(), 4u);
+    for (const auto& [job, n] : jobs)
+        EXPECT_EQ(n, 1) << "seed " << job.second << " ran " << n << " times";
+    fs::remove_all(dir);
+}
+
+// One data-parallel step (2 steps, so momentum is in it) over TCP, sync-BN: gradients and
+// weights equal one process on the full batch to 1e-3 of each tensor's rms (the tolerance of
+// test_data_parallel.cpp, with its reasoning), and both ranks hold the same weights exactly.
+TEST(Mpi, DataParallelStepEqualsOneProcessOnTheFullBatch) {
+    SKIP_WITHOUT_MPI();
+    const fs::path dir = temp_dir("distcheck");
+    const std::string log = (dir / "log").string();
+    const int rc =
+        run(mpirun(2) + std::vector<std::string>{SPEEDRUN_BINARY, "dist-check", "--device", "cpu",
+                                                 "--sync-bn", "--steps", "2", "--tolerance", "1e-3",
+                                                 "--set", "net.widths=[8,16,16]", "--set",
+                                                 "opt.batch_size=64"},
+            log);
+    const std::string out = slurp(log);
+    EXPECT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("dist-check: PASS"), std::string::npos) << out;
+    std::printf("%s", out.substr(out.find("gradients      worst")).c_str());
+    fs::remove_all(dir);
+}
+
+// The same check without sync-BN (per-rank statistics): the sum of the slices' gradients.
+TEST(Mpi, DataParallelStepPerRankBn) {
+    SKIP_WITHOUT_MPI();
+    const fs::path dir = temp_dir("distcheck2");
+    const std::string log = (dir / "log").string();
+    const int rc =
+        run(mpirun(2) + std::vector<std::string>{SPEEDRUN_BINARY, "dist-check", "--device", "cpu",
+                                                 "--set", "net.widths=[8,16,16]", "--set",
+                                                 "opt.batch_size=64"},
+            log);
+    const std::string out = slurp(log);
+    EXPECT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("dist-check: PASS"), std::string::npos) << out;
+    fs::remove_all(dir);
+}
+
+// train --distributed --sync-bn: one epoch on 2 ranks; rank 0 alone prints the table and writes
+// the summary; the loss is that of the global batch (finite, below ln 10 + smoothing).
+TEST(Mpi, TrainDistributedOnlyRankZeroReports) {
+    SKIP_WITHOUT_MPI();
+    const fs::path dir = temp_dir("traindist");
+    const std::string log = (dir / "log").string(), summary = (dir / "s.json").string();
+    const int rc =
+        run(mpirun(2) +
+                std::vector<std::string>{SPEEDRUN_BINARY, "train", "--distributed", "--sync-bn",
+                                         "--epochs", "2", "--summary-json", summary} +
+                kTiny,
+            log);
+    const std::string out = slurp(log);
+    ASSERT_EQ(rc, 0) << out;
+    size_t summaries = 0;
+    for (size_t at = 0; (at = out.find("summary: n=", at)) != std::string::npos; ++at) ++summaries;
+    EXPECT_EQ(summaries, 1u) << "only rank 0 reports:\n" << out;
+    EXPECT_NE(out.find("distributed   MPI"), std::string::npos) << out;
+    const auto j = nlohmann::json::parse(slurp(summary));
+    ASSERT_EQ(j["runs"].size(), 1u);
+    const auto& ep = j["runs"][0]["epochs"];
+    ASSERT_EQ(ep.size(), 2u);
+    EXPECT_LT(ep[1]["train_loss"].get<double>(), ep[0]["train_loss"].get<double>()) << out;
+    EXPECT_GT(j["runs"][0]["test_accuracy_tta"].get<double>(), 0.05);
+    fs::remove_all(dir);
+}
+
+// Without mpirun, sweep runs the jobs one after another in one process, with the same output.
+TEST(Sweep, OneProcessRunsEveryJob) {
+    const fs::path dir = temp_dir("sweep1");
+    const std::string results = (dir / "r.jsonl").string(), log = (dir / "log").string();
+    // one thread: the tiny network is all overhead for a team of OpenMP threads on a busy machine
+    const std::vector<std::string> cmd = {
+        SPEEDRUN_BINARY, "sweep", "--runs",    "2",     "--grid",    "aug.translate=0,2",
+        "--epochs",      "1",     "--results", results, "--threads", "1"};
+    int rc = run(cmd + kTiny, log);
+    std::string out = slurp(log);
+    ASSERT_EQ(rc, 0) << out;
+    EXPECT_EQ(jobs_in(results).size(), 4u);
+    EXPECT_NE(out.find("0 finished already (skipped), 4 to run on single process"),
+              std::string::npos)
+        << out;
+    rc = run(cmd + kTiny, log);  // again: nothing to do, the same summary
+    out = slurp(log);
+    ASSERT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("4 finished already (skipped), 0 to run"), std::string::npos) << out;
+    EXPECT_EQ(count_lines(results), 4u);
+    fs::remove_all(dir);
+}
+
+// --distributed in a build without MPI says so; with MPI but no launcher it runs as one rank.
+TEST(Mpi, DistributedWithoutMpirun) {
+    const fs::path dir = temp_dir("nompirun");
+    const std::string log = (dir / "log").string();
+    const int rc = run(std::vector<std::string>{SPEEDRUN_BINARY, "train", "--distributed",
+                                                "--epochs", "1", "--no-epoch-eval"} +
+                           kTiny,
+                       log);
+    const std::string out = slurp(log);
+    if (SPEEDRUN_HAVE_MPI_FLAG) {
+        EXPECT_EQ(rc, 0) << out;
+        EXPECT_NE(out.find("--distributed without mpirun or srun: one rank"), std::string::npos)
+            << out;
+    } else {
+        EXPECT_EQ(rc, 1) << out;
+        EXPECT_NE(out.find("this build has no MPI"), std::string::npos) << out;
+    }
+    fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace sr

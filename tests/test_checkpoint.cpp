@@ -1,0 +1,159 @@
+// test_checkpoint.cpp: checkpoints and resume. An interrupted and resumed run is bit-identical to
+// an uninterrupted one on the CPU; bad checkpoints and a diverging run stop with clear messages.
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+#include "test_util.h"
+
+namespace sr {
+namespace {
+namespace fs = std::filesystem;
+
+Recipe tiny_recipe() {
+    Recipe r = load_recipe("airbench94", "");
+    r.net.widths = {8, 16, 16};
+    r.batch_size = 256;
+    r.epochs = 2.5;  // the interruption below falls mid-epoch
+    return r;
+}
+
+TrainOptions tiny_options(const std::string& ckpt) {
+    TrainOptions o;
+    o.subset = 2048;
+    o.test_subset = 512;
+    o.eval_each_epoch = false;
+    o.quiet = true;
+    o.checkpoint_path = ckpt;
+    return o;
+}
+
+std::string temp(const char* name) { return (fs::temp_directory_path() / name).string(); }
+
+TEST(Checkpoint, ResumedRunIsBitIdenticalOnTheCpu) {
+    const Cifar10 data = make_synthetic_cifar10(2048, 512, 4);
+    const Recipe r = tiny_recipe();
+    const std::string a = temp("speedrun-test-a.safetensors"), b = temp("speedrun-test-b.safetensors");
+    auto backend = make_cpu_backend(2);
+    RunResult full;
+    {
+        Trainer t(*backend, r, data, tiny_options(a));
+        full = t.run(7);
+    }
+    {
+        TrainOptions o = tiny_options(b);
+        o.stop_after_step = 11;  // 8 steps per epoch: stops in the second epoch
+        Trainer t(*backend, r, data, o);
+        EXPECT_THROW(t.run(7), Interrupted);
+    }
+    const Checkpoint half = read_checkpoint(b);
+    EXPECT_EQ(half.state.step, 11);
+    EXPECT_EQ(half.state.epoch, 1);
+    EXPECT_EQ(half.state.steps_in_epoch, 3);
+    RunResult resumed;
+    {
+        Trainer t(*backend, half.recipe, data, tiny_options(b));
+        resumed = t.run(0, false, &half);  // the seed comes from the checkpoint
+    }
+    EXPECT_EQ(resumed.seed, 7u);
+    EXPECT_EQ(resumed.test_accuracy_tta, full.test_accuracy_tta);
+    const Checkpoint ca = read_checkpoint(a), cb = read_checkpoint(b);
+    ASSERT_EQ(ca.file.tensors.size(), cb.file.tensors.size());
+    for (const auto& [name, t] : ca.file.tensors) {
+        ASSERT_TRUE(cb.file.tensors.count(name)) << name;
+        EXPECT_TRUE(t.data == cb.file.tensors.at(name).data) << name << " differs after resume";
+    }
+    ASSERT_EQ(resumed.epochs.size(), full.epochs.size());
+    for (size_t i = 0; i < full.epochs.size(); ++i) EXPECT_EQ(resumed.epochs[i].train_loss, full.epochs[i].train_loss);
+    fs::remove(a);
+    fs::remove(b);
+}
+
+TEST(Checkpoint, WrongShapeAndMissingTensorsAreNamed) {
+    const Cifar10 data = make_synthetic_cifar10(1024, 256, 5);
+    Recipe r = tiny_recipe();
+    r.epochs = 1;
+    const std::string p = temp("speedrun-test-shape.safetensors");
+    auto backend = make_cpu_backend(2);
+    {
+        Trainer t(*backend, r, data, tiny_options(p));
+        t.run(1);
+    }
+    Checkpoint c = read_checkpoint(p);
+    NetConfig other = r.net;
+    other.widths = {8, 32, 16};
+    Network net(*backend, other);
+    try {
+        load_network(c, net, true);
+        FAIL() << "a checkpoint of another width was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("block2.conv1.weight"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("shape"), std::string::npos) << e.what();
+    }
+    c.file.tensors.erase("ema.head.weight");
+    Network same(*backend, r.net);
+    try {
+        load_network(c, same, true);
+        FAIL() << "a missing tensor was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("ema.head.weight"), std::string::npos) << e.what();
+    }
+    // not a speedrun checkpoint: a valid safetensors file without our metadata
+    StFile plain;
+    put_tensor(plain, "x", {1}, std::vector<float>{1.f});
+    write_safetensors(p, plain);
+    try {
+        read_checkpoint(p);
+        FAIL() << "a plain safetensors file was taken for a checkpoint";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("not a speedrun checkpoint"), std::string::npos) << e.what();
+    }
+    fs::remove(p);
+}
+
+TEST(Checkpoint, NonFiniteLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
+    const Cifar10 data = make_synthetic_cifar10(2048, 256, 6);
+    Recipe r = tiny_recipe();
+    r.lr = 1e30;  // diverges within a few steps
+    const std::string p = temp("speedrun-test-nan.safetensors");
+    fs::remove(p);
+    auto backend = make_cpu_backend(2);
+    TrainOptions o = tiny_options(p);
+    o.checkpoint_every = 1;
+    Trainer t(*backend, r, data, o);
+    try {
+        t.run(3);
+        FAIL() << "a diverged run finished";
+    } catch (const Error& e) {
+        const std::string m = e.what();
+        EXPECT_NE(m.find("at step"), std::string::npos) << m;
+        EXPECT_NE(m.find("last good checkpoint"), std::string::npos) << m;
+    }
+    // whatever was saved holds finite weights only
+    if (fs::exists(p)) {
+        const Checkpoint c = read_checkpoint(p);
+        for (const auto& [name, tensor] : c.file.tensors)
+            if (tensor.dtype == DType::F32)
+                for (float v : tensor_values<float>(name, tensor)) ASSERT_TRUE(std::isfinite(v)) << name;
+    }
+    fs::remove(p);
+}
+
+TEST(Checkpoint, InterruptFlagSavesAndStops) {
+    const Cifar10 data = make_synthetic_cifar10(1024, 256, 8);
+    Recipe r = tiny_recipe();
+    const std::string p = temp("speedrun-test-int.safetensors");
+    auto backend = make_cpu_backend(2);
+    std::atomic<bool> flag{true};  // as if SIGINT arrived during the first step
+    TrainOptions o = tiny_options(p);
+    o.interrupt = &flag;
+    Trainer t(*backend, r, data, o);
+    EXPECT_THROW(t.run(2), Interrupted);
+    EXPECT_EQ(read_checkpoint(p).state.step, 1);
+    fs::remove(p);
+}
+
+}  // namespace
+}  // namespace sr
