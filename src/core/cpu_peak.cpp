@@ -19,7 +19,9 @@ __attribute__((target("avx512f"))) float run_avx512(long iters) {
         for (int k = 0; k < kChains; ++k) a[k] = _mm512_fmadd_ps(a[k], b, c);
     __m512 s = a[0];
     for (int k = 1; k < kChains; ++k) s = _mm512_add_ps(s, a[k]);
-    return _mm512_reduce_add_ps(s);
+    float out[16];  // (not _mm512_reduce_add_ps: GCC 12 warns inside it)
+    _mm512_storeu_ps(out, s);
+    return out[0] + out[15];
 }
 
 __attribute__((target("avx2,fma"))) float run_avx2(long iters) {

@@ -387,7 +387,9 @@ TEST(Cifar10Find, CacheDirectoryIsSearchedLast) {
     TempDir cache, work;
     EnvGuard e("CIFAR10_DIR", std::nullopt);
     EnvGuard x("XDG_CACHE_HOME", cache.str());
-    CwdGuard cd(work.path);  // no ../shared/data from here
+    // nested, so ../shared is inside our temp dir (CI may put shared/ at /tmp/shared)
+    fs::create_directories(work.path / "nested");
+    CwdGuard cd(work.path / "nested");  // no ../shared/data from here
     EXPECT_EQ(cifar10_cache_root(), cache / "speedrun");
     EXPECT_EQ(find_cifar10_dir(""), "");
     fs::create_directories(cache.path / "speedrun" / "cifar-10-batches-bin");
@@ -401,7 +403,8 @@ TEST(Cifar10Find, NotFoundAndNoDownloadSaysHowToProvideTheData) {
     TempDir cache, work;
     EnvGuard e("CIFAR10_DIR", std::nullopt);
     EnvGuard x("XDG_CACHE_HOME", cache.str());
-    CwdGuard cd(work.path);
+    fs::create_directories(work.path / "nested");
+    CwdGuard cd(work.path / "nested");  // ../shared is inside our temp dir: absent
     const std::string msg = error_of([] { load_cifar10("", false); });
     EXPECT_TRUE(contains(msg, "--data"));
     EXPECT_TRUE(contains(msg, "$CIFAR10_DIR"));
