@@ -21,6 +21,7 @@
 
 #include "core/error.h"
 #include "dist/dist_commands.h"
+#include "io/atomic_file.h"
 
 namespace sr {
 namespace fs = std::filesystem;
@@ -119,17 +120,7 @@ void append_result_line(const std::string& path, const nlohmann::json& j) {
     const off_t size = ::lseek(fd, 0, SEEK_END);
     char last = '\n';
     if (size > 0 && ::pread(fd, &last, 1, size - 1) == 1 && last != '\n') line = "\n" + line;
-    const char* p = line.data();
-    size_t n = line.size();
-    while (n > 0) {
-        const ssize_t w = ::write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            fail("{}: write failed: {}", path, std::strerror(errno));
-        }
-        p += w;
-        n -= size_t(w);
-    }
+    write_all(fd, line.data(), line.size(), path);
     if (::fsync(fd) != 0) fail("{}: fsync failed: {}", path, std::strerror(errno));
 }
 

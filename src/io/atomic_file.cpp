@@ -13,7 +13,6 @@
 namespace sr {
 namespace fs = std::filesystem;
 
-namespace {
 void write_all(int fd, const char* p, size_t n, const std::string& path) {
     while (n > 0) {
         const ssize_t w = ::write(fd, p, n);
@@ -25,6 +24,8 @@ void write_all(int fd, const char* p, size_t n, const std::string& path) {
         n -= size_t(w);
     }
 }
+
+namespace {
 void make_parent(const std::string& path) {
     const fs::path parent = fs::path(path).parent_path();
     if (!parent.empty()) {

@@ -10,6 +10,9 @@ namespace sr {
 
 void write_file_atomic(const std::string& path, const std::string& content);
 
+// write() all n bytes to fd (retrying short writes and EINTR); errors name path.
+void write_all(int fd, const char* p, size_t n, const std::string& path);
+
 class JsonlLog {
 public:
     JsonlLog() = default;
