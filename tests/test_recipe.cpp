@@ -1,5 +1,8 @@
 // test_recipe.cpp: the airbench94 preset's numbers and everything derived from them (steps,
 // schedule, optimizer hyperparameters, lookahead decay), and config validation.
+#include <algorithm>
+#include <cmath>
+
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
 #include "train/recipe.h"
@@ -76,6 +79,53 @@ TEST(Recipe, ToJsonRoundTripsTheResolvedValues) {
     EXPECT_DOUBLE_EQ(back.lr, 3.25);
     EXPECT_EQ(back.tta_level, 1);
     EXPECT_EQ(recipe_to_json(back), recipe_to_json(r));
+}
+}  // namespace
+}  // namespace sr
+
+namespace sr {
+namespace {
+// Every built-in preset: valid, cited, and stable through the JSON a checkpoint stores.
+TEST(Recipe, EveryPresetLoadsAndRoundTrips) {
+    const auto names = preset_names();
+    for (const char* want : {"airbench94", "airbench95", "muon94", "hiverge"})
+        EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
+    for (const auto& n : names) {
+        SCOPED_TRACE(n);
+        const Recipe r = load_recipe(n, "");
+        EXPECT_EQ(r.name, n);
+        EXPECT_FALSE(r.source.empty());
+        EXPECT_FALSE(r.published.empty());
+        const Recipe back = recipe_from_json(recipe_to_json(r));
+        EXPECT_EQ(recipe_to_json(back), recipe_to_json(r));
+    }
+    // the numbers that differ between the Muon peers, as their code has them
+    const Recipe h = load_recipe("hiverge", "");
+    EXPECT_EQ(h.optimizer, "muon");
+    EXPECT_EQ(h.net.act, Activation::silu);
+    EXPECT_EQ(total_steps(50000, h.batch_size, h.epochs), 243);  // ceil(7.59 * 32)
+    EXPECT_EQ(int(std::ceil(32 * h.whiten_bias_epochs)), 7);     // ceil(0.19 * 32)
+    EXPECT_NEAR(h.wd, 1.0418e-6 * 1536, 1e-12);
+    const Recipe m = load_recipe("muon94", "");
+    EXPECT_EQ(total_steps(50000, m.batch_size, m.epochs), 200);
+    EXPECT_EQ(m.lookahead_every, 0);
+    EXPECT_TRUE(m.muon.magnitude.empty());
+}
+
+TEST(Recipe, MuonConfigErrorsNameTheKey) {
+    for (const char* bad : {"opt.optimizer=adam", "net.act=relu", "muon.steps=0", "muon.magnitude=[1]",
+                            "eval.tta_select=2", "eval.tta_weights=median", "aug.contrast=-1"}) {
+        SCOPED_TRACE(bad);
+        nlohmann::json j = preset_json("hiverge");
+        apply_override(j, bad);
+        const std::string key = std::string(bad).substr(0, std::string(bad).find('='));
+        try {
+            recipe_from_json(j);
+            ADD_FAILURE() << "accepted " << bad;
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
+        }
+    }
 }
 }  // namespace
 }  // namespace sr

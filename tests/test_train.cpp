@@ -53,6 +53,81 @@ TEST(Train, RealRecipeLearnsInAFractionOfAnEpoch) {
     EXPECT_GT(res.test_accuracy_tta, threshold);
 }
 
+// Every other preset, in CI-sized form on the real data: its own net, optimizer, augmentation and
+// TTA, at batch 512 over the first 2,048 images for 2 epochs (8 steps), the schedule compressed
+// to fit. The loss must fall and the test accuracy pass a stated bar. Measured 2026-11-23
+// (docs/results.md): see the [ result ] lines.
+class PresetLearns : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(PresetLearns, InAFractionOfAnEpoch) {
+    const std::string dir = test::real_cifar_dir();
+    auto b = make_cpu_backend(2);
+    Recipe r = load_recipe(GetParam(), "");
+    Cifar10 data;
+    TrainOptions o;
+    o.progress = false;
+    o.quiet = true;
+    double threshold;
+    if (!dir.empty()) {
+        data = load_cifar10_dir(dir);
+        r.batch_size = 512;
+        r.epochs = 2;
+        o.subset = 2048;
+        o.test_subset = 2000;
+        threshold = 0.25;
+        std::printf("[ data ] real CIFAR-10 from %s\n", dir.c_str());
+    } else {
+        data = make_synthetic_cifar10(4096, 1000, 3);
+        r.net.widths = {16, 32, 32};
+        r.batch_size = 256;
+        r.epochs = 4;
+        threshold = 0.50;
+        std::printf("[ data ] %s (real CIFAR-10 not found)\n", data.source.c_str());
+    }
+    r.whiten_images = std::min(r.whiten_images, o.subset > 0 ? o.subset : 4096);
+    Trainer t(*b, r, data, o);
+    const RunResult res = t.run(0);
+    ASSERT_GE(res.epochs.size(), 2u);
+    std::printf("[ result ] %s: loss %.4f -> %.4f, test accuracy %.4f (TTA %.4f), %.1f s\n", GetParam(),
+                res.epochs.front().train_loss, res.epochs.back().train_loss, res.test_accuracy,
+                res.test_accuracy_tta, res.train_seconds);
+    EXPECT_LT(res.epochs.back().train_loss, res.epochs.front().train_loss - 0.05);
+    EXPECT_GT(res.test_accuracy_tta, threshold);
+}
+
+INSTANTIATE_TEST_SUITE_P(Train, PresetLearns, ::testing::Values("muon94", "hiverge", "airbench95"),
+                         [](const auto& info) { return std::string(info.param); });
+
+// Selective TTA: with every image selected it is the full TTA, with none it is the plain view;
+// the same seed on the CPU gives the same weights, so the three trainers can be compared.
+TEST(Train, SelectiveTtaBetweenPlainAndFull) {
+    auto b = make_cpu_backend(2);
+    const Cifar10 data = make_synthetic_cifar10(2048, 600, 5);
+    TrainOptions o;
+    o.progress = false;
+    o.quiet = true;
+    o.eval_each_epoch = false;
+    auto accuracies = [&](double select) {
+        Recipe r = load_recipe("hiverge", "");
+        r.net.widths = {8, 16, 16};
+        r.batch_size = 256;
+        r.epochs = 1;
+        r.whiten_images = 512;
+        r.tta_select = select;
+        Trainer t(*b, r, data, o);
+        t.run(3);
+        return std::pair{t.evaluate(0), t.evaluate(2)};
+    };
+    const auto [plain_all, full] = accuracies(1.0);
+    const auto [plain_none, none] = accuracies(1e-9);  // selects int(600 * 1e-9) = 0 images
+    const auto [plain_half, half] = accuracies(0.5);
+    EXPECT_EQ(plain_all, plain_none);
+    EXPECT_EQ(plain_all, plain_half);
+    EXPECT_EQ(none, plain_none);
+    EXPECT_NE(full, plain_all) << "the TTA views should change some prediction";
+    std::printf("[ result ] plain %.4f, selective(0.5) %.4f, full TTA %.4f\n", plain_all, half, full);
+}
+
 TEST(Train, BatchLargerThanTheSetIsAClearError) {
     auto b = make_cpu_backend(1);
     Recipe r = load_recipe("airbench94", "");

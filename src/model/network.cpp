@@ -131,6 +131,14 @@ void Network::init(Rng& rng) {
             for (size_t d = 1; d < s.shape.size(); ++d) fan_in *= size_t(s.shape[d]);
             const float bound = 1.f / std::sqrt(float(fan_in));
             for (size_t i = 0; i < s.count; ++i) t[i] = rng.uniform(-bound, bound);
+            if (linear && cfg_.head_unit_std) {  // the Muon recipes: w *= 1 / w.std()
+                double sum = 0, sq = 0;
+                for (size_t i = 0; i < s.count; ++i) sum += t[i];
+                const double mean = sum / double(s.count);
+                for (size_t i = 0; i < s.count; ++i) sq += (t[i] - mean) * (t[i] - mean);
+                const double sd = std::sqrt(sq / double(s.count - 1));  // unbiased, as torch.std
+                for (size_t i = 0; i < s.count; ++i) t[i] = float(t[i] / sd);
+            }
             if (conv) {  // dirac on the first C_in filters (OHWI): filter o < C_in passes channel o
                 const int K = s.shape[0], R = s.shape[1], S = s.shape[2], C = s.shape[3];
                 for (int o = 0; o < std::min(K, C); ++o) {
@@ -139,6 +147,10 @@ void Network::init(Rng& rng) {
                     f[(size_t(R / 2) * S + S / 2) * C + o] = 1.f;
                 }
             }
+        } else if (s.name == "whiten.bias" && cfg_.whiten_bias_uniform) {
+            // PyTorch's Conv2d bias init: uniform(+-1/sqrt(fan_in)), fan_in = 3 k k
+            const float bound = 1.f / std::sqrt(float(3 * cfg_.whiten_kernel * cfg_.whiten_kernel));
+            for (size_t i = 0; i < s.count; ++i) t[i] = rng.uniform(-bound, bound);
         } else if (s.name.ends_with(".weight") || s.name.ends_with("running_var")) {
             std::fill(t, t + s.count, 1.f);  // BN scale, running variance
         }  // biases and running means stay 0
@@ -255,6 +267,16 @@ void Workspace::bn_back(float* dx, float* dgamma, float* dbeta, const float* dy,
     b_.bn_backward_apply(dx, dy, x, mean, invstd, gamma, sums, int64_t(M) * group, M, C);
 }
 
+void Workspace::act_forward(float* y, const float* x, size_t n) {
+    if (net_.config().act == Activation::silu) b_.silu_forward(y, x, n);
+    else b_.gelu_forward(y, x, n);
+}
+
+void Workspace::act_backward(float* dx, const float* dy, const float* x, size_t n) {
+    if (net_.config().act == Activation::silu) b_.silu_backward(dx, dy, x, n);
+    else b_.gelu_backward(dx, dy, x, n);
+}
+
 const float* Workspace::forward(const float* x, bool train) {
     const NetConfig& c = net_.config();
     Params& P = net_.p;
@@ -273,7 +295,7 @@ const float* Workspace::forward(const float* x, bool train) {
         else
             b_.bn_forward_eval(G.n1.get(), G.p.get(), P.bn_mean[gi][0], P.bn_var[gi][0],
                                P.bn_w[gi][0], P.bn_b[gi][0], M, G.cout, c.bn_eps);
-        b_.gelu_forward(G.g1.get(), G.n1.get(), size_t(M) * G.cout);
+        act_forward(G.g1.get(), G.n1.get(), size_t(M) * G.cout);
         G.conv2->forward(G.c2.get(), G.g1.get(), P.conv_w[gi][1], nullptr);
         if (train)
             bn_train(G.n2.get(), G.mean2.get(), G.istd2.get(), P.bn_mean[gi][1], P.bn_var[gi][1],
@@ -281,7 +303,7 @@ const float* Workspace::forward(const float* x, bool train) {
         else
             b_.bn_forward_eval(G.n2.get(), G.c2.get(), P.bn_mean[gi][1], P.bn_var[gi][1],
                                P.bn_w[gi][1], P.bn_b[gi][1], M, G.cout, c.bn_eps);
-        b_.gelu_forward(G.g2.get(), G.n2.get(), size_t(M) * G.cout);
+        act_forward(G.g2.get(), G.n2.get(), size_t(M) * G.cout);
         in = G.g2.get();
     }
     const Group& L = grp_[2];
@@ -308,7 +330,7 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
         const int M = N_ * G.Hp * G.Hp;
         const size_t m = size_t(M) * G.cout;
         // d_g holds dL/d(g2)
-        b_.gelu_backward(G.d_n.get(), G.d_g.get(), G.n2.get(), m);
+        act_backward(G.d_n.get(), G.d_g.get(), G.n2.get(), m);
         bn_back(G.d_p.get(), scale ? Gd.bn_w[gi][1] : nullptr, Gd.bn_b[gi][1], G.d_n.get(),
                 G.c2.get(), G.mean2.get(), G.istd2.get(), P.bn_w[gi][1], M, G.cout);
         grad_ready(Gd.bn_b[gi][1], G.cout);
@@ -316,7 +338,7 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
         G.conv2->backward_weights(Gd.conv_w[gi][1], nullptr, G.d_p.get(), G.g1.get());
         grad_ready(Gd.conv_w[gi][1], size_t(G.cout) * 9 * G.cout);
         G.conv2->backward_data(G.d_g.get(), G.d_p.get(), P.conv_w[gi][1]);  // d(g1)
-        b_.gelu_backward(G.d_n.get(), G.d_g.get(), G.n1.get(), m);
+        act_backward(G.d_n.get(), G.d_g.get(), G.n1.get(), m);
         bn_back(G.d_p.get(), scale ? Gd.bn_w[gi][0] : nullptr, Gd.bn_b[gi][0], G.d_n.get(),
                 G.p.get(), G.mean1.get(), G.istd1.get(), P.bn_w[gi][0], M, G.cout);
         grad_ready(Gd.bn_b[gi][0], G.cout);

@@ -3,7 +3,7 @@
 // forward and backward as straight-line calls into ops/backend.h.
 //
 //   x (N,32,32,3) -> whiten conv k x k valid (3 -> 2*3*k*k, bias, frozen weights) -> GELU
-//   -> 3 x group(conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU)
+//   -> 3 x group(conv3x3 -> maxpool2 -> BN -> act -> conv3x3 -> BN -> act), act GELU or SiLU
 //   -> maxpool(final_pool) -> linear (width3 -> 10, no bias) * scale
 //
 // Size letters: N batch, H/W side, C channels. Activations NHWC, conv weights OHWI.
@@ -18,14 +18,23 @@
 
 namespace sr {
 
+// Activation after each BN of a conv group (the whitening conv is always followed by GELU).
+enum class Activation { gelu, silu };
+
 struct NetConfig {
     std::array<int, 3> widths = {64, 256, 256};
+    Activation act = Activation::gelu;
     int whiten_kernel = 2;
     float bn_eps = 1e-12f;
     float bn_momentum = 0.4f;  // PyTorch convention: running = (1 - m) running + m batch
     bool bn_train_scale = false;  // BN scale (gamma) frozen at 1 unless true
     float scaling_factor = 1.f / 9.f;
     int final_pool = 3;
+    // Init details that differ between the seeds: the Muon recipes rescale the head weight to
+    // std 1 after PyTorch's init, and keep the whitening bias at PyTorch's default conv-bias init
+    // (uniform +-1/sqrt(fan_in)) instead of airbench94's zero.
+    bool head_unit_std = false;
+    bool whiten_bias_uniform = false;
     int num_classes = 10;
     int image_side = 32;
     int whiten_width() const { return 2 * 3 * whiten_kernel * whiten_kernel; }
@@ -151,6 +160,9 @@ private:
                   const float* x, const float* gamma, const float* beta, int M, int C);
     void bn_back(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                  const float* mean, const float* invstd, const float* gamma, int M, int C);
+    // the conv groups' activation (NetConfig::act)
+    void act_forward(float* y, const float* x, size_t n);
+    void act_backward(float* dx, const float* dy, const float* x, size_t n);
     void grad_ready(float* grad, size_t n) {
         if (hooks_) hooks_->grad_ready(grad, n);
     }

@@ -143,6 +143,10 @@ public:
     virtual void gelu_forward(float* y, const float* x, size_t n) = 0;
     virtual void gelu_backward(float* dx, const float* dy, const float* x, size_t n) = 0;
 
+    // SiLU (x * sigmoid(x)), the Muon recipes' activation.
+    virtual void silu_forward(float* y, const float* x, size_t n) = 0;
+    virtual void silu_backward(float* dx, const float* dy, const float* x, size_t n) = 0;
+
     // ---- max pooling, window k, stride k, no padding, floor (PyTorch MaxPool2d(k)) ---------
     // y (N,H/k,W/k,C); arg (same size) = index in 0..k*k-1 of the max inside its window
     // (first max in row-major window order wins, as PyTorch).
@@ -176,6 +180,18 @@ public:
     virtual void lerp_assign(float* ema, float* p, size_t n, float t) = 0;
     // y += a x
     virtual void axpy(float* y, const float* x, float a, size_t n) = 0;
+    // x *= a
+    virtual void scale(float* x, float a, size_t n) = 0;
+    // x *= target / (||x||_2 + eps), the norm taken on the device (no host round trip).
+    virtual void scale_to_norm(float* x, size_t n, float target, float eps) = 0;
+    // Muon's momentum: buf = momentum buf + g;  u = nesterov ? g + momentum buf : buf.
+    virtual void momentum_direction(float* u, float* buf, const float* g, size_t n,
+                                    float momentum, bool nesterov) = 0;
+    // Row-major matrices: C (M,N) = alpha op(A) op(B) + beta C, op(A) (M,K), op(B) (K,N), op the
+    // transpose when trans_a / trans_b (A is then stored (K,M), B (N,K)). C is not read when
+    // beta == 0. fp32 throughout (no TF32): Muon's Newton-Schulz iteration runs on it.
+    virtual void gemm(float* C, const float* A, const float* B, int M, int N, int K, bool trans_a,
+                      bool trans_b, float alpha, float beta) = 0;
 
     // ---- data -----------------------------------------------------------------------------------
     // out (N,H+2pad,W+2pad,3) = reflect_pad((in/255 - mean) / std), in is uint8 (N,H,W,3).
@@ -188,6 +204,10 @@ public:
     virtual void gather_crops(float* out, const float* src, int H, int W, int pad, int B,
                               const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
                               const uint8_t* flips, int flip) = 0;
+    // Brightness and contrast per image (colour jitter): x[b] = (x[b] + shift[b]) * gain[b]
+    // over the per_image values of each of the B images; shift, gain: (B).
+    virtual void brightness_contrast(float* x, const float* shift, const float* gain, int B,
+                                     size_t per_image) = 0;
     // Uncentred covariance of all k x k patches (stride 1, valid) of N images (N,H,W,C):
     // cov_host (D,D), D = C*k*k, with patch vector order (c, r, s) as PyTorch's unfold.
     // cov = sum(patch patch^T) / number_of_patches, accumulated in double.

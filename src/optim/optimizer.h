@@ -1,7 +1,15 @@
-// optimizer.h: the recipe's optimizer over the network's parameter groups: PyTorch SGD with
-// Nesterov momentum, airbench's decoupled hyperparameters, a separate (scaled) lr for BN biases,
-// and lookahead (EMA of weights and BN running statistics every k steps).
+// optimizer.h: the recipe's optimizer over the network's parameter groups. Two kinds (Recipe::
+// optimizer), both written once over ops/backend.h:
+// - "sgd" (airbench94): PyTorch SGD with Nesterov momentum for every group, airbench's
+//   decoupled hyperparameters, a separate (scaled) lr for BN biases, and lookahead (EMA of the
+//   weights and BN running statistics every k steps, driven by the trainer).
+// - "muon" (airbench94_muon, hiverge): Muon for the conv filters (momentum, Newton-Schulz
+//   orthogonalisation as gemms, periodic weight renormalisation, decoupled decay), Nesterov SGD
+//   for the whitening bias, the BN biases and the head, each with its own lr.
 #pragma once
+#include <utility>
+#include <vector>
+
 #include "model/network.h"
 #include "train/recipe.h"
 
@@ -18,10 +26,18 @@ struct SgdHyper {
 // and wd / (lr * bias_scaler), the same effective decay.
 SgdHyper sgd_hyper(const Recipe& r);
 
+// Muon's weight-renormalisation rule: after `count` Muon steps (1-based, this one included) with
+// the last renormalisation at step `last` (0 = never), whether this step renormalises:
+// count - last >= base + int(growth * count / total).
+bool muon_renorm_due(int count, int last, int total, int base, double growth);
+
 class Optimizer {
 public:
-    Optimizer(Network& net, const Recipe& r) : net_(net), h_(sgd_hyper(r)) {}
-    // One update with lr multiplier `mult`; whiten_bias: whether the whitening bias trains now.
+    Optimizer(Network& net, const Recipe& r);
+    // The update after `step` steps (0-based, before the update) of `total`; the whitening bias
+    // trains while step < whiten_steps. Learning rates follow the recipe's schedule.
+    void step(int step, int total, int whiten_steps);
+    // An SGD update ("sgd" recipes only) with an explicit lr multiplier (tests, dist-check).
     void step(double mult, bool whiten_bias);
     // ema := params (the lookahead state starts as a copy of the weights).
     void reset_ema();
@@ -30,8 +46,18 @@ public:
     const SgdHyper& hyper() const { return h_; }
 
 private:
+    void muon_step(int step, int total, double mult);
     Network& net_;
+    Recipe r_;
     SgdHyper h_;
+    // "muon": the conv filters (offset and size in the arenas, rows = C_out), and the scratch
+    struct Filter {
+        size_t offset, count;
+        int rows;
+    };
+    std::vector<Filter> filters_;
+    DeviceBuffer<float> u_, x_, xn_, a_, b_;
+    int prev_step_ = -1, last_renorm_ = 0;
 };
 
 }  // namespace sr

@@ -91,13 +91,25 @@ static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, co
                r.net.widths[0], r.net.widths[1], r.net.widths[2], r.net.whiten_kernel,
                r.net.whiten_kernel, r.net.whiten_width(), r.net.bn_eps, r.net.bn_momentum,
                r.net.scaling_factor);
-    fmt::print("optimizer     SGD Nesterov  lr {:g}/1024  momentum {:g}  wd {:g}/1024  bias x{:g}  "
-               "label smoothing {:g}\n",
-               r.lr, r.momentum, r.weight_decay, r.bias_scaler, r.label_smoothing);
+    if (r.optimizer == "muon")
+        fmt::print("optimizer     Muon lr {:g} momentum {:g} ({} Newton-Schulz steps) for conv filters; "
+                   "SGD Nesterov momentum {:g}, bias lr {:g}, head lr {:g}, wd {:g}  label smoothing {:g}\n",
+                   r.muon.lr, r.muon.momentum, r.muon.steps, r.momentum, r.bias_lr, r.head_lr, r.wd,
+                   r.label_smoothing);
+    else
+        fmt::print("optimizer     SGD Nesterov  lr {:g}/1024  momentum {:g}  wd {:g}/1024  bias x{:g}  "
+                   "label smoothing {:g}\n",
+                   r.lr, r.momentum, r.weight_decay, r.bias_scaler, r.label_smoothing);
     fmt::print("schedule      {:g} -> {:g} over {:.0f}% of steps -> {:g};  lookahead every {} steps\n",
                r.lr_start, r.lr_peak, r.warmup_frac * 100, r.lr_end, r.lookahead_every);
-    fmt::print("augmentation  translate +/-{}  flip {}  TTA level {}\n", r.translate,
-               r.flip ? "alternating" : "off", r.tta_level);
+    fmt::print("augmentation  translate +/-{}  flip {}{}  TTA level {}{}\n", r.translate,
+               r.flip ? "alternating" : "off",
+               r.brightness > 0 || r.contrast > 0
+                   ? fmt::format("  brightness +/-{:g} contrast +/-{:g}", r.brightness, r.contrast)
+                   : std::string(),
+               r.tta_level,
+               r.tta_select > 0 ? fmt::format(" on the {:g}% least confident", r.tta_select * 100)
+                                : std::string());
     fmt::print("runs          {} (seeds {}..{})\n\n", a.runs, a.seed, a.seed + a.runs - 1);
     std::fflush(stdout);
 }
@@ -258,7 +270,7 @@ int cmd_describe(const DescribeArgs& a) {
     Network net(*b, r.net);
     fmt::print("preset {}: {}\n  source: {}\n  published: {}\n\n", r.name, r.description, r.source, r.published);
     fmt::print("{:<28} {:<18} {:>10}  {}\n", "tensor", "shape", "values", "optimizer group");
-    static const char* group_names[] = {"whitening bias (first epochs)", "weights", "BN biases (lr x bias_scaler)",
+    static const char* group_names[] = {"whitening bias (first steps)", "weights", "BN biases",
                                         "BN scales", "frozen", "BN running statistics"};
     for (const auto& t : net.tensors())
         fmt::print("{:<28} {:<18} {:>10}  {}\n", t.name, fmt::format("{}", fmt::join(t.shape, "x")), t.count,
@@ -310,7 +322,7 @@ int cmd_bench(const BenchArgs& a) {
         ws.backward(ws.dlogits(), true);
         b.synchronize();
         auto t2 = clock_type::now();
-        opt.step(1.0, true);
+        opt.step(std::max(i, 0), 1000, 1000);  // an early step of a long run: every group trains
         b.synchronize();
         auto t3 = clock_type::now();
         if (i >= 0) {

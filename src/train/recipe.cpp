@@ -51,14 +51,17 @@ void check_known(const nlohmann::json& j) {
     static const std::map<std::string, std::vector<std::string>> known = {
         {"data", {"mean", "std"}},
         {"net", {"widths", "whiten_kernel", "bn_eps", "bn_momentum", "bn_train_scale",
-                 "scaling_factor", "final_pool"}},
-        {"opt", {"epochs", "batch_size", "lr", "momentum", "weight_decay", "bias_scaler",
-                 "label_smoothing", "whiten_bias_epochs"}},
+                 "scaling_factor", "final_pool", "act", "head_unit_std", "whiten_bias_uniform"}},
+        {"opt", {"optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+                 "bias_scaler", "bias_lr", "head_lr", "wd", "label_smoothing",
+                 "whiten_bias_epochs"}},
+        {"muon", {"lr", "momentum", "nesterov", "coeffs", "steps", "eps", "magnitude",
+                  "renorm_base", "renorm_growth", "renorm_eps", "weight_decay"}},
         {"schedule", {"warmup_frac", "start", "peak", "end"}},
         {"lookahead", {"every", "base", "power"}},
         {"whiten", {"images", "eps"}},
-        {"aug", {"flip", "translate"}},
-        {"eval", {"tta_level"}},
+        {"aug", {"flip", "translate", "brightness", "contrast"}},
+        {"eval", {"tta_level", "tta_weights", "tta_select"}},
     };
     for (const auto& [k, v] : j.items()) {
         if (k == "name" || k == "description" || k == "source" || k == "published") continue;
@@ -92,6 +95,32 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     rd.get("net", "bn_train_scale", r.net.bn_train_scale);
     rd.get("net", "scaling_factor", r.net.scaling_factor);
     rd.get("net", "final_pool", r.net.final_pool);
+    std::string act = "gelu";
+    rd.get("net", "act", act);
+    if (act == "gelu") r.net.act = Activation::gelu;
+    else if (act == "silu") r.net.act = Activation::silu;
+    else fail("config: net.act must be \"gelu\" or \"silu\" (got \"{}\")", act);
+    rd.get("net", "head_unit_std", r.net.head_unit_std);
+    rd.get("net", "whiten_bias_uniform", r.net.whiten_bias_uniform);
+    rd.get("opt", "optimizer", r.optimizer);
+    rd.get("opt", "bias_lr", r.bias_lr);
+    rd.get("opt", "head_lr", r.head_lr);
+    rd.get("opt", "wd", r.wd);
+    rd.get("muon", "lr", r.muon.lr);
+    rd.get("muon", "momentum", r.muon.momentum);
+    rd.get("muon", "nesterov", r.muon.nesterov);
+    rd.get("muon", "coeffs", r.muon.coeffs);
+    rd.get("muon", "steps", r.muon.steps);
+    rd.get("muon", "eps", r.muon.eps);
+    rd.get("muon", "magnitude", r.muon.magnitude);
+    rd.get("muon", "renorm_base", r.muon.renorm_base);
+    rd.get("muon", "renorm_growth", r.muon.renorm_growth);
+    rd.get("muon", "renorm_eps", r.muon.renorm_eps);
+    rd.get("muon", "weight_decay", r.muon.weight_decay);
+    rd.get("aug", "brightness", r.brightness);
+    rd.get("aug", "contrast", r.contrast);
+    rd.get("eval", "tta_weights", r.tta_weights);
+    rd.get("eval", "tta_select", r.tta_select);
     rd.get("opt", "epochs", r.epochs);
     rd.get("opt", "batch_size", r.batch_size);
     rd.get("opt", "lr", r.lr);
@@ -116,6 +145,24 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     auto need = [](bool ok, const char* what) {
         if (!ok) fail("config: {}", what);
     };
+    need(r.optimizer == "sgd" || r.optimizer == "muon", "opt.optimizer must be \"sgd\" or \"muon\"");
+    need(r.bias_lr > 0 && r.head_lr > 0, "opt.bias_lr and opt.head_lr must be > 0");
+    need(r.wd >= 0, "opt.wd must be >= 0");
+    need(r.whiten_bias_epochs >= 0, "opt.whiten_bias_epochs must be >= 0");
+    need(r.muon.lr > 0, "muon.lr must be > 0");
+    need(r.muon.momentum >= 0 && r.muon.momentum < 1, "muon.momentum must be in [0, 1)");
+    need(r.muon.steps >= 1 && r.muon.steps <= 20, "muon.steps must be in 1..20");
+    need(r.muon.eps >= 0 && r.muon.renorm_eps >= 0, "muon.eps and muon.renorm_eps must be >= 0");
+    need(r.muon.magnitude.empty() || r.muon.magnitude.size() == 2,
+         "muon.magnitude must be [] or [start, end]");
+    need(r.muon.renorm_base >= 1, "muon.renorm_base must be >= 1");
+    need(r.muon.renorm_growth >= 0, "muon.renorm_growth must be >= 0");
+    need(r.muon.weight_decay >= 0, "muon.weight_decay must be >= 0");
+    need(r.brightness >= 0 && r.brightness < 10, "aug.brightness must be in [0, 10)");
+    need(r.contrast >= 0 && r.contrast < 1, "aug.contrast must be in [0, 1)");
+    need(r.tta_weights == "airbench" || r.tta_weights == "equal",
+         "eval.tta_weights must be \"airbench\" or \"equal\"");
+    need(r.tta_select >= 0 && r.tta_select <= 1, "eval.tta_select must be in [0, 1]");
     need(r.epochs > 0, "opt.epochs must be > 0");
     need(r.batch_size > 0, "opt.batch_size must be > 0");
     need(r.lr > 0, "opt.lr must be > 0");
@@ -143,15 +190,24 @@ nlohmann::json recipe_to_json(const Recipe& r) {
         {"data", {{"mean", r.mean}, {"std", r.std}}},
         {"net", {{"widths", r.net.widths}, {"whiten_kernel", r.net.whiten_kernel}, {"bn_eps", r.net.bn_eps},
                  {"bn_momentum", r.net.bn_momentum}, {"bn_train_scale", r.net.bn_train_scale},
-                 {"scaling_factor", r.net.scaling_factor}, {"final_pool", r.net.final_pool}}},
-        {"opt", {{"epochs", r.epochs}, {"batch_size", r.batch_size}, {"lr", r.lr}, {"momentum", r.momentum},
-                 {"weight_decay", r.weight_decay}, {"bias_scaler", r.bias_scaler},
+                 {"scaling_factor", r.net.scaling_factor}, {"final_pool", r.net.final_pool},
+                 {"act", r.net.act == Activation::silu ? "silu" : "gelu"},
+                 {"head_unit_std", r.net.head_unit_std}, {"whiten_bias_uniform", r.net.whiten_bias_uniform}}},
+        {"opt", {{"optimizer", r.optimizer}, {"epochs", r.epochs}, {"batch_size", r.batch_size}, {"lr", r.lr},
+                 {"momentum", r.momentum}, {"weight_decay", r.weight_decay}, {"bias_scaler", r.bias_scaler},
+                 {"bias_lr", r.bias_lr}, {"head_lr", r.head_lr}, {"wd", r.wd},
                  {"label_smoothing", r.label_smoothing}, {"whiten_bias_epochs", r.whiten_bias_epochs}}},
+        {"muon", {{"lr", r.muon.lr}, {"momentum", r.muon.momentum}, {"nesterov", r.muon.nesterov},
+                  {"coeffs", r.muon.coeffs}, {"steps", r.muon.steps}, {"eps", r.muon.eps},
+                  {"magnitude", r.muon.magnitude}, {"renorm_base", r.muon.renorm_base},
+                  {"renorm_growth", r.muon.renorm_growth}, {"renorm_eps", r.muon.renorm_eps},
+                  {"weight_decay", r.muon.weight_decay}}},
         {"schedule", {{"warmup_frac", r.warmup_frac}, {"start", r.lr_start}, {"peak", r.lr_peak}, {"end", r.lr_end}}},
         {"lookahead", {{"every", r.lookahead_every}, {"base", r.lookahead_base}, {"power", r.lookahead_power}}},
         {"whiten", {{"images", r.whiten_images}, {"eps", r.whiten_eps}}},
-        {"aug", {{"flip", r.flip}, {"translate", r.translate}}},
-        {"eval", {{"tta_level", r.tta_level}}},
+        {"aug", {{"flip", r.flip}, {"translate", r.translate}, {"brightness", r.brightness},
+                 {"contrast", r.contrast}}},
+        {"eval", {{"tta_level", r.tta_level}, {"tta_weights", r.tta_weights}, {"tta_select", r.tta_select}}},
     };
 }
 

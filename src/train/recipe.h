@@ -16,12 +16,37 @@ struct Recipe {
     std::string name, description, source, published;
     std::array<float, 3> mean{}, std{};
     NetConfig net;
-    // optimizer (hyperparameters in airbench's decoupled form, per 1024 examples)
+    // optimizer: "sgd" = airbench94's Nesterov SGD for every group, hyperparameters in airbench's
+    // decoupled form (lr, weight_decay per 1024 examples; BN biases at lr * bias_scaler);
+    // "muon" = the Muon recipes (airbench94_muon, hiverge): Muon (below) for the conv filters,
+    // Nesterov SGD for the whitening bias, BN biases (bias_lr) and the head (head_lr), in
+    // PyTorch's form: weight_decay = wd / group lr, so each step decays by wd * lr multiplier.
+    std::string optimizer = "sgd";
     double epochs = 9.9;
     int batch_size = 1024;
     double lr = 11.5, momentum = 0.85, weight_decay = 0.0153, bias_scaler = 64.0;
+    double bias_lr = 0.053, head_lr = 0.67, wd = 0.0;  // "muon" only
     float label_smoothing = 0.2f;
-    int whiten_bias_epochs = 3;
+    // the whitening bias trains for ceil(whiten_bias_epochs * steps_per_epoch) steps; with
+    // "muon" its lr decays linearly to 0 over those steps (as both Muon peers do)
+    double whiten_bias_epochs = 3;
+    // Muon (Newton-Schulz orthogonalised momentum) for every conv filter, as a (C_out, rest)
+    // matrix: buf = m buf + g; u = nesterov ? g + m buf : buf; X = u scaled to norm magnitude
+    // (linear from magnitude[0] to [1] over the run, when given) and then to norm 1 (eps added
+    // to each norm); `steps` quintic iterations X = a X + (b A + c A^2) X, A = X X^T; every
+    // renorm_base + int(renorm_growth * progress) steps the weights are first rescaled to norm
+    // sqrt(C_out) (renorm_eps added to the norm); p -= lr X; p *= 1 - lr weight_decay.
+    struct Muon {
+        double lr = 0.24, momentum = 0.6;
+        bool nesterov = true;
+        std::array<double, 3> coeffs = {3.4445, -4.7750, 2.0315};
+        int steps = 3;
+        double eps = 1e-7;
+        std::vector<double> magnitude;  // empty, or [start, end]
+        int renorm_base = 1;
+        double renorm_growth = 0.0, renorm_eps = 0.0;
+        double weight_decay = 0.0;
+    } muon;
     // piecewise-linear lr multiplier: start -> peak over warmup_frac of the steps, -> end
     double warmup_frac = 0.23, lr_start = 0.2, lr_peak = 1.0, lr_end = 0.07;
     // lookahead: every k steps, decay = base^k * (step / total)^power
@@ -31,7 +56,16 @@ struct Recipe {
     double whiten_eps = 5e-4;
     bool flip = true;  // alternating flip: random half at the start, then every image each epoch
     int translate = 2;
+    // colour jitter per image and epoch, after crop and flip (hiverge): x = (x + U(-brightness,
+    // brightness)) * (1 + U(-contrast, contrast)) on the normalised image; 0 = off
+    double brightness = 0, contrast = 0;
     int tta_level = 2;
+    // TTA view weights at level 2: "airbench" = 0.5 mean(id, flip) + 0.5 mean of the two 1-pixel
+    // translations' mean(view, flip); "equal" = the mean of those six views (hiverge)
+    std::string tta_weights = "airbench";
+    // selective TTA (hiverge): only this fraction of test images, the least confident under the
+    // plain view (max softmax), get the TTA views; the rest keep the plain logits. 0 = all.
+    double tta_select = 0;
 
     nlohmann::json json;  // the resolved recipe, as loaded (for logs and summaries)
 };

@@ -89,9 +89,11 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
     zeros_ = DeviceBuffer<float>(b, size_t(eval_batch_) * r.net.num_classes);
     stats_ = DeviceBuffer<float>(b, 2);
     ep_idx_ = DeviceBuffer<int32_t>(b, n_train_);
+    if (r.tta_select > 0) sel_idx_ = DeviceBuffer<int32_t>(b, size_t(std::max(n_test_, eval_batch_)));
     ep_labels_ = DeviceBuffer<int32_t>(b, n_train_);
     ep_shifts_ = DeviceBuffer<int8_t>(b, size_t(2) * n_train_);
     ep_flips_ = DeviceBuffer<uint8_t>(b, n_train_);
+    if (r.brightness > 0 || r.contrast > 0) ep_jitter_ = DeviceBuffer<float>(b, size_t(2) * n_train_);
     host_logits_.resize(size_t(n_test_) * r.net.num_classes);
     if (!o.log_path.empty() && (!o.comm || o.comm->root())) log_ = std::make_unique<JsonlLog>(o.log_path);
 }
@@ -101,22 +103,62 @@ double Trainer::evaluate(int level) {
     b_.normalize_pad(test_pad_.get(), test_u8_.get(), n_test_, side, side, r_.mean.data(),
                      r_.std.data(), 1);
     struct View { int sy, sx, flip; float w; };
+    const std::vector<View> plain = {{0, 0, 0, 1.f}};
     std::vector<View> views;
-    if (level == 0) views = {{0, 0, 0, 1.f}};
+    if (level == 0) views = plain;
     else if (level == 1) views = {{0, 0, 0, .5f}, {0, 0, 1, .5f}};
+    else if (r_.tta_weights == "equal")  // the mean of the six views
+        for (int sh : {0, -1, 1})
+            for (int f : {0, 1}) views.push_back({sh, sh, f, 1.f / 6});
     else  // 0.5 mean(id, flip) + 0.5 mean over the two 1-pixel translations of mean(view, flip)
         views = {{0, 0, 0, .25f}, {0, 0, 1, .25f}, {-1, -1, 0, .125f}, {-1, -1, 1, .125f},
                  {1, 1, 0, .125f}, {1, 1, 1, .125f}};
-    for (int c = 0; c < n_test_; c += Be) {
-        const int first = std::min(c, n_test_ - Be);
-        b_.copy(logits_acc_.get(), zeros_.get(), size_t(Be) * O * sizeof(float));
-        for (const View& v : views) {
-            b_.gather_crops(eval_x_.get(), test_pad_.get(), side, side, 1, Be, nullptr, first,
-                            nullptr, v.sy, v.sx, nullptr, v.flip);
-            const float* logits = ws_eval_->forward(eval_x_.get(), false);
-            b_.axpy(logits_acc_.get(), logits, v.w, size_t(Be) * O);
+    // Logits of n images (idx: device indices, or nullptr for images 0..n-1) averaged over vs,
+    // into host (n, O). Batches are always full: the last one overlaps the one before it, and a
+    // list shorter than a batch was padded by the caller.
+    auto infer = [&](const std::vector<View>& vs, const int32_t* idx, int n, float* host) {
+        for (int c = 0; c < n; c += Be) {
+            const int first = std::min(c, n - Be);
+            b_.copy(logits_acc_.get(), zeros_.get(), size_t(Be) * O * sizeof(float));
+            for (const View& v : vs) {
+                b_.gather_crops(eval_x_.get(), test_pad_.get(), side, side, 1, Be,
+                                idx ? idx + first : nullptr, idx ? 0 : first, nullptr, v.sy, v.sx,
+                                nullptr, v.flip);
+                const float* logits = ws_eval_->forward(eval_x_.get(), false);
+                b_.axpy(logits_acc_.get(), logits, v.w, size_t(Be) * O);
+            }
+            b_.download(host + size_t(first) * O, logits_acc_.get(), size_t(Be) * O * sizeof(float));
         }
-        b_.download(host_logits_.data() + size_t(first) * O, logits_acc_.get(), size_t(Be) * O * sizeof(float));
+    };
+    const int k = int(double(n_test_) * r_.tta_select);
+    if (level == 0 || r_.tta_select <= 0 || k >= n_test_) {
+        infer(views, nullptr, n_test_, host_logits_.data());
+    } else {
+        // selective TTA: plain logits for all, then the k least confident (max softmax) again
+        // with the TTA views, their logits replacing the plain ones
+        infer(plain, nullptr, n_test_, host_logits_.data());
+        std::vector<float> conf(n_test_);
+        for (int i = 0; i < n_test_; ++i) {
+            const float* z = host_logits_.data() + size_t(i) * O;
+            const float mx = *std::max_element(z, z + O);
+            double sum = 0;
+            for (int o = 0; o < O; ++o) sum += std::exp(double(z[o] - mx));
+            conf[i] = float(1.0 / sum);
+        }
+        std::vector<int32_t> sel(n_test_);
+        std::iota(sel.begin(), sel.end(), 0);
+        if (k > 0) {
+            std::nth_element(sel.begin(), sel.begin() + (k - 1), sel.end(), [&](int32_t a, int32_t b) {
+                return conf[a] < conf[b] || (conf[a] == conf[b] && a < b);
+            });
+            sel.resize(size_t(std::max(k, Be)), sel[0]);  // padded to one full batch
+            const int n = int(sel.size());
+            b_.upload(sel_idx_.get(), sel.data(), sel.size() * sizeof(int32_t));
+            std::vector<float> tta(size_t(n) * O);
+            infer(views, sel_idx_.get(), n, tta.data());
+            for (int j = 0; j < k; ++j)
+                std::copy_n(tta.data() + size_t(j) * O, O, host_logits_.data() + size_t(sel[j]) * O);
+        }
     }
     int correct = 0;
     for (int i = 0; i < n_test_; ++i) {
@@ -177,6 +219,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     const int spe = steps_per_epoch(n_train_, B);
     const int total = total_steps(n_train_, B, r_.epochs);
     const int n_epochs = int(std::ceil(r_.epochs - 1e-9));
+    const int whiten_steps = int(std::ceil(double(spe) * r_.whiten_bias_epochs - 1e-9));
+    const bool jitter = r_.brightness > 0 || r_.contrast > 0;
     res.steps = total;
 
     // the timed region, on the device's clock (CUDA events on a GPU)
@@ -207,6 +251,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     std::vector<int32_t> perm(n_train_), idx(n_train_), lab(n_train_);
     std::vector<int8_t> shifts(size_t(2) * n_train_);
     std::vector<uint8_t> flips(n_train_);
+    std::vector<float> jit_shift(jitter ? n_train_ : 0), jit_gain(jitter ? n_train_ : 0);
 
     if (print) {
         fmt::print("{:>5} | {:>5} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8}\n", "epoch", "steps",
@@ -250,7 +295,6 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     const int first_epoch = resume ? resume->state.epoch : 0;
     if (resume) rng.set_state(resume->state.rng_epoch_start.data());
     for (int epoch = first_epoch; epoch < n_epochs && step < total; ++epoch) {
-        const bool whiten_bias = epoch < r_.whiten_bias_epochs;
         std::array<uint64_t, 4> rng0;
         std::copy(rng.state(), rng.state() + 4, rng0.begin());
         const int skip = (resume && epoch == first_epoch) ? resume->state.steps_in_epoch : 0;
@@ -264,12 +308,21 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             shifts[2 * j + 1] = int8_t(pad ? int(rng.below(2 * pad + 1)) - pad : 0);
             flips[j] = r_.flip ? uint8_t(base_flip[perm[j]] ^ (epoch & 1)) : 0;
         }
+        if (jitter)  // drawn only when on, so other recipes keep their random stream
+            for (int j = 0; j < n_train_; ++j) {
+                jit_shift[j] = float((rng.uniform() * 2 - 1) * r_.brightness);
+                jit_gain[j] = float((rng.uniform() * 2 - 1) * r_.contrast + 1);
+            }
         const auto te = clock_type::now();  // host clock: progress bar only
         timer->start();
         b_.upload(ep_idx_.get(), idx.data(), idx.size() * sizeof(int32_t));
         b_.upload(ep_labels_.get(), lab.data(), lab.size() * sizeof(int32_t));
         b_.upload(ep_shifts_.get(), shifts.data(), shifts.size());
         b_.upload(ep_flips_.get(), flips.data(), flips.size());
+        if (jitter) {
+            b_.upload(ep_jitter_.get(), jit_shift.data(), jit_shift.size() * sizeof(float));
+            b_.upload(ep_jitter_.get() + n_train_, jit_gain.data(), jit_gain.size() * sizeof(float));
+        }
         const float zero2[2] = {0.f, 0.f};
         b_.upload(stats_.get(), skip ? resume->state.epoch_stats : zero2, sizeof zero2);
 
@@ -280,6 +333,10 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             b_.gather_crops(batch_x_.get(), train_pad_.get(), side, side, pad, Bl,
                             ep_idx_.get() + at, 0, ep_shifts_.get() + 2 * at, 0, 0,
                             ep_flips_.get() + at, 0);
+            if (jitter)
+                b_.brightness_contrast(batch_x_.get(), ep_jitter_.get() + at,
+                                       ep_jitter_.get() + n_train_ + at, Bl, size_t(side) * side * 3);
+            const bool whiten_bias = step < whiten_steps;
             const float* logits = ws_train_->forward(batch_x_.get(), true);
             b_.cross_entropy(ws_train_->dlogits(), stats_.get(), logits, ep_labels_.get() + at, Bl,
                              O, r_.label_smoothing);
@@ -287,8 +344,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             // the loss is summed over the batch: the global batch's gradient is the SUM of the
             // ranks' slice gradients (data_parallel.h)
             if (dp_) dp_->finish_step();
-            opt_.step(lr_multiplier(step, total, r_.warmup_frac, r_.lr_start, r_.lr_peak, r_.lr_end),
-                      whiten_bias);
+            opt_.step(step, total, whiten_steps);
             ++step;
             ++steps_here;
             if (r_.lookahead_every > 0) {

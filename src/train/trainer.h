@@ -87,8 +87,10 @@ private:
     DeviceBuffer<uint8_t> train_u8_, test_u8_;
     DeviceBuffer<float> train_pad_, test_pad_, batch_x_, eval_x_, logits_acc_, zeros_, stats_;
     DeviceBuffer<int32_t> ep_idx_, ep_labels_;
+    DeviceBuffer<int32_t> sel_idx_;  // selective TTA: the test images that get the TTA views
     DeviceBuffer<int8_t> ep_shifts_;
     DeviceBuffer<uint8_t> ep_flips_;
+    DeviceBuffer<float> ep_jitter_;  // colour jitter of the epoch: shifts (n), then gains (n)
     std::vector<float> host_logits_;
     std::unique_ptr<JsonlLog> log_;
 };

@@ -81,9 +81,9 @@ TEST(Network, InitFollowsPyTorchConventions) {
     for (float v : hw) EXPECT_LE(std::abs(v), 1 / 16.f);
 }
 
-TEST(Network, GradientsMatchFiniteDifferences) {
+void gradients_match_fd(const NetConfig& cfg) {
     auto b = make_cpu_backend(2);
-    Network net(*b, tiny());
+    Network net(*b, cfg);
     Rng rng(7);
     net.init(rng);
     // random whitening-like filters so the first layer is not trivial
@@ -135,6 +135,18 @@ TEST(Network, GradientsMatchFiniteDifferences) {
             EXPECT_NEAR(g[i], fd, 0.03 * gmax + 0.05 * std::abs(fd)) << "element " << i - s.offset;
         }
     }
+}
+
+TEST(Network, GradientsMatchFiniteDifferences) { gradients_match_fd(tiny()); }
+
+// The Muon recipes' variant: SiLU in the groups, head rescaled to std 1, uniform whitening bias.
+TEST(Network, GradientsMatchFiniteDifferencesSilu) {
+    NetConfig c = tiny();
+    c.act = Activation::silu;
+    c.head_unit_std = true;
+    c.whiten_bias_uniform = true;
+    c.scaling_factor = 1.f / 8;
+    gradients_match_fd(c);
 }
 
 TEST(Network, WhiteningDecorrelatesPatches) {

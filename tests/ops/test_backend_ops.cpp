@@ -518,6 +518,23 @@ TEST_F(BackendOps, Gelu) {
     EXPECT_TRUE(same(dx, "gelu dx", 2e-6, 1e-5));
 }
 
+// CUDA's expf against the CPU's polynomial exp (~2e-7 relative): atol 2e-6, rtol 1e-5.
+TEST_F(BackendOps, Silu) {
+    auto xs = randn(1001, 850, 4.f);
+    for (float v : {0.f, -0.f, 1e-8f, -30.f, 30.f, -90.f, 90.f}) xs.push_back(v);
+    const size_t n = xs.size();
+    auto x = in(xs);
+    auto dy = in(randn(n, 851));
+    auto y = out<float>(n);
+    auto dx = out<float>(n);
+    cpu_->silu_forward(y.cp(), x.cp(), n);
+    gpu_->silu_forward(y.gp(), x.gp(), n);
+    EXPECT_TRUE(same(y, "silu y", 2e-6, 1e-5));
+    cpu_->silu_backward(dx.cp(), dy.cp(), x.cp(), n);
+    gpu_->silu_backward(dx.gp(), dy.gp(), x.gp(), n);
+    EXPECT_TRUE(same(dx, "silu dx", 2e-6, 1e-5));
+}
+
 // ---- max pooling -------------------------------------------------------------------------------
 
 // Inputs are rounded to multiples of 0.5 so windows hold ties (first max in row-major window
@@ -641,7 +658,68 @@ TEST_F(BackendOps, Axpy) {
     }
 }
 
+// Muon's pieces. scale / momentum_direction: elementwise, atol = rtol = 1e-6. scale_to_norm: the
+// norm is summed in double on the CPU, in fp32 partials then double on the GPU: 1e-5 relative.
+TEST_F(BackendOps, MuonElementwise) {
+    for (size_t n : {size_t(1001), size_t(589824), size_t(3000001)}) {
+        SCOPED_TRACE(testing::Message() << "n=" << n);
+        auto x = in(randn(n, 1450));
+        cpu_->scale(x.cp(), -0.3f, n);
+        gpu_->scale(x.gp(), -0.3f, n);
+        EXPECT_TRUE(same(x, "scale", 1e-6, 1e-6));
+        cpu_->scale_to_norm(x.cp(), n, 4.f, 1e-5f);
+        gpu_->scale_to_norm(x.gp(), n, 4.f, 1e-5f);
+        EXPECT_TRUE(same(x, "scale_to_norm", 1e-7, 1e-5));
+        auto buf = in(randn(n, 1451));
+        auto g = in(randn(n, 1452));
+        for (bool nesterov : {true, false}) {
+            auto u = out<float>(n);
+            cpu_->momentum_direction(u.cp(), buf.cp(), g.cp(), n, 0.655f, nesterov);
+            gpu_->momentum_direction(u.gp(), buf.gp(), g.gp(), n, 0.655f, nesterov);
+            EXPECT_TRUE(same(u, "momentum_direction u", 1e-6, 1e-6));
+            EXPECT_TRUE(same(buf, "momentum_direction buf", 1e-6, 1e-6));
+        }
+    }
+}
+
+// gemm: cuBLAS in full fp32 (no TF32) against oneDNN's sgemm; only the summation order differs:
+// 1e-5 of the result's rms plus 1e-5 relative. Shapes of Muon (64 x 216, 256 x 2304) and odd ones;
+// beta == 0 must not read C (NaN garbage on the GPU side would leak).
+void gemm_case(BackendOps& f, int M, int N, int K, bool ta, bool tb, float alpha, float beta,
+               uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "gemm M=" << M << " N=" << N << " K=" << K << " ta=" << ta
+                                    << " tb=" << tb << " beta=" << beta);
+    auto a = f.in(randn(size_t(M) * K, seed));
+    auto b = f.in(randn(size_t(K) * N, seed + 1));
+    auto c = beta != 0.f ? f.in(randn(size_t(M) * N, seed + 2)) : f.out<float>(size_t(M) * N);
+    f.cpu_->gemm(c.cp(), a.cp(), b.cp(), M, N, K, ta, tb, alpha, beta);
+    f.gpu_->gemm(c.gp(), a.gp(), b.gp(), M, N, K, ta, tb, alpha, beta);
+    EXPECT_TRUE(f.same(c, "gemm C", 1e-5 * rms(c.c.get("C")), 1e-5));
+}
+
+TEST_F(BackendOps, Gemm) {
+    for (bool ta : {false, true})
+        for (bool tb : {false, true}) {
+            gemm_case(*this, 7, 13, 29, ta, tb, 1.5f, 0.f, 1460);
+            gemm_case(*this, 7, 13, 29, ta, tb, 1.f, -4.7f, 1470);
+        }
+    gemm_case(*this, 64, 64, 216, false, true, 1.f, 0.f, 1480);    // A = X X^T
+    gemm_case(*this, 256, 2304, 256, false, false, 1.f, 0.f, 1490);  // B X
+}
+
 // ---- data ------------------------------------------------------------------------------------
+
+// (x + shift) * gain per image: the same two fp32 operations on both sides.
+TEST_F(BackendOps, BrightnessContrast) {
+    const int B = 5;
+    const size_t per = 7 * 7 * 3;
+    auto x = in(randn(size_t(B) * per, 1495));
+    auto sh = in(uniform(B, 1496, -0.14f, 0.14f));
+    auto gn = in(uniform(B, 1497, 0.87f, 1.13f));
+    cpu_->brightness_contrast(x.cp(), sh.cp(), gn.cp(), B, per);
+    gpu_->brightness_contrast(x.gp(), sh.gp(), gn.gp(), B, per);
+    EXPECT_TRUE(same(x, "brightness_contrast", 1e-6, 1e-6));
+}
 
 // Same formula on both sides ((v / 255 - mean) / std, IEEE division): 1e-6 covers any rounding.
 TEST_F(BackendOps, NormalizePad) {

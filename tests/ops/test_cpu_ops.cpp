@@ -195,6 +195,30 @@ TEST(CpuOps, GeluMatchesErfFormulaAndItsDerivative) {
     }
 }
 
+TEST(CpuOps, SiluMatchesFormulaAndFiniteDifferences) {
+    std::vector<float> x;
+    for (float v = -30.f; v <= 30.f; v += 0.0371f) x.push_back(v);
+    std::vector<float> y(x.size()), dx(x.size()), ones(x.size(), 1.f);
+    cpu::silu_forward(y.data(), x.data(), x.size());
+    cpu::silu_backward(dx.data(), ones.data(), x.data(), x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+        const double v = x[i], sg = 1 / (1 + std::exp(-v));
+        ASSERT_NEAR(y[i], v * sg, 1e-6 + 1e-6 * std::abs(v * sg)) << "x=" << v;
+        ASSERT_NEAR(dx[i], sg * (1 + v * (1 - sg)), 2e-6) << "x=" << v;
+    }
+    // the backward against finite differences of the forward, with a non-trivial dy
+    const auto xs = randn(301, 77, 3.f), r = randn(301, 78);
+    std::vector<float> d(xs.size());
+    cpu::silu_backward(d.data(), r.data(), xs.data(), xs.size());
+    auto f = [](const std::vector<float>& v) {
+        std::vector<float> o(v.size());
+        cpu::silu_forward(o.data(), v.data(), v.size());
+        return o;
+    };
+    // L = sum r_i silu(x_i): dL/dx_i = r_i silu'(x_i) = d_i
+    EXPECT_TRUE(grad_matches(fd_grad(xs, r, f, 1e-2, 60, 79), d, 1e-3, 1e-3));
+}
+
 // ---- max pooling ------------------------------------------------------------------------------
 
 // distinct values, gaps >= 0.01, so finite differences with eps 1e-3 never cross a kink
@@ -325,6 +349,48 @@ TEST(CpuOps, LerpAssignAndAxpy) {
     cpu::axpy(y.data(), x.data(), 0.5f, 2);
     EXPECT_FLOAT_EQ(y[0], 2.5f);
     EXPECT_FLOAT_EQ(y[1], 4.f);
+}
+
+TEST(CpuOps, MuonPiecesScaleNormMomentum) {
+    std::vector<float> x = {3.f, 4.f};
+    cpu::scale_to_norm(x.data(), 2, 2.f, 0.f);
+    EXPECT_FLOAT_EQ(x[0], 1.2f);
+    EXPECT_FLOAT_EQ(x[1], 1.6f);
+    cpu::scale_to_norm(x.data(), 2, 1.f, 1.f);  // the eps is added to the norm (2): x / 3
+    EXPECT_FLOAT_EQ(x[0], 0.4f);
+    cpu::scale(x.data(), -2.f, 2);
+    EXPECT_FLOAT_EQ(x[1], -16.f / 15.f);
+    std::vector<float> buf = {1.f, -1.f}, g = {0.5f, 2.f}, u(2);
+    cpu::momentum_direction(u.data(), buf.data(), g.data(), 2, 0.6f, true);
+    EXPECT_FLOAT_EQ(buf[0], 1.1f);  // 0.6 * 1 + 0.5
+    EXPECT_FLOAT_EQ(u[0], 0.5f + 0.6f * 1.1f);
+    cpu::momentum_direction(u.data(), buf.data(), g.data(), 2, 0.6f, false);
+    EXPECT_FLOAT_EQ(u[1], buf[1]);
+}
+
+// oneDNN's sgemm against plain loops, every transpose combination, beta 0 (C never read: NaN in
+// it must not leak) and beta != 0.
+TEST(CpuOps, GemmMatchesNaive) {
+    const int M = 7, N = 13, K = 29;
+    for (bool ta : {false, true})
+        for (bool tb : {false, true})
+            for (float beta : {0.f, 0.5f}) {
+                SCOPED_TRACE(fmt::format("ta={} tb={} beta={}", ta, tb, beta));
+                const auto A = randn(size_t(M) * K, 1 + ta), B = randn(size_t(K) * N, 3 + tb);
+                auto C0 = randn(size_t(M) * N, 5);
+                if (beta == 0.f) C0.assign(C0.size(), std::nanf(""));
+                auto c1 = C0, c2 = C0;
+                cpu::gemm(c1.data(), A.data(), B.data(), M, N, K, ta, tb, 1.5f, beta);
+                cpu::gemm_naive(c2.data(), A.data(), B.data(), M, N, K, ta, tb, 1.5f, beta);
+                EXPECT_TRUE(all_close(c1, c2, 1e-5, 1e-5));
+            }
+}
+
+TEST(CpuOps, BrightnessContrastPerImage) {
+    std::vector<float> x = {1.f, 2.f, 3.f, -1.f, 0.f, 1.f};
+    const std::vector<float> shift = {0.5f, -1.f}, gain = {2.f, 0.5f};
+    cpu::brightness_contrast(x.data(), shift.data(), gain.data(), 2, 3);
+    EXPECT_EQ(x, (std::vector<float>{3.f, 5.f, 7.f, -1.f, -0.5f, 0.f}));
 }
 
 // ---- data ops ---------------------------------------------------------------------------------

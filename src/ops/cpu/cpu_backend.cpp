@@ -110,6 +110,10 @@ public:
     void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override {
         cpu::gelu_backward(dx, dy, x, n);
     }
+    void silu_forward(float* y, const float* x, size_t n) override { cpu::silu_forward(y, x, n); }
+    void silu_backward(float* dx, const float* dy, const float* x, size_t n) override {
+        cpu::silu_backward(dx, dy, x, n);
+    }
     void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, int H, int W, int C,
                          int k) override {
         cpu::maxpool_forward(y, arg, x, N, H, W, C, k);
@@ -138,6 +142,22 @@ public:
         cpu::lerp_assign(ema, p, n, t);
     }
     void axpy(float* y, const float* x, float a, size_t n) override { cpu::axpy(y, x, a, n); }
+    void scale(float* x, float a, size_t n) override { cpu::scale(x, a, n); }
+    void scale_to_norm(float* x, size_t n, float target, float eps) override {
+        cpu::scale_to_norm(x, n, target, eps);
+    }
+    void momentum_direction(float* u, float* buf, const float* g, size_t n, float momentum,
+                            bool nesterov) override {
+        cpu::momentum_direction(u, buf, g, n, momentum, nesterov);
+    }
+    void gemm(float* C, const float* A, const float* B, int M, int N, int K, bool ta, bool tb,
+              float alpha, float beta) override {
+        cpu::gemm(C, A, B, M, N, K, ta, tb, alpha, beta);
+    }
+    void brightness_contrast(float* x, const float* shift, const float* gain, int B,
+                             size_t per_image) override {
+        cpu::brightness_contrast(x, shift, gain, B, per_image);
+    }
     void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const float* mean,
                        const float* std, int pad) override {
         cpu::normalize_pad(out, in, N, H, W, mean, std, pad);

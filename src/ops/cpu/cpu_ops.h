@@ -48,6 +48,9 @@ void bn_backward_apply(float* dx, const float* dy, const float* x, const float* 
 void gelu_forward(float* y, const float* x, size_t n);
 void gelu_backward(float* dx, const float* dy, const float* x, size_t n);
 
+void silu_forward(float* y, const float* x, size_t n);
+void silu_backward(float* dx, const float* dy, const float* x, size_t n);
+
 // ---- pooling --------------------------------------------------------------------------------
 void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, int H, int W, int C, int k);
 void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int H, int W, int C,
@@ -67,12 +70,23 @@ void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, floa
                   float momentum);
 void lerp_assign(float* ema, float* p, size_t n, float t);
 void axpy(float* y, const float* x, float a, size_t n);
+void scale(float* x, float a, size_t n);
+void scale_to_norm(float* x, size_t n, float target, float eps);
+void momentum_direction(float* u, float* buf, const float* g, size_t n, float momentum,
+                        bool nesterov);
+// gemm through oneDNN's sgemm; gemm_naive is its plain-loop reference (double accumulation).
+void gemm(float* C, const float* A, const float* B, int M, int N, int K, bool trans_a,
+          bool trans_b, float alpha, float beta);
+void gemm_naive(float* C, const float* A, const float* B, int M, int N, int K, bool trans_a,
+                bool trans_b, float alpha, float beta);
 
 // ---- data -----------------------------------------------------------------------------------
 void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const float* mean,
                    const float* std, int pad);
 void gather_crops(float* out, const float* src, int H, int W, int pad, int B, const int32_t* idx,
                   int first, const int8_t* shifts, int sy, int sx, const uint8_t* flips, int flip);
+void brightness_contrast(float* x, const float* shift, const float* gain, int B,
+                         size_t per_image);
 void patch_covariance(double* cov, const float* x, int N, int H, int W, int C, int k);
 
 // Vectorisable exact-GELU pieces (erf to ~1e-7), shared with tests.

@@ -27,6 +27,17 @@ SR_CLONES void normalize_pad(float* out, const uint8_t* in, int N, int H, int W,
             }
 }
 
+SR_CLONES void brightness_contrast(float* x, const float* shift, const float* gain, int B,
+                                   size_t per_image) {
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; ++b) {
+        float* v = x + size_t(b) * per_image;
+        const float s = shift[b], g = gain[b];
+#pragma omp simd
+        for (size_t i = 0; i < per_image; ++i) v[i] = (v[i] + s) * g;
+    }
+}
+
 SR_CLONES void gather_crops(float* out, const float* src, int H, int W, int pad, int B, const int32_t* idx,
                   int first, const int8_t* shifts, int sy, int sx, const uint8_t* flips, int flip) {
     const int HP = H + 2 * pad, WP = W + 2 * pad;

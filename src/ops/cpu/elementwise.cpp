@@ -1,11 +1,14 @@
-// elementwise.cpp: CPU GELU (exact, erf-based), the optimizer updates (SGD-Nesterov, lookahead
-// lerp, axpy). The loops are written so that GCC vectorises them (no calls into libm inside
+// elementwise.cpp: CPU GELU (exact, erf-based) and SiLU, the optimizer updates (SGD-Nesterov,
+// lookahead lerp, axpy, Muon's momentum and norm scaling), and the small gemm Muon needs. The loops are written so that GCC vectorises them (no calls into libm inside
 // the hot loops: erf and exp are evaluated by the branch-free polynomials below).
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 
+#include <dnnl.hpp>
+
+#include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
 
 namespace sr::cpu {
@@ -60,6 +63,20 @@ SR_CLONES void gelu_backward(float* dx, const float* dy, const float* x, size_t 
     for (size_t i = 0; i < n; ++i) dx[i] = dy[i] * gelu_grad_one(x[i]);
 }
 
+// silu(x) = x s(x), s = 1 / (1 + exp(-x));  silu'(x) = s(x) (1 + x (1 - s(x)))
+SR_CLONES void silu_forward(float* y, const float* x, size_t n) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; ++i) y[i] = x[i] / (1.f + exp_poly(-x[i]));
+}
+
+SR_CLONES void silu_backward(float* dx, const float* dy, const float* x, size_t n) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; ++i) {
+        const float s = 1.f / (1.f + exp_poly(-x[i]));
+        dx[i] = dy[i] * s * (1.f + x[i] * (1.f - s));
+    }
+}
+
 SR_CLONES void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
                   float momentum) {
 #pragma omp parallel for simd schedule(static) if (n > 65536)
@@ -83,6 +100,51 @@ SR_CLONES void lerp_assign(float* ema, float* p, size_t n, float t) {
 SR_CLONES void axpy(float* y, const float* x, float a, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+SR_CLONES void scale(float* x, float a, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; ++i) x[i] *= a;
+}
+
+void scale_to_norm(float* x, size_t n, float target, float eps) {
+    double ss = 0;
+#pragma omp parallel for reduction(+ : ss) schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
+    scale(x, float(target / (std::sqrt(ss) + eps)), n);
+}
+
+SR_CLONES void momentum_direction(float* u, float* buf, const float* g, size_t n, float momentum,
+                                  bool nesterov) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; ++i) {
+        const float b = momentum * buf[i] + g[i];
+        buf[i] = b;
+        u[i] = nesterov ? g[i] + momentum * b : b;
+    }
+}
+
+void gemm(float* C, const float* A, const float* B, int M, int N, int K, bool trans_a,
+          bool trans_b, float alpha, float beta) {
+    // oneDNN's sgemm is row-major; with beta == 0 it does not read C (NaN-safe, as the contract)
+    const dnnl::status st = dnnl::sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A,
+                                        trans_a ? M : K, B, trans_b ? K : N, beta, C, N);
+    if (st != dnnl::status::success) fail("oneDNN sgemm failed ({}x{}x{})", M, N, K);
+}
+
+void gemm_naive(float* C, const float* A, const float* B, int M, int N, int K, bool trans_a,
+                bool trans_b, float alpha, float beta) {
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            double acc = 0;
+            for (int k = 0; k < K; ++k) {
+                const float a = trans_a ? A[size_t(k) * M + i] : A[size_t(i) * K + k];
+                const float b = trans_b ? B[size_t(j) * K + k] : B[size_t(k) * N + j];
+                acc += double(a) * b;
+            }
+            float& c = C[size_t(i) * N + j];
+            c = float(alpha * acc + (beta != 0.f ? double(beta) * c : 0.0));
+        }
 }
 
 }  // namespace sr::cpu

@@ -68,4 +68,14 @@ void linear_backward(CublasContext& ctx, float* dx, float* dw, const float* dy, 
                              &zero, dw, I));
 }
 
+// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands, keep
+// the flags. A row-major (r, c) matrix has leading dimension c.
+void gemm(CublasContext& ctx, float* C, const float* A, const float* B, int M, int N, int K,
+          bool trans_a, bool trans_b, float alpha, float beta) {
+    CUDA_ASSERT(M > 0 && N > 0 && K > 0);
+    CUBLAS_CHECK(cublasSgemm(ctx.handle, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                             trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
+                             trans_b ? K : N, A, trans_a ? M : K, &beta, C, N));
+}
+
 }  // namespace sr::cuda

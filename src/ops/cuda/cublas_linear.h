@@ -27,4 +27,8 @@ void linear_forward(CublasContext& ctx, float* y, const float* x, const float* w
 void linear_backward(CublasContext& ctx, float* dx, float* dw, const float* dy, const float* x,
                      const float* w, int N, int I, int O, float scale);
 
+// Row-major C (M,N) = alpha op(A) op(B) + beta C: the contract of Backend::gemm (fp32, no TF32).
+void gemm(CublasContext& ctx, float* C, const float* A, const float* B, int M, int N, int K,
+          bool trans_a, bool trans_b, float alpha, float beta);
+
 }  // namespace sr::cuda

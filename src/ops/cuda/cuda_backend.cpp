@@ -203,6 +203,12 @@ public:
     void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override {
         cuda::gelu_backward(stream_, dx, dy, x, n);
     }
+    void silu_forward(float* y, const float* x, size_t n) override {
+        cuda::silu_forward(stream_, y, x, n);
+    }
+    void silu_backward(float* dx, const float* dy, const float* x, size_t n) override {
+        cuda::silu_backward(stream_, dx, dy, x, n);
+    }
 
     // ---- pooling ----------------------------------------------------------------------------
     void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, int H, int W, int C,
@@ -241,6 +247,19 @@ public:
     void axpy(float* y, const float* x, float a, size_t n) override {
         cuda::axpy(stream_, y, x, a, n);
     }
+    void scale(float* x, float a, size_t n) override { cuda::scale(stream_, x, a, n); }
+    void scale_to_norm(float* x, size_t n, float target, float eps) override {
+        cuda::scale_to_norm(stream_, scratch(cuda::scale_to_norm_scratch_bytes()), x, n, target,
+                            eps);
+    }
+    void momentum_direction(float* u, float* buf, const float* g, size_t n, float momentum,
+                            bool nesterov) override {
+        cuda::momentum_direction(stream_, u, buf, g, n, momentum, nesterov);
+    }
+    void gemm(float* C, const float* A, const float* B, int M, int N, int K, bool ta, bool tb,
+              float alpha, float beta) override {
+        cuda::gemm(*cublas_, C, A, B, M, N, K, ta, tb, alpha, beta);
+    }
 
     // ---- data -------------------------------------------------------------------------------
     void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const float* mean_host,
@@ -252,6 +271,10 @@ public:
                       const uint8_t* flips, int flip) override {
         cuda::gather_crops(stream_, out, src, H, W, pad, B, idx, first, shifts, sy, sx, flips,
                            flip);
+    }
+    void brightness_contrast(float* x, const float* shift, const float* gain, int B,
+                             size_t per_image) override {
+        cuda::brightness_contrast(stream_, x, shift, gain, B, per_image);
     }
     void patch_covariance(double* cov_host, const float* x, int N, int H, int W, int C,
                           int k) override {

@@ -50,6 +50,8 @@ void add_channel_bias(cudaStream_t st, float* y, const float* bias, int M, int C
 // ---- GELU, exact erf form (gelu.cu) ---------------------------------------------------------
 void gelu_forward(cudaStream_t st, float* y, const float* x, size_t n);
 void gelu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n);
+void silu_forward(cudaStream_t st, float* y, const float* x, size_t n);
+void silu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n);
 
 // ---- max pooling, window k = stride k (pool.cu) --------------------------------------------
 void maxpool_forward(cudaStream_t st, float* y, uint8_t* arg, const float* x, int N, int H,
@@ -66,6 +68,12 @@ void sgd_nesterov(cudaStream_t st, float* p, float* buf, const float* g, size_t 
                   float wd, float momentum);
 void lerp_assign(cudaStream_t st, float* ema, float* p, size_t n, float t);
 void axpy(cudaStream_t st, float* y, const float* x, float a, size_t n);
+void scale(cudaStream_t st, float* x, float a, size_t n);
+// needs scale_to_norm_scratch_bytes() of scratch
+size_t scale_to_norm_scratch_bytes();
+void scale_to_norm(cudaStream_t st, void* scratch, float* x, size_t n, float target, float eps);
+void momentum_direction(cudaStream_t st, float* u, float* buf, const float* g, size_t n,
+                        float momentum, bool nesterov);
 
 // ---- data (data.cu) ----------------------------------------------------------------------------
 void normalize_pad(cudaStream_t st, float* out, const uint8_t* in, int N, int H, int W,
@@ -73,6 +81,8 @@ void normalize_pad(cudaStream_t st, float* out, const uint8_t* in, int N, int H,
 void gather_crops(cudaStream_t st, float* out, const float* src, int H, int W, int pad, int B,
                   const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
                   const uint8_t* flips, int flip);
+void brightness_contrast(cudaStream_t st, float* x, const float* shift, const float* gain, int B,
+                         size_t per_image);
 
 // ---- patch covariance (covariance.cu) -------------------------------------------------------
 // Needs covariance_scratch_bytes(...) bytes of scratch; synchronizes the stream (the result is

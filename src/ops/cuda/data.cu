@@ -61,7 +61,25 @@ __global__ void gather_crops_kernel(float* out, const float* src, int H, int W, 
     }
 }
 
+// x[b] = (x[b] + shift[b]) * gain[b] over each image's per_image values
+__global__ void brightness_contrast_kernel(float* x, const float* shift, const float* gain,
+                                           size_t per_image, size_t n) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const size_t b = i / per_image;
+        x[i] = (x[i] + shift[b]) * gain[b];
+    }
+}
+
 }  // namespace
+
+void brightness_contrast(cudaStream_t st, float* x, const float* shift, const float* gain, int B,
+                         size_t per_image) {
+    const size_t n = size_t(B) * per_image;
+    if (n == 0) return;
+    brightness_contrast_kernel<<<grid_size(n), kBlock, 0, st>>>(x, shift, gain, per_image, n);
+    CUDA_CHECK_LAUNCH();
+}
 
 void normalize_pad(cudaStream_t st, float* out, const uint8_t* in, int N, int H, int W,
                    const float* mean_host, const float* std_host, int pad) {

@@ -1,5 +1,6 @@
-// gelu.cu: exact (erf-based) GELU and its derivative, CUDA twin of cpu::gelu_forward /
-// gelu_backward (contract in ops/backend.h). Plain grid-stride elementwise kernels.
+// gelu.cu: the activations: exact (erf-based) GELU and SiLU with their derivatives, CUDA twins
+// of cpu::gelu_* / silu_* (contract in ops/backend.h). Plain grid-stride elementwise kernels.
+//   silu(x)  = x s(x), s(x) = 1 / (1 + exp(-x));  silu'(x) = s(x) (1 + x (1 - s(x)))
 //   gelu(x)  = x * Phi(x),   Phi(x) = 0.5 * (1 + erf(x / sqrt(2)))
 //   gelu'(x) = Phi(x) + x * phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
 #include "ops/cuda/cuda_common.cuh"
@@ -29,7 +30,36 @@ __global__ void gelu_backward_kernel(float* dx, const float* dy, const float* x,
     }
 }
 
+__global__ void silu_forward_kernel(float* y, const float* x, size_t n) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const float v = x[i];
+        y[i] = v / (1.f + expf(-v));
+    }
+}
+
+__global__ void silu_backward_kernel(float* dx, const float* dy, const float* x, size_t n) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const float v = x[i];
+        const float s = 1.f / (1.f + expf(-v));
+        dx[i] = dy[i] * s * (1.f + v * (1.f - s));
+    }
+}
+
 }  // namespace
+
+void silu_forward(cudaStream_t st, float* y, const float* x, size_t n) {
+    if (n == 0) return;
+    silu_forward_kernel<<<grid_size(n), kBlock, 0, st>>>(y, x, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+void silu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n) {
+    if (n == 0) return;
+    silu_backward_kernel<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, n);
+    CUDA_CHECK_LAUNCH();
+}
 
 void gelu_forward(cudaStream_t st, float* y, const float* x, size_t n) {
     if (n == 0) return;

@@ -1,5 +1,8 @@
-// optim.cu: the optimizer's elementwise steps, CUDA twins of cpu::sgd_nesterov, lerp_assign and
-// axpy (contract in ops/backend.h). Plain grid-stride loops, fp32.
+// optim.cu: the optimizer's elementwise steps, CUDA twins of cpu::sgd_nesterov, lerp_assign,
+// axpy, scale, scale_to_norm and momentum_direction (contract in ops/backend.h). Plain
+// grid-stride loops, fp32. scale_to_norm keeps the norm on the device: a fixed number of blocks
+// write partial sums of squares, then every block of the scaling kernel adds those partials up
+// itself (the same order everywhere: deterministic, no atomics, no host round trip).
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -36,7 +39,79 @@ __global__ void axpy_kernel(float* y, const float* x, float a, size_t n) {
         y[i] += a * x[i];
 }
 
+__global__ void scale_kernel(float* x, float a, size_t n) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x)
+        x[i] *= a;
+}
+
+constexpr int kNormBlocks = 128;
+
+__global__ void sumsq_partial_kernel(float* partial, const float* x, size_t n) {
+    __shared__ float sh[kBlock];
+    float acc = 0.f;
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x)
+        acc += x[i] * x[i];
+    sh[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (int(threadIdx.x) < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = sh[0];
+}
+
+__global__ void scale_by_norm_kernel(float* x, const float* partial, size_t n, float target,
+                                     float eps) {
+    __shared__ float factor;
+    if (threadIdx.x == 0) {
+        double ss = 0;
+        for (int b = 0; b < kNormBlocks; ++b) ss += partial[b];
+        factor = float(target / (sqrt(ss) + eps));
+    }
+    __syncthreads();
+    const float f = factor;
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x)
+        x[i] *= f;
+}
+
+__global__ void momentum_direction_kernel(float* u, float* buf, const float* g, size_t n,
+                                          float momentum, bool nesterov) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const float b = momentum * buf[i] + g[i];
+        buf[i] = b;
+        u[i] = nesterov ? g[i] + momentum * b : b;
+    }
+}
+
 }  // namespace
+
+size_t scale_to_norm_scratch_bytes() { return kNormBlocks * sizeof(float); }
+
+void scale(cudaStream_t st, float* x, float a, size_t n) {
+    if (n == 0) return;
+    scale_kernel<<<grid_size(n), kBlock, 0, st>>>(x, a, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+void scale_to_norm(cudaStream_t st, void* scratch, float* x, size_t n, float target, float eps) {
+    if (n == 0) return;
+    float* partial = static_cast<float*>(scratch);
+    sumsq_partial_kernel<<<kNormBlocks, kBlock, 0, st>>>(partial, x, n);
+    CUDA_CHECK_LAUNCH();
+    scale_by_norm_kernel<<<grid_size(n), kBlock, 0, st>>>(x, partial, n, target, eps);
+    CUDA_CHECK_LAUNCH();
+}
+
+void momentum_direction(cudaStream_t st, float* u, float* buf, const float* g, size_t n,
+                        float momentum, bool nesterov) {
+    if (n == 0) return;
+    momentum_direction_kernel<<<grid_size(n), kBlock, 0, st>>>(u, buf, g, n, momentum, nesterov);
+    CUDA_CHECK_LAUNCH();
+}
 
 void sgd_nesterov(cudaStream_t st, float* p, float* buf, const float* g, size_t n, float lr,
                   float wd, float momentum) {
