@@ -84,6 +84,31 @@ int main(int argc, char** argv) {
     eval->add_option("--test-subset", ea.test_subset, "Evaluate on the first N test images (0 = all)");
     eval->add_flag("!--no-download", ea.download, "Never download CIFAR-10");
 
+    sr::PredictArgs pa;
+    auto* predict = app.add_subcommand("predict", "Classify PNG files with a checkpoint: class, probability, top K");
+    predict->footer(
+        "Each image becomes 32x32 RGB like a CIFAR-10 image: any PNG (palette, gray, 16-bit, alpha,\n"
+        "interlaced) is decoded to 8-bit sRGB (16-bit: round(v/257)), alpha is composited over WHITE,\n"
+        "the centred square of the shorter side is cropped, then area-averaged (box filter) down to\n"
+        "32x32 if larger or bilinearly scaled up (pixel centres aligned) if smaller, and rounded to\n"
+        "8 bits. The recipe's normalisation and test-time views (TTA level) are applied as in `eval`;\n"
+        "the probabilities are the softmax of the averaged logits. A file that cannot be read is\n"
+        "reported by name, the others are still classified, and the exit status is 1.");
+    predict->add_option("--checkpoint", pa.checkpoint, "Checkpoint file (safetensors)")->required();
+    predict->add_option("images", pa.images, "PNG files")->required();
+    predict->add_option("--device", pa.device, "auto | cpu | cuda")->capture_default_str();
+    predict->add_option("--threads", pa.threads, "CPU threads (0 = all cores)");
+    predict->add_option("--top", pa.top, "Classes listed per file, most likely first")->capture_default_str();
+
+    sr::ExportArgs xa;
+    auto* exp = app.add_subcommand("export", "Write a checkpoint's network (eval mode) as an ONNX model");
+    exp->footer(
+        "The model (opset 13): input \"image\" float (N,3,32,32), RGB in [0,1] (pixel/255, NCHW, any\n"
+        "N; the recipe's mean/std are applied inside the graph); output \"logits\" (N,10) for that one\n"
+        "view (no TTA, no softmax). Needs a build with ONNX (libonnx-dev, libprotobuf-dev).");
+    exp->add_option("--checkpoint", xa.checkpoint, "Checkpoint file (safetensors)")->required();
+    exp->add_option("--onnx", xa.onnx, "ONNX file to write (atomically)")->required();
+
     sr::DescribeArgs dsa;
     auto* describe = app.add_subcommand("describe", "Layers, parameter count, FLOPs per image, network diagram");
     add_common(describe, dsa);
@@ -101,6 +126,8 @@ int main(int argc, char** argv) {
         if (presets->parsed()) return sr::cmd_presets();
         if (describe->parsed()) return sr::cmd_describe(dsa);
         if (eval->parsed()) return sr::cmd_eval(ea);
+        if (predict->parsed()) return sr::cmd_predict(pa);
+        if (exp->parsed()) return sr::cmd_export(xa);
         if (sr::app::run_dist_commands()) return 0;
     } catch (const sr::Error& e) {
         std::fflush(stdout);

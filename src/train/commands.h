@@ -59,6 +59,17 @@ struct DescribeArgs : CommonArgs {
     std::string svg;  // network diagram through graphviz
 };
 
+struct PredictArgs {
+    std::string checkpoint, device = "auto";
+    std::vector<std::string> images;  // PNG files (src/io/png_image.h states how they are resized)
+    int top = 3;                      // classes listed per image
+    int threads = 0;
+};
+
+struct ExportArgs {
+    std::string checkpoint, onnx;
+};
+
 struct DataArgs {
     std::string data;
     bool download = true;
@@ -76,11 +87,23 @@ Recipe resolve_recipe(const CommonArgs& a);
 std::unique_ptr<Backend> make_backend(const std::string& device, int threads, int cuda_device = 0);
 Cifar10 load_data(const CommonArgs& a);
 
+// The CIFAR-10 class names in label order (airplane ... truck).
+extern const char* const kCifarClassNames[10];
+
+// Class probabilities (n, num_classes) of n 8-bit RGB images (n, side, side, 3) under net (whose
+// weights are loaded): the recipe's normalisation, eval-mode BN, the logits averaged over the
+// recipe's test-time views exactly as Trainer::evaluate does (level 0: the image; 1: + its
+// mirror; 2: + the 1-pixel translations of both, reflect-padded), then softmax.
+std::vector<float> predict_probabilities(Network& net, const Recipe& r, const std::vector<uint8_t>& images, int n);
+
 int cmd_train(const TrainArgs& a);
 int cmd_eval(const EvalArgs& a);
 int cmd_bench(const BenchArgs& a);
 int cmd_data(const DataArgs& a);
 int cmd_presets();
 int cmd_describe(const DescribeArgs& a);
+// in infer_commands.cpp
+int cmd_predict(const PredictArgs& a);
+int cmd_export(const ExportArgs& a);
 
 }  // namespace sr

@@ -211,6 +211,20 @@ nlohmann::json recipe_to_json(const Recipe& r) {
     };
 }
 
+std::vector<TtaView> tta_views(const Recipe& r, int level) {
+    if (level <= 0) return {{0, 0, 0, 1.f}};
+    if (level == 1) return {{0, 0, 0, .5f}, {0, 0, 1, .5f}};
+    if (r.tta_weights == "equal") {  // the mean of the six views (hiverge)
+        std::vector<TtaView> v;
+        for (int sh : {0, -1, 1})
+            for (int f : {0, 1}) v.push_back({sh, sh, f, 1.f / 6});
+        return v;
+    }
+    // airbench: 0.5 mean(id, flip) + 0.5 mean over the two 1-pixel translations of mean(view, flip)
+    return {{0, 0, 0, .25f}, {0, 0, 1, .25f}, {-1, -1, 0, .125f}, {-1, -1, 1, .125f},
+            {1, 1, 0, .125f}, {1, 1, 1, .125f}};
+}
+
 Recipe load_recipe(const std::string& preset, const std::string& config_path) {
     nlohmann::json j = preset_json(preset);
     if (!config_path.empty()) {

@@ -70,6 +70,15 @@ struct Recipe {
     nlohmann::json json;  // the resolved recipe, as loaded (for logs and summaries)
 };
 
+// One test-time view: shift (sy, sx) in pixels of the 1-reflect-padded image, mirror, weight.
+struct TtaView {
+    int sy, sx, flip;
+    float w;
+};
+// The views of TTA level `level` under the recipe's eval.tta_weights (the logits are their
+// weighted sum). Used by evaluation and by `predict`, so both see the same views.
+std::vector<TtaView> tta_views(const Recipe& r, int level);
+
 // Names of the built-in presets, and the JSON of one (throws sr::Error on an unknown name).
 std::vector<std::string> preset_names();
 nlohmann::json preset_json(const std::string& name);

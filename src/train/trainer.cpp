@@ -102,17 +102,8 @@ double Trainer::evaluate(int level) {
     const int side = r_.net.image_side, O = r_.net.num_classes, Be = eval_batch_;
     b_.normalize_pad(test_pad_.get(), test_u8_.get(), n_test_, side, side, r_.mean.data(),
                      r_.std.data(), 1);
-    struct View { int sy, sx, flip; float w; };
-    const std::vector<View> plain = {{0, 0, 0, 1.f}};
-    std::vector<View> views;
-    if (level == 0) views = plain;
-    else if (level == 1) views = {{0, 0, 0, .5f}, {0, 0, 1, .5f}};
-    else if (r_.tta_weights == "equal")  // the mean of the six views
-        for (int sh : {0, -1, 1})
-            for (int f : {0, 1}) views.push_back({sh, sh, f, 1.f / 6});
-    else  // 0.5 mean(id, flip) + 0.5 mean over the two 1-pixel translations of mean(view, flip)
-        views = {{0, 0, 0, .25f}, {0, 0, 1, .25f}, {-1, -1, 0, .125f}, {-1, -1, 1, .125f},
-                 {1, 1, 0, .125f}, {1, 1, 1, .125f}};
+    using View = TtaView;
+    const std::vector<View> plain = tta_views(r_, 0), views = tta_views(r_, level);
     // Logits of n images (idx: device indices, or nullptr for images 0..n-1) averaged over vs,
     // into host (n, O). Batches are always full: the last one overlaps the one before it, and a
     // list shorter than a batch was padded by the caller.
