@@ -64,6 +64,16 @@ public:
     virtual double stop_seconds() = 0;  // waits for the queued work; seconds since start()
 };
 
+// Work recorded once and replayed (a CUDA graph): the launch overhead of a whole training step
+// paid once. Replays use the pointers and scalar arguments of the recorded calls.
+class Recording {
+public:
+    virtual ~Recording() = default;
+    virtual void replay() = 0;              // queues the recorded work again
+    virtual size_t kernel_count() const = 0;  // kernels in it (library kernels included)
+    virtual size_t node_count() const = 0;    // every node (kernels, memsets, copies)
+};
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -80,6 +90,16 @@ public:
     // Peak device memory allocated through alloc() so far, in bytes.
     virtual size_t peak_bytes() const = 0;
     virtual std::unique_ptr<DeviceTimer> make_timer() = 0;
+
+    // Ops called between begin_recording() and end_recording() are recorded, not run, where the
+    // backend can record (CUDA stream capture); begin_recording() returns false where it cannot
+    // (the CPU), and ops then run as usual. end_recording() returns nullptr with the reason in
+    // *why when the recording failed (the backend is usable again either way).
+    virtual bool begin_recording() { return false; }
+    virtual std::unique_ptr<Recording> end_recording(std::string* why) {
+        if (why) *why = "this backend does not record";
+        return nullptr;
+    }
 
     // ---- convolution ------------------------------------------------------------------------
     virtual std::unique_ptr<Conv2d> make_conv(const ConvShape& s) = 0;

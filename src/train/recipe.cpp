@@ -225,6 +225,12 @@ std::vector<TtaView> tta_views(const Recipe& r, int level) {
             {1, 1, 0, .125f}, {1, 1, 1, .125f}};
 }
 
+double tta_forwards_per_image(const Recipe& r) {
+    const double v = double(tta_views(r, r.tta_level).size());
+    if (r.tta_level == 0 || r.tta_select <= 0 || r.tta_select >= 1) return v;
+    return 1.0 + r.tta_select * v;
+}
+
 Recipe load_recipe(const std::string& preset, const std::string& config_path) {
     nlohmann::json j = preset_json(preset);
     if (!config_path.empty()) {

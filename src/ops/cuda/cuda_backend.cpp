@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include <cuda_runtime.h>
 
@@ -53,6 +54,26 @@ public:
 private:
     cudaStream_t stream_;
     cudaEvent_t a_{}, b_{};
+};
+
+// One captured CUDA graph, instantiated once.
+class CudaRecording final : public Recording {
+public:
+    CudaRecording(cudaGraph_t g, cudaGraphExec_t e, cudaStream_t s, size_t kernels, size_t nodes)
+        : graph_(g), exec_(e), stream_(s), kernels_(kernels), nodes_(nodes) {}
+    ~CudaRecording() override {
+        cudaGraphExecDestroy(exec_);
+        cudaGraphDestroy(graph_);
+    }
+    void replay() override { CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+    size_t kernel_count() const override { return kernels_; }
+    size_t node_count() const override { return nodes_; }
+
+private:
+    cudaGraph_t graph_;
+    cudaGraphExec_t exec_;
+    cudaStream_t stream_;
+    size_t kernels_, nodes_;
 };
 
 class CudaBackend final : public Backend {
@@ -146,6 +167,42 @@ public:
     void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
     size_t peak_bytes() const override { return peak_; }
+    // Stream capture in thread-local mode: a call that cannot be captured (a synchronisation, an
+    // allocation) fails in this thread and invalidates the capture, which end_recording reports.
+    bool begin_recording() override {
+        CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+        return true;
+    }
+    std::unique_ptr<Recording> end_recording(std::string* why) override {
+        cudaGraph_t g = nullptr;
+        cudaError_t e = cudaStreamEndCapture(stream_, &g);
+        if (e != cudaSuccess || !g) {
+            if (why) *why = std::string("stream capture failed: ") + cudaGetErrorString(e);
+            cudaGetLastError();  // clear the sticky-free error so the backend stays usable
+            if (g) cudaGraphDestroy(g);
+            return nullptr;
+        }
+        size_t n = 0;
+        CUDA_CHECK(cudaGraphGetNodes(g, nullptr, &n));
+        std::vector<cudaGraphNode_t> nodes(n);
+        CUDA_CHECK(cudaGraphGetNodes(g, nodes.data(), &n));
+        size_t kernels = 0;
+        for (cudaGraphNode_t node : nodes) {
+            cudaGraphNodeType t;
+            CUDA_CHECK(cudaGraphNodeGetType(node, &t));
+            kernels += t == cudaGraphNodeTypeKernel;
+        }
+        cudaGraphExec_t exec = nullptr;
+        e = cudaGraphInstantiate(&exec, g, 0);
+        if (e != cudaSuccess) {
+            if (why) *why = std::string("graph instantiation failed: ") + cudaGetErrorString(e);
+            cudaGetLastError();
+            cudaGraphDestroy(g);
+            return nullptr;
+        }
+        return std::make_unique<CudaRecording>(g, exec, stream_, kernels, n);
+    }
+
     std::unique_ptr<DeviceTimer> make_timer() override { return std::make_unique<CudaTimer>(stream_); }
 
     // ---- convolution ------------------------------------------------------------------------
