@@ -54,9 +54,10 @@ TEST(Train, RealRecipeLearnsInAFractionOfAnEpoch) {
 }
 
 // Every other preset, in CI-sized form on the real data: its own net, optimizer, augmentation and
-// TTA, at batch 512 over the first 2,048 images for 2 epochs (8 steps), the schedule compressed
-// to fit. The loss must fall and the test accuracy pass a stated bar. Measured 2026-11-23
-// (docs/results.md): see the [ result ] lines.
+// TTA, at batch 512 for 2 epochs, the schedule compressed to fit. The Muon recipes (no warm-up)
+// get 8 steps (2,048 images); the SGD + lookahead ones, whose lr warms up from 0.2x over 23% of
+// the steps, get 16 (4,096 images). The loss must fall and the TTA test accuracy pass 0.25 / 0.30
+// (chance: 0.10). Measured 2026-11-23 (docs/results.md): see the [ result ] lines.
 class PresetLearns : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(PresetLearns, InAFractionOfAnEpoch) {
@@ -70,11 +71,12 @@ TEST_P(PresetLearns, InAFractionOfAnEpoch) {
     double threshold;
     if (!dir.empty()) {
         data = load_cifar10_dir(dir);
+        const bool muon = r.optimizer == "muon";
         r.batch_size = 512;
         r.epochs = 2;
-        o.subset = 2048;
+        o.subset = muon ? 2048 : 4096;
         o.test_subset = 2000;
-        threshold = 0.25;
+        threshold = muon ? 0.25 : 0.30;
         std::printf("[ data ] real CIFAR-10 from %s\n", dir.c_str());
     } else {
         data = make_synthetic_cifar10(4096, 1000, 3);
