@@ -37,7 +37,6 @@ Optimizer::Optimizer(Network& net, const Recipe& r) : net_(net), r_(r), h_(sgd_h
             max_side = std::max(max_side, std::min(size_t(rows), s.count / size_t(rows)));
         }
     Backend& b = net.backend;
-    u_ = DeviceBuffer<float>(b, max_n);
     x_ = DeviceBuffer<float>(b, max_n);
     xn_ = DeviceBuffer<float>(b, max_n);
     a_ = DeviceBuffer<float>(b, max_side * max_side);

@@ -56,7 +56,7 @@ private:
         int rows;
     };
     std::vector<Filter> filters_;
-    DeviceBuffer<float> u_, x_, xn_, a_, b_;
+    DeviceBuffer<float> x_, xn_, a_, b_;  // X (the momentum direction, then NS), its next, A, B
     int prev_step_ = -1, last_renorm_ = 0;
 };
 
