@@ -121,6 +121,9 @@ bool onnx_export_available() { return true; }
 OnnxExportInfo export_onnx(const std::string& path, const Network& net, const std::array<float, 3>& mean,
                            const std::array<float, 3>& stdev) {
     const NetConfig& c = net.config();
+    if (c.arch != Arch::airbench)
+        fail("{}: ONNX export is written for the airbench network only (this checkpoint's net.arch is "
+             "resnet9)", path);
     std::vector<float> host;
     net.download(host);
     auto values = [&](const std::string& name) {

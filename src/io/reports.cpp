@@ -64,7 +64,61 @@ void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, 
     fs::remove_all(dir, ec);
 }
 
+namespace {
+
+// The resnet9 family: one node per unit (conv, pool, BN, act in its order), residual adds.
+std::string resnet9_dot(const NetConfig& c) {
+    const int k = c.whiten_kernel;
+    const std::string act = c.act == Activation::celu ? fmt::format("CELU({:g})", c.celu_alpha)
+                                                      : std::string(c.act == Activation::relu ? "ReLU"
+                                                                    : c.act == Activation::gelu ? "GELU" : "SiLU");
+    const std::string bn = c.ghost_splits > 1 ? fmt::format("ghost BN x{}", c.ghost_splits) : "batch norm";
+    std::string s = "digraph net {\n  rankdir=TB; node [shape=box, style=rounded, fontname=Helvetica];\n";
+    s += fmt::format("  input [label=\"input\\n3 x {} x {}\"];\n", c.image_side, c.image_side);
+    std::string prev = "input";
+    int H = c.image_side, cin = 3;
+    if (k > 0) {
+        s += fmt::format("  whiten [label=\"whitening conv {0}x{0} (frozen, no bias)\\n{1} x {2} x {2}\"];\n  input -> whiten;\n",
+                         k, c.whiten_width(), H);
+        prev = "whiten";
+        cin = c.whiten_width();
+    }
+    auto unit = [&](const std::string& id, const std::string& title, int ci, int co, int kk, bool pool) {
+        const int Ho = pool ? H / 2 : H;
+        std::string steps = fmt::format("conv {0}x{0} {1}->{2}", kk, ci, co);
+        const std::string pl = fmt::format("max pool 2");
+        if (pool && c.pool_before_norm) steps += "\\n" + pl;
+        steps += "\\n" + bn + "\\n" + act;
+        if (pool && !c.pool_before_norm) steps += "\\n" + pl;
+        s += fmt::format("  {} [label=\"{}\\n{}\\n{} x {} x {}\"];\n", id, title, steps, co, Ho, Ho);
+        H = Ho;
+    };
+    unit("prep", "prep", cin, c.widths[0], k > 0 ? 1 : 3, false);
+    s += fmt::format("  {} -> prep;\n", prev);
+    prev = "prep";
+    for (int L = 1; L <= 3; ++L) {
+        const std::string id = fmt::format("layer{}", L);
+        unit(id, id, c.widths[L - 1], c.widths[L], 3, true);
+        s += fmt::format("  {} -> {};\n", prev, id);
+        prev = id;
+        if (std::find(c.residual.begin(), c.residual.end(), L) != c.residual.end()) {
+            unit(id + "r1", id + ".res1", c.widths[L], c.widths[L], 3, false);
+            unit(id + "r2", id + ".res2", c.widths[L], c.widths[L], 3, false);
+            s += fmt::format("  {0}add [label=\"+\", shape=circle];\n  {0} -> {0}r1 -> {0}r2 -> {0}add;\n"
+                             "  {0} -> {0}add [style=dashed];\n", id);
+            prev = id + "add";
+        }
+    }
+    s += fmt::format("  pool [label=\"max pool {0}\\n{1} x {2} x {2}\"];\n", c.final_pool, c.widths[3], H / c.final_pool);
+    s += fmt::format("  head [label=\"linear {} -> {} (no bias) x {:.4g}\"];\n", c.widths[3], c.num_classes, c.scaling_factor);
+    s += fmt::format("  {} -> pool -> head;\n}}\n", prev);
+    return s;
+}
+
+}  // namespace
+
 std::string network_dot(const NetConfig& c) {
+    if (c.arch == Arch::resnet9) return resnet9_dot(c);
     const int k = c.whiten_kernel, cw = c.whiten_width();
     int H = c.image_side - k + 1, cin = cw;
     std::string s = "digraph net {\n  rankdir=TB; node [shape=box, style=rounded, fontname=Helvetica];\n";

@@ -13,7 +13,9 @@ namespace sr {
 
 // ---- layout -------------------------------------------------------------------------------
 
-Network::Network(Backend& b, const NetConfig& cfg) : backend(b), cfg_(cfg) {
+void Network::layout_airbench() {
+    const NetConfig& cfg = cfg_;
+    if (cfg.widths.size() != 3) fail("net.widths: the airbench network has 3 conv groups (got {} widths)", cfg.widths.size());
     const int k = cfg.whiten_kernel, cw = cfg.whiten_width();
     auto add = [&](std::string name, std::vector<int> shape, ParamGroup grp) {
         TensorSpec s{std::move(name), std::move(shape), grp};
@@ -39,6 +41,47 @@ Network::Network(Backend& b, const NetConfig& cfg) : backend(b), cfg_(cfg) {
             add(fmt::format("block{}.norm{}.running_var", gi + 1, j), {cfg.widths[gi]}, ParamGroup::buffer);
         }
     add("whiten.weight", {cw, k, k, 3}, ParamGroup::frozen);
+}
+
+void Network::layout_resnet9() {
+    const NetConfig& cfg = cfg_;
+    if (cfg.widths.size() != 4)
+        fail("net.widths: the resnet9 network has 4 widths, prep and layers 1-3 (got {})", cfg.widths.size());
+    if (cfg.ghost_splits < 1) fail("net.ghost_splits must be >= 1");
+    auto add = [&](std::string name, std::vector<int> shape, ParamGroup grp) {
+        TensorSpec s{std::move(name), std::move(shape), grp};
+        s.count = 1;
+        for (int d : s.shape) s.count *= size_t(d);
+        specs_.push_back(std::move(s));
+    };
+    const int k = cfg.whiten_kernel, S = cfg.ghost_splits;
+    if (k > 0) add("whiten.weight", {cfg.whiten_width(), k, k, 3}, ParamGroup::frozen);
+    const ParamGroup scale_group = cfg.bn_train_scale ? ParamGroup::bn_scale : ParamGroup::frozen;
+    int H = cfg.image_side;
+    auto unit = [&](std::string name, int cin, int cout, int kk, bool pool, int stage, int role) {
+        add(name + ".conv.weight", {cout, kk, kk, cin}, ParamGroup::weight);
+        add(name + ".norm.bias", {cout}, ParamGroup::bn_bias);
+        add(name + ".norm.weight", {cout}, scale_group);
+        add(name + ".norm.running_mean", {S * cout}, ParamGroup::buffer);
+        add(name + ".norm.running_var", {S * cout}, ParamGroup::buffer);
+        units_.push_back({name, cin, cout, kk, H, pool, stage, role, 0, 0, 0, 0, 0});
+        if (pool) H /= 2;
+    };
+    unit("prep", k > 0 ? cfg.whiten_width() : 3, cfg.widths[0], k > 0 ? 1 : 3, false, 0, 0);
+    for (int L = 1; L <= 3; ++L) {
+        const std::string name = fmt::format("layer{}", L);
+        unit(name, cfg.widths[L - 1], cfg.widths[L], 3, true, L, 0);
+        if (std::find(cfg.residual.begin(), cfg.residual.end(), L) != cfg.residual.end()) {
+            unit(name + ".res1", cfg.widths[L], cfg.widths[L], 3, false, L, 1);
+            unit(name + ".res2", cfg.widths[L], cfg.widths[L], 3, false, L, 2);
+        }
+    }
+    add("head.weight", {cfg.num_classes, cfg.widths[3]}, ParamGroup::weight);
+}
+
+Network::Network(Backend& b, const NetConfig& cfg) : backend(b), cfg_(cfg) {
+    if (cfg.arch == Arch::airbench) layout_airbench();
+    else layout_resnet9();
     std::stable_sort(specs_.begin(), specs_.end(),
                      [](const TensorSpec& a, const TensorSpec& b) { return int(a.group) < int(b.group); });
     for (auto& s : specs_) {
@@ -64,8 +107,17 @@ Network::Network(Backend& b, const NetConfig& cfg) : backend(b), cfg_(cfg) {
                 P.bn_var[gi][j] = at(blk + fmt::format("norm{}.running_var", j + 1));
             }
     };
-    bind(p, params.get());
-    bind(g, grads.get());
+    if (cfg.arch == Arch::airbench) {
+        bind(p, params.get());
+        bind(g, grads.get());
+    }
+    for (UnitSpec& u : units_) {
+        u.w = tensor(u.name + ".conv.weight").offset;
+        u.bn_b = tensor(u.name + ".norm.bias").offset;
+        u.bn_w = tensor(u.name + ".norm.weight").offset;
+        u.rm = tensor(u.name + ".norm.running_mean").offset;
+        u.rv = tensor(u.name + ".norm.running_var").offset;
+    }
 }
 
 const TensorSpec& Network::tensor(const std::string& name) const {
@@ -94,6 +146,12 @@ size_t Network::learnable_count() const {
 }
 
 double Network::flops_per_image_forward() const {
+    if (cfg_.arch == Arch::resnet9) {
+        const int side = cfg_.image_side, k = cfg_.whiten_kernel;
+        double f = 2.0 * side * side * cfg_.whiten_width() * 3 * k * k;
+        for (const UnitSpec& u : units_) f += 2.0 * u.H * u.H * u.cout * u.cin * u.k * u.k;
+        return f + 2.0 * cfg_.widths[3] * cfg_.num_classes;
+    }
     const int side = cfg_.image_side, k = cfg_.whiten_kernel;
     int H = side - k + 1;
     double f = 2.0 * H * H * cfg_.whiten_width() * 3 * k * k;
@@ -139,7 +197,7 @@ void Network::init(Rng& rng) {
                 const double sd = std::sqrt(sq / double(s.count - 1));  // unbiased, as torch.std
                 for (size_t i = 0; i < s.count; ++i) t[i] = float(t[i] / sd);
             }
-            if (conv) {  // dirac on the first C_in filters (OHWI): filter o < C_in passes channel o
+            if (conv && cfg_.arch == Arch::airbench) {  // dirac on the first C_in filters (OHWI): filter o < C_in passes channel o
                 const int K = s.shape[0], R = s.shape[1], S = s.shape[2], C = s.shape[3];
                 for (int o = 0; o < std::min(K, C); ++o) {
                     float* f = t + size_t(o) * R * S * C;
@@ -151,7 +209,7 @@ void Network::init(Rng& rng) {
             // PyTorch's Conv2d bias init: uniform(+-1/sqrt(fan_in)), fan_in = 3 k k
             const float bound = 1.f / std::sqrt(float(3 * cfg_.whiten_kernel * cfg_.whiten_kernel));
             for (size_t i = 0; i < s.count; ++i) t[i] = rng.uniform(-bound, bound);
-        } else if (s.name.ends_with(".weight") || s.name.ends_with("running_var")) {
+        } else if (s.name.ends_with(".weight") || s.name.ends_with("running_var")) {  // (any size)
             std::fill(t, t + s.count, 1.f);  // BN scale, running variance
         }  // biases and running means stay 0
     }
@@ -165,10 +223,15 @@ void Network::init_whitening(const float* x, int N, float eps) {
     Eigen::MatrixXd m(D, D);
     for (int i = 0; i < D; ++i)
         for (int j = 0; j < D; ++j) m(i, j) = cov[size_t(i) * D + j];
+    if (cfg_.arch == Arch::resnet9) {  // cifar10-fast-simple divides by (patches - 1)
+        const double P = double(N) * (cfg_.image_side - k + 1) * (cfg_.image_side - k + 1);
+        m *= P / (P - 1);
+    }
     Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(m);
     if (es.info() != Eigen::Success) fail("whitening: eigen-decomposition of the patch covariance failed");
+    const bool negatives = cfg_.arch == Arch::airbench;
     // Eigen sorts eigenvalues ascending; the recipe uses descending order.
-    std::vector<float> w(size_t(2) * D * D);
+    std::vector<float> w(size_t(negatives ? 2 : 1) * D * D);
     for (int f = 0; f < D; ++f) {
         const int col = D - 1 - f;
         const double scale = 1.0 / std::sqrt(es.eigenvalues()(col) + eps);
@@ -178,16 +241,20 @@ void Network::init_whitening(const float* x, int N, float eps) {
                     const double v = es.eigenvectors()(c * k * k + r * k + s, col) * scale;
                     const size_t o = (size_t(r) * k + s) * 3 + c;  // OHWI inside the filter
                     w[size_t(f) * D + o] = float(v);
-                    w[size_t(f + D) * D + o] = float(-v);
+                    if (negatives) w[size_t(f + D) * D + o] = float(-v);
                 }
     }
-    backend.upload(p.whiten_w, w.data(), w.size() * sizeof(float));
+    backend.upload(params.get() + tensor("whiten.weight").offset, w.data(), w.size() * sizeof(float));
 }
 
 // ---- workspace: forward and backward ------------------------------------------------------
 
 Workspace::Workspace(Network& net, int batch) : net_(net), b_(net.backend), N_(batch) {
     const NetConfig& c = net.config();
+    if (c.arch == Arch::resnet9) {
+        init_resnet9();
+        return;
+    }
     const int k = c.whiten_kernel, cw = c.whiten_width();
     int H = c.image_side - k + 1;
     whiten_ = b_.make_conv({N_, c.image_side, c.image_side, 3, cw, k, k, 0});
@@ -268,17 +335,26 @@ void Workspace::bn_back(float* dx, float* dgamma, float* dbeta, const float* dy,
 }
 
 void Workspace::act_forward(float* y, const float* x, size_t n) {
-    if (net_.config().act == Activation::silu) b_.silu_forward(y, x, n);
-    else b_.gelu_forward(y, x, n);
+    switch (net_.config().act) {
+        case Activation::gelu: b_.gelu_forward(y, x, n); break;
+        case Activation::silu: b_.silu_forward(y, x, n); break;
+        case Activation::relu: b_.relu_forward(y, x, n); break;
+        case Activation::celu: b_.celu_forward(y, x, n, net_.config().celu_alpha); break;
+    }
 }
 
 void Workspace::act_backward(float* dx, const float* dy, const float* x, size_t n) {
-    if (net_.config().act == Activation::silu) b_.silu_backward(dx, dy, x, n);
-    else b_.gelu_backward(dx, dy, x, n);
+    switch (net_.config().act) {
+        case Activation::gelu: b_.gelu_backward(dx, dy, x, n); break;
+        case Activation::silu: b_.silu_backward(dx, dy, x, n); break;
+        case Activation::relu: b_.relu_backward(dx, dy, x, n); break;
+        case Activation::celu: b_.celu_backward(dx, dy, x, n, net_.config().celu_alpha); break;
+    }
 }
 
 const float* Workspace::forward(const float* x, bool train) {
     const NetConfig& c = net_.config();
+    if (c.arch == Arch::resnet9) return forward_resnet9(x, train);
     Params& P = net_.p;
     x_ = x;
     whiten_->forward(z0_.get(), x, P.whiten_w, P.whiten_b);
@@ -315,6 +391,7 @@ const float* Workspace::forward(const float* x, bool train) {
 
 void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
     const NetConfig& c = net_.config();
+    if (c.arch == Arch::resnet9) return backward_resnet9(dlogits);
     Params& P = net_.p;
     Params& Gd = net_.g;
     const bool scale = c.bn_train_scale;

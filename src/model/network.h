@@ -1,10 +1,18 @@
-// network.h: the airbench-family ResNet as a static network (like llm.c's GPT-2): one arena of
-// parameters, one of gradients, one per optimizer state, each allocated once; hand-written
-// forward and backward as straight-line calls into ops/backend.h.
+// network.h: the networks as static graphs (like llm.c's GPT-2): one arena of parameters, one
+// of gradients, one per optimizer state, each allocated once; hand-written forward and backward
+// as straight-line calls into ops/backend.h. Two families (NetConfig::arch):
 //
+// airbench (airbench94/95, muon94, hiverge):
 //   x (N,32,32,3) -> whiten conv k x k valid (3 -> 2*3*k*k, bias, frozen weights) -> GELU
 //   -> 3 x group(conv3x3 -> maxpool2 -> BN -> act -> conv3x3 -> BN -> act), act GELU or SiLU
 //   -> maxpool(final_pool) -> linear (width3 -> 10, no bias) * scale
+//
+// resnet9 (David Page's ResNet-9 and its descendants, cifar10-fast / cifar10-fast-simple):
+//   x -> [whiten conv k x k same-padded (3 -> 3*k*k, no bias, frozen)] -> prep unit
+//   -> layer1 unit (pool) [+ residual: x + unit(unit(x))] -> layer2 unit (pool) [+ residual]
+//   -> layer3 unit (pool) [+ residual] -> maxpool(final_pool) -> linear (no bias) * scale
+//   where a unit is conv (3x3, or 1x1 for the prep after whitening; no bias) -> (ghost) BN -> act,
+//   its max pool 2 either between conv and BN (pool_before_norm) or after the activation.
 //
 // Size letters: N batch, H/W side, C channels. Activations NHWC, conv weights OHWI.
 #pragma once
@@ -18,13 +26,27 @@
 
 namespace sr {
 
-// Activation after each BN of a conv group (the whitening conv is always followed by GELU).
-enum class Activation { gelu, silu };
+// Activation after each BN (airbench: the whitening conv is always followed by GELU).
+enum class Activation { gelu, silu, relu, celu };
+enum class Arch { airbench, resnet9 };
 
 struct NetConfig {
-    std::array<int, 3> widths = {64, 256, 256};
+    Arch arch = Arch::airbench;
+    // airbench: the 3 conv groups; resnet9: prep, layer1, layer2, layer3
+    std::vector<int> widths = {64, 256, 256};
     Activation act = Activation::gelu;
+    float celu_alpha = 0.3f;
+    // airbench: k x k valid whitening with 2*3*k*k filters (+ negatives) and a bias, then GELU.
+    // resnet9: 0 = none (the prep unit is a 3x3 conv of the image); else k x k same-padded
+    // whitening with 3*k*k filters, no bias, no activation, then a 1x1 prep unit.
     int whiten_kernel = 2;
+    // resnet9 only: BN over ghost_splits equal slices of the batch (running statistics per
+    // slice, evaluation with the first slice's, as cifar10-fast-simple's GhostBatchNorm);
+    // the max pool of a unit between conv and BN (true) or after the activation (false);
+    // the layers (1..3) that get a residual pair of units.
+    int ghost_splits = 1;
+    bool pool_before_norm = true;
+    std::vector<int> residual = {1, 3};
     float bn_eps = 1e-12f;
     float bn_momentum = 0.4f;  // PyTorch convention: running = (1 - m) running + m batch
     bool bn_train_scale = false;  // BN scale (gamma) frozen at 1 unless true
@@ -37,7 +59,20 @@ struct NetConfig {
     bool whiten_bias_uniform = false;
     int num_classes = 10;
     int image_side = 32;
-    int whiten_width() const { return 2 * 3 * whiten_kernel * whiten_kernel; }
+    int whiten_width() const {
+        return (arch == Arch::airbench ? 2 : 1) * 3 * whiten_kernel * whiten_kernel;
+    }
+};
+
+// A conv unit of the resnet9 family: conv (k x k, same padding, no bias) -> [pool] -> BN -> act
+// -> [pool]; offsets (in floats) of its tensors in the arenas.
+struct UnitSpec {
+    std::string name;     // "prep", "layer1", "layer1.res1", ...
+    int cin, cout, k, H;  // H: input side
+    bool pool;
+    int stage, role;      // stage 0 (prep) .. 3; role 0 = the stage's unit, 1/2 = residual pair
+    size_t w, bn_b, bn_w, rm, rv;
+    int Ho() const { return pool ? H / 2 : H; }  // output side
 };
 
 // How a tensor is treated by the optimizer. Tensors are laid out in the arena in this order,
@@ -87,6 +122,7 @@ public:
     void upload(const std::vector<float>& host);
     double flops_per_image_forward() const;
     size_t learnable_count() const;
+    const std::vector<UnitSpec>& units() const { return units_; }  // resnet9 only
 
     Backend& backend;
     DeviceBuffer<float> params, grads, momentum, ema;
@@ -95,7 +131,10 @@ public:
 private:
     NetConfig cfg_;
     std::vector<TensorSpec> specs_;
+    std::vector<UnitSpec> units_;
     size_t total_ = 0;
+    void layout_airbench();
+    void layout_resnet9();
 };
 
 // Optional hooks into a training workspace, for data-parallel training (src/dist/). Without
@@ -160,12 +199,33 @@ private:
                   const float* x, const float* gamma, const float* beta, int M, int C);
     void bn_back(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                  const float* mean, const float* invstd, const float* gamma, int M, int C);
-    // the conv groups' activation (NetConfig::act)
+    // the activation after each BN (NetConfig::act)
     void act_forward(float* y, const float* x, size_t n);
     void act_backward(float* dx, const float* dy, const float* x, size_t n);
     void grad_ready(float* grad, size_t n) {
         if (hooks_) hooks_->grad_ready(grad, n);
     }
+
+    // ---- resnet9 (resnet9.cpp) ----
+    struct Unit {
+        const UnitSpec* spec;
+        std::unique_ptr<Conv2d> conv;
+        DeviceBuffer<float> c, p, n, a, din, mean, istd;
+        DeviceBuffer<uint8_t> arg;
+        const float* in = nullptr;  // forward input (saved for backward)
+        bool pool_after = false;    // the max pool follows the activation
+        size_t bn_rows = 0;         // rows (N * side^2) the BN and activation see
+        float* out() { return pool_after ? p.get() : a.get(); }
+        const float* bn_in() const { return spec->pool && !pool_after ? p.get() : c.get(); }
+    };
+    std::vector<Unit> units_;
+    std::vector<DeviceBuffer<float>> sums_;  // the residual stages' outputs, per stage
+    DeviceBuffer<float> t1_, t2_, dg_split_, db_split_, d_last_;
+    void init_resnet9();
+    const float* forward_resnet9(const float* x, bool train);
+    void backward_resnet9(const float* dlogits);
+    const float* unit_forward(Unit& u, const float* in, bool train);
+    void unit_backward(Unit& u, const float* dout, bool want_din);
 };
 
 }  // namespace sr

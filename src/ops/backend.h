@@ -167,6 +167,14 @@ public:
     virtual void silu_forward(float* y, const float* x, size_t n) = 0;
     virtual void silu_backward(float* dx, const float* dy, const float* x, size_t n) = 0;
 
+    // ReLU (cifar10-fast's ResNet-9) and CELU with parameter alpha (cifar10-fast-simple):
+    //   celu(x) = x for x > 0, else alpha (exp(x / alpha) - 1);  celu'(x) = 1 or exp(x / alpha).
+    // The derivative at x = 0 is taken from the left (0 for ReLU, 1 for CELU), as PyTorch.
+    virtual void relu_forward(float* y, const float* x, size_t n) = 0;
+    virtual void relu_backward(float* dx, const float* dy, const float* x, size_t n) = 0;
+    virtual void celu_forward(float* y, const float* x, size_t n, float alpha) = 0;
+    virtual void celu_backward(float* dx, const float* dy, const float* x, size_t n, float alpha) = 0;
+
     // ---- max pooling, window k, stride k, no padding, floor (PyTorch MaxPool2d(k)) ---------
     // y (N,H/k,W/k,C); arg (same size) = index in 0..k*k-1 of the max inside its window
     // (first max in row-major window order wins, as PyTorch).
@@ -196,6 +204,11 @@ public:
     //   g' = g + wd p;  buf = momentum buf + g';  p -= lr (g' + momentum buf)
     virtual void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
                               float momentum) = 0;
+    // Nesterov SGD with the lr inside the velocity, as cifar10-fast and cifar10-fast-simple write
+    // it (differs from the form above when lr changes between steps):
+    //   d = -lr (g + wd p);  v = momentum v + d;  p += d + momentum v
+    virtual void sgd_nesterov_velocity(float* p, float* v, const float* g, size_t n, float lr,
+                                       float wd, float momentum) = 0;
     // Lookahead / EMA: ema = ema + t (p - ema); p = ema.   (t = 1 - decay)
     virtual void lerp_assign(float* ema, float* p, size_t n, float t) = 0;
     // y += a x

@@ -61,12 +61,39 @@ void Optimizer::step(double mult, bool whiten_bias) {
     run(ParamGroup::bn_scale, h_.lr, h_.wd);
 }
 
-void Optimizer::step(int step, int total, int whiten_steps) {
-    const double mult =
-        lr_multiplier(step, total, r_.warmup_frac, r_.lr_start, r_.lr_peak, r_.lr_end);
+double Optimizer::lr_multiplier_at(int step, int total, int steps_per_epoch) const {
+    if (r_.knots.empty())
+        return lr_multiplier(step, total, r_.warmup_frac, r_.lr_start, r_.lr_peak, r_.lr_end);
+    double x = double(step + r_.knots_offset);
+    if (r_.knots_unit == "epoch") {
+        if (steps_per_epoch <= 0) fail("schedule.knots in epochs: steps per epoch unknown");
+        x /= steps_per_epoch;
+    }
+    return knots_multiplier(r_.knots, x);
+}
+
+void Optimizer::step(int step, int total, int whiten_steps, int steps_per_epoch) {
+    const double mult = lr_multiplier_at(step, total, steps_per_epoch);
     const bool whiten_bias = step < whiten_steps;
     if (r_.optimizer == "sgd") {
         this->step(mult, whiten_bias);
+        return;
+    }
+    if (r_.optimizer == "nesterov") {
+        Backend& b = net_.backend;
+        float* p = net_.params.get();
+        float* g = net_.grads.get();
+        float* m = net_.momentum.get();
+        auto run = [&](ParamGroup grp, double lr, double wd) {
+            const auto [beg, end] = net_.group_range(grp);
+            if (end > beg)
+                b.sgd_nesterov_velocity(p + beg, m + beg, g + beg, end - beg, float(lr * mult),
+                                        float(wd), float(r_.momentum));
+        };
+        if (whiten_bias) run(ParamGroup::whiten_bias, r_.lr * r_.bias_scaler, r_.bias_weight_decay);
+        run(ParamGroup::weight, r_.lr, r_.weight_decay);
+        run(ParamGroup::bn_bias, r_.lr * r_.bias_scaler, r_.bias_weight_decay);
+        run(ParamGroup::bn_scale, r_.lr * r_.bias_scaler, r_.bias_weight_decay);
         return;
     }
     // "muon": the SGD groups in PyTorch's form, weight_decay = wd / (the group's initial lr)
@@ -142,6 +169,12 @@ void Optimizer::muon_step(int step, int total, double mult) {
         b.axpy(p, X, float(-lr), n);
         if (mu.weight_decay > 0) b.scale(p, float(1.0 - lr * mu.weight_decay), n);
     }
+}
+
+void Optimizer::ema_update(double decay) {
+    Backend& b = net_.backend;
+    b.scale(net_.ema.get(), float(decay), net_.size());
+    b.axpy(net_.ema.get(), net_.params.get(), float(1.0 - decay), net_.size());
 }
 
 void Optimizer::reset_ema() {

@@ -3,6 +3,9 @@
 // - "sgd" (airbench94): PyTorch SGD with Nesterov momentum for every group, airbench's
 //   decoupled hyperparameters, a separate (scaled) lr for BN biases, and lookahead (EMA of the
 //   weights and BN running statistics every k steps, driven by the trainer).
+// - "nesterov" (cifar10-fast, cifar10-fast-simple): Nesterov SGD with the lr inside the
+//   velocity, two groups (weights; BN biases and scales at lr * bias_scaler), optionally an EMA
+//   of all tensors for evaluation (the trainer calls ema_update).
 // - "muon" (airbench94_muon, hiverge): Muon for the conv filters (momentum, Newton-Schulz
 //   orthogonalisation as gemms, periodic weight renormalisation, decoupled decay), Nesterov SGD
 //   for the whitening bias, the BN biases and the head, each with its own lr.
@@ -35,8 +38,13 @@ class Optimizer {
 public:
     Optimizer(Network& net, const Recipe& r);
     // The update after `step` steps (0-based, before the update) of `total`; the whitening bias
-    // trains while step < whiten_steps. Learning rates follow the recipe's schedule.
-    void step(int step, int total, int whiten_steps);
+    // trains while step < whiten_steps. Learning rates follow the recipe's schedule (knots in
+    // epochs need steps_per_epoch).
+    void step(int step, int total, int whiten_steps, int steps_per_epoch = 0);
+    // The recipe's lr multiplier at `step` (0-based) of `total`.
+    double lr_multiplier_at(int step, int total, int steps_per_epoch) const;
+    // ema = decay ema + (1 - decay) params, over every tensor (Recipe::ema_every)
+    void ema_update(double decay);
     // An SGD update ("sgd" recipes only) with an explicit lr multiplier (tests, dist-check).
     void step(double mult, bool whiten_bias);
     // ema := params (the lookahead state starts as a copy of the weights).

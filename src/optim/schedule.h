@@ -1,7 +1,9 @@
 // schedule.h: learning-rate and lookahead schedules as pure functions of the step (like
 // llm.c's schedulers.h), and the step counts derived from epochs and batch size.
 #pragma once
+#include <array>
 #include <cmath>
+#include <vector>
 
 namespace sr {
 
@@ -22,6 +24,21 @@ inline double lr_multiplier(int step, int total, double warmup_frac, double star
     }
     const double f = double(step - warmup) / (total - warmup);
     return peak * (1 - f) + end * f;
+}
+
+// Piecewise-linear multiplier through knots [position, value] (in increasing position), constant
+// before the first and after the last; at a repeated position the later knot holds after it.
+inline double knots_multiplier(const std::vector<std::array<double, 2>>& knots, double x) {
+    if (knots.empty()) return 1.0;
+    if (x <= knots.front()[0]) return knots.front()[1];
+    for (size_t i = 1; i < knots.size(); ++i) {
+        if (x > knots[i][0]) continue;
+        const double x0 = knots[i - 1][0], x1 = knots[i][0];
+        if (x1 <= x0) return knots[i][1];
+        const double f = (x - x0) / (x1 - x0);
+        return knots[i - 1][1] * (1 - f) + knots[i][1] * f;
+    }
+    return knots.back()[1];
 }
 
 // Lookahead decay after `step` updates: base^every * (step / total)^power.

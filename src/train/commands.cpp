@@ -87,23 +87,56 @@ static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, co
     fmt::print("data          {}  ({} train, {} test images used)\n", d.source, n_train, n_test);
     fmt::print("epochs        {}  batch {}  steps/epoch {}  total steps {}\n", r.epochs, r.batch_size,
                steps_per_epoch(n_train, r.batch_size), total);
-    fmt::print("net           widths {}/{}/{}  whiten {}x{} -> {}  BN eps {:g} momentum {:g}  scale {:g}\n",
-               r.net.widths[0], r.net.widths[1], r.net.widths[2], r.net.whiten_kernel,
-               r.net.whiten_kernel, r.net.whiten_width(), r.net.bn_eps, r.net.bn_momentum,
-               r.net.scaling_factor);
+    std::string widths;
+    for (int w : r.net.widths) widths += (widths.empty() ? "" : "/") + std::to_string(w);
+    if (r.net.arch == Arch::resnet9) {
+        std::string res;
+        for (int l : r.net.residual) res += (res.empty() ? "" : ",") + std::to_string(l);
+        fmt::print("net           resnet9  widths {}  {}  residual layers {}  {} {}  BN eps {:g} momentum {:g}{}  "
+                   "pool {} BN  scale {:g}\n",
+                   widths,
+                   r.net.whiten_kernel > 0 ? fmt::format("whiten {0}x{0} -> {1}", r.net.whiten_kernel, r.net.whiten_width())
+                                           : std::string("no whitening"),
+                   res.empty() ? "none" : res, activation_name(r.net.act),
+                   r.net.act == Activation::celu ? fmt::format("(alpha {:g})", r.net.celu_alpha) : std::string(),
+                   r.net.bn_eps, r.net.bn_momentum,
+                   r.net.ghost_splits > 1 ? fmt::format("  ghost BN x{}", r.net.ghost_splits) : std::string(),
+                   r.net.pool_before_norm ? "before" : "after", r.net.scaling_factor);
+    } else {
+        fmt::print("net           widths {}  whiten {}x{} -> {}  {}  BN eps {:g} momentum {:g}  scale {:g}\n",
+                   widths, r.net.whiten_kernel, r.net.whiten_kernel, r.net.whiten_width(),
+                   activation_name(r.net.act), r.net.bn_eps, r.net.bn_momentum, r.net.scaling_factor);
+    }
     if (r.optimizer == "muon")
         fmt::print("optimizer     Muon lr {:g} momentum {:g} ({} Newton-Schulz steps) for conv filters; "
                    "SGD Nesterov momentum {:g}, bias lr {:g}, head lr {:g}, wd {:g}  label smoothing {:g}\n",
                    r.muon.lr, r.muon.momentum, r.muon.steps, r.momentum, r.bias_lr, r.head_lr, r.wd,
                    r.label_smoothing);
+    else if (r.optimizer == "nesterov")
+        fmt::print("optimizer     SGD Nesterov (lr inside the velocity)  lr {:g}  momentum {:g}  wd {:g}  "
+                   "BN biases lr x{:g} wd {:g}  label smoothing {:g}\n",
+                   r.lr, r.momentum, r.weight_decay, r.bias_scaler, r.bias_weight_decay, r.label_smoothing);
     else
         fmt::print("optimizer     SGD Nesterov  lr {:g}/1024  momentum {:g}  wd {:g}/1024  bias x{:g}  "
                    "label smoothing {:g}\n",
                    r.lr, r.momentum, r.weight_decay, r.bias_scaler, r.label_smoothing);
-    fmt::print("schedule      {:g} -> {:g} over {:.0f}% of steps -> {:g};  lookahead every {} steps\n",
-               r.lr_start, r.lr_peak, r.warmup_frac * 100, r.lr_end, r.lookahead_every);
-    fmt::print("augmentation  translate +/-{}  flip {}{}  TTA level {}{}\n", r.translate,
-               r.flip ? "alternating" : "off",
+    std::string averaging = r.ema_every > 0
+        ? fmt::format("EMA every {} steps, decay {:.6g} (evaluated)", r.ema_every, r.ema_decay)
+        : r.lookahead_every > 0 ? fmt::format("lookahead every {} steps", r.lookahead_every)
+                                : std::string("no weight averaging");
+    if (r.knots.empty()) {
+        fmt::print("schedule      {:g} -> {:g} over {:.0f}% of steps -> {:g};  {}\n", r.lr_start,
+                   r.lr_peak, r.warmup_frac * 100, r.lr_end, averaging);
+    } else {
+        std::string k;
+        for (const auto& kn : r.knots) k += fmt::format("{}({:g}, {:g})", k.empty() ? "" : " ", kn[0], kn[1]);
+        fmt::print("schedule      lr x linear through {} in {}s{};  {}\n", k, r.knots_unit,
+                   r.knots_offset ? fmt::format(" (position = step + {})", r.knots_offset) : std::string(),
+                   averaging);
+    }
+    fmt::print("augmentation  translate +/-{}{}  flip {}{}  TTA level {}{}\n", r.translate,
+               r.crop == "batch" ? " (one crop per batch)" : "",
+               r.flip ? (r.flip_mode == "half" ? "a random half each epoch" : "alternating") : "off",
                r.brightness > 0 || r.contrast > 0
                    ? fmt::format("  brightness +/-{:g} contrast +/-{:g}", r.brightness, r.contrast)
                    : std::string(),

@@ -28,6 +28,16 @@ nlohmann::json preset_json(const std::string& name) {
     return nlohmann::json::parse(it->second);
 }
 
+const char* activation_name(Activation a) {
+    switch (a) {
+        case Activation::gelu: return "gelu";
+        case Activation::silu: return "silu";
+        case Activation::relu: return "relu";
+        case Activation::celu: return "celu";
+    }
+    return "?";
+}
+
 namespace {
 
 // Reads j[section][key] into out if present, checking the type; marks the key as used.
@@ -50,17 +60,19 @@ struct Reader {
 void check_known(const nlohmann::json& j) {
     static const std::map<std::string, std::vector<std::string>> known = {
         {"data", {"mean", "std"}},
-        {"net", {"widths", "whiten_kernel", "bn_eps", "bn_momentum", "bn_train_scale",
-                 "scaling_factor", "final_pool", "act", "head_unit_std", "whiten_bias_uniform"}},
+        {"net", {"arch", "widths", "whiten_kernel", "bn_eps", "bn_momentum", "bn_train_scale",
+                 "scaling_factor", "final_pool", "act", "celu_alpha", "head_unit_std",
+                 "whiten_bias_uniform", "ghost_splits", "pool_before_norm", "residual"}},
         {"opt", {"optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-                 "bias_scaler", "bias_lr", "head_lr", "wd", "label_smoothing",
+                 "bias_scaler", "bias_lr", "head_lr", "wd", "bias_weight_decay", "label_smoothing",
                  "whiten_bias_epochs"}},
+        {"ema", {"every", "decay"}},
         {"muon", {"lr", "momentum", "nesterov", "coeffs", "steps", "eps", "magnitude",
                   "renorm_base", "renorm_growth", "renorm_eps", "weight_decay"}},
-        {"schedule", {"warmup_frac", "start", "peak", "end"}},
+        {"schedule", {"warmup_frac", "start", "peak", "end", "knots", "knots_unit", "knots_offset"}},
         {"lookahead", {"every", "base", "power"}},
         {"whiten", {"images", "eps"}},
-        {"aug", {"flip", "translate", "brightness", "contrast"}},
+        {"aug", {"flip", "flip_mode", "translate", "crop", "brightness", "contrast"}},
         {"eval", {"tta_level", "tta_weights", "tta_select"}},
     };
     for (const auto& [k, v] : j.items()) {
@@ -88,7 +100,16 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     Reader rd{j};
     rd.get("data", "mean", r.mean);
     rd.get("data", "std", r.std);
+    std::string arch = "airbench";
+    rd.get("net", "arch", arch);
+    if (arch == "airbench") r.net.arch = Arch::airbench;
+    else if (arch == "resnet9") r.net.arch = Arch::resnet9;
+    else fail("config: net.arch must be \"airbench\" or \"resnet9\" (got \"{}\")", arch);
     rd.get("net", "widths", r.net.widths);
+    rd.get("net", "celu_alpha", r.net.celu_alpha);
+    rd.get("net", "ghost_splits", r.net.ghost_splits);
+    rd.get("net", "pool_before_norm", r.net.pool_before_norm);
+    rd.get("net", "residual", r.net.residual);
     rd.get("net", "whiten_kernel", r.net.whiten_kernel);
     rd.get("net", "bn_eps", r.net.bn_eps);
     rd.get("net", "bn_momentum", r.net.bn_momentum);
@@ -99,13 +120,23 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     rd.get("net", "act", act);
     if (act == "gelu") r.net.act = Activation::gelu;
     else if (act == "silu") r.net.act = Activation::silu;
-    else fail("config: net.act must be \"gelu\" or \"silu\" (got \"{}\")", act);
+    else if (act == "relu") r.net.act = Activation::relu;
+    else if (act == "celu") r.net.act = Activation::celu;
+    else fail("config: net.act must be \"gelu\", \"silu\", \"relu\" or \"celu\" (got \"{}\")", act);
     rd.get("net", "head_unit_std", r.net.head_unit_std);
     rd.get("net", "whiten_bias_uniform", r.net.whiten_bias_uniform);
     rd.get("opt", "optimizer", r.optimizer);
     rd.get("opt", "bias_lr", r.bias_lr);
     rd.get("opt", "head_lr", r.head_lr);
     rd.get("opt", "wd", r.wd);
+    rd.get("opt", "bias_weight_decay", r.bias_weight_decay);
+    rd.get("ema", "every", r.ema_every);
+    rd.get("ema", "decay", r.ema_decay);
+    rd.get("schedule", "knots", r.knots);
+    rd.get("schedule", "knots_unit", r.knots_unit);
+    rd.get("schedule", "knots_offset", r.knots_offset);
+    rd.get("aug", "flip_mode", r.flip_mode);
+    rd.get("aug", "crop", r.crop);
     rd.get("muon", "lr", r.muon.lr);
     rd.get("muon", "momentum", r.muon.momentum);
     rd.get("muon", "nesterov", r.muon.nesterov);
@@ -145,7 +176,33 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     auto need = [](bool ok, const char* what) {
         if (!ok) fail("config: {}", what);
     };
-    need(r.optimizer == "sgd" || r.optimizer == "muon", "opt.optimizer must be \"sgd\" or \"muon\"");
+    need(r.optimizer == "sgd" || r.optimizer == "muon" || r.optimizer == "nesterov",
+         "opt.optimizer must be \"sgd\", \"muon\" or \"nesterov\"");
+    need(r.optimizer != "muon" || r.net.arch == Arch::airbench,
+         "opt.optimizer \"muon\" is written for net.arch \"airbench\"");
+    need(r.bias_weight_decay >= 0, "opt.bias_weight_decay must be >= 0");
+    need(r.ema_every >= 0, "ema.every must be >= 0 (0 turns the EMA off)");
+    need(r.ema_every == 0 || (r.ema_decay >= 0 && r.ema_decay < 1), "ema.decay must be in [0, 1)");
+    need(r.ema_every == 0 || r.lookahead_every == 0, "ema and lookahead cannot both be on");
+    need(r.knots_unit == "step" || r.knots_unit == "epoch", "schedule.knots_unit must be \"step\" or \"epoch\"");
+    for (size_t i = 1; i < r.knots.size(); ++i)
+        need(r.knots[i][0] >= r.knots[i - 1][0], "schedule.knots must be in increasing order of position");
+    need(r.flip_mode == "alternating" || r.flip_mode == "half", "aug.flip_mode must be \"alternating\" or \"half\"");
+    need(r.crop == "image" || r.crop == "batch", "aug.crop must be \"image\" or \"batch\"");
+    if (r.net.arch == Arch::airbench) {
+        need(r.net.widths.size() == 3, "net.widths must have 3 entries for net.arch \"airbench\"");
+        need(r.net.act == Activation::gelu || r.net.act == Activation::silu,
+             "net.act must be \"gelu\" or \"silu\" for net.arch \"airbench\"");
+        need(r.net.ghost_splits == 1, "net.ghost_splits is for net.arch \"resnet9\"");
+    } else {
+        need(r.net.widths.size() == 4, "net.widths must have 4 entries (prep, layer1-3) for net.arch \"resnet9\"");
+        need(r.net.ghost_splits >= 1 && r.batch_size % r.net.ghost_splits == 0,
+             "net.ghost_splits must be >= 1 and divide opt.batch_size");
+        for (int l : r.net.residual) need(l >= 1 && l <= 3, "net.residual holds layer numbers 1..3");
+        need(r.net.whiten_kernel == 0 || r.net.whiten_kernel % 2 == 1,
+             "net.whiten_kernel must be 0 or odd (same padding) for net.arch \"resnet9\"");
+    }
+    need(r.net.celu_alpha > 0, "net.celu_alpha must be > 0");
     need(r.bias_lr > 0 && r.head_lr > 0, "opt.bias_lr and opt.head_lr must be > 0");
     need(r.wd >= 0, "opt.wd must be >= 0");
     need(r.whiten_bias_epochs >= 0, "opt.whiten_bias_epochs must be >= 0");
@@ -175,7 +232,8 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     need(r.whiten_images > 0, "whiten.images must be > 0");
     need(r.translate >= 0 && r.translate <= 4, "aug.translate must be in 0..4");
     need(r.tta_level >= 0 && r.tta_level <= 2, "eval.tta_level must be 0, 1 or 2");
-    need(r.net.whiten_kernel >= 1 && r.net.whiten_kernel <= 3, "net.whiten_kernel must be 1..3");
+    need(r.net.whiten_kernel >= (r.net.arch == Arch::airbench ? 1 : 0) && r.net.whiten_kernel <= 3,
+         "net.whiten_kernel must be 1..3 (resnet9: 0..3)");
     for (int w : r.net.widths) need(w > 0 && w <= 4096, "net.widths must be in 1..4096");
     need(r.net.bn_momentum > 0 && r.net.bn_momentum <= 1, "net.bn_momentum must be in (0, 1]");
     need(r.net.bn_eps > 0, "net.bn_eps must be > 0");
@@ -188,24 +246,31 @@ nlohmann::json recipe_to_json(const Recipe& r) {
     return {
         {"name", r.name}, {"description", r.description}, {"source", r.source}, {"published", r.published},
         {"data", {{"mean", r.mean}, {"std", r.std}}},
-        {"net", {{"widths", r.net.widths}, {"whiten_kernel", r.net.whiten_kernel}, {"bn_eps", r.net.bn_eps},
+        {"net", {{"arch", r.net.arch == Arch::resnet9 ? "resnet9" : "airbench"},
+                 {"widths", r.net.widths}, {"whiten_kernel", r.net.whiten_kernel}, {"bn_eps", r.net.bn_eps},
                  {"bn_momentum", r.net.bn_momentum}, {"bn_train_scale", r.net.bn_train_scale},
                  {"scaling_factor", r.net.scaling_factor}, {"final_pool", r.net.final_pool},
-                 {"act", r.net.act == Activation::silu ? "silu" : "gelu"},
-                 {"head_unit_std", r.net.head_unit_std}, {"whiten_bias_uniform", r.net.whiten_bias_uniform}}},
+                 {"act", activation_name(r.net.act)}, {"celu_alpha", r.net.celu_alpha},
+                 {"head_unit_std", r.net.head_unit_std}, {"whiten_bias_uniform", r.net.whiten_bias_uniform},
+                 {"ghost_splits", r.net.ghost_splits}, {"pool_before_norm", r.net.pool_before_norm},
+                 {"residual", r.net.residual}}},
         {"opt", {{"optimizer", r.optimizer}, {"epochs", r.epochs}, {"batch_size", r.batch_size}, {"lr", r.lr},
                  {"momentum", r.momentum}, {"weight_decay", r.weight_decay}, {"bias_scaler", r.bias_scaler},
                  {"bias_lr", r.bias_lr}, {"head_lr", r.head_lr}, {"wd", r.wd},
+                 {"bias_weight_decay", r.bias_weight_decay},
                  {"label_smoothing", r.label_smoothing}, {"whiten_bias_epochs", r.whiten_bias_epochs}}},
         {"muon", {{"lr", r.muon.lr}, {"momentum", r.muon.momentum}, {"nesterov", r.muon.nesterov},
                   {"coeffs", r.muon.coeffs}, {"steps", r.muon.steps}, {"eps", r.muon.eps},
                   {"magnitude", r.muon.magnitude}, {"renorm_base", r.muon.renorm_base},
                   {"renorm_growth", r.muon.renorm_growth}, {"renorm_eps", r.muon.renorm_eps},
                   {"weight_decay", r.muon.weight_decay}}},
-        {"schedule", {{"warmup_frac", r.warmup_frac}, {"start", r.lr_start}, {"peak", r.lr_peak}, {"end", r.lr_end}}},
+        {"schedule", {{"warmup_frac", r.warmup_frac}, {"start", r.lr_start}, {"peak", r.lr_peak}, {"end", r.lr_end},
+                      {"knots", r.knots}, {"knots_unit", r.knots_unit}, {"knots_offset", r.knots_offset}}},
+        {"ema", {{"every", r.ema_every}, {"decay", r.ema_decay}}},
         {"lookahead", {{"every", r.lookahead_every}, {"base", r.lookahead_base}, {"power", r.lookahead_power}}},
         {"whiten", {{"images", r.whiten_images}, {"eps", r.whiten_eps}}},
-        {"aug", {{"flip", r.flip}, {"translate", r.translate}, {"brightness", r.brightness},
+        {"aug", {{"flip", r.flip}, {"flip_mode", r.flip_mode}, {"translate", r.translate},
+                 {"crop", r.crop}, {"brightness", r.brightness},
                  {"contrast", r.contrast}}},
         {"eval", {{"tta_level", r.tta_level}, {"tta_weights", r.tta_weights}, {"tta_select", r.tta_select}}},
     };

@@ -21,11 +21,15 @@ struct Recipe {
     // "muon" = the Muon recipes (airbench94_muon, hiverge): Muon (below) for the conv filters,
     // Nesterov SGD for the whitening bias, BN biases (bias_lr) and the head (head_lr), in
     // PyTorch's form: weight_decay = wd / group lr, so each step decays by wd * lr multiplier.
+    // "nesterov" = cifar10-fast(-simple)'s Nesterov SGD, the lr inside the velocity (ops/backend.h
+    // sgd_nesterov_velocity), lr and weight_decay used as given: the weights at lr, the BN biases
+    // (and scales) at lr * bias_scaler with bias_weight_decay.
     std::string optimizer = "sgd";
     double epochs = 9.9;
     int batch_size = 1024;
     double lr = 11.5, momentum = 0.85, weight_decay = 0.0153, bias_scaler = 64.0;
     double bias_lr = 0.053, head_lr = 0.67, wd = 0.0;  // "muon" only
+    double bias_weight_decay = 0.0;                      // "nesterov" only
     float label_smoothing = 0.2f;
     // the whitening bias trains for ceil(whiten_bias_epochs * steps_per_epoch) steps; with
     // "muon" its lr decays linearly to 0 over those steps (as both Muon peers do)
@@ -49,13 +53,31 @@ struct Recipe {
     } muon;
     // piecewise-linear lr multiplier: start -> peak over warmup_frac of the steps, -> end
     double warmup_frac = 0.23, lr_start = 0.2, lr_peak = 1.0, lr_end = 0.07;
+    // or, when knots are given: the multiplier at position x of the step (0-based) is linear
+    // between the knots [x, multiplier], constant outside them; x = step + knots_offset, in
+    // steps or in epochs (x / steps per epoch) as knots_unit says
+    std::vector<std::array<double, 2>> knots;
+    std::string knots_unit = "step";
+    int knots_offset = 0;
     // lookahead: every k steps, decay = base^k * (step / total)^power
     int lookahead_every = 5;
     double lookahead_base = 0.95, lookahead_power = 3.0;
+    // EMA of every tensor (weights, BN statistics) for evaluation, as cifar10-fast-simple's
+    // validation model: every `every` steps of an epoch (its steps 0, every, 2 every, ...)
+    // ema = decay ema + (1 - decay) params, starting from the initial (whitened) weights; the
+    // training weights are left alone, evaluation uses the EMA, and the run ends with it.
+    int ema_every = 0;  // 0 = off
+    double ema_decay = 0.0;
     int whiten_images = 5000;
     double whiten_eps = 5e-4;
     bool flip = true;  // alternating flip: random half at the start, then every image each epoch
+    // "alternating" (above) or "half": a fresh random half of the images each epoch
+    std::string flip_mode = "alternating";
     int translate = 2;
+    // crop offsets: "image" = each image its own, uniform in [-translate, translate];
+    // "batch" = one per batch for all its images, as cifar10-fast-simple (randint(2 translate):
+    // in [-translate, translate - 1])
+    std::string crop = "image";
     // colour jitter per image and epoch, after crop and flip (hiverge): x = (x + U(-brightness,
     // brightness)) * (1 + U(-contrast, contrast)) on the normalised image; 0 = off
     double brightness = 0, contrast = 0;
@@ -81,6 +103,8 @@ std::vector<TtaView> tta_views(const Recipe& r, int level);
 // Forward passes per test image of the recipe's final evaluation: the views of its TTA level, or
 // with selective TTA 1 plain pass plus the views for the selected share.
 double tta_forwards_per_image(const Recipe& r);
+
+const char* activation_name(Activation a);
 
 // Names of the built-in presets, and the JSON of one (throws sr::Error on an unknown name).
 std::vector<std::string> preset_names();

@@ -94,6 +94,7 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
     ep_shifts_ = DeviceBuffer<int8_t>(b, size_t(2) * n_train_);
     ep_flips_ = DeviceBuffer<uint8_t>(b, n_train_);
     if (r.brightness > 0 || r.contrast > 0) ep_jitter_ = DeviceBuffer<float>(b, size_t(2) * n_train_);
+    if (r.ema_every > 0) hold_ = DeviceBuffer<float>(b, net_.size());
     host_logits_.resize(size_t(n_test_) * r.net.num_classes);
     if (!o.log_path.empty() && (!o.comm || o.comm->root())) log_ = std::make_unique<JsonlLog>(o.log_path);
 }
@@ -226,6 +227,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         b_.gather_crops(batch_x_.get(), train_pad_.get(), side, side, pad, nw, nullptr, 0, nullptr,
                         0, 0, nullptr, 0);
         net_.init_whitening(batch_x_.get(), nw, float(r_.whiten_eps));
+        if (r_.ema_every > 0) opt_.reset_ema();  // the EMA starts from the whitened network
     }
     if (dp_) dp_->broadcast_params();  // every rank starts from rank 0's weights, bit for bit
     timed += timer->stop_seconds();
@@ -236,9 +238,19 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         base_flip = resume->state.base_flip;
         timed = resume->state.timed;
         for (const auto& e : resume->state.epochs) res.epochs.push_back(epoch_from_json(e));
-    } else if (r_.flip) {
+    } else if (r_.flip && r_.flip_mode == "alternating") {
         for (auto& f : base_flip) f = rng.uniform() < 0.5 ? 1 : 0;
     }
+    // per-epoch evaluation sees the EMA weights when the recipe keeps one (untimed swap)
+    auto evaluate_current = [&](int level) {
+        if (r_.ema_every <= 0) return evaluate(level);
+        const size_t bytes = net_.size() * sizeof(float);
+        b_.copy(hold_.get(), net_.params.get(), bytes);
+        b_.copy(net_.params.get(), net_.ema.get(), bytes);
+        const double acc = evaluate(level);
+        b_.copy(net_.params.get(), hold_.get(), bytes);
+        return acc;
+    };
     std::vector<int32_t> perm(n_train_), idx(n_train_), lab(n_train_);
     std::vector<int8_t> shifts(size_t(2) * n_train_);
     std::vector<uint8_t> flips(n_train_);
@@ -292,12 +304,24 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         // this epoch's order, translations and flips, made on the host, uploaded once
         std::iota(perm.begin(), perm.end(), 0);
         for (int i = n_train_ - 1; i > 0; --i) std::swap(perm[i], perm[rng.below(uint32_t(i + 1))]);
+        const bool per_batch = r_.crop == "batch", half = r_.flip_mode == "half";
+        int8_t by = 0, bx = 0;
         for (int j = 0; j < n_train_; ++j) {
             idx[j] = perm[j];
             lab[j] = train_labels_[perm[j]];
-            shifts[2 * j] = int8_t(pad ? int(rng.below(2 * pad + 1)) - pad : 0);
-            shifts[2 * j + 1] = int8_t(pad ? int(rng.below(2 * pad + 1)) - pad : 0);
-            flips[j] = r_.flip ? uint8_t(base_flip[perm[j]] ^ (epoch & 1)) : 0;
+            if (per_batch) {  // one offset per batch: x then y, each randint(2 pad) - pad
+                if (j % B == 0 && pad) {
+                    bx = int8_t(int(rng.below(2 * pad)) - pad);
+                    by = int8_t(int(rng.below(2 * pad)) - pad);
+                }
+                shifts[2 * j] = by;
+                shifts[2 * j + 1] = bx;
+            } else {
+                shifts[2 * j] = int8_t(pad ? int(rng.below(2 * pad + 1)) - pad : 0);
+                shifts[2 * j + 1] = int8_t(pad ? int(rng.below(2 * pad + 1)) - pad : 0);
+            }
+            // "half": the first half of the shuffled epoch (a fresh random half) is mirrored
+            flips[j] = !r_.flip ? 0 : half ? uint8_t(j < n_train_ / 2) : uint8_t(base_flip[perm[j]] ^ (epoch & 1));
         }
         if (jitter)  // drawn only when on, so other recipes keep their random stream
             for (int j = 0; j < n_train_; ++j) {
@@ -335,7 +359,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             // the loss is summed over the batch: the global batch's gradient is the SUM of the
             // ranks' slice gradients (data_parallel.h)
             if (dp_) dp_->finish_step();
-            opt_.step(step, total, whiten_steps);
+            opt_.step(step, total, whiten_steps, spe);
+            if (r_.ema_every > 0 && s % r_.ema_every == 0) opt_.ema_update(r_.ema_decay);
             ++step;
             ++steps_here;
             if (r_.lookahead_every > 0) {
@@ -385,7 +410,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         es.total_seconds = timed;
         if (o_.eval_each_epoch && root) {  // untimed
             const auto tv = clock_type::now();
-            es.test_acc = evaluate(0);
+            es.test_acc = evaluate_current(0);
             b_.synchronize();
             es.eval_seconds = seconds_since(tv);
         }
@@ -405,6 +430,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
 
     // the final test-time-augmented evaluation is part of the timed region
     timer->start();
+    if (r_.ema_every > 0)  // the run ends with the EMA weights (those evaluated and saved)
+        b_.copy(net_.params.get(), net_.ema.get(), net_.size() * sizeof(float));
     res.test_accuracy_tta = root ? evaluate(r_.tta_level) : 0.0;
     timed += timer->stop_seconds();
     res.test_accuracy = (o_.eval_each_epoch && !res.epochs.empty()) ? res.epochs.back().test_acc

@@ -91,6 +91,7 @@ private:
     DeviceBuffer<int8_t> ep_shifts_;
     DeviceBuffer<uint8_t> ep_flips_;
     DeviceBuffer<float> ep_jitter_;  // colour jitter of the epoch: shifts (n), then gains (n)
+    DeviceBuffer<float> hold_;       // the training weights while the EMA is evaluated
     std::vector<float> host_logits_;
     std::unique_ptr<JsonlLog> log_;
 };

@@ -535,6 +535,31 @@ TEST_F(BackendOps, Silu) {
     EXPECT_TRUE(same(dx, "silu dx", 2e-6, 1e-5));
 }
 
+// ReLU only selects: exact. CELU: CUDA's expf against the CPU's polynomial exp.
+TEST_F(BackendOps, ReluCelu) {
+    auto xs = randn(1001, 860, 4.f);
+    for (float v : {0.f, -0.f, 1e-8f, -30.f, 30.f, -90.f, 90.f}) xs.push_back(v);
+    const size_t n = xs.size();
+    auto x = in(xs);
+    auto dy = in(randn(n, 861));
+    auto y = out<float>(n);
+    auto dx = out<float>(n);
+    cpu_->relu_forward(y.cp(), x.cp(), n);
+    gpu_->relu_forward(y.gp(), x.gp(), n);
+    EXPECT_TRUE(same(y, "relu y", 0, 0));
+    cpu_->relu_backward(dx.cp(), dy.cp(), x.cp(), n);
+    gpu_->relu_backward(dx.gp(), dy.gp(), x.gp(), n);
+    EXPECT_TRUE(same(dx, "relu dx", 0, 0));
+    for (float alpha : {0.3f, 1.f}) {
+        cpu_->celu_forward(y.cp(), x.cp(), n, alpha);
+        gpu_->celu_forward(y.gp(), x.gp(), n, alpha);
+        EXPECT_TRUE(same(y, "celu y", 2e-6, 1e-5));
+        cpu_->celu_backward(dx.cp(), dy.cp(), x.cp(), n, alpha);
+        gpu_->celu_backward(dx.gp(), dy.gp(), x.gp(), n, alpha);
+        EXPECT_TRUE(same(dx, "celu dx", 2e-6, 1e-5));
+    }
+}
+
 // ---- max pooling -------------------------------------------------------------------------------
 
 // Inputs are rounded to multiples of 0.5 so windows hold ties (first max in row-major window
@@ -635,6 +660,17 @@ TEST_F(BackendOps, SgdNesterov) {
         EXPECT_TRUE(same(p, "sgd p", 1e-6, 1e-6));
         EXPECT_TRUE(same(buf, "sgd buf", 1e-6, 1e-6));
     }
+}
+
+TEST_F(BackendOps, SgdNesterovVelocity) {
+    const size_t n = 100003;
+    auto p = in(randn(n, 1210));
+    auto v = in(randn(n, 1211));
+    auto g = in(randn(n, 1212));
+    cpu_->sgd_nesterov_velocity(p.cp(), v.cp(), g.cp(), n, 2e-3f, 0.256f, 0.9f);
+    gpu_->sgd_nesterov_velocity(p.gp(), v.gp(), g.gp(), n, 2e-3f, 0.256f, 0.9f);
+    EXPECT_TRUE(same(p, "sgd-velocity p", 1e-6, 1e-6));
+    EXPECT_TRUE(same(v, "sgd-velocity v", 1e-6, 1e-6));
 }
 
 TEST_F(BackendOps, LerpAssign) {

@@ -219,6 +219,73 @@ TEST(CpuOps, SiluMatchesFormulaAndFiniteDifferences) {
     EXPECT_TRUE(grad_matches(fd_grad(xs, r, f, 1e-2, 60, 79), d, 1e-3, 1e-3));
 }
 
+TEST(CpuOps, ReluAndCeluMatchFormulaAndFiniteDifferences) {
+    std::vector<float> x;
+    for (float v = -20.f; v <= 20.f; v += 0.0371f) x.push_back(v);
+    x.push_back(0.f);
+    std::vector<float> y(x.size()), dx(x.size()), ones(x.size(), 1.f);
+    for (float alpha : {0.3f, 1.f}) {
+        SCOPED_TRACE(alpha);
+        cpu::celu_forward(y.data(), x.data(), x.size(), alpha);
+        cpu::celu_backward(dx.data(), ones.data(), x.data(), x.size(), alpha);
+        for (size_t i = 0; i < x.size(); ++i) {
+            const double v = x[i];
+            const double ref = v > 0 ? v : alpha * std::expm1(v / alpha);
+            const double dref = v > 0 ? 1.0 : std::exp(v / alpha);  // 1 at 0, as PyTorch
+            ASSERT_NEAR(y[i], ref, 1e-6 + 1e-6 * std::abs(ref)) << "x=" << v;
+            ASSERT_NEAR(dx[i], dref, 1e-6) << "x=" << v;
+        }
+    }
+    cpu::relu_forward(y.data(), x.data(), x.size());
+    cpu::relu_backward(dx.data(), ones.data(), x.data(), x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+        ASSERT_EQ(y[i], std::max(x[i], 0.f));
+        ASSERT_EQ(dx[i], x[i] > 0 ? 1.f : 0.f) << "x=" << x[i];  // 0 at 0, as PyTorch
+    }
+    // backward against finite differences of the forward, with a non-trivial dy (values kept
+    // away from the kink at 0, where the difference quotient is not the derivative)
+    auto xs = randn(301, 87, 3.f), r = randn(301, 88);
+    for (float& v : xs)
+        if (std::abs(v) < 0.05f) v += v < 0 ? -0.05f : 0.05f;
+    std::vector<float> d(xs.size());
+    cpu::celu_backward(d.data(), r.data(), xs.data(), xs.size(), 0.3f);
+    auto f = [](const std::vector<float>& v) {
+        std::vector<float> o(v.size());
+        cpu::celu_forward(o.data(), v.data(), v.size(), 0.3f);
+        return o;
+    };
+    EXPECT_TRUE(grad_matches(fd_grad(xs, r, f, 1e-2, 60, 89), d, 1e-3, 1e-3));
+    cpu::relu_backward(d.data(), r.data(), xs.data(), xs.size());
+    auto g = [](const std::vector<float>& v) {
+        std::vector<float> o(v.size());
+        cpu::relu_forward(o.data(), v.data(), v.size());
+        return o;
+    };
+    EXPECT_TRUE(grad_matches(fd_grad(xs, r, g, 1e-2, 60, 90), d, 1e-3, 1e-3));
+}
+
+// cifar10-fast-simple's update_nesterov, step by step in double, with an lr that changes
+TEST(CpuOps, SgdNesterovVelocityMatchesThePeersUpdate) {
+    const size_t n = 257;
+    auto p = randn(n, 91), v = randn(n, 92);
+    std::vector<double> pd(p.begin(), p.end()), vd(v.begin(), v.end());
+    for (int step = 0; step < 3; ++step) {
+        const auto g = randn(n, 93 + step);
+        const float lr = 0.01f * float(step + 1), wd = 0.256f, m = 0.9f;
+        cpu::sgd_nesterov_velocity(p.data(), v.data(), g.data(), n, lr, wd, m);
+        for (size_t i = 0; i < n; ++i) {
+            double gi = g[i] + double(wd) * pd[i];  // gradient.add_(weight, alpha=wd)
+            gi *= -double(lr);                      // .mul_(-lr)
+            vd[i] = double(m) * vd[i] + gi;         // velocity.mul_(m).add_(gradient)
+            pd[i] += gi + double(m) * vd[i];        // weight.add_(gradient.add_(velocity, alpha=m))
+        }
+    }
+    for (size_t i = 0; i < n; ++i) {
+        ASSERT_NEAR(p[i], pd[i], 1e-5) << i;
+        ASSERT_NEAR(v[i], vd[i], 1e-5) << i;
+    }
+}
+
 // ---- max pooling ------------------------------------------------------------------------------
 
 // distinct values, gaps >= 0.01, so finite differences with eps 1e-3 never cross a kink

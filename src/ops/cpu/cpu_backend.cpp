@@ -110,6 +110,16 @@ public:
     void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override {
         cpu::gelu_backward(dx, dy, x, n);
     }
+    void relu_forward(float* y, const float* x, size_t n) override { cpu::relu_forward(y, x, n); }
+    void relu_backward(float* dx, const float* dy, const float* x, size_t n) override {
+        cpu::relu_backward(dx, dy, x, n);
+    }
+    void celu_forward(float* y, const float* x, size_t n, float alpha) override {
+        cpu::celu_forward(y, x, n, alpha);
+    }
+    void celu_backward(float* dx, const float* dy, const float* x, size_t n, float alpha) override {
+        cpu::celu_backward(dx, dy, x, n, alpha);
+    }
     void silu_forward(float* y, const float* x, size_t n) override { cpu::silu_forward(y, x, n); }
     void silu_backward(float* dx, const float* dy, const float* x, size_t n) override {
         cpu::silu_backward(dx, dy, x, n);
@@ -137,6 +147,10 @@ public:
     void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
                       float m) override {
         cpu::sgd_nesterov(p, buf, g, n, lr, wd, m);
+    }
+    void sgd_nesterov_velocity(float* p, float* v, const float* g, size_t n, float lr, float wd,
+                               float m) override {
+        cpu::sgd_nesterov_velocity(p, v, g, n, lr, wd, m);
     }
     void lerp_assign(float* ema, float* p, size_t n, float t) override {
         cpu::lerp_assign(ema, p, n, t);

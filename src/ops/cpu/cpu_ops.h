@@ -51,6 +51,12 @@ void gelu_backward(float* dx, const float* dy, const float* x, size_t n);
 void silu_forward(float* y, const float* x, size_t n);
 void silu_backward(float* dx, const float* dy, const float* x, size_t n);
 
+void relu_forward(float* y, const float* x, size_t n);
+void relu_backward(float* dx, const float* dy, const float* x, size_t n);
+
+void celu_forward(float* y, const float* x, size_t n, float alpha);
+void celu_backward(float* dx, const float* dy, const float* x, size_t n, float alpha);
+
 // ---- pooling --------------------------------------------------------------------------------
 void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, int H, int W, int C, int k);
 void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int H, int W, int C,
@@ -68,6 +74,8 @@ void cross_entropy(float* dlogits, float* stats, const float* logits, const int3
 // ---- optimizer ------------------------------------------------------------------------------
 void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
                   float momentum);
+void sgd_nesterov_velocity(float* p, float* v, const float* g, size_t n, float lr, float wd,
+                           float momentum);
 void lerp_assign(float* ema, float* p, size_t n, float t);
 void axpy(float* y, const float* x, float a, size_t n);
 void scale(float* x, float a, size_t n);

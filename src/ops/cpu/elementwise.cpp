@@ -1,4 +1,4 @@
-// elementwise.cpp: CPU GELU (exact, erf-based) and SiLU, the optimizer updates (SGD-Nesterov,
+// elementwise.cpp: CPU GELU (exact, erf-based), SiLU, ReLU and CELU, the optimizer updates (SGD-Nesterov,
 // lookahead lerp, axpy, Muon's momentum and norm scaling), and the small gemm Muon needs. The loops are written so that GCC vectorises them (no calls into libm inside
 // the hot loops: erf and exp are evaluated by the branch-free polynomials below).
 #include <algorithm>
@@ -77,6 +77,36 @@ SR_CLONES void silu_backward(float* dx, const float* dy, const float* x, size_t 
     }
 }
 
+// relu(x) = max(x, 0);  relu'(x) = [x > 0]
+SR_CLONES void relu_forward(float* y, const float* x, size_t n) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; ++i) y[i] = x[i] > 0.f ? x[i] : 0.f;
+}
+
+SR_CLONES void relu_backward(float* dx, const float* dy, const float* x, size_t n) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; ++i) dx[i] = x[i] > 0.f ? dy[i] : 0.f;
+}
+
+// celu(x) = x for x > 0, else alpha (exp(x / alpha) - 1);  celu'(x) = 1 or exp(x / alpha)
+SR_CLONES void celu_forward(float* y, const float* x, size_t n, float alpha) {
+    const float inv = 1.f / alpha;
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; ++i) {
+        const float e = alpha * (exp_poly(std::min(x[i], 0.f) * inv) - 1.f);
+        y[i] = x[i] > 0.f ? x[i] : e;
+    }
+}
+
+SR_CLONES void celu_backward(float* dx, const float* dy, const float* x, size_t n, float alpha) {
+    const float inv = 1.f / alpha;
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; ++i) {
+        const float e = exp_poly(std::min(x[i], 0.f) * inv);
+        dx[i] = x[i] > 0.f ? dy[i] : dy[i] * e;
+    }
+}
+
 SR_CLONES void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
                   float momentum) {
 #pragma omp parallel for simd schedule(static) if (n > 65536)
@@ -85,6 +115,19 @@ SR_CLONES void sgd_nesterov(float* p, float* buf, const float* g, size_t n, floa
         const float b = momentum * buf[i] + gi;
         buf[i] = b;
         p[i] -= lr * (gi + momentum * b);
+    }
+}
+
+// Nesterov SGD with the lr inside the velocity (cifar10-fast, cifar10-fast-simple):
+//   d = -lr (g + wd p);  v = momentum v + d;  p += d + momentum v
+SR_CLONES void sgd_nesterov_velocity(float* p, float* v, const float* g, size_t n, float lr,
+                                     float wd, float momentum) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; ++i) {
+        const float d = -lr * (g[i] + wd * p[i]);
+        const float vi = momentum * v[i] + d;
+        v[i] = vi;
+        p[i] += d + momentum * vi;
     }
 }
 

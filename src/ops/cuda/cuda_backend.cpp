@@ -260,6 +260,18 @@ public:
     void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override {
         cuda::gelu_backward(stream_, dx, dy, x, n);
     }
+    void relu_forward(float* y, const float* x, size_t n) override {
+        cuda::relu_forward(stream_, y, x, n);
+    }
+    void relu_backward(float* dx, const float* dy, const float* x, size_t n) override {
+        cuda::relu_backward(stream_, dx, dy, x, n);
+    }
+    void celu_forward(float* y, const float* x, size_t n, float alpha) override {
+        cuda::celu_forward(stream_, y, x, n, alpha);
+    }
+    void celu_backward(float* dx, const float* dy, const float* x, size_t n, float alpha) override {
+        cuda::celu_backward(stream_, dx, dy, x, n, alpha);
+    }
     void silu_forward(float* y, const float* x, size_t n) override {
         cuda::silu_forward(stream_, y, x, n);
     }
@@ -297,6 +309,10 @@ public:
     void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
                       float momentum) override {
         cuda::sgd_nesterov(stream_, p, buf, g, n, lr, wd, momentum);
+    }
+    void sgd_nesterov_velocity(float* p, float* v, const float* g, size_t n, float lr, float wd,
+                               float momentum) override {
+        cuda::sgd_nesterov_velocity(stream_, p, v, g, n, lr, wd, momentum);
     }
     void lerp_assign(float* ema, float* p, size_t n, float t) override {
         cuda::lerp_assign(stream_, ema, p, n, t);

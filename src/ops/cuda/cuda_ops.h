@@ -52,6 +52,11 @@ void gelu_forward(cudaStream_t st, float* y, const float* x, size_t n);
 void gelu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n);
 void silu_forward(cudaStream_t st, float* y, const float* x, size_t n);
 void silu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n);
+void relu_forward(cudaStream_t st, float* y, const float* x, size_t n);
+void relu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n);
+void celu_forward(cudaStream_t st, float* y, const float* x, size_t n, float alpha);
+void celu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n,
+                   float alpha);
 
 // ---- max pooling, window k = stride k (pool.cu) --------------------------------------------
 void maxpool_forward(cudaStream_t st, float* y, uint8_t* arg, const float* x, int N, int H,
@@ -66,6 +71,8 @@ void cross_entropy(cudaStream_t st, float* dlogits, float* stats, const float* l
 // ---- optimizer (optim.cu) ------------------------------------------------------------------
 void sgd_nesterov(cudaStream_t st, float* p, float* buf, const float* g, size_t n, float lr,
                   float wd, float momentum);
+void sgd_nesterov_velocity(cudaStream_t st, float* p, float* v, const float* g, size_t n,
+                           float lr, float wd, float momentum);
 void lerp_assign(cudaStream_t st, float* ema, float* p, size_t n, float t);
 void axpy(cudaStream_t st, float* y, const float* x, float a, size_t n);
 void scale(cudaStream_t st, float* x, float a, size_t n);

@@ -1,4 +1,4 @@
-// gelu.cu: the activations: exact (erf-based) GELU and SiLU with their derivatives, CUDA twins
+// gelu.cu: the activations: exact (erf-based) GELU, SiLU, ReLU and CELU with their derivatives, CUDA twins
 // of cpu::gelu_* / silu_* (contract in ops/backend.h). Plain grid-stride elementwise kernels.
 //   silu(x)  = x s(x), s(x) = 1 / (1 + exp(-x));  silu'(x) = s(x) (1 + x (1 - s(x)))
 //   gelu(x)  = x * Phi(x),   Phi(x) = 0.5 * (1 + erf(x / sqrt(2)))
@@ -47,6 +47,35 @@ __global__ void silu_backward_kernel(float* dx, const float* dy, const float* x,
     }
 }
 
+__global__ void relu_forward_kernel(float* y, const float* x, size_t n) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x)
+        y[i] = x[i] > 0.f ? x[i] : 0.f;
+}
+
+__global__ void relu_backward_kernel(float* dx, const float* dy, const float* x, size_t n) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x)
+        dx[i] = x[i] > 0.f ? dy[i] : 0.f;
+}
+
+__global__ void celu_forward_kernel(float* y, const float* x, size_t n, float alpha) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const float v = x[i];
+        y[i] = v > 0.f ? v : alpha * (expf(v / alpha) - 1.f);
+    }
+}
+
+__global__ void celu_backward_kernel(float* dx, const float* dy, const float* x, size_t n,
+                                     float alpha) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const float v = x[i];
+        dx[i] = v > 0.f ? dy[i] : dy[i] * expf(v / alpha);
+    }
+}
+
 }  // namespace
 
 void silu_forward(cudaStream_t st, float* y, const float* x, size_t n) {
@@ -70,6 +99,35 @@ void gelu_forward(cudaStream_t st, float* y, const float* x, size_t n) {
 void gelu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n) {
     if (n == 0) return;
     gelu_backward_kernel<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace sr::cuda
+
+namespace sr::cuda {
+
+void relu_forward(cudaStream_t st, float* y, const float* x, size_t n) {
+    if (n == 0) return;
+    relu_forward_kernel<<<grid_size(n), kBlock, 0, st>>>(y, x, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+void relu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n) {
+    if (n == 0) return;
+    relu_backward_kernel<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+void celu_forward(cudaStream_t st, float* y, const float* x, size_t n, float alpha) {
+    if (n == 0) return;
+    celu_forward_kernel<<<grid_size(n), kBlock, 0, st>>>(y, x, n, alpha);
+    CUDA_CHECK_LAUNCH();
+}
+
+void celu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n,
+                   float alpha) {
+    if (n == 0) return;
+    celu_backward_kernel<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, n, alpha);
     CUDA_CHECK_LAUNCH();
 }
 

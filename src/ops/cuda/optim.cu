@@ -22,6 +22,18 @@ __global__ void sgd_nesterov_kernel(float* p, float* buf, const float* g, size_t
     }
 }
 
+// Nesterov SGD, lr inside the velocity: d = -lr (g + wd p); v = momentum v + d; p += d + momentum v
+__global__ void sgd_nesterov_velocity_kernel(float* p, float* v, const float* g, size_t n,
+                                             float lr, float wd, float momentum) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const float d = -lr * (g[i] + wd * p[i]);
+        const float vi = momentum * v[i] + d;
+        v[i] = vi;
+        p[i] += d + momentum * vi;
+    }
+}
+
 // ema += t (p - ema);  p = ema
 __global__ void lerp_assign_kernel(float* ema, float* p, size_t n, float t) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
@@ -117,6 +129,13 @@ void sgd_nesterov(cudaStream_t st, float* p, float* buf, const float* g, size_t 
                   float wd, float momentum) {
     if (n == 0) return;
     sgd_nesterov_kernel<<<grid_size(n), kBlock, 0, st>>>(p, buf, g, n, lr, wd, momentum);
+    CUDA_CHECK_LAUNCH();
+}
+
+void sgd_nesterov_velocity(cudaStream_t st, float* p, float* v, const float* g, size_t n,
+                           float lr, float wd, float momentum) {
+    if (n == 0) return;
+    sgd_nesterov_velocity_kernel<<<grid_size(n), kBlock, 0, st>>>(p, v, g, n, lr, wd, momentum);
     CUDA_CHECK_LAUNCH();
 }
 

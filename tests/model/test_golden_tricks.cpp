@@ -1,0 +1,141 @@
+// test_golden_tricks.cpp: the tricks10 preset (resnet9 network, ghost BN, CELU, Nesterov with the
+// lr inside the velocity, EMA) against PyTorch running the peer's own code
+// (tests/data/golden_tricks.json, written by tools/make_golden_tricks.py from
+// cifar10-fast-simple's model.py and train.py). Checked: logits and summed loss in training mode,
+// every gradient, the BN running statistics of every ghost slice, every tensor after two optimizer
+// steps (lr from the peer's schedule), the EMA after the first step, and the EMA model's logits
+// in eval mode.
+#include <cmath>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "model/network.h"
+#include "optim/optimizer.h"
+#include "train/recipe.h"
+#include "test_util.h"
+
+namespace sr {
+namespace {
+
+const nlohmann::json& golden() {
+    static const nlohmann::json j = [] {
+        const std::string path = std::string(SPEEDRUN_SOURCE_DIR) + "/tests/data/golden_tricks.json";
+        std::ifstream f(path);
+        if (!f) throw std::runtime_error(path + ": missing; run tools/make_golden_tricks.py to make it");
+        auto g = nlohmann::json::parse(f);
+        if (g.value("format", "") != "speedrun-golden-tricks" || g.value("version", 0) != 1)
+            throw std::runtime_error(path + ": not a version-1 golden file; rerun tools/make_golden_tricks.py");
+        return g;
+    }();
+    return j;
+}
+
+std::vector<float> part(const Network& net, const std::vector<float>& all, const std::string& name) {
+    const auto& s = net.tensor(name);
+    return {all.begin() + s.offset, all.begin() + s.offset + s.count};
+}
+
+double max_abs(const std::vector<float>& v) {
+    double m = 0;
+    for (float x : v) m = std::max(m, double(std::abs(x)));
+    return m;
+}
+
+void expect_tensors(const Network& net, const std::vector<float>& now, const nlohmann::json& ref,
+                    const std::string& what, double rel) {
+    for (const auto& [name, vals] : ref.items()) {
+        SCOPED_TRACE(what + ": " + name);
+        auto r = vals.get<std::vector<float>>();
+        EXPECT_TRUE(test::all_close(part(net, now, name), r, rel * max_abs(r) + 1e-7, rel));
+    }
+}
+
+TEST(GoldenTricks, MatchesPyTorchCifar10FastSimple) {
+    const auto& j = golden()["tricks10"];
+    auto b = make_cpu_backend(2);
+    Recipe r = load_recipe("tricks10", "");
+    ASSERT_EQ(r.net.ghost_splits, 16);  // the peer's; the reference uses 2 for a batch of 8
+    r.net.ghost_splits = j["ghost_splits"];
+    r.net.widths = j["widths"].get<std::vector<int>>();
+    Network net(*b, r.net);
+    std::vector<float> h(net.size(), 0.f);
+    size_t filled = 0;
+    for (const auto& [name, vals] : j["params"].items()) {
+        const auto& s = net.tensor(name);
+        auto v = vals.get<std::vector<float>>();
+        ASSERT_EQ(v.size(), s.count) << name;
+        std::copy(v.begin(), v.end(), h.begin() + s.offset);
+        filled += s.count;
+    }
+    ASSERT_EQ(filled, net.size()) << "every tensor of ours has a counterpart in the peer's state";
+    net.upload(h);
+    b->copy(net.ema.get(), net.params.get(), net.size() * sizeof(float));  // the peer's deepcopy
+    const int N = j["N"];
+    Workspace ws(net, N);
+    auto x = j["input_nhwc"].get<std::vector<float>>();
+    auto labels = j["labels"].get<std::vector<int32_t>>();
+    DeviceBuffer<float> xd(*b, x.size()), st(*b, 2);
+    DeviceBuffer<int32_t> yd(*b, labels.size());
+    b->upload(xd.get(), x.data(), x.size() * 4);
+    b->upload(yd.get(), labels.data(), labels.size() * 4);
+    Optimizer opt(net, r);
+    std::vector<float> now, g(net.size());
+    const int total = 970, spe = 97;
+    for (int step = 0; step < 2; ++step) {
+        const float* logits = ws.forward(xd.get(), true);
+        b->cross_entropy(ws.dlogits(), st.get(), logits, yd.get(), N, 10, r.label_smoothing);
+        ws.backward(ws.dlogits(), false);
+        if (step == 0) {
+            std::vector<float> lg(size_t(N) * 10);
+            b->download(lg.data(), logits, lg.size() * 4);
+            EXPECT_TRUE(test::all_close(lg, j["logits"].get<std::vector<float>>(), 1e-5, 1e-4));
+            float s[2];
+            b->download(s, st.get(), 8);
+            EXPECT_NEAR(s[0], j["loss"].get<double>(), 1e-5 * j["loss"].get<double>());
+            b->download(g.data(), net.grads.get(), g.size() * 4);
+            for (const auto& [name, vals] : j["grads"].items()) {
+                SCOPED_TRACE("gradient of " + name);
+                auto ref = vals.get<std::vector<float>>();
+                // BN over 4 images per slice amplifies rounding: 1e-3 of the largest value
+                EXPECT_TRUE(test::all_close(part(net, g, name), ref, 1e-3 * max_abs(ref) + 1e-7, 1e-3));
+            }
+            net.download(now);
+            expect_tensors(net, now, j["after_forward"], "running statistic", 1e-5);
+        }
+        opt.step(step, total, 0, spe);
+        if (step % r.ema_every == 0) opt.ema_update(r.ema_decay);
+        net.download(now);
+        expect_tensors(net, now, j["after_step" + std::to_string(step)], "after step " + std::to_string(step), 1e-4);
+        if (step == 0) {
+            std::vector<float> ema(net.size());
+            b->download(ema.data(), net.ema.get(), ema.size() * 4);
+            expect_tensors(net, ema, j["ema_after_step0"], "EMA after step 0", 1e-4);
+        }
+    }
+    // the EMA model in eval mode (the first ghost slice's running statistics)
+    b->copy(net.params.get(), net.ema.get(), net.size() * sizeof(float));
+    std::vector<float> lg(size_t(N) * 10);
+    b->download(lg.data(), ws.forward(xd.get(), false), lg.size() * 4);
+    EXPECT_TRUE(test::all_close(lg, j["ema_eval_logits"].get<std::vector<float>>(), 1e-4, 1e-3));
+}
+
+// The peer's lr table: linspace(0, 2e-3, 194) then linspace(2e-3, 2e-4, 582), read at batch
+// count step + 1, clamped at its last entry.
+TEST(GoldenTricks, LrScheduleIsThePeersTable) {
+    auto b = make_cpu_backend(1);
+    Recipe r = load_recipe("tricks10", "");
+    r.net.widths = {4, 4, 4, 4};
+    Network net(*b, r.net);
+    Optimizer opt(net, r);
+    auto table = [](int i) {
+        if (i < 194) return 2e-3 * i / 193.0;
+        i = std::min(i, 775) - 194;
+        return 2e-3 + (2e-4 - 2e-3) * i / 581.0;
+    };
+    for (int step : {0, 1, 100, 192, 193, 194, 500, 773, 774, 775, 969})
+        EXPECT_NEAR(r.lr * opt.lr_multiplier_at(step, 970, 97), table(step + 1), 1e-12) << step;
+}
+
+}  // namespace
+}  // namespace sr
