@@ -43,22 +43,24 @@ Optimizer::Optimizer(Network& net, const Recipe& r) : net_(net), r_(r), h_(sgd_h
     b_ = DeviceBuffer<float>(b, max_side * max_side);
 }
 
+void Optimizer::sgd_group(ParamGroup grp, double lr, double wd, double momentum, bool lr_in_velocity) {
+    const auto [beg, end] = net_.group_range(grp);
+    if (end <= beg) return;
+    float* p = net_.params.get() + beg;
+    float* m = net_.momentum.get() + beg;
+    const float* g = net_.grads.get() + beg;
+    if (lr_in_velocity)
+        net_.backend.sgd_nesterov_velocity(p, m, g, end - beg, float(lr), float(wd), float(momentum));
+    else
+        net_.backend.sgd_nesterov(p, m, g, end - beg, float(lr), float(wd), float(momentum));
+}
+
 void Optimizer::step(double mult, bool whiten_bias) {
     if (r_.optimizer != "sgd") fail("Optimizer::step(mult, whiten_bias) is for \"sgd\" recipes");
-    Backend& b = net_.backend;
-    float* p = net_.params.get();
-    float* g = net_.grads.get();
-    float* m = net_.momentum.get();
-    auto run = [&](ParamGroup grp, double lr, double wd) {
-        const auto [beg, end] = net_.group_range(grp);
-        if (end > beg)
-            b.sgd_nesterov(p + beg, m + beg, g + beg, end - beg, float(lr * mult), float(wd),
-                           float(h_.momentum));
-    };
-    if (whiten_bias) run(ParamGroup::whiten_bias, h_.lr, h_.wd);
-    run(ParamGroup::weight, h_.lr, h_.wd);
-    run(ParamGroup::bn_bias, h_.lr_bias, h_.wd_bias);
-    run(ParamGroup::bn_scale, h_.lr, h_.wd);
+    if (whiten_bias) sgd_group(ParamGroup::whiten_bias, h_.lr * mult, h_.wd, h_.momentum, false);
+    sgd_group(ParamGroup::weight, h_.lr * mult, h_.wd, h_.momentum, false);
+    sgd_group(ParamGroup::bn_bias, h_.lr_bias * mult, h_.wd_bias, h_.momentum, false);
+    sgd_group(ParamGroup::bn_scale, h_.lr * mult, h_.wd, h_.momentum, false);
 }
 
 double Optimizer::lr_multiplier_at(int step, int total, int steps_per_epoch) const {
@@ -79,21 +81,12 @@ void Optimizer::step(int step, int total, int whiten_steps, int steps_per_epoch)
         this->step(mult, whiten_bias);
         return;
     }
-    if (r_.optimizer == "nesterov") {
-        Backend& b = net_.backend;
-        float* p = net_.params.get();
-        float* g = net_.grads.get();
-        float* m = net_.momentum.get();
-        auto run = [&](ParamGroup grp, double lr, double wd) {
-            const auto [beg, end] = net_.group_range(grp);
-            if (end > beg)
-                b.sgd_nesterov_velocity(p + beg, m + beg, g + beg, end - beg, float(lr * mult),
-                                        float(wd), float(r_.momentum));
-        };
-        if (whiten_bias) run(ParamGroup::whiten_bias, r_.lr * r_.bias_scaler, r_.bias_weight_decay);
-        run(ParamGroup::weight, r_.lr, r_.weight_decay);
-        run(ParamGroup::bn_bias, r_.lr * r_.bias_scaler, r_.bias_weight_decay);
-        run(ParamGroup::bn_scale, r_.lr * r_.bias_scaler, r_.bias_weight_decay);
+    if (r_.optimizer == "nesterov") {  // lr and wd as given; BN biases and scales at lr x bias_scaler
+        const double lw = r_.lr * mult, lb = r_.lr * r_.bias_scaler * mult;
+        if (whiten_bias) sgd_group(ParamGroup::whiten_bias, lb, r_.bias_weight_decay, r_.momentum, true);
+        sgd_group(ParamGroup::weight, lw, r_.weight_decay, r_.momentum, true);
+        sgd_group(ParamGroup::bn_bias, lb, r_.bias_weight_decay, r_.momentum, true);
+        sgd_group(ParamGroup::bn_scale, lb, r_.bias_weight_decay, r_.momentum, true);
         return;
     }
     // "muon": the SGD groups in PyTorch's form, weight_decay = wd / (the group's initial lr)

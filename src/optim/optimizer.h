@@ -55,6 +55,8 @@ public:
 
 private:
     void muon_step(int step, int total, double mult);
+    // one Nesterov SGD launch over a parameter group (PyTorch's form, or the lr in the velocity)
+    void sgd_group(ParamGroup grp, double lr, double wd, double momentum, bool lr_in_velocity);
     Network& net_;
     Recipe r_;
     SgdHyper h_;

@@ -88,10 +88,10 @@ static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, co
     fmt::print("epochs        {}  batch {}  steps/epoch {}  total steps {}\n", r.epochs, r.batch_size,
                steps_per_epoch(n_train, r.batch_size), total);
     std::string widths;
-    for (int w : r.net.widths) widths += (widths.empty() ? "" : "/") + std::to_string(w);
+    for (int w : r.net.widths) widths += fmt::format("{}{}", widths.empty() ? "" : "/", w);
     if (r.net.arch == Arch::resnet9) {
         std::string res;
-        for (int l : r.net.residual) res += (res.empty() ? "" : ",") + std::to_string(l);
+        for (int l : r.net.residual) res += fmt::format("{}{}", res.empty() ? "" : ",", l);
         fmt::print("net           resnet9  widths {}  {}  residual layers {}  {} {}  BN eps {:g} momentum {:g}{}  "
                    "pool {} BN  scale {:g}\n",
                    widths,

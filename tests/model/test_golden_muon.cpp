@@ -6,41 +6,26 @@
 // two optimizer steps (Nesterov SGD groups + Muon; hiverge's second step renormalises the filters
 // and applies its decoupled decay; the whitening bias lr decays over its own steps).
 #include <cmath>
-#include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "model/network.h"
 #include "optim/optimizer.h"
 #include "train/recipe.h"
+#include "golden_util.h"
 #include "test_util.h"
 
 namespace sr {
 namespace {
 
 const nlohmann::json& golden() {
-    static const nlohmann::json j = [] {
-        const std::string path = std::string(SPEEDRUN_SOURCE_DIR) + "/tests/data/golden_muon.json";
-        std::ifstream f(path);
-        if (!f) throw std::runtime_error(path + ": missing; run tools/make_golden_muon.py to make it");
-        auto g = nlohmann::json::parse(f);
-        if (g.value("format", "") != "speedrun-golden-muon" || g.value("version", 0) != 1)
-            throw std::runtime_error(path + ": not a version-1 golden file; rerun tools/make_golden_muon.py");
-        return g;
-    }();
+    static const nlohmann::json j =
+        golden::load("golden_muon.json", "speedrun-golden-muon", "tools/make_golden_muon.py");
     return j;
 }
 
-std::vector<float> part(const Network& net, const std::vector<float>& all, const std::string& name) {
-    const auto& s = net.tensor(name);
-    return {all.begin() + s.offset, all.begin() + s.offset + s.count};
-}
-
-double max_abs(const std::vector<float>& v) {
-    double m = 0;
-    for (float x : v) m = std::max(m, double(std::abs(x)));
-    return m;
-}
+using golden::max_abs;
+using golden::part;
 
 void check_preset(const std::string& preset) {
     const auto& j = golden()[preset];
@@ -51,34 +36,22 @@ void check_preset(const std::string& preset) {
     ASSERT_FLOAT_EQ(r.net.scaling_factor, 1.f / 256);  // the peers' head / width, at width 256
     r.net.scaling_factor = 1.f / float(w[2]);
     Network net(*b, r.net);
-    std::vector<float> h(net.size(), 0.f);
-    for (const auto& [name, vals] : j["params"].items()) {
-        const auto& s = net.tensor(name);
-        auto v = vals.get<std::vector<float>>();
-        ASSERT_EQ(v.size(), s.count) << name;
-        std::copy(v.begin(), v.end(), h.begin() + s.offset);
-    }
-    net.upload(h);
+    golden::upload_params(net, j["params"]);
     const int N = j["N"], total = j["total_steps"], whiten_steps = j["whiten_steps"];
     Workspace ws(net, N);
-    auto x = j["input_nhwc"].get<std::vector<float>>();
-    auto labels = j["labels"].get<std::vector<int32_t>>();
-    DeviceBuffer<float> xd(*b, x.size()), st(*b, 2);
-    DeviceBuffer<int32_t> yd(*b, labels.size());
-    b->upload(xd.get(), x.data(), x.size() * 4);
-    b->upload(yd.get(), labels.data(), labels.size() * 4);
+    golden::Batch in(*b, j);
     Optimizer opt(net, r);
     std::vector<float> now, g(net.size());
     for (int step = 0; step < 2; ++step) {
-        const float* logits = ws.forward(xd.get(), true);
-        b->cross_entropy(ws.dlogits(), st.get(), logits, yd.get(), N, 10, r.label_smoothing);
+        const float* logits = ws.forward(in.xd.get(), true);
+        b->cross_entropy(ws.dlogits(), in.st.get(), logits, in.yd.get(), N, 10, r.label_smoothing);
         ws.backward(ws.dlogits(), step < whiten_steps);
         if (step == 0) {
             std::vector<float> lg(size_t(N) * 10);
             b->download(lg.data(), logits, lg.size() * 4);
             EXPECT_TRUE(test::all_close(lg, j["logits"].get<std::vector<float>>(), 1e-5, 1e-4));
             float s[2];
-            b->download(s, st.get(), 8);
+            b->download(s, in.st.get(), 8);
             EXPECT_NEAR(s[0], j["loss"].get<double>(), 1e-4 * j["loss"].get<double>());
             b->download(g.data(), net.grads.get(), g.size() * 4);
             for (const auto& [name, vals] : j["grads"].items()) {

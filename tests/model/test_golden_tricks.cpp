@@ -6,41 +6,26 @@
 // steps (lr from the peer's schedule), the EMA after the first step, and the EMA model's logits
 // in eval mode.
 #include <cmath>
-#include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "model/network.h"
 #include "optim/optimizer.h"
 #include "train/recipe.h"
+#include "golden_util.h"
 #include "test_util.h"
 
 namespace sr {
 namespace {
 
 const nlohmann::json& golden() {
-    static const nlohmann::json j = [] {
-        const std::string path = std::string(SPEEDRUN_SOURCE_DIR) + "/tests/data/golden_tricks.json";
-        std::ifstream f(path);
-        if (!f) throw std::runtime_error(path + ": missing; run tools/make_golden_tricks.py to make it");
-        auto g = nlohmann::json::parse(f);
-        if (g.value("format", "") != "speedrun-golden-tricks" || g.value("version", 0) != 1)
-            throw std::runtime_error(path + ": not a version-1 golden file; rerun tools/make_golden_tricks.py");
-        return g;
-    }();
+    static const nlohmann::json j =
+        golden::load("golden_tricks.json", "speedrun-golden-tricks", "tools/make_golden_tricks.py");
     return j;
 }
 
-std::vector<float> part(const Network& net, const std::vector<float>& all, const std::string& name) {
-    const auto& s = net.tensor(name);
-    return {all.begin() + s.offset, all.begin() + s.offset + s.count};
-}
-
-double max_abs(const std::vector<float>& v) {
-    double m = 0;
-    for (float x : v) m = std::max(m, double(std::abs(x)));
-    return m;
-}
+using golden::max_abs;
+using golden::part;
 
 void expect_tensors(const Network& net, const std::vector<float>& now, const nlohmann::json& ref,
                     const std::string& what, double rel) {
@@ -59,39 +44,25 @@ TEST(GoldenTricks, MatchesPyTorchCifar10FastSimple) {
     r.net.ghost_splits = j["ghost_splits"];
     r.net.widths = j["widths"].get<std::vector<int>>();
     Network net(*b, r.net);
-    std::vector<float> h(net.size(), 0.f);
-    size_t filled = 0;
-    for (const auto& [name, vals] : j["params"].items()) {
-        const auto& s = net.tensor(name);
-        auto v = vals.get<std::vector<float>>();
-        ASSERT_EQ(v.size(), s.count) << name;
-        std::copy(v.begin(), v.end(), h.begin() + s.offset);
-        filled += s.count;
-    }
-    ASSERT_EQ(filled, net.size()) << "every tensor of ours has a counterpart in the peer's state";
-    net.upload(h);
+    ASSERT_EQ(golden::upload_params(net, j["params"]), net.size())
+        << "every tensor of ours has a counterpart in the peer's state";
     b->copy(net.ema.get(), net.params.get(), net.size() * sizeof(float));  // the peer's deepcopy
     const int N = j["N"];
     Workspace ws(net, N);
-    auto x = j["input_nhwc"].get<std::vector<float>>();
-    auto labels = j["labels"].get<std::vector<int32_t>>();
-    DeviceBuffer<float> xd(*b, x.size()), st(*b, 2);
-    DeviceBuffer<int32_t> yd(*b, labels.size());
-    b->upload(xd.get(), x.data(), x.size() * 4);
-    b->upload(yd.get(), labels.data(), labels.size() * 4);
+    golden::Batch in(*b, j);
     Optimizer opt(net, r);
     std::vector<float> now, g(net.size());
     const int total = 970, spe = 97;
     for (int step = 0; step < 2; ++step) {
-        const float* logits = ws.forward(xd.get(), true);
-        b->cross_entropy(ws.dlogits(), st.get(), logits, yd.get(), N, 10, r.label_smoothing);
+        const float* logits = ws.forward(in.xd.get(), true);
+        b->cross_entropy(ws.dlogits(), in.st.get(), logits, in.yd.get(), N, 10, r.label_smoothing);
         ws.backward(ws.dlogits(), false);
         if (step == 0) {
             std::vector<float> lg(size_t(N) * 10);
             b->download(lg.data(), logits, lg.size() * 4);
             EXPECT_TRUE(test::all_close(lg, j["logits"].get<std::vector<float>>(), 1e-5, 1e-4));
             float s[2];
-            b->download(s, st.get(), 8);
+            b->download(s, in.st.get(), 8);
             EXPECT_NEAR(s[0], j["loss"].get<double>(), 1e-5 * j["loss"].get<double>());
             b->download(g.data(), net.grads.get(), g.size() * 4);
             for (const auto& [name, vals] : j["grads"].items()) {
@@ -116,7 +87,7 @@ TEST(GoldenTricks, MatchesPyTorchCifar10FastSimple) {
     // the EMA model in eval mode (the first ghost slice's running statistics)
     b->copy(net.params.get(), net.ema.get(), net.size() * sizeof(float));
     std::vector<float> lg(size_t(N) * 10);
-    b->download(lg.data(), ws.forward(xd.get(), false), lg.size() * 4);
+    b->download(lg.data(), ws.forward(in.xd.get(), false), lg.size() * 4);
     EXPECT_TRUE(test::all_close(lg, j["ema_eval_logits"].get<std::vector<float>>(), 1e-4, 1e-3));
 }
 

@@ -1,0 +1,71 @@
+// golden_util.h: what the golden tests share (test_golden*.cpp): reading a reference file that a
+// tools/make_golden*.py script wrote, loading its parameters into a network, uploading its input
+// batch, and slicing one tensor out of a copy of an arena.
+#pragma once
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "model/network.h"
+
+namespace sr::golden {
+
+// tests/data/<file>, which must carry {"format": format, "version": 1}; tool names the script
+// that makes it (for the error message).
+inline nlohmann::json load(const std::string& file, const std::string& format, const std::string& tool) {
+    const std::string path = std::string(SPEEDRUN_SOURCE_DIR) + "/tests/data/" + file;
+    std::ifstream f(path);
+    if (!f) throw std::runtime_error(path + ": missing; run " + tool + " to make it");
+    auto j = nlohmann::json::parse(f);
+    if (j.value("format", "") != format || j.value("version", 0) != 1)
+        throw std::runtime_error(path + ": not a version-1 " + format + " file; rerun " + tool);
+    return j;
+}
+
+inline std::vector<float> part(const Network& net, const std::vector<float>& all, const std::string& name) {
+    const auto& s = net.tensor(name);
+    return {all.begin() + ptrdiff_t(s.offset), all.begin() + ptrdiff_t(s.offset + s.count)};
+}
+
+inline double max_abs(const std::vector<float>& v) {
+    double m = 0;
+    for (float x : v) m = std::max(m, double(std::abs(x)));
+    return m;
+}
+
+// Every tensor of `params` (name -> values) into a zeroed arena, uploaded; returns the number of
+// floats set (a size mismatch is a test failure naming the tensor).
+inline size_t upload_params(Network& net, const nlohmann::json& params) {
+    std::vector<float> h(net.size(), 0.f);
+    size_t filled = 0;
+    for (const auto& [name, vals] : params.items()) {
+        const auto& s = net.tensor(name);
+        auto v = vals.get<std::vector<float>>();
+        EXPECT_EQ(v.size(), s.count) << name;
+        if (v.size() != s.count) continue;
+        std::copy(v.begin(), v.end(), h.begin() + ptrdiff_t(s.offset));
+        filled += s.count;
+    }
+    net.upload(h);
+    return filled;
+}
+
+// The reference's input batch (input_nhwc, labels) on the backend, and a loss-statistics slot.
+struct Batch {
+    Batch(Backend& b, const nlohmann::json& j)
+        : x(j["input_nhwc"].get<std::vector<float>>()), labels(j["labels"].get<std::vector<int32_t>>()),
+          xd(b, x.size()), yd(b, labels.size()), st(b, 2) {
+        b.upload(xd.get(), x.data(), x.size() * 4);
+        b.upload(yd.get(), labels.data(), labels.size() * 4);
+    }
+    std::vector<float> x;
+    std::vector<int32_t> labels;
+    DeviceBuffer<float> xd;
+    DeviceBuffer<int32_t> yd;
+    DeviceBuffer<float> st;
+};
+
+}  // namespace sr::golden
