@@ -34,13 +34,9 @@ TEST(Train, RealRecipeLearnsInAFractionOfAnEpoch) {
         std::printf("[ data ] real CIFAR-10 from %s\n", dir.c_str());
     } else {
         data = make_synthetic_cifar10(4096, 1000, 3);
-        r.net.widths = r.net.arch == Arch::resnet9 ? std::vector<int>{16, 16, 32, 32} : std::vector<int>{16, 32, 32};
+        r.net.widths = {16, 32, 32};
         r.batch_size = 256;
         r.epochs = 4;
-        if (!r.knots.empty()) {
-            r.knots = {{0, 0}, {8, 1}, {64, 0.1}};
-            r.ema_decay = 0.5;
-        }
         threshold = 0.60;
         std::printf("[ data ] %s (real CIFAR-10 not found)\n", data.source.c_str());
     }
@@ -78,18 +74,19 @@ TEST_P(PresetLearns, InAFractionOfAnEpoch) {
         const bool muon = r.optimizer == "muon";
         r.batch_size = 512;
         r.epochs = 2;
-        const bool steps_schedule = !r.knots.empty();
         o.subset = muon ? 2048 : 4096;
         o.test_subset = 2000;
         threshold = muon ? 0.25 : 0.30;
-        if (steps_schedule) {  // a schedule in absolute steps (tricks10: warm-up over 194 of
-            // 970 steps): its warm-up 3 times faster (a quarter of the peak at the 16th step
-            // here; 12 times faster diverged), and the EMA's horizon shortened with it. The bar is
-            // lower: after 16 steps, BN momentum 0.1 leaves 19% of the initial running
-            // statistics in the evaluated ones (measured 0.1725; chance is 0.10)
+        // resnet9 presets (BN momentum 0.1): after 16 steps 19% of the initial running
+        // statistics remain in the evaluated ones, hence a lower bar (measured: tricks10 0.1725,
+        // page24 0.3270; chance is 0.10)
+        if (r.net.arch == Arch::resnet9) threshold = 0.15;
+        if (r.knots_unit == "step" && !r.knots.empty()) {
+            // a schedule in absolute steps (tricks10: warm-up over 194 of 970 steps): its warm-up
+            // 3 times faster (a quarter of the peak at the 16th step here; 12 times faster
+            // diverged), and the EMA's horizon shortened with it
             r.knots = {{0, 0}, {64, 1}};
             r.ema_decay = 0.5;
-            threshold = 0.15;
         }
         std::printf("[ data ] real CIFAR-10 from %s\n", dir.c_str());
     } else {
@@ -97,7 +94,7 @@ TEST_P(PresetLearns, InAFractionOfAnEpoch) {
         r.net.widths = r.net.arch == Arch::resnet9 ? std::vector<int>{16, 16, 32, 32} : std::vector<int>{16, 32, 32};
         r.batch_size = 256;
         r.epochs = 4;
-        if (!r.knots.empty()) {
+        if (r.knots_unit == "step" && !r.knots.empty()) {
             r.knots = {{0, 0}, {8, 1}, {64, 0.1}};
             r.ema_decay = 0.5;
         }
@@ -115,7 +112,7 @@ TEST_P(PresetLearns, InAFractionOfAnEpoch) {
     EXPECT_GT(res.test_accuracy_tta, threshold);
 }
 
-INSTANTIATE_TEST_SUITE_P(Train, PresetLearns, ::testing::Values("muon94", "hiverge", "airbench95", "tricks10"),
+INSTANTIATE_TEST_SUITE_P(Train, PresetLearns, ::testing::Values("muon94", "hiverge", "airbench95", "tricks10", "page24"),
                          [](const auto& info) { return std::string(info.param); });
 
 // Selective TTA: with every image selected it is the full TTA, with none it is the plain view;

@@ -218,6 +218,7 @@ void Network::init(Rng& rng) {
 
 void Network::init_whitening(const float* x, int N, float eps) {
     const int k = cfg_.whiten_kernel, D = 3 * k * k;
+    if (k == 0) return;  // (resnet9 without a whitening layer)
     std::vector<double> cov(size_t(D) * D);
     backend.patch_covariance(cov.data(), x, N, cfg_.image_side, cfg_.image_side, 3, k);
     Eigen::MatrixXd m(D, D);

@@ -241,6 +241,9 @@ public:
     // over the per_image values of each of the B images; shift, gain: (B).
     virtual void brightness_contrast(float* x, const float* shift, const float* gain, int B,
                                      size_t per_image) = 0;
+    // Cutout (cifar10-fast): for each of the B images of x (B,H,W,C), the size x size square with
+    // top-left corner (pos[2b], pos[2b+1]) (row, column; clipped at the image's edge) := 0.
+    virtual void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) = 0;
     // Uncentred covariance of all k x k patches (stride 1, valid) of N images (N,H,W,C):
     // cov_host (D,D), D = C*k*k, with patch vector order (c, r, s) as PyTorch's unfold.
     // cov = sum(patch patch^T) / number_of_patches, accumulated in double.

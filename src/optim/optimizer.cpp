@@ -83,10 +83,11 @@ void Optimizer::step(int step, int total, int whiten_steps, int steps_per_epoch)
     }
     if (r_.optimizer == "nesterov") {  // lr and wd as given; BN biases and scales at lr x bias_scaler
         const double lw = r_.lr * mult, lb = r_.lr * r_.bias_scaler * mult;
-        if (whiten_bias) sgd_group(ParamGroup::whiten_bias, lb, r_.bias_weight_decay, r_.momentum, true);
-        sgd_group(ParamGroup::weight, lw, r_.weight_decay, r_.momentum, true);
-        sgd_group(ParamGroup::bn_bias, lb, r_.bias_weight_decay, r_.momentum, true);
-        sgd_group(ParamGroup::bn_scale, lb, r_.bias_weight_decay, r_.momentum, true);
+        const bool v = r_.lr_in_velocity;
+        if (whiten_bias) sgd_group(ParamGroup::whiten_bias, lb, r_.bias_weight_decay, r_.momentum, v);
+        sgd_group(ParamGroup::weight, lw, r_.weight_decay, r_.momentum, v);
+        sgd_group(ParamGroup::bn_bias, lb, r_.bias_weight_decay, r_.momentum, v);
+        sgd_group(ParamGroup::bn_scale, lb, r_.bias_weight_decay, r_.momentum, v);
         return;
     }
     // "muon": the SGD groups in PyTorch's form, weight_decay = wd / (the group's initial lr)

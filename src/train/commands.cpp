@@ -113,9 +113,10 @@ static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, co
                    r.muon.lr, r.muon.momentum, r.muon.steps, r.momentum, r.bias_lr, r.head_lr, r.wd,
                    r.label_smoothing);
     else if (r.optimizer == "nesterov")
-        fmt::print("optimizer     SGD Nesterov (lr inside the velocity)  lr {:g}  momentum {:g}  wd {:g}  "
-                   "BN biases lr x{:g} wd {:g}  label smoothing {:g}\n",
-                   r.lr, r.momentum, r.weight_decay, r.bias_scaler, r.bias_weight_decay, r.label_smoothing);
+        fmt::print("optimizer     SGD Nesterov ({})  lr {:g}  momentum {:g}  wd {:g}  "
+                   "BN lr x{:g} wd {:g}  label smoothing {:g}\n",
+                   r.lr_in_velocity ? "lr inside the velocity" : "PyTorch form", r.lr, r.momentum,
+                   r.weight_decay, r.bias_scaler, r.bias_weight_decay, r.label_smoothing);
     else
         fmt::print("optimizer     SGD Nesterov  lr {:g}/1024  momentum {:g}  wd {:g}/1024  bias x{:g}  "
                    "label smoothing {:g}\n",
@@ -134,9 +135,13 @@ static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, co
                    r.knots_offset ? fmt::format(" (position = step + {})", r.knots_offset) : std::string(),
                    averaging);
     }
-    fmt::print("augmentation  translate +/-{}{}  flip {}{}  TTA level {}{}\n", r.translate,
+    fmt::print("augmentation  translate +/-{}{}{}  flip {}{}  TTA level {}{}\n", r.translate,
                r.crop == "batch" ? " (one crop per batch)" : "",
-               r.flip ? (r.flip_mode == "half" ? "a random half each epoch" : "alternating") : "off",
+               r.cutout > 0 ? fmt::format("  cutout {0}x{0}", r.cutout) : std::string(),
+               r.flip ? (r.flip_mode == "half"     ? "a random half each epoch"
+                         : r.flip_mode == "random" ? "random"
+                                                   : "alternating")
+                      : "off",
                r.brightness > 0 || r.contrast > 0
                    ? fmt::format("  brightness +/-{:g} contrast +/-{:g}", r.brightness, r.contrast)
                    : std::string(),

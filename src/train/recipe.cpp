@@ -64,7 +64,7 @@ void check_known(const nlohmann::json& j) {
                  "scaling_factor", "final_pool", "act", "celu_alpha", "head_unit_std",
                  "whiten_bias_uniform", "ghost_splits", "pool_before_norm", "residual"}},
         {"opt", {"optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-                 "bias_scaler", "bias_lr", "head_lr", "wd", "bias_weight_decay", "label_smoothing",
+                 "bias_scaler", "bias_lr", "head_lr", "wd", "bias_weight_decay", "lr_in_velocity", "label_smoothing",
                  "whiten_bias_epochs"}},
         {"ema", {"every", "decay"}},
         {"muon", {"lr", "momentum", "nesterov", "coeffs", "steps", "eps", "magnitude",
@@ -72,7 +72,7 @@ void check_known(const nlohmann::json& j) {
         {"schedule", {"warmup_frac", "start", "peak", "end", "knots", "knots_unit", "knots_offset"}},
         {"lookahead", {"every", "base", "power"}},
         {"whiten", {"images", "eps"}},
-        {"aug", {"flip", "flip_mode", "translate", "crop", "brightness", "contrast"}},
+        {"aug", {"flip", "flip_mode", "translate", "crop", "cutout", "brightness", "contrast"}},
         {"eval", {"tta_level", "tta_weights", "tta_select"}},
     };
     for (const auto& [k, v] : j.items()) {
@@ -130,6 +130,8 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     rd.get("opt", "head_lr", r.head_lr);
     rd.get("opt", "wd", r.wd);
     rd.get("opt", "bias_weight_decay", r.bias_weight_decay);
+    rd.get("opt", "lr_in_velocity", r.lr_in_velocity);
+    rd.get("aug", "cutout", r.cutout);
     rd.get("ema", "every", r.ema_every);
     rd.get("ema", "decay", r.ema_decay);
     rd.get("schedule", "knots", r.knots);
@@ -187,7 +189,9 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     need(r.knots_unit == "step" || r.knots_unit == "epoch", "schedule.knots_unit must be \"step\" or \"epoch\"");
     for (size_t i = 1; i < r.knots.size(); ++i)
         need(r.knots[i][0] >= r.knots[i - 1][0], "schedule.knots must be in increasing order of position");
-    need(r.flip_mode == "alternating" || r.flip_mode == "half", "aug.flip_mode must be \"alternating\" or \"half\"");
+    need(r.flip_mode == "alternating" || r.flip_mode == "half" || r.flip_mode == "random",
+         "aug.flip_mode must be \"alternating\", \"half\" or \"random\"");
+    need(r.cutout >= 0 && r.cutout <= r.net.image_side, "aug.cutout must be in 0..32 (0 = off)");
     need(r.crop == "image" || r.crop == "batch", "aug.crop must be \"image\" or \"batch\"");
     if (r.net.arch == Arch::airbench) {
         need(r.net.widths.size() == 3, "net.widths must have 3 entries for net.arch \"airbench\"");
@@ -257,7 +261,7 @@ nlohmann::json recipe_to_json(const Recipe& r) {
         {"opt", {{"optimizer", r.optimizer}, {"epochs", r.epochs}, {"batch_size", r.batch_size}, {"lr", r.lr},
                  {"momentum", r.momentum}, {"weight_decay", r.weight_decay}, {"bias_scaler", r.bias_scaler},
                  {"bias_lr", r.bias_lr}, {"head_lr", r.head_lr}, {"wd", r.wd},
-                 {"bias_weight_decay", r.bias_weight_decay},
+                 {"bias_weight_decay", r.bias_weight_decay}, {"lr_in_velocity", r.lr_in_velocity},
                  {"label_smoothing", r.label_smoothing}, {"whiten_bias_epochs", r.whiten_bias_epochs}}},
         {"muon", {{"lr", r.muon.lr}, {"momentum", r.muon.momentum}, {"nesterov", r.muon.nesterov},
                   {"coeffs", r.muon.coeffs}, {"steps", r.muon.steps}, {"eps", r.muon.eps},
@@ -270,7 +274,7 @@ nlohmann::json recipe_to_json(const Recipe& r) {
         {"lookahead", {{"every", r.lookahead_every}, {"base", r.lookahead_base}, {"power", r.lookahead_power}}},
         {"whiten", {{"images", r.whiten_images}, {"eps", r.whiten_eps}}},
         {"aug", {{"flip", r.flip}, {"flip_mode", r.flip_mode}, {"translate", r.translate},
-                 {"crop", r.crop}, {"brightness", r.brightness},
+                 {"crop", r.crop}, {"cutout", r.cutout}, {"brightness", r.brightness},
                  {"contrast", r.contrast}}},
         {"eval", {{"tta_level", r.tta_level}, {"tta_weights", r.tta_weights}, {"tta_select", r.tta_select}}},
     };

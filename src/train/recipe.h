@@ -30,6 +30,9 @@ struct Recipe {
     double lr = 11.5, momentum = 0.85, weight_decay = 0.0153, bias_scaler = 64.0;
     double bias_lr = 0.053, head_lr = 0.67, wd = 0.0;  // "muon" only
     double bias_weight_decay = 0.0;                      // "nesterov" only
+    // "nesterov" only: false = PyTorch's SGD form (buf = m buf + g'; p -= lr (g' + m buf)), as
+    // cifar10-fast's DAWNBench code (torch.optim.SGD) uses
+    bool lr_in_velocity = true;
     float label_smoothing = 0.2f;
     // the whitening bias trains for ceil(whiten_bias_epochs * steps_per_epoch) steps; with
     // "muon" its lr decays linearly to 0 over those steps (as both Muon peers do)
@@ -71,13 +74,18 @@ struct Recipe {
     int whiten_images = 5000;
     double whiten_eps = 5e-4;
     bool flip = true;  // alternating flip: random half at the start, then every image each epoch
-    // "alternating" (above) or "half": a fresh random half of the images each epoch
+    // "alternating" (above), "half": a fresh random half of the images each epoch, or "random":
+    // each image with probability 1/2, drawn afresh each epoch
     std::string flip_mode = "alternating";
     int translate = 2;
     // crop offsets: "image" = each image its own, uniform in [-translate, translate];
     // "batch" = one per batch for all its images, as cifar10-fast-simple (randint(2 translate):
     // in [-translate, translate - 1])
     std::string crop = "image";
+    // cutout (cifar10-fast): a cutout x cutout square of each training image := 0 (the mean, after
+    // normalisation), its corner uniform over the positions inside the crop, drawn each epoch,
+    // after crop and flip; 0 = off
+    int cutout = 0;
     // colour jitter per image and epoch, after crop and flip (hiverge): x = (x + U(-brightness,
     // brightness)) * (1 + U(-contrast, contrast)) on the normalised image; 0 = off
     double brightness = 0, contrast = 0;

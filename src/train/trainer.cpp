@@ -93,6 +93,7 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
     ep_labels_ = DeviceBuffer<int32_t>(b, n_train_);
     ep_shifts_ = DeviceBuffer<int8_t>(b, size_t(2) * n_train_);
     ep_flips_ = DeviceBuffer<uint8_t>(b, n_train_);
+    if (r.cutout > 0) ep_cutout_ = DeviceBuffer<uint8_t>(b, size_t(2) * n_train_);
     if (r.brightness > 0 || r.contrast > 0) ep_jitter_ = DeviceBuffer<float>(b, size_t(2) * n_train_);
     if (r.ema_every > 0) hold_ = DeviceBuffer<float>(b, net_.size());
     host_logits_.resize(size_t(n_test_) * r.net.num_classes);
@@ -254,6 +255,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     std::vector<int32_t> perm(n_train_), idx(n_train_), lab(n_train_);
     std::vector<int8_t> shifts(size_t(2) * n_train_);
     std::vector<uint8_t> flips(n_train_);
+    std::vector<uint8_t> cut(r_.cutout > 0 ? size_t(2) * n_train_ : 0);
     std::vector<float> jit_shift(jitter ? n_train_ : 0), jit_gain(jitter ? n_train_ : 0);
 
     if (print) {
@@ -305,6 +307,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         std::iota(perm.begin(), perm.end(), 0);
         for (int i = n_train_ - 1; i > 0; --i) std::swap(perm[i], perm[rng.below(uint32_t(i + 1))]);
         const bool per_batch = r_.crop == "batch", half = r_.flip_mode == "half";
+        const bool random_flip = r_.flip_mode == "random";
         int8_t by = 0, bx = 0;
         for (int j = 0; j < n_train_; ++j) {
             idx[j] = perm[j];
@@ -321,8 +324,16 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                 shifts[2 * j + 1] = int8_t(pad ? int(rng.below(2 * pad + 1)) - pad : 0);
             }
             // "half": the first half of the shuffled epoch (a fresh random half) is mirrored
-            flips[j] = !r_.flip ? 0 : half ? uint8_t(j < n_train_ / 2) : uint8_t(base_flip[perm[j]] ^ (epoch & 1));
+            flips[j] = !r_.flip ? 0
+                       : half   ? uint8_t(j < n_train_ / 2)
+                       : random_flip ? uint8_t(rng.below(2))
+                                     : uint8_t(base_flip[perm[j]] ^ (epoch & 1));
         }
+        if (r_.cutout > 0)  // drawn only when on, so other recipes keep their random stream
+            for (int j = 0; j < n_train_; ++j) {
+                cut[2 * size_t(j)] = uint8_t(rng.below(uint32_t(side - r_.cutout + 1)));
+                cut[2 * size_t(j) + 1] = uint8_t(rng.below(uint32_t(side - r_.cutout + 1)));
+            }
         if (jitter)  // drawn only when on, so other recipes keep their random stream
             for (int j = 0; j < n_train_; ++j) {
                 jit_shift[j] = float((rng.uniform() * 2 - 1) * r_.brightness);
@@ -334,6 +345,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         b_.upload(ep_labels_.get(), lab.data(), lab.size() * sizeof(int32_t));
         b_.upload(ep_shifts_.get(), shifts.data(), shifts.size());
         b_.upload(ep_flips_.get(), flips.data(), flips.size());
+        if (r_.cutout > 0) b_.upload(ep_cutout_.get(), cut.data(), cut.size());
         if (jitter) {
             b_.upload(ep_jitter_.get(), jit_shift.data(), jit_shift.size() * sizeof(float));
             b_.upload(ep_jitter_.get() + n_train_, jit_gain.data(), jit_gain.size() * sizeof(float));
@@ -351,6 +363,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             if (jitter)
                 b_.brightness_contrast(batch_x_.get(), ep_jitter_.get() + at,
                                        ep_jitter_.get() + n_train_ + at, Bl, size_t(side) * side * 3);
+            if (r_.cutout > 0)
+                b_.cutout(batch_x_.get(), ep_cutout_.get() + 2 * at, Bl, side, side, 3, r_.cutout);
             const bool whiten_bias = step < whiten_steps;
             const float* logits = ws_train_->forward(batch_x_.get(), true);
             b_.cross_entropy(ws_train_->dlogits(), stats_.get(), logits, ep_labels_.get() + at, Bl,

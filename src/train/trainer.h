@@ -90,6 +90,7 @@ private:
     DeviceBuffer<int32_t> sel_idx_;  // selective TTA: the test images that get the TTA views
     DeviceBuffer<int8_t> ep_shifts_;
     DeviceBuffer<uint8_t> ep_flips_;
+    DeviceBuffer<uint8_t> ep_cutout_;  // cutout corners of the epoch: (row, column) per image
     DeviceBuffer<float> ep_jitter_;  // colour jitter of the epoch: shifts (n), then gains (n)
     DeviceBuffer<float> hold_;       // the training weights while the EMA is evaluated
     std::vector<float> host_logits_;

@@ -662,6 +662,21 @@ TEST_F(BackendOps, SgdNesterov) {
     }
 }
 
+// Cutout only writes zeros: exact, with squares clipped at the edges.
+TEST_F(BackendOps, Cutout) {
+    const int B = 37, H = 32, W = 32, C = 3, size = 8;
+    auto x = in(randn(size_t(B) * H * W * C, 1220));
+    std::vector<uint8_t> p(2 * size_t(B));
+    for (int b = 0; b < B; ++b) {
+        p[2 * size_t(b)] = uint8_t((b * 7) % 29);  // up to 28: some squares cross the edge
+        p[2 * size_t(b) + 1] = uint8_t((b * 11) % 27);
+    }
+    auto pos = in(p);
+    cpu_->cutout(x.cp(), pos.cp(), B, H, W, C, size);
+    gpu_->cutout(x.gp(), pos.gp(), B, H, W, C, size);
+    EXPECT_TRUE(same(x, "cutout x", 0, 0));
+}
+
 TEST_F(BackendOps, SgdNesterovVelocity) {
     const size_t n = 100003;
     auto p = in(randn(n, 1210));

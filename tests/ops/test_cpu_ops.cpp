@@ -264,6 +264,25 @@ TEST(CpuOps, ReluAndCeluMatchFormulaAndFiniteDifferences) {
     EXPECT_TRUE(grad_matches(fd_grad(xs, r, g, 1e-2, 60, 90), d, 1e-3, 1e-3));
 }
 
+// Cutout: exactly the size x size square at the corner (clipped at the edge) becomes 0
+TEST(CpuOps, CutoutZeroesExactlyTheSquare) {
+    const int B = 3, H = 10, W = 9, C = 3, size = 4;
+    auto x = randn(size_t(B) * H * W * C, 95);
+    for (float& v : x) v += v == 0.f ? 1.f : 0.f;  // no zero before
+    const auto before = x;
+    const uint8_t pos[2 * B] = {0, 0, 3, 5, 8, 7};  // the last square is clipped to 2 x 2
+    cpu::cutout(x.data(), pos, B, H, W, C, size);
+    for (int b = 0; b < B; ++b)
+        for (int y = 0; y < H; ++y)
+            for (int xx = 0; xx < W; ++xx)
+                for (int c = 0; c < C; ++c) {
+                    const size_t i = ((size_t(b) * H + y) * W + xx) * C + c;
+                    const bool in = y >= pos[2 * b] && y < pos[2 * b] + size && xx >= pos[2 * b + 1] &&
+                                    xx < pos[2 * b + 1] + size;
+                    ASSERT_EQ(x[i], in ? 0.f : before[i]) << b << " " << y << " " << xx << " " << c;
+                }
+}
+
 // cifar10-fast-simple's update_nesterov, step by step in double, with an lr that changes
 TEST(CpuOps, SgdNesterovVelocityMatchesThePeersUpdate) {
     const size_t n = 257;

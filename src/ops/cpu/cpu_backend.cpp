@@ -168,6 +168,9 @@ public:
               float alpha, float beta) override {
         cpu::gemm(C, A, B, M, N, K, ta, tb, alpha, beta);
     }
+    void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) override {
+        cpu::cutout(x, pos, B, H, W, C, size);
+    }
     void brightness_contrast(float* x, const float* shift, const float* gain, int B,
                              size_t per_image) override {
         cpu::brightness_contrast(x, shift, gain, B, per_image);

@@ -93,6 +93,7 @@ void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const flo
                    const float* std, int pad);
 void gather_crops(float* out, const float* src, int H, int W, int pad, int B, const int32_t* idx,
                   int first, const int8_t* shifts, int sy, int sx, const uint8_t* flips, int flip);
+void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size);
 void brightness_contrast(float* x, const float* shift, const float* gain, int B,
                          size_t per_image);
 void patch_covariance(double* cov, const float* x, int N, int H, int W, int C, int k);

@@ -1,5 +1,6 @@
 // data_ops.cpp: CPU data ops: normalise + reflect-pad the uint8 images once, gather a batch of
 // (translated, flipped) crops, and the patch covariance behind the whitening layer.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -25,6 +26,19 @@ SR_CLONES void normalize_pad(float* out, const uint8_t* in, int N, int H, int W,
                 // the same arithmetic as torchvision: (v / 255 - mean) / std
                 for (int c = 0; c < 3; ++c) d[c] = (float(s[c]) / 255.f - mean[c]) / std[c];
             }
+}
+
+void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) {
+#pragma omp parallel for schedule(static) if (B > 64)
+    for (int b = 0; b < B; ++b) {
+        const int y0 = pos[2 * b], x0 = pos[2 * b + 1];
+        const int y1 = std::min(H, y0 + size), x1 = std::min(W, x0 + size);
+        for (int y = y0; y < y1; ++y)
+            for (int xx = x0; xx < x1; ++xx) {
+                float* p = x + ((size_t(b) * H + y) * W + xx) * C;
+                std::fill(p, p + C, 0.f);
+            }
+    }
 }
 
 SR_CLONES void brightness_contrast(float* x, const float* shift, const float* gain, int B,

@@ -345,6 +345,9 @@ public:
         cuda::gather_crops(stream_, out, src, H, W, pad, B, idx, first, shifts, sy, sx, flips,
                            flip);
     }
+    void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) override {
+        cuda::cutout(stream_, x, pos, B, H, W, C, size);
+    }
     void brightness_contrast(float* x, const float* shift, const float* gain, int B,
                              size_t per_image) override {
         cuda::brightness_contrast(stream_, x, shift, gain, B, per_image);

@@ -88,6 +88,7 @@ void normalize_pad(cudaStream_t st, float* out, const uint8_t* in, int N, int H,
 void gather_crops(cudaStream_t st, float* out, const float* src, int H, int W, int pad, int B,
                   const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
                   const uint8_t* flips, int flip);
+void cutout(cudaStream_t st, float* x, const uint8_t* pos, int B, int H, int W, int C, int size);
 void brightness_contrast(cudaStream_t st, float* x, const float* shift, const float* gain, int B,
                          size_t per_image);
 

@@ -71,7 +71,30 @@ __global__ void brightness_contrast_kernel(float* x, const float* shift, const f
     }
 }
 
+// one thread per element of the B size x size squares (those outside the image skip)
+__global__ void cutout_kernel(float* x, const uint8_t* pos, int B, int H, int W, int C, int size,
+                              size_t n) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % C);
+        size_t r = i / C;
+        const int dx = int(r % size);
+        r /= size;
+        const int dy = int(r % size);
+        const int b = int(r / size);
+        const int y = pos[2 * b] + dy, xx = pos[2 * b + 1] + dx;
+        if (y < H && xx < W) x[((size_t(b) * H + y) * W + xx) * C + c] = 0.f;
+    }
+}
+
 }  // namespace
+
+void cutout(cudaStream_t st, float* x, const uint8_t* pos, int B, int H, int W, int C, int size) {
+    const size_t n = size_t(B) * size * size * C;
+    if (n == 0) return;
+    cutout_kernel<<<grid_size(n), kBlock, 0, st>>>(x, pos, B, H, W, C, size, n);
+    CUDA_CHECK_LAUNCH();
+}
 
 void brightness_contrast(cudaStream_t st, float* x, const float* shift, const float* gain, int B,
                          size_t per_image) {
