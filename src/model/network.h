@@ -221,6 +221,7 @@ private:
     std::vector<Unit> units_;
     std::vector<DeviceBuffer<float>> sums_;  // the residual stages' outputs, per stage
     DeviceBuffer<float> t1_, t2_, dg_split_, db_split_, d_last_;
+    size_t whiten_off_ = 0, head_off_ = 0;  // arena offsets, looked up once
     void init_resnet9();
     const float* forward_resnet9(const float* x, bool train);
     void backward_resnet9(const float* dlogits);

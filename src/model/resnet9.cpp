@@ -18,7 +18,9 @@ namespace sr {
 void Workspace::init_resnet9() {
     const NetConfig& c = net_.config();
     const int k = c.whiten_kernel, S = c.ghost_splits;
+    head_off_ = net_.tensor("head.weight").offset;
     if (k > 0) {
+        whiten_off_ = net_.tensor("whiten.weight").offset;
         whiten_ = b_.make_conv({N_, c.image_side, c.image_side, 3, c.whiten_width(), k, k, k / 2});
         z0_ = DeviceBuffer<float>(b_, size_t(N_) * c.image_side * c.image_side * c.whiten_width());
     }
@@ -153,7 +155,7 @@ const float* Workspace::forward_resnet9(const float* x, bool train) {
     x_ = x;
     const float* h = x;
     if (whiten_) {
-        whiten_->forward(z0_.get(), x, P + net_.tensor("whiten.weight").offset, nullptr);
+        whiten_->forward(z0_.get(), x, P + whiten_off_, nullptr);
         h = z0_.get();
     }
     size_t sum_i = 0;
@@ -175,7 +177,7 @@ const float* Workspace::forward_resnet9(const float* x, bool train) {
     }
     const int C = c.widths[3];
     b_.maxpool_forward(feat_.get(), feat_arg_.get(), h, N_, Hf_, Hf_, C, c.final_pool);
-    b_.linear_forward(logits_.get(), feat_.get(), P + net_.tensor("head.weight").offset, N_, C,
+    b_.linear_forward(logits_.get(), feat_.get(), P + head_off_, N_, C,
                       c.num_classes, c.scaling_factor);
     return logits_.get();
 }
@@ -185,7 +187,7 @@ void Workspace::backward_resnet9(const float* dlogits) {
     const float* P = net_.params.get();
     float* G = net_.grads.get();
     const int C = c.widths[3];
-    const size_t head = net_.tensor("head.weight").offset;
+    const size_t head = head_off_;
     b_.linear_backward(d_feat_.get(), G + head, dlogits, feat_.get(), P + head, N_, C,
                        c.num_classes, c.scaling_factor);
     grad_ready(G + head, size_t(c.num_classes) * C);
