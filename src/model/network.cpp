@@ -179,6 +179,22 @@ void Network::upload(const std::vector<float>& host) {
 
 // ---- initialisation -----------------------------------------------------------------------
 
+void dirac_identity_added(float* w, int K, int R, int S, int C) {
+    const size_t n = size_t(K) * R * S * C;
+    auto mean_std = [&](double& m, double& sd) {  // torch.std_mean: the unbiased std
+        double sum = 0, sq = 0;
+        for (size_t i = 0; i < n; ++i) sum += w[i];
+        m = sum / double(n);
+        for (size_t i = 0; i < n; ++i) sq += (w[i] - m) * (w[i] - m);
+        sd = std::sqrt(sq / double(n - 1));
+    };
+    double m0, sd0, m1, sd1;
+    mean_std(m0, sd0);
+    for (int o = 0; o < std::min(K, C); ++o) w[(size_t(o) * R * S + size_t(R / 2) * S + S / 2) * C + o] += 1.f;
+    mean_std(m1, sd1);
+    for (size_t i = 0; i < n; ++i) w[i] = float((w[i] - m1) / sd1 * sd0 + m0);
+}
+
 void Network::init(Rng& rng) {
     std::vector<float> h(total_, 0.f);
     for (const auto& s : specs_) {
@@ -197,7 +213,19 @@ void Network::init(Rng& rng) {
                 const double sd = std::sqrt(sq / double(s.count - 1));  // unbiased, as torch.std
                 for (size_t i = 0; i < s.count; ++i) t[i] = float(t[i] / sd);
             }
-            if (conv && cfg_.arch == Arch::airbench) {  // dirac on the first C_in filters (OHWI): filter o < C_in passes channel o
+            const bool identity_added = cfg_.dirac == "identity_added";
+            if (conv && cfg_.arch == Arch::airbench && identity_added) {
+                // hlb-CIFAR10: conv1 += identity, rescaled; conv2 := identity (torch's dirac_);
+                // the whitening filters come later
+                const int K = s.shape[0], R = s.shape[1], S = s.shape[2], C = s.shape[3];
+                if (s.name.ends_with(".conv1.weight")) {
+                    dirac_identity_added(t, K, R, S, C);
+                } else if (s.name.ends_with(".conv2.weight")) {
+                    std::fill(t, t + s.count, 0.f);
+                    for (int o = 0; o < std::min(K, C); ++o)
+                        t[(size_t(o) * R * S + size_t(R / 2) * S + S / 2) * C + o] = 1.f;
+                }
+            } else if (conv && cfg_.arch == Arch::airbench) {  // dirac on the first C_in filters (OHWI): filter o < C_in passes channel o
                 const int K = s.shape[0], R = s.shape[1], S = s.shape[2], C = s.shape[3];
                 for (int o = 0; o < std::min(K, C); ++o) {
                     float* f = t + size_t(o) * R * S * C;
@@ -216,30 +244,51 @@ void Network::init(Rng& rng) {
     upload(h);
 }
 
-void Network::init_whitening(const float* x, int N, float eps) {
+void Network::init_whitening(const float* x, int N, float eps, bool center, int splits) {
     const int k = cfg_.whiten_kernel, D = 3 * k * k;
     if (k == 0) return;  // (resnet9 without a whitening layer)
-    std::vector<double> cov(size_t(D) * D);
-    backend.patch_covariance(cov.data(), x, N, cfg_.image_side, cfg_.image_side, 3, k);
-    Eigen::MatrixXd m(D, D);
-    for (int i = 0; i < D; ++i)
-        for (int j = 0; j < D; ++j) m(i, j) = cov[size_t(i) * D + j];
-    if (cfg_.arch == Arch::resnet9) {  // cifar10-fast-simple divides by (patches - 1)
-        const double P = double(N) * (cfg_.image_side - k + 1) * (cfg_.image_side - k + 1);
-        m *= P / (P - 1);
+    SR_CHECK(splits >= 1 && N >= splits);
+    const int per = N / splits;
+    const size_t image = size_t(cfg_.image_side) * cfg_.image_side * 3;
+    const double P = double(per) * (cfg_.image_side - k + 1) * (cfg_.image_side - k + 1);
+    Eigen::VectorXd values = Eigen::VectorXd::Zero(D);
+    Eigen::MatrixXd vectors = Eigen::MatrixXd::Zero(D, D), first;
+    for (int part = 0; part < splits; ++part) {
+        std::vector<double> cov(size_t(D) * D), mean(D);
+        backend.patch_covariance(cov.data(), center ? mean.data() : nullptr, x + part * per * image,
+                                 per, cfg_.image_side, cfg_.image_side, 3, k);
+        Eigen::MatrixXd m(D, D);
+        for (int i = 0; i < D; ++i)
+            for (int j = 0; j < D; ++j) m(i, j) = cov[size_t(i) * D + j];
+        if (center) {  // torch.cov: (sum (p - mean)(p - mean)^T) / (patches - 1)
+            for (int i = 0; i < D; ++i)
+                for (int j = 0; j < D; ++j) m(i, j) -= mean[i] * mean[j];
+            m *= P / (P - 1);
+        } else if (cfg_.arch == Arch::resnet9) {  // cifar10-fast-simple divides by (patches - 1)
+            m *= P / (P - 1);
+        }
+        Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(m);
+        if (es.info() != Eigen::Success) fail("whitening: eigen-decomposition of the patch covariance failed");
+        Eigen::MatrixXd v = es.eigenvectors();
+        if (part == 0) {
+            first = v;
+        } else {  // an eigenvector's sign is arbitrary: align with the first part's before averaging
+            for (int c = 0; c < D; ++c)
+                if (v.col(c).dot(first.col(c)) < 0) v.col(c) *= -1.0;
+        }
+        values += es.eigenvalues() / double(splits);
+        vectors += v / double(splits);
     }
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(m);
-    if (es.info() != Eigen::Success) fail("whitening: eigen-decomposition of the patch covariance failed");
     const bool negatives = cfg_.arch == Arch::airbench;
     // Eigen sorts eigenvalues ascending; the recipe uses descending order.
     std::vector<float> w(size_t(negatives ? 2 : 1) * D * D);
     for (int f = 0; f < D; ++f) {
         const int col = D - 1 - f;
-        const double scale = 1.0 / std::sqrt(es.eigenvalues()(col) + eps);
+        const double scale = 1.0 / std::sqrt(values(col) + eps);
         for (int c = 0; c < 3; ++c)
             for (int r = 0; r < k; ++r)
                 for (int s = 0; s < k; ++s) {
-                    const double v = es.eigenvectors()(c * k * k + r * k + s, col) * scale;
+                    const double v = vectors(c * k * k + r * k + s, col) * scale;
                     const size_t o = (size_t(r) * k + s) * 3 + c;  // OHWI inside the filter
                     w[size_t(f) * D + o] = float(v);
                     if (negatives) w[size_t(f + D) * D + o] = float(-v);

@@ -57,12 +57,22 @@ struct NetConfig {
     // (uniform +-1/sqrt(fan_in)) instead of airbench94's zero.
     bool head_unit_std = false;
     bool whiten_bias_uniform = false;
+    // airbench family: "first_filters" = the first C_in filters of every conv := identity
+    // (airbench); "identity_added" = each group's first conv gets the identity added to its
+    // first C_in filters, then is rescaled to its init's mean and std, and the second conv :=
+    // identity (hlb-CIFAR10)
+    std::string dirac = "first_filters";
     int num_classes = 10;
     int image_side = 32;
     int whiten_width() const {
         return (arch == Arch::airbench ? 2 : 1) * 3 * whiten_kernel * whiten_kernel;
     }
 };
+
+// hlb-CIFAR10's first conv of a group: w (K,R,S,C, OHWI) += the identity (filter o < C passes
+// channel o through its centre tap), then w := (w - mean) / std * std0 + mean0, so it keeps the
+// mean and (unbiased) std it had before.
+void dirac_identity_added(float* w, int K, int R, int S, int C);
 
 // A conv unit of the resnet9 family: conv (k x k, same padding, no bias) -> [pool] -> BN -> act
 // -> [pool]; offsets (in floats) of its tensors in the arenas.
@@ -116,7 +126,10 @@ public:
     void init(Rng& rng);
     // Whitening weights from the eigenvectors of the patch covariance of x (N,32,32,3):
     // filters v / sqrt(lambda + eps) and their negatives, eigenvalues in descending order.
-    void init_whitening(const float* x, int N, float eps);
+    // center: torch.cov's centred covariance / (patches - 1); splits > 1: the eigenvalues and
+    // eigenvectors of `splits` equal parts of x averaged (each eigenvector's sign aligned with
+    // the first part's before averaging), as hlb-CIFAR10.
+    void init_whitening(const float* x, int N, float eps, bool center = false, int splits = 1);
 
     void download(std::vector<float>& host) const;
     void upload(const std::vector<float>& host);

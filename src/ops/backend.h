@@ -198,6 +198,12 @@ public:
     // (stats is a device array of 2 floats; it accumulates, so an epoch's sums build up).
     virtual void cross_entropy(float* dlogits, float* stats, const float* logits,
                                const int32_t* labels, int N, int O, float smoothing) = 0;
+    // The same with every row's target mixed from two labels (cutmix, hlb-CIFAR10):
+    // target = (1 - mix) target(labels) + mix target(labels2); the accuracy count compares the
+    // argmax with labels (the larger share while mix < 1/2).
+    virtual void cross_entropy_mixed(float* dlogits, float* stats, const float* logits,
+                                     const int32_t* labels, const int32_t* labels2, float mix,
+                                     int N, int O, float smoothing) = 0;
 
     // ---- optimizer ------------------------------------------------------------------------------
     // PyTorch SGD with Nesterov momentum and (coupled) weight decay, over n values:
@@ -244,11 +250,17 @@ public:
     // Cutout (cifar10-fast): for each of the B images of x (B,H,W,C), the size x size square with
     // top-left corner (pos[2b], pos[2b+1]) (row, column; clipped at the image's edge) := 0.
     virtual void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) = 0;
+    // Cutmix (hlb-CIFAR10): for each of the B images of x (B,H,W,C), the size x size square with
+    // top-left corner (pos[2b], pos[2b+1]) (clipped at the edge) := the same square of image
+    // partner[b] of src (B,H,W,C), a copy of the batch before the op (x != src).
+    virtual void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos,
+                        int B, int H, int W, int C, int size) = 0;
     // Uncentred covariance of all k x k patches (stride 1, valid) of N images (N,H,W,C):
     // cov_host (D,D), D = C*k*k, with patch vector order (c, r, s) as PyTorch's unfold.
-    // cov = sum(patch patch^T) / number_of_patches, accumulated in double.
-    virtual void patch_covariance(double* cov_host, const float* x, int N, int H, int W, int C,
-                                  int k) = 0;
+    // cov = sum(patch patch^T) / number_of_patches, accumulated in double. mean_host (D), when
+    // not null, = the mean patch vector (for a centred covariance: cov - mean mean^T).
+    virtual void patch_covariance(double* cov_host, double* mean_host, const float* x, int N,
+                                  int H, int W, int C, int k) = 0;
 };
 
 // The CPU backend is always available; the CUDA one only in builds with CUDA (nullptr + reason

@@ -42,6 +42,14 @@ inline double knots_multiplier(const std::vector<std::array<double, 2>>& knots, 
 }
 
 // Lookahead decay after `step` updates: base^every * (step / total)^power.
+// A lookahead that starts late (Recipe::lookahead_start_epoch > 0, hlb-CIFAR10): the first event
+// step (a multiple of every, counted after the update) inside epoch start_epoch or later, where
+// the state is first copied from the weights; 0 (start_epoch 0): the state starts with the run.
+inline int lookahead_first_step(int start_epoch, int steps_per_epoch, int every) {
+    if (every <= 0 || start_epoch <= 0) return 0;
+    return (start_epoch * steps_per_epoch / every + 1) * every;
+}
+
 inline double lookahead_decay(int step, int total, int every, double base, double power) {
     return std::pow(base, every) * std::pow(double(step) / total, power);
 }

@@ -123,7 +123,10 @@ static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, co
                    r.lr, r.momentum, r.weight_decay, r.bias_scaler, r.label_smoothing);
     std::string averaging = r.ema_every > 0
         ? fmt::format("EMA every {} steps, decay {:.6g} (evaluated)", r.ema_every, r.ema_decay)
-        : r.lookahead_every > 0 ? fmt::format("lookahead every {} steps", r.lookahead_every)
+        : r.lookahead_every > 0 ? fmt::format("lookahead every {} steps{}", r.lookahead_every,
+                                              r.lookahead_start_epoch > 0
+                                                  ? fmt::format(" from epoch {}", r.lookahead_start_epoch)
+                                                  : std::string())
                                 : std::string("no weight averaging");
     if (r.knots.empty()) {
         fmt::print("schedule      {:g} -> {:g} over {:.0f}% of steps -> {:g};  {}\n", r.lr_start,
@@ -136,8 +139,10 @@ static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, co
                    averaging);
     }
     fmt::print("augmentation  translate +/-{}{}{}  flip {}{}  TTA level {}{}\n", r.translate,
-               r.crop == "batch" ? " (one crop per batch)" : "",
-               r.cutout > 0 ? fmt::format("  cutout {0}x{0}", r.cutout) : std::string(),
+               r.crop == "batch" ? std::string(" (one crop per batch)") : r.crop == "image_randint" ? fmt::format(" (offsets -{}..+{})", r.translate, r.translate - 1) : std::string(),
+               (r.cutout > 0 ? fmt::format("  cutout {0}x{0}", r.cutout) : std::string()) +
+                   (r.cutmix > 0 ? fmt::format("  cutmix {0}x{0} from epoch {1:g}", r.cutmix, r.cutmix_from_epoch)
+                                 : std::string()),
                r.flip ? (r.flip_mode == "half"     ? "a random half each epoch"
                          : r.flip_mode == "random" ? "random"
                                                    : "alternating")

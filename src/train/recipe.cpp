@@ -62,7 +62,7 @@ void check_known(const nlohmann::json& j) {
         {"data", {"mean", "std"}},
         {"net", {"arch", "widths", "whiten_kernel", "bn_eps", "bn_momentum", "bn_train_scale",
                  "scaling_factor", "final_pool", "act", "celu_alpha", "head_unit_std",
-                 "whiten_bias_uniform", "ghost_splits", "pool_before_norm", "residual"}},
+                 "whiten_bias_uniform", "ghost_splits", "pool_before_norm", "residual", "dirac"}},
         {"opt", {"optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay",
                  "bias_scaler", "bias_lr", "head_lr", "wd", "bias_weight_decay", "lr_in_velocity", "label_smoothing",
                  "whiten_bias_epochs"}},
@@ -70,9 +70,10 @@ void check_known(const nlohmann::json& j) {
         {"muon", {"lr", "momentum", "nesterov", "coeffs", "steps", "eps", "magnitude",
                   "renorm_base", "renorm_growth", "renorm_eps", "weight_decay"}},
         {"schedule", {"warmup_frac", "start", "peak", "end", "knots", "knots_unit", "knots_offset"}},
-        {"lookahead", {"every", "base", "power"}},
-        {"whiten", {"images", "eps"}},
-        {"aug", {"flip", "flip_mode", "translate", "crop", "cutout", "brightness", "contrast"}},
+        {"lookahead", {"every", "base", "power", "start_epoch"}},
+        {"whiten", {"images", "eps", "center", "splits"}},
+        {"aug", {"flip", "flip_mode", "translate", "crop", "cutout", "cutmix", "cutmix_from_epoch",
+                 "brightness", "contrast"}},
         {"eval", {"tta_level", "tta_weights", "tta_select"}},
     };
     for (const auto& [k, v] : j.items()) {
@@ -125,6 +126,12 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     else fail("config: net.act must be \"gelu\", \"silu\", \"relu\" or \"celu\" (got \"{}\")", act);
     rd.get("net", "head_unit_std", r.net.head_unit_std);
     rd.get("net", "whiten_bias_uniform", r.net.whiten_bias_uniform);
+    rd.get("net", "dirac", r.net.dirac);
+    rd.get("lookahead", "start_epoch", r.lookahead_start_epoch);
+    rd.get("whiten", "center", r.whiten_center);
+    rd.get("whiten", "splits", r.whiten_splits);
+    rd.get("aug", "cutmix", r.cutmix);
+    rd.get("aug", "cutmix_from_epoch", r.cutmix_from_epoch);
     rd.get("opt", "optimizer", r.optimizer);
     rd.get("opt", "bias_lr", r.bias_lr);
     rd.get("opt", "head_lr", r.head_lr);
@@ -192,7 +199,17 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     need(r.flip_mode == "alternating" || r.flip_mode == "half" || r.flip_mode == "random",
          "aug.flip_mode must be \"alternating\", \"half\" or \"random\"");
     need(r.cutout >= 0 && r.cutout <= r.net.image_side, "aug.cutout must be in 0..32 (0 = off)");
-    need(r.crop == "image" || r.crop == "batch", "aug.crop must be \"image\" or \"batch\"");
+    need(r.crop == "image" || r.crop == "image_randint" || r.crop == "batch",
+         "aug.crop must be \"image\", \"image_randint\" or \"batch\"");
+    need(r.cutmix >= 0 && r.cutmix <= r.net.image_side, "aug.cutmix must be in 0..32 (0 = off)");
+    need(r.cutmix_from_epoch >= 0, "aug.cutmix_from_epoch must be >= 0");
+    need(r.net.dirac == "first_filters" || r.net.dirac == "identity_added",
+         "net.dirac must be \"first_filters\" or \"identity_added\"");
+    need(r.net.dirac == "first_filters" || r.net.arch == Arch::airbench,
+         "net.dirac \"identity_added\" is for net.arch \"airbench\"");
+    need(r.lookahead_start_epoch >= 0, "lookahead.start_epoch must be >= 0");
+    need(r.whiten_splits >= 1, "whiten.splits must be >= 1");
+    need(r.whiten_images % r.whiten_splits == 0, "whiten.splits must divide whiten.images");
     if (r.net.arch == Arch::airbench) {
         need(r.net.widths.size() == 3, "net.widths must have 3 entries for net.arch \"airbench\"");
         need(r.net.act == Activation::gelu || r.net.act == Activation::silu,
@@ -257,7 +274,7 @@ nlohmann::json recipe_to_json(const Recipe& r) {
                  {"act", activation_name(r.net.act)}, {"celu_alpha", r.net.celu_alpha},
                  {"head_unit_std", r.net.head_unit_std}, {"whiten_bias_uniform", r.net.whiten_bias_uniform},
                  {"ghost_splits", r.net.ghost_splits}, {"pool_before_norm", r.net.pool_before_norm},
-                 {"residual", r.net.residual}}},
+                 {"residual", r.net.residual}, {"dirac", r.net.dirac}}},
         {"opt", {{"optimizer", r.optimizer}, {"epochs", r.epochs}, {"batch_size", r.batch_size}, {"lr", r.lr},
                  {"momentum", r.momentum}, {"weight_decay", r.weight_decay}, {"bias_scaler", r.bias_scaler},
                  {"bias_lr", r.bias_lr}, {"head_lr", r.head_lr}, {"wd", r.wd},
@@ -271,10 +288,13 @@ nlohmann::json recipe_to_json(const Recipe& r) {
         {"schedule", {{"warmup_frac", r.warmup_frac}, {"start", r.lr_start}, {"peak", r.lr_peak}, {"end", r.lr_end},
                       {"knots", r.knots}, {"knots_unit", r.knots_unit}, {"knots_offset", r.knots_offset}}},
         {"ema", {{"every", r.ema_every}, {"decay", r.ema_decay}}},
-        {"lookahead", {{"every", r.lookahead_every}, {"base", r.lookahead_base}, {"power", r.lookahead_power}}},
-        {"whiten", {{"images", r.whiten_images}, {"eps", r.whiten_eps}}},
+        {"lookahead", {{"every", r.lookahead_every}, {"base", r.lookahead_base}, {"power", r.lookahead_power},
+                       {"start_epoch", r.lookahead_start_epoch}}},
+        {"whiten", {{"images", r.whiten_images}, {"eps", r.whiten_eps}, {"center", r.whiten_center},
+                    {"splits", r.whiten_splits}}},
         {"aug", {{"flip", r.flip}, {"flip_mode", r.flip_mode}, {"translate", r.translate},
-                 {"crop", r.crop}, {"cutout", r.cutout}, {"brightness", r.brightness},
+                 {"crop", r.crop}, {"cutout", r.cutout}, {"cutmix", r.cutmix},
+                 {"cutmix_from_epoch", r.cutmix_from_epoch}, {"brightness", r.brightness},
                  {"contrast", r.contrast}}},
         {"eval", {{"tta_level", r.tta_level}, {"tta_weights", r.tta_weights}, {"tta_select", r.tta_select}}},
     };

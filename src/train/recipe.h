@@ -62,9 +62,12 @@ struct Recipe {
     std::vector<std::array<double, 2>> knots;
     std::string knots_unit = "step";
     int knots_offset = 0;
-    // lookahead: every k steps, decay = base^k * (step / total)^power
+    // lookahead: every k steps, decay = base^k * (step / total)^power. With start_epoch > 0
+    // (hlb-CIFAR10's EMA), the events of earlier epochs are skipped and the first event of epoch
+    // start_epoch or later only copies the weights into the lookahead state (no update).
     int lookahead_every = 5;
     double lookahead_base = 0.95, lookahead_power = 3.0;
+    int lookahead_start_epoch = 0;
     // EMA of every tensor (weights, BN statistics) for evaluation, as cifar10-fast-simple's
     // validation model: every `every` steps of an epoch (its steps 0, every, 2 every, ...)
     // ema = decay ema + (1 - decay) params, starting from the initial (whitened) weights; the
@@ -73,19 +76,32 @@ struct Recipe {
     double ema_decay = 0.0;
     int whiten_images = 5000;
     double whiten_eps = 5e-4;
+    // centred patch covariance divided by (patches - 1), as torch.cov (hlb-CIFAR10); false: the
+    // airbench form (uncentred, / patches; resnet9: / (patches - 1))
+    bool whiten_center = false;
+    // eigen-decompose the covariance of `splits` equal parts of the whitening images and average
+    // the eigenvalues and the (sign-aligned) eigenvectors, as hlb-CIFAR10's whiten_splits
+    int whiten_splits = 1;
     bool flip = true;  // alternating flip: random half at the start, then every image each epoch
     // "alternating" (above), "half": a fresh random half of the images each epoch, or "random":
     // each image with probability 1/2, drawn afresh each epoch
     std::string flip_mode = "alternating";
     int translate = 2;
     // crop offsets: "image" = each image its own, uniform in [-translate, translate];
-    // "batch" = one per batch for all its images, as cifar10-fast-simple (randint(2 translate):
-    // in [-translate, translate - 1])
+    // "image_randint" = each image its own, in [-translate, translate - 1] (hlb-CIFAR10's random
+    // square masks never reach +translate); "batch" = one per batch for all its images, as
+    // cifar10-fast-simple (randint(2 translate): in [-translate, translate - 1])
     std::string crop = "image";
     // cutout (cifar10-fast): a cutout x cutout square of each training image := 0 (the mean, after
     // normalisation), its corner uniform over the positions inside the crop, drawn each epoch,
     // after crop and flip; 0 = off
     int cutout = 0;
+    // cutmix (hlb-CIFAR10): from epoch cutmix_from_epoch on (epochs e >= it), a cutmix x cutmix
+    // square of each training image := the same square of another image of its batch (a random
+    // permutation of the batch), corner uniform inside the image, after crop and flip; the target
+    // mixes the two labels by area (size^2 / 32^2). 0 = off
+    int cutmix = 0;
+    double cutmix_from_epoch = 0;
     // colour jitter per image and epoch, after crop and flip (hiverge): x = (x + U(-brightness,
     // brightness)) * (1 + U(-contrast, contrast)) on the normalised image; 0 = off
     double brightness = 0, contrast = 0;

@@ -94,6 +94,12 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
     ep_shifts_ = DeviceBuffer<int8_t>(b, size_t(2) * n_train_);
     ep_flips_ = DeviceBuffer<uint8_t>(b, n_train_);
     if (r.cutout > 0) ep_cutout_ = DeviceBuffer<uint8_t>(b, size_t(2) * n_train_);
+    if (r.cutmix > 0) {
+        ep_cutmix_ = DeviceBuffer<uint8_t>(b, size_t(2) * n_train_);
+        ep_partner_ = DeviceBuffer<int32_t>(b, n_train_);
+        ep_labels2_ = DeviceBuffer<int32_t>(b, n_train_);
+        cutmix_src_ = DeviceBuffer<float>(b, size_t(ws_train_->batch()) * side * side * 3);
+    }
     if (r.brightness > 0 || r.contrast > 0) ep_jitter_ = DeviceBuffer<float>(b, size_t(2) * n_train_);
     if (r.ema_every > 0) hold_ = DeviceBuffer<float>(b, net_.size());
     host_logits_.resize(size_t(n_test_) * r.net.num_classes);
@@ -227,7 +233,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     if (!resume) {  // (a resumed run has its whitening filters in the checkpoint)
         b_.gather_crops(batch_x_.get(), train_pad_.get(), side, side, pad, nw, nullptr, 0, nullptr,
                         0, 0, nullptr, 0);
-        net_.init_whitening(batch_x_.get(), nw, float(r_.whiten_eps));
+        net_.init_whitening(batch_x_.get(), nw, float(r_.whiten_eps), r_.whiten_center,
+                            std::min(r_.whiten_splits, nw));
         if (r_.ema_every > 0) opt_.reset_ema();  // the EMA starts from the whitened network
     }
     if (dp_) dp_->broadcast_params();  // every rank starts from rank 0's weights, bit for bit
@@ -256,6 +263,13 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     std::vector<int8_t> shifts(size_t(2) * n_train_);
     std::vector<uint8_t> flips(n_train_);
     std::vector<uint8_t> cut(r_.cutout > 0 ? size_t(2) * n_train_ : 0);
+    std::vector<uint8_t> mix_pos(r_.cutmix > 0 ? size_t(2) * n_train_ : 0);
+    std::vector<int32_t> partner(r_.cutmix > 0 ? n_train_ : 0), lab2(r_.cutmix > 0 ? n_train_ : 0);
+    const float mix = float(r_.cutmix * r_.cutmix) / float(side * side);  // the label share by area
+    // lookahead starting late (hlb-CIFAR10): the first event step of epoch start_epoch or later
+    // only snapshots the weights; 0 = the lookahead state is the initial weights (airbench)
+    const int la_every = r_.lookahead_every;
+    const int la_first = lookahead_first_step(r_.lookahead_start_epoch, spe, la_every);
     std::vector<float> jit_shift(jitter ? n_train_ : 0), jit_gain(jitter ? n_train_ : 0);
 
     if (print) {
@@ -307,6 +321,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         std::iota(perm.begin(), perm.end(), 0);
         for (int i = n_train_ - 1; i > 0; --i) std::swap(perm[i], perm[rng.below(uint32_t(i + 1))]);
         const bool per_batch = r_.crop == "batch", half = r_.flip_mode == "half";
+        const int hi = r_.crop == "image" ? 2 * pad + 1 : 2 * pad;  // offsets in [-pad, hi - pad)
         const bool random_flip = r_.flip_mode == "random";
         int8_t by = 0, bx = 0;
         for (int j = 0; j < n_train_; ++j) {
@@ -320,8 +335,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                 shifts[2 * j] = by;
                 shifts[2 * j + 1] = bx;
             } else {
-                shifts[2 * j] = int8_t(pad ? int(rng.below(2 * pad + 1)) - pad : 0);
-                shifts[2 * j + 1] = int8_t(pad ? int(rng.below(2 * pad + 1)) - pad : 0);
+                shifts[2 * j] = int8_t(pad ? int(rng.below(uint32_t(hi))) - pad : 0);
+                shifts[2 * j + 1] = int8_t(pad ? int(rng.below(uint32_t(hi))) - pad : 0);
             }
             // "half": the first half of the shuffled epoch (a fresh random half) is mirrored
             flips[j] = !r_.flip ? 0
@@ -333,6 +348,20 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             for (int j = 0; j < n_train_; ++j) {
                 cut[2 * size_t(j)] = uint8_t(rng.below(uint32_t(side - r_.cutout + 1)));
                 cut[2 * size_t(j) + 1] = uint8_t(rng.below(uint32_t(side - r_.cutout + 1)));
+            }
+        // cutmix from epoch cutmix_from_epoch on: a partner inside the same (local) batch from a
+        // random permutation of it, and the square's corner (drawn only when on, as above)
+        const bool cutmix = r_.cutmix > 0 && epoch >= r_.cutmix_from_epoch;
+        if (cutmix)
+            for (int j0 = 0; j0 + Bl <= n_train_; j0 += Bl) {
+                int32_t* q = partner.data() + j0;
+                std::iota(q, q + Bl, 0);
+                for (int i = Bl - 1; i > 0; --i) std::swap(q[i], q[rng.below(uint32_t(i + 1))]);
+                for (int i = 0; i < Bl; ++i) {
+                    lab2[j0 + i] = lab[j0 + q[i]];
+                    mix_pos[2 * size_t(j0 + i)] = uint8_t(rng.below(uint32_t(side - r_.cutmix + 1)));
+                    mix_pos[2 * size_t(j0 + i) + 1] = uint8_t(rng.below(uint32_t(side - r_.cutmix + 1)));
+                }
             }
         if (jitter)  // drawn only when on, so other recipes keep their random stream
             for (int j = 0; j < n_train_; ++j) {
@@ -346,6 +375,11 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         b_.upload(ep_shifts_.get(), shifts.data(), shifts.size());
         b_.upload(ep_flips_.get(), flips.data(), flips.size());
         if (r_.cutout > 0) b_.upload(ep_cutout_.get(), cut.data(), cut.size());
+        if (cutmix) {
+            b_.upload(ep_cutmix_.get(), mix_pos.data(), mix_pos.size());
+            b_.upload(ep_partner_.get(), partner.data(), partner.size() * sizeof(int32_t));
+            b_.upload(ep_labels2_.get(), lab2.data(), lab2.size() * sizeof(int32_t));
+        }
         if (jitter) {
             b_.upload(ep_jitter_.get(), jit_shift.data(), jit_shift.size() * sizeof(float));
             b_.upload(ep_jitter_.get() + n_train_, jit_gain.data(), jit_gain.size() * sizeof(float));
@@ -365,10 +399,21 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                                        ep_jitter_.get() + n_train_ + at, Bl, size_t(side) * side * 3);
             if (r_.cutout > 0)
                 b_.cutout(batch_x_.get(), ep_cutout_.get() + 2 * at, Bl, side, side, 3, r_.cutout);
+            if (cutmix) {
+                const size_t bytes = size_t(Bl) * side * side * 3 * sizeof(float);
+                b_.copy(cutmix_src_.get(), batch_x_.get(), bytes);
+                b_.cutmix(batch_x_.get(), cutmix_src_.get(), ep_partner_.get() + at,
+                          ep_cutmix_.get() + 2 * at, Bl, side, side, 3, r_.cutmix);
+            }
             const bool whiten_bias = step < whiten_steps;
             const float* logits = ws_train_->forward(batch_x_.get(), true);
-            b_.cross_entropy(ws_train_->dlogits(), stats_.get(), logits, ep_labels_.get() + at, Bl,
-                             O, r_.label_smoothing);
+            if (cutmix)
+                b_.cross_entropy_mixed(ws_train_->dlogits(), stats_.get(), logits,
+                                       ep_labels_.get() + at, ep_labels2_.get() + at, mix, Bl, O,
+                                       r_.label_smoothing);
+            else
+                b_.cross_entropy(ws_train_->dlogits(), stats_.get(), logits, ep_labels_.get() + at,
+                                 Bl, O, r_.label_smoothing);
             ws_train_->backward(ws_train_->dlogits(), whiten_bias);
             // the loss is summed over the batch: the global batch's gradient is the SUM of the
             // ranks' slice gradients (data_parallel.h)
@@ -377,10 +422,12 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             if (r_.ema_every > 0 && s % r_.ema_every == 0) opt_.ema_update(r_.ema_decay);
             ++step;
             ++steps_here;
-            if (r_.lookahead_every > 0) {
-                if (step % r_.lookahead_every == 0)
-                    opt_.lookahead(lookahead_decay(step, total, r_.lookahead_every,
-                                                   r_.lookahead_base, r_.lookahead_power));
+            if (la_every > 0 && step >= la_first) {
+                if (step == la_first)
+                    opt_.reset_ema();  // (a late start: the state begins as these weights)
+                else if (step % la_every == 0)
+                    opt_.lookahead(lookahead_decay(step, total, la_every, r_.lookahead_base,
+                                                   r_.lookahead_power));
                 if (step == total) opt_.lookahead(1.0);  // the weights become the EMA
             }
             // NaN guard: on the CPU every step (reading the loss is free there); on a GPU at the

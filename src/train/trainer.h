@@ -91,6 +91,9 @@ private:
     DeviceBuffer<int8_t> ep_shifts_;
     DeviceBuffer<uint8_t> ep_flips_;
     DeviceBuffer<uint8_t> ep_cutout_;  // cutout corners of the epoch: (row, column) per image
+    DeviceBuffer<uint8_t> ep_cutmix_;  // cutmix corners of the epoch: (row, column) per image
+    DeviceBuffer<int32_t> ep_partner_, ep_labels2_;  // cutmix partner (in its batch), its label
+    DeviceBuffer<float> cutmix_src_;   // the batch before cutmix (the partners' pixels)
     DeviceBuffer<float> ep_jitter_;  // colour jitter of the epoch: shifts (n), then gains (n)
     DeviceBuffer<float> hold_;       // the training weights while the EMA is evaluated
     std::vector<float> host_logits_;

@@ -641,6 +641,49 @@ void loss_case(BackendOps& f, int N, int O, float smoothing, uint64_t seed) {
     EXPECT_GT(sc[1], 2.f) << "the seed should give some correct rows";
 }
 
+// The mixed-label loss (cutmix): the same tolerances; rows mixing a label with itself included.
+void mixed_loss_case(BackendOps& f, int N, int O, float smoothing, float mix, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "cross_entropy_mixed N=" << N << " mix=" << mix);
+    Rng r(seed);
+    std::vector<int32_t> l1(N), l2(N);
+    for (int n = 0; n < N; ++n) {
+        l1[n] = int32_t(r.below(uint32_t(O)));
+        l2[n] = n % 5 == 0 ? l1[n] : int32_t(r.below(uint32_t(O)));
+    }
+    auto logits = f.in(randn(size_t(N) * O, seed + 1, 3.f));
+    auto a = f.in(l1), b = f.in(l2);
+    auto d = f.out<float>(size_t(N) * O);
+    auto stats = f.in(std::vector<float>{1.5f, 2.f});
+    f.cpu_->cross_entropy_mixed(d.cp(), stats.cp(), logits.cp(), a.cp(), b.cp(), mix, N, O, smoothing);
+    f.gpu_->cross_entropy_mixed(d.gp(), stats.gp(), logits.gp(), a.gp(), b.gp(), mix, N, O, smoothing);
+    EXPECT_TRUE(f.same(d, "dlogits", 1e-6, 1e-5));
+    const auto sc = stats.c.get("stats"), sg = stats.g.get("stats");
+    EXPECT_NEAR(sg[0], sc[0], 1e-5 * std::abs(sc[0])) << "loss sum";
+    EXPECT_EQ(sg[1], sc[1]) << "correct count";
+}
+
+TEST_F(BackendOps, CrossEntropyMixed) { mixed_loss_case(*this, 1000, 10, 0.2f, 9.f / 1024, 1130); }
+TEST_F(BackendOps, CrossEntropyMixedHalf) { mixed_loss_case(*this, 37, 10, 0.f, 0.5f, 1140); }
+
+// Cutmix copies values: exact, with squares clipped at the edges.
+TEST_F(BackendOps, Cutmix) {
+    const int B = 37, H = 32, W = 32, C = 3, size = 5;
+    auto src = in(randn(size_t(B) * H * W * C, 1230));
+    auto x = in(randn(size_t(B) * H * W * C, 1231));
+    std::vector<uint8_t> p(2 * size_t(B));
+    std::vector<int32_t> q(B);
+    for (int b = 0; b < B; ++b) {
+        p[2 * size_t(b)] = uint8_t((b * 7) % 30);  // up to 29: some squares cross the edge
+        p[2 * size_t(b) + 1] = uint8_t((b * 11) % 28);
+        q[b] = (b * 13 + 5) % B;
+    }
+    auto pos = in(p);
+    auto partner = in(q);
+    cpu_->cutmix(x.cp(), src.cp(), partner.cp(), pos.cp(), B, H, W, C, size);
+    gpu_->cutmix(x.gp(), src.gp(), partner.gp(), pos.gp(), B, H, W, C, size);
+    EXPECT_TRUE(same(x, "cutmix x", 0, 0));
+}
+
 TEST_F(BackendOps, CrossEntropy) { loss_case(*this, 37, 10, 0.2f, 1100); }
 TEST_F(BackendOps, CrossEntropyManyRows) { loss_case(*this, 1000, 10, 0.2f, 1110); }
 TEST_F(BackendOps, CrossEntropyNoSmoothing) { loss_case(*this, 37, 10, 0.f, 1120); }
@@ -828,11 +871,13 @@ void cov_case(BackendOps& f, int N, int H, int W, int C, int k, uint64_t seed) {
     auto x = f.in(randn(size_t(N) * H * W * C, seed, 1.f, 0.5f));
     const size_t D = size_t(C) * k * k;
     std::vector<double> cc(D * D, 1e300), cg(D * D, std::numeric_limits<double>::quiet_NaN());
-    f.cpu_->patch_covariance(cc.data(), x.cp(), N, H, W, C, k);
-    f.gpu_->patch_covariance(cg.data(), x.gp(), N, H, W, C, k);
+    std::vector<double> mc(D, 1e300), mg(D, std::numeric_limits<double>::quiet_NaN());
+    f.cpu_->patch_covariance(cc.data(), mc.data(), x.cp(), N, H, W, C, k);
+    f.gpu_->patch_covariance(cg.data(), mg.data(), x.gp(), N, H, W, C, k);
     double mx = 0;
     for (double v : cc) mx = std::max(mx, std::abs(v));
     EXPECT_TRUE(close(cg, cc, 1e-6 * mx, 1e-5));
+    EXPECT_TRUE(close(mg, mc, 1e-6, 1e-5)) << "mean patch vector";
     for (size_t i = 0; i < D; ++i)
         for (size_t j = 0; j < D; ++j) ASSERT_EQ(cg[i * D + j], cg[j * D + i]) << "not symmetric";
 }

@@ -283,6 +283,65 @@ TEST(CpuOps, CutoutZeroesExactlyTheSquare) {
                 }
 }
 
+// Cutmix: exactly the square (clipped at the edge) comes from the partner's same square; the
+// source batch is left alone
+TEST(CpuOps, CutmixCopiesExactlyThePartnersSquare) {
+    const int B = 3, H = 10, W = 9, C = 3, size = 4;
+    const auto src = randn(size_t(B) * H * W * C, 96);
+    auto x = src;
+    const uint8_t pos[2 * B] = {0, 0, 3, 5, 8, 7};  // the last square is clipped to 2 x 2
+    const int32_t partner[B] = {2, 0, 1};
+    cpu::cutmix(x.data(), src.data(), partner, pos, B, H, W, C, size);
+    for (int b = 0; b < B; ++b)
+        for (int y = 0; y < H; ++y)
+            for (int xx = 0; xx < W; ++xx)
+                for (int c = 0; c < C; ++c) {
+                    const size_t at = (size_t(y) * W + xx) * C + c, i = size_t(b) * H * W * C + at;
+                    const bool in = y >= pos[2 * b] && y < pos[2 * b] + size && xx >= pos[2 * b + 1] &&
+                                    xx < pos[2 * b + 1] + size;
+                    ASSERT_EQ(x[i], in ? src[size_t(partner[b]) * H * W * C + at] : src[i])
+                        << b << " " << y << " " << xx << " " << c;
+                }
+}
+
+// The mixed target, written out as PyTorch's CrossEntropyLoss(label_smoothing=s) sees hlb's
+// soft labels p = (1 - m) onehot(y1) + m onehot(y2): loss = -sum_o ((1 - s) p_o + s / O) log q_o
+TEST(CpuOps, CrossEntropyMixedIsSoftTargetLoss) {
+    const int N = 5, O = 10;
+    const float s = 0.2f, m = 9.f / 1024;
+    auto z = randn(size_t(N) * O, 62, 3.f);
+    std::vector<int32_t> y1 = {3, 0, 9, 3, 7}, y2 = {1, 0, 2, 8, 7};  // some rows mix a label with itself
+    std::vector<float> d(z.size()), stats = {0.f, 0.f};
+    cpu::cross_entropy_mixed(d.data(), stats.data(), z.data(), y1.data(), y2.data(), m, N, O, s);
+    double loss = 0;
+    for (int n = 0; n < N; ++n) {
+        const float* zn = z.data() + size_t(n) * O;
+        double mx = *std::max_element(zn, zn + O), se = 0;
+        for (int o = 0; o < O; ++o) se += std::exp(zn[o] - mx);
+        const double lse = mx + std::log(se);
+        for (int o = 0; o < O; ++o) {
+            const double p = (1 - m) * (o == y1[n]) + m * (o == y2[n]);
+            const double t = (1 - s) * p + s / O;
+            loss -= t * (zn[o] - lse);
+            EXPECT_NEAR(d[size_t(n) * O + o], std::exp(zn[o] - lse) - t, 1e-6);
+        }
+    }
+    EXPECT_NEAR(stats[0], loss, 1e-4);
+    // mix 0 and labels2 == nullptr give the plain loss
+    std::vector<float> d0(z.size()), d1(z.size()), s0 = {0.f, 0.f}, s1 = {0.f, 0.f};
+    cpu::cross_entropy_mixed(d0.data(), s0.data(), z.data(), y1.data(), y2.data(), 0.f, N, O, s);
+    cpu::cross_entropy(d1.data(), s1.data(), z.data(), y1.data(), N, O, s);
+    EXPECT_EQ(d0, d1);
+    EXPECT_EQ(s0, s1);
+    auto f = [&](const std::vector<float>& zz) {
+        std::vector<float> dd(zz.size()), st = {0.f, 0.f};
+        cpu::cross_entropy_mixed(dd.data(), st.data(), zz.data(), y1.data(), y2.data(), 0.3f, N, O, s);
+        return std::vector<float>{st[0]};
+    };
+    cpu::cross_entropy_mixed(d.data(), stats.data(), z.data(), y1.data(), y2.data(), 0.3f, N, O, s);
+    EXPECT_TRUE(grad_matches(fd_grad(z, {1.f}, f, 1e-2, z.size(), 1), d, 2e-3, 2e-3));
+}
+
 // cifar10-fast-simple's update_nesterov, step by step in double, with an lr that changes
 TEST(CpuOps, SgdNesterovVelocityMatchesThePeersUpdate) {
     const size_t n = 257;
@@ -529,7 +588,7 @@ TEST(CpuOps, PatchCovarianceMatchesDirectSum) {
     const int N = 2, H = 5, W = 4, C = 3, k = 2, D = C * k * k;
     auto x = randn(size_t(N) * H * W * C, 81);
     std::vector<double> cov(size_t(D) * D);
-    cpu::patch_covariance(cov.data(), x.data(), N, H, W, C, k);
+    cpu::patch_covariance(cov.data(), nullptr, x.data(), N, H, W, C, k);
     std::vector<double> ref(size_t(D) * D, 0.0);
     int count = 0;
     for (int n = 0; n < N; ++n)
@@ -543,6 +602,18 @@ TEST(CpuOps, PatchCovarianceMatchesDirectSum) {
                     for (int b = 0; b < D; ++b) ref[a * D + b] += v[a] * v[b];
             }
     for (int i = 0; i < D * D; ++i) EXPECT_NEAR(cov[i], ref[i] / count, 1e-5);
+    // with the mean: the same covariance, and the mean patch vector
+    std::vector<double> cov2(size_t(D) * D), mean(D, 1e300), ref_mean(D, 0.0);
+    cpu::patch_covariance(cov2.data(), mean.data(), x.data(), N, H, W, C, k);
+    EXPECT_EQ(cov2, cov);
+    for (int n = 0; n < N; ++n)
+        for (int p = 0; p + k <= H; ++p)
+            for (int q = 0; q + k <= W; ++q)
+                for (int c = 0; c < C; ++c)
+                    for (int r = 0; r < k; ++r)
+                        for (int s = 0; s < k; ++s)
+                            ref_mean[(c * k + r) * k + s] += x[((size_t(n) * H + p + r) * W + q + s) * C + c];
+    for (int i = 0; i < D; ++i) EXPECT_NEAR(mean[i], ref_mean[i] / count, 1e-6);
 }
 
 }  // namespace

@@ -144,6 +144,10 @@ public:
                        int N, int O, float s) override {
         cpu::cross_entropy(dl, stats, logits, labels, N, O, s);
     }
+    void cross_entropy_mixed(float* dl, float* stats, const float* logits, const int32_t* labels,
+                             const int32_t* labels2, float mix, int N, int O, float s) override {
+        cpu::cross_entropy_mixed(dl, stats, logits, labels, labels2, mix, N, O, s);
+    }
     void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
                       float m) override {
         cpu::sgd_nesterov(p, buf, g, n, lr, wd, m);
@@ -171,6 +175,10 @@ public:
     void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) override {
         cpu::cutout(x, pos, B, H, W, C, size);
     }
+    void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B,
+                int H, int W, int C, int size) override {
+        cpu::cutmix(x, src, partner, pos, B, H, W, C, size);
+    }
     void brightness_contrast(float* x, const float* shift, const float* gain, int B,
                              size_t per_image) override {
         cpu::brightness_contrast(x, shift, gain, B, per_image);
@@ -184,9 +192,9 @@ public:
                       const uint8_t* flips, int flip) override {
         cpu::gather_crops(out, src, H, W, pad, B, idx, first, shifts, sy, sx, flips, flip);
     }
-    void patch_covariance(double* cov, const float* x, int N, int H, int W, int C,
-                          int k) override {
-        cpu::patch_covariance(cov, x, N, H, W, C, k);
+    void patch_covariance(double* cov, double* mean, const float* x, int N, int H, int W,
+                          int C, int k) override {
+        cpu::patch_covariance(cov, mean, x, N, H, W, C, k);
     }
 
 private:

@@ -70,6 +70,9 @@ void linear_backward(float* dx, float* dw, const float* dy, const float* x, cons
 // ---- loss -----------------------------------------------------------------------------------
 void cross_entropy(float* dlogits, float* stats, const float* logits, const int32_t* labels,
                    int N, int O, float smoothing);
+// labels2 == nullptr: the plain loss above (mix unused)
+void cross_entropy_mixed(float* dlogits, float* stats, const float* logits, const int32_t* labels,
+                         const int32_t* labels2, float mix, int N, int O, float smoothing);
 
 // ---- optimizer ------------------------------------------------------------------------------
 void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
@@ -94,9 +97,12 @@ void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const flo
 void gather_crops(float* out, const float* src, int H, int W, int pad, int B, const int32_t* idx,
                   int first, const int8_t* shifts, int sy, int sx, const uint8_t* flips, int flip);
 void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size);
+void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B, int H,
+            int W, int C, int size);
 void brightness_contrast(float* x, const float* shift, const float* gain, int B,
                          size_t per_image);
-void patch_covariance(double* cov, const float* x, int N, int H, int W, int C, int k);
+void patch_covariance(double* cov, double* mean, const float* x, int N, int H, int W, int C,
+                      int k);
 
 // Vectorisable exact-GELU pieces (erf to ~1e-7), shared with tests.
 float gelu_scalar(float x);

@@ -41,6 +41,20 @@ void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) 
     }
 }
 
+void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B, int H,
+            int W, int C, int size) {
+#pragma omp parallel for schedule(static) if (B > 64)
+    for (int b = 0; b < B; ++b) {
+        const int y0 = pos[2 * b], x0 = pos[2 * b + 1];
+        const int y1 = std::min(H, y0 + size), x1 = std::min(W, x0 + size);
+        const float* other = src + size_t(partner[b]) * H * W * C;
+        for (int y = y0; y < y1; ++y) {
+            const size_t row = (size_t(y) * W + x0) * C, len = size_t(x1 - x0) * C;
+            if (x1 > x0) std::copy_n(other + row, len, x + size_t(b) * H * W * C + row);
+        }
+    }
+}
+
 SR_CLONES void brightness_contrast(float* x, const float* shift, const float* gain, int B,
                                    size_t per_image) {
 #pragma omp parallel for schedule(static)
@@ -75,19 +89,22 @@ SR_CLONES void gather_crops(float* out, const float* src, int H, int W, int pad,
     }
 }
 
-SR_CLONES void patch_covariance(double* cov, const float* x, int N, int H, int W, int C, int k) {
+SR_CLONES void patch_covariance(double* cov, double* mean, const float* x, int N, int H, int W,
+                                int C, int k) {
     const int D = C * k * k, P = H - k + 1, Q = W - k + 1;
     const int T = omp_get_max_threads();
-    std::vector<double> part(size_t(T) * D * D, 0.0);
+    std::vector<double> part(size_t(T) * D * D, 0.0), part_sum(size_t(T) * D, 0.0);
 #pragma omp parallel num_threads(T)
     {
         const int t = omp_get_thread_num();
         double* acc = part.data() + size_t(t) * D * D;
-        std::vector<float> img_acc(size_t(D) * D);
+        double* acc_sum = part_sum.data() + size_t(t) * D;
+        std::vector<float> img_acc(size_t(D) * D), img_sum(D);
         std::vector<float> v(D);
 #pragma omp for schedule(static)
         for (int n = 0; n < N; ++n) {
             std::fill(img_acc.begin(), img_acc.end(), 0.f);
+            std::fill(img_sum.begin(), img_sum.end(), 0.f);
             const float* xn = x + size_t(n) * H * W * C;
             for (int p = 0; p < P; ++p)
                 for (int q = 0; q < Q; ++q) {
@@ -97,11 +114,13 @@ SR_CLONES void patch_covariance(double* cov, const float* x, int N, int H, int W
                                 v[(c * k + r) * k + s] = xn[(size_t(p + r) * W + (q + s)) * C + c];
                     for (int a = 0; a < D; ++a) {
                         const float va = v[a];
+                        img_sum[a] += va;
 #pragma omp simd
                         for (int b = 0; b < D; ++b) img_acc[a * D + b] += va * v[b];
                     }
                 }
             for (int j = 0; j < D * D; ++j) acc[j] += img_acc[j];
+            for (int j = 0; j < D; ++j) acc_sum[j] += img_sum[j];
         }
     }
     const double count = double(N) * P * Q;
@@ -110,6 +129,12 @@ SR_CLONES void patch_covariance(double* cov, const float* x, int N, int H, int W
         for (int t = 0; t < T; ++t) s += part[size_t(t) * D * D + j];
         cov[j] = s / count;
     }
+    if (mean)
+        for (int j = 0; j < D; ++j) {
+            double s = 0.0;
+            for (int t = 0; t < T; ++t) s += part_sum[size_t(t) * D + j];
+            mean[j] = s / count;
+        }
 }
 
 }  // namespace sr::cpu

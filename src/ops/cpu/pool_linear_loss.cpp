@@ -89,7 +89,13 @@ SR_CLONES void linear_backward(float* dx, float* dw, const float* dy, const floa
 
 void cross_entropy(float* dlogits, float* stats, const float* logits, const int32_t* labels,
                    int N, int O, float smoothing) {
+    cross_entropy_mixed(dlogits, stats, logits, labels, nullptr, 0.f, N, O, smoothing);
+}
+
+void cross_entropy_mixed(float* dlogits, float* stats, const float* logits, const int32_t* labels,
+                         const int32_t* labels2, float mix, int N, int O, float smoothing) {
     double loss_sum = 0.0, correct = 0.0;
+    const double m = labels2 ? mix : 0.0;
 #pragma omp parallel for schedule(static) reduction(+ : loss_sum, correct)
     for (int n = 0; n < N; ++n) {
         const float* z = logits + size_t(n) * O;
@@ -101,10 +107,12 @@ void cross_entropy(float* dlogits, float* stats, const float* logits, const int3
         double se = 0.0;
         for (int o = 0; o < O; ++o) se += std::exp(double(z[o] - zmax));
         const double lse = zmax + std::log(se);
-        const int y = labels[n];
+        const int y = labels[n], y2 = labels2 ? labels2[n] : -1;
         double loss = 0.0;
         for (int o = 0; o < O; ++o) {
-            const double target = (o == y ? 1.0 - smoothing : 0.0) + smoothing / O;
+            const double t1 = (o == y ? 1.0 - smoothing : 0.0) + smoothing / O;
+            const double t2 = (o == y2 ? 1.0 - smoothing : 0.0) + smoothing / O;
+            const double target = m > 0 ? (1.0 - m) * t1 + m * t2 : t1;
             loss -= target * (double(z[o]) - lse);
             d[o] = float(std::exp(double(z[o]) - lse) - target);
         }

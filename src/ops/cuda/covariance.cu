@@ -1,12 +1,14 @@
-// covariance.cu: uncentred covariance of all k x k patches (stride 1, valid) of N NHWC images,
-// CUDA twin of cpu::patch_covariance (contract in ops/backend.h); used once per run to build the
-// whitening conv (D = C*k*k = 12 there).
+// covariance.cu: uncentred covariance (and mean) of all k x k patches (stride 1, valid) of N NHWC
+// images, CUDA twin of cpu::patch_covariance (contract in ops/backend.h); used once per run to
+// build the whitening conv (D = C*k*k = 12 there).
 // Patch vector order is (c, r, s), as PyTorch's unfold: element e = c*k*k + r*k + s.
 // Kernel cov_partials: blockIdx.y picks a chunk of patches, each thread one (i, j) entry of the
 // D x D matrix; the products x_i x_j are formed and summed in double (a product of two floats is
-// exact in double). Kernel cov_reduce adds the chunks in double. Entries (i, j) and (j, i) add
-// the same products in the same order, so the result is exactly symmetric.
+// exact in double); D more threads sum the elements themselves (the mean). Kernel cov_reduce adds
+// the chunks in double. Entries (i, j) and (j, i) add the same products in the same order, so the
+// result is exactly symmetric.
 #include <algorithm>
+#include <vector>
 
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
@@ -19,7 +21,7 @@ constexpr size_t kMaxPartialEntries = size_t(4) << 20;  // 32 MiB of double part
 
 struct CovPlan {
     size_t patches;  // N * (H-k+1) * (W-k+1)
-    int D, pairs, chunks;
+    int D, pairs, chunks;  // pairs: D*D products, then D sums
     size_t per_chunk;  // patches per chunk
 };
 
@@ -27,7 +29,7 @@ CovPlan plan(int N, int H, int W, int C, int k) {
     CovPlan p;
     p.patches = size_t(N) * (H - k + 1) * (W - k + 1);
     p.D = C * k * k;
-    p.pairs = p.D * p.D;
+    p.pairs = p.D * p.D + p.D;
     size_t chunks = std::min<size_t>(1024, kMaxPartialEntries / size_t(p.pairs));
     chunks = std::max<size_t>(1, std::min(chunks, p.patches));
     p.per_chunk = (p.patches + chunks - 1) / chunks;
@@ -39,8 +41,9 @@ __global__ void cov_partials(double* partial, const float* x, int H, int W, int 
                              size_t patches, size_t per_chunk) {
     const int D = C * k * k;
     const int pair = blockIdx.x * blockDim.x + threadIdx.x;
-    if (pair >= D * D) return;
-    const int ei = pair / D, ej = pair % D;
+    if (pair >= D * D + D) return;
+    const bool sum_only = pair >= D * D;  // the sum of element pair - D*D
+    const int ei = sum_only ? pair - D * D : pair / D, ej = sum_only ? ei : pair % D;
     const int kk = k * k;
     // offsets of elements i and j inside a patch, relative to its top-left pixel
     const int ci = ei / kk, ri = (ei / k) % k, si = ei % k;
@@ -57,9 +60,9 @@ __global__ void cov_partials(double* partial, const float* x, int H, int W, int 
         const int py = int(t % Po);
         const size_t b = t / Po;
         const float* p = x + ((b * H + py) * W + px) * C;
-        acc += double(p[off_i]) * double(p[off_j]);
+        acc += sum_only ? double(p[off_i]) : double(p[off_i]) * double(p[off_j]);
     }
-    partial[size_t(blockIdx.y) * (D * D) + pair] = acc;
+    partial[size_t(blockIdx.y) * (D * D + D) + pair] = acc;
 }
 
 __global__ void cov_reduce(double* out, const double* partial, int pairs, int chunks) {
@@ -77,8 +80,8 @@ size_t covariance_scratch_bytes(int N, int H, int W, int C, int k) {
     return (size_t(p.chunks) + 1) * p.pairs * sizeof(double);
 }
 
-void patch_covariance(cudaStream_t st, void* scratch, double* cov_host, const float* x, int N,
-                      int H, int W, int C, int k) {
+void patch_covariance(cudaStream_t st, void* scratch, double* cov_host, double* mean_host,
+                      const float* x, int N, int H, int W, int C, int k) {
     CUDA_ASSERT(N > 0 && C > 0 && k >= 1 && H >= k && W >= k);
     const CovPlan p = plan(N, H, W, C, k);
     CUDA_ASSERT(p.chunks <= 65535);
@@ -90,10 +93,14 @@ void patch_covariance(cudaStream_t st, void* scratch, double* cov_host, const fl
     cov_reduce<<<ceil_div(size_t(p.pairs), kPairThreads), kPairThreads, 0, st>>>(
         sum, partial, p.pairs, p.chunks);
     CUDA_CHECK_LAUNCH();
-    CUDA_CHECK(cudaMemcpyAsync(cov_host, sum, size_t(p.pairs) * sizeof(double),
+    std::vector<double> host(size_t(p.pairs));
+    CUDA_CHECK(cudaMemcpyAsync(host.data(), sum, size_t(p.pairs) * sizeof(double),
                                cudaMemcpyDeviceToHost, st));
     CUDA_CHECK(cudaStreamSynchronize(st));
-    for (int i = 0; i < p.pairs; ++i) cov_host[i] /= double(p.patches);
+    const int DD = p.D * p.D;
+    for (int i = 0; i < DD; ++i) cov_host[i] = host[i] / double(p.patches);
+    if (mean_host)
+        for (int i = 0; i < p.D; ++i) mean_host[i] = host[DD + i] / double(p.patches);
 }
 
 }  // namespace sr::cuda

@@ -304,6 +304,12 @@ public:
                        int N, int O, float smoothing) override {
         cuda::cross_entropy(stream_, dlogits, stats, logits, labels, N, O, smoothing);
     }
+    void cross_entropy_mixed(float* dlogits, float* stats, const float* logits,
+                             const int32_t* labels, const int32_t* labels2, float mix, int N, int O,
+                             float smoothing) override {
+        cuda::cross_entropy_mixed(stream_, dlogits, stats, logits, labels, labels2, mix, N, O,
+                                  smoothing);
+    }
 
     // ---- optimizer --------------------------------------------------------------------------
     void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
@@ -348,14 +354,18 @@ public:
     void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) override {
         cuda::cutout(stream_, x, pos, B, H, W, C, size);
     }
+    void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B,
+                int H, int W, int C, int size) override {
+        cuda::cutmix(stream_, x, src, partner, pos, B, H, W, C, size);
+    }
     void brightness_contrast(float* x, const float* shift, const float* gain, int B,
                              size_t per_image) override {
         cuda::brightness_contrast(stream_, x, shift, gain, B, per_image);
     }
-    void patch_covariance(double* cov_host, const float* x, int N, int H, int W, int C,
-                          int k) override {
+    void patch_covariance(double* cov_host, double* mean_host, const float* x, int N, int H,
+                          int W, int C, int k) override {
         cuda::patch_covariance(stream_, scratch(cuda::covariance_scratch_bytes(N, H, W, C, k)),
-                               cov_host, x, N, H, W, C, k);
+                               cov_host, mean_host, x, N, H, W, C, k);
     }
 
 private:

@@ -67,6 +67,10 @@ void maxpool_backward(cudaStream_t st, float* dx, const float* dy, const uint8_t
 // ---- loss (loss.cu) --------------------------------------------------------------------------
 void cross_entropy(cudaStream_t st, float* dlogits, float* stats, const float* logits,
                    const int32_t* labels, int N, int O, float smoothing);
+// labels2 == nullptr: the plain loss (mix unused)
+void cross_entropy_mixed(cudaStream_t st, float* dlogits, float* stats, const float* logits,
+                         const int32_t* labels, const int32_t* labels2, float mix, int N, int O,
+                         float smoothing);
 
 // ---- optimizer (optim.cu) ------------------------------------------------------------------
 void sgd_nesterov(cudaStream_t st, float* p, float* buf, const float* g, size_t n, float lr,
@@ -89,6 +93,8 @@ void gather_crops(cudaStream_t st, float* out, const float* src, int H, int W, i
                   const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
                   const uint8_t* flips, int flip);
 void cutout(cudaStream_t st, float* x, const uint8_t* pos, int B, int H, int W, int C, int size);
+void cutmix(cudaStream_t st, float* x, const float* src, const int32_t* partner, const uint8_t* pos,
+            int B, int H, int W, int C, int size);
 void brightness_contrast(cudaStream_t st, float* x, const float* shift, const float* gain, int B,
                          size_t per_image);
 
@@ -96,7 +102,7 @@ void brightness_contrast(cudaStream_t st, float* x, const float* shift, const fl
 // Needs covariance_scratch_bytes(...) bytes of scratch; synchronizes the stream (the result is
 // on the host when it returns).
 size_t covariance_scratch_bytes(int N, int H, int W, int C, int k);
-void patch_covariance(cudaStream_t st, void* scratch, double* cov_host, const float* x, int N,
-                      int H, int W, int C, int k);
+void patch_covariance(cudaStream_t st, void* scratch, double* cov_host, double* mean_host,
+                      const float* x, int N, int H, int W, int C, int k);
 
 }  // namespace sr::cuda

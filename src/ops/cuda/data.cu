@@ -87,7 +87,34 @@ __global__ void cutout_kernel(float* x, const uint8_t* pos, int B, int H, int W,
     }
 }
 
+// one thread per value of the B squares: x[b] square := src[partner[b]] square
+__global__ void cutmix_kernel(float* x, const float* src, const int32_t* partner,
+                              const uint8_t* pos, int B, int H, int W, int C, int size, size_t n) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % C);
+        size_t r = i / C;
+        const int dx = int(r % size);
+        r /= size;
+        const int dy = int(r % size);
+        const int b = int(r / size);
+        const int y = pos[2 * b] + dy, xx = pos[2 * b + 1] + dx;
+        if (y < H && xx < W) {
+            const size_t at = (size_t(y) * W + xx) * C + c;
+            x[size_t(b) * H * W * C + at] = src[size_t(partner[b]) * H * W * C + at];
+        }
+    }
+}
+
 }  // namespace
+
+void cutmix(cudaStream_t st, float* x, const float* src, const int32_t* partner, const uint8_t* pos,
+            int B, int H, int W, int C, int size) {
+    const size_t n = size_t(B) * size * size * C;
+    if (n == 0) return;
+    cutmix_kernel<<<grid_size(n), kBlock, 0, st>>>(x, src, partner, pos, B, H, W, C, size, n);
+    CUDA_CHECK_LAUNCH();
+}
 
 void cutout(cudaStream_t st, float* x, const uint8_t* pos, int B, int H, int W, int C, int size) {
     const size_t n = size_t(B) * size * size * C;

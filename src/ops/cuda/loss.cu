@@ -3,7 +3,7 @@
 // O is small (10 classes), so one thread takes a whole row. The kernel runs as ONE block
 // (rows in a block-stride loop), so the batch sums are reduced in a fixed order and
 // stats[0] += loss, stats[1] += correct are plain adds by thread 0: no atomics, deterministic.
-//   target_j = (1 - s) [j == label] + s / O
+//   target_j = (1 - s) [j == label] + s / O   (mixed: (1 - mix) target(label) + mix target(label2))
 //   loss_row = logsumexp(l) - sum_j target_j l_j        (sum_j target_j = 1)
 //   dlogits_j = softmax_j - target_j
 #include <cmath>
@@ -17,7 +17,8 @@ namespace {
 constexpr int kLossThreads = 256;
 
 __global__ void cross_entropy_kernel(float* dlogits, float* stats, const float* logits,
-                                     const int32_t* labels, int N, int O, float smoothing) {
+                                     const int32_t* labels, const int32_t* labels2, float mix,
+                                     int N, int O, float smoothing) {
     __shared__ double sh_loss[kLossThreads];
     __shared__ double sh_correct[kLossThreads];
     double loss_sum = 0, correct = 0;
@@ -41,11 +42,18 @@ __global__ void cross_entropy_kernel(float* dlogits, float* stats, const float* 
         for (int j = 0; j < O; ++j) se += expf(l[j] - mx);
         const float lse = mx + logf(se);
         const float l_label = label_ok ? l[label] : NAN;
-        loss_sum += double(lse - ((1.f - smoothing) * l_label + off * sum_l));
+        // the one-hot part's weights: w1 on label, w2 on label2 (mixed rows only)
+        const int label2 = labels2 ? labels2[row] : -1;
+        const bool label2_ok = label2 >= 0 && label2 < O;
+        const float w2 = labels2 ? mix : 0.f, w1 = 1.f - w2;
+        const float l_label2 = labels2 ? (label2_ok ? l[label2] : NAN) : 0.f;
+        loss_sum += double(lse - ((1.f - smoothing) * (w1 * l_label + w2 * l_label2) + off * sum_l));
         correct += (label_ok && amax == label) ? 1.0 : 0.0;
         const float inv_se = 1.f / se;
         for (int j = 0; j < O; ++j)
-            d[j] = expf(l[j] - mx) * inv_se - ((j == label ? 1.f - smoothing : 0.f) + off);
+            d[j] = expf(l[j] - mx) * inv_se -
+                   ((j == label ? w1 * (1.f - smoothing) : 0.f) +
+                    (j == label2 ? w2 * (1.f - smoothing) : 0.f) + off);
     }
     sh_loss[threadIdx.x] = loss_sum;
     sh_correct[threadIdx.x] = correct;
@@ -68,8 +76,17 @@ __global__ void cross_entropy_kernel(float* dlogits, float* stats, const float* 
 void cross_entropy(cudaStream_t st, float* dlogits, float* stats, const float* logits,
                    const int32_t* labels, int N, int O, float smoothing) {
     CUDA_ASSERT(N > 0 && O > 0);
-    cross_entropy_kernel<<<1, kLossThreads, 0, st>>>(dlogits, stats, logits, labels, N, O,
-                                                     smoothing);
+    cross_entropy_kernel<<<1, kLossThreads, 0, st>>>(dlogits, stats, logits, labels, nullptr,
+                                                     0.f, N, O, smoothing);
+    CUDA_CHECK_LAUNCH();
+}
+
+void cross_entropy_mixed(cudaStream_t st, float* dlogits, float* stats, const float* logits,
+                         const int32_t* labels, const int32_t* labels2, float mix, int N, int O,
+                         float smoothing) {
+    CUDA_ASSERT(N > 0 && O > 0);
+    cross_entropy_kernel<<<1, kLossThreads, 0, st>>>(dlogits, stats, logits, labels, labels2, mix,
+                                                     N, O, smoothing);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -1,0 +1,122 @@
+// test_golden_hlb.cpp: the hlb preset's own pieces against hlb-CIFAR10's code run by PyTorch
+// (tests/data/golden_hlb.json, made by tools/make_golden_hlb.py from the peer's main.py): the
+// centred, split-averaged whitening, the identity-added conv init, the OneCycleLR schedule as
+// knots, and the loss on cutmix's soft labels. The rest of the hlb network and its optimizer and
+// lookahead are airbench94's (test_golden.cpp).
+#include <cmath>
+
+#include <gtest/gtest.h>
+
+#include "model/golden_util.h"
+#include "ops/cpu/cpu_ops.h"
+#include "optim/optimizer.h"
+#include "optim/schedule.h"
+#include "train/recipe.h"
+
+namespace sr {
+namespace {
+
+const nlohmann::json& ref() {
+    static const nlohmann::json j =
+        golden::load("golden_hlb.json", "speedrun-golden-hlb", "tools/make_golden_hlb.py");
+    return j;
+}
+
+// Tolerance: eigenvectors of a 12 x 12 covariance in fp64 (ours) vs torch's fp32 cov and eigh;
+// the filters are v / sqrt(lambda + 1e-2), entries up to ~10: 2e-3 absolute.
+TEST(GoldenHlb, WhiteningCentredAndAveragedOverSplits) {
+    const auto& w = ref()["whiten"];
+    auto b = make_cpu_backend(1);
+    Recipe r = load_recipe("hlb", "");
+    NetConfig c = r.net;
+    c.widths = {8, 8, 8};
+    c.image_side = w["side"];
+    Network net(*b, c);
+    const auto x = w["x_nhwc"].get<std::vector<float>>();
+    const int N = w["N"];
+    DeviceBuffer<float> xd(*b, x.size());
+    b->upload(xd.get(), x.data(), x.size() * sizeof(float));
+    net.init_whitening(xd.get(), N, w["eps"].get<float>(), r.whiten_center, w["splits"]);
+    std::vector<float> all;
+    net.download(all);
+    const auto got = golden::part(net, all, "whiten.weight");
+    const auto want = w["weight_ohwi"].get<std::vector<float>>();
+    ASSERT_EQ(got.size(), want.size());
+    const size_t per = got.size() / 24;  // 24 filters of k*k*3
+    for (size_t f = 0; f < 24; ++f) {
+        // an eigenvector's sign is arbitrary: each filter may come out negated (with its twin)
+        double dot = 0;
+        for (size_t i = 0; i < per; ++i) dot += double(got[f * per + i]) * want[f * per + i];
+        const float sign = dot < 0 ? -1.f : 1.f;
+        for (size_t i = 0; i < per; ++i)
+            ASSERT_NEAR(sign * got[f * per + i], want[f * per + i], 2e-3) << "filter " << f << " entry " << i;
+    }
+    // the negatives follow the filters
+    for (size_t i = 0; i < 12 * per; ++i) ASSERT_EQ(got[12 * per + i], -got[i]);
+    // the reference tells the variants apart: one decomposition of all the images, and the
+    // uncentred covariance, each miss it
+    auto max_filter_diff = [&](bool center, int splits) {
+        Network other(*b, c);
+        other.init_whitening(xd.get(), N, w["eps"].get<float>(), center, splits);
+        std::vector<float> a;
+        other.download(a);
+        const auto o = golden::part(other, a, "whiten.weight");
+        double diff = 0;
+        for (size_t i = 0; i < o.size(); ++i)
+            diff = std::max(diff, double(std::abs(std::abs(o[i]) - std::abs(want[i]))));
+        return diff;
+    };
+    EXPECT_GT(max_filter_diff(true, 1), 2e-2) << "splits should matter";
+    EXPECT_GT(max_filter_diff(false, w["splits"].get<int>()), 2e-2) << "centring should matter";
+}
+
+TEST(GoldenHlb, IdentityAddedConvInit) {
+    const auto& g = ref()["init"];
+    const auto shape = g["shape_ohwi"].get<std::vector<int>>();
+    auto w = g["w0_ohwi"].get<std::vector<float>>();
+    const auto want = g["conv1_ohwi"].get<std::vector<float>>();
+    dirac_identity_added(w.data(), shape[0], shape[1], shape[2], shape[3]);
+    ASSERT_EQ(w.size(), want.size());
+    for (size_t i = 0; i < w.size(); ++i) ASSERT_NEAR(w[i], want[i], 1e-6) << i;
+}
+
+// The preset's knots against torch's OneCycleLR over the whole run (581 steps).
+TEST(GoldenHlb, OneCycleScheduleAsKnots) {
+    const auto& s = ref()["schedule"];
+    const auto mult = s["multiplier"].get<std::vector<double>>();
+    const int total = s["total"], spe = s["steps_per_epoch"];
+    const Recipe r = load_recipe("hlb", "");
+    EXPECT_EQ(total_steps(spe * r.batch_size, r.batch_size, r.epochs), total);
+    auto b = make_cpu_backend(1);
+    NetConfig c = r.net;
+    c.widths = {8, 8, 8};
+    Network net(*b, c);
+    Optimizer opt(net, r);
+    ASSERT_EQ(int(mult.size()), total);
+    for (int step = 0; step < total; ++step)
+        ASSERT_NEAR(opt.lr_multiplier_at(step, total, spe), mult[step], 1e-9) << "step " << step;
+    // its EMA starts at the first 5th step of epoch 2: step 100 (the peer: epoch >= 2, steps % 5)
+    EXPECT_EQ(lookahead_first_step(r.lookahead_start_epoch, spe, r.lookahead_every), 100);
+    EXPECT_EQ(lookahead_first_step(0, spe, r.lookahead_every), 0);
+    EXPECT_EQ(lookahead_first_step(2, 50, 5), 105);  // epoch 2 begins after step 100
+}
+
+// Tolerance: CPU loss in double vs torch fp32: 1e-4 relative; gradients 1e-6.
+TEST(GoldenHlb, LossOnCutmixSoftLabels) {
+    const auto& l = ref()["loss"];
+    const auto z = l["logits"].get<std::vector<float>>();
+    const auto y1 = l["labels"].get<std::vector<int32_t>>(), y2 = l["labels2"].get<std::vector<int32_t>>();
+    const auto want = l["dlogits"].get<std::vector<float>>();
+    const int N = int(y1.size()), O = int(z.size()) / N;
+    const Recipe r = load_recipe("hlb", "");
+    const float mix = float(r.cutmix * r.cutmix) / float(r.net.image_side * r.net.image_side);
+    EXPECT_FLOAT_EQ(mix, l["mix"].get<float>());
+    std::vector<float> d(z.size()), st = {0.f, 0.f};
+    cpu::cross_entropy_mixed(d.data(), st.data(), z.data(), y1.data(), y2.data(), mix, N, O,
+                             r.label_smoothing);
+    EXPECT_NEAR(st[0], l["loss_sum"].get<double>(), 1e-4 * std::abs(l["loss_sum"].get<double>()));
+    for (size_t i = 0; i < d.size(); ++i) ASSERT_NEAR(d[i], want[i], 1e-6) << i;
+}
+
+}  // namespace
+}  // namespace sr
