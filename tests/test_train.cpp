@@ -77,10 +77,10 @@ TEST_P(PresetLearns, InAFractionOfAnEpoch) {
         o.subset = muon ? 2048 : 4096;
         o.test_subset = 2000;
         threshold = muon ? 0.25 : 0.30;
-        // resnet9 presets (BN momentum 0.1): after 16 steps 19% of the initial running
-        // statistics remain in the evaluated ones, hence a lower bar (measured: tricks10 0.1725,
-        // page24 0.3270; chance is 0.10)
-        if (r.net.arch == Arch::resnet9) threshold = 0.15;
+        // BN momentum 0.1 (the resnet9 presets, airbench96): after 16 steps 19% of the initial
+        // running statistics remain in the evaluated ones, hence a lower bar (measured: tricks10
+        // 0.1725, page24 0.3270, airbench96 0.1775; chance is 0.10)
+        if (r.net.bn_momentum <= 0.1f) threshold = 0.15;
         if (r.knots_unit == "step" && !r.knots.empty()) {
             // a schedule in absolute steps (tricks10: warm-up over 194 of 970 steps): its warm-up
             // 3 times faster (a quarter of the peak at the 16th step here; 12 times faster
@@ -117,7 +117,7 @@ TEST_P(PresetLearns, InAFractionOfAnEpoch) {
     EXPECT_GT(res.test_accuracy_tta, threshold);
 }
 
-INSTANTIATE_TEST_SUITE_P(Train, PresetLearns, ::testing::Values("muon94", "hiverge", "airbench95", "tricks10", "page24", "hlb"),
+INSTANTIATE_TEST_SUITE_P(Train, PresetLearns, ::testing::Values("muon94", "hiverge", "airbench95", "airbench96", "tricks10", "page24", "hlb"),
                          [](const auto& info) { return std::string(info.param); });
 
 // Selective TTA: with every image selected it is the full TTA, with none it is the plain view;

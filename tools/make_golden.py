@@ -1,18 +1,19 @@
 #!/usr/bin/python3
-"""make_golden.py: writes tests/data/golden_airbench.json, the reference that
-tests/model/test_golden.cpp checks our network against (as llm.c checks against PyTorch).
+"""make_golden.py: writes tests/data/golden_airbench.json (or, with --peer airbench96,
+tests/data/golden_airbench96.json), the reference that tests/model/test_golden.cpp checks our
+network against (as llm.c checks against PyTorch).
 
-It imports the peer's own code, shared/peers/cifar10-airbench/legacy/airbench94.py (unchanged),
-and builds the airbench94 network from its classes (Conv with dirac init, BatchNorm with eps 1e-12
-and momentum 1 - 0.6, ConvGroup, GELU, MaxPool2d(3), Linear without bias, Mul(1/9)) exactly as its
-make_net() does, but in fp32 on the CPU and with small widths so the file stays small. On a fixed
+It imports the peer's own code, shared/peers/cifar10-airbench/legacy/airbench94.py (or
+airbench96.py) unchanged, and builds the network from its classes (Conv with dirac init, BatchNorm
+with eps 1e-12 and momentum 1 - 0.6 (airbench96: PyTorch's 0.1), ConvGroup (airbench96: 3 convs
+and a residual), GELU, MaxPool2d(3), Linear without bias, Mul(1/9)) exactly as its make_net() does, but in fp32 on the CPU and with small widths so the file stays small. On a fixed
 batch it records: the input, every parameter (OHWI for convs), the logits and the summed
 label-smoothed loss in training mode, every gradient, the BN running statistics after the forward
 pass, and the parameters after one step of the peer's optimizer (SGD Nesterov with its two param
 groups, lr multiplier 0.2 of step 0) and one lookahead update with decay 0.5.
 
 Needs python3 with torch and torchvision (Debian: python3-torch python3-torchvision).
-Usage: tools/make_golden.py [--peers ../shared/peers] [--out tests/data/golden_airbench.json]
+Usage: tools/make_golden.py [--peers ../shared/peers] [--peer airbench94|airbench96] [--out FILE]
 """
 import argparse
 import importlib.util
@@ -26,25 +27,32 @@ from torch import nn
 ap = argparse.ArgumentParser()
 here = os.path.dirname(os.path.abspath(__file__))
 ap.add_argument("--peers", default=os.path.join(here, "..", "..", "shared", "peers"))
-ap.add_argument("--out", default=os.path.join(here, "..", "tests", "data", "golden_airbench.json"))
+ap.add_argument("--peer", default="airbench94", choices=["airbench94", "airbench96"])
+ap.add_argument("--out", default=None)
 ap.add_argument("--widths", default="8,16,16")
 args = ap.parse_args()
+if args.out is None:
+    name = "golden_airbench.json" if args.peer == "airbench94" else "golden_airbench96.json"
+    args.out = os.path.join(here, "..", "tests", "data", name)
 
-path = os.path.join(args.peers, "cifar10-airbench", "legacy", "airbench94.py")
-spec = importlib.util.spec_from_file_location("airbench94", path)
+path = os.path.join(args.peers, "cifar10-airbench", "legacy", args.peer + ".py")
+spec = importlib.util.spec_from_file_location(args.peer, path)
 ab = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ab)  # defines hyp and the classes; main() is guarded
 
 torch.manual_seed(0)
 widths = [int(w) for w in args.widths.split(",")]
 hyp = ab.hyp
-bn_mom = hyp["net"]["batchnorm_momentum"]
+if args.peer == "airbench94":
+    group = lambda cin, cout: ab.ConvGroup(cin, cout, hyp["net"]["batchnorm_momentum"])
+else:  # airbench96's ConvGroup takes no momentum (PyTorch's default BN momentum)
+    group = ab.ConvGroup
 net = nn.Sequential(
     ab.Conv(3, 24, 2, padding=0, bias=True),
     nn.GELU(),
-    ab.ConvGroup(24, widths[0], bn_mom),
-    ab.ConvGroup(widths[0], widths[1], bn_mom),
-    ab.ConvGroup(widths[1], widths[2], bn_mom),
+    group(24, widths[0]),
+    group(widths[0], widths[1]),
+    group(widths[1], widths[2]),
     nn.MaxPool2d(3),
     ab.Flatten(),
     nn.Linear(widths[2], 10, bias=False),
@@ -79,7 +87,7 @@ def ours(t):
         t = t.permute(0, 2, 3, 1)  # OIHW -> OHWI
     return [float(v) for v in t.contiguous().view(-1)]
 
-out = {"format": "speedrun-golden", "version": 1,
+out = {"format": "speedrun-golden", "version": 1, "peer": args.peer,
        "made_by": "tools/make_golden.py from " + os.path.relpath(path, os.path.join(here, "..")),
        "torch": torch.__version__, "widths": widths, "N": N,
        "input_nhwc": [float(v) for v in x.permute(0, 2, 3, 1).contiguous().view(-1)],

@@ -124,6 +124,9 @@ OnnxExportInfo export_onnx(const std::string& path, const Network& net, const st
     if (c.arch != Arch::airbench)
         fail("{}: ONNX export is written for the airbench network only (this checkpoint's net.arch is "
              "resnet9)", path);
+    if (c.group_convs != 2)
+        fail("{}: ONNX export is written for 2 convs per group (this checkpoint has {}, airbench96's "
+             "residual group)", path, c.group_convs);
     std::vector<float> host;
     net.download(host);
     auto values = [&](const std::string& name) {

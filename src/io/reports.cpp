@@ -129,15 +129,21 @@ std::string network_dot(const NetConfig& c) {
     for (int g = 0; g < 3; ++g) {
         const int co = c.widths[g], Hp = H / 2;
         const std::string p = fmt::format("g{}", g + 1);
+        const std::string third = c.group_convs == 3
+            ? fmt::format("    {0}c3 [label=\"conv 3x3 {1}->{1}\"]; {0}b3 [label=\"batch norm\"]; "
+                          "{0}add [label=\"+\"]; {0}a3 [label=\"GELU\"];\n"
+                          "    {0}a2 -> {0}c3 -> {0}b3 -> {0}add -> {0}a3; {0}a1 -> {0}add [style=dashed];\n",
+                          p, co)
+            : std::string();
         s += fmt::format("  subgraph cluster_{0} {{ label=\"group {1}\"; style=dashed;\n"
                          "    {0}c1 [label=\"conv 3x3 {2}->{3}\\n{3} x {4} x {4}\"];\n"
                          "    {0}p [label=\"max pool 2\\n{3} x {5} x {5}\"];\n"
                          "    {0}b1 [label=\"batch norm\"]; {0}a1 [label=\"GELU\"];\n"
                          "    {0}c2 [label=\"conv 3x3 {3}->{3}\"]; {0}b2 [label=\"batch norm\"]; {0}a2 [label=\"GELU\"];\n"
-                         "    {0}c1 -> {0}p -> {0}b1 -> {0}a1 -> {0}c2 -> {0}b2 -> {0}a2; }}\n",
-                         p, g + 1, cin, co, H, Hp);
+                         "    {0}c1 -> {0}p -> {0}b1 -> {0}a1 -> {0}c2 -> {0}b2 -> {0}a2;\n{6}  }}\n",
+                         p, g + 1, cin, co, H, Hp, third);
         s += fmt::format("  {} -> {}c1;\n", prev, p);
-        prev = p + "a2";
+        prev = p + (c.group_convs == 3 ? "a3" : "a2");
         cin = co;
         H = Hp;
     }

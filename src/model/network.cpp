@@ -29,12 +29,14 @@ void Network::layout_airbench() {
         const int c = cfg.widths[gi];
         add(fmt::format("block{}.conv1.weight", gi + 1), {c, 3, 3, cin}, ParamGroup::weight);
         add(fmt::format("block{}.conv2.weight", gi + 1), {c, 3, 3, c}, ParamGroup::weight);
+        if (cfg.group_convs == 3) add(fmt::format("block{}.conv3.weight", gi + 1), {c, 3, 3, c}, ParamGroup::weight);
         cin = c;
     }
     add("head.weight", {cfg.num_classes, cin}, ParamGroup::weight);
     const ParamGroup scale_group = cfg.bn_train_scale ? ParamGroup::bn_scale : ParamGroup::frozen;
+    if (cfg.group_convs != 2 && cfg.group_convs != 3) fail("net.group_convs must be 2 or 3 (got {})", cfg.group_convs);
     for (int gi = 0; gi < 3; ++gi)
-        for (int j = 1; j <= 2; ++j) {
+        for (int j = 1; j <= cfg.group_convs; ++j) {
             add(fmt::format("block{}.norm{}.bias", gi + 1, j), {cfg.widths[gi]}, ParamGroup::bn_bias);
             add(fmt::format("block{}.norm{}.weight", gi + 1, j), {cfg.widths[gi]}, scale_group);
             add(fmt::format("block{}.norm{}.running_mean", gi + 1, j), {cfg.widths[gi]}, ParamGroup::buffer);
@@ -98,7 +100,7 @@ Network::Network(Backend& b, const NetConfig& cfg) : backend(b), cfg_(cfg) {
         P.whiten_w = at("whiten.weight");
         P.head_w = at("head.weight");
         for (int gi = 0; gi < 3; ++gi)
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < cfg.group_convs; ++j) {
                 const std::string blk = fmt::format("block{}.", gi + 1);
                 P.conv_w[gi][j] = at(blk + fmt::format("conv{}.weight", j + 1));
                 P.bn_b[gi][j] = at(blk + fmt::format("norm{}.bias", j + 1));
@@ -160,7 +162,7 @@ double Network::flops_per_image_forward() const {
         const int c = cfg_.widths[gi];
         f += 2.0 * H * H * c * cin * 9;
         H /= 2;
-        f += 2.0 * H * H * c * c * 9;
+        f += 2.0 * H * H * c * c * 9 * (cfg_.group_convs - 1);
         cin = c;
     }
     f += 2.0 * cin * cfg_.num_classes;
@@ -330,6 +332,11 @@ Workspace::Workspace(Network& net, int batch) : net_(net), b_(net.backend), N_(b
             *buf = DeviceBuffer<float>(b_, small);
         G.arg = DeviceBuffer<uint8_t>(b_, small);
         for (auto* buf : {&G.mean1, &G.istd1, &G.mean2, &G.istd2}) *buf = DeviceBuffer<float>(b_, G.cout);
+        if (c.group_convs == 3) {
+            G.conv3 = b_.make_conv({N_, G.Hp, G.Hp, G.cout, G.cout, 3, 3, 1});
+            for (auto* buf : {&G.c3, &G.s3, &G.g3, &G.d_res}) *buf = DeviceBuffer<float>(b_, small);
+            for (auto* buf : {&G.mean3, &G.istd3}) *buf = DeviceBuffer<float>(b_, G.cout);
+        }
         cin = G.cout;
         H = G.Hp;
     }
@@ -430,7 +437,18 @@ const float* Workspace::forward(const float* x, bool train) {
             b_.bn_forward_eval(G.n2.get(), G.c2.get(), P.bn_mean[gi][1], P.bn_var[gi][1],
                                P.bn_w[gi][1], P.bn_b[gi][1], M, G.cout, c.bn_eps);
         act_forward(G.g2.get(), G.n2.get(), size_t(M) * G.cout);
-        in = G.g2.get();
+        if (G.conv3) {  // airbench96: conv3 -> BN, + the first activation, -> act
+            G.conv3->forward(G.c3.get(), G.g2.get(), P.conv_w[gi][2], nullptr);
+            if (train)
+                bn_train(G.s3.get(), G.mean3.get(), G.istd3.get(), P.bn_mean[gi][2], P.bn_var[gi][2],
+                         G.c3.get(), P.bn_w[gi][2], P.bn_b[gi][2], M, G.cout);
+            else
+                b_.bn_forward_eval(G.s3.get(), G.c3.get(), P.bn_mean[gi][2], P.bn_var[gi][2],
+                                   P.bn_w[gi][2], P.bn_b[gi][2], M, G.cout, c.bn_eps);
+            b_.axpy(G.s3.get(), G.g1.get(), 1.f, size_t(M) * G.cout);
+            act_forward(G.g3.get(), G.s3.get(), size_t(M) * G.cout);
+        }
+        in = G.out();
     }
     const Group& L = grp_[2];
     b_.maxpool_forward(feat_.get(), feat_arg_.get(), in, N_, L.Hp, L.Hp, L.cout, c.final_pool);
@@ -456,6 +474,16 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
         Group& G = grp_[gi];
         const int M = N_ * G.Hp * G.Hp;
         const size_t m = size_t(M) * G.cout;
+        if (G.conv3) {  // d_g holds dL/d(g3): back through act, BN3, conv3; d_res keeps d(s3)
+            act_backward(G.d_res.get(), G.d_g.get(), G.s3.get(), m);
+            bn_back(G.d_p.get(), scale ? Gd.bn_w[gi][2] : nullptr, Gd.bn_b[gi][2], G.d_res.get(),
+                    G.c3.get(), G.mean3.get(), G.istd3.get(), P.bn_w[gi][2], M, G.cout);
+            grad_ready(Gd.bn_b[gi][2], G.cout);
+            if (scale) grad_ready(Gd.bn_w[gi][2], G.cout);
+            G.conv3->backward_weights(Gd.conv_w[gi][2], nullptr, G.d_p.get(), G.g2.get());
+            grad_ready(Gd.conv_w[gi][2], size_t(G.cout) * 9 * G.cout);
+            G.conv3->backward_data(G.d_g.get(), G.d_p.get(), P.conv_w[gi][2]);  // d(g2)
+        }
         // d_g holds dL/d(g2)
         act_backward(G.d_n.get(), G.d_g.get(), G.n2.get(), m);
         bn_back(G.d_p.get(), scale ? Gd.bn_w[gi][1] : nullptr, Gd.bn_b[gi][1], G.d_n.get(),
@@ -465,13 +493,14 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
         G.conv2->backward_weights(Gd.conv_w[gi][1], nullptr, G.d_p.get(), G.g1.get());
         grad_ready(Gd.conv_w[gi][1], size_t(G.cout) * 9 * G.cout);
         G.conv2->backward_data(G.d_g.get(), G.d_p.get(), P.conv_w[gi][1]);  // d(g1)
+        if (G.conv3) b_.axpy(G.d_g.get(), G.d_res.get(), 1.f, m);          // + the residual's
         act_backward(G.d_n.get(), G.d_g.get(), G.n1.get(), m);
         bn_back(G.d_p.get(), scale ? Gd.bn_w[gi][0] : nullptr, Gd.bn_b[gi][0], G.d_n.get(),
                 G.p.get(), G.mean1.get(), G.istd1.get(), P.bn_w[gi][0], M, G.cout);
         grad_ready(Gd.bn_b[gi][0], G.cout);
         if (scale) grad_ready(Gd.bn_w[gi][0], G.cout);
         b_.maxpool_backward(G.d_big.get(), G.d_p.get(), G.arg.get(), N_, G.H, G.H, G.cout, 2);
-        const float* group_in = gi > 0 ? grp_[gi - 1].g2.get() : a0_.get();
+        const float* group_in = gi > 0 ? grp_[gi - 1].out() : a0_.get();
         G.conv1->backward_weights(Gd.conv_w[gi][0], nullptr, G.d_big.get(), group_in);
         grad_ready(Gd.conv_w[gi][0], size_t(G.cout) * 9 * G.cin);
         if (gi > 0) {

@@ -4,7 +4,9 @@
 //
 // airbench (airbench94/95, muon94, hiverge):
 //   x (N,32,32,3) -> whiten conv k x k valid (3 -> 2*3*k*k, bias, frozen weights) -> GELU
-//   -> 3 x group(conv3x3 -> maxpool2 -> BN -> act -> conv3x3 -> BN -> act), act GELU or SiLU
+//   -> 3 x group(conv3x3 -> maxpool2 -> BN -> act -> conv3x3 -> BN -> act), act GELU or SiLU;
+//      with group_convs 3 (airbench96): ... -> BN -> act =: r -> conv3x3 -> BN -> act -> conv3x3
+//      -> BN -> (+ r) -> act
 //   -> maxpool(final_pool) -> linear (width3 -> 10, no bias) * scale
 //
 // resnet9 (David Page's ResNet-9 and its descendants, cifar10-fast / cifar10-fast-simple):
@@ -34,6 +36,7 @@ struct NetConfig {
     Arch arch = Arch::airbench;
     // airbench: the 3 conv groups; resnet9: prep, layer1, layer2, layer3
     std::vector<int> widths = {64, 256, 256};
+    int group_convs = 2;  // airbench: convs per group; 3 = airbench96's residual group
     Activation act = Activation::gelu;
     float celu_alpha = 0.3f;
     // airbench: k x k valid whitening with 2*3*k*k filters (+ negatives) and a bias, then GELU.
@@ -101,13 +104,13 @@ struct TensorSpec {
 // (buffers), in one float array. Named pointers below point into it.
 struct Params {
     float* whiten_b;                           // (Cw)
-    float* conv_w[3][2];                       // group g: conv1 (Cg,3,3,Cg-1), conv2 (Cg,3,3,Cg)
+    float* conv_w[3][3];                       // group g: conv1 (Cg,3,3,Cg-1), conv2 (and conv3) (Cg,3,3,Cg)
     float* head_w;                             // (10, C3)
-    float* bn_b[3][2];                         // (Cg)
-    float* bn_w[3][2];                         // (Cg), 1 unless bn_train_scale
+    float* bn_b[3][3];                         // (Cg)
+    float* bn_w[3][3];                         // (Cg), 1 unless bn_train_scale
     float* whiten_w;                           // (Cw, k, k, 3)
-    float* bn_mean[3][2];                      // (Cg) running mean
-    float* bn_var[3][2];                       // (Cg) running var
+    float* bn_mean[3][3];                      // (Cg) running mean
+    float* bn_var[3][3];                       // (Cg) running var
 };
 
 class Network {
@@ -189,11 +192,13 @@ public:
 private:
     struct Group {
         int cin, cout, H, Hp;  // input side H, after pool Hp
-        std::unique_ptr<Conv2d> conv1, conv2;
+        std::unique_ptr<Conv2d> conv1, conv2, conv3;  // conv3: group_convs 3 only
         DeviceBuffer<float> c1, p, n1, g1, c2, n2, g2;  // activations
+        DeviceBuffer<float> c3, s3, g3;  // group_convs 3: conv3 out, BN out + g1 (in place), act
         DeviceBuffer<uint8_t> arg;
-        DeviceBuffer<float> mean1, istd1, mean2, istd2;
-        DeviceBuffer<float> d_big, d_p, d_n, d_g;  // gradient scratch
+        DeviceBuffer<float> mean1, istd1, mean2, istd2, mean3, istd3;
+        DeviceBuffer<float> d_big, d_p, d_n, d_g, d_res;  // gradient scratch (d_res: d(s3))
+        const float* out() const { return conv3 ? g3.get() : g2.get(); }
     };
     Network& net_;
     Backend& b_;

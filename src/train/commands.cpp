@@ -103,8 +103,9 @@ static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, co
                    r.net.ghost_splits > 1 ? fmt::format("  ghost BN x{}", r.net.ghost_splits) : std::string(),
                    r.net.pool_before_norm ? "before" : "after", r.net.scaling_factor);
     } else {
-        fmt::print("net           widths {}  whiten {}x{} -> {}  {}  BN eps {:g} momentum {:g}  scale {:g}\n",
-                   widths, r.net.whiten_kernel, r.net.whiten_kernel, r.net.whiten_width(),
+        fmt::print("net           widths {}{}  whiten {}x{} -> {}  {}  BN eps {:g} momentum {:g}  scale {:g}\n",
+                   widths, r.net.group_convs == 3 ? "  3 convs per group (residual)" : "",
+                   r.net.whiten_kernel, r.net.whiten_kernel, r.net.whiten_width(),
                    activation_name(r.net.act), r.net.bn_eps, r.net.bn_momentum, r.net.scaling_factor);
     }
     if (r.optimizer == "muon")

@@ -62,7 +62,7 @@ void check_known(const nlohmann::json& j) {
         {"data", {"mean", "std"}},
         {"net", {"arch", "widths", "whiten_kernel", "bn_eps", "bn_momentum", "bn_train_scale",
                  "scaling_factor", "final_pool", "act", "celu_alpha", "head_unit_std",
-                 "whiten_bias_uniform", "ghost_splits", "pool_before_norm", "residual", "dirac"}},
+                 "whiten_bias_uniform", "ghost_splits", "pool_before_norm", "residual", "dirac", "group_convs"}},
         {"opt", {"optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay",
                  "bias_scaler", "bias_lr", "head_lr", "wd", "bias_weight_decay", "lr_in_velocity", "label_smoothing",
                  "whiten_bias_epochs"}},
@@ -127,6 +127,7 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     rd.get("net", "head_unit_std", r.net.head_unit_std);
     rd.get("net", "whiten_bias_uniform", r.net.whiten_bias_uniform);
     rd.get("net", "dirac", r.net.dirac);
+    rd.get("net", "group_convs", r.net.group_convs);
     rd.get("lookahead", "start_epoch", r.lookahead_start_epoch);
     rd.get("whiten", "center", r.whiten_center);
     rd.get("whiten", "splits", r.whiten_splits);
@@ -215,6 +216,7 @@ Recipe recipe_from_json(const nlohmann::json& j) {
         need(r.net.act == Activation::gelu || r.net.act == Activation::silu,
              "net.act must be \"gelu\" or \"silu\" for net.arch \"airbench\"");
         need(r.net.ghost_splits == 1, "net.ghost_splits is for net.arch \"resnet9\"");
+        need(r.net.group_convs == 2 || r.net.group_convs == 3, "net.group_convs must be 2 or 3");
     } else {
         need(r.net.widths.size() == 4, "net.widths must have 4 entries (prep, layer1-3) for net.arch \"resnet9\"");
         need(r.net.ghost_splits >= 1 && r.batch_size % r.net.ghost_splits == 0,
@@ -274,7 +276,7 @@ nlohmann::json recipe_to_json(const Recipe& r) {
                  {"act", activation_name(r.net.act)}, {"celu_alpha", r.net.celu_alpha},
                  {"head_unit_std", r.net.head_unit_std}, {"whiten_bias_uniform", r.net.whiten_bias_uniform},
                  {"ghost_splits", r.net.ghost_splits}, {"pool_before_norm", r.net.pool_before_norm},
-                 {"residual", r.net.residual}, {"dirac", r.net.dirac}}},
+                 {"residual", r.net.residual}, {"dirac", r.net.dirac}, {"group_convs", r.net.group_convs}}},
         {"opt", {{"optimizer", r.optimizer}, {"epochs", r.epochs}, {"batch_size", r.batch_size}, {"lr", r.lr},
                  {"momentum", r.momentum}, {"weight_decay", r.weight_decay}, {"bias_scaler", r.bias_scaler},
                  {"bias_lr", r.bias_lr}, {"head_lr", r.head_lr}, {"wd", r.wd},

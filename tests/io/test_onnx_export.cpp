@@ -239,5 +239,25 @@ INSTANTIATE_TEST_SUITE_P(Activations, OnnxExport, ::testing::Values(Activation::
                              return std::string(i.param == Activation::silu ? "silu" : "gelu");
                          });
 
+// airbench96's residual groups are not in the exported graph: a clear refusal, no file.
+TEST(OnnxExportScope, RefusesThreeConvGroups) {
+#if !SPEEDRUN_HAVE_ONNX
+    GTEST_SKIP() << "this build has no ONNX";
+#else
+    auto backend = make_cpu_backend(1);
+    NetConfig c = tiny(Activation::gelu);
+    c.group_convs = 3;
+    Network net(*backend, c);
+    const fs::path model = fs::temp_directory_path() / ("speedrun-onnx-3conv-" + std::to_string(::getpid()) + ".onnx");
+    try {
+        export_onnx(model.string(), net, {0.5f, 0.5f, 0.5f}, {0.25f, 0.25f, 0.25f});
+        FAIL() << "exported a 3-conv-group network";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("2 convs per group"), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(model));
+#endif
+}
+
 }  // namespace
 }  // namespace sr

@@ -18,10 +18,12 @@ namespace {
 using golden::max_abs;
 using golden::part;
 
-TEST(Golden, MatchesPyTorchAirbench94) {
-    const auto j = golden::load("golden_airbench.json", "speedrun-golden", "tools/make_golden.py");
+// The preset's network at the reference's widths against the peer's make_net() in PyTorch:
+// logits, loss, every gradient, BN running statistics, one SGD step, one lookahead update.
+void matches_pytorch(const std::string& file, const std::string& preset) {
+    const auto j = golden::load(file, "speedrun-golden", "tools/make_golden.py");
     auto b = make_cpu_backend(2);
-    Recipe r = load_recipe("airbench94", "");
+    Recipe r = load_recipe(preset, "");
     auto w = j["widths"].get<std::vector<int>>();
     r.net.widths = {w[0], w[1], w[2]};
     Network net(*b, r.net);
@@ -72,6 +74,12 @@ TEST(Golden, MatchesPyTorchAirbench94) {
         EXPECT_TRUE(test::all_close(part(net, now, name), vals.get<std::vector<float>>(), 1e-5, 1e-4));
     }
 }
+
+TEST(Golden, MatchesPyTorchAirbench94) { matches_pytorch("golden_airbench.json", "airbench94"); }
+
+// airbench96.py: 3 convs per group with the residual, BN momentum 0.1
+// (tools/make_golden.py --peer airbench96)
+TEST(Golden, MatchesPyTorchAirbench96) { matches_pytorch("golden_airbench96.json", "airbench96"); }
 
 }  // namespace
 }  // namespace sr

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "core/error.h"
 #include "model/network.h"
 #include "test_util.h"
 
@@ -95,7 +96,7 @@ void gradients_match_fd(const NetConfig& cfg) {
         const auto& bb = net.tensor("whiten.bias");
         for (size_t i = 0; i < bb.count; ++i) h[bb.offset + i] = 0.1f * rng.normal();
         for (const auto& t : net.tensors())
-            if (t.name.ends_with("norm1.bias") || t.name.ends_with("norm2.bias"))
+            if (t.name.ends_with("norm1.bias") || t.name.ends_with("norm2.bias") || t.name.ends_with("norm3.bias"))
                 for (size_t i = 0; i < t.count; ++i) h[t.offset + i] = 0.2f * rng.normal();
     }
     net.upload(h);
@@ -108,9 +109,13 @@ void gradients_match_fd(const NetConfig& cfg) {
     std::vector<float> g(net.size());
     b->download(g.data(), net.grads.get(), g.size() * 4);
 
-    for (const char* name : {"head.weight", "block3.conv2.weight", "block3.norm2.bias", "block2.conv1.weight",
-                             "block2.norm1.bias", "block1.conv1.weight", "block1.conv2.weight",
-                             "block1.norm1.bias", "whiten.bias"}) {
+    std::vector<std::string> names = {"head.weight", "block3.conv2.weight", "block3.norm2.bias",
+                                      "block2.conv1.weight", "block2.norm1.bias", "block1.conv1.weight",
+                                      "block1.conv2.weight", "block1.norm1.bias", "whiten.bias"};
+    if (cfg.group_convs == 3)  // airbench96's third conv and its BN, and the residual's paths
+        names.insert(names.end(), {"block3.conv3.weight", "block3.norm3.bias", "block2.conv3.weight",
+                                   "block1.conv3.weight", "block1.norm3.bias"});
+    for (const std::string& name : names) {
         SCOPED_TRACE(name);
         const auto& s = net.tensor(name);
         double gmax = 0;
@@ -147,6 +152,34 @@ TEST(Network, GradientsMatchFiniteDifferencesSilu) {
     c.whiten_bias_uniform = true;
     c.scaling_factor = 1.f / 8;
     gradients_match_fd(c);
+}
+
+// airbench96's group: a third conv and BN, the first activation added before the last one.
+TEST(Network, GradientsMatchFiniteDifferencesThreeConvGroups) {
+    NetConfig c = tiny();
+    c.group_convs = 3;
+    c.bn_momentum = 0.1f;
+    gradients_match_fd(c);
+}
+
+// The layout and FLOPs of airbench96 by hand: widths 128/384/512, conv1 + 2 more per group.
+TEST(Network, ThreeConvLayoutAndFlops) {
+    auto b = make_cpu_backend(1);
+    NetConfig c;
+    c.widths = {128, 384, 512};
+    c.group_convs = 3;
+    Network net(*b, c);
+    EXPECT_EQ(net.tensor("block2.conv3.weight").count, size_t(384) * 9 * 384);
+    EXPECT_EQ(net.tensor("block3.norm3.running_var").count, 512u);
+    // whiten 31x31x24x12, then per group conv1 at H (before the pool) and 2 convs at H/2
+    double f = 2.0 * 31 * 31 * 24 * 12;
+    f += 2.0 * 31 * 31 * 128 * 24 * 9 + 2 * 2.0 * 15 * 15 * 128 * 128 * 9;
+    f += 2.0 * 15 * 15 * 384 * 128 * 9 + 2 * 2.0 * 7 * 7 * 384 * 384 * 9;
+    f += 2.0 * 7 * 7 * 512 * 384 * 9 + 2 * 2.0 * 3 * 3 * 512 * 512 * 9;
+    f += 2.0 * 512 * 10;
+    EXPECT_DOUBLE_EQ(net.flops_per_image_forward(), f);
+    c.group_convs = 4;
+    EXPECT_THROW(Network(*b, c), Error);
 }
 
 TEST(Network, WhiteningDecorrelatesPatches) {
