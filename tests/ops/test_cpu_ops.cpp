@@ -283,6 +283,14 @@ TEST(CpuOps, CutoutZeroesExactlyTheSquare) {
                 }
 }
 
+// log(sum_o exp(z_o)) of one row, in double
+double log_sum_exp(const float* z, int O) {
+    const double mx = *std::max_element(z, z + O);
+    double se = 0;
+    for (int o = 0; o < O; ++o) se += std::exp(z[o] - mx);
+    return mx + std::log(se);
+}
+
 // Cutmix: exactly the square (clipped at the edge) comes from the partner's same square; the
 // source batch is left alone
 TEST(CpuOps, CutmixCopiesExactlyThePartnersSquare) {
@@ -316,9 +324,7 @@ TEST(CpuOps, CrossEntropyMixedIsSoftTargetLoss) {
     double loss = 0;
     for (int n = 0; n < N; ++n) {
         const float* zn = z.data() + size_t(n) * O;
-        double mx = *std::max_element(zn, zn + O), se = 0;
-        for (int o = 0; o < O; ++o) se += std::exp(zn[o] - mx);
-        const double lse = mx + std::log(se);
+        const double lse = log_sum_exp(zn, O);
         for (int o = 0; o < O; ++o) {
             const double p = (1 - m) * (o == y1[n]) + m * (o == y2[n]);
             const double t = (1 - s) * p + s / O;
@@ -445,9 +451,7 @@ TEST(CpuOps, CrossEntropyWithLabelSmoothing) {
     int correct = 0;
     for (int n = 0; n < N; ++n) {
         const float* zn = z.data() + size_t(n) * O;
-        double mx = *std::max_element(zn, zn + O), se = 0;
-        for (int o = 0; o < O; ++o) se += std::exp(zn[o] - mx);
-        const double lse = mx + std::log(se);
+        const double lse = log_sum_exp(zn, O);
         for (int o = 0; o < O; ++o) {
             const double t = (o == labels[n] ? 1 - s : 0) + s / O;
             loss -= t * (zn[o] - lse);

@@ -71,38 +71,41 @@ __global__ void brightness_contrast_kernel(float* x, const float* shift, const f
     }
 }
 
+// Element i of the B size x size squares (C values per pixel): its image b and its offset `at`
+// inside that image; false where the square runs past the image's edge.
+__device__ bool square_element(size_t i, const uint8_t* pos, int H, int W, int C, int size, int& b,
+                               size_t& at) {
+    const int c = int(i % C);
+    size_t r = i / C;
+    const int dx = int(r % size);
+    r /= size;
+    const int dy = int(r % size);
+    b = int(r / size);
+    const int y = pos[2 * b] + dy, xx = pos[2 * b + 1] + dx;
+    at = (size_t(y) * W + xx) * C + c;
+    return y < H && xx < W;
+}
+
 // one thread per element of the B size x size squares (those outside the image skip)
 __global__ void cutout_kernel(float* x, const uint8_t* pos, int B, int H, int W, int C, int size,
                               size_t n) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
-        const int c = int(i % C);
-        size_t r = i / C;
-        const int dx = int(r % size);
-        r /= size;
-        const int dy = int(r % size);
-        const int b = int(r / size);
-        const int y = pos[2 * b] + dy, xx = pos[2 * b + 1] + dx;
-        if (y < H && xx < W) x[((size_t(b) * H + y) * W + xx) * C + c] = 0.f;
+        int b;
+        size_t at;
+        if (square_element(i, pos, H, W, C, size, b, at)) x[size_t(b) * H * W * C + at] = 0.f;
     }
 }
 
-// one thread per value of the B squares: x[b] square := src[partner[b]] square
+// the same squares: x[b] square := src[partner[b]] square
 __global__ void cutmix_kernel(float* x, const float* src, const int32_t* partner,
                               const uint8_t* pos, int B, int H, int W, int C, int size, size_t n) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
-        const int c = int(i % C);
-        size_t r = i / C;
-        const int dx = int(r % size);
-        r /= size;
-        const int dy = int(r % size);
-        const int b = int(r / size);
-        const int y = pos[2 * b] + dy, xx = pos[2 * b + 1] + dx;
-        if (y < H && xx < W) {
-            const size_t at = (size_t(y) * W + xx) * C + c;
+        int b;
+        size_t at;
+        if (square_element(i, pos, H, W, C, size, b, at))
             x[size_t(b) * H * W * C + at] = src[size_t(partner[b]) * H * W * C + at];
-        }
     }
 }
 
