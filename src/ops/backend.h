@@ -25,14 +25,16 @@ namespace sr {
 
 enum class Device { cpu, cuda };
 
-// Shape of a stride-1 2D convolution with symmetric zero padding, NHWC.
+// Shape of a 2D convolution with symmetric zero padding, NHWC. Output pixel (p, q) reads the
+// input window whose top-left corner is (p * stride - pad, q * stride - pad), as PyTorch's Conv2d.
 struct ConvShape {
     int N = 0, H = 0, W = 0, C = 0;  // input
     int K = 0;                       // output channels
     int R = 3, S = 3;                // kernel height, width
     int pad = 1;                     // zero padding on every side
-    int P() const { return H + 2 * pad - R + 1; }  // output height
-    int Q() const { return W + 2 * pad - S + 1; }  // output width
+    int stride = 1;                  // the same in both directions
+    int P() const { return (H + 2 * pad - R) / stride + 1; }  // output height
+    int Q() const { return (W + 2 * pad - S) / stride + 1; }  // output width
     double flops_forward() const { return 2.0 * N * P() * Q() * K * C * R * S; }
 };
 
@@ -183,6 +185,16 @@ public:
     // dx (N,H,W,C) = (every element written; zero where no window took it)
     virtual void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int H,
                                   int W, int C, int k) = 0;
+
+    // ---- global max and average pooling, concatenated (cifar10-fast's DAWN_net head) ----------
+    // Over the HW = H*W positions of x (N,H,W,C): y (N,2C), y[n][c] = the max, y[n][C + c] = the
+    // mean (fp32 sum / HW) of channel c, as torch.cat([MaxPool2d(H)(x), AvgPool2d(H)(x)], 1)
+    // flattened; arg (N,C) = position of the max (first max wins), HW <= 256.
+    virtual void concat_pool_forward(float* y, uint8_t* arg, const float* x, int N, int HW,
+                                     int C) = 0;
+    // dx (N,H,W,C) = dy[n][c] at the max's position (0 elsewhere) + dy[n][C + c] / HW
+    virtual void concat_pool_backward(float* dx, const float* dy, const uint8_t* arg, int N,
+                                      int HW, int C) = 0;
 
     // ---- linear, no bias: y (N,O) = scale * x (N,I) w^T (w is (O,I)) --------------------------
     virtual void linear_forward(float* y, const float* x, const float* w, int N, int I, int O,

@@ -228,7 +228,7 @@ TEST_F(BackendOps, Memory) {
 void conv_case(BackendOps& f, const ConvShape& s, uint64_t seed) {
     SCOPED_TRACE(testing::Message() << "conv N=" << s.N << " H=" << s.H << " W=" << s.W
                                     << " C=" << s.C << " K=" << s.K << " R=" << s.R
-                                    << " S=" << s.S << " pad=" << s.pad);
+                                    << " S=" << s.S << " pad=" << s.pad << " stride=" << s.stride);
     const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K;
     const size_t nw = size_t(s.K) * s.R * s.S * s.C;
     auto x = f.in(randn(nx, seed));
@@ -288,6 +288,17 @@ TEST_F(BackendOps, ConvWhiteningShape) {
     ConvShape s;
     s.N = 4, s.H = 32, s.W = 32, s.C = 3, s.K = 24, s.R = 2, s.S = 2, s.pad = 0;
     conv_case(*this, s, 400);
+}
+
+// DAWN_net's downsampling convs (myrtle presets): 3x3 pad 1 and 1x1 pad 0, both stride 2.
+TEST_F(BackendOps, ConvStride2) {
+    ConvShape s;
+    s.N = 4, s.H = 16, s.W = 16, s.C = 32, s.K = 48, s.R = 3, s.S = 3, s.pad = 1, s.stride = 2;
+    conv_case(*this, s, 450);
+    s.R = 1, s.S = 1, s.pad = 0;
+    conv_case(*this, s, 460);
+    s.H = 9, s.W = 9, s.R = 3, s.S = 3, s.pad = 1;  // odd side: the last row and column are unread
+    conv_case(*this, s, 470);
 }
 
 // ---- batch norm ------------------------------------------------------------------------------
@@ -588,6 +599,29 @@ TEST_F(BackendOps, MaxPool2On7x7) { pool_case(*this, 3, 7, 7, 5, 2, 900); }
 TEST_F(BackendOps, MaxPool3On3x3) { pool_case(*this, 3, 3, 3, 5, 3, 910); }
 TEST_F(BackendOps, MaxPool3On7x7) { pool_case(*this, 3, 7, 7, 5, 3, 920); }
 TEST_F(BackendOps, MaxPool2RealShape) { pool_case(*this, 8, 32, 32, 64, 2, 930); }
+
+// Global max + mean (DAWN_net's head). Ties as in pool_case; the mean is an fp32 sum in the same
+// order on both sides, then one multiply: equal to a few ulps.
+void concat_pool_case(BackendOps& f, int N, int HW, int C, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "concat_pool N=" << N << " HW=" << HW << " C=" << C);
+    auto xs = randn(size_t(N) * HW * C, seed);
+    for (auto& v : xs) v = std::round(v * 2.f) / 2.f;
+    auto x = f.in(xs);
+    auto dy = f.in(randn(size_t(N) * 2 * C, seed + 1));
+    auto y = f.out<float>(size_t(N) * 2 * C);
+    auto arg = f.out<uint8_t>(size_t(N) * C);
+    auto dx = f.out<float>(xs.size());
+    f.cpu_->concat_pool_forward(y.cp(), arg.cp(), x.cp(), N, HW, C);
+    f.gpu_->concat_pool_forward(y.gp(), arg.gp(), x.gp(), N, HW, C);
+    EXPECT_TRUE(f.same(y, "concat_pool y", 1e-6, 1e-6));
+    EXPECT_TRUE(f.same(arg, "concat_pool arg", 0, 0));
+    f.cpu_->concat_pool_backward(dx.cp(), dy.cp(), arg.cp(), N, HW, C);
+    f.gpu_->concat_pool_backward(dx.gp(), dy.gp(), arg.gp(), N, HW, C);
+    EXPECT_TRUE(f.same(dx, "concat_pool dx", 1e-6, 1e-6));
+}
+
+TEST_F(BackendOps, ConcatPoolRealShape) { concat_pool_case(*this, 16, 16, 256, 940); }
+TEST_F(BackendOps, ConcatPoolOddSizes) { concat_pool_case(*this, 3, 9, 5, 950); }
 
 // ---- linear ----------------------------------------------------------------------------------
 

@@ -66,6 +66,9 @@ const ConvCase kConvCases[] = {
     {{2, 9, 9, 3, 24, 2, 2, 0}, "2x2 valid (whitening shape)"},
     {{2, 5, 5, 17, 9, 3, 3, 1}, "3x3, C=17 (vector tail)"},
     {{4, 15, 15, 64, 64, 3, 3, 1}, "real shape: block1 conv2 at N=4"},
+    {{2, 8, 8, 5, 7, 3, 3, 1, 2}, "3x3 pad 1 stride 2 (DAWN_net downsampling), even side"},
+    {{2, 9, 9, 4, 6, 3, 3, 1, 2}, "3x3 pad 1 stride 2, odd side (last row/column unread)"},
+    {{3, 8, 8, 6, 10, 1, 1, 0, 2}, "1x1 stride 2 (DAWN_net projection shortcut)"},
 };
 
 TEST(CpuOps, ConvOneDnnMatchesNaive) {
@@ -101,32 +104,56 @@ TEST(CpuOps, ConvOneDnnMatchesNaive) {
 }
 
 TEST(CpuOps, ConvNaiveGradientsMatchFiniteDifferences) {
-    const ConvShape s{2, 5, 5, 3, 4, 3, 3, 1};
-    const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K,
-                 nw = size_t(s.K) * s.R * s.S * s.C;
-    auto x = randn(nx, 11), w = randn(nw, 12, 0.5f), bias = randn(s.K, 13), r = randn(ny, 14);
-    std::vector<float> dx(nx), dw(nw), db(s.K);
-    cpu::conv2d_backward_data_naive(dx.data(), r.data(), w.data(), s);
-    cpu::conv2d_backward_weights_naive(dw.data(), db.data(), r.data(), x.data(), s);
-    auto fx = [&](const std::vector<float>& xx) {
-        std::vector<float> y(ny);
-        cpu::conv2d_forward_naive(y.data(), xx.data(), w.data(), bias.data(), s);
-        return y;
-    };
-    auto fw = [&](const std::vector<float>& ww) {
-        std::vector<float> y(ny);
-        cpu::conv2d_forward_naive(y.data(), x.data(), ww.data(), bias.data(), s);
-        return y;
-    };
-    auto fb = [&](const std::vector<float>& bb) {
-        std::vector<float> y(ny);
-        cpu::conv2d_forward_naive(y.data(), x.data(), w.data(), bb.data(), s);
-        return y;
-    };
-    // linear in each argument: FD error is float rounding of y only (eps 1e-2)
-    EXPECT_TRUE(grad_matches(fd_grad(x, r, fx, 1e-2, 60, 1), dx, 2e-3, 2e-3));
-    EXPECT_TRUE(grad_matches(fd_grad(w, r, fw, 1e-2, 60, 2), dw, 2e-3, 2e-3));
-    EXPECT_TRUE(grad_matches(fd_grad(bias, r, fb, 1e-2, 99, 3), db, 2e-3, 2e-3));
+    for (const ConvShape s : {ConvShape{2, 5, 5, 3, 4, 3, 3, 1}, ConvShape{2, 7, 7, 3, 4, 3, 3, 1, 2},
+                              ConvShape{2, 6, 6, 3, 4, 1, 1, 0, 2}}) {
+        SCOPED_TRACE(testing::Message() << "stride " << s.stride << " kernel " << s.R);
+        const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K,
+                     nw = size_t(s.K) * s.R * s.S * s.C;
+        auto x = randn(nx, 11), w = randn(nw, 12, 0.5f), bias = randn(s.K, 13), r = randn(ny, 14);
+        std::vector<float> dx(nx), dw(nw), db(s.K);
+        cpu::conv2d_backward_data_naive(dx.data(), r.data(), w.data(), s);
+        cpu::conv2d_backward_weights_naive(dw.data(), db.data(), r.data(), x.data(), s);
+        auto fx = [&](const std::vector<float>& xx) {
+            std::vector<float> y(ny);
+            cpu::conv2d_forward_naive(y.data(), xx.data(), w.data(), bias.data(), s);
+            return y;
+        };
+        auto fw = [&](const std::vector<float>& ww) {
+            std::vector<float> y(ny);
+            cpu::conv2d_forward_naive(y.data(), x.data(), ww.data(), bias.data(), s);
+            return y;
+        };
+        auto fb = [&](const std::vector<float>& bb) {
+            std::vector<float> y(ny);
+            cpu::conv2d_forward_naive(y.data(), x.data(), w.data(), bb.data(), s);
+            return y;
+        };
+        // linear in each argument: FD error is float rounding of y only (eps 1e-2)
+        EXPECT_TRUE(grad_matches(fd_grad(x, r, fx, 1e-2, 60, 1), dx, 2e-3, 2e-3));
+        EXPECT_TRUE(grad_matches(fd_grad(w, r, fw, 1e-2, 60, 2), dw, 2e-3, 2e-3));
+        EXPECT_TRUE(grad_matches(fd_grad(bias, r, fb, 1e-2, 99, 3), db, 2e-3, 2e-3));
+    }
+}
+
+// The strided output grid: output (p, q) of a stride-2 conv equals output (2p, 2q) of the same
+// conv at stride 1 (PyTorch's definition), so the two naive forwards must agree there.
+TEST(CpuOps, ConvStrideTwoSamplesTheStrideOneOutput) {
+    for (const ConvShape s : {ConvShape{2, 9, 9, 3, 5, 3, 3, 1, 2}, ConvShape{2, 8, 8, 3, 5, 1, 1, 0, 2}}) {
+        ConvShape one = s;
+        one.stride = 1;
+        ASSERT_EQ(s.P(), (one.P() + 1) / 2);
+        const size_t nx = size_t(s.N) * s.H * s.W * s.C, nw = size_t(s.K) * s.R * s.S * s.C;
+        auto x = randn(nx, 21), w = randn(nw, 22);
+        std::vector<float> y(size_t(s.N) * s.P() * s.Q() * s.K), y1(size_t(s.N) * one.P() * one.Q() * s.K);
+        cpu::conv2d_forward_naive(y.data(), x.data(), w.data(), nullptr, s);
+        cpu::conv2d_forward_naive(y1.data(), x.data(), w.data(), nullptr, one);
+        for (int n = 0; n < s.N; ++n)
+            for (int p = 0; p < s.P(); ++p)
+                for (int q = 0; q < s.Q(); ++q)
+                    for (int k = 0; k < s.K; ++k)
+                        ASSERT_EQ(y[((size_t(n) * s.P() + p) * s.Q() + q) * s.K + k],
+                                  y1[((size_t(n) * one.P() + 2 * p) * one.Q() + 2 * q) * s.K + k]);
+    }
 }
 
 // ---- batch norm -------------------------------------------------------------------------------
@@ -417,6 +444,44 @@ TEST(CpuOps, MaxPoolTiesTakeTheFirstElementAsPyTorch) {
     std::vector<uint8_t> arg(1, 99);
     cpu::maxpool_forward(y.data(), arg.data(), x.data(), 1, 2, 2, 1, 2);
     EXPECT_EQ(arg[0], 0);
+}
+
+// DAWN_net's head: against the definition (max and mean of each channel, in that order), and
+// the backward against finite differences (distinct values: no ties, so the max is smooth).
+TEST(CpuOps, ConcatPoolForwardBackward) {
+    const int N = 3, HW = 16, C = 7;
+    auto x = distinct_values(size_t(N) * HW * C, 43);
+    std::vector<float> y(size_t(N) * 2 * C, 9.f), dx(x.size(), 9.f);
+    std::vector<uint8_t> arg(size_t(N) * C, 99);
+    cpu::concat_pool_forward(y.data(), arg.data(), x.data(), N, HW, C);
+    for (int n = 0; n < N; ++n)
+        for (int c = 0; c < C; ++c) {
+            float m = -1e30f;
+            double s = 0;
+            int at = -1;
+            for (int i = 0; i < HW; ++i) {
+                const float v = x[(size_t(n) * HW + i) * C + c];
+                if (v > m) m = v, at = i;
+                s += v;
+            }
+            ASSERT_EQ(y[size_t(n) * 2 * C + c], m);
+            ASSERT_EQ(arg[size_t(n) * C + c], at);
+            ASSERT_NEAR(y[size_t(n) * 2 * C + C + c], s / HW, 1e-5 * (1 + std::abs(s / HW)));
+        }
+    auto r = randn(y.size(), 44);
+    cpu::concat_pool_backward(dx.data(), r.data(), arg.data(), N, HW, C);
+    auto f = [&](const std::vector<float>& xx) {
+        std::vector<float> yy(y.size());
+        std::vector<uint8_t> a(arg.size());
+        cpu::concat_pool_forward(yy.data(), a.data(), xx.data(), N, HW, C);
+        return yy;
+    };
+    EXPECT_TRUE(grad_matches(fd_grad(x, r, f, 1e-3, x.size(), 1), dx, 1e-3, 1e-3));
+    std::vector<float> tie(size_t(HW), 2.f), ty(2);  // all equal: the first position, as PyTorch
+    std::vector<uint8_t> ta(1, 99);
+    cpu::concat_pool_forward(ty.data(), ta.data(), tie.data(), 1, HW, 1);
+    EXPECT_EQ(ta[0], 0);
+    EXPECT_EQ(ty[1], 2.f);
 }
 
 // ---- linear and loss --------------------------------------------------------------------------

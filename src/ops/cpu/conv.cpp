@@ -28,10 +28,10 @@ void conv2d_forward_naive(float* y, const float* x, const float* w, const float*
                 for (int k = 0; k < s.K; ++k) {
                     double acc = bias ? bias[k] : 0.0;
                     for (int r = 0; r < s.R; ++r) {
-                        const int h = p + r - s.pad;
+                        const int h = p * s.stride + r - s.pad;
                         if (h < 0 || h >= s.H) continue;
                         for (int t = 0; t < s.S; ++t) {
-                            const int ww = q + t - s.pad;
+                            const int ww = q * s.stride + t - s.pad;
                             if (ww < 0 || ww >= s.W) continue;
                             const float* xi = x + ((size_t(n) * s.H + h) * s.W + ww) * s.C;
                             const float* wk = w + ((size_t(k) * s.R + r) * s.S + t) * s.C;
@@ -51,11 +51,13 @@ void conv2d_backward_data_naive(float* dx, const float* dy, const float* w, cons
                 for (int c = 0; c < s.C; ++c) {
                     double acc = 0.0;
                     for (int r = 0; r < s.R; ++r) {
-                        const int p = h - r + s.pad;
-                        if (p < 0 || p >= P) continue;
+                        const int ps = h - r + s.pad;  // = p * stride
+                        if (ps < 0 || ps % s.stride != 0 || ps / s.stride >= P) continue;
+                        const int p = ps / s.stride;
                         for (int t = 0; t < s.S; ++t) {
-                            const int q = ww - t + s.pad;
-                            if (q < 0 || q >= Q) continue;
+                            const int qs = ww - t + s.pad;
+                            if (qs < 0 || qs % s.stride != 0 || qs / s.stride >= Q) continue;
+                            const int q = qs / s.stride;
                             const float* g = dy + ((size_t(n) * P + p) * Q + q) * s.K;
                             for (int k = 0; k < s.K; ++k)
                                 acc += double(g[k]) * w[((size_t(k) * s.R + r) * s.S + t) * s.C + c];
@@ -76,10 +78,10 @@ void conv2d_backward_weights_naive(float* dw, float* db, const float* dy, const 
                     double acc = 0.0;
                     for (int n = 0; n < s.N; ++n)
                         for (int p = 0; p < P; ++p) {
-                            const int h = p + r - s.pad;
+                            const int h = p * s.stride + r - s.pad;
                             if (h < 0 || h >= s.H) continue;
                             for (int q = 0; q < Q; ++q) {
-                                const int ww = q + t - s.pad;
+                                const int ww = q * s.stride + t - s.pad;
                                 if (ww < 0 || ww >= s.W) continue;
                                 acc += double(dy[((size_t(n) * P + p) * Q + q) * s.K + k]) *
                                        x[((size_t(n) * s.H + h) * s.W + ww) * s.C + c];
@@ -120,7 +122,7 @@ struct CpuConv2d::Impl {
     Impl(const ConvShape& s, dnnl::engine& e, dnnl::stream& st) : eng(e), strm(st) {
         const memory::dims x_dims = {s.N, s.C, s.H, s.W}, y_dims = {s.N, s.K, s.P(), s.Q()},
                            w_dims = {s.K, s.C, s.R, s.S}, b_dims = {s.K};
-        const memory::dims strides = {1, 1}, pad = {s.pad, s.pad};
+        const memory::dims strides = {s.stride, s.stride}, pad = {s.pad, s.pad};
         x_md = memory::desc(x_dims, dt::f32, tag::nhwc);
         y_md = memory::desc(y_dims, dt::f32, tag::nhwc);
         w_user_md = memory::desc(w_dims, dt::f32, tag::ohwi);

@@ -132,6 +132,14 @@ public:
                           int C, int k) override {
         cpu::maxpool_backward(dx, dy, arg, N, H, W, C, k);
     }
+    void concat_pool_forward(float* y, uint8_t* arg, const float* x, int N, int HW,
+                             int C) override {
+        cpu::concat_pool_forward(y, arg, x, N, HW, C);
+    }
+    void concat_pool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int HW,
+                              int C) override {
+        cpu::concat_pool_backward(dx, dy, arg, N, HW, C);
+    }
     void linear_forward(float* y, const float* x, const float* w, int N, int I, int O,
                         float scale) override {
         cpu::linear_forward(y, x, w, N, I, O, scale);

@@ -61,6 +61,8 @@ void celu_backward(float* dx, const float* dy, const float* x, size_t n, float a
 void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, int H, int W, int C, int k);
 void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int H, int W, int C,
                       int k);
+void concat_pool_forward(float* y, uint8_t* arg, const float* x, int N, int HW, int C);
+void concat_pool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int HW, int C);
 
 // ---- linear ---------------------------------------------------------------------------------
 void linear_forward(float* y, const float* x, const float* w, int N, int I, int O, float scale);

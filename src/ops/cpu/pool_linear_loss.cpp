@@ -1,4 +1,5 @@
-// pool_linear_loss.cpp: CPU max pooling (k x k, stride k), the bias-free linear layer and the
+// pool_linear_loss.cpp: CPU max pooling (k x k, stride k), global max + mean pooling, the
+// bias-free linear layer and the
 // label-smoothed cross-entropy: the small ops at the head of the network.
 #include <algorithm>
 #include <cmath>
@@ -50,6 +51,46 @@ SR_CLONES void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, 
                     dxn[(size_t(p * k + i) * W + (q * k + j)) * C + c] = dyo[c];
                 }
             }
+    }
+}
+
+SR_CLONES void concat_pool_forward(float* y, uint8_t* arg, const float* x, int N, int HW, int C) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; ++n) {
+        const float* xn = x + size_t(n) * HW * C;
+        float* mx = y + size_t(n) * 2 * C;
+        float* av = mx + C;
+        uint8_t* an = arg + size_t(n) * C;
+        std::memcpy(mx, xn, sizeof(float) * C);
+        std::memcpy(av, xn, sizeof(float) * C);
+        std::memset(an, 0, C);
+        for (int i = 1; i < HW; ++i) {
+            const float* xi = xn + size_t(i) * C;
+#pragma omp simd
+            for (int c = 0; c < C; ++c) {
+                const bool take = xi[c] > mx[c];  // first max wins
+                mx[c] = take ? xi[c] : mx[c];
+                an[c] = take ? uint8_t(i) : an[c];
+                av[c] += xi[c];
+            }
+        }
+        const float inv = 1.f / float(HW);
+        for (int c = 0; c < C; ++c) av[c] *= inv;
+    }
+}
+
+SR_CLONES void concat_pool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int HW, int C) {
+    const float inv = 1.f / float(HW);
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; ++n) {
+        const float* dmx = dy + size_t(n) * 2 * C;
+        const float* dav = dmx + C;
+        const uint8_t* an = arg + size_t(n) * C;
+        for (int i = 0; i < HW; ++i) {
+            float* dxi = dx + (size_t(n) * HW + i) * C;
+#pragma omp simd
+            for (int c = 0; c < C; ++c) dxi[c] = dav[c] * inv + (an[c] == i ? dmx[c] : 0.f);
+        }
     }
 }
 

@@ -288,6 +288,14 @@ public:
                           int C, int k) override {
         cuda::maxpool_backward(stream_, dx, dy, arg, N, H, W, C, k);
     }
+    void concat_pool_forward(float* y, uint8_t* arg, const float* x, int N, int HW,
+                             int C) override {
+        cuda::concat_pool_forward(stream_, y, arg, x, N, HW, C);
+    }
+    void concat_pool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int HW,
+                              int C) override {
+        cuda::concat_pool_backward(stream_, dx, dy, arg, N, HW, C);
+    }
 
     // ---- linear -----------------------------------------------------------------------------
     void linear_forward(float* y, const float* x, const float* w, int N, int I, int O,

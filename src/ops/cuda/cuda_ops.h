@@ -63,6 +63,11 @@ void maxpool_forward(cudaStream_t st, float* y, uint8_t* arg, const float* x, in
                      int W, int C, int k);
 void maxpool_backward(cudaStream_t st, float* dx, const float* dy, const uint8_t* arg, int N,
                       int H, int W, int C, int k);
+// global max and mean, concatenated (N, 2C)
+void concat_pool_forward(cudaStream_t st, float* y, uint8_t* arg, const float* x, int N, int HW,
+                         int C);
+void concat_pool_backward(cudaStream_t st, float* dx, const float* dy, const uint8_t* arg, int N,
+                          int HW, int C);
 
 // ---- loss (loss.cu) --------------------------------------------------------------------------
 void cross_entropy(cudaStream_t st, float* dlogits, float* stats, const float* logits,

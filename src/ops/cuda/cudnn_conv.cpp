@@ -2,7 +2,7 @@
 // on the backend's stream + shared workspace) and CudnnConv2d, the CUDA Conv2d.
 //
 // Layouts: activations NHWC fp32 (cudnnTensor4d NHWC), filters KRSC fp32 (cudnnFilter4d with
-// format NHWC, which cuDNN reads as K,R,S,C = our OHWI), cross-correlation, stride 1, symmetric
+// format NHWC, which cuDNN reads as K,R,S,C = our OHWI), cross-correlation, ConvShape::stride, symmetric
 // zero padding. Math type CUDNN_TENSOR_OP_MATH (kMathType): on fp32 data cuDNN may round the
 // inputs to TF32 on tensor cores (about 1e-3 relative per product), which is what PyTorch does by
 // default for convolutions (torch.backends.cudnn.allow_tf32 = True sets exactly this math type).
@@ -139,7 +139,7 @@ public:
         CUDNN_CHECK(
             cudnnSetFilter4dDescriptor(w_.d, kDtype, CUDNN_TENSOR_NHWC, s.K, s.C, s.R, s.S));
         for (ConvDesc* c : {&fwd_, &bwd_data_, &bwd_filter_}) {
-            CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c->d, s.pad, s.pad, 1, 1, 1, 1,
+            CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c->d, s.pad, s.pad, s.stride, s.stride, 1, 1,
                                                         CUDNN_CROSS_CORRELATION, kDtype));
             CUDNN_CHECK(cudnnSetConvolutionMathType(c->d, kMathType));
         }
@@ -187,7 +187,7 @@ public:
 private:
     static void check_shape(const ConvShape& s) {
         CUDA_ASSERT(s.N > 0 && s.H > 0 && s.W > 0 && s.C > 0 && s.K > 0);
-        CUDA_ASSERT(s.R > 0 && s.S > 0 && s.pad >= 0 && s.P() > 0 && s.Q() > 0);
+        CUDA_ASSERT(s.R > 0 && s.S > 0 && s.pad >= 0 && s.stride >= 1 && s.P() > 0 && s.Q() > 0);
     }
 
     // Times every algorithm on scratch buffers of the real shapes (zeros). False if the search

@@ -1,5 +1,6 @@
-// pool.cu: max pooling with window k, stride k, no padding, floor (PyTorch MaxPool2d(k)), NHWC;
-// CUDA twin of cpu::maxpool_forward / maxpool_backward (contract in ops/backend.h).
+// pool.cu: max pooling with window k, stride k, no padding, floor (PyTorch MaxPool2d(k)), NHWC,
+// and the global max + mean pooling of DAWN_net's head; CUDA twins of cpu::maxpool_* and
+// cpu::concat_pool_* (contract in ops/backend.h).
 // Forward: one thread per output element; arg = r*k + s of the first maximum in row-major
 // window order (a later element wins only if strictly greater, as PyTorch). Backward: one thread
 // per input element, so every dx element is written (0 where no window took it, including the
@@ -60,7 +61,64 @@ __global__ void maxpool_backward_kernel(float* dx, const float* dy, const uint8_
     }
 }
 
+// one thread per (image, channel): the positions are read in order, so the max's position and
+// the fp32 sum follow the CPU's order
+__global__ void concat_pool_forward_kernel(float* y, uint8_t* arg, const float* x, int N, int HW,
+                                           int C) {
+    const size_t n = size_t(N) * C;
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % C);
+        const size_t b = i / C;
+        const float* base = x + b * HW * C + c;
+        float best = base[0], sum = base[0];
+        int best_at = 0;
+        for (int p = 1; p < HW; ++p) {
+            const float v = base[size_t(p) * C];
+            if (v > best) {
+                best = v;
+                best_at = p;
+            }
+            sum += v;
+        }
+        y[b * 2 * C + c] = best;
+        y[b * 2 * C + C + c] = sum * (1.f / float(HW));
+        arg[i] = uint8_t(best_at);
+    }
+}
+
+__global__ void concat_pool_backward_kernel(float* dx, const float* dy, const uint8_t* arg, int N,
+                                            int HW, int C) {
+    const size_t n = size_t(N) * HW * C;
+    const float inv = 1.f / float(HW);
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % C);
+        const size_t t = i / C;
+        const int p = int(t % HW);
+        const size_t b = t / HW;
+        const size_t o = b * C + c;
+        dx[i] = dy[b * 2 * C + C + c] * inv + (arg[o] == p ? dy[b * 2 * C + c] : 0.f);
+    }
+}
+
 }  // namespace
+
+void concat_pool_forward(cudaStream_t st, float* y, uint8_t* arg, const float* x, int N, int HW,
+                         int C) {
+    CUDA_ASSERT(N > 0 && C > 0 && HW >= 1 && HW <= 256);
+    const size_t n = size_t(N) * C;
+    concat_pool_forward_kernel<<<grid_size(n), kBlock, 0, st>>>(y, arg, x, N, HW, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+void concat_pool_backward(cudaStream_t st, float* dx, const float* dy, const uint8_t* arg, int N,
+                          int HW, int C) {
+    CUDA_ASSERT(N > 0 && C > 0 && HW >= 1 && HW <= 256);
+    const size_t n = size_t(N) * HW * C;
+    concat_pool_backward_kernel<<<grid_size(n), kBlock, 0, st>>>(dx, dy, arg, N, HW, C);
+    CUDA_CHECK_LAUNCH();
+}
 
 void maxpool_forward(cudaStream_t st, float* y, uint8_t* arg, const float* x, int N, int H,
                      int W, int C, int k) {
