@@ -127,5 +127,33 @@ TEST(Recipe, MuonConfigErrorsNameTheKey) {
         }
     }
 }
+
+// The dawn network's keys (myrtle presets): errors name the key.
+TEST(Recipe, DawnConfigErrorsNameTheKey) {
+    for (const char* bad : {"net.bn_scale_init=gaussian", "net.whiten_kernel=3", "net.widths=[64,128,256]",
+                            "net.ghost_splits=2", "net.arch=densenet", "net.dirac=identity_added"}) {
+        SCOPED_TRACE(bad);
+        nlohmann::json j = preset_json("myrtle-reg");
+        apply_override(j, bad);
+        const std::string key = std::string(bad).substr(0, std::string(bad).find('='));
+        try {
+            recipe_from_json(j);
+            ADD_FAILURE() << "accepted " << bad;
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
+        }
+    }
+    nlohmann::json h = preset_json("hlb");  // identity-added init is written for 2 convs a group
+    apply_override(h, "net.group_convs=3");
+    try {
+        recipe_from_json(h);
+        ADD_FAILURE() << "accepted hlb's init with 3 convs per group";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("net.dirac"), std::string::npos) << e.what();
+    }
+    nlohmann::json j = preset_json("myrtle-reg");
+    apply_override(j, "net.bn_train_scale=false");  // a frozen scale cannot start uniform
+    EXPECT_THROW(recipe_from_json(j), Error);
+}
 }  // namespace
 }  // namespace sr

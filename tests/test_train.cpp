@@ -1,6 +1,7 @@
 // test_train.cpp: the training loop end to end. On the real CIFAR-10 (when ../shared/data has
 // it) the unchanged airbench94 recipe trains for a fraction of an epoch and must bring the loss
 // down and pass a stated accuracy; without it, a reduced-width net learns the synthetic set.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -81,6 +82,17 @@ TEST_P(PresetLearns, InAFractionOfAnEpoch) {
         // running statistics remain in the evaluated ones, hence a lower bar (measured: tricks10
         // 0.1725, page24 0.3270, airbench96 0.1775; chance is 0.10)
         if (r.net.bn_momentum <= 0.1f) threshold = 0.15;
+        if (r.net.arch == Arch::dawn) {
+            // DAWN_net (0.92 GFLOP an image, 4x airbench94's) at batch 128 on 1,024 images: 16
+            // steps, ~25 s. It has no BN after its last residual add, so stale running
+            // statistics dominate its eval logits: with momentum 0.1 (19% of the init left) all
+            // three gave 0.10 (batch 256); the CI-sized form uses 0.4 (measured 2026-11-23, see
+            // the [ result ] lines and docs/results.md; chance 0.10)
+            r.batch_size = 128;
+            o.subset = 1024;
+            o.test_subset = 1000;
+            r.net.bn_momentum = 0.4f;
+        }
         if (r.knots_unit == "step" && !r.knots.empty()) {
             // a schedule in absolute steps (tricks10: warm-up over 194 of 970 steps): its warm-up
             // 3 times faster (a quarter of the peak at the 16th step here; 12 times faster
@@ -91,7 +103,7 @@ TEST_P(PresetLearns, InAFractionOfAnEpoch) {
         std::printf("[ data ] real CIFAR-10 from %s\n", dir.c_str());
     } else {
         data = make_synthetic_cifar10(4096, 1000, 3);
-        r.net.widths = r.net.arch == Arch::resnet9 ? std::vector<int>{16, 16, 32, 32} : std::vector<int>{16, 32, 32};
+        r.net.widths = r.net.arch == Arch::airbench ? std::vector<int>{16, 32, 32} : std::vector<int>{16, 16, 32, 32};
         r.batch_size = 256;
         r.epochs = 4;
         if (r.knots_unit == "step" && !r.knots.empty()) {
@@ -117,8 +129,13 @@ TEST_P(PresetLearns, InAFractionOfAnEpoch) {
     EXPECT_GT(res.test_accuracy_tta, threshold);
 }
 
-INSTANTIATE_TEST_SUITE_P(Train, PresetLearns, ::testing::Values("muon94", "hiverge", "airbench95", "airbench96", "tricks10", "page24", "hlb"),
-                         [](const auto& info) { return std::string(info.param); });
+INSTANTIATE_TEST_SUITE_P(Train, PresetLearns, ::testing::Values("muon94", "hiverge", "airbench95", "airbench96", "tricks10", "page24", "hlb",
+                                                               "myrtle-baseline", "myrtle-bs512", "myrtle-reg"),
+                         [](const auto& info) {  // (test names: letters, digits and _ only)
+                             std::string n = info.param;
+                             std::replace(n.begin(), n.end(), '-', '_');
+                             return n;
+                         });
 
 // Selective TTA: with every image selected it is the full TTA, with none it is the plain view;
 // the same seed on the CPU gives the same weights, so the three trainers can be compared.

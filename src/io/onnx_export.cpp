@@ -123,7 +123,7 @@ OnnxExportInfo export_onnx(const std::string& path, const Network& net, const st
     const NetConfig& c = net.config();
     if (c.arch != Arch::airbench)
         fail("{}: ONNX export is written for the airbench network only (this checkpoint's net.arch is "
-             "resnet9)", path);
+             "{})", path, c.arch == Arch::resnet9 ? "resnet9" : "dawn");
     if (c.group_convs != 2)
         fail("{}: ONNX export is written for 2 convs per group (this checkpoint has {}, airbench96's "
              "residual group)", path, c.group_convs);

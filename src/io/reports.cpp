@@ -66,12 +66,16 @@ void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, 
 
 namespace {
 
+std::string act_label(const NetConfig& c) {
+    return c.act == Activation::celu ? fmt::format("CELU({:g})", c.celu_alpha)
+                                     : std::string(c.act == Activation::relu ? "ReLU"
+                                                   : c.act == Activation::gelu ? "GELU" : "SiLU");
+}
+
 // The resnet9 family: one node per unit (conv, pool, BN, act in its order), residual adds.
 std::string resnet9_dot(const NetConfig& c) {
     const int k = c.whiten_kernel;
-    const std::string act = c.act == Activation::celu ? fmt::format("CELU({:g})", c.celu_alpha)
-                                                      : std::string(c.act == Activation::relu ? "ReLU"
-                                                                    : c.act == Activation::gelu ? "GELU" : "SiLU");
+    const std::string act = act_label(c);
     const std::string bn = c.ghost_splits > 1 ? fmt::format("ghost BN x{}", c.ghost_splits) : "batch norm";
     std::string s = "digraph net {\n  rankdir=TB; node [shape=box, style=rounded, fontname=Helvetica];\n";
     s += fmt::format("  input [label=\"input\\n3 x {} x {}\"];\n", c.image_side, c.image_side);
@@ -115,10 +119,46 @@ std::string resnet9_dot(const NetConfig& c) {
     return s;
 }
 
+// The dawn family: prep conv, each pre-activation block as one node with its shortcut drawn
+// beside it (dashed: identity, solid: 1x1 projection), the concatenated pooling and the head.
+std::string dawn_dot(const NetConfig& c) {
+    const std::string act = act_label(c);
+    std::string s = "digraph net {\n  rankdir=TB; node [shape=box, style=rounded, fontname=Helvetica];\n";
+    s += fmt::format("  input [label=\"input\\n3 x {} x {}\"];\n", c.image_side, c.image_side);
+    s += fmt::format("  prep [label=\"prep\\nconv 3x3 3->{0}\\n{0} x {1} x {1}\"];\n  input -> prep;\n",
+                     c.widths[0], c.image_side);
+    std::string prev = "prep";
+    int H = c.image_side, cin = c.widths[0];
+    for (int L = 1; L <= 4; ++L)
+        for (int b = 0; b < 2; ++b) {
+            const int co = c.widths[L - 1], stride = (L > 1 && b == 0) ? 2 : 1, Ho = H / stride;
+            const bool proj = stride != 1 || cin != co;
+            const std::string id = fmt::format("l{}b{}", L, b);
+            s += fmt::format("  {0}pre [label=\"layer{1}.block{2}\\nbatch norm\\n{3}\"];\n"
+                             "  {0} [label=\"conv 3x3 {4}->{5}{6}\\nbatch norm\\n{3}\\nconv 3x3 {5}->{5}\"];\n"
+                             "  {0}add [label=\"+\\n{5} x {7} x {7}\", shape=circle];\n"
+                             "  {8} -> {0}pre -> {0} -> {0}add;\n",
+                             id, L, b, act, cin, co, stride == 2 ? " stride 2" : "", Ho, prev);
+            if (proj)
+                s += fmt::format("  {0}sc [label=\"conv 1x1 {1}->{2}{3}\"];\n  {0}pre -> {0}sc -> {0}add;\n",
+                                 id, cin, co, stride == 2 ? " stride 2" : "");
+            else
+                s += fmt::format("  {0}pre -> {0}add [style=dashed];\n", id);
+            prev = id + "add";
+            cin = co;
+            H = Ho;
+        }
+    s += fmt::format("  pool [label=\"max pool {0} | mean pool {0}, concatenated\\n{1}\"];\n", H, 2 * c.widths[3]);
+    s += fmt::format("  head [label=\"linear {} -> {} + bias x {:.4g}\"];\n", 2 * c.widths[3], c.num_classes, c.scaling_factor);
+    s += fmt::format("  {} -> pool -> head;\n}}\n", prev);
+    return s;
+}
+
 }  // namespace
 
 std::string network_dot(const NetConfig& c) {
     if (c.arch == Arch::resnet9) return resnet9_dot(c);
+    if (c.arch == Arch::dawn) return dawn_dot(c);
     const int k = c.whiten_kernel, cw = c.whiten_width();
     int H = c.image_side - k + 1, cin = cw;
     std::string s = "digraph net {\n  rankdir=TB; node [shape=box, style=rounded, fontname=Helvetica];\n";

@@ -83,7 +83,8 @@ void Network::layout_resnet9() {
 
 Network::Network(Backend& b, const NetConfig& cfg) : backend(b), cfg_(cfg) {
     if (cfg.arch == Arch::airbench) layout_airbench();
-    else layout_resnet9();
+    else if (cfg.arch == Arch::resnet9) layout_resnet9();
+    else layout_dawn();
     std::stable_sort(specs_.begin(), specs_.end(),
                      [](const TensorSpec& a, const TensorSpec& b) { return int(a.group) < int(b.group); });
     for (auto& s : specs_) {
@@ -112,6 +113,15 @@ Network::Network(Backend& b, const NetConfig& cfg) : backend(b), cfg_(cfg) {
     if (cfg.arch == Arch::airbench) {
         bind(p, params.get());
         bind(g, grads.get());
+    }
+    for (BlockSpec& k : blocks_) {
+        auto at = [&](const std::string& n) { return tensor(k.name + "." + n).offset; };
+        k.bn1_b = at("bn1.bias"), k.bn1_w = at("bn1.weight");
+        k.bn1_rm = at("bn1.running_mean"), k.bn1_rv = at("bn1.running_var");
+        k.bn2_b = at("bn2.bias"), k.bn2_w = at("bn2.weight");
+        k.bn2_rm = at("bn2.running_mean"), k.bn2_rv = at("bn2.running_var");
+        k.w1 = at("conv1.weight"), k.w2 = at("conv2.weight");
+        k.w3 = k.projection ? at("conv3.weight") : 0;
     }
     for (UnitSpec& u : units_) {
         u.w = tensor(u.name + ".conv.weight").offset;
@@ -148,6 +158,16 @@ size_t Network::learnable_count() const {
 }
 
 double Network::flops_per_image_forward() const {
+    if (cfg_.arch == Arch::dawn) {  // prep conv, each block's convs, the head (BN, adds: not counted)
+        const int side = cfg_.image_side;
+        double f = 2.0 * side * side * cfg_.widths[0] * 3 * 9;
+        for (const BlockSpec& k : blocks_) {
+            const double o = double(k.Ho()) * k.Ho();
+            f += 2.0 * o * k.cout * k.cin * 9 + 2.0 * o * k.cout * k.cout * 9;
+            if (k.projection) f += 2.0 * o * k.cout * k.cin;
+        }
+        return f + 2.0 * 2 * cfg_.widths[3] * cfg_.num_classes;
+    }
     if (cfg_.arch == Arch::resnet9) {
         const int side = cfg_.image_side, k = cfg_.whiten_kernel;
         double f = 2.0 * side * side * cfg_.whiten_width() * 3 * k * k;
@@ -181,19 +201,31 @@ void Network::upload(const std::vector<float>& host) {
 
 // ---- initialisation -----------------------------------------------------------------------
 
+namespace {
+
+// torch.std_mean of n values: the mean and the unbiased standard deviation
+void mean_std(const float* w, size_t n, double& m, double& sd) {
+    double sum = 0, sq = 0;
+    for (size_t i = 0; i < n; ++i) sum += w[i];
+    m = sum / double(n);
+    for (size_t i = 0; i < n; ++i) sq += (w[i] - m) * (w[i] - m);
+    sd = std::sqrt(sq / double(n - 1));
+}
+
+// the identity's taps of an OHWI filter bank: filter o < min(K, C) passes channel o through its
+// centre (torch.nn.init.dirac_); returns the index of tap o
+size_t identity_tap(int o, int R, int S, int C) {
+    return (size_t(o) * R * S + size_t(R / 2) * S + S / 2) * C + o;
+}
+
+}  // namespace
+
 void dirac_identity_added(float* w, int K, int R, int S, int C) {
     const size_t n = size_t(K) * R * S * C;
-    auto mean_std = [&](double& m, double& sd) {  // torch.std_mean: the unbiased std
-        double sum = 0, sq = 0;
-        for (size_t i = 0; i < n; ++i) sum += w[i];
-        m = sum / double(n);
-        for (size_t i = 0; i < n; ++i) sq += (w[i] - m) * (w[i] - m);
-        sd = std::sqrt(sq / double(n - 1));
-    };
     double m0, sd0, m1, sd1;
-    mean_std(m0, sd0);
-    for (int o = 0; o < std::min(K, C); ++o) w[(size_t(o) * R * S + size_t(R / 2) * S + S / 2) * C + o] += 1.f;
-    mean_std(m1, sd1);
+    mean_std(w, n, m0, sd0);
+    for (int o = 0; o < std::min(K, C); ++o) w[identity_tap(o, R, S, C)] += 1.f;
+    mean_std(w, n, m1, sd1);
     for (size_t i = 0; i < n; ++i) w[i] = float((w[i] - m1) / sd1 * sd0 + m0);
 }
 
@@ -202,17 +234,19 @@ void Network::init(Rng& rng) {
     for (const auto& s : specs_) {
         float* t = h.data() + s.offset;
         const bool conv = s.shape.size() == 4, linear = s.name == "head.weight";
+        if (s.name == "head.bias") {  // PyTorch's Linear bias: uniform(+-1/sqrt(in_features))
+            const float bound = 1.f / std::sqrt(float(tensor("head.weight").shape[1]));
+            for (size_t i = 0; i < s.count; ++i) t[i] = rng.uniform(-bound, bound);
+            continue;
+        }
         if (conv || linear) {
             size_t fan_in = 1;
             for (size_t d = 1; d < s.shape.size(); ++d) fan_in *= size_t(s.shape[d]);
             const float bound = 1.f / std::sqrt(float(fan_in));
             for (size_t i = 0; i < s.count; ++i) t[i] = rng.uniform(-bound, bound);
             if (linear && cfg_.head_unit_std) {  // the Muon recipes: w *= 1 / w.std()
-                double sum = 0, sq = 0;
-                for (size_t i = 0; i < s.count; ++i) sum += t[i];
-                const double mean = sum / double(s.count);
-                for (size_t i = 0; i < s.count; ++i) sq += (t[i] - mean) * (t[i] - mean);
-                const double sd = std::sqrt(sq / double(s.count - 1));  // unbiased, as torch.std
+                double mean, sd;
+                mean_std(t, s.count, mean, sd);
                 for (size_t i = 0; i < s.count; ++i) t[i] = float(t[i] / sd);
             }
             const bool identity_added = cfg_.dirac == "identity_added";
@@ -224,21 +258,21 @@ void Network::init(Rng& rng) {
                     dirac_identity_added(t, K, R, S, C);
                 } else if (s.name.ends_with(".conv2.weight")) {
                     std::fill(t, t + s.count, 0.f);
-                    for (int o = 0; o < std::min(K, C); ++o)
-                        t[(size_t(o) * R * S + size_t(R / 2) * S + S / 2) * C + o] = 1.f;
+                    for (int o = 0; o < std::min(K, C); ++o) t[identity_tap(o, R, S, C)] = 1.f;
                 }
             } else if (conv && cfg_.arch == Arch::airbench) {  // dirac on the first C_in filters (OHWI): filter o < C_in passes channel o
                 const int K = s.shape[0], R = s.shape[1], S = s.shape[2], C = s.shape[3];
                 for (int o = 0; o < std::min(K, C); ++o) {
-                    float* f = t + size_t(o) * R * S * C;
-                    std::fill(f, f + size_t(R) * S * C, 0.f);
-                    f[(size_t(R / 2) * S + S / 2) * C + o] = 1.f;
+                    std::fill(t + size_t(o) * R * S * C, t + size_t(o + 1) * R * S * C, 0.f);
+                    t[identity_tap(o, R, S, C)] = 1.f;
                 }
             }
         } else if (s.name == "whiten.bias" && cfg_.whiten_bias_uniform) {
             // PyTorch's Conv2d bias init: uniform(+-1/sqrt(fan_in)), fan_in = 3 k k
             const float bound = 1.f / std::sqrt(float(3 * cfg_.whiten_kernel * cfg_.whiten_kernel));
             for (size_t i = 0; i < s.count; ++i) t[i] = rng.uniform(-bound, bound);
+        } else if (s.name.ends_with(".weight") && cfg_.bn_scale_init == "uniform") {
+            for (size_t i = 0; i < s.count; ++i) t[i] = float(rng.uniform());  // BN scale, PyTorch < 1.2
         } else if (s.name.ends_with(".weight") || s.name.ends_with("running_var")) {  // (any size)
             std::fill(t, t + s.count, 1.f);  // BN scale, running variance
         }  // biases and running means stay 0
@@ -305,6 +339,10 @@ Workspace::Workspace(Network& net, int batch) : net_(net), b_(net.backend), N_(b
     const NetConfig& c = net.config();
     if (c.arch == Arch::resnet9) {
         init_resnet9();
+        return;
+    }
+    if (c.arch == Arch::dawn) {
+        init_dawn();
         return;
     }
     const int k = c.whiten_kernel, cw = c.whiten_width();
@@ -412,6 +450,7 @@ void Workspace::act_backward(float* dx, const float* dy, const float* x, size_t 
 const float* Workspace::forward(const float* x, bool train) {
     const NetConfig& c = net_.config();
     if (c.arch == Arch::resnet9) return forward_resnet9(x, train);
+    if (c.arch == Arch::dawn) return forward_dawn(x, train);
     Params& P = net_.p;
     x_ = x;
     whiten_->forward(z0_.get(), x, P.whiten_w, P.whiten_b);
@@ -460,6 +499,7 @@ const float* Workspace::forward(const float* x, bool train) {
 void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
     const NetConfig& c = net_.config();
     if (c.arch == Arch::resnet9) return backward_resnet9(dlogits);
+    if (c.arch == Arch::dawn) return backward_dawn(dlogits);
     Params& P = net_.p;
     Params& Gd = net_.g;
     const bool scale = c.bn_train_scale;

@@ -16,6 +16,15 @@
 //   where a unit is conv (3x3, or 1x1 for the prep after whitening; no bias) -> (ghost) BN -> act,
 //   its max pool 2 either between conv and BN (pool_before_norm) or after the activation.
 //
+// dawn (the pre-activation ResNet-18 of the DAWNBench entry that the Myrtle "How to train your
+// ResNet" posts start from, cifar10-fast's DAWN_net in experiments.ipynb):
+//   x -> prep conv 3x3 (3 -> widths[0]) -> layers 1-4 of two blocks each -> global max and mean
+//   pool, concatenated (2 widths[3]) -> linear with bias * scale
+//   where a block (cin -> cout, stride 2 in block 1 of layers 2-4) is
+//     a = act(BN1(x));  out = conv2(act(BN2(conv1(a)))) + (projection ? conv3(a) : a)
+//   conv1 3x3 with the block's stride, conv2 3x3, conv3 1x1 with the stride (only where the
+//   stride or the width changes); note the identity shortcut adds a, not x, as DAWN_net does.
+//
 // Size letters: N batch, H/W side, C channels. Activations NHWC, conv weights OHWI.
 #pragma once
 #include <array>
@@ -30,11 +39,12 @@ namespace sr {
 
 // Activation after each BN (airbench: the whitening conv is always followed by GELU).
 enum class Activation { gelu, silu, relu, celu };
-enum class Arch { airbench, resnet9 };
+enum class Arch { airbench, resnet9, dawn };
 
 struct NetConfig {
     Arch arch = Arch::airbench;
-    // airbench: the 3 conv groups; resnet9: prep, layer1, layer2, layer3
+    // airbench: the 3 conv groups; resnet9: prep, layer1, layer2, layer3; dawn: layers 1-4 (the
+    // prep conv has layer 1's width)
     std::vector<int> widths = {64, 256, 256};
     int group_convs = 2;  // airbench: convs per group; 3 = airbench96's residual group
     Activation act = Activation::gelu;
@@ -53,6 +63,9 @@ struct NetConfig {
     float bn_eps = 1e-12f;
     float bn_momentum = 0.4f;  // PyTorch convention: running = (1 - m) running + m batch
     bool bn_train_scale = false;  // BN scale (gamma) frozen at 1 unless true
+    // initial BN scale: "one" (PyTorch >= 1.2) or "uniform" = U(0, 1), PyTorch < 1.2's default,
+    // which the DAWN_net experiments (2018, no explicit BN init) ran with
+    std::string bn_scale_init = "one";
     float scaling_factor = 1.f / 9.f;
     int final_pool = 3;
     // Init details that differ between the seeds: the Muon recipes rescale the head weight to
@@ -86,6 +99,17 @@ struct UnitSpec {
     int stage, role;      // stage 0 (prep) .. 3; role 0 = the stage's unit, 1/2 = residual pair
     size_t w, bn_b, bn_w, rm, rv;
     int Ho() const { return pool ? H / 2 : H; }  // output side
+};
+
+// A pre-activation block of the dawn family (see the top of this file): offsets (in floats) of
+// its tensors in the arenas; conv3 only with a projection shortcut.
+struct BlockSpec {
+    std::string name;  // "layer2.block1", ...
+    int cin, cout, stride, H;  // H: input side
+    bool projection;
+    size_t bn1_b = 0, bn1_w = 0, bn1_rm = 0, bn1_rv = 0, w1 = 0;
+    size_t bn2_b = 0, bn2_w = 0, bn2_rm = 0, bn2_rv = 0, w2 = 0, w3 = 0;
+    int Ho() const { return H / stride; }  // output side
 };
 
 // How a tensor is treated by the optimizer. Tensors are laid out in the arena in this order,
@@ -139,6 +163,7 @@ public:
     double flops_per_image_forward() const;
     size_t learnable_count() const;
     const std::vector<UnitSpec>& units() const { return units_; }  // resnet9 only
+    const std::vector<BlockSpec>& blocks() const { return blocks_; }  // dawn only
 
     Backend& backend;
     DeviceBuffer<float> params, grads, momentum, ema;
@@ -148,9 +173,11 @@ private:
     NetConfig cfg_;
     std::vector<TensorSpec> specs_;
     std::vector<UnitSpec> units_;
+    std::vector<BlockSpec> blocks_;
     size_t total_ = 0;
     void layout_airbench();
     void layout_resnet9();
+    void layout_dawn();
 };
 
 // Optional hooks into a training workspace, for data-parallel training (src/dist/). Without
@@ -245,6 +272,22 @@ private:
     void backward_resnet9(const float* dlogits);
     const float* unit_forward(Unit& u, const float* in, bool train);
     void unit_backward(Unit& u, const float* dout, bool want_din);
+
+    // ---- dawn (dawn_net.cpp) ----
+    struct Block {
+        const BlockSpec* spec;
+        std::unique_ptr<Conv2d> conv1, conv2, conv3;
+        DeviceBuffer<float> n1, a1, c1, n2, a2, out, sc;  // sc: the projection's output
+        DeviceBuffer<float> mean1, istd1, mean2, istd2;
+        const float* in = nullptr;  // forward input (saved for backward)
+    };
+    std::unique_ptr<Conv2d> prep_;
+    DeviceBuffer<float> prep_out_, ones_;
+    std::vector<Block> blocks_;
+    size_t head_b_off_ = 0;
+    void init_dawn();
+    const float* forward_dawn(const float* x, bool train);
+    void backward_dawn(const float* dlogits);
 };
 
 }  // namespace sr

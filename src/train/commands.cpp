@@ -102,6 +102,11 @@ static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, co
                    r.net.bn_eps, r.net.bn_momentum,
                    r.net.ghost_splits > 1 ? fmt::format("  ghost BN x{}", r.net.ghost_splits) : std::string(),
                    r.net.pool_before_norm ? "before" : "after", r.net.scaling_factor);
+    } else if (r.net.arch == Arch::dawn) {
+        fmt::print("net           dawn (pre-activation ResNet-18)  widths {}  {}  BN eps {:g} momentum {:g}  "
+                   "BN scale init {}  max+mean pool  linear with bias  scale {:g}\n",
+                   widths, activation_name(r.net.act), r.net.bn_eps, r.net.bn_momentum,
+                   r.net.bn_scale_init, r.net.scaling_factor);
     } else {
         fmt::print("net           widths {}{}  whiten {}x{} -> {}  {}  BN eps {:g} momentum {:g}  scale {:g}\n",
                    widths, r.net.group_convs == 3 ? "  3 convs per group (residual)" : "",

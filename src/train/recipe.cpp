@@ -62,7 +62,8 @@ void check_known(const nlohmann::json& j) {
         {"data", {"mean", "std"}},
         {"net", {"arch", "widths", "whiten_kernel", "bn_eps", "bn_momentum", "bn_train_scale",
                  "scaling_factor", "final_pool", "act", "celu_alpha", "head_unit_std",
-                 "whiten_bias_uniform", "ghost_splits", "pool_before_norm", "residual", "dirac", "group_convs"}},
+                 "whiten_bias_uniform", "ghost_splits", "pool_before_norm", "residual", "dirac", "group_convs",
+                 "bn_scale_init"}},
         {"opt", {"optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay",
                  "bias_scaler", "bias_lr", "head_lr", "wd", "bias_weight_decay", "lr_in_velocity", "label_smoothing",
                  "whiten_bias_epochs"}},
@@ -105,7 +106,8 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     rd.get("net", "arch", arch);
     if (arch == "airbench") r.net.arch = Arch::airbench;
     else if (arch == "resnet9") r.net.arch = Arch::resnet9;
-    else fail("config: net.arch must be \"airbench\" or \"resnet9\" (got \"{}\")", arch);
+    else if (arch == "dawn") r.net.arch = Arch::dawn;
+    else fail("config: net.arch must be \"airbench\", \"resnet9\" or \"dawn\" (got \"{}\")", arch);
     rd.get("net", "widths", r.net.widths);
     rd.get("net", "celu_alpha", r.net.celu_alpha);
     rd.get("net", "ghost_splits", r.net.ghost_splits);
@@ -115,6 +117,7 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     rd.get("net", "bn_eps", r.net.bn_eps);
     rd.get("net", "bn_momentum", r.net.bn_momentum);
     rd.get("net", "bn_train_scale", r.net.bn_train_scale);
+    rd.get("net", "bn_scale_init", r.net.bn_scale_init);
     rd.get("net", "scaling_factor", r.net.scaling_factor);
     rd.get("net", "final_pool", r.net.final_pool);
     std::string act = "gelu";
@@ -208,6 +211,9 @@ Recipe recipe_from_json(const nlohmann::json& j) {
          "net.dirac must be \"first_filters\" or \"identity_added\"");
     need(r.net.dirac == "first_filters" || r.net.arch == Arch::airbench,
          "net.dirac \"identity_added\" is for net.arch \"airbench\"");
+    need(r.net.dirac == "first_filters" || r.net.group_convs == 2,
+         "net.dirac \"identity_added\" is hlb-CIFAR10's init of 2-conv groups (net.group_convs 3 would "
+         "leave the third conv at PyTorch's init)");
     need(r.lookahead_start_epoch >= 0, "lookahead.start_epoch must be >= 0");
     need(r.whiten_splits >= 1, "whiten.splits must be >= 1");
     need(r.whiten_images % r.whiten_splits == 0, "whiten.splits must divide whiten.images");
@@ -217,6 +223,11 @@ Recipe recipe_from_json(const nlohmann::json& j) {
              "net.act must be \"gelu\" or \"silu\" for net.arch \"airbench\"");
         need(r.net.ghost_splits == 1, "net.ghost_splits is for net.arch \"resnet9\"");
         need(r.net.group_convs == 2 || r.net.group_convs == 3, "net.group_convs must be 2 or 3");
+    } else if (r.net.arch == Arch::dawn) {
+        need(r.net.widths.size() == 4, "net.widths must have 4 entries (layers 1-4) for net.arch \"dawn\"");
+        need(r.net.whiten_kernel == 0, "net.whiten_kernel must be 0 for net.arch \"dawn\" (no whitening layer)");
+        need(r.net.ghost_splits == 1, "net.ghost_splits is for net.arch \"resnet9\"");
+        need(r.net.dirac == "first_filters", "net.dirac: the dawn network keeps PyTorch's default conv init");
     } else {
         need(r.net.widths.size() == 4, "net.widths must have 4 entries (prep, layer1-3) for net.arch \"resnet9\"");
         need(r.net.ghost_splits >= 1 && r.batch_size % r.net.ghost_splits == 0,
@@ -260,6 +271,10 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     for (int w : r.net.widths) need(w > 0 && w <= 4096, "net.widths must be in 1..4096");
     need(r.net.bn_momentum > 0 && r.net.bn_momentum <= 1, "net.bn_momentum must be in (0, 1]");
     need(r.net.bn_eps > 0, "net.bn_eps must be > 0");
+    need(r.net.bn_scale_init == "one" || r.net.bn_scale_init == "uniform",
+         "net.bn_scale_init must be \"one\" or \"uniform\"");
+    need(r.net.bn_scale_init == "one" || r.net.bn_train_scale,
+         "net.bn_scale_init \"uniform\" needs net.bn_train_scale (a frozen scale stays 1)");
     need(r.net.final_pool >= 1, "net.final_pool must be >= 1");
     for (float s : r.std) need(s > 0, "data.std must be > 0");
     return r;
@@ -269,9 +284,10 @@ nlohmann::json recipe_to_json(const Recipe& r) {
     return {
         {"name", r.name}, {"description", r.description}, {"source", r.source}, {"published", r.published},
         {"data", {{"mean", r.mean}, {"std", r.std}}},
-        {"net", {{"arch", r.net.arch == Arch::resnet9 ? "resnet9" : "airbench"},
+        {"net", {{"arch", r.net.arch == Arch::resnet9 ? "resnet9" : r.net.arch == Arch::dawn ? "dawn" : "airbench"},
                  {"widths", r.net.widths}, {"whiten_kernel", r.net.whiten_kernel}, {"bn_eps", r.net.bn_eps},
                  {"bn_momentum", r.net.bn_momentum}, {"bn_train_scale", r.net.bn_train_scale},
+                 {"bn_scale_init", r.net.bn_scale_init},
                  {"scaling_factor", r.net.scaling_factor}, {"final_pool", r.net.final_pool},
                  {"act", activation_name(r.net.act)}, {"celu_alpha", r.net.celu_alpha},
                  {"head_unit_std", r.net.head_unit_std}, {"whiten_bias_uniform", r.net.whiten_bias_uniform},

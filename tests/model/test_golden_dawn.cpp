@@ -1,0 +1,110 @@
+// test_golden_dawn.cpp: the dawn network (the myrtle presets' DAWN_net) and their optimizer against
+// PyTorch running David Page's own code (tests/data/golden_dawn.json, written by
+// tools/make_golden_dawn.py from cifar10-fast's experiments.ipynb, core.py and torch_backend.py).
+// Checked: logits and summed loss in training mode, every gradient, the BN running statistics,
+// every tensor after two steps of the notebook's SGD (lr from its schedule at step counts 1 and 2),
+// and the logits in eval mode after them.
+#include <cmath>
+
+#include <nlohmann/json.hpp>
+
+#include "model/network.h"
+#include "optim/optimizer.h"
+#include "train/recipe.h"
+#include "golden_util.h"
+#include "test_util.h"
+
+namespace sr {
+namespace {
+
+const nlohmann::json& golden() {
+    static const nlohmann::json j =
+        golden::load("golden_dawn.json", "speedrun-golden-dawn", "tools/make_golden_dawn.py");
+    return j;
+}
+
+using golden::max_abs;
+using golden::part;
+
+void expect_tensors(const Network& net, const std::vector<float>& now, const nlohmann::json& ref,
+                    const std::string& what, double rel) {
+    for (const auto& [name, vals] : ref.items()) {
+        SCOPED_TRACE(what + ": " + name);
+        auto r = vals.get<std::vector<float>>();
+        EXPECT_TRUE(test::all_close(part(net, now, name), r, rel * max_abs(r) + 1e-7, rel));
+    }
+}
+
+TEST(GoldenDawn, MatchesPyTorchDawnNet) {
+    const auto& j = golden()["dawn"];
+    auto b = make_cpu_backend(2);
+    Recipe r = load_recipe("myrtle-reg", "");
+    ASSERT_EQ(r.batch_size, j["batch_size"].get<int>());  // the reference's lr and wd use it
+    r.net.widths = j["widths"].get<std::vector<int>>();
+    Network net(*b, r.net);
+    ASSERT_EQ(golden::upload_params(net, j["params"]), net.size())
+        << "every tensor of ours has a counterpart in the peer's state";
+    const int N = j["N"];
+    Workspace ws(net, N);
+    golden::Batch in(*b, j);
+    Optimizer opt(net, r);
+    std::vector<float> now, g(net.size());
+    const int spe = j["batches_per_epoch"], total = int(r.epochs) * spe;
+    for (int step = 0; step < 2; ++step) {
+        const float* logits = ws.forward(in.xd.get(), true);
+        b->cross_entropy(ws.dlogits(), in.st.get(), logits, in.yd.get(), N, 10, r.label_smoothing);
+        ws.backward(ws.dlogits(), false);
+        if (step == 0) {
+            std::vector<float> lg(size_t(N) * 10);
+            b->download(lg.data(), logits, lg.size() * 4);
+            EXPECT_TRUE(test::all_close(lg, j["logits"].get<std::vector<float>>(), 1e-5, 1e-4));
+            float s[2];
+            b->download(s, in.st.get(), 8);
+            EXPECT_NEAR(s[0], j["loss"].get<double>(), 1e-5 * j["loss"].get<double>());
+            b->download(g.data(), net.grads.get(), g.size() * 4);
+            for (const auto& [name, vals] : j["grads"].items()) {
+                SCOPED_TRACE("gradient of " + name);
+                auto ref = vals.get<std::vector<float>>();
+                // BN over few rows (layer 4: 8 images x 4 x 4) amplifies rounding: 1e-3
+                // of the largest value
+                EXPECT_TRUE(test::all_close(part(net, g, name), ref, 1e-3 * max_abs(ref) + 1e-7, 1e-3));
+            }
+            net.download(now);
+            expect_tensors(net, now, j["after_forward"], "running statistic", 1e-5);
+        }
+        opt.step(step, total, 0, spe);
+        net.download(now);
+        expect_tensors(net, now, j["after_step" + std::to_string(step)], "after step " + std::to_string(step), 1e-4);
+    }
+    std::vector<float> lg(size_t(N) * 10);
+    b->download(lg.data(), ws.forward(in.xd.get(), false), lg.size() * 4);
+    EXPECT_TRUE(test::all_close(lg, j["eval_logits"].get<std::vector<float>>(), 1e-4, 1e-3));
+}
+
+// The three myrtle presets load, build the same network, and differ where the notebook's cells do.
+TEST(GoldenDawn, MyrtlePresetsAreTheNotebookCells) {
+    auto b = make_cpu_backend(1);
+    const Recipe base = load_recipe("myrtle-baseline", ""), bs = load_recipe("myrtle-bs512", ""),
+                 reg = load_recipe("myrtle-reg", "");
+    for (const Recipe* r : {&base, &bs, &reg}) {
+        SCOPED_TRACE(r->name);
+        EXPECT_EQ(r->net.arch, Arch::dawn);
+        Network net(*b, r->net);
+        EXPECT_EQ(net.learnable_count(), 5205834u);  // DAWN_net(): sum of numel over its parameters
+        // lr x batch and wd / batch are the notebook's (lr schedule / batch, wd 5e-4 x batch)
+        EXPECT_NEAR(r->weight_decay / r->batch_size, 5e-4, 1e-12);
+        EXPECT_NEAR(r->bias_weight_decay, r->weight_decay, 1e-12);
+    }
+    Network nb(*b, base.net);
+    Optimizer ob(nb, base);
+    // baseline: PiecewiseLinear([0, 15, 30, 35], [0, 0.1, 0.005, 0]) at step / 390 (+1 step)
+    EXPECT_NEAR(base.lr * base.batch_size, 0.1, 1e-12);
+    EXPECT_NEAR(base.lr * base.batch_size * ob.lr_multiplier_at(15 * 390 - 1, 35 * 390, 390), 0.1, 1e-9);
+    EXPECT_NEAR(base.lr * base.batch_size * ob.lr_multiplier_at(30 * 390 - 1, 35 * 390, 390), 0.005, 1e-9);
+    EXPECT_NEAR(bs.lr * bs.batch_size, 0.44, 1e-12);
+    EXPECT_EQ(reg.cutout, 8);
+    EXPECT_NEAR(reg.lr * reg.batch_size, 0.6, 1e-12);
+}
+
+}  // namespace
+}  // namespace sr
