@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/network.h"
+#include "test_util.h"
 
 namespace sr::golden {
 
@@ -34,6 +35,17 @@ inline double max_abs(const std::vector<float>& v) {
     double m = 0;
     for (float x : v) m = std::max(m, double(std::abs(x)));
     return m;
+}
+
+// Every tensor of `ref` (name -> values) against its slice of `now` (a copy of an arena):
+// within rel of the tensor's largest magnitude (plus 1e-7) and rel relative.
+inline void expect_tensors(const Network& net, const std::vector<float>& now, const nlohmann::json& ref,
+                           const std::string& what, double rel) {
+    for (const auto& [name, vals] : ref.items()) {
+        SCOPED_TRACE(what + ": " + name);
+        auto r = vals.get<std::vector<float>>();
+        EXPECT_TRUE(test::all_close(part(net, now, name), r, rel * max_abs(r) + 1e-7, rel));
+    }
 }
 
 // Every tensor of `params` (name -> values) into a zeroed arena, uploaded; returns the number of

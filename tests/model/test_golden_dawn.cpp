@@ -24,16 +24,8 @@ const nlohmann::json& golden() {
 }
 
 using golden::max_abs;
+using golden::expect_tensors;
 using golden::part;
-
-void expect_tensors(const Network& net, const std::vector<float>& now, const nlohmann::json& ref,
-                    const std::string& what, double rel) {
-    for (const auto& [name, vals] : ref.items()) {
-        SCOPED_TRACE(what + ": " + name);
-        auto r = vals.get<std::vector<float>>();
-        EXPECT_TRUE(test::all_close(part(net, now, name), r, rel * max_abs(r) + 1e-7, rel));
-    }
-}
 
 TEST(GoldenDawn, MatchesPyTorchDawnNet) {
     const auto& j = golden()["dawn"];
