@@ -53,6 +53,7 @@ void Workspace::init_dawn() {
     const int side = c.image_side;
     head_off_ = net_.tensor("head.weight").offset;
     head_b_off_ = net_.tensor("head.bias").offset;
+    prep_off_ = net_.tensor("prep.conv.weight").offset;
     prep_ = b_.make_conv({N_, side, side, 3, c.widths[0], 3, 3, 1});
     prep_out_ = DeviceBuffer<float>(b_, size_t(N_) * side * side * c.widths[0]);
     size_t biggest = prep_out_.size();
@@ -102,7 +103,7 @@ const float* Workspace::forward_dawn(const float* x, bool train) {
     const NetConfig& c = net_.config();
     float* P = net_.params.get();
     x_ = x;
-    prep_->forward(prep_out_.get(), x, P + net_.tensor("prep.conv.weight").offset, nullptr);
+    prep_->forward(prep_out_.get(), x, P + prep_off_, nullptr);
     const float* h = prep_out_.get();
     for (Block& k : blocks_) {
         const BlockSpec& s = *k.spec;
@@ -189,9 +190,8 @@ void Workspace::backward_dawn(const float* dlogits) {
         grad_ready(G + s.bn1_b, s.cin);
         if (scale) grad_ready(G + s.bn1_w, s.cin);
     }
-    const size_t prep = net_.tensor("prep.conv.weight").offset;
-    prep_->backward_weights(G + prep, nullptr, d, x_);
-    grad_ready(G + prep, size_t(c.widths[0]) * 27);
+    prep_->backward_weights(G + prep_off_, nullptr, d, x_);
+    grad_ready(G + prep_off_, size_t(c.widths[0]) * 27);
 }
 
 }  // namespace sr

@@ -284,7 +284,7 @@ private:
     std::unique_ptr<Conv2d> prep_;
     DeviceBuffer<float> prep_out_, ones_;
     std::vector<Block> blocks_;
-    size_t head_b_off_ = 0;
+    size_t head_b_off_ = 0, prep_off_ = 0;  // arena offsets, looked up once
     void init_dawn();
     const float* forward_dawn(const float* x, bool train);
     void backward_dawn(const float* dlogits);
