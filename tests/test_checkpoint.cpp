@@ -32,9 +32,11 @@ TrainOptions tiny_options(const std::string& ckpt) {
 
 std::string temp(const char* name) { return (fs::temp_directory_path() / name).string(); }
 
-void resumed_run_is_bit_identical(const char* preset) {
-    const Cifar10 data = make_synthetic_cifar10(2048, 512, 4);
-    const Recipe r = tiny_recipe(preset);
+// Runs r uninterrupted, then stopped after stop_step (expected to land at step steps_in_epoch of
+// epoch `epoch`) and resumed: the final checkpoints must be bit-identical.
+void resumed_run_is_bit_identical(const Recipe& r, int n_train, int stop_step, int epoch,
+                                  int steps_in_epoch) {
+    const Cifar10 data = make_synthetic_cifar10(n_train, 512, 4);
     const std::string a = temp("speedrun-test-a.safetensors"), b = temp("speedrun-test-b.safetensors");
     auto backend = make_cpu_backend(2);
     RunResult full;
@@ -44,14 +46,14 @@ void resumed_run_is_bit_identical(const char* preset) {
     }
     {
         TrainOptions o = tiny_options(b);
-        o.stop_after_step = 11;  // 8 steps per epoch: stops in the second epoch
+        o.stop_after_step = stop_step;
         Trainer t(*backend, r, data, o);
         EXPECT_THROW(t.run(7), Interrupted);
     }
     const Checkpoint half = read_checkpoint(b);
-    EXPECT_EQ(half.state.step, 11);
-    EXPECT_EQ(half.state.epoch, 1);
-    EXPECT_EQ(half.state.steps_in_epoch, 3);
+    EXPECT_EQ(half.state.step, stop_step);
+    EXPECT_EQ(half.state.epoch, epoch);
+    EXPECT_EQ(half.state.steps_in_epoch, steps_in_epoch);
     RunResult resumed;
     {
         Trainer t(*backend, half.recipe, data, tiny_options(b));
@@ -66,16 +68,41 @@ void resumed_run_is_bit_identical(const char* preset) {
         EXPECT_TRUE(t.data == cb.file.tensors.at(name).data) << name << " differs after resume";
     }
     ASSERT_EQ(resumed.epochs.size(), full.epochs.size());
-    for (size_t i = 0; i < full.epochs.size(); ++i) EXPECT_EQ(resumed.epochs[i].train_loss, full.epochs[i].train_loss);
+    for (size_t i = 0; i < full.epochs.size(); ++i) {
+        EXPECT_EQ(resumed.epochs[i].train_loss, full.epochs[i].train_loss);
+        EXPECT_EQ(resumed.epochs[i].train_acc, full.epochs[i].train_acc);
+    }
     fs::remove(a);
     fs::remove(b);
 }
 
-TEST(Checkpoint, ResumedRunIsBitIdenticalOnTheCpu) { resumed_run_is_bit_identical("airbench94"); }
+// 8 steps per epoch: stops in the second epoch
+TEST(Checkpoint, ResumedRunIsBitIdenticalOnTheCpu) {
+    resumed_run_is_bit_identical(tiny_recipe("airbench94"), 2048, 11, 1, 3);
+}
 
 // The Muon recipe: its momentum, the renormalisation schedule (replayed on resume), the colour
 // jitter draws and the whitening bias's own steps must all come back exactly.
-TEST(Checkpoint, ResumedHivergeRunIsBitIdenticalOnTheCpu) { resumed_run_is_bit_identical("hiverge"); }
+TEST(Checkpoint, ResumedHivergeRunIsBitIdenticalOnTheCpu) {
+    resumed_run_is_bit_identical(tiny_recipe("hiverge"), 2048, 11, 1, 3);
+}
+
+// opt.drop_last false (myrtle-reg): 2,000 images = 7 x 256 + 208, so 8 steps an epoch, the
+// last one on its own smaller workspace. Stopped just before that step, and just after it (the
+// epoch's statistics then have to count 2,000 images, not 8 x 256).
+TEST(Checkpoint, ResumedRunAroundTheLastPartialBatchIsBitIdentical) {
+    Recipe r = tiny_recipe("myrtle-reg");
+    r.net.widths = {8, 8, 16, 16};
+    ASSERT_FALSE(r.drop_last);
+    {
+        SCOPED_TRACE("stopped before the partial batch");
+        resumed_run_is_bit_identical(r, 2000, 7, 0, 7);
+    }
+    {
+        SCOPED_TRACE("stopped after the partial batch");
+        resumed_run_is_bit_identical(r, 2000, 8, 0, 8);
+    }
+}
 
 TEST(Checkpoint, WrongShapeAndMissingTensorsAreNamed) {
     const Cifar10 data = make_synthetic_cifar10(1024, 256, 5);

@@ -15,8 +15,10 @@ namespace {
 TEST(Recipe, Airbench94DerivedQuantities) {
     const Recipe r = load_recipe("airbench94", "");
     EXPECT_EQ(r.batch_size, 1024);
-    EXPECT_EQ(steps_per_epoch(50000, r.batch_size), 48);
-    EXPECT_EQ(total_steps(50000, r.batch_size, r.epochs), 476);  // ceil(48 * 9.9)
+    EXPECT_TRUE(r.drop_last);
+    EXPECT_EQ(steps_per_epoch(50000, r.batch_size, r.drop_last), 48);
+    EXPECT_EQ(total_steps(50000, r.batch_size, r.epochs, r.drop_last), 476);  // ceil(48 * 9.9)
+    EXPECT_EQ(images_in_run(50000, r.batch_size, r.epochs, r.drop_last), 476 * 1024);
     // LambdaLR: step 0 uses 0.2; warm-up int(0.23 * 476) = 109 steps to 1.0; then to 0.07
     EXPECT_DOUBLE_EQ(lr_multiplier(0, 476, 0.23, 0.2, 1.0, 0.07), 0.2);
     EXPECT_NEAR(lr_multiplier(54, 476, 0.23, 0.2, 1.0, 0.07), 0.2 + 0.8 * 54 / 109.0, 1e-12);
@@ -103,11 +105,11 @@ TEST(Recipe, EveryPresetLoadsAndRoundTrips) {
     const Recipe h = load_recipe("hiverge", "");
     EXPECT_EQ(h.optimizer, "muon");
     EXPECT_EQ(h.net.act, Activation::silu);
-    EXPECT_EQ(total_steps(50000, h.batch_size, h.epochs), 243);  // ceil(7.59 * 32)
+    EXPECT_EQ(total_steps(50000, h.batch_size, h.epochs, h.drop_last), 243);  // ceil(7.59 * 32)
     EXPECT_EQ(int(std::ceil(32 * h.whiten_bias_epochs)), 7);     // ceil(0.19 * 32)
     EXPECT_NEAR(h.wd, 1.0418e-6 * 1536, 1e-12);
     const Recipe m = load_recipe("muon94", "");
-    EXPECT_EQ(total_steps(50000, m.batch_size, m.epochs), 200);
+    EXPECT_EQ(total_steps(50000, m.batch_size, m.epochs, m.drop_last), 200);
     EXPECT_EQ(m.lookahead_every, 0);
     EXPECT_TRUE(m.muon.magnitude.empty());
 }
@@ -131,6 +133,34 @@ void expect_refused(const char* preset, std::initializer_list<const char*> overr
 TEST(Recipe, MuonConfigErrorsNameTheKey) {
     expect_refused("hiverge", {"opt.optimizer=adam", "net.act=relu", "muon.steps=0", "muon.magnitude=[1]",
                                "eval.tta_select=2", "eval.tta_weights=median", "aug.contrast=-1"});
+}
+
+// The Myrtle presets train on the last partial batch of each epoch, as the notebook's DataLoader
+// (drop_last=False): 50,000 = 390 x 128 + 80 = 97 x 512 + 336 = 65 x 768 + 80. page24 (dawn.py)
+// drops it.
+TEST(Recipe, MyrtleEpochsKeepTheLastPartialBatch) {
+    const struct { const char* name; int spe, total; } cases[] = {
+        {"myrtle-baseline", 391, 391 * 35}, {"myrtle-bs512", 98, 98 * 35}, {"myrtle-reg", 66, 66 * 30}};
+    for (const auto& c : cases) {
+        SCOPED_TRACE(c.name);
+        const Recipe r = load_recipe(c.name, "");
+        EXPECT_FALSE(r.drop_last);
+        EXPECT_EQ(steps_per_epoch(50000, r.batch_size, r.drop_last), c.spe);
+        EXPECT_EQ(total_steps(50000, r.batch_size, r.epochs, r.drop_last), c.total);
+        EXPECT_EQ(images_in_run(50000, r.batch_size, r.epochs, r.drop_last), 50000L * long(r.epochs));
+        EXPECT_EQ(images_in_steps(c.spe - 1, 50000, r.batch_size), long(c.spe - 1) * r.batch_size);
+        EXPECT_EQ(images_in_steps(c.spe, 50000, r.batch_size), 50000);
+    }
+    const Recipe p = load_recipe("page24", "");
+    EXPECT_TRUE(p.drop_last);
+    EXPECT_EQ(total_steps(50000, p.batch_size, p.epochs, p.drop_last), 97 * 24);
+    EXPECT_EQ(images_in_run(50000, p.batch_size, p.epochs, p.drop_last), 97L * 512 * 24);
+    // a fractional last epoch: airbench94's 9.9 epochs with the partial batch kept: 49 steps an
+    // epoch, ceil(49 * 9.9) = 486 steps = 9 whole epochs and 45 full batches of the tenth
+    EXPECT_EQ(total_steps(50000, 1024, 9.9, false), 486);
+    EXPECT_EQ(images_in_run(50000, 1024, 9.9, false), 9 * 50000L + 45 * 1024L);
+    expect_refused("myrtle-reg", {"aug.cutmix=8"});   // cutmix partners live in full batches
+    expect_refused("tricks10", {"opt.drop_last=false"});  // ghost BN splits of a partial batch
 }
 
 // The dawn network's keys (myrtle presets), and hlb's init with 3 convs: errors name the key.

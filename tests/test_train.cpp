@@ -2,6 +2,7 @@
 // it) the unchanged airbench94 recipe trains for a fraction of an epoch and must bring the loss
 // down and pass a stated accuracy; without it, a reduced-width net learns the synthetic set.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -136,6 +137,42 @@ INSTANTIATE_TEST_SUITE_P(Train, PresetLearns, ::testing::Values("muon94", "hiver
                              std::replace(n.begin(), n.end(), '-', '_');
                              return n;
                          });
+
+// opt.drop_last false (the Myrtle presets): an epoch of 1,000 images at batch 256 is 3 full
+// steps and one of 232, and its train accuracy counts all 1,000 images; with drop_last it is 3
+// steps over 768 images, and the weights end up elsewhere.
+TEST(Train, KeepingTheLastPartialBatchTrainsOnEveryImage) {
+    const Cifar10 data = make_synthetic_cifar10(1000, 200, 6);
+    auto b = make_cpu_backend(2);
+    Recipe r = load_recipe("myrtle-reg", "");
+    r.net.widths = {8, 8, 16, 16};
+    r.batch_size = 256;
+    r.epochs = 2;
+    TrainOptions o;
+    o.quiet = true;
+    o.progress = false;
+    o.eval_each_epoch = false;
+    auto run = [&](bool drop_last, int images_per_epoch, std::vector<float>& weights) {
+        r.drop_last = drop_last;
+        Trainer t(*b, r, data, o);
+        const RunResult res = t.run(3);
+        EXPECT_EQ(res.steps, drop_last ? 6 : 8);
+        EXPECT_EQ(t.network().config().arch, Arch::dawn);
+        EXPECT_EQ(res.epochs.size(), 2u);
+        for (const EpochStats& e : res.epochs) {
+            const double correct = e.train_acc * images_per_epoch;  // a whole number of images
+            EXPECT_NEAR(correct, std::round(correct), 1e-6) << "epoch " << e.epoch;
+            EXPECT_TRUE(std::isfinite(e.train_loss));
+        }
+        EXPECT_EQ(res.epochs.front().steps, drop_last ? 3 : 4);
+        t.network().download(weights);
+    };
+    std::vector<float> kept, dropped;
+    run(false, 1000, kept);
+    run(true, 768, dropped);
+    ASSERT_EQ(kept.size(), dropped.size());
+    EXPECT_NE(kept, dropped);
+}
 
 // Selective TTA: with every image selected it is the full TTA, with none it is the plain view;
 // the same seed on the CPU gives the same weights, so the three trainers can be compared.

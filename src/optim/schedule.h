@@ -1,16 +1,32 @@
 // schedule.h: learning-rate and lookahead schedules as pure functions of the step (like
 // llm.c's schedulers.h), and the step counts derived from epochs and batch size.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <vector>
 
 namespace sr {
 
-// Steps per epoch (the last partial batch is dropped) and total steps = ceil(per_epoch * epochs).
-inline int steps_per_epoch(int n_train, int batch) { return n_train / batch; }
-inline int total_steps(int n_train, int batch, double epochs) {
-    return int(std::ceil(double(steps_per_epoch(n_train, batch)) * epochs - 1e-9));
+// Steps per epoch (drop_last: the last partial batch is dropped; else it is one more, smaller
+// step) and total steps = ceil(per_epoch * epochs).
+inline int steps_per_epoch(int n_train, int batch, bool drop_last) {
+    return drop_last ? n_train / batch : (n_train + batch - 1) / batch;
+}
+inline int total_steps(int n_train, int batch, double epochs, bool drop_last) {
+    return int(std::ceil(double(steps_per_epoch(n_train, batch, drop_last)) * epochs - 1e-9));
+}
+// Images trained on in the first `steps` steps of an epoch of n_train images (every step takes a
+// full batch except a drop_last=false epoch's last one, which takes what is left).
+inline long images_in_steps(int steps, int n_train, int batch) {
+    return std::min(long(steps) * batch, long(n_train));
+}
+// Images trained on in a whole run: images_in_steps summed over its epochs (the last one partial).
+inline long images_in_run(int n_train, int batch, double epochs, bool drop_last) {
+    const int spe = steps_per_epoch(n_train, batch, drop_last);
+    const int total = total_steps(n_train, batch, epochs, drop_last);
+    return long(total / spe) * images_in_steps(spe, n_train, batch) +
+           images_in_steps(total % spe, n_train, batch);
 }
 
 // Piecewise-linear lr multiplier used at step `step` (0-based, before the update), as

@@ -81,12 +81,16 @@ int cmd_presets() {
 
 static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, const TrainArgs& a,
                          int n_train, int n_test) {
-    const int total = total_steps(n_train, r.batch_size, r.epochs);
+    const int total = total_steps(n_train, r.batch_size, r.epochs, r.drop_last);
+    const int spe = steps_per_epoch(n_train, r.batch_size, r.drop_last), rest = n_train % r.batch_size;
     fmt::print("preset        {}  ({})\n", r.name, r.source);
     fmt::print("device        {}\n", b.name());
     fmt::print("data          {}  ({} train, {} test images used)\n", d.source, n_train, n_test);
-    fmt::print("epochs        {}  batch {}  steps/epoch {}  total steps {}\n", r.epochs, r.batch_size,
-               steps_per_epoch(n_train, r.batch_size), total);
+    fmt::print("epochs        {}  batch {}  steps/epoch {}{}  total steps {}\n", r.epochs, r.batch_size,
+               spe, rest == 0 ? std::string()
+                    : r.drop_last ? fmt::format(" (last {} images of each epoch unused)", rest)
+                                  : fmt::format(" ({} x {} + 1 x {})", spe - 1, r.batch_size, rest),
+               total);
     std::string widths;
     for (int w : r.net.widths) widths += fmt::format("{}{}", widths.empty() ? "" : "/", w);
     if (r.net.arch == Arch::resnet9) {
@@ -325,12 +329,13 @@ int cmd_describe(const DescribeArgs& a) {
         fmt::print("{:<28} {:<18} {:>10}  {}\n", t.name, fmt::format("{}", fmt::join(t.shape, "x")), t.count,
                    group_names[int(t.group)]);
     const double f = net.flops_per_image_forward();
-    const int total = total_steps(50000, r.batch_size, r.epochs);
+    const long images = images_in_run(50000, r.batch_size, r.epochs, r.drop_last);
     const double views = tta_forwards_per_image(r);
     fmt::print("\nlearnable parameters  {}\n", net.learnable_count());
     fmt::print("forward FLOPs/image   {:.3f} GFLOP (convolutions and head; multiply-add = 2)\n", f * 1e-9);
-    fmt::print("one full run          {:.3f} PFLOP ({} steps x {} images x 3 x forward, + TTA {:g} forwards x 10,000)\n",
-               (3.0 * f * total * r.batch_size + f * views * 10000.0) * 1e-15, total, r.batch_size, views);
+    fmt::print("one full run          {:.3f} PFLOP ({} steps: {} training images x 3 x forward, + TTA {:g} forwards x 10,000)\n",
+               (3.0 * f * double(images) + f * views * 10000.0) * 1e-15,
+               total_steps(50000, r.batch_size, r.epochs, r.drop_last), images, views);
     if (!a.svg.empty()) {
         write_svg(a.svg, network_dot(r.net));
         fmt::print("diagram written to {}\n", a.svg);
@@ -412,10 +417,12 @@ int cmd_bench(const BenchArgs& a) {
                         {"train_images_per_second", B / step}, {"train_gflops", gflops},
                         {"tta_images_per_second", eval_ips}, {"tta_views", views},
                         {"peak_device_bytes", b.peak_bytes()}};
-    const int total = total_steps(50000, B, r.epochs);
+    const int total = total_steps(50000, B, r.epochs, r.drop_last);
     // the final evaluation: eval_ips counts images given every view; selective TTA gives the views
-    // to a share of them and one plain pass to all
-    const double est = total * step + 10000.0 / eval_ips * tta_forwards_per_image(r) / views;
+    // to a share of them and one plain pass to all. A drop_last=false epoch's smaller last step
+    // is counted by its images.
+    const double est = double(images_in_run(50000, B, r.epochs, r.drop_last)) / B * step +
+                       10000.0 / eval_ips * tta_forwards_per_image(r) / views;
     fmt::print("estimate      full run ({} steps + TTA on 10,000 images): {:.1f} s\n", total, est);
     j["full_run_estimate_seconds"] = est;
     if (b.device() == Device::cpu) {

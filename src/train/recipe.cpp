@@ -66,7 +66,7 @@ void check_known(const nlohmann::json& j) {
                  "bn_scale_init"}},
         {"opt", {"optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay",
                  "bias_scaler", "bias_lr", "head_lr", "wd", "bias_weight_decay", "lr_in_velocity", "label_smoothing",
-                 "whiten_bias_epochs"}},
+                 "whiten_bias_epochs", "drop_last"}},
         {"ema", {"every", "decay"}},
         {"muon", {"lr", "momentum", "nesterov", "coeffs", "steps", "eps", "magnitude",
                   "renorm_base", "renorm_growth", "renorm_eps", "weight_decay"}},
@@ -167,6 +167,7 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     rd.get("eval", "tta_select", r.tta_select);
     rd.get("opt", "epochs", r.epochs);
     rd.get("opt", "batch_size", r.batch_size);
+    rd.get("opt", "drop_last", r.drop_last);
     rd.get("opt", "lr", r.lr);
     rd.get("opt", "momentum", r.momentum);
     rd.get("opt", "weight_decay", r.weight_decay);
@@ -256,6 +257,10 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     need(r.tta_select >= 0 && r.tta_select <= 1, "eval.tta_select must be in [0, 1]");
     need(r.epochs > 0, "opt.epochs must be > 0");
     need(r.batch_size > 0, "opt.batch_size must be > 0");
+    need(r.drop_last || r.cutmix == 0,
+         "opt.drop_last false with aug.cutmix: cutmix pairs images inside full batches only");
+    need(r.drop_last || r.net.ghost_splits == 1,
+         "opt.drop_last false with net.ghost_splits > 1: the last, smaller batch need not split evenly");
     need(r.lr > 0, "opt.lr must be > 0");
     need(r.momentum >= 0 && r.momentum < 1, "opt.momentum must be in [0, 1)");
     need(r.weight_decay >= 0, "opt.weight_decay must be >= 0");
@@ -293,7 +298,8 @@ nlohmann::json recipe_to_json(const Recipe& r) {
                  {"head_unit_std", r.net.head_unit_std}, {"whiten_bias_uniform", r.net.whiten_bias_uniform},
                  {"ghost_splits", r.net.ghost_splits}, {"pool_before_norm", r.net.pool_before_norm},
                  {"residual", r.net.residual}, {"dirac", r.net.dirac}, {"group_convs", r.net.group_convs}}},
-        {"opt", {{"optimizer", r.optimizer}, {"epochs", r.epochs}, {"batch_size", r.batch_size}, {"lr", r.lr},
+        {"opt", {{"optimizer", r.optimizer}, {"epochs", r.epochs}, {"batch_size", r.batch_size},
+                 {"drop_last", r.drop_last}, {"lr", r.lr},
                  {"momentum", r.momentum}, {"weight_decay", r.weight_decay}, {"bias_scaler", r.bias_scaler},
                  {"bias_lr", r.bias_lr}, {"head_lr", r.head_lr}, {"wd", r.wd},
                  {"bias_weight_decay", r.bias_weight_decay}, {"lr_in_velocity", r.lr_in_velocity},

@@ -27,6 +27,11 @@ struct Recipe {
     std::string optimizer = "sgd";
     double epochs = 9.9;
     int batch_size = 1024;
+    // true: an epoch is n / batch full batches, the last n % batch images of its shuffled order
+    // unused (airbench, cifar10-fast's dawn.py); false: one more, smaller step on them, as the
+    // DataLoader of cifar10-fast's experiments notebook (drop_last=False); steps per epoch and
+    // the epoch-based schedule then count that step
+    bool drop_last = true;
     double lr = 11.5, momentum = 0.85, weight_decay = 0.0153, bias_scaler = 64.0;
     double bias_lr = 0.053, head_lr = 0.67, wd = 0.0;  // "muon" only
     double bias_weight_decay = 0.0;                      // "nesterov" only

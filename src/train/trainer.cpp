@@ -63,10 +63,15 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
       net_(b, r.net),
       opt_(net_, r),
       ws_train_(std::make_unique<Workspace>(net_, local_batch(r, o))) {
+    const int rest = r.drop_last ? 0 : n_train_ % batch_;  // the epoch's last, smaller batch
+    if (rest > 0 && o.comm && o.comm->world() > 1)  // (before any collective call)
+        fail("--distributed: opt.drop_last false is not supported (the epoch's last batch of {} "
+             "images would need its own split over {} ranks)", rest, o.comm->world());
     if (o.comm) {
         dp_ = std::make_unique<DataParallel>(net_, *o.comm, DataParallel::Options{o.sync_bn});
         ws_train_->set_hooks(dp_.get());
     }
+    if (rest > 0) ws_tail_ = std::make_unique<Workspace>(net_, rest);
     if (eval_batch_ == ws_train_->batch()) {
         ws_eval_ = ws_train_.get();
     } else {
@@ -196,7 +201,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     }
     const int side = r_.net.image_side, pad = r_.translate, B = batch_, O = r_.net.num_classes;
     // data parallel: this rank trains on Bl images of every global batch of B, from `first` on
-    const int Bl = ws_train_->batch(), first = dp_ ? dp_->comm().rank() * Bl : 0;
+    const int Bfull = ws_train_->batch(), first = dp_ ? dp_->comm().rank() * Bfull : 0;
     const bool root = !dp_ || dp_->comm().root();  // only rank 0 prints, logs and evaluates
     const bool print = !warmup && !o_.quiet && root;
     const bool bar = print && o_.progress && isatty(2);
@@ -215,8 +220,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         opt_.reset_ema();
     }
 
-    const int spe = steps_per_epoch(n_train_, B);
-    const int total = total_steps(n_train_, B, r_.epochs);
+    const int spe = steps_per_epoch(n_train_, B, r_.drop_last);
+    const int total = total_steps(n_train_, B, r_.epochs, r_.drop_last);
     const int n_epochs = int(std::ceil(r_.epochs - 1e-9));
     const int whiten_steps = int(std::ceil(double(spe) * r_.whiten_bias_epochs - 1e-9));
     const bool jitter = r_.brightness > 0 || r_.contrast > 0;
@@ -311,6 +316,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     };
 
     int step = resume ? resume->state.step : 0;
+    long images_done = 0;  // trained on in this process (a resumed run: since the resume)
     const int first_epoch = resume ? resume->state.epoch : 0;
     if (resume) rng.set_state(resume->state.rng_epoch_start.data());
     for (int epoch = first_epoch; epoch < n_epochs && step < total; ++epoch) {
@@ -353,11 +359,11 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         // random permutation of it, and the square's corner (drawn only when on, as above)
         const bool cutmix = r_.cutmix > 0 && epoch >= r_.cutmix_from_epoch;
         if (cutmix)
-            for (int j0 = 0; j0 + Bl <= n_train_; j0 += Bl) {
+            for (int j0 = 0; j0 + Bfull <= n_train_; j0 += Bfull) {
                 int32_t* q = partner.data() + j0;
-                std::iota(q, q + Bl, 0);
-                for (int i = Bl - 1; i > 0; --i) std::swap(q[i], q[rng.below(uint32_t(i + 1))]);
-                for (int i = 0; i < Bl; ++i) {
+                std::iota(q, q + Bfull, 0);
+                for (int i = Bfull - 1; i > 0; --i) std::swap(q[i], q[rng.below(uint32_t(i + 1))]);
+                for (int i = 0; i < Bfull; ++i) {
                     lab2[j0 + i] = lab[j0 + q[i]];
                     mix_pos[2 * size_t(j0 + i)] = uint8_t(rng.below(uint32_t(side - r_.cutmix + 1)));
                     mix_pos[2 * size_t(j0 + i) + 1] = uint8_t(rng.below(uint32_t(side - r_.cutmix + 1)));
@@ -391,6 +397,9 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         double epoch_time = 0;
         for (int s = skip; s < spe && step < total; ++s) {
             const size_t at = size_t(s) * B + size_t(first);  // this rank's slice
+            // the epoch's last, smaller batch (opt.drop_last false; one process: Bl == B)
+            Workspace& ws = (ws_tail_ && s == spe - 1) ? *ws_tail_ : *ws_train_;
+            const int Bl = ws.batch();
             b_.gather_crops(batch_x_.get(), train_pad_.get(), side, side, pad, Bl,
                             ep_idx_.get() + at, 0, ep_shifts_.get() + 2 * at, 0, 0,
                             ep_flips_.get() + at, 0);
@@ -406,15 +415,14 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                           ep_cutmix_.get() + 2 * at, Bl, side, side, 3, r_.cutmix);
             }
             const bool whiten_bias = step < whiten_steps;
-            const float* logits = ws_train_->forward(batch_x_.get(), true);
+            const float* logits = ws.forward(batch_x_.get(), true);
             if (cutmix)
-                b_.cross_entropy_mixed(ws_train_->dlogits(), stats_.get(), logits,
-                                       ep_labels_.get() + at, ep_labels2_.get() + at, mix, Bl, O,
-                                       r_.label_smoothing);
+                b_.cross_entropy_mixed(ws.dlogits(), stats_.get(), logits, ep_labels_.get() + at,
+                                       ep_labels2_.get() + at, mix, Bl, O, r_.label_smoothing);
             else
-                b_.cross_entropy(ws_train_->dlogits(), stats_.get(), logits, ep_labels_.get() + at,
-                                 Bl, O, r_.label_smoothing);
-            ws_train_->backward(ws_train_->dlogits(), whiten_bias);
+                b_.cross_entropy(ws.dlogits(), stats_.get(), logits, ep_labels_.get() + at, Bl, O,
+                                 r_.label_smoothing);
+            ws.backward(ws.dlogits(), whiten_bias);
             // the loss is summed over the batch: the global batch's gradient is the SUM of the
             // ranks' slice gradients (data_parallel.h)
             if (dp_) dp_->finish_step();
@@ -450,7 +458,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                 float st[2];
                 b_.download(st, stats_.get(), sizeof st);
                 progress_bar(epoch, s + 1, std::min(spe, total - (step - steps_here)),
-                             st[0] / (double(steps_here) * Bl), seconds_since(te));
+                             st[0] / (double(images_in_steps(steps_here, n_train_, B)) * Bfull / B),
+                             seconds_since(te));  // (this rank's stats: its share of the images)
             }
         }
         if (dp_) dp_->allreduce(stats_.get(), 2);  // loss and correct count of the global batches
@@ -465,8 +474,11 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         EpochStats es;
         es.epoch = epoch;
         es.steps = step;
-        es.train_loss = st[0] / (double(steps_here) * B);
-        es.train_acc = st[1] / (double(steps_here) * B);
+        // per image of the epoch (the global batches: every rank's stats were summed above)
+        const double seen = double(images_in_steps(steps_here, n_train_, B));
+        images_done += images_in_steps(steps_here, n_train_, B) - images_in_steps(skip, n_train_, B);
+        es.train_loss = st[0] / seen;
+        es.train_acc = st[1] / seen;
         es.epoch_seconds = epoch_s;
         es.total_seconds = timed;
         if (o_.eval_each_epoch && root) {  // untimed
@@ -499,7 +511,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                                                                      : (root ? evaluate(0) : 0.0);
     res.train_seconds = timed;
     save(step, n_epochs, 0, {}, timed);  // the finished run (its weights are the final EMA)
-    res.images_per_second = res.step_seconds > 0 ? double(total) * B / res.step_seconds : 0;
+    res.images_per_second = res.step_seconds > 0 ? double(images_done) / res.step_seconds : 0;
     if (print) {
         fmt::print("{:>5} | {:>5} | {:>10} | {:>9} | {:>8.4f} | {:>8} | {:>8.2f}   (TTA level {}; "
                    "without TTA {:.4f})\n",

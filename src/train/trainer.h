@@ -80,6 +80,7 @@ private:
     Network net_;
     Optimizer opt_;
     std::unique_ptr<Workspace> ws_train_;  // this rank's slice of the batch (all of it alone)
+    std::unique_ptr<Workspace> ws_tail_;   // opt.drop_last false: the epoch's last, smaller batch
     std::unique_ptr<DataParallel> dp_;     // with TrainOptions::comm
     std::unique_ptr<Workspace> ws_eval_own_;
     Workspace* ws_eval_;

@@ -16,6 +16,8 @@
 #include "optim/optimizer.h"
 #include "test_util.h"
 #include "train/recipe.h"
+#include "train/trainer.h"
+#include "core/error.h"
 
 namespace sr {
 namespace {
@@ -219,6 +221,30 @@ TEST(DataParallel, OneRankIsThePlainStep) {
     const Step dp = one_step(r, d, 0, 16, single.get(), true);
     EXPECT_EQ(dp.grads, plain.grads);
     EXPECT_EQ(dp.params, plain.params);
+}
+
+// opt.drop_last false over several ranks is refused with a message naming the key, before any
+// collective call (this test's one thread would otherwise wait for the second rank for ever).
+TEST(DataParallel, KeepingThePartialBatchIsRefused) {
+    const Cifar10 data = make_synthetic_cifar10(1000, 100, 2);
+    Recipe r = load_recipe("myrtle-reg", "");
+    r.net.widths = {8, 8, 16, 16};
+    r.batch_size = 256;
+    test::ThreadGroup g(2);
+    test::ThreadGroup::Comm rank0(g, 0);
+    TrainOptions o;
+    o.quiet = true;
+    o.comm = &rank0;
+    auto b = make_cpu_backend(1);
+    try {
+        Trainer t(*b, r, data, o);
+        ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("opt.drop_last"), std::string::npos) << e.what();
+    }
+    r.drop_last = true;  // (1000 = 3 x 256 + 232: the rest is dropped, as before)
+    Trainer ok(*b, r, data, TrainOptions{});
+    EXPECT_EQ(ok.n_train(), 1000);
 }
 
 }  // namespace

@@ -86,7 +86,7 @@ TEST(GoldenHlb, OneCycleScheduleAsKnots) {
     const auto mult = s["multiplier"].get<std::vector<double>>();
     const int total = s["total"], spe = s["steps_per_epoch"];
     const Recipe r = load_recipe("hlb", "");
-    EXPECT_EQ(total_steps(spe * r.batch_size, r.batch_size, r.epochs), total);
+    EXPECT_EQ(total_steps(spe * r.batch_size, r.batch_size, r.epochs, r.drop_last), total);
     auto b = make_cpu_backend(1);
     NetConfig c = r.net;
     c.widths = {8, 8, 8};
