@@ -109,20 +109,12 @@ const float* Workspace::forward_dawn(const float* x, bool train) {
         const BlockSpec& s = *k.spec;
         const int M1 = N_ * s.H * s.H, M2 = N_ * s.Ho() * s.Ho();
         k.in = h;
-        if (train)
-            bn_train(k.n1.get(), k.mean1.get(), k.istd1.get(), P + s.bn1_rm, P + s.bn1_rv, h,
-                     P + s.bn1_w, P + s.bn1_b, M1, s.cin);
-        else
-            b_.bn_forward_eval(k.n1.get(), h, P + s.bn1_rm, P + s.bn1_rv, P + s.bn1_w, P + s.bn1_b,
-                               M1, s.cin, c.bn_eps);
+        bn_layer_forward(train, k.n1.get(), k.mean1.get(), k.istd1.get(), P + s.bn1_rm,
+                         P + s.bn1_rv, h, P + s.bn1_w, P + s.bn1_b, M1, s.cin);
         act_forward(k.a1.get(), k.n1.get(), size_t(M1) * s.cin);
         k.conv1->forward(k.c1.get(), k.a1.get(), P + s.w1, nullptr);
-        if (train)
-            bn_train(k.n2.get(), k.mean2.get(), k.istd2.get(), P + s.bn2_rm, P + s.bn2_rv,
-                     k.c1.get(), P + s.bn2_w, P + s.bn2_b, M2, s.cout);
-        else
-            b_.bn_forward_eval(k.n2.get(), k.c1.get(), P + s.bn2_rm, P + s.bn2_rv, P + s.bn2_w,
-                               P + s.bn2_b, M2, s.cout, c.bn_eps);
+        bn_layer_forward(train, k.n2.get(), k.mean2.get(), k.istd2.get(), P + s.bn2_rm,
+                         P + s.bn2_rv, k.c1.get(), P + s.bn2_w, P + s.bn2_b, M2, s.cout);
         act_forward(k.a2.get(), k.n2.get(), size_t(M2) * s.cout);
         k.conv2->forward(k.out.get(), k.a2.get(), P + s.w2, nullptr);
         if (s.projection) {
@@ -146,7 +138,6 @@ void Workspace::backward_dawn(const float* dlogits) {
     const NetConfig& c = net_.config();
     const float* P = net_.params.get();
     float* G = net_.grads.get();
-    const bool scale = c.bn_train_scale;
     const int C = c.widths[3], O = c.num_classes;
     b_.linear_backward(d_feat_.get(), G + head_off_, dlogits, feat_.get(), P + head_off_, N_, 2 * C,
                        O, c.scaling_factor);
@@ -167,10 +158,8 @@ void Workspace::backward_dawn(const float* dlogits) {
         grad_ready(G + s.w2, size_t(s.cout) * 9 * s.cout);
         k.conv2->backward_data(ta, d, P + s.w2);
         act_backward(tb, ta, k.n2.get(), size_t(M2) * s.cout);
-        bn_back(ta, scale ? G + s.bn2_w : nullptr, G + s.bn2_b, tb, k.c1.get(), k.mean2.get(),
-                k.istd2.get(), P + s.bn2_w, M2, s.cout);
-        grad_ready(G + s.bn2_b, s.cout);
-        if (scale) grad_ready(G + s.bn2_w, s.cout);
+        bn_layer_backward(ta, G + s.bn2_w, G + s.bn2_b, tb, k.c1.get(), k.mean2.get(),
+                          k.istd2.get(), P + s.bn2_w, M2, s.cout);
         k.conv1->backward_weights(G + s.w1, nullptr, ta, k.a1.get());
         grad_ready(G + s.w1, size_t(s.cout) * 9 * s.cin);
         k.conv1->backward_data(tb, ta, P + s.w1);  // d(a1) through the branch
@@ -185,10 +174,8 @@ void Workspace::backward_dawn(const float* dlogits) {
         }
         // act <- BN1: the block's input gradient, over d (no longer needed)
         act_backward(ta, tb, k.n1.get(), size_t(M1) * s.cin);
-        bn_back(d, scale ? G + s.bn1_w : nullptr, G + s.bn1_b, ta, k.in, k.mean1.get(),
-                k.istd1.get(), P + s.bn1_w, M1, s.cin);
-        grad_ready(G + s.bn1_b, s.cin);
-        if (scale) grad_ready(G + s.bn1_w, s.cin);
+        bn_layer_backward(d, G + s.bn1_w, G + s.bn1_b, ta, k.in, k.mean1.get(), k.istd1.get(),
+                          P + s.bn1_w, M1, s.cin);
     }
     prep_->backward_weights(G + prep_off_, nullptr, d, x_);
     grad_ready(G + prep_off_, size_t(c.widths[0]) * 27);

@@ -429,6 +429,24 @@ void Workspace::bn_back(float* dx, float* dgamma, float* dbeta, const float* dy,
     b_.bn_backward_apply(dx, dy, x, mean, invstd, gamma, sums, int64_t(M) * group, M, C);
 }
 
+void Workspace::bn_layer_forward(bool train, float* y, float* mean, float* invstd,
+                                 float* running_mean, float* running_var, const float* x,
+                                 const float* gamma, const float* beta, int M, int C) {
+    if (train)
+        bn_train(y, mean, invstd, running_mean, running_var, x, gamma, beta, M, C);
+    else
+        b_.bn_forward_eval(y, x, running_mean, running_var, gamma, beta, M, C, net_.config().bn_eps);
+}
+
+void Workspace::bn_layer_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
+                                  const float* x, const float* mean, const float* invstd,
+                                  const float* gamma, int M, int C) {
+    const bool scale = net_.config().bn_train_scale;
+    bn_back(dx, scale ? dgamma : nullptr, dbeta, dy, x, mean, invstd, gamma, M, C);
+    grad_ready(dbeta, size_t(C));
+    if (scale) grad_ready(dgamma, size_t(C));
+}
+
 void Workspace::act_forward(float* y, const float* x, size_t n) {
     switch (net_.config().act) {
         case Activation::gelu: b_.gelu_forward(y, x, n); break;
@@ -461,29 +479,17 @@ const float* Workspace::forward(const float* x, bool train) {
         const int M = N_ * G.Hp * G.Hp;
         G.conv1->forward(G.c1.get(), in, P.conv_w[gi][0], nullptr);
         b_.maxpool_forward(G.p.get(), G.arg.get(), G.c1.get(), N_, G.H, G.H, G.cout, 2);
-        if (train)
-            bn_train(G.n1.get(), G.mean1.get(), G.istd1.get(), P.bn_mean[gi][0], P.bn_var[gi][0],
-                     G.p.get(), P.bn_w[gi][0], P.bn_b[gi][0], M, G.cout);
-        else
-            b_.bn_forward_eval(G.n1.get(), G.p.get(), P.bn_mean[gi][0], P.bn_var[gi][0],
-                               P.bn_w[gi][0], P.bn_b[gi][0], M, G.cout, c.bn_eps);
+        bn_layer_forward(train, G.n1.get(), G.mean1.get(), G.istd1.get(), P.bn_mean[gi][0],
+                         P.bn_var[gi][0], G.p.get(), P.bn_w[gi][0], P.bn_b[gi][0], M, G.cout);
         act_forward(G.g1.get(), G.n1.get(), size_t(M) * G.cout);
         G.conv2->forward(G.c2.get(), G.g1.get(), P.conv_w[gi][1], nullptr);
-        if (train)
-            bn_train(G.n2.get(), G.mean2.get(), G.istd2.get(), P.bn_mean[gi][1], P.bn_var[gi][1],
-                     G.c2.get(), P.bn_w[gi][1], P.bn_b[gi][1], M, G.cout);
-        else
-            b_.bn_forward_eval(G.n2.get(), G.c2.get(), P.bn_mean[gi][1], P.bn_var[gi][1],
-                               P.bn_w[gi][1], P.bn_b[gi][1], M, G.cout, c.bn_eps);
+        bn_layer_forward(train, G.n2.get(), G.mean2.get(), G.istd2.get(), P.bn_mean[gi][1],
+                         P.bn_var[gi][1], G.c2.get(), P.bn_w[gi][1], P.bn_b[gi][1], M, G.cout);
         act_forward(G.g2.get(), G.n2.get(), size_t(M) * G.cout);
         if (G.conv3) {  // airbench96: conv3 -> BN, + the first activation, -> act
             G.conv3->forward(G.c3.get(), G.g2.get(), P.conv_w[gi][2], nullptr);
-            if (train)
-                bn_train(G.s3.get(), G.mean3.get(), G.istd3.get(), P.bn_mean[gi][2], P.bn_var[gi][2],
-                         G.c3.get(), P.bn_w[gi][2], P.bn_b[gi][2], M, G.cout);
-            else
-                b_.bn_forward_eval(G.s3.get(), G.c3.get(), P.bn_mean[gi][2], P.bn_var[gi][2],
-                                   P.bn_w[gi][2], P.bn_b[gi][2], M, G.cout, c.bn_eps);
+            bn_layer_forward(train, G.s3.get(), G.mean3.get(), G.istd3.get(), P.bn_mean[gi][2],
+                             P.bn_var[gi][2], G.c3.get(), P.bn_w[gi][2], P.bn_b[gi][2], M, G.cout);
             b_.axpy(G.s3.get(), G.g1.get(), 1.f, size_t(M) * G.cout);
             act_forward(G.g3.get(), G.s3.get(), size_t(M) * G.cout);
         }
@@ -502,7 +508,6 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
     if (c.arch == Arch::dawn) return backward_dawn(dlogits);
     Params& P = net_.p;
     Params& Gd = net_.g;
-    const bool scale = c.bn_train_scale;
     const Group& L = grp_[2];
     b_.linear_backward(d_feat_.get(), Gd.head_w, dlogits, feat_.get(), P.head_w, N_, L.cout,
                        c.num_classes, c.scaling_factor);
@@ -516,29 +521,23 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
         const size_t m = size_t(M) * G.cout;
         if (G.conv3) {  // d_g holds dL/d(g3): back through act, BN3, conv3; d_res keeps d(s3)
             act_backward(G.d_res.get(), G.d_g.get(), G.s3.get(), m);
-            bn_back(G.d_p.get(), scale ? Gd.bn_w[gi][2] : nullptr, Gd.bn_b[gi][2], G.d_res.get(),
-                    G.c3.get(), G.mean3.get(), G.istd3.get(), P.bn_w[gi][2], M, G.cout);
-            grad_ready(Gd.bn_b[gi][2], G.cout);
-            if (scale) grad_ready(Gd.bn_w[gi][2], G.cout);
+            bn_layer_backward(G.d_p.get(), Gd.bn_w[gi][2], Gd.bn_b[gi][2], G.d_res.get(), G.c3.get(),
+                              G.mean3.get(), G.istd3.get(), P.bn_w[gi][2], M, G.cout);
             G.conv3->backward_weights(Gd.conv_w[gi][2], nullptr, G.d_p.get(), G.g2.get());
             grad_ready(Gd.conv_w[gi][2], size_t(G.cout) * 9 * G.cout);
             G.conv3->backward_data(G.d_g.get(), G.d_p.get(), P.conv_w[gi][2]);  // d(g2)
         }
         // d_g holds dL/d(g2)
         act_backward(G.d_n.get(), G.d_g.get(), G.n2.get(), m);
-        bn_back(G.d_p.get(), scale ? Gd.bn_w[gi][1] : nullptr, Gd.bn_b[gi][1], G.d_n.get(),
-                G.c2.get(), G.mean2.get(), G.istd2.get(), P.bn_w[gi][1], M, G.cout);
-        grad_ready(Gd.bn_b[gi][1], G.cout);
-        if (scale) grad_ready(Gd.bn_w[gi][1], G.cout);
+        bn_layer_backward(G.d_p.get(), Gd.bn_w[gi][1], Gd.bn_b[gi][1], G.d_n.get(), G.c2.get(),
+                          G.mean2.get(), G.istd2.get(), P.bn_w[gi][1], M, G.cout);
         G.conv2->backward_weights(Gd.conv_w[gi][1], nullptr, G.d_p.get(), G.g1.get());
         grad_ready(Gd.conv_w[gi][1], size_t(G.cout) * 9 * G.cout);
         G.conv2->backward_data(G.d_g.get(), G.d_p.get(), P.conv_w[gi][1]);  // d(g1)
         if (G.conv3) b_.axpy(G.d_g.get(), G.d_res.get(), 1.f, m);          // + the residual's
         act_backward(G.d_n.get(), G.d_g.get(), G.n1.get(), m);
-        bn_back(G.d_p.get(), scale ? Gd.bn_w[gi][0] : nullptr, Gd.bn_b[gi][0], G.d_n.get(),
-                G.p.get(), G.mean1.get(), G.istd1.get(), P.bn_w[gi][0], M, G.cout);
-        grad_ready(Gd.bn_b[gi][0], G.cout);
-        if (scale) grad_ready(Gd.bn_w[gi][0], G.cout);
+        bn_layer_backward(G.d_p.get(), Gd.bn_w[gi][0], Gd.bn_b[gi][0], G.d_n.get(), G.p.get(),
+                          G.mean1.get(), G.istd1.get(), P.bn_w[gi][0], M, G.cout);
         b_.maxpool_backward(G.d_big.get(), G.d_p.get(), G.arg.get(), N_, G.H, G.H, G.cout, 2);
         const float* group_in = gi > 0 ? grp_[gi - 1].out() : a0_.get();
         G.conv1->backward_weights(Gd.conv_w[gi][0], nullptr, G.d_big.get(), group_in);

@@ -244,6 +244,15 @@ private:
                   const float* x, const float* gamma, const float* beta, int M, int C);
     void bn_back(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                  const float* mean, const float* invstd, const float* gamma, int M, int C);
+    // One BN layer of the airbench and dawn families: forward in training mode (bn_train) or
+    // evaluation mode (running statistics); backward (bn_back) followed by grad_ready of its
+    // parameter gradients: dbeta always, dgamma (the scale's slot in the gradient arena) only
+    // where the scale trains (NetConfig::bn_train_scale; left unwritten otherwise).
+    void bn_layer_forward(bool train, float* y, float* mean, float* invstd, float* running_mean,
+                          float* running_var, const float* x, const float* gamma,
+                          const float* beta, int M, int C);
+    void bn_layer_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                           const float* mean, const float* invstd, const float* gamma, int M, int C);
     // the activation after each BN (NetConfig::act)
     void act_forward(float* y, const float* x, size_t n);
     void act_backward(float* dx, const float* dy, const float* x, size_t n);
