@@ -66,6 +66,8 @@ int main(int argc, char** argv) {
     bench->add_option("--steps", ba.steps, "Timed training steps")->capture_default_str();
     bench->add_option("--eval-images", ba.eval_images, "Images for the timed TTA inference (default: one batch)");
     bench->add_option("--json", ba.json, "Write the result as JSON");
+    bench->add_flag("--profile", ba.profile,
+                    "Also time every op of the training step: time by op and kind, FLOP/s, bytes/s");
 
     sr::DataArgs da;
     auto* data = app.add_subcommand("data", "Find, check and describe CIFAR-10 (or write a synthetic set)");

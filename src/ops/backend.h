@@ -64,6 +64,15 @@ public:
     virtual ~DeviceTimer() = default;
     virtual void start() = 0;
     virtual double stop_seconds() = 0;  // waits for the queued work; seconds since start()
+    // The same in two halves, so that many intervals can be marked without waiting between them
+    // (ops/profiling_backend.h): stop() marks the end, elapsed() waits for the work up to it and
+    // returns the seconds from start() to stop(). Where ops run synchronously (the CPU) stop()
+    // can simply read the clock.
+    virtual void stop() { last_ = stop_seconds(); }
+    virtual double elapsed() { return last_; }
+
+private:
+    double last_ = 0;
 };
 
 // Work recorded once and replayed (a CUDA graph): the launch overhead of a whole training step

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -12,6 +13,7 @@
 #include "core/error.h"
 #include "dist/dist_commands.h"
 #include "io/reports.h"
+#include "ops/profiling_backend.h"
 #include <sys/resource.h>
 #include <atomic>
 #include <csignal>
@@ -343,10 +345,55 @@ int cmd_describe(const DescribeArgs& a) {
     return 0;
 }
 
+// Runs `steps` training steps with every op timed and prints where the time goes, by kind and
+// by op (the 20 slowest); returns the same as JSON.
+static nlohmann::json profile_training_step(ProfilingBackend& prof, int steps,
+                                            const std::function<void()>& step) {
+    prof.synchronize();
+    prof.enable(true);
+    for (int i = 0; i < steps; ++i) step();
+    prof.enable(false);
+    const std::vector<OpTime> ops = prof.collect();  // waits for the timed work
+    const std::vector<OpTime> kinds = by_kind(ops);
+    double total = 0;
+    for (const OpTime& k : kinds) total += k.seconds;
+    nlohmann::json j = {{"steps", steps}, {"ms_per_step", total / steps * 1e3}};
+    auto row = [&](const OpTime& o, int width) {
+        const std::string rate = o.flops > 0 ? fmt::format("{:9.1f}", o.flops / o.seconds * 1e-9)
+                                             : std::string(9, ' ');
+        const std::string bw = o.bytes > 0 ? fmt::format("{:8.1f}", o.bytes / o.seconds * 1e-9)
+                                           : std::string(8, ' ');
+        fmt::print("  {:<{}} {:7.1f} {:9.3f} {:6.1f}% {} {}\n", o.name, width, double(o.calls) / steps,
+                   o.seconds / steps * 1e3, 100 * o.seconds / total, rate, bw);
+        return nlohmann::json{{"name", o.name}, {"kind", o.kind}, {"calls_per_step", double(o.calls) / steps},
+                              {"ms_per_step", o.seconds / steps * 1e3}, {"share", o.seconds / total},
+                              {"gflops", o.flops > 0 ? o.flops / o.seconds * 1e-9 : 0.0},
+                              {"gb_per_s", o.bytes > 0 ? o.bytes / o.seconds * 1e-9 : 0.0}};
+    };
+    fmt::print("\nprofile       one training step with its data, every op timed (mean of {} steps; "
+               "device timers, no waits between ops): {:.2f} ms\n", steps, total / steps * 1e3);
+    fmt::print("  {:<14} {:>7} {:>9} {:>7} {:>9} {:>8}\n", "kind", "calls", "ms", "share", "GFLOP/s", "GB/s");
+    for (const OpTime& k : kinds) j["kinds"].push_back(row(k, 14));
+    const size_t top = std::min<size_t>(ops.size(), 20);
+    fmt::print("  {:<44} {:>7} {:>9} {:>7} {:>9} {:>8}   ({} slowest of {} ops and shapes)\n", "op",
+               "calls", "ms", "share", "GFLOP/s", "GB/s", top, ops.size());
+    for (size_t i = 0; i < ops.size(); ++i) {
+        if (i < top) j["ops"].push_back(row(ops[i], 44));
+        else j["ops"].push_back(nlohmann::json{{"name", ops[i].name}, {"kind", ops[i].kind},
+                                               {"ms_per_step", ops[i].seconds / steps * 1e3}});
+    }
+    fmt::print("  (GB/s: the fp32 tensors each op must read and write at least once, over its time)\n");
+    return j;
+}
+
 int cmd_bench(const BenchArgs& a) {
+    if (a.steps < 1) fail("--steps must be >= 1 (got {})", a.steps);
     const Recipe r = resolve_recipe(a);
     auto backend = make_backend(a.device, a.threads);
-    Backend& b = *backend;
+    // --profile: every op goes through a timing wrapper, made before the network so that its
+    // convolutions are wrapped too (it times nothing until enabled below)
+    auto prof = a.profile ? std::make_unique<ProfilingBackend>(*backend) : nullptr;
+    Backend& b = prof ? *prof : *backend;
     const int B = r.batch_size, side = r.net.image_side, O = r.net.num_classes;
     fmt::print("bench: preset {}, batch {}, device {}\n", r.name, B, b.name());
     fmt::print("(random inputs: the speed of these ops does not depend on pixel values)\n");
@@ -365,6 +412,7 @@ int cmd_bench(const BenchArgs& a) {
     b.upload(xd.get(), x.data(), x.size() * sizeof(float));
     b.upload(yd.get(), y.data(), y.size() * sizeof(int32_t));
 
+    const int spe = steps_per_epoch(50000, B, r.drop_last);
     double t_fwd = 0, t_bwd = 0, t_opt = 0;
     for (int i = -1; i < a.steps; ++i) {  // step -1 is the warm-up
         b.synchronize();
@@ -376,7 +424,9 @@ int cmd_bench(const BenchArgs& a) {
         ws.backward(ws.dlogits(), true);
         b.synchronize();
         auto t2 = clock_type::now();
-        opt.step(std::max(i, 0), 1000, 1000);  // an early step of a long run: every group trains
+        // an early step of a long run: every group trains (epoch-based schedules: the preset's
+        // steps per epoch on the full training set)
+        opt.step(std::max(i, 0), 1000, 1000, spe);
         b.synchronize();
         auto t3 = clock_type::now();
         if (i >= 0) {
@@ -403,8 +453,64 @@ int cmd_bench(const BenchArgs& a) {
     const double eval_ips = double(chunks) * B / t_eval;
     const double eval_gflops = double(chunks) * B * views * fwd_flop / t_eval * 1e-9;
 
+    // data and augmentation of one training batch, as the trainer does it before each step:
+    // crops at random shifts (with flips) from the padded images, then the recipe's colour
+    // jitter, cutout and cutmix
+    const int pad = r.translate, Hp = side + 2 * pad;
+    const bool jitter = r.brightness > 0 || r.contrast > 0;
+    std::vector<uint8_t> raw(size_t(B) * side * side * 3), flips(static_cast<size_t>(B)), pos(size_t(2) * B);
+    std::vector<int32_t> idx(static_cast<size_t>(B)), partner(static_cast<size_t>(B));
+    std::vector<int8_t> shifts(size_t(2) * B);
+    std::vector<float> jit(size_t(2) * B);
+    for (auto& v : raw) v = uint8_t(rng.below(256));
+    for (int i = 0; i < B; ++i) {
+        idx[size_t(i)] = int32_t(rng.below(uint32_t(B)));
+        partner[size_t(i)] = int32_t(rng.below(uint32_t(B)));
+        flips[size_t(i)] = uint8_t(rng.below(2));
+        for (int k = 0; k < 2; ++k) {
+            shifts[size_t(2 * i + k)] = int8_t(int(rng.below(uint32_t(2 * pad + 1))) - pad);
+            pos[size_t(2 * i + k)] = uint8_t(rng.below(uint32_t(side / 2)));
+        }
+        jit[size_t(i)] = float(rng.uniform() * 0.2 - 0.1);
+        jit[size_t(B + i)] = float(1 + rng.uniform() * 0.2 - 0.1);
+    }
+    DeviceBuffer<uint8_t> raw_d(b, raw.size()), flips_d(b, flips.size()), pos_d(b, pos.size());
+    DeviceBuffer<int32_t> idx_d(b, idx.size()), partner_d(b, partner.size());
+    DeviceBuffer<int8_t> shifts_d(b, shifts.size());
+    DeviceBuffer<float> jit_d(b, jit.size()), padded(b, size_t(B) * Hp * Hp * 3),
+        batch(b, size_t(B) * side * side * 3), mix_src(b, r.cutmix > 0 ? batch.size() : 1);
+    b.upload(raw_d.get(), raw.data(), raw.size());
+    b.upload(flips_d.get(), flips.data(), flips.size());
+    b.upload(pos_d.get(), pos.data(), pos.size());
+    b.upload(idx_d.get(), idx.data(), idx.size() * sizeof(int32_t));
+    b.upload(partner_d.get(), partner.data(), partner.size() * sizeof(int32_t));
+    b.upload(shifts_d.get(), shifts.data(), shifts.size());
+    b.upload(jit_d.get(), jit.data(), jit.size() * sizeof(float));
+    b.normalize_pad(padded.get(), raw_d.get(), B, side, side, r.mean.data(), r.std.data(), pad);
+    auto data_step = [&] {
+        b.gather_crops(batch.get(), padded.get(), side, side, pad, B, idx_d.get(), 0, shifts_d.get(),
+                       0, 0, flips_d.get(), 0);
+        if (jitter) b.brightness_contrast(batch.get(), jit_d.get(), jit_d.get() + B, B, size_t(side) * side * 3);
+        if (r.cutout > 0) b.cutout(batch.get(), pos_d.get(), B, side, side, 3, r.cutout);
+        if (r.cutmix > 0) {
+            b.copy(mix_src.get(), batch.get(), batch.size() * sizeof(float));
+            b.cutmix(batch.get(), mix_src.get(), partner_d.get(), pos_d.get(), B, side, side, 3, r.cutmix);
+        }
+    };
+    data_step();  // warm-up
+    b.synchronize();
+    const auto td = clock_type::now();
+    for (int i = 0; i < a.steps; ++i) data_step();
+    b.synchronize();
+    const double t_data = since(td) / a.steps;
+    std::string augs = "crop + flip";
+    if (jitter) augs += " + colour jitter";
+    if (r.cutout > 0) augs += " + cutout";
+    if (r.cutmix > 0) augs += " + cutmix";
+
     fmt::print("\nnetwork       {:.3f} GFLOP per image forward, {:.1f} GFLOP per training step\n",
                fwd_flop * 1e-9, step_flop * 1e-9);
+    fmt::print("data          {:.2f} ms per batch ({}; before each step)\n", t_data * 1e3, augs);
     fmt::print("train step    {:.1f} ms  (forward+loss {:.1f}, backward {:.1f}, optimizer {:.1f}) "
                "over {} steps\n",
                step * 1e3, t_fwd / a.steps * 1e3, t_bwd / a.steps * 1e3, t_opt / a.steps * 1e3, a.steps);
@@ -414,6 +520,7 @@ int cmd_bench(const BenchArgs& a) {
                         {"gflop_per_image_forward", fwd_flop * 1e-9},
                         {"step_ms", step * 1e3}, {"forward_ms", t_fwd / a.steps * 1e3},
                         {"backward_ms", t_bwd / a.steps * 1e3}, {"optimizer_ms", t_opt / a.steps * 1e3},
+                        {"data_ms", t_data * 1e3},
                         {"train_images_per_second", B / step}, {"train_gflops", gflops},
                         {"tta_images_per_second", eval_ips}, {"tta_views", views},
                         {"peak_device_bytes", b.peak_bytes()}};
@@ -421,9 +528,10 @@ int cmd_bench(const BenchArgs& a) {
     // the final evaluation: eval_ips counts images given every view; selective TTA gives the views
     // to a share of them and one plain pass to all. A drop_last=false epoch's smaller last step
     // is counted by its images.
-    const double est = double(images_in_run(50000, B, r.epochs, r.drop_last)) / B * step +
+    const double est = double(images_in_run(50000, B, r.epochs, r.drop_last)) / B * (step + t_data) +
                        10000.0 / eval_ips * tta_forwards_per_image(r) / views;
-    fmt::print("estimate      full run ({} steps + TTA on 10,000 images): {:.1f} s\n", total, est);
+    fmt::print("estimate      full run ({} steps with their data + TTA on 10,000 images): {:.1f} s\n",
+               total, est);
     j["full_run_estimate_seconds"] = est;
     if (b.device() == Device::cpu) {
         const CpuPeak peak = measure_cpu_peak(a.threads);
@@ -445,7 +553,7 @@ int cmd_bench(const BenchArgs& a) {
             const float* logits = ws.forward(xd.get(), true);
             b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
             ws.backward(ws.dlogits(), true);
-            opt.step(1, 1000, 1000);
+            opt.step(1, 1000, 1000, spe);
         } catch (const std::exception& e) {
             why = e.what();
         }
@@ -470,6 +578,13 @@ int cmd_bench(const BenchArgs& a) {
             j["graph_error"] = why;
         }
     }
+    if (prof) j["profile"] = profile_training_step(*prof, a.steps, [&] {
+        data_step();
+        const float* logits = ws.forward(xd.get(), true);
+        b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
+        ws.backward(ws.dlogits(), true);
+        opt.step(1, 1000, 1000, spe);
+    });
     fmt::print("peak memory   {:.0f} MiB\n", b.peak_bytes() / 1048576.0);
     if (!a.json.empty()) write_file_atomic(a.json, j.dump(2) + "\n");
     return 0;

@@ -53,6 +53,7 @@ struct BenchArgs : CommonArgs {
     int steps = 5;        // timed training steps (after 1 warm-up step)
     int eval_images = 0;  // images for the timed TTA inference (0 = one eval batch)
     std::string json;     // write the result as JSON
+    bool profile = false; // also time every op of the training step (ops/profiling_backend.h)
 };
 
 struct DescribeArgs : CommonArgs {

@@ -44,7 +44,11 @@ public:
     }
     void start() override { CUDA_CHECK(cudaEventRecord(a_, stream_)); }
     double stop_seconds() override {
-        CUDA_CHECK(cudaEventRecord(b_, stream_));
+        stop();
+        return elapsed();
+    }
+    void stop() override { CUDA_CHECK(cudaEventRecord(b_, stream_)); }
+    double elapsed() override {
         CUDA_CHECK(cudaEventSynchronize(b_));
         float ms = 0;
         CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
