@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "dist/dist_commands.h"
 #include "io/reports.h"
+#include "ops/cpu/cpu_ops.h"
 #include "ops/profiling_backend.h"
 #include <sys/resource.h>
 #include <atomic>
@@ -186,6 +187,8 @@ int cmd_train(const TrainArgs& a) {
     if (a.deterministic) {
         if (a.device != "cpu") fail("--deterministic is for --device cpu (GPU convolutions pick algorithms by speed)");
         omp_set_dynamic(0);
+        // the same data-gradient path in every process (not the faster one timed here)
+        cpu::set_conv_data_grad(cpu::ConvDataGrad::library);
     }
     if (a.sync_bn && !a.distributed) fail("--sync-bn needs --distributed");
     if (a.distributed && !a.comm) return cmd_train_distributed(a);  // comes back with comm set

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "ops/backend.h"
+#include "ops/cpu/cpu_backend.h"
 #include "ops/cpu/cpu_ops.h"
 #include "test_util.h"
 
@@ -71,8 +72,17 @@ const ConvCase kConvCases[] = {
     {{3, 8, 8, 6, 10, 1, 1, 0, 2}, "1x1 stride 2 (DAWN_net projection shortcut)"},
 };
 
-TEST(CpuOps, ConvOneDnnMatchesNaive) {
+// Every path: the data gradient as oneDNN's backward-data primitive and as a forward conv with
+// transposed, flipped weights (cpu::ConvDataGrad; where the shape allows it), and as timed.
+class ConvOneDnn : public ::testing::TestWithParam<cpu::ConvDataGrad> {
+protected:
+    void TearDown() override { cpu::set_conv_data_grad(cpu::ConvDataGrad::fastest); }
+};
+
+TEST_P(ConvOneDnn, MatchesNaive) {
     auto b = make_cpu_backend(2);
+    cpu::set_conv_data_grad(GetParam());
+    int transposed = 0;
     for (const auto& c : kConvCases) {
         SCOPED_TRACE(c.what);
         const ConvShape& s = c.s;
@@ -80,6 +90,7 @@ TEST(CpuOps, ConvOneDnnMatchesNaive) {
                      nw = size_t(s.K) * s.R * s.S * s.C;
         auto x = randn(nx, 1), w = randn(nw, 2, 0.3f), bias = randn(s.K, 3), dy = randn(ny, 4);
         auto conv = b->make_conv(s);
+        transposed += dynamic_cast<cpu::CpuConv2d&>(*conv).data_grad_transposed();
         std::vector<float> y(ny, 7.f), y_ref(ny, -7.f), dx(nx, 7.f), dx_ref(nx, -7.f), dw(nw, 7.f),
             dw_ref(nw, -7.f), db(s.K, 7.f), db_ref(s.K, -7.f);
         conv->forward(y.data(), x.data(), w.data(), bias.data());
@@ -101,7 +112,19 @@ TEST(CpuOps, ConvOneDnnMatchesNaive) {
         conv->backward_weights(dw.data(), nullptr, dy.data(), x.data());
         EXPECT_TRUE(all_close(dw, dw_ref, 1e-3, 1e-4));
     }
+    // the forced modes take the path they name wherever it applies (not to strided convs)
+    if (GetParam() == cpu::ConvDataGrad::library) EXPECT_EQ(transposed, 0);
+    if (GetParam() == cpu::ConvDataGrad::transposed) EXPECT_GE(transposed, 3);
 }
+
+INSTANTIATE_TEST_SUITE_P(CpuOps, ConvOneDnn,
+                         ::testing::Values(cpu::ConvDataGrad::fastest, cpu::ConvDataGrad::library,
+                                           cpu::ConvDataGrad::transposed),
+                         [](const auto& info) {
+                             return std::string(info.param == cpu::ConvDataGrad::fastest   ? "Fastest"
+                                                : info.param == cpu::ConvDataGrad::library ? "Library"
+                                                                                           : "Transposed");
+                         });
 
 TEST(CpuOps, ConvNaiveGradientsMatchFiniteDifferences) {
     for (const ConvShape s : {ConvShape{2, 5, 5, 3, 4, 3, 3, 1}, ConvShape{2, 7, 7, 3, 4, 3, 3, 1, 2},

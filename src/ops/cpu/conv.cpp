@@ -3,8 +3,13 @@
 // functions are the plain-loop reference that tests check oneDNN against.
 // Activations are NHWC ("nhwc" memory); weights OHWI ("ohwi"). oneDNN may prefer a blocked
 // weight layout: then the weights are reordered into a buffer held here (they are small).
+#include <chrono>
 #include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -104,7 +109,17 @@ namespace {
 using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
+
+std::mutex g_mode_mutex;
+ConvDataGrad g_mode = ConvDataGrad::fastest;
+// "fastest": the choice per shape (N, H, W, C, K, R), made once per process
+std::map<std::tuple<int, int, int, int, int, int>, bool> g_transposed_faster;
 }  // namespace
+
+void set_conv_data_grad(ConvDataGrad mode) {
+    std::lock_guard<std::mutex> lock(g_mode_mutex);
+    g_mode = mode;
+}
 
 struct CpuConv2d::Impl {
     dnnl::engine& eng;
@@ -118,6 +133,13 @@ struct CpuConv2d::Impl {
     dnnl::convolution_backward_weights bwd_w, bwd_wb;
     std::vector<float> w_fwd, w_bwd, dw_tmp;  // weights in the primitives' preferred layouts
     std::vector<uint8_t> scratch;
+    // data gradient as a forward convolution of dy (K channels in) with w_t (C, R, S, K: the
+    // weights transposed and flipped), where stride 1 and same padding make that possible
+    bool transposed = false;
+    memory::desc wt_user_md;
+    dnnl::convolution_forward::primitive_desc tfwd_pd;
+    dnnl::convolution_forward tfwd;
+    std::vector<float> w_t, w_t_prim;
 
     Impl(const ConvShape& s, dnnl::engine& e, dnnl::stream& st) : eng(e), strm(st) {
         const memory::dims x_dims = {s.N, s.C, s.H, s.W}, y_dims = {s.N, s.K, s.P(), s.Q()},
@@ -147,6 +169,18 @@ struct CpuConv2d::Impl {
                        bwd_data_pd.scratchpad_desc(), bwd_w_pd.scratchpad_desc(),
                        bwd_wb_pd.scratchpad_desc()})
             sp = std::max(sp, d.get_size());
+        const bool can_transpose = s.stride == 1 && s.R == s.S && s.R % 2 == 1 && s.pad == s.R / 2;
+        if (can_transpose) {
+            const memory::dims wt_dims = {s.C, s.K, s.R, s.S};
+            wt_user_md = memory::desc(wt_dims, dt::f32, tag::ohwi);
+            const memory::desc wt_any(wt_dims, dt::f32, tag::any);
+            const auto infer = dnnl::prop_kind::forward_inference;
+            tfwd_pd = {{infer, alg, y_md, wt_any, x_md, strides, pad, pad}, attr, eng};
+            tfwd = dnnl::convolution_forward(tfwd_pd);
+            sp = std::max(sp, tfwd_pd.scratchpad_desc().get_size());
+            w_t.resize(size_t(s.K) * s.R * s.S * s.C);
+            w_t_prim.resize(std::max(w_t.size(), tfwd_pd.weights_desc().get_size() / sizeof(float)));
+        }
         scratch.resize(sp + 64);
         const size_t wn = size_t(s.K) * s.C * s.R * s.S;
         auto wsize = [&](const memory::desc& d) { return std::max(wn, d.get_size() / sizeof(float)); };
@@ -156,6 +190,70 @@ struct CpuConv2d::Impl {
     }
 
     memory mem(const memory::desc& d, const void* p) { return memory(d, eng, const_cast<void*>(p)); }
+
+    // dx = the forward convolution of dy with w transposed and flipped:
+    // w_t[c][r][t][k] = w[k][R-1-r][S-1-t][c] (OHWI both).
+    void backward_data_transposed(float* dx, const float* dy, const float* w, const ConvShape& s) {
+        const int R = s.R, S = s.S, C = s.C, K = s.K;
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int c = 0; c < C; ++c)
+            for (int r = 0; r < R; ++r)
+                for (int t = 0; t < S; ++t) {
+                    float* dst = w_t.data() + ((size_t(c) * R + r) * S + t) * K;
+                    for (int k = 0; k < K; ++k)
+                        dst[k] = w[((size_t(k) * R + (R - 1 - r)) * S + (S - 1 - t)) * C + c];
+                }
+        memory user = mem(wt_user_md, w_t.data());
+        memory wm = user;
+        if (!(tfwd_pd.weights_desc() == wt_user_md)) {
+            wm = mem(tfwd_pd.weights_desc(), w_t_prim.data());
+            reorder_for(wt_user_md, tfwd_pd.weights_desc(), "tfwd").execute(strm, user, wm);
+        }
+        tfwd.execute(strm, {{DNNL_ARG_SRC, mem(y_md, dy)}, {DNNL_ARG_WEIGHTS, wm},
+                            {DNNL_ARG_DST, mem(x_md, dx)},
+                            {DNNL_ARG_SCRATCHPAD, mem(tfwd_pd.scratchpad_desc(), scratch.data())}});
+        strm.wait();
+    }
+    void backward_data_library(float* dx, const float* dy, const float* w) {
+        memory wm = weights_for(bwd_data_pd.weights_desc(), w, w_bwd, "bwd_data");
+        bwd_data.execute(strm, {{DNNL_ARG_DIFF_SRC, mem(x_md, dx)},
+                                {DNNL_ARG_WEIGHTS, wm},
+                                {DNNL_ARG_DIFF_DST, mem(y_md, dy)},
+                                {DNNL_ARG_SCRATCHPAD, mem(bwd_data_pd.scratchpad_desc(), scratch.data())}});
+        strm.wait();
+    }
+
+    // Which way this conv computes dx (ConvDataGrad); "fastest" times both on scratch buffers
+    // (one untimed call each, then the better of two) the first time a shape is seen.
+    void choose_data_grad(const ConvShape& s) {
+        if (tfwd_pd.get(true) == nullptr) return;  // not a stride-1 same-padded conv
+        std::lock_guard<std::mutex> lock(g_mode_mutex);
+        if (g_mode != ConvDataGrad::fastest) {
+            transposed = g_mode == ConvDataGrad::transposed;
+            return;
+        }
+        const auto key = std::make_tuple(s.N, s.H, s.W, s.C, s.K, s.R);
+        if (auto it = g_transposed_faster.find(key); it != g_transposed_faster.end()) {
+            transposed = it->second;
+            return;
+        }
+        std::vector<float> dx(size_t(s.N) * s.H * s.W * s.C), dy(size_t(s.N) * s.H * s.W * s.K, 0.01f),
+            w(size_t(s.K) * s.R * s.S * s.C, 0.01f);
+        auto best_of_two = [](const std::function<void()>& f) {
+            f();
+            double best = 1e30;
+            for (int i = 0; i < 2; ++i) {
+                const auto t0 = std::chrono::steady_clock::now();
+                f();
+                best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+            }
+            return best;
+        };
+        const double lib = best_of_two([&] { backward_data_library(dx.data(), dy.data(), w.data()); });
+        const double tr = best_of_two([&] { backward_data_transposed(dx.data(), dy.data(), w.data(), s); });
+        transposed = tr < lib;
+        g_transposed_faster[key] = transposed;
+    }
 
     // Reorders between the user (OHWI) weights and a primitive's preferred layout, made once.
     std::unordered_map<std::string, dnnl::reorder> reorders;
@@ -176,7 +274,9 @@ struct CpuConv2d::Impl {
 };
 
 CpuConv2d::CpuConv2d(const ConvShape& s, dnnl::engine& eng, dnnl::stream& strm)
-    : Conv2d(s), impl_(std::make_unique<Impl>(s, eng, strm)) {}
+    : Conv2d(s), impl_(std::make_unique<Impl>(s, eng, strm)) {
+    impl_->choose_data_grad(s);
+}
 CpuConv2d::~CpuConv2d() = default;
 
 void CpuConv2d::forward(float* y, const float* x, const float* w, const float* bias) {
@@ -192,14 +292,13 @@ void CpuConv2d::forward(float* y, const float* x, const float* w, const float* b
 }
 
 void CpuConv2d::backward_data(float* dx, const float* dy, const float* w) {
-    Impl& m = *impl_;
-    memory wm = m.weights_for(m.bwd_data_pd.weights_desc(), w, m.w_bwd, "bwd_data");
-    m.bwd_data.execute(m.strm, {{DNNL_ARG_DIFF_SRC, m.mem(m.x_md, dx)},
-                                {DNNL_ARG_WEIGHTS, wm},
-                                {DNNL_ARG_DIFF_DST, m.mem(m.y_md, dy)},
-                                {DNNL_ARG_SCRATCHPAD, m.mem(m.bwd_data_pd.scratchpad_desc(), m.scratch.data())}});
-    m.strm.wait();
+    if (impl_->transposed)
+        impl_->backward_data_transposed(dx, dy, w, shape);
+    else
+        impl_->backward_data_library(dx, dy, w);
 }
+
+bool CpuConv2d::data_grad_transposed() const { return impl_->transposed; }
 
 void CpuConv2d::backward_weights(float* dw, float* db, const float* dy, const float* x) {
     Impl& m = *impl_;

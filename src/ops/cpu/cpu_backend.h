@@ -20,6 +20,8 @@ public:
     void forward(float* y, const float* x, const float* w, const float* bias) override;
     void backward_data(float* dx, const float* dy, const float* w) override;
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override;
+    // true when dx is computed as a forward convolution (cpu_ops.h, ConvDataGrad)
+    bool data_grad_transposed() const;
 
 private:
     struct Impl;

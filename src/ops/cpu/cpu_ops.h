@@ -22,6 +22,16 @@ void conv2d_backward_data_naive(float* dx, const float* dy, const float* w, cons
 void conv2d_backward_weights_naive(float* dw, float* db, const float* dy, const float* x,
                                    const ConvShape& s);
 
+// How CpuConv2d computes the data gradient where a same-padded stride-1 convolution allows both:
+// oneDNN's backward-data primitive ("library"), or a forward convolution of dy with the weights
+// transposed (K <-> C) and flipped ("transposed": the same sums, often faster in oneDNN 2.6; see
+// docs/results.md). "fastest" (the default) times both once per shape and process on scratch
+// buffers when a conv is made and keeps the faster; every conv of that shape in the process then
+// computes the same way. "library" is what --deterministic uses (the same path in every
+// process, so a resumed run stays bit-identical). Applies to convs made after the call.
+enum class ConvDataGrad { fastest, library, transposed };
+void set_conv_data_grad(ConvDataGrad mode);
+
 // ---- batch norm -----------------------------------------------------------------------------
 void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
                       float* running_var, const float* x, const float* gamma, const float* beta,
