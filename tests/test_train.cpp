@@ -183,7 +183,11 @@ TEST(Train, SelectiveTtaBetweenPlainAndFull) {
     o.progress = false;
     o.quiet = true;
     o.eval_each_epoch = false;
-    auto accuracies = [&](double select) {
+    struct Eval {
+        double plain_acc, tta_acc;
+        std::vector<float> plain, tta;  // logits (600, 10)
+    };
+    auto evaluate = [&](double select) {
         Recipe r = load_recipe("hiverge", "");
         r.net.widths = {8, 16, 16};
         r.batch_size = 256;
@@ -192,16 +196,37 @@ TEST(Train, SelectiveTtaBetweenPlainAndFull) {
         r.tta_select = select;
         Trainer t(*b, r, data, o);
         t.run(3);
-        return std::pair{t.evaluate(0), t.evaluate(2)};
+        Eval e;
+        e.plain_acc = t.evaluate(0);
+        e.plain = t.last_logits();
+        e.tta_acc = t.evaluate(2);
+        e.tta = t.last_logits();
+        return e;
     };
-    const auto [plain_all, full] = accuracies(1.0);
-    const auto [plain_none, none] = accuracies(1e-9);  // selects int(600 * 1e-9) = 0 images
-    const auto [plain_half, half] = accuracies(0.5);
-    EXPECT_EQ(plain_all, plain_none);
-    EXPECT_EQ(plain_all, plain_half);
-    EXPECT_EQ(none, plain_none);
-    EXPECT_NE(full, plain_all) << "the TTA views should change some prediction";
-    std::printf("[ result ] plain %.4f, selective(0.5) %.4f, full TTA %.4f\n", plain_all, half, full);
+    const Eval all = evaluate(1.0), none = evaluate(1e-9), half = evaluate(0.5);  // 1e-9: int(600 1e-9) = 0
+    // the same weights each time (same seed), so the same plain logits
+    EXPECT_EQ(all.plain, none.plain);
+    EXPECT_EQ(all.plain, half.plain);
+    EXPECT_EQ(none.tta, none.plain);  // nothing selected: the plain logits
+    // an image's logits are its plain ones or its full-TTA ones; selection 0.5 replaces exactly
+    // 300 rows, and TTA moves some prediction (accuracies alone could tie)
+    auto argmax = [](const std::vector<float>& z, int i) {
+        return int(std::max_element(z.begin() + 10 * i, z.begin() + 10 * i + 10) - (z.begin() + 10 * i));
+    };
+    int replaced = 0, moved = 0;
+    for (int i = 0; i < 600; ++i) {
+        const auto row = [&](const std::vector<float>& z) {
+            return std::vector<float>(z.begin() + 10 * i, z.begin() + 10 * i + 10);
+        };
+        const bool is_plain = row(half.tta) == row(all.plain), is_tta = row(half.tta) == row(all.tta);
+        EXPECT_TRUE(is_plain || is_tta) << "image " << i;
+        replaced += !is_plain;
+        moved += argmax(all.tta, i) != argmax(all.plain, i);
+    }
+    EXPECT_EQ(replaced, 300);
+    EXPECT_GT(moved, 0) << "the TTA views should change some prediction";
+    std::printf("[ result ] plain %.4f, selective(0.5) %.4f, full TTA %.4f; TTA moved %d of 600 predictions\n",
+                all.plain_acc, half.tta_acc, all.tta_acc, moved);
 }
 
 TEST(Train, BatchLargerThanTheSetIsAClearError) {

@@ -68,6 +68,8 @@ public:
     RunResult run(uint64_t seed, bool warmup = false, const Checkpoint* resume = nullptr);
     // Test accuracy of the current weights with TTA level 0, 1 or 2.
     double evaluate(int tta_level);
+    // The logits of the last evaluate(), (n_test, classes) row-major on the host.
+    const std::vector<float>& last_logits() const { return host_logits_; }
     Network& network() { return net_; }
     int n_train() const { return n_train_; }
     int n_test() const { return n_test_; }
