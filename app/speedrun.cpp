@@ -59,6 +59,9 @@ int main(int argc, char** argv) {
     train->add_flag("--deterministic", ta.deterministic, "CPU: no dynamic threading, so a resumed run is bit-identical");
     train->add_option("--stop-after-step", ta.stop_after_step, "Stop after N steps as if interrupted (saves the checkpoint)");
     train->add_option("--warmup", ta.warmup, "Untimed warm-up runs (default: 1 on a GPU, 0 on the CPU)");
+    train->add_flag("--no-graphs", ta.no_graphs,
+                    "Launch every op directly instead of replaying each epoch's recorded steps "
+                    "(CUDA graphs, made by the first run)");
 
     sr::BenchArgs ba;
     auto* bench = app.add_subcommand("bench", "Time training steps and TTA inference; GFLOP/s and share of peak");

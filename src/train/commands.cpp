@@ -210,6 +210,7 @@ int cmd_train(const TrainArgs& a) {
     o.checkpoint_path = a.checkpoint.empty() ? a.resume : a.checkpoint;
     o.checkpoint_every = a.checkpoint_every;
     o.stop_after_step = a.stop_after_step;
+    o.record_epochs = !a.no_graphs;
     o.interrupt = &g_interrupt;
     std::signal(SIGINT, on_signal);  // finish the step, save, exit non-zero
     std::signal(SIGTERM, on_signal);
@@ -261,6 +262,10 @@ int cmd_train(const TrainArgs& a) {
                "device {:.0f} MiB, host RSS {:.0f} MiB;  eval per epoch {:.2f} s (untimed)\n",
                t.mean, t.std, t.min, t.max, backend->peak_bytes() / 1048576.0, rss_mib,
                eval_n ? eval_s / eval_n : 0.0);
+    if (!results.empty() && results.back().replayed_epochs > 0)
+        fmt::print("         the last run replayed {} of its {} epochs as recorded steps (CUDA graphs; "
+                   "--no-graphs launches every op)\n",
+                   results.back().replayed_epochs, results.back().epochs.size());
     if (!a.dawnbench.empty()) {
         write_file_atomic(a.dawnbench, dawnbench_tsv(results.front()));
         fmt::print("DAWNBench log written to {}\n", a.dawnbench);
@@ -283,7 +288,7 @@ int cmd_train(const TrainArgs& a) {
                             {"test_accuracy_tta", rr.test_accuracy_tta},
                             {"train_seconds", rr.train_seconds}, {"step_seconds", rr.step_seconds},
                             {"images_per_second", rr.images_per_second}, {"steps", rr.steps},
-                            {"epochs", epochs}});
+                            {"replayed_epochs", rr.replayed_epochs}, {"epochs", epochs}});
         }
         nlohmann::json j = {
             {"preset", r.name}, {"device", backend->name()}, {"data", data.source},

@@ -33,6 +33,7 @@ struct TrainArgs : CommonArgs {
     std::string dawnbench;  // DAWNBench logs.tsv of the first run
     bool no_epoch_eval = false;
     int warmup = -1;  // -1: one warm-up run on the GPU, none on the CPU
+    bool no_graphs = false;  // TrainOptions::record_epochs off
     std::string checkpoint;   // safetensors file written at the end (and every N steps)
     int checkpoint_every = 0; // steps between checkpoints (0: only at the end)
     std::string resume;       // continue the run saved in this checkpoint

@@ -395,7 +395,24 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
 
         int steps_here = skip;
         double epoch_time = 0;
-        for (int s = skip; s < spe && step < total; ++s) {
+        // Saves and stops (interrupt or stop_after_step), or saves a periodic checkpoint.
+        auto stop_or_save = [&] {
+            const bool stop = (o_.interrupt && o_.interrupt->load()) ||
+                              (o_.stop_after_step >= 0 && step >= o_.stop_after_step);
+            if (stop || (o_.checkpoint_every > 0 && step % o_.checkpoint_every == 0 && step < total)) {
+                epoch_time += timer->stop_seconds();
+                save(step, epoch, steps_here, rng0, timed + epoch_time);
+                if (stop) {
+                    throw Interrupted(o_.checkpoint_path.empty()
+                        ? fmt::format("stopped after step {} of {} (no --checkpoint: nothing saved)", step, total)
+                        : fmt::format("stopped after step {} of {}; resume with --resume {}", step, total,
+                                      o_.checkpoint_path));
+                }
+                timer->start();
+            }
+        };
+        // Training step s of this epoch: device work only (no host reads), so it can be recorded.
+        auto train_step = [&](int s) {
             const size_t at = size_t(s) * B + size_t(first);  // this rank's slice
             // the epoch's last, smaller batch (opt.drop_last false; one process: Bl == B)
             Workspace& ws = (ws_tail_ && s == spe - 1) ? *ws_tail_ : *ws_train_;
@@ -438,22 +455,57 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                                                    r_.lookahead_power));
                 if (step == total) opt_.lookahead(1.0);  // the weights become the EMA
             }
+        };
+        // The epoch's steps recorded once (a CUDA graph; the first run of this trainer records,
+        // later runs of the same recipe replay) where nothing between steps needs the host: no
+        // data-parallel exchange, no periodic checkpoint or planned stop, no resumed mid-epoch
+        // start. A recording holds each step's scalars (lr, whether the whitening bias trains,
+        // lookahead events), which depend only on the step, and the buffers' addresses, which
+        // stay; what changes between runs is the buffers' contents (weights, the epoch's order
+        // and augmentation, uploaded above).
+        const int n_steps = std::max(0, std::min(spe - skip, total - step));
+        // (not before one step has run directly: ops that set themselves up on first use, e.g.
+        // a library's workspace, must not do so while recorded)
+        const bool recordable = o_.record_epochs && !graphs_off_ && stepped_ && !dp_ &&
+                                o_.checkpoint_every == 0 && o_.stop_after_step < 0 && skip == 0 &&
+                                n_steps > 0;
+        Recording* graph = recordable && size_t(epoch) < graphs_.size() ? graphs_[epoch].get() : nullptr;
+        if (recordable && !graph && b_.begin_recording()) {
+            const int step0 = step;
+            std::string why;
+            try {
+                for (int s = skip; s < spe && step < total; ++s) train_step(s);
+            } catch (const std::exception& e) {
+                why = e.what();
+            }
+            auto rec = b_.end_recording(why.empty() ? &why : nullptr);
+            step = step0;  // recorded, not run
+            steps_here = skip;
+            if (why.empty() && rec) {
+                if (graphs_.size() <= size_t(epoch)) graphs_.resize(size_t(epoch) + 1);
+                graphs_[epoch] = std::move(rec);
+                graph = graphs_[epoch].get();
+            } else {
+                graphs_off_ = true;  // run every op directly from now on
+                if (!o_.quiet && root)
+                    fmt::print(stderr, "note: recording epoch {} failed ({}); running its steps "
+                               "directly\n", epoch, why);
+            }
+        }
+        if (graph) {
+            graph->replay();
+            step += n_steps;
+            steps_here += n_steps;
+            ++res.replayed_epochs;
+            stop_or_save();  // (only an interrupt can stop here: at the epoch's end)
+        }
+        for (int s = steps_here; !graph && s < spe && step < total; ++s) {
+            train_step(s);
+            stepped_ = true;
             // NaN guard: on the CPU every step (reading the loss is free there); on a GPU at the
             // end of the epoch, to keep the device free of host round trips
             if (b_.device() == Device::cpu) check_finite(step, epoch);
-            const bool stop = (o_.interrupt && o_.interrupt->load()) ||
-                              (o_.stop_after_step >= 0 && step >= o_.stop_after_step);
-            if (stop || (o_.checkpoint_every > 0 && step % o_.checkpoint_every == 0 && step < total)) {
-                epoch_time += timer->stop_seconds();
-                save(step, epoch, steps_here, rng0, timed + epoch_time);
-                if (stop) {
-                    throw Interrupted(o_.checkpoint_path.empty()
-                        ? fmt::format("stopped after step {} of {} (no --checkpoint: nothing saved)", step, total)
-                        : fmt::format("stopped after step {} of {}; resume with --resume {}", step, total,
-                                      o_.checkpoint_path));
-                }
-                timer->start();
-            }
+            stop_or_save();
             if (bar && b_.device() == Device::cpu) {
                 float st[2];
                 b_.download(st, stats_.get(), sizeof st);
@@ -523,6 +575,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         log_->write({{"event", "run"}, {"seed", seed}, {"test_accuracy", res.test_accuracy},
                     {"test_accuracy_tta", res.test_accuracy_tta}, {"train_seconds", timed},
                     {"step_seconds", res.step_seconds}, {"images_per_second", res.images_per_second},
+                    {"replayed_epochs", res.replayed_epochs},
                     {"steps", total}});
     return res;
 }

@@ -35,6 +35,10 @@ struct TrainOptions {
     std::string checkpoint_path;
     int checkpoint_every = 0;
     int stop_after_step = -1;   // stop (as if interrupted) after this many steps; -1 = never
+    // Each epoch's training steps recorded once and replayed (CUDA graphs) where the backend can
+    // record and nothing between steps needs the host (see Trainer::run); false: every op is
+    // launched directly. Backends that cannot record (the CPU) run directly either way.
+    bool record_epochs = true;
     const std::atomic<bool>* interrupt = nullptr;  // set by SIGINT/SIGTERM: save and stop
 };
 
@@ -57,6 +61,7 @@ struct RunResult {
     double step_seconds = 0;   // the training steps alone
     double images_per_second = 0;  // trained images / step_seconds
     int steps = 0;
+    int replayed_epochs = 0;   // epochs whose steps ran as a replayed recording
     std::vector<EpochStats> epochs;
 };
 
@@ -101,6 +106,11 @@ private:
     DeviceBuffer<float> hold_;       // the training weights while the EMA is evaluated
     std::vector<float> host_logits_;
     std::unique_ptr<JsonlLog> log_;
+    // epoch e's recorded steps (TrainOptions::record_epochs), made by the first run that trains
+    // epoch e from its start and replayed by later runs; graphs_off_ after a failed recording
+    std::vector<std::unique_ptr<Recording>> graphs_;
+    bool graphs_off_ = false;
+    bool stepped_ = false;  // a training step has run directly (so none is recorded before)
 };
 
 }  // namespace sr
