@@ -45,6 +45,7 @@ std::unique_ptr<Recording> RecordingBackend::end_recording(std::string* why) {
         return nullptr;
     }
     recording_ = false;
+    ++recordings_;
     return std::make_unique<HostRecording>(std::move(calls_), replays_);
 }
 

@@ -27,7 +27,9 @@ public:
     bool begin_recording() override;
     std::unique_ptr<Recording> end_recording(std::string* why) override;
     bool recording() const { return recording_; }
-    // Replays of recordings made here, so far (a test can tell a replay from a direct run).
+    // Recordings made here and replays of them, so far (a test can tell a replay from a direct
+    // run, and see when the recording happened).
+    long recordings() const { return recordings_; }
     long replays() const { return *replays_; }
 
     void upload(void* dst, const void* src_host, size_t bytes) override;
@@ -39,6 +41,7 @@ public:
 private:
     void refuse_while_recording(const char* what) const;
     bool recording_ = false;
+    long recordings_ = 0;
     std::vector<std::function<void()>> calls_;
     std::shared_ptr<long> replays_ = std::make_shared<long>(0);
 };

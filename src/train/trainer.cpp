@@ -464,14 +464,16 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         // stay; what changes between runs is the buffers' contents (weights, the epoch's order
         // and augmentation, uploaded above).
         const int n_steps = std::max(0, std::min(spe - skip, total - step));
-        // (not before one step has run directly: ops that set themselves up on first use, e.g.
-        // a library's workspace, must not do so while recorded)
-        const bool recordable = o_.record_epochs && !graphs_off_ && stepped_ && !dp_ &&
-                                o_.checkpoint_every == 0 && o_.stop_after_step < 0 && skip == 0 &&
-                                n_steps > 0;
-        Recording* graph = recordable && size_t(epoch) < graphs_.size() ? graphs_[epoch].get() : nullptr;
-        if (recordable && !graph && b_.begin_recording()) {
-            const int step0 = step;
+        const bool recordable = o_.record_epochs && !graphs_off_ && !dp_ && o_.checkpoint_every == 0 &&
+                                o_.stop_after_step < 0 && skip == 0 && n_steps > 0;
+        // Records this epoch's steps, from its first (recorded, not run: the step counters are
+        // put back); false, and no more recording, when that fails.
+        const int step_first = step;
+        auto record_epoch = [&]() -> bool {
+            if (!b_.begin_recording()) return false;
+            const int step_now = step, here_now = steps_here;
+            step = step_first;
+            steps_here = skip;
             std::string why;
             try {
                 for (int s = skip; s < spe && step < total; ++s) train_step(s);
@@ -479,19 +481,23 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                 why = e.what();
             }
             auto rec = b_.end_recording(why.empty() ? &why : nullptr);
-            step = step0;  // recorded, not run
-            steps_here = skip;
-            if (why.empty() && rec) {
-                if (graphs_.size() <= size_t(epoch)) graphs_.resize(size_t(epoch) + 1);
-                graphs_[epoch] = std::move(rec);
-                graph = graphs_[epoch].get();
-            } else {
+            step = step_now;
+            steps_here = here_now;
+            if (!why.empty() || !rec) {
                 graphs_off_ = true;  // run every op directly from now on
                 if (!o_.quiet && root)
-                    fmt::print(stderr, "note: recording epoch {} failed ({}); running its steps "
+                    fmt::print(stderr, "note: recording epoch {} failed ({}); its steps run "
                                "directly\n", epoch, why);
+                return false;
             }
-        }
+            if (graphs_.size() <= size_t(epoch)) graphs_.resize(size_t(epoch) + 1);
+            graphs_[epoch] = std::move(rec);
+            return true;
+        };
+        Recording* graph = recordable && size_t(epoch) < graphs_.size() ? graphs_[epoch].get() : nullptr;
+        // (nothing is recorded before one step has run directly: ops that set themselves up on
+        // first use, e.g. a library's workspace, must not do so while recorded)
+        if (recordable && !graph && stepped_ && record_epoch()) graph = graphs_[epoch].get();
         if (graph) {
             graph->replay();
             step += n_steps;
@@ -499,7 +505,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             ++res.replayed_epochs;
             stop_or_save();  // (only an interrupt can stop here: at the epoch's end)
         }
-        for (int s = steps_here; !graph && s < spe && step < total; ++s) {
+        const bool direct = !graph;
+        for (int s = steps_here; direct && s < spe && step < total; ++s) {
             train_step(s);
             stepped_ = true;
             // NaN guard: on the CPU every step (reading the loss is free there); on a GPU at the
@@ -514,6 +521,10 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                              seconds_since(te));  // (this rank's stats: its share of the images)
             }
         }
+        // an epoch that ran directly because nothing had run before (a trainer's first epoch) is
+        // recorded now, so that the next run (after a warm-up: the timed one) replays it too
+        if (direct && recordable && !graphs_off_ && (size_t(epoch) >= graphs_.size() || !graphs_[epoch]))
+            record_epoch();
         if (dp_) dp_->allreduce(stats_.get(), 2);  // loss and correct count of the global batches
         const double epoch_s = epoch_time + timer->stop_seconds();
         check_finite(step, epoch);
