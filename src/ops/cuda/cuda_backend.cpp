@@ -108,6 +108,7 @@ public:
         cudaSetDevice(device_);
         cudaStreamSynchronize(stream_);
         if (scratch_) cudaFree(scratch_);
+        for (void* p : retired_) cudaFree(p);
         // Memory the caller never released (DeviceBuffers outliving the backend would be a bug
         // in the caller; free what is left so the device is clean).
         for (auto& [p, bytes] : sizes_) cudaFree(p);
@@ -140,21 +141,34 @@ public:
         return p;
     }
 
+    // Called from ~DeviceBuffer (noexcept): reports errors instead of throwing, and frees the
+    // block either way. An error here is usually an earlier kernel's fault (sticky): rerun with
+    // CUDA_LAUNCH_BLOCKING=1 to see which op.
     void release(void* p) override {
         if (!p) return;
+        const cudaError_t e = cudaStreamSynchronize(stream_);  // queued work may still use p
+        if (e != cudaSuccess)
+            std::fprintf(stderr, "speedrun: cuda: release: waiting for the stream failed: %s\n",
+                         cudaGetErrorString(e));
         auto it = sizes_.find(p);
-        SR_CHECK(it != sizes_.end());
-        current_ -= it->second;
-        sizes_.erase(it);
-        CUDA_CHECK(cudaStreamSynchronize(stream_));  // queued work may still use p
-        CUDA_CHECK(cudaFree(p));
+        if (it != sizes_.end()) {
+            current_ -= it->second;
+            sizes_.erase(it);
+        } else {
+            std::fprintf(stderr, "speedrun: cuda: release of %p, which this backend did not "
+                         "allocate\n", p);
+        }
+        const cudaError_t f = cudaFree(p);
+        if (f != cudaSuccess)
+            std::fprintf(stderr, "speedrun: cuda: cudaFree failed: %s\n", cudaGetErrorString(f));
     }
 
-    // Host memory here is pageable: cudaMemcpyAsync stages it before returning, so src_host may
-    // be reused as soon as upload returns.
+    // Waits until the copy is done, so src_host may be reused or freed at once, pinned or not
+    // (uploads happen outside the training steps: the wait costs nothing that matters).
     void upload(void* dst, const void* src_host, size_t bytes) override {
         if (bytes == 0) return;
         CUDA_CHECK(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, stream_));
+        CUDA_CHECK(cudaStreamSynchronize(stream_));
     }
 
     void download(void* dst_host, const void* src, size_t bytes) override {
@@ -173,8 +187,15 @@ public:
     size_t peak_bytes() const override { return peak_; }
     // Stream capture in thread-local mode: a call that cannot be captured (a synchronisation, an
     // allocation) fails in this thread and invalidates the capture, which end_recording reports.
+    // false (the caller runs the ops directly) where capture cannot start.
     bool begin_recording() override {
-        CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+        const cudaError_t e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
+        if (e != cudaSuccess) {
+            std::fprintf(stderr, "speedrun: cuda: stream capture could not start: %s\n",
+                         cudaGetErrorString(e));
+            cudaGetLastError();
+            return false;
+        }
         return true;
     }
     std::unique_ptr<Recording> end_recording(std::string* why) override {
@@ -383,14 +404,16 @@ public:
 private:
     // The shared scratch buffer, grown to at least bytes. Not counted in peak_bytes (which the
     // contract defines as memory from alloc()); it is about the size of one activation's
-    // per-channel partial sums.
+    // per-channel partial sums. A smaller one it replaces is kept until the backend goes
+    // (retired_), not freed: queued work or a recording (CUDA graph) may still use its address.
+    // Growing cannot happen while recording (cudaMalloc invalidates a capture); the trainer
+    // records only after a step has run directly, which grows it to what the steps need.
     void* scratch(size_t bytes) {
         if (bytes > scratch_bytes_) {
-            CUDA_CHECK(cudaStreamSynchronize(stream_));  // queued work may still use the old one
-            if (scratch_) CUDA_CHECK(cudaFree(scratch_));
-            scratch_ = nullptr;
-            scratch_bytes_ = 0;
-            CUDA_CHECK(cudaMalloc(&scratch_, bytes));
+            void* p = nullptr;
+            CUDA_CHECK(cudaMalloc(&p, bytes));
+            if (scratch_) retired_.push_back(scratch_);
+            scratch_ = p;
             scratch_bytes_ = bytes;
         }
         return scratch_;
@@ -405,6 +428,7 @@ private:
     size_t current_ = 0, peak_ = 0;
     void* scratch_ = nullptr;
     size_t scratch_bytes_ = 0;
+    std::vector<void*> retired_;  // scratch buffers replaced by larger ones
 };
 
 }  // namespace

@@ -19,6 +19,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
 
 #include <cudnn.h>
 
@@ -31,6 +35,11 @@ namespace {
 constexpr size_t kWorkspaceLimit = size_t(512) << 20;  // per algorithm, bytes
 constexpr cudnnDataType_t kDtype = CUDNN_DATA_FLOAT;     // storage and compute type (fp32 now)
 constexpr cudnnMathType_t kMathType = CUDNN_TENSOR_OP_MATH;  // TF32 allowed, no fp16 conversion
+
+std::string describe(const ConvShape& s) {
+    return fmt::format("conv {}x{} stride {} {}->{} at {}x{} N{}", s.R, s.S, s.stride, s.C, s.K,
+                       s.H, s.W, s.N);
+}
 }  // namespace
 
 // ---- context -------------------------------------------------------------------------------
@@ -39,24 +48,28 @@ class CudnnContext {
 public:
     explicit CudnnContext(cudaStream_t st) : stream(st) {
         CUDNN_CHECK(cudnnCreate(&handle));
-        CUDNN_CHECK(cudnnSetStream(handle, st));
+        const cudnnStatus_t e = cudnnSetStream(handle, st);
+        if (e != CUDNN_STATUS_SUCCESS) {
+            cudnnDestroy(handle);  // (the destructor does not run for a half-built object)
+            CUDNN_CHECK(e);
+        }
     }
     ~CudnnContext() {
         if (workspace) cudaFree(workspace);
+        for (void* p : retired) cudaFree(p);
         if (handle) cudnnDestroy(handle);
     }
     CudnnContext(const CudnnContext&) = delete;
     CudnnContext& operator=(const CudnnContext&) = delete;
 
-    // Grows the shared workspace to at least bytes (waits for the stream before freeing the old
-    // one, since queued work may still use it).
+    // Grows the shared workspace to at least bytes. The smaller one it replaces is kept until
+    // the context goes, not freed: queued work or a recording (CUDA graph) may still use it.
     void reserve(size_t bytes) {
         if (bytes <= workspace_bytes) return;
-        CUDA_CHECK(cudaStreamSynchronize(stream));
-        if (workspace) CUDA_CHECK(cudaFree(workspace));
-        workspace = nullptr;
-        workspace_bytes = 0;
-        CUDA_CHECK(cudaMalloc(&workspace, bytes));
+        void* p = nullptr;
+        CUDA_CHECK(cudaMalloc(&p, bytes));
+        if (workspace) retired.push_back(workspace);
+        workspace = p;
         workspace_bytes = bytes;
     }
 
@@ -64,6 +77,7 @@ public:
     cudnnHandle_t handle = nullptr;
     void* workspace = nullptr;
     size_t workspace_bytes = 0;
+    std::vector<void*> retired;
 };
 
 void CudnnContextDeleter::operator()(CudnnContext* c) const { delete c; }
@@ -232,8 +246,19 @@ private:
             if ((i = pick(wp, n)) < 0) return false;
             bwd_filter_algo_ = wp[i].algo;
             CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d, wp[i].mathType));
-        } catch (const std::exception&) {
-            cudaGetLastError();  // clear a sticky allocation error, if that is what failed
+        } catch (const std::exception& e) {
+            // Out of memory for the trial buffers is not sticky: fall back to the heuristics,
+            // saying why. A sticky error (an earlier kernel's fault) would fail every later call,
+            // so it is reported here, where it shows.
+            const cudaError_t last = cudaGetLastError();
+            if (cudaStreamSynchronize(ctx_.stream) != cudaSuccess)
+                fail_at("cuDNN", "cudnnFind*AlgorithmEx", __FILE__, __LINE__,
+                        fmt::format("timing the algorithms for {} failed and the device is in an "
+                                    "error state: {}", describe(shape), e.what()).c_str());
+            std::fprintf(stderr, "speedrun: cuDNN: timing the algorithms for %s failed (%s%s%s); "
+                         "using cuDNN's heuristics\n", describe(shape).c_str(), e.what(),
+                         last != cudaSuccess ? "; " : "",
+                         last != cudaSuccess ? cudaGetErrorString(last) : "");
             return false;
         }
         return true;
