@@ -112,6 +112,15 @@ public:
                          [=] { b->bn_backward(dx, dg, db, y, x, mean, istd, g, M, C); }});
         cases.push_back({"bn eval fwd " + shape, layer, 0, 2 * kF * n,
                          [=] { b->bn_forward_eval(y, x, rm, rv, g, bb, M, C, 1e-12f); }});
+        // fused with the GELU after it, as the airbench family runs it
+        cases.push_back({"bn+gelu train fwd " + shape, layer, 0, 3 * kF * n, [=] {
+                             b->bn_act_forward_train(y, mean, istd, rm, rv, x, g, bb, M, C, 1e-12f,
+                                                     0.4f, ActKind::gelu, 0.f);
+                         }});
+        cases.push_back({"bn+gelu bwd " + shape, layer, 0, 5 * kF * n, [=] {
+                             b->bn_act_backward(dx, dg, db, y, x, mean, istd, g, bb, M, C,
+                                                ActKind::gelu, 0.f);
+                         }});
     }
     void act(const char* name, size_t n, const std::string& layer) {
         float *x = m_.f(n), *y = m_.f(n), *dx = m_.f(n);

@@ -447,6 +447,39 @@ void Workspace::bn_layer_backward(float* dx, float* dgamma, float* dbeta, const 
     if (scale) grad_ready(dgamma, size_t(C));
 }
 
+void Workspace::bn_act_layer_forward(bool train, float* z, float* y, float* mean, float* invstd,
+                                     float* running_mean, float* running_var, const float* x,
+                                     const float* gamma, const float* beta, int M, int C) {
+    const NetConfig& c = net_.config();
+    if (!bn_fused()) {
+        bn_layer_forward(train, y, mean, invstd, running_mean, running_var, x, gamma, beta, M, C);
+        act_forward(z, y, size_t(M) * C);
+    } else if (train) {
+        b_.bn_act_forward_train(z, mean, invstd, running_mean, running_var, x, gamma, beta, M, C,
+                                c.bn_eps, c.bn_momentum, c.act, c.celu_alpha);
+    } else {
+        b_.bn_act_forward_eval(z, x, running_mean, running_var, gamma, beta, M, C, c.bn_eps, c.act,
+                               c.celu_alpha);
+    }
+}
+
+void Workspace::bn_act_layer_backward(float* dx, float* dgamma, float* dbeta, const float* dz,
+                                      float* dy_scratch, const float* x, const float* y,
+                                      const float* mean, const float* invstd, const float* gamma,
+                                      const float* beta, int M, int C) {
+    const NetConfig& c = net_.config();
+    if (!bn_fused()) {
+        act_backward(dy_scratch, dz, y, size_t(M) * C);
+        bn_layer_backward(dx, dgamma, dbeta, dy_scratch, x, mean, invstd, gamma, M, C);
+        return;
+    }
+    const bool scale = c.bn_train_scale;
+    b_.bn_act_backward(dx, scale ? dgamma : nullptr, dbeta, dz, x, mean, invstd, gamma, beta, M, C,
+                       c.act, c.celu_alpha);
+    grad_ready(dbeta, size_t(C));
+    if (scale) grad_ready(dgamma, size_t(C));
+}
+
 void Workspace::act_forward(float* y, const float* x, size_t n) {
     switch (net_.config().act) {
         case Activation::gelu: b_.gelu_forward(y, x, n); break;
@@ -479,13 +512,13 @@ const float* Workspace::forward(const float* x, bool train) {
         const int M = N_ * G.Hp * G.Hp;
         G.conv1->forward(G.c1.get(), in, P.conv_w[gi][0], nullptr);
         b_.maxpool_forward(G.p.get(), G.arg.get(), G.c1.get(), N_, G.H, G.H, G.cout, 2);
-        bn_layer_forward(train, G.n1.get(), G.mean1.get(), G.istd1.get(), P.bn_mean[gi][0],
-                         P.bn_var[gi][0], G.p.get(), P.bn_w[gi][0], P.bn_b[gi][0], M, G.cout);
-        act_forward(G.g1.get(), G.n1.get(), size_t(M) * G.cout);
+        bn_act_layer_forward(train, G.g1.get(), G.n1.get(), G.mean1.get(), G.istd1.get(),
+                             P.bn_mean[gi][0], P.bn_var[gi][0], G.p.get(), P.bn_w[gi][0],
+                             P.bn_b[gi][0], M, G.cout);
         G.conv2->forward(G.c2.get(), G.g1.get(), P.conv_w[gi][1], nullptr);
-        bn_layer_forward(train, G.n2.get(), G.mean2.get(), G.istd2.get(), P.bn_mean[gi][1],
-                         P.bn_var[gi][1], G.c2.get(), P.bn_w[gi][1], P.bn_b[gi][1], M, G.cout);
-        act_forward(G.g2.get(), G.n2.get(), size_t(M) * G.cout);
+        bn_act_layer_forward(train, G.g2.get(), G.n2.get(), G.mean2.get(), G.istd2.get(),
+                             P.bn_mean[gi][1], P.bn_var[gi][1], G.c2.get(), P.bn_w[gi][1],
+                             P.bn_b[gi][1], M, G.cout);
         if (G.conv3) {  // airbench96: conv3 -> BN, + the first activation, -> act
             G.conv3->forward(G.c3.get(), G.g2.get(), P.conv_w[gi][2], nullptr);
             bn_layer_forward(train, G.s3.get(), G.mean3.get(), G.istd3.get(), P.bn_mean[gi][2],
@@ -528,16 +561,16 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
             G.conv3->backward_data(G.d_g.get(), G.d_p.get(), P.conv_w[gi][2]);  // d(g2)
         }
         // d_g holds dL/d(g2)
-        act_backward(G.d_n.get(), G.d_g.get(), G.n2.get(), m);
-        bn_layer_backward(G.d_p.get(), Gd.bn_w[gi][1], Gd.bn_b[gi][1], G.d_n.get(), G.c2.get(),
-                          G.mean2.get(), G.istd2.get(), P.bn_w[gi][1], M, G.cout);
+        bn_act_layer_backward(G.d_p.get(), Gd.bn_w[gi][1], Gd.bn_b[gi][1], G.d_g.get(), G.d_n.get(),
+                              G.c2.get(), G.n2.get(), G.mean2.get(), G.istd2.get(), P.bn_w[gi][1],
+                              P.bn_b[gi][1], M, G.cout);
         G.conv2->backward_weights(Gd.conv_w[gi][1], nullptr, G.d_p.get(), G.g1.get());
         grad_ready(Gd.conv_w[gi][1], size_t(G.cout) * 9 * G.cout);
         G.conv2->backward_data(G.d_g.get(), G.d_p.get(), P.conv_w[gi][1]);  // d(g1)
         if (G.conv3) b_.axpy(G.d_g.get(), G.d_res.get(), 1.f, m);          // + the residual's
-        act_backward(G.d_n.get(), G.d_g.get(), G.n1.get(), m);
-        bn_layer_backward(G.d_p.get(), Gd.bn_w[gi][0], Gd.bn_b[gi][0], G.d_n.get(), G.p.get(),
-                          G.mean1.get(), G.istd1.get(), P.bn_w[gi][0], M, G.cout);
+        bn_act_layer_backward(G.d_p.get(), Gd.bn_w[gi][0], Gd.bn_b[gi][0], G.d_g.get(), G.d_n.get(),
+                              G.p.get(), G.n1.get(), G.mean1.get(), G.istd1.get(), P.bn_w[gi][0],
+                              P.bn_b[gi][0], M, G.cout);
         b_.maxpool_backward(G.d_big.get(), G.d_p.get(), G.arg.get(), N_, G.H, G.H, G.cout, 2);
         const float* group_in = gi > 0 ? grp_[gi - 1].out() : a0_.get();
         G.conv1->backward_weights(Gd.conv_w[gi][0], nullptr, G.d_big.get(), group_in);

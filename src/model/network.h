@@ -38,7 +38,7 @@
 namespace sr {
 
 // Activation after each BN (airbench: the whitening conv is always followed by GELU).
-enum class Activation { gelu, silu, relu, celu };
+using Activation = ActKind;
 enum class Arch { airbench, resnet9, dawn };
 
 struct NetConfig {
@@ -253,6 +253,18 @@ private:
                           const float* beta, int M, int C);
     void bn_layer_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                            const float* mean, const float* invstd, const float* gamma, int M, int C);
+    // One BN layer followed by the activation, z = act(BN(x)): the fused op where the layer's
+    // statistics are this process's own (no sync-BN), y (the BN output) then left unwritten;
+    // else BN into y, then the activation. Backward: dx and the BN gradients from dz (the fused
+    // op recomputes y from x; otherwise dy_scratch receives dL/dy from the stored y).
+    void bn_act_layer_forward(bool train, float* z, float* y, float* mean, float* invstd,
+                              float* running_mean, float* running_var, const float* x,
+                              const float* gamma, const float* beta, int M, int C);
+    void bn_act_layer_backward(float* dx, float* dgamma, float* dbeta, const float* dz,
+                               float* dy_scratch, const float* x, const float* y, const float* mean,
+                               const float* invstd, const float* gamma, const float* beta, int M,
+                               int C);
+    bool bn_fused() const { return !hooks_ || hooks_->bn_group() <= 1; }
     // the activation after each BN (NetConfig::act)
     void act_forward(float* y, const float* x, size_t n);
     void act_backward(float* dx, const float* dy, const float* x, size_t n);

@@ -25,6 +25,9 @@ namespace sr {
 
 enum class Device { cpu, cuda };
 
+// The activations of the networks (the plain ops below and the fused batch norm + activation).
+enum class ActKind { gelu, silu, relu, celu };
+
 // Shape of a 2D convolution with symmetric zero padding, NHWC. Output pixel (p, q) reads the
 // input window whose top-left corner is (p * stride - pad, q * stride - pad), as PyTorch's Conv2d.
 struct ConvShape {
@@ -165,6 +168,26 @@ public:
     virtual void bn_backward_apply(float* dx, const float* dy, const float* x, const float* mean,
                                    const float* invstd, const float* gamma, const float* sums,
                                    int64_t count, int M, int C) = 0;
+
+    // ---- batch norm + activation, fused --------------------------------------------------------
+    // z (M,C) = act(y) with y the batch norm of x exactly as bn_forward_train (the same mean,
+    // invstd and running-statistics updates) or bn_forward_eval compute it; y itself is not
+    // stored. alpha: CELU's parameter (unused by the other kinds). One pass less over the data
+    // than the two ops, and no y to keep for backward.
+    virtual void bn_act_forward_train(float* z, float* mean, float* invstd, float* running_mean,
+                                      float* running_var, const float* x, const float* gamma,
+                                      const float* beta, int M, int C, float eps, float momentum,
+                                      ActKind act, float alpha) = 0;
+    virtual void bn_act_forward_eval(float* z, const float* x, const float* running_mean,
+                                     const float* running_var, const float* gamma,
+                                     const float* beta, int M, int C, float eps, ActKind act,
+                                     float alpha) = 0;
+    // dx, dgamma, dbeta as bn_backward with dy = dz * act'(y), y = (x - mean) invstd gamma + beta
+    // recomputed from the forward input x (gamma, beta == nullptr: 1, 0).
+    virtual void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz,
+                                 const float* x, const float* mean, const float* invstd,
+                                 const float* gamma, const float* beta, int M, int C, ActKind act,
+                                 float alpha) = 0;
 
     // The native stream this backend's ops are queued on (a cudaStream_t on CUDA), for a library
     // that must order its own work with them (NCCL in src/dist/); nullptr on the CPU.

@@ -123,6 +123,50 @@ void ForwardingBackend::bn_backward_apply(float* dx, const float* dy, const floa
             [=, this] { in_.bn_backward_apply(dx, dy, x, mean, invstd, gamma, sums, count, M, C); });
 }
 
+// ---- batch norm + activation, fused ------------------------------------------------------------
+
+namespace {
+const char* act_name(ActKind a) {
+    switch (a) {
+        case ActKind::gelu: return "gelu";
+        case ActKind::silu: return "silu";
+        case ActKind::relu: return "relu";
+        case ActKind::celu: return "celu";
+    }
+    return "?";
+}
+}  // namespace
+
+void ForwardingBackend::bn_act_forward_train(float* z, float* mean, float* invstd, float* rm,
+                                             float* rv, const float* x, const float* gamma,
+                                             const float* beta, int M, int C, float eps,
+                                             float momentum, ActKind act, float alpha) {
+    // x twice (statistics, then normalise), z once
+    run_op(kBn, [&] { return mc(fmt::format("bn+{} train fwd", act_name(act)).c_str(), M, C); }, 0,
+           3 * kF * M * C, [=, this] {
+               in_.bn_act_forward_train(z, mean, invstd, rm, rv, x, gamma, beta, M, C, eps, momentum,
+                                        act, alpha);
+           });
+}
+void ForwardingBackend::bn_act_forward_eval(float* z, const float* x, const float* rm,
+                                            const float* rv, const float* gamma, const float* beta,
+                                            int M, int C, float eps, ActKind act, float alpha) {
+    run_op(kBn, [&] { return mc(fmt::format("bn+{} eval fwd", act_name(act)).c_str(), M, C); }, 0,
+           2 * kF * M * C,
+           [=, this] { in_.bn_act_forward_eval(z, x, rm, rv, gamma, beta, M, C, eps, act, alpha); });
+}
+void ForwardingBackend::bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz,
+                                        const float* x, const float* mean, const float* invstd,
+                                        const float* gamma, const float* beta, int M, int C,
+                                        ActKind act, float alpha) {
+    // dz and x for the sums, again for dx, which is written
+    run_op(kBn, [&] { return mc(fmt::format("bn+{} bwd", act_name(act)).c_str(), M, C); }, 0,
+           5 * kF * M * C, [=, this] {
+               in_.bn_act_backward(dx, dgamma, dbeta, dz, x, mean, invstd, gamma, beta, M, C, act,
+                                   alpha);
+           });
+}
+
 // ---- activations: n values ---------------------------------------------------------------------
 
 namespace {

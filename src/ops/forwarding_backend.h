@@ -77,6 +77,17 @@ public:
                            const float* invstd, const float* gamma, const float* sums,
                            int64_t count, int M, int C) override;
 
+    void bn_act_forward_train(float* z, float* mean, float* invstd, float* running_mean,
+                              float* running_var, const float* x, const float* gamma,
+                              const float* beta, int M, int C, float eps, float momentum,
+                              ActKind act, float alpha) override;
+    void bn_act_forward_eval(float* z, const float* x, const float* running_mean,
+                             const float* running_var, const float* gamma, const float* beta,
+                             int M, int C, float eps, ActKind act, float alpha) override;
+    void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz, const float* x,
+                         const float* mean, const float* invstd, const float* gamma,
+                         const float* beta, int M, int C, ActKind act, float alpha) override;
+
     void gelu_forward(float* y, const float* x, size_t n) override;
     void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override;
     void silu_forward(float* y, const float* x, size_t n) override;

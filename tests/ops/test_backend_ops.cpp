@@ -429,6 +429,53 @@ TEST_F(BackendOps, BatchNormBackward) { bn_backward_case(*this, 147, 5, 700); }
 
 TEST_F(BackendOps, BatchNormBackwardManyRows) { bn_backward_case(*this, 32 * 31 * 31, 24, 710); }
 
+// Batch norm + activation, fused, for every activation: training forward (z and the statistics),
+// eval forward, backward. Tolerances: those of BN above, carried through the activation (slope
+// <= 1.13, GELU's erf: the GPU's erff vs the CPU's polynomial, ~1e-7) and, in backward, through
+// act' (|act''| <= 0.5 times the 1e-5 difference of the recomputed y): 3e-5.
+void bn_act_case(BackendOps& f, int M, int C, ActKind act, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "bn+act " << int(act) << " M=" << M << " C=" << C);
+    const size_t n = size_t(M) * C;
+    const float eps = 1e-5f, momentum = 0.4f, alpha = 0.3f;
+    auto x = f.in(randn(n, seed, 2.f, 1.f));
+    auto gamma = f.in(uniform(C, seed + 1, 0.5f, 1.5f));
+    auto beta = f.in(randn(C, seed + 2));
+    auto rmean = f.in(randn(C, seed + 3));
+    auto rvar = f.in(uniform(C, seed + 4, 0.5f, 2.f));
+    auto dz = f.in(randn(n, seed + 5));
+    auto z = f.out<float>(n), ze = f.out<float>(n), dx = f.out<float>(n);
+    auto mean = f.out<float>(C), invstd = f.out<float>(C), dgamma = f.out<float>(C), dbeta = f.out<float>(C);
+    for (int side = 0; side < 2; ++side) {
+        Backend& b = side ? *f.gpu_ : *f.cpu_;
+        auto p = [&](auto& t) { return side ? t.gp() : t.cp(); };
+        b.bn_act_forward_eval(p(ze), p(x), p(rmean), p(rvar), p(gamma), p(beta), M, C, eps, act, alpha);
+        b.bn_act_forward_train(p(z), p(mean), p(invstd), p(rmean), p(rvar), p(x), p(gamma), p(beta),
+                               M, C, eps, momentum, act, alpha);
+        b.bn_act_backward(p(dx), p(dgamma), p(dbeta), p(dz), p(x), p(mean), p(invstd), p(gamma),
+                          p(beta), M, C, act, alpha);
+    }
+    EXPECT_TRUE(f.same(ze, "bn+act eval z", 2e-5, 1e-5));
+    EXPECT_TRUE(f.same(z, "bn+act z", 2e-5, 1e-5));
+    EXPECT_TRUE(f.same(mean, "bn+act mean", 2e-6, 1e-6));
+    EXPECT_TRUE(f.same(invstd, "bn+act invstd", 0, 1e-5));
+    EXPECT_TRUE(f.same(rmean, "bn+act running_mean", 2e-6, 1e-6));
+    EXPECT_TRUE(f.same(rvar, "bn+act running_var", 0, 1e-5));
+    EXPECT_TRUE(f.same(dx, "bn+act dx", 3e-5, 3e-5));
+    const double sum_tol = 3e-5 * std::sqrt(double(M));
+    EXPECT_TRUE(f.same(dgamma, "bn+act dgamma", sum_tol, 3e-5));
+    EXPECT_TRUE(f.same(dbeta, "bn+act dbeta", sum_tol, 3e-5));
+}
+
+TEST_F(BackendOps, BatchNormActivationFused) {
+    int k = 0;
+    for (ActKind act : {ActKind::gelu, ActKind::silu, ActKind::relu, ActKind::celu})
+        bn_act_case(*this, 147, 5, act, 720 + 10 * k++);
+}
+
+TEST_F(BackendOps, BatchNormActivationFusedManyRows) {
+    bn_act_case(*this, 32 * 31 * 31, 24, ActKind::gelu, 770);
+}
+
 // The sync-BN pieces (bn_stats, bn_apply, bn_backward_reduce, bn_backward_apply), each on both
 // backends from the same inputs. The sums are over the M rows of O(1) (or offset) values: the
 // CPU adds in double, the GPU fp32 partials of <= 64 values in double, so 1e-5 of their rms

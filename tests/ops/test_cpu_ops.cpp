@@ -228,6 +228,79 @@ TEST(CpuOps, BatchNormGradientsMatchFiniteDifferences) {
     EXPECT_TRUE(grad_matches(fd_grad(beta, r, [&](auto& bb) { return run(x, gamma, bb); }, 1e-3, 3, 3), db, 3e-3, 3e-3));
 }
 
+// ---- batch norm + activation, fused -----------------------------------------------------------
+
+// The fused op against the two ops it replaces (BN into y, then the activation), for every
+// activation, with and without gamma/beta: z, the statistics, the running statistics, dx,
+// dgamma and dbeta. Same formulas in the same order, so only the compiler's contraction of
+// x * a + b may differ: 1e-6. Then dx of the fused backward by finite differences of
+// sum(r * z) through the fused forward.
+TEST(CpuOps, FusedBatchNormActivationEqualsBatchNormThenActivation) {
+    const int M = 67, C = 5;
+    const size_t n = size_t(M) * C;
+    const auto x = randn(n, 41, 1.5f), gamma0 = randn(C, 42), beta0 = randn(C, 43), dz = randn(n, 44);
+    const float eps = 1e-5f, mom = 0.3f, alpha = 0.3f;
+    for (ActKind act : {ActKind::gelu, ActKind::silu, ActKind::relu, ActKind::celu})
+        for (bool affine : {true, false}) {
+            SCOPED_TRACE(fmt::format("act {} affine {}", int(act), affine));
+            const float* gamma = affine ? gamma0.data() : nullptr;
+            const float* beta = affine ? beta0.data() : nullptr;
+            // reference: BN, then the activation; its backward likewise
+            std::vector<float> y(n), z1(n), m1(C), s1(C), rm1(C, 0.2f), rv1(C, 1.5f);
+            cpu::bn_forward_train(y.data(), m1.data(), s1.data(), rm1.data(), rv1.data(), x.data(),
+                                  gamma, beta, M, C, eps, mom);
+            std::vector<float> dy(n), dx1(n), dg1(C), db1(C);
+            switch (act) {
+                case ActKind::gelu: cpu::gelu_forward(z1.data(), y.data(), n);
+                    cpu::gelu_backward(dy.data(), dz.data(), y.data(), n); break;
+                case ActKind::silu: cpu::silu_forward(z1.data(), y.data(), n);
+                    cpu::silu_backward(dy.data(), dz.data(), y.data(), n); break;
+                case ActKind::relu: cpu::relu_forward(z1.data(), y.data(), n);
+                    cpu::relu_backward(dy.data(), dz.data(), y.data(), n); break;
+                case ActKind::celu: cpu::celu_forward(z1.data(), y.data(), n, alpha);
+                    cpu::celu_backward(dy.data(), dz.data(), y.data(), n, alpha); break;
+            }
+            cpu::bn_backward(dx1.data(), dg1.data(), db1.data(), dy.data(), x.data(), m1.data(),
+                             s1.data(), gamma, M, C);
+            // fused
+            std::vector<float> z2(n), m2(C), s2(C), rm2(C, 0.2f), rv2(C, 1.5f);
+            cpu::bn_act_forward_train(z2.data(), m2.data(), s2.data(), rm2.data(), rv2.data(),
+                                      x.data(), gamma, beta, M, C, eps, mom, act, alpha);
+            EXPECT_TRUE(test::all_close(z2, z1, 1e-6, 1e-6)) << "z";
+            EXPECT_EQ(m2, m1);
+            EXPECT_EQ(s2, s1);
+            EXPECT_EQ(rm2, rm1);
+            EXPECT_EQ(rv2, rv1);
+            std::vector<float> dx2(n), dg2(C, -7.f), db2(C, -7.f);
+            cpu::bn_act_backward(dx2.data(), dg2.data(), db2.data(), dz.data(), x.data(), m2.data(),
+                                 s2.data(), gamma, beta, M, C, act, alpha);
+            EXPECT_TRUE(test::all_close(dx2, dx1, 1e-6, 1e-5)) << "dx";
+            EXPECT_TRUE(test::all_close(dg2, dg1, 1e-5, 1e-5)) << "dgamma";
+            EXPECT_TRUE(test::all_close(db2, db1, 1e-5, 1e-5)) << "dbeta";
+            // eval mode: BN with the running statistics, then the activation
+            std::vector<float> ye(n), ze1(n), ze2(n);
+            cpu::bn_forward_eval(ye.data(), x.data(), rm1.data(), rv1.data(), gamma, beta, M, C, eps);
+            switch (act) {
+                case ActKind::gelu: cpu::gelu_forward(ze1.data(), ye.data(), n); break;
+                case ActKind::silu: cpu::silu_forward(ze1.data(), ye.data(), n); break;
+                case ActKind::relu: cpu::relu_forward(ze1.data(), ye.data(), n); break;
+                case ActKind::celu: cpu::celu_forward(ze1.data(), ye.data(), n, alpha); break;
+            }
+            cpu::bn_act_forward_eval(ze2.data(), x.data(), rm1.data(), rv1.data(), gamma, beta, M,
+                                     C, eps, act, alpha);
+            EXPECT_TRUE(test::all_close(ze2, ze1, 1e-6, 1e-6)) << "eval z";
+            // dx by finite differences (ReLU's kink is skipped: it is not differentiable there)
+            if (act == ActKind::relu) continue;
+            auto run = [&](const std::vector<float>& xx) {
+                std::vector<float> zz(n), m(C), s(C), a(C), v(C);
+                cpu::bn_act_forward_train(zz.data(), m.data(), s.data(), a.data(), v.data(), xx.data(),
+                                          gamma, beta, M, C, eps, mom, act, alpha);
+                return zz;
+            };
+            EXPECT_TRUE(grad_matches(fd_grad(x, dz, run, 1e-3, 60, 5), dx2, 3e-3, 3e-3)) << "dx vs FD";
+        }
+}
+
 // ---- GELU ---------------------------------------------------------------------------------
 
 TEST(CpuOps, GeluMatchesErfFormulaAndItsDerivative) {

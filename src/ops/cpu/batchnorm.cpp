@@ -7,6 +7,7 @@
 
 #include <omp.h>
 
+#include "ops/cpu/activation_math.h"
 #include "ops/cpu/cpu_ops.h"
 
 namespace sr::cpu {
@@ -51,11 +52,24 @@ SR_CLONES void affine_rows(float* y, const float* x, const float* a, const float
     }
 }
 
-}  // namespace
+// z = act(x * a[c] + b[c])
+template <ActKind A>
+SR_CLONES void affine_act_rows(float* z, const float* x, const float* a, const float* b, int M,
+                               int C, float alpha) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < M; ++r) {
+        const float* xr = x + size_t(r) * C;
+        float* zr = z + size_t(r) * C;
+#pragma omp simd
+        for (int c = 0; c < C; ++c) zr[c] = act_value<A>(xr[c] * a[c] + b[c], alpha);
+    }
+}
 
-SR_CLONES void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
-                      float* running_var, const float* x, const float* gamma, const float* beta,
-                      int M, int C, float eps, float momentum) {
+// Batch statistics of x (sums in double): saves mean and invstd, updates the running
+// statistics, and gives the affine map y = x * a[c] + b[c] of training-mode batch norm.
+SR_CLONES void train_affine(float* a, float* b, float* mean, float* invstd, float* running_mean,
+                            float* running_var, const float* x, const float* gamma,
+                            const float* beta, int M, int C, float eps, float momentum) {
     std::vector<double> sums(2 * C);
     reduce_rows(sums.data(), M, C, [&](int r0, int r1, double* s) {
         double* ss = s + C;
@@ -69,7 +83,6 @@ SR_CLONES void bn_forward_train(float* y, float* mean, float* invstd, float* run
             }
         }
     });
-    std::vector<float> a(C), b(C);
     for (int c = 0; c < C; ++c) {
         const double m = sums[c] / M;
         const double var = std::max(0.0, sums[C + c] / M - m * m);
@@ -82,19 +95,114 @@ SR_CLONES void bn_forward_train(float* y, float* mean, float* invstd, float* run
         a[c] = is * (gamma ? gamma[c] : 1.f);
         b[c] = (beta ? beta[c] : 0.f) - float(m) * a[c];
     }
-    affine_rows(y, x, a.data(), b.data(), M, C);
 }
 
-void bn_forward_eval(float* y, const float* x, const float* running_mean,
-                     const float* running_var, const float* gamma, const float* beta, int M,
-                     int C, float eps) {
-    std::vector<float> a(C), b(C);
+
+// Inference mode's affine map from the running statistics.
+void eval_affine(float* a, float* b, const float* running_mean, const float* running_var,
+                 const float* gamma, const float* beta, int C, float eps) {
     for (int c = 0; c < C; ++c) {
         const float is = float(1.0 / std::sqrt(double(running_var[c]) + double(eps)));
         a[c] = is * (gamma ? gamma[c] : 1.f);
         b[c] = (beta ? beta[c] : 0.f) - running_mean[c] * a[c];
     }
+}
+
+}  // namespace
+
+SR_CLONES void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
+                      float* running_var, const float* x, const float* gamma, const float* beta,
+                      int M, int C, float eps, float momentum) {
+    std::vector<float> a(C), b(C);
+    train_affine(a.data(), b.data(), mean, invstd, running_mean, running_var, x, gamma, beta, M, C,
+                 eps, momentum);
     affine_rows(y, x, a.data(), b.data(), M, C);
+}
+
+void bn_act_forward_train(float* z, float* mean, float* invstd, float* running_mean,
+                          float* running_var, const float* x, const float* gamma,
+                          const float* beta, int M, int C, float eps, float momentum, ActKind act,
+                          float alpha) {
+    std::vector<float> a(C), b(C);
+    train_affine(a.data(), b.data(), mean, invstd, running_mean, running_var, x, gamma, beta, M, C,
+                 eps, momentum);
+    with_act(act, [&]<ActKind A>() { affine_act_rows<A>(z, x, a.data(), b.data(), M, C, alpha); });
+}
+
+void bn_act_forward_eval(float* z, const float* x, const float* running_mean,
+                         const float* running_var, const float* gamma, const float* beta, int M,
+                         int C, float eps, ActKind act, float alpha) {
+    std::vector<float> a(C), b(C);
+    eval_affine(a.data(), b.data(), running_mean, running_var, gamma, beta, C, eps);
+    with_act(act, [&]<ActKind A>() { affine_act_rows<A>(z, x, a.data(), b.data(), M, C, alpha); });
+}
+
+namespace {
+
+// The backward of z = act(bn(x)): dy = dz act'(y), with y = x * a[c] + b[c] recomputed as the
+// forward computed it, is written into dx; then dx := the batch norm backward of dy, in place.
+template <ActKind A>
+SR_CLONES void bn_act_backward_rows(float* dx, float* dgamma, float* dbeta, const float* dz,
+                                    const float* x, const float* mean, const float* invstd,
+                                    const float* gamma, const float* beta, int M, int C,
+                                    float alpha) {
+    std::vector<float> a(C), b(C);
+    for (int c = 0; c < C; ++c) {
+        a[c] = invstd[c] * (gamma ? gamma[c] : 1.f);
+        b[c] = (beta ? beta[c] : 0.f) - mean[c] * a[c];
+    }
+    std::vector<double> sums(2 * C);
+    reduce_rows(sums.data(), M, C, [&](int r0, int r1, double* s) {
+        double* sx = s + C;
+        for (int r = r0; r < r1; ++r) {
+            const float* xr = x + size_t(r) * C;
+            const float* dzr = dz + size_t(r) * C;
+            float* dyr = dx + size_t(r) * C;
+#pragma omp simd
+            for (int c = 0; c < C; ++c) {
+                const float dy = act_chain<A>(dzr[c], xr[c] * a[c] + b[c], alpha);
+                dyr[c] = dy;
+                s[c] += dy;
+                sx[c] += double(dy) * double((xr[c] - mean[c]) * invstd[c]);
+            }
+        }
+    });
+    std::vector<float> k(C), mb(C), mg(C);
+    for (int c = 0; c < C; ++c) {
+        if (dbeta) dbeta[c] = float(sums[c]);
+        if (dgamma) dgamma[c] = float(sums[C + c]);
+        k[c] = (gamma ? gamma[c] : 1.f) * invstd[c];
+        mb[c] = float(sums[c] / M);
+        mg[c] = float(sums[C + c] / M);
+    }
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < M; ++r) {
+        const float* xr = x + size_t(r) * C;
+        float* dxr = dx + size_t(r) * C;
+#pragma omp simd
+        for (int c = 0; c < C; ++c) {
+            const float xh = (xr[c] - mean[c]) * invstd[c];
+            dxr[c] = k[c] * (dxr[c] - mb[c] - xh * mg[c]);
+        }
+    }
+}
+
+}  // namespace
+
+void bn_forward_eval(float* y, const float* x, const float* running_mean,
+                     const float* running_var, const float* gamma, const float* beta, int M,
+                     int C, float eps) {
+    std::vector<float> a(C), b(C);
+    eval_affine(a.data(), b.data(), running_mean, running_var, gamma, beta, C, eps);
+    affine_rows(y, x, a.data(), b.data(), M, C);
+}
+
+void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz, const float* x,
+                     const float* mean, const float* invstd, const float* gamma,
+                     const float* beta, int M, int C, ActKind act, float alpha) {
+    with_act(act, [&]<ActKind A>() {
+        bn_act_backward_rows<A>(dx, dgamma, dbeta, dz, x, mean, invstd, gamma, beta, M, C, alpha);
+    });
 }
 
 SR_CLONES void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,

@@ -88,6 +88,21 @@ public:
                      int C) override {
         cpu::bn_backward(dx, dg, db, dy, x, mean, invstd, g, M, C);
     }
+    void bn_act_forward_train(float* z, float* mean, float* invstd, float* rm, float* rv,
+                              const float* x, const float* g, const float* b, int M, int C,
+                              float eps, float mom, ActKind act, float alpha) override {
+        cpu::bn_act_forward_train(z, mean, invstd, rm, rv, x, g, b, M, C, eps, mom, act, alpha);
+    }
+    void bn_act_forward_eval(float* z, const float* x, const float* rm, const float* rv,
+                             const float* g, const float* b, int M, int C, float eps, ActKind act,
+                             float alpha) override {
+        cpu::bn_act_forward_eval(z, x, rm, rv, g, b, M, C, eps, act, alpha);
+    }
+    void bn_act_backward(float* dx, float* dg, float* db, const float* dz, const float* x,
+                         const float* mean, const float* invstd, const float* g, const float* b,
+                         int M, int C, ActKind act, float alpha) override {
+        cpu::bn_act_backward(dx, dg, db, dz, x, mean, invstd, g, b, M, C, act, alpha);
+    }
     void bn_stats(float* sums, const float* x, const float* cs, float cscale, int M,
                   int C) override {
         cpu::bn_stats(sums, x, cs, cscale, M, C);

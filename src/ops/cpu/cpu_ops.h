@@ -41,6 +41,17 @@ void bn_forward_eval(float* y, const float* x, const float* running_mean,
                      int C, float eps);
 void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                  const float* mean, const float* invstd, const float* gamma, int M, int C);
+// batch norm + activation, fused (backend.h)
+void bn_act_forward_train(float* z, float* mean, float* invstd, float* running_mean,
+                          float* running_var, const float* x, const float* gamma,
+                          const float* beta, int M, int C, float eps, float momentum, ActKind act,
+                          float alpha);
+void bn_act_forward_eval(float* z, const float* x, const float* running_mean,
+                         const float* running_var, const float* gamma, const float* beta, int M,
+                         int C, float eps, ActKind act, float alpha);
+void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz, const float* x,
+                     const float* mean, const float* invstd, const float* gamma,
+                     const float* beta, int M, int C, ActKind act, float alpha);
 // the same in pieces, for statistics over several processes (sync-BN)
 void bn_stats(float* sums, const float* x, const float* center_sums, float center_scale, int M,
               int C);

@@ -9,46 +9,10 @@
 #include <dnnl.hpp>
 
 #include "core/error.h"
+#include "ops/cpu/activation_math.h"
 #include "ops/cpu/cpu_ops.h"
 
 namespace sr::cpu {
-namespace {
-
-// exp(x) for float, relative error ~2e-7 on the whole range: 2^k * poly(r), |r| <= ln2/2.
-inline float exp_poly(float x) {
-    x = std::min(std::max(x, -87.0f), 88.0f);
-    // round to nearest by the 1.5 * 2^23 trick: vectorises on every x86-64 (no SSE4.1 floor)
-    const float kf = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
-    const float r = x - kf * 0.693145751953125f - kf * 1.428606765330187045e-6f;
-    const float p =
-        1.f + r * (1.f + r * (0.5f + r * (0.16666667f + r * (0.041666668f + r * (0.008333334f + r * 0.0013888889f)))));
-    const int32_t ki = int32_t(kf);
-    return p * std::bit_cast<float>((ki + 127) << 23);
-}
-
-// erf(x): Numerical Recipes' erfc Chebyshev fit (fractional error < 1.2e-7), branch-free.
-inline float erf_poly(float x) {
-    const float z = std::fabs(x);
-    const float t = 1.f / (1.f + 0.5f * z);
-    const float poly =
-        -z * z - 1.26551223f +
-        t * (1.00002368f + t * (0.37409196f + t * (0.09678418f + t * (-0.18628806f + t * (0.27886807f +
-        t * (-1.13520398f + t * (1.48851587f + t * (-0.82215223f + t * 0.17087277f))))))));
-    const float erfc_z = t * exp_poly(poly);
-    const float e = 1.f - erfc_z;
-    return x >= 0.f ? e : -e;
-}
-
-constexpr float kInvSqrt2 = 0.70710678118654752f;
-constexpr float kInvSqrt2Pi = 0.39894228040143268f;
-
-inline float gelu_one(float x) { return 0.5f * x * (1.f + erf_poly(x * kInvSqrt2)); }
-inline float gelu_grad_one(float x) {
-    const float cdf = 0.5f * (1.f + erf_poly(x * kInvSqrt2));
-    return cdf + x * kInvSqrt2Pi * exp_poly(-0.5f * x * x);
-}
-
-}  // namespace
 
 float gelu_scalar(float x) { return gelu_one(x); }
 float gelu_grad_scalar(float x) { return gelu_grad_one(x); }

@@ -1,5 +1,7 @@
 // batchnorm.cu: batch norm over M rows of C channels (NHWC flattened), CUDA twin of
-// cpu::bn_forward_train / bn_forward_eval / bn_backward (contract in ops/backend.h).
+// cpu::bn_forward_train / bn_forward_eval / bn_backward (contract in ops/backend.h), and the
+// fused batch norm + activation (bn_act_*: the activation applied in the normalising kernel,
+// its derivative folded into the backward reduction and dx kernel, y recomputed from x).
 //
 // Per-channel sums are two-level: kernel channel_partials gives each block 32 channels x
 // kRowsPerChunk rows (threads along x read 32 neighbouring channels, so loads coalesce), sums
@@ -11,6 +13,7 @@
 // pieces, for sync-BN: the per-channel sums are outputs, so other processes' can be added.
 // The same reduction gives channel_sum and the bias helpers that the cuDNN convolution wrapper
 // uses for its optional bias (add_channel_bias, channel_sum for db).
+#include "ops/cuda/activation.cuh"
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -132,6 +135,25 @@ struct SumDyDyXhat {  // dy, dy * xhat
     }
 };
 
+struct SumDzActDzActXhat {  // dy = dz act'(y), y recomputed from x; then dy, dy * xhat
+    const float* dz;
+    const float* x;
+    const float* mean;
+    const float* invstd;
+    const float* gamma;
+    const float* beta;
+    int C;
+    ActKind act;
+    float alpha;
+    __device__ float2 operator()(int m, int c) const {
+        const size_t i = size_t(m) * C + c;
+        const float xhat = (x[i] - mean[c]) * invstd[c];
+        const float y = xhat * (gamma ? gamma[c] : 1.f) + (beta ? beta[c] : 0.f);
+        const float g = act_chain(act, dz[i], y, alpha);
+        return make_float2(g, g * xhat);
+    }
+};
+
 struct StoreMean {
     float* mean;
     int M;
@@ -201,6 +223,46 @@ __global__ void bn_dx(float* dx, const float* dy, const float* x, const float* m
         const float g = gamma ? gamma[c] : 1.f;
         const float xhat = (x[i] - mean[c]) * invstd[c];
         dx[i] = g * invstd[c] * (dy[i] - sum_dy[c] * inv_m - xhat * sum_dy_xhat[c] * inv_m);
+    }
+}
+
+// z = act(bn(x)) with the batch's statistics, and its eval-mode twin
+__global__ void bn_act_normalize(float* z, const float* x, const float* mean, const float* invstd,
+                                 const float* gamma, const float* beta, size_t n, int C,
+                                 ActKind act, float alpha) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % C);
+        const float g = gamma ? gamma[c] : 1.f;
+        const float b = beta ? beta[c] : 0.f;
+        z[i] = act_value(act, (x[i] - mean[c]) * invstd[c] * g + b, alpha);
+    }
+}
+
+__global__ void bn_act_eval(float* z, const float* x, const float* rmean, const float* rvar,
+                            const float* gamma, const float* beta, size_t n, int C, float eps,
+                            ActKind act, float alpha) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % C);
+        const float g = gamma ? gamma[c] : 1.f;
+        const float b = beta ? beta[c] : 0.f;
+        z[i] = act_value(act, (x[i] - rmean[c]) / sqrtf(rvar[c] + eps) * g + b, alpha);
+    }
+}
+
+// bn_dx with dy = dz act'(y) recomputed (as SumDzActDzActXhat)
+__global__ void bn_act_dx(float* dx, const float* dz, const float* x, const float* mean,
+                          const float* invstd, const float* gamma, const float* beta,
+                          const float* sum_dy, const float* sum_dy_xhat, size_t n, int C,
+                          float inv_m, ActKind act, float alpha) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const int c = int(i % C);
+        const float g = gamma ? gamma[c] : 1.f;
+        const float xhat = (x[i] - mean[c]) * invstd[c];
+        const float dy = act_chain(act, dz[i], xhat * g + (beta ? beta[c] : 0.f), alpha);
+        dx[i] = g * invstd[c] * (dy - sum_dy[c] * inv_m - xhat * sum_dy_xhat[c] * inv_m);
     }
 }
 
@@ -312,6 +374,46 @@ void bn_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float
     const size_t n = size_t(M) * C;
     bn_dx<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, s.sum_a, s.sum_b, n, C,
                                            1.f / float(M));
+    CUDA_CHECK_LAUNCH();
+}
+
+void bn_act_forward_train(cudaStream_t st, void* scratch, float* z, float* mean, float* invstd,
+                          float* running_mean, float* running_var, const float* x,
+                          const float* gamma, const float* beta, int M, int C, float eps,
+                          float momentum, ActKind act, float alpha) {
+    check_shape(M, C);
+    const BnScratch s = split_scratch(scratch, M, C);
+    channel_reduce(st, s.partial, SumX{x, C}, StoreMean{mean, M}, M, C);
+    channel_reduce(st, s.partial, SumSqDev{x, mean, C},
+                   StoreVar{invstd, running_mean, running_var, mean, M, eps, momentum}, M, C);
+    const size_t n = size_t(M) * C;
+    bn_act_normalize<<<grid_size(n), kBlock, 0, st>>>(z, x, mean, invstd, gamma, beta, n, C, act,
+                                                      alpha);
+    CUDA_CHECK_LAUNCH();
+}
+
+void bn_act_forward_eval(cudaStream_t st, float* z, const float* x, const float* running_mean,
+                         const float* running_var, const float* gamma, const float* beta, int M,
+                         int C, float eps, ActKind act, float alpha) {
+    CUDA_ASSERT(M > 0 && C > 0);
+    const size_t n = size_t(M) * C;
+    bn_act_eval<<<grid_size(n), kBlock, 0, st>>>(z, x, running_mean, running_var, gamma, beta, n,
+                                                 C, eps, act, alpha);
+    CUDA_CHECK_LAUNCH();
+}
+
+void bn_act_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
+                     const float* dz, const float* x, const float* mean, const float* invstd,
+                     const float* gamma, const float* beta, int M, int C, ActKind act,
+                     float alpha) {
+    check_shape(M, C);
+    const BnScratch s = split_scratch(scratch, M, C);
+    channel_reduce(st, s.partial,
+                   SumDzActDzActXhat{dz, x, mean, invstd, gamma, beta, C, act, alpha},
+                   StoreGrads{s.sum_a, s.sum_b, dbeta, dgamma}, M, C);
+    const size_t n = size_t(M) * C;
+    bn_act_dx<<<grid_size(n), kBlock, 0, st>>>(dx, dz, x, mean, invstd, gamma, beta, s.sum_a,
+                                               s.sum_b, n, C, 1.f / float(M), act, alpha);
     CUDA_CHECK_LAUNCH();
 }
 

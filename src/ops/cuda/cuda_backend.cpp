@@ -247,6 +247,26 @@ public:
                          int C, float eps) override {
         cuda::bn_forward_eval(stream_, y, x, running_mean, running_var, gamma, beta, M, C, eps);
     }
+    void bn_act_forward_train(float* z, float* mean, float* invstd, float* running_mean,
+                              float* running_var, const float* x, const float* gamma,
+                              const float* beta, int M, int C, float eps, float momentum,
+                              ActKind act, float alpha) override {
+        cuda::bn_act_forward_train(stream_, scratch(cuda::bn_scratch_bytes(M, C)), z, mean, invstd,
+                                   running_mean, running_var, x, gamma, beta, M, C, eps, momentum,
+                                   act, alpha);
+    }
+    void bn_act_forward_eval(float* z, const float* x, const float* running_mean,
+                             const float* running_var, const float* gamma, const float* beta,
+                             int M, int C, float eps, ActKind act, float alpha) override {
+        cuda::bn_act_forward_eval(stream_, z, x, running_mean, running_var, gamma, beta, M, C, eps,
+                                  act, alpha);
+    }
+    void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz, const float* x,
+                         const float* mean, const float* invstd, const float* gamma,
+                         const float* beta, int M, int C, ActKind act, float alpha) override {
+        cuda::bn_act_backward(stream_, scratch(cuda::bn_scratch_bytes(M, C)), dx, dgamma, dbeta,
+                              dz, x, mean, invstd, gamma, beta, M, C, act, alpha);
+    }
     void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                      const float* mean, const float* invstd, const float* gamma, int M,
                      int C) override {

@@ -12,6 +12,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "ops/backend.h"  // ActKind
+
 namespace sr::cuda {
 
 // ---- batch norm (batchnorm.cu) -------------------------------------------------------------
@@ -27,6 +29,18 @@ void bn_forward_eval(cudaStream_t st, float* y, const float* x, const float* run
 void bn_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
                  const float* dy, const float* x, const float* mean, const float* invstd,
                  const float* gamma, int M, int C);
+// Batch norm + activation, fused (backend.h); the same scratch as the ops above.
+void bn_act_forward_train(cudaStream_t st, void* scratch, float* z, float* mean, float* invstd,
+                          float* running_mean, float* running_var, const float* x,
+                          const float* gamma, const float* beta, int M, int C, float eps,
+                          float momentum, ActKind act, float alpha);
+void bn_act_forward_eval(cudaStream_t st, float* z, const float* x, const float* running_mean,
+                         const float* running_var, const float* gamma, const float* beta, int M,
+                         int C, float eps, ActKind act, float alpha);
+void bn_act_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
+                     const float* dz, const float* x, const float* mean, const float* invstd,
+                     const float* gamma, const float* beta, int M, int C, ActKind act,
+                     float alpha);
 // The same in pieces, for statistics over several processes (sync-BN; backend.h). bn_stats and
 // bn_backward_reduce need bn_scratch_bytes(M, C) of scratch; bn_apply and bn_backward_apply none.
 void bn_stats(cudaStream_t st, void* scratch, float* sums, const float* x,
@@ -48,6 +62,10 @@ void channel_sum(cudaStream_t st, void* scratch, float* out, const float* x, int
 void add_channel_bias(cudaStream_t st, float* y, const float* bias, int M, int C);
 
 // ---- GELU, exact erf form (gelu.cu) ---------------------------------------------------------
+// any activation kind (gelu.cu); the named entry points below call these
+void act_forward(cudaStream_t st, float* y, const float* x, size_t n, ActKind a, float alpha);
+void act_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n, ActKind a,
+                  float alpha);
 void gelu_forward(cudaStream_t st, float* y, const float* x, size_t n);
 void gelu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n);
 void silu_forward(cudaStream_t st, float* y, const float* x, size_t n);
