@@ -303,7 +303,7 @@ TEST_F(BackendOps, ConvStride2) {
 
 // ---- batch norm ------------------------------------------------------------------------------
 
-// Tolerance of the forward: the CPU sums in double, the GPU in fp32 partials of <= 64 values
+// Tolerance of the forward: the CPU sums in double, the GPU in fp32 partials of <= 512 values
 // added in double, so mean and invstd agree to ~1e-6 relative; y is O(1) and its fp32 rounding
 // (the CPU computes x*a + b, the GPU (x - mean)*invstd*gamma + beta) differs by a few ulps of
 // |x*a| ~ 10: atol 1e-5, rtol 1e-5.
@@ -384,7 +384,7 @@ TEST_F(BackendOps, BatchNormEvalForward) {
 
 // dx = gamma invstd (dy - mean(dy) - xhat mean(dy xhat)); dgamma = sum dy xhat; dbeta = sum dy.
 // Tolerance: the sums are over M terms of O(1) (rms ~ sqrt(M)); the CPU sums in double, the GPU
-// in fp32 partials of <= 64 values added in double: 1e-5 of the rms. dx subtracts means from
+// in fp32 partials of <= 512 values added in double: 1e-5 of the rms. dx subtracts means from
 // O(1) values: 1e-5 absolute and relative.
 void bn_backward_case(BackendOps& f, int M, int C, uint64_t seed) {
     SCOPED_TRACE(testing::Message() << "bn backward M=" << M << " C=" << C);
@@ -478,7 +478,7 @@ TEST_F(BackendOps, BatchNormActivationFusedManyRows) {
 
 // The sync-BN pieces (bn_stats, bn_apply, bn_backward_reduce, bn_backward_apply), each on both
 // backends from the same inputs. The sums are over the M rows of O(1) (or offset) values: the
-// CPU adds in double, the GPU fp32 partials of <= 64 values in double, so 1e-5 of their rms
+// CPU adds in double, the GPU fp32 partials of <= 512 values in double, so 1e-5 of their rms
 // covers it; mean/invstd/y as in bn_train_case; dx as in bn_backward_case. count is 3M (the
 // other "ranks'" rows), so the scaling by the global count is checked too.
 void bn_pieces_case(BackendOps& f, int M, int C, uint64_t seed, float offset) {

@@ -5,7 +5,8 @@
 //
 // Per-channel sums are two-level: kernel channel_partials gives each block 32 channels x
 // kRowsPerChunk rows (threads along x read 32 neighbouring channels, so loads coalesce), sums
-// in fp32 over at most kRowsPerChunk / 8 values per thread, and writes one float2 per (chunk,
+// in fp32 over at most kRowsPerChunk / 8 values per thread, then over its 8 threads (so each
+// stored fp32 partial holds up to kRowsPerChunk = 512 values), and writes one float2 per (chunk,
 // channel); kernel channel_finalize then adds the chunks of one channel in double. The variance
 // is two-pass (sum of (x - mean)^2 after the mean is known), so a large mean does not cancel:
 // sound for M up to the 1024*31*31 rows of the first layer and far beyond.

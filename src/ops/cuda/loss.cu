@@ -30,24 +30,30 @@ __global__ void cross_entropy_kernel(float* dlogits, float* stats, const float* 
         const bool label_ok = label >= 0 && label < O;
         float mx = l[0];
         int amax = 0;
-        float sum_l = 0.f;
         for (int j = 0; j < O; ++j) {
             if (l[j] > mx) {
                 mx = l[j];
                 amax = j;
             }
-            sum_l += l[j];
         }
         float se = 0.f;
-        for (int j = 0; j < O; ++j) se += expf(l[j] - mx);
-        const float lse = mx + logf(se);
-        const float l_label = label_ok ? l[label] : NAN;
-        // the one-hot part's weights: w1 on label, w2 on label2 (mixed rows only)
+        double sum_rel = 0;  // sum of (l_j - max), in double: no cancellation of two ~max terms
+        for (int j = 0; j < O; ++j) {
+            se += expf(l[j] - mx);
+            sum_rel += double(l[j] - mx);
+        }
+        // the one-hot part's weights: w1 on label, w2 on label2 (mixed rows only); a label out
+        // of range adds no one-hot term, as on the CPU
         const int label2 = labels2 ? labels2[row] : -1;
         const bool label2_ok = label2 >= 0 && label2 < O;
         const float w2 = labels2 ? mix : 0.f, w1 = 1.f - w2;
-        const float l_label2 = labels2 ? (label2_ok ? l[label2] : NAN) : 0.f;
-        loss_sum += double(lse - ((1.f - smoothing) * (w1 * l_label + w2 * l_label2) + off * sum_l));
+        const double rel1 = label_ok ? double(l[label] - mx) : 0.0;
+        const double rel2 = label2_ok ? double(l[label2] - mx) : 0.0;
+        // loss = sum_j target_j (lse - l_j) = log(se) sum_j target_j - sum_j target_j (l_j - max)
+        const double one_hot = (1.0 - smoothing) * ((label_ok ? w1 : 0.f) + (label2_ok ? w2 : 0.f));
+        const double sum_target = one_hot + double(off) * O;
+        loss_sum += log(double(se)) * sum_target -
+                    ((1.0 - smoothing) * (w1 * rel1 + w2 * rel2) + off * sum_rel);
         correct += (label_ok && amax == label) ? 1.0 : 0.0;
         const float inv_se = 1.f / se;
         for (int j = 0; j < O; ++j)
@@ -75,7 +81,7 @@ __global__ void cross_entropy_kernel(float* dlogits, float* stats, const float* 
 
 void cross_entropy(cudaStream_t st, float* dlogits, float* stats, const float* logits,
                    const int32_t* labels, int N, int O, float smoothing) {
-    CUDA_ASSERT(N > 0 && O > 0);
+    CUDA_ASSERT(N >= 0 && O > 0);  // (an empty slice adds nothing, as on the CPU)
     cross_entropy_kernel<<<1, kLossThreads, 0, st>>>(dlogits, stats, logits, labels, nullptr,
                                                      0.f, N, O, smoothing);
     CUDA_CHECK_LAUNCH();
@@ -84,7 +90,7 @@ void cross_entropy(cudaStream_t st, float* dlogits, float* stats, const float* l
 void cross_entropy_mixed(cudaStream_t st, float* dlogits, float* stats, const float* logits,
                          const int32_t* labels, const int32_t* labels2, float mix, int N, int O,
                          float smoothing) {
-    CUDA_ASSERT(N > 0 && O > 0);
+    CUDA_ASSERT(N >= 0 && O > 0);
     cross_entropy_kernel<<<1, kLossThreads, 0, st>>>(dlogits, stats, logits, labels, labels2, mix,
                                                      N, O, smoothing);
     CUDA_CHECK_LAUNCH();
