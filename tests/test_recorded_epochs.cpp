@@ -71,6 +71,24 @@ void expect_same(const Outcome& direct, const Outcome& replayed) {
     EXPECT_EQ(direct.tta, replayed.tta);
 }
 
+// A preset at reduced width (w, 2w, 2w; resnet9's four widths w, w, 2w, 2w), batch 256, 3 epochs
+// (4 steps each on the 1,024 images below).
+Recipe small_recipe(const char* preset, int w) {
+    Recipe r = load_recipe(preset, "");
+    if (r.net.arch == Arch::resnet9) r.net.widths = {w, w, 2 * w, 2 * w};
+    else r.net.widths = {w, 2 * w, 2 * w};
+    r.batch_size = 256;
+    r.epochs = 3;
+    return r;
+}
+
+TrainOptions quiet_options() {
+    TrainOptions o;
+    o.quiet = true;
+    o.progress = false;
+    return o;
+}
+
 class RecordedEpochs : public ::testing::TestWithParam<const char*> {};
 
 // Two runs (seeds 1 and 2) on one trainer whose backend records, against the same two runs on
@@ -78,15 +96,9 @@ class RecordedEpochs : public ::testing::TestWithParam<const char*> {};
 // run) and records it afterwards, and records and replays epochs 1-2; the second replays all
 // three.
 TEST_P(RecordedEpochs, ReplayedRunsAreBitIdenticalToDirectOnes) {
-    Recipe r = load_recipe(GetParam(), "");
-    if (r.net.arch == Arch::resnet9) r.net.widths = {8, 8, 16, 16};
-    else r.net.widths = {8, 16, 16};
-    r.batch_size = 256;
-    r.epochs = 3;
+    const Recipe r = small_recipe(GetParam(), 8);
     const Cifar10 data = make_synthetic_cifar10(1024, 256, 9);
-    TrainOptions o;
-    o.quiet = true;
-    o.progress = false;
+    TrainOptions o = quiet_options();
     auto cpu = make_cpu_backend(2);
     Trainer direct(*cpu, r, data, o);
     const Outcome d1 = outcome(direct, 1), d2 = outcome(direct, 2);
@@ -126,14 +138,9 @@ TEST(RecordedEpochs, CudaGraphReplaysAgreeWithDirectRuns) {
     std::string why;
     auto gpu = make_cuda_backend(0, &why);
     if (!gpu) GTEST_SKIP() << "no CUDA device: " << why;
-    Recipe r = load_recipe("airbench94", "");
-    r.net.widths = {16, 32, 32};
-    r.batch_size = 256;
-    r.epochs = 3;
+    const Recipe r = small_recipe("airbench94", 16);
     const Cifar10 data = make_synthetic_cifar10(1024, 256, 9);
-    TrainOptions o;
-    o.quiet = true;
-    o.progress = false;
+    TrainOptions o = quiet_options();
     Trainer recorded(*gpu, r, data, o);
     const Outcome g1 = outcome(recorded, 1), g2 = outcome(recorded, 2);
     o.record_epochs = false;

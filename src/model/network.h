@@ -256,7 +256,8 @@ private:
     // One BN layer followed by the activation, z = act(BN(x)): the fused op where the layer's
     // statistics are this process's own (no sync-BN), y (the BN output) then left unwritten;
     // else BN into y, then the activation. Backward: dx and the BN gradients from dz (the fused
-    // op recomputes y from x; otherwise dy_scratch receives dL/dy from the stored y).
+    // op recomputes y from x; otherwise dy_scratch receives dL/dy from the stored y). dx may be
+    // dz; dy_scratch must be neither.
     void bn_act_layer_forward(bool train, float* z, float* y, float* mean, float* invstd,
                               float* running_mean, float* running_var, const float* x,
                               const float* gamma, const float* beta, int M, int C);

@@ -183,7 +183,8 @@ public:
                                      const float* beta, int M, int C, float eps, ActKind act,
                                      float alpha) = 0;
     // dx, dgamma, dbeta as bn_backward with dy = dz * act'(y), y = (x - mean) invstd gamma + beta
-    // recomputed from the forward input x (gamma, beta == nullptr: 1, 0).
+    // recomputed from the forward input x (gamma, beta == nullptr: 1, 0). dx may be dz (in
+    // place: each element of dz is read before that element of dx is written).
     virtual void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz,
                                  const float* x, const float* mean, const float* invstd,
                                  const float* gamma, const float* beta, int M, int C, ActKind act,

@@ -461,6 +461,16 @@ void bn_act_case(BackendOps& f, int M, int C, ActKind act, uint64_t seed) {
     EXPECT_TRUE(f.same(rmean, "bn+act running_mean", 2e-6, 1e-6));
     EXPECT_TRUE(f.same(rvar, "bn+act running_var", 0, 1e-5));
     EXPECT_TRUE(f.same(dx, "bn+act dx", 3e-5, 3e-5));
+    {  // in place: dx written over dz, on both sides
+        auto d = f.in(randn(n, seed + 5));
+        for (int side = 0; side < 2; ++side) {
+            Backend& b = side ? *f.gpu_ : *f.cpu_;
+            auto p = [&](auto& t) { return side ? t.gp() : t.cp(); };
+            b.bn_act_backward(p(d), p(dgamma), p(dbeta), p(d), p(x), p(mean), p(invstd), p(gamma),
+                              p(beta), M, C, act, alpha);
+        }
+        EXPECT_TRUE(f.same(d, "bn+act dx over dz", 3e-5, 3e-5));
+    }
     const double sum_tol = 3e-5 * std::sqrt(double(M));
     EXPECT_TRUE(f.same(dgamma, "bn+act dgamma", sum_tol, 3e-5));
     EXPECT_TRUE(f.same(dbeta, "bn+act dbeta", sum_tol, 3e-5));

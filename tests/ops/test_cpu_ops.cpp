@@ -275,6 +275,10 @@ TEST(CpuOps, FusedBatchNormActivationEqualsBatchNormThenActivation) {
             cpu::bn_act_backward(dx2.data(), dg2.data(), db2.data(), dz.data(), x.data(), m2.data(),
                                  s2.data(), gamma, beta, M, C, act, alpha);
             EXPECT_TRUE(test::all_close(dx2, dx1, 1e-6, 1e-5)) << "dx";
+            std::vector<float> inplace = dz, dg3(C), db3(C);  // dx over dz: the same result
+            cpu::bn_act_backward(inplace.data(), dg3.data(), db3.data(), inplace.data(), x.data(),
+                                 m2.data(), s2.data(), gamma, beta, M, C, act, alpha);
+            EXPECT_EQ(inplace, dx2) << "dx written over dz";
             EXPECT_TRUE(test::all_close(dg2, dg1, 1e-5, 1e-5)) << "dgamma";
             EXPECT_TRUE(test::all_close(db2, db1, 1e-5, 1e-5)) << "dbeta";
             // eval mode: BN with the running statistics, then the activation

@@ -323,6 +323,18 @@ void check_shape(int M, int C) {
     CUDA_ASSERT(num_chunks(M) <= 65535);  // grid.y limit of channel_partials
 }
 
+// The batch's mean and invstd (two passes: the mean, then the squared deviations from it), and
+// the running statistics' update: the training forward's part before normalising.
+void batch_statistics(cudaStream_t st, void* scratch, float* mean, float* invstd,
+                      float* running_mean, float* running_var, const float* x, int M, int C,
+                      float eps, float momentum) {
+    check_shape(M, C);
+    const BnScratch s = split_scratch(scratch, M, C);
+    channel_reduce(st, s.partial, SumX{x, C}, StoreMean{mean, M}, M, C);
+    channel_reduce(st, s.partial, SumSqDev{x, mean, C},
+                   StoreVar{invstd, running_mean, running_var, mean, M, eps, momentum}, M, C);
+}
+
 }  // namespace
 
 void channel_sum(cudaStream_t st, void* scratch, float* out, const float* x, int M, int C) {
@@ -345,11 +357,7 @@ size_t bn_scratch_bytes(int M, int C) {
 void bn_forward_train(cudaStream_t st, void* scratch, float* y, float* mean, float* invstd,
                       float* running_mean, float* running_var, const float* x, const float* gamma,
                       const float* beta, int M, int C, float eps, float momentum) {
-    check_shape(M, C);
-    const BnScratch s = split_scratch(scratch, M, C);
-    channel_reduce(st, s.partial, SumX{x, C}, StoreMean{mean, M}, M, C);
-    channel_reduce(st, s.partial, SumSqDev{x, mean, C},
-                   StoreVar{invstd, running_mean, running_var, mean, M, eps, momentum}, M, C);
+    batch_statistics(st, scratch, mean, invstd, running_mean, running_var, x, M, C, eps, momentum);
     const size_t n = size_t(M) * C;
     bn_normalize<<<grid_size(n), kBlock, 0, st>>>(y, x, mean, invstd, gamma, beta, n, C);
     CUDA_CHECK_LAUNCH();
@@ -382,11 +390,7 @@ void bn_act_forward_train(cudaStream_t st, void* scratch, float* z, float* mean,
                           float* running_mean, float* running_var, const float* x,
                           const float* gamma, const float* beta, int M, int C, float eps,
                           float momentum, ActKind act, float alpha) {
-    check_shape(M, C);
-    const BnScratch s = split_scratch(scratch, M, C);
-    channel_reduce(st, s.partial, SumX{x, C}, StoreMean{mean, M}, M, C);
-    channel_reduce(st, s.partial, SumSqDev{x, mean, C},
-                   StoreVar{invstd, running_mean, running_var, mean, M, eps, momentum}, M, C);
+    batch_statistics(st, scratch, mean, invstd, running_mean, running_var, x, M, C, eps, momentum);
     const size_t n = size_t(M) * C;
     bn_act_normalize<<<grid_size(n), kBlock, 0, st>>>(z, x, mean, invstd, gamma, beta, n, C, act,
                                                       alpha);
