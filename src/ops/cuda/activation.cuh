@@ -47,4 +47,16 @@ __device__ __forceinline__ float act_chain(ActKind a, float dy, float v, float a
     }
 }
 
+// An optional activation as a kernel argument: off for the plain batch norm kernels, which the
+// fused batch norm + activation shares.
+struct MaybeAct {
+    bool on = false;
+    ActKind kind = ActKind::gelu;
+    float alpha = 0.f;
+    __device__ __forceinline__ float value(float v) const { return on ? act_value(kind, v, alpha) : v; }
+    __device__ __forceinline__ float chain(float dy, float v) const {
+        return on ? act_chain(kind, dy, v, alpha) : dy;
+    }
+};
+
 }  // namespace sr::cuda

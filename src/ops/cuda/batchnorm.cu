@@ -123,34 +123,21 @@ struct SumSqDev {  // (x - mean)^2
     }
 };
 
-struct SumDyDyXhat {  // dy, dy * xhat
-    const float* dy;
+// dy, dy * xhat; with an activation after the BN, dy = dz act'(y), y recomputed from x
+struct SumDyDyXhat {
+    const float* dy;  // (dz with an activation)
     const float* x;
     const float* mean;
     const float* invstd;
-    int C;
-    __device__ float2 operator()(int m, int c) const {
-        const size_t i = size_t(m) * C + c;
-        const float g = dy[i];
-        return make_float2(g, g * ((x[i] - mean[c]) * invstd[c]));
-    }
-};
-
-struct SumDzActDzActXhat {  // dy = dz act'(y), y recomputed from x; then dy, dy * xhat
-    const float* dz;
-    const float* x;
-    const float* mean;
-    const float* invstd;
-    const float* gamma;
+    const float* gamma;  // (read only with an activation)
     const float* beta;
     int C;
-    ActKind act;
-    float alpha;
+    MaybeAct act;
     __device__ float2 operator()(int m, int c) const {
         const size_t i = size_t(m) * C + c;
         const float xhat = (x[i] - mean[c]) * invstd[c];
-        const float y = xhat * (gamma ? gamma[c] : 1.f) + (beta ? beta[c] : 0.f);
-        const float g = act_chain(act, dz[i], y, alpha);
+        const float g = act.on ? act.chain(dy[i], xhat * (gamma ? gamma[c] : 1.f) + (beta ? beta[c] : 0.f))
+                               : dy[i];
         return make_float2(g, g * xhat);
     }
 };
@@ -192,78 +179,43 @@ struct StoreGrads {
 
 // ---- elementwise kernels -----------------------------------------------------------------
 
+// y = act((x - mean) invstd gamma + beta) (act off: plain batch norm)
 __global__ void bn_normalize(float* y, const float* x, const float* mean, const float* invstd,
-                             const float* gamma, const float* beta, size_t n, int C) {
+                             const float* gamma, const float* beta, size_t n, int C, MaybeAct act) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
         const int c = int(i % C);
         const float g = gamma ? gamma[c] : 1.f;
         const float b = beta ? beta[c] : 0.f;
-        y[i] = (x[i] - mean[c]) * invstd[c] * g + b;
+        y[i] = act.value((x[i] - mean[c]) * invstd[c] * g + b);
     }
 }
 
 __global__ void bn_eval(float* y, const float* x, const float* rmean, const float* rvar,
-                        const float* gamma, const float* beta, size_t n, int C, float eps) {
+                        const float* gamma, const float* beta, size_t n, int C, float eps,
+                        MaybeAct act) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
         const int c = int(i % C);
         const float g = gamma ? gamma[c] : 1.f;
         const float b = beta ? beta[c] : 0.f;
-        y[i] = (x[i] - rmean[c]) / sqrtf(rvar[c] + eps) * g + b;
+        y[i] = act.value((x[i] - rmean[c]) / sqrtf(rvar[c] + eps) * g + b);
     }
 }
 
-// dx = gamma * invstd * (dy - sum(dy)/M - xhat * sum(dy xhat)/M)
+// dx = gamma * invstd * (dy - sum(dy)/M - xhat * sum(dy xhat)/M); with an activation, dy = dz
+// act'(y) recomputed as in SumDyDyXhat (dy and dx may be one buffer: elementwise)
 __global__ void bn_dx(float* dx, const float* dy, const float* x, const float* mean,
-                      const float* invstd, const float* gamma, const float* sum_dy,
-                      const float* sum_dy_xhat, size_t n, int C, float inv_m) {
+                      const float* invstd, const float* gamma, const float* beta,
+                      const float* sum_dy, const float* sum_dy_xhat, size_t n, int C, float inv_m,
+                      MaybeAct act) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
         const int c = int(i % C);
         const float g = gamma ? gamma[c] : 1.f;
         const float xhat = (x[i] - mean[c]) * invstd[c];
-        dx[i] = g * invstd[c] * (dy[i] - sum_dy[c] * inv_m - xhat * sum_dy_xhat[c] * inv_m);
-    }
-}
-
-// z = act(bn(x)) with the batch's statistics, and its eval-mode twin
-__global__ void bn_act_normalize(float* z, const float* x, const float* mean, const float* invstd,
-                                 const float* gamma, const float* beta, size_t n, int C,
-                                 ActKind act, float alpha) {
-    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-         i += size_t(gridDim.x) * blockDim.x) {
-        const int c = int(i % C);
-        const float g = gamma ? gamma[c] : 1.f;
-        const float b = beta ? beta[c] : 0.f;
-        z[i] = act_value(act, (x[i] - mean[c]) * invstd[c] * g + b, alpha);
-    }
-}
-
-__global__ void bn_act_eval(float* z, const float* x, const float* rmean, const float* rvar,
-                            const float* gamma, const float* beta, size_t n, int C, float eps,
-                            ActKind act, float alpha) {
-    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-         i += size_t(gridDim.x) * blockDim.x) {
-        const int c = int(i % C);
-        const float g = gamma ? gamma[c] : 1.f;
-        const float b = beta ? beta[c] : 0.f;
-        z[i] = act_value(act, (x[i] - rmean[c]) / sqrtf(rvar[c] + eps) * g + b, alpha);
-    }
-}
-
-// bn_dx with dy = dz act'(y) recomputed (as SumDzActDzActXhat)
-__global__ void bn_act_dx(float* dx, const float* dz, const float* x, const float* mean,
-                          const float* invstd, const float* gamma, const float* beta,
-                          const float* sum_dy, const float* sum_dy_xhat, size_t n, int C,
-                          float inv_m, ActKind act, float alpha) {
-    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-         i += size_t(gridDim.x) * blockDim.x) {
-        const int c = int(i % C);
-        const float g = gamma ? gamma[c] : 1.f;
-        const float xhat = (x[i] - mean[c]) * invstd[c];
-        const float dy = act_chain(act, dz[i], xhat * g + (beta ? beta[c] : 0.f), alpha);
-        dx[i] = g * invstd[c] * (dy - sum_dy[c] * inv_m - xhat * sum_dy_xhat[c] * inv_m);
+        const float d = act.on ? act.chain(dy[i], xhat * g + (beta ? beta[c] : 0.f)) : dy[i];
+        dx[i] = g * invstd[c] * (d - sum_dy[c] * inv_m - xhat * sum_dy_xhat[c] * inv_m);
     }
 }
 
@@ -354,72 +306,87 @@ size_t bn_scratch_bytes(int M, int C) {
     return size_t(num_chunks(M)) * C * sizeof(float2) + 2 * size_t(C) * sizeof(float);
 }
 
+namespace {
+
+// The training forward, backward and eval forward, with the activation after the BN (fused) or
+// without it (act off): one code path for the plain and the fused ops.
+void bn_train_maybe_act(cudaStream_t st, void* scratch, float* y, float* mean, float* invstd,
+                        float* running_mean, float* running_var, const float* x,
+                        const float* gamma, const float* beta, int M, int C, float eps,
+                        float momentum, MaybeAct act) {
+    batch_statistics(st, scratch, mean, invstd, running_mean, running_var, x, M, C, eps, momentum);
+    const size_t n = size_t(M) * C;
+    bn_normalize<<<grid_size(n), kBlock, 0, st>>>(y, x, mean, invstd, gamma, beta, n, C, act);
+    CUDA_CHECK_LAUNCH();
+}
+
+void bn_eval_maybe_act(cudaStream_t st, float* y, const float* x, const float* running_mean,
+                       const float* running_var, const float* gamma, const float* beta, int M,
+                       int C, float eps, MaybeAct act) {
+    CUDA_ASSERT(M > 0 && C > 0);
+    const size_t n = size_t(M) * C;
+    bn_eval<<<grid_size(n), kBlock, 0, st>>>(y, x, running_mean, running_var, gamma, beta, n, C,
+                                             eps, act);
+    CUDA_CHECK_LAUNCH();
+}
+
+void bn_backward_maybe_act(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
+                           const float* dy, const float* x, const float* mean,
+                           const float* invstd, const float* gamma, const float* beta, int M,
+                           int C, MaybeAct act) {
+    check_shape(M, C);
+    const BnScratch s = split_scratch(scratch, M, C);
+    channel_reduce(st, s.partial, SumDyDyXhat{dy, x, mean, invstd, gamma, beta, C, act},
+                   StoreGrads{s.sum_a, s.sum_b, dbeta, dgamma}, M, C);
+    const size_t n = size_t(M) * C;
+    bn_dx<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, beta, s.sum_a, s.sum_b,
+                                           n, C, 1.f / float(M), act);
+    CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
 void bn_forward_train(cudaStream_t st, void* scratch, float* y, float* mean, float* invstd,
                       float* running_mean, float* running_var, const float* x, const float* gamma,
                       const float* beta, int M, int C, float eps, float momentum) {
-    batch_statistics(st, scratch, mean, invstd, running_mean, running_var, x, M, C, eps, momentum);
-    const size_t n = size_t(M) * C;
-    bn_normalize<<<grid_size(n), kBlock, 0, st>>>(y, x, mean, invstd, gamma, beta, n, C);
-    CUDA_CHECK_LAUNCH();
+    bn_train_maybe_act(st, scratch, y, mean, invstd, running_mean, running_var, x, gamma, beta, M,
+                       C, eps, momentum, MaybeAct{});
 }
 
 void bn_forward_eval(cudaStream_t st, float* y, const float* x, const float* running_mean,
                      const float* running_var, const float* gamma, const float* beta, int M,
                      int C, float eps) {
-    CUDA_ASSERT(M > 0 && C > 0);
-    const size_t n = size_t(M) * C;
-    bn_eval<<<grid_size(n), kBlock, 0, st>>>(y, x, running_mean, running_var, gamma, beta, n, C,
-                                             eps);
-    CUDA_CHECK_LAUNCH();
+    bn_eval_maybe_act(st, y, x, running_mean, running_var, gamma, beta, M, C, eps, MaybeAct{});
 }
 
 void bn_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
                  const float* dy, const float* x, const float* mean, const float* invstd,
                  const float* gamma, int M, int C) {
-    check_shape(M, C);
-    const BnScratch s = split_scratch(scratch, M, C);
-    channel_reduce(st, s.partial, SumDyDyXhat{dy, x, mean, invstd, C},
-                   StoreGrads{s.sum_a, s.sum_b, dbeta, dgamma}, M, C);
-    const size_t n = size_t(M) * C;
-    bn_dx<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, s.sum_a, s.sum_b, n, C,
-                                           1.f / float(M));
-    CUDA_CHECK_LAUNCH();
+    bn_backward_maybe_act(st, scratch, dx, dgamma, dbeta, dy, x, mean, invstd, gamma, nullptr, M,
+                          C, MaybeAct{});
 }
 
 void bn_act_forward_train(cudaStream_t st, void* scratch, float* z, float* mean, float* invstd,
                           float* running_mean, float* running_var, const float* x,
                           const float* gamma, const float* beta, int M, int C, float eps,
                           float momentum, ActKind act, float alpha) {
-    batch_statistics(st, scratch, mean, invstd, running_mean, running_var, x, M, C, eps, momentum);
-    const size_t n = size_t(M) * C;
-    bn_act_normalize<<<grid_size(n), kBlock, 0, st>>>(z, x, mean, invstd, gamma, beta, n, C, act,
-                                                      alpha);
-    CUDA_CHECK_LAUNCH();
+    bn_train_maybe_act(st, scratch, z, mean, invstd, running_mean, running_var, x, gamma, beta, M,
+                       C, eps, momentum, MaybeAct{true, act, alpha});
 }
 
 void bn_act_forward_eval(cudaStream_t st, float* z, const float* x, const float* running_mean,
                          const float* running_var, const float* gamma, const float* beta, int M,
                          int C, float eps, ActKind act, float alpha) {
-    CUDA_ASSERT(M > 0 && C > 0);
-    const size_t n = size_t(M) * C;
-    bn_act_eval<<<grid_size(n), kBlock, 0, st>>>(z, x, running_mean, running_var, gamma, beta, n,
-                                                 C, eps, act, alpha);
-    CUDA_CHECK_LAUNCH();
+    bn_eval_maybe_act(st, z, x, running_mean, running_var, gamma, beta, M, C, eps,
+                      MaybeAct{true, act, alpha});
 }
 
 void bn_act_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
                      const float* dz, const float* x, const float* mean, const float* invstd,
                      const float* gamma, const float* beta, int M, int C, ActKind act,
                      float alpha) {
-    check_shape(M, C);
-    const BnScratch s = split_scratch(scratch, M, C);
-    channel_reduce(st, s.partial,
-                   SumDzActDzActXhat{dz, x, mean, invstd, gamma, beta, C, act, alpha},
-                   StoreGrads{s.sum_a, s.sum_b, dbeta, dgamma}, M, C);
-    const size_t n = size_t(M) * C;
-    bn_act_dx<<<grid_size(n), kBlock, 0, st>>>(dx, dz, x, mean, invstd, gamma, beta, s.sum_a,
-                                               s.sum_b, n, C, 1.f / float(M), act, alpha);
-    CUDA_CHECK_LAUNCH();
+    bn_backward_maybe_act(st, scratch, dx, dgamma, dbeta, dz, x, mean, invstd, gamma, beta, M, C,
+                          MaybeAct{true, act, alpha});
 }
 
 void bn_stats(cudaStream_t st, void* scratch, float* sums, const float* x,
@@ -440,7 +407,7 @@ void bn_apply(cudaStream_t st, float* y, float* mean, float* invstd, float* runn
         eps, momentum);
     CUDA_CHECK_LAUNCH();
     const size_t n = size_t(M) * C;
-    bn_normalize<<<grid_size(n), kBlock, 0, st>>>(y, x, mean, invstd, gamma, beta, n, C);
+    bn_normalize<<<grid_size(n), kBlock, 0, st>>>(y, x, mean, invstd, gamma, beta, n, C, MaybeAct{});
     CUDA_CHECK_LAUNCH();
 }
 
@@ -449,7 +416,7 @@ void bn_backward_reduce(cudaStream_t st, void* scratch, float* sums, float* dgam
                         int M, int C) {
     check_shape(M, C);
     const BnScratch s = split_scratch(scratch, M, C);
-    channel_reduce(st, s.partial, SumDyDyXhat{dy, x, mean, invstd, C},
+    channel_reduce(st, s.partial, SumDyDyXhat{dy, x, mean, invstd, nullptr, nullptr, C, MaybeAct{}},
                    StoreGrads{sums, sums + C, dbeta, dgamma}, M, C);
 }
 
@@ -458,8 +425,8 @@ void bn_backward_apply(cudaStream_t st, float* dx, const float* dy, const float*
                        const float* sums, int64_t count, int M, int C) {
     CUDA_ASSERT(M > 0 && C > 0 && count >= M);
     const size_t n = size_t(M) * C;
-    bn_dx<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, sums, sums + C, n, C,
-                                           float(1.0 / double(count)));
+    bn_dx<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, nullptr, sums, sums + C,
+                                           n, C, float(1.0 / double(count)), MaybeAct{});
     CUDA_CHECK_LAUNCH();
 }
 
