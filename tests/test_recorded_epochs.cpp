@@ -27,6 +27,7 @@ TEST(RecordingBackend, RecordsWithTheArgumentsOfTheCallAndRunsOnlyOnReplay) {
     a = 100.f;                        // (a later change of the caller's variable is not seen)
     EXPECT_THROW(rb.download(nullptr, y.get(), 16), Error);  // host work cannot be recorded
     EXPECT_THROW(rb.synchronize(), Error);
+    EXPECT_THROW(rb.alloc(16), Error);  // (no allocation inside recorded work)
     std::string why;
     auto rec = rb.end_recording(&why);
     ASSERT_TRUE(rec) << why;

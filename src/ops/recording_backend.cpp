@@ -55,6 +55,14 @@ void RecordingBackend::refuse_while_recording(const char* what) const {
              "CUDA stream capture)", what);
 }
 
+void* RecordingBackend::alloc(size_t bytes) {
+    refuse_while_recording("alloc");
+    return ForwardingBackend::alloc(bytes);
+}
+void RecordingBackend::release(void* p) {
+    refuse_while_recording("release");
+    ForwardingBackend::release(p);
+}
 void RecordingBackend::upload(void* dst, const void* src_host, size_t bytes) {
     refuse_while_recording("upload");
     ForwardingBackend::upload(dst, src_host, bytes);

@@ -6,8 +6,9 @@
 // recorded calls were given at record time, so code whose recorded work must stay right when
 // replayed later (the trainer's recorded epochs, src/train/trainer.cpp) is tested on the CPU by
 // comparing replays with direct runs. As under CUDA stream capture, work that touches host
-// memory or waits (upload, download, synchronize, patch_covariance) cannot be recorded: it
-// fails with an error while recording.
+// memory, waits or allocates (upload, download, synchronize, patch_covariance, alloc, release)
+// cannot be recorded: it fails with an error while recording (so the tests also hold the
+// training steps to "no allocation in the training loop").
 #pragma once
 #include <functional>
 #include <memory>
@@ -32,6 +33,8 @@ public:
     long recordings() const { return recordings_; }
     long replays() const { return *replays_; }
 
+    void* alloc(size_t bytes) override;
+    void release(void* p) override;
     void upload(void* dst, const void* src_host, size_t bytes) override;
     void download(void* dst_host, const void* src, size_t bytes) override;
     void synchronize() override;
