@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace sr {
 
@@ -86,6 +88,38 @@ public:
     virtual void replay() = 0;              // queues the recorded work again
     virtual size_t kernel_count() const = 0;  // kernels in it (library kernels included)
     virtual size_t node_count() const = 0;    // every node (kernels, memsets, copies)
+};
+
+// One row-major product of a GemmList: C (M,N) = alpha op(A) op(B) + beta C, as Backend::gemm.
+struct GemmItem {
+    float* C = nullptr;
+    const float* A = nullptr;
+    const float* B = nullptr;
+    int M = 0, N = 0, K = 0;
+    bool trans_a = false, trans_b = false;
+};
+
+// Independent products with pointers and shapes fixed at set-up, run many times: Muon's
+// Newton-Schulz step over all filters at once. One library call where the backend has a grouped
+// product (cuBLAS's grouped batched gemm), a loop of gemm() elsewhere. No item writes what
+// another item reads. Copying is not allowed.
+class GemmList {
+public:
+    explicit GemmList(std::vector<GemmItem> items) : items_(std::move(items)) {}
+    virtual ~GemmList() = default;
+    GemmList(const GemmList&) = delete;
+    GemmList& operator=(const GemmList&) = delete;
+    // every item: C = alpha op(A) op(B) + beta C (C not read when beta == 0)
+    virtual void run(float alpha, float beta) = 0;
+    const std::vector<GemmItem>& items() const { return items_; }
+    double flops() const {
+        double f = 0;
+        for (const GemmItem& it : items_) f += 2.0 * it.M * it.N * it.K;
+        return f;
+    }
+
+protected:
+    std::vector<GemmItem> items_;
 };
 
 class Backend {
@@ -276,6 +310,14 @@ public:
     // beta == 0. fp32 throughout (no TF32): Muon's Newton-Schulz iteration runs on it.
     virtual void gemm(float* C, const float* A, const float* B, int M, int N, int K, bool trans_a,
                       bool trans_b, float alpha, float beta) = 0;
+    // A GemmList over these items (see GemmList); set it up outside a recording.
+    virtual std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items) = 0;
+    // scale_to_norm on `count` segments of x at once: segment s = [offsets[s], offsets[s + 1])
+    // (offsets: count + 1 values, targets: count values or nullptr, both in device memory) is
+    // scaled to the norm target * t_s, t_s = targets ? targets[s] : 1:
+    //   x_s *= target * t_s / (||x_s||_2 + eps)      (each segment's norm summed in double)
+    virtual void scale_to_norm_segments(float* x, const int64_t* offsets, const float* targets,
+                                        int count, float target, float eps) = 0;
 
     // ---- data -----------------------------------------------------------------------------------
     // out (N,H+2pad,W+2pad,3) = reflect_pad((in/255 - mean) / std), in is uint8 (N,H,W,3).
@@ -306,6 +348,19 @@ public:
     // not null, = the mean patch vector (for a centred covariance: cov - mean mean^T).
     virtual void patch_covariance(double* cov_host, double* mean_host, const float* x, int N,
                                   int H, int W, int C, int k) = 0;
+};
+
+// The plain GemmList: one gemm() call per item (the CPU's).
+class LoopGemmList final : public GemmList {
+public:
+    LoopGemmList(Backend& b, std::vector<GemmItem> items) : GemmList(std::move(items)), b_(b) {}
+    void run(float alpha, float beta) override {
+        for (const GemmItem& it : items_)
+            b_.gemm(it.C, it.A, it.B, it.M, it.N, it.K, it.trans_a, it.trans_b, alpha, beta);
+    }
+
+private:
+    Backend& b_;
 };
 
 // The CPU backend is always available; the CUDA one only in builds with CUDA (nullptr + reason

@@ -51,6 +51,28 @@ private:
     double flops_ = 0, bytes_ = 0;
 };
 
+// A GemmList of the wrapped backend: run() through run_op().
+class ForwardedGemmList final : public GemmList {
+public:
+    ForwardedGemmList(ForwardingBackend& fb, std::unique_ptr<GemmList> inner)
+        : GemmList(inner->items()), fb_(fb), in_(std::move(inner)) {
+        for (const GemmItem& it : items_)
+            bytes_ += kF * (double(it.M) * it.K + double(it.K) * it.N + double(it.M) * it.N);
+    }
+    void run(float alpha, float beta) override {
+        double bytes = bytes_;
+        if (beta != 0)
+            for (const GemmItem& it : items_) bytes += kF * double(it.M) * it.N;
+        fb_.run_op(kLinear, [&] { return fmt::format("gemm list of {}", items_.size()); }, flops(),
+                   bytes, [=, this] { in_->run(alpha, beta); });
+    }
+
+private:
+    ForwardingBackend& fb_;
+    std::unique_ptr<GemmList> in_;
+    double bytes_ = 0;
+};
+
 }  // namespace
 
 // ---- memory ------------------------------------------------------------------------------------
@@ -70,6 +92,9 @@ void ForwardingBackend::copy(void* dst, const void* src, size_t bytes) {
 
 std::unique_ptr<Conv2d> ForwardingBackend::make_conv(const ConvShape& s) {
     return std::make_unique<ForwardedConv2d>(*this, in_.make_conv(s));
+}
+std::unique_ptr<GemmList> ForwardingBackend::make_gemm_list(std::vector<GemmItem> items) {
+    return std::make_unique<ForwardedGemmList>(*this, in_.make_gemm_list(std::move(items)));
 }
 
 // ---- batch norm: M rows x C channels -----------------------------------------------------------
@@ -277,6 +302,13 @@ void ForwardingBackend::scale(float* x, float a, size_t n) {
 void ForwardingBackend::scale_to_norm(float* x, size_t n, float target, float eps) {
     run_op(kOpt, [&] { return nv("scale to norm", n); }, 3.0 * n, 3 * kF * n,
             [=, this] { in_.scale_to_norm(x, n, target, eps); });
+}
+void ForwardingBackend::scale_to_norm_segments(float* x, const int64_t* offsets,
+                                               const float* targets, int count, float target,
+                                               float eps) {
+    // (the sizes are in device memory: no bytes or FLOPs counted)
+    run_op(kOpt, [&] { return fmt::format("scale to norm, {} segments", count); }, 0, 0,
+           [=, this] { in_.scale_to_norm_segments(x, offsets, targets, count, target, eps); });
 }
 void ForwardingBackend::momentum_direction(float* u, float* buf, const float* g, size_t n,
                                           float momentum, bool nesterov) {

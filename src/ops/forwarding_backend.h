@@ -54,6 +54,7 @@ public:
     void* native_stream() override { return in_.native_stream(); }
 
     std::unique_ptr<Conv2d> make_conv(const ConvShape& s) override;
+    std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items) override;
 
     void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
                           float* running_var, const float* x, const float* gamma,
@@ -124,6 +125,8 @@ public:
     void axpy(float* y, const float* x, float a, size_t n) override;
     void scale(float* x, float a, size_t n) override;
     void scale_to_norm(float* x, size_t n, float target, float eps) override;
+    void scale_to_norm_segments(float* x, const int64_t* offsets, const float* targets, int count,
+                                float target, float eps) override;
     void momentum_direction(float* u, float* buf, const float* g, size_t n, float momentum,
                             bool nesterov) override;
     void gemm(float* C, const float* A, const float* B, int M, int N, int K, bool trans_a,

@@ -28,19 +28,76 @@ bool muon_renorm_due(int count, int last, int total, int base, double growth) {
 
 Optimizer::Optimizer(Network& net, const Recipe& r) : net_(net), r_(r), h_(sgd_hyper(r)) {
     if (r.optimizer != "muon") return;
-    size_t max_n = 0, max_side = 0;
+    size_t stack = 0, gram = 0;
     for (const auto& s : net.tensors())
         if (s.group == ParamGroup::weight && s.shape.size() == 4) {
             const int rows = s.shape[0];
-            filters_.push_back({s.offset, s.count, rows});
-            max_n = std::max(max_n, s.count);
-            max_side = std::max(max_side, std::min(size_t(rows), s.count / size_t(rows)));
+            filters_.push_back({s.offset, s.count, rows, stack});
+            stack += s.count;
+            const size_t side = std::min(size_t(rows), s.count / size_t(rows));
+            gram += side * side;
         }
+    std::sort(filters_.begin(), filters_.end(),
+              [](const Filter& a, const Filter& b) { return a.offset < b.offset; });
+    stack = 0;
+    for (Filter& f : filters_) {  // the stack in arena order, so neighbours make one span
+        f.stack = stack;
+        stack += f.count;
+        if (!spans_.empty() && spans_.back().offset + spans_.back().count == f.offset)
+            spans_.back().count += f.count;
+        else
+            spans_.push_back({f.offset, f.stack, f.count});
+    }
+    if (filters_.empty()) return;
     Backend& b = net.backend;
-    x_ = DeviceBuffer<float>(b, max_n);
-    xn_ = DeviceBuffer<float>(b, max_n);
-    a_ = DeviceBuffer<float>(b, max_side * max_side);
-    b_ = DeviceBuffer<float>(b, max_side * max_side);
+    x_ = DeviceBuffer<float>(b, stack);
+    xn_ = DeviceBuffer<float>(b, stack);
+    a_ = DeviceBuffer<float>(b, gram);
+    b_ = DeviceBuffer<float>(b, gram);
+    const size_t n = filters_.size();
+    std::vector<int64_t> seg_stack(n + 1), seg_param(n + 1);
+    std::vector<float> target(n);
+    std::vector<GemmItem> gram_items[2], square_items, apply_items[2];
+    size_t aoff = 0;
+    const size_t first = filters_[0].offset;
+    for (size_t i = 0; i < n; ++i) {
+        const Filter& f = filters_[i];
+        seg_stack[i] = int64_t(f.stack);
+        seg_stack[i + 1] = int64_t(f.stack + f.count);
+        seg_param[i] = int64_t(f.offset - first);
+        seg_param[i + 1] = int64_t(f.offset - first + f.count);
+        target[i] = float(std::sqrt(double(f.rows)));
+        // quintic Newton-Schulz on the wide orientation: A = X X^T (D <= K) or X^T X (D > K)
+        const int D = f.rows, K = int(f.count / size_t(f.rows));
+        const bool wide = D <= K;
+        const int s = wide ? D : K;
+        float* A = a_.get() + aoff;
+        float* B = b_.get() + aoff;
+        aoff += size_t(s) * s;
+        square_items.push_back({B, A, A, s, s, s, false, false});  // B = A A (then + b A)
+        for (int j = 0; j < 2; ++j) {
+            float* X = (j == 0 ? x_ : xn_).get() + f.stack;
+            float* Xn = (j == 0 ? xn_ : x_).get() + f.stack;
+            if (wide) {
+                gram_items[j].push_back({A, X, X, s, s, K, false, true});
+                apply_items[j].push_back({Xn, B, X, D, K, D, false, false});  // B X
+            } else {
+                gram_items[j].push_back({A, X, X, s, s, D, true, false});
+                apply_items[j].push_back({Xn, X, B, D, K, K, false, false});  // X B
+            }
+        }
+    }
+    seg_stack_ = DeviceBuffer<int64_t>(b, n + 1);
+    seg_param_ = DeviceBuffer<int64_t>(b, n + 1);
+    renorm_target_ = DeviceBuffer<float>(b, n);
+    b.upload(seg_stack_.get(), seg_stack.data(), (n + 1) * sizeof(int64_t));
+    b.upload(seg_param_.get(), seg_param.data(), (n + 1) * sizeof(int64_t));
+    b.upload(renorm_target_.get(), target.data(), n * sizeof(float));
+    for (int j = 0; j < 2; ++j) {
+        gram_[j] = b.make_gemm_list(std::move(gram_items[j]));
+        apply_[j] = b.make_gemm_list(std::move(apply_items[j]));
+    }
+    square_ = b.make_gemm_list(std::move(square_items));
 }
 
 void Optimizer::sgd_group(ParamGroup grp, double lr, double wd, double momentum, bool lr_in_velocity) {
@@ -132,36 +189,40 @@ void Optimizer::muon_step(int step, int total, double mult) {
     const double progress = double(count) / total;
     const double lr = mu.lr * mult;
     const float ca = float(mu.coeffs[0]), cb = float(mu.coeffs[1]), cc = float(mu.coeffs[2]);
-    for (const Filter& f : filters_) {
-        float* p = net_.params.get() + f.offset;
-        const float* g = net_.grads.get() + f.offset;
-        float* buf = net_.momentum.get() + f.offset;
-        const size_t n = f.count;
-        const int D = f.rows, K = int(n / size_t(f.rows));
-        b.momentum_direction(x_.get(), buf, g, n, float(mu.momentum), mu.nesterov);
-        if (mu.magnitude.size() == 2) {
-            const double target = mu.magnitude[0] * (1 - progress) + mu.magnitude[1] * progress;
-            b.scale_to_norm(x_.get(), n, float(target), float(mu.eps));
-        }
-        b.scale_to_norm(x_.get(), n, 1.f, float(mu.eps));
-        // quintic Newton-Schulz on the wide orientation: A = X X^T (D <= K) or X^T X (D > K)
-        const bool wide = D <= K;
-        const int s = wide ? D : K;
-        float* X = x_.get();
-        float* Xn = xn_.get();
-        for (int it = 0; it < mu.steps; ++it) {
-            if (wide) b.gemm(a_.get(), X, X, s, s, K, false, true, 1.f, 0.f);
-            else b.gemm(a_.get(), X, X, s, s, D, true, false, 1.f, 0.f);
-            b.gemm(b_.get(), a_.get(), a_.get(), s, s, s, false, false, cc, 0.f);  // c A^2
-            b.axpy(b_.get(), a_.get(), cb, size_t(s) * s);                         // + b A
-            if (wide) b.gemm(Xn, b_.get(), X, D, K, D, false, false, 1.f, 0.f);     // B X
-            else b.gemm(Xn, X, b_.get(), D, K, K, false, false, 1.f, 0.f);          // X B
-            b.axpy(Xn, X, ca, n);                                                  // + a X
-            std::swap(X, Xn);
-        }
-        if (renorm) b.scale_to_norm(p, n, float(std::sqrt(double(D))), float(mu.renorm_eps));
-        b.axpy(p, X, float(-lr), n);
-        if (mu.weight_decay > 0) b.scale(p, float(1.0 - lr * mu.weight_decay), n);
+    if (filters_.empty()) return;
+    float* p = net_.params.get();
+    const float* g = net_.grads.get();
+    float* buf = net_.momentum.get();
+    const int n = int(filters_.size());
+    const size_t stack = x_.size(), gram = a_.size();
+    for (const Span& s : spans_)
+        b.momentum_direction(x_.get() + s.stack, buf + s.offset, g + s.offset, s.count,
+                             float(mu.momentum), mu.nesterov);
+    if (mu.magnitude.size() == 2) {
+        const double target = mu.magnitude[0] * (1 - progress) + mu.magnitude[1] * progress;
+        b.scale_to_norm_segments(x_.get(), seg_stack_.get(), nullptr, n, float(target),
+                                 float(mu.eps));
+    }
+    b.scale_to_norm_segments(x_.get(), seg_stack_.get(), nullptr, n, 1.f, float(mu.eps));
+    // Newton-Schulz over every filter at once: A = X X^T; B = c A^2 + b A; X = B X + a X
+    int cur = 0;  // 0: X in x_, 1: in xn_
+    for (int it = 0; it < mu.steps; ++it) {
+        gram_[cur]->run(1.f, 0.f);
+        square_->run(cc, 0.f);                                  // c A^2
+        b.axpy(b_.get(), a_.get(), cb, gram);                   // + b A
+        apply_[cur]->run(1.f, 0.f);                             // B X
+        float* X = (cur == 0 ? x_ : xn_).get();
+        float* Xn = (cur == 0 ? xn_ : x_).get();
+        b.axpy(Xn, X, ca, stack);                               // + a X
+        cur ^= 1;
+    }
+    const float* X = (cur == 0 ? x_ : xn_).get();
+    if (renorm)
+        b.scale_to_norm_segments(p + filters_[0].offset, seg_param_.get(), renorm_target_.get(), n,
+                                 1.f, float(mu.renorm_eps));
+    for (const Span& s : spans_) {
+        b.axpy(p + s.offset, X + s.stack, float(-lr), s.count);
+        if (mu.weight_decay > 0) b.scale(p + s.offset, float(1.0 - lr * mu.weight_decay), s.count);
     }
 }
 

@@ -60,13 +60,25 @@ private:
     Network& net_;
     Recipe r_;
     SgdHyper h_;
-    // "muon": the conv filters (offset and size in the arenas, rows = C_out), and the scratch
+    // "muon": the conv filters (offset and size in the arenas, rows = C_out) stacked one after
+    // another in X; all of them go through each step of the update together: one launch (or
+    // one grouped gemm) per step, not one per filter.
     struct Filter {
-        size_t offset, count;
+        size_t offset, count;  // in the parameter arenas
         int rows;
+        size_t stack;          // offset in X (and in Xn)
+    };
+    struct Span {  // filters that follow each other in the arenas: one elementwise launch
+        size_t offset, stack, count;
     };
     std::vector<Filter> filters_;
+    std::vector<Span> spans_;
     DeviceBuffer<float> x_, xn_, a_, b_;  // X (the momentum direction, then NS), its next, A, B
+    DeviceBuffer<int64_t> seg_stack_, seg_param_;  // filter bounds in X, in the arenas from the first
+    DeviceBuffer<float> renorm_target_;            // sqrt(rows) per filter
+    // Newton-Schulz: gram_[i] A = X X^T (or X^T X) from X (i = 0) or Xn (1); square_ B = A A;
+    // apply_[i] Xn = B X (or X B) from X into Xn (i = 0) or from Xn into X (1)
+    std::unique_ptr<GemmList> gram_[2], square_, apply_[2];
     int prev_step_ = -1, last_renorm_ = 0;
 };
 

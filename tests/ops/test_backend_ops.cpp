@@ -124,6 +124,8 @@ template <> int32_t cpu_garbage<int32_t>() { return -777777; }
 template <> int32_t gpu_garbage<int32_t>() { return 888888; }
 template <> int8_t cpu_garbage<int8_t>() { return -99; }
 template <> int8_t gpu_garbage<int8_t>() { return 99; }
+template <> int64_t cpu_garbage<int64_t>() { return -5555555555; }
+template <> int64_t gpu_garbage<int64_t>() { return 6666666666; }
 
 // The same tensor on both backends: c on the CPU, g on the GPU.
 template <typename T>
@@ -890,6 +892,61 @@ TEST_F(BackendOps, Gemm) {
         }
     gemm_case(*this, 64, 64, 216, false, true, 1.f, 0.f, 1480);    // A = X X^T
     gemm_case(*this, 256, 2304, 256, false, false, 1.f, 0.f, 1490);  // B X
+}
+
+// Muon's batched step: every filter's norm at once (segments of Muon's filter sizes, an empty
+// one, per-segment targets or none): the tolerance of scale_to_norm.
+TEST_F(BackendOps, ScaleToNormSegments) {
+    const std::vector<int64_t> off = {0, 13824, 50688, 50688, 198144, 787968, 789000};
+    const int count = int(off.size()) - 1;
+    auto offsets = in(off);
+    auto targets = in(uniform(size_t(count), 1491, 0.5f, 16.f));
+    auto x = in(randn(size_t(off.back()), 1492));
+    cpu_->scale_to_norm_segments(x.cp(), offsets.cp(), targets.cp(), count, 0.5f, 1e-7f);
+    gpu_->scale_to_norm_segments(x.gp(), offsets.gp(), targets.gp(), count, 0.5f, 1e-7f);
+    EXPECT_TRUE(same(x, "scale_to_norm_segments (targets)", 1e-7, 1e-5));
+    cpu_->scale_to_norm_segments(x.cp(), offsets.cp(), nullptr, count, 2.f, 1e-5f);
+    gpu_->scale_to_norm_segments(x.gp(), offsets.gp(), nullptr, count, 2.f, 1e-5f);
+    EXPECT_TRUE(same(x, "scale_to_norm_segments", 1e-7, 1e-5));
+}
+
+// A GemmList (cuBLAS's grouped batched gemm on the GPU, a loop of sgemm on the CPU): Muon's
+// Newton-Schulz products, both orientations, two items of one shape (one cuBLAS group), beta 0
+// and beta != 0; the tolerance of gemm. Guard words around the whole stack catch stray writes.
+TEST_F(BackendOps, GemmList) {
+    struct Shape { int M, N, K; bool ta, tb; };
+    const std::vector<Shape> shapes = {{64, 64, 216, false, true}, {72, 72, 96, true, false},
+                                       {64, 64, 216, false, true}, {96, 72, 72, false, false},
+                                       {256, 2304, 256, false, false}, {7, 13, 29, true, true}};
+    size_t na = 0, nb = 0, nc = 0;
+    for (const Shape& s : shapes) {
+        na += size_t(s.M) * s.K;
+        nb += size_t(s.K) * s.N;
+        nc += size_t(s.M) * s.N;
+    }
+    auto a = in(randn(na, 1493));
+    auto b = in(randn(nb, 1494));
+    for (float beta : {0.f, 0.75f}) {
+        SCOPED_TRACE(testing::Message() << "beta=" << beta);
+        auto c = beta != 0.f ? in(randn(nc, 1495)) : out<float>(nc);
+        std::vector<GemmItem> ci, gi;
+        size_t oa = 0, ob = 0, oc = 0;
+        for (const Shape& s : shapes) {
+            ci.push_back({c.cp() + oc, a.cp() + oa, b.cp() + ob, s.M, s.N, s.K, s.ta, s.tb});
+            gi.push_back({c.gp() + oc, a.gp() + oa, b.gp() + ob, s.M, s.N, s.K, s.ta, s.tb});
+            oa += size_t(s.M) * s.K;
+            ob += size_t(s.K) * s.N;
+            oc += size_t(s.M) * s.N;
+        }
+        auto cl = cpu_->make_gemm_list(std::move(ci));
+        auto gl = gpu_->make_gemm_list(std::move(gi));
+        cl->run(1.5f, beta);
+        gl->run(1.5f, beta);
+        EXPECT_TRUE(same(c, "gemm list C", 1e-5 * rms(c.c.get("C")), 1e-5));
+        cl->run(-0.5f, beta);  // a second run of the same list
+        gl->run(-0.5f, beta);
+        EXPECT_TRUE(same(c, "gemm list C, run 2", 1e-5 * rms(c.c.get("C")), 1e-5));
+    }
 }
 
 // ---- data ------------------------------------------------------------------------------------

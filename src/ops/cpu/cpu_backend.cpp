@@ -195,6 +195,13 @@ public:
               float alpha, float beta) override {
         cpu::gemm(C, A, B, M, N, K, ta, tb, alpha, beta);
     }
+    std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items) override {
+        return std::make_unique<LoopGemmList>(*this, std::move(items));
+    }
+    void scale_to_norm_segments(float* x, const int64_t* offsets, const float* targets, int count,
+                                float target, float eps) override {
+        cpu::scale_to_norm_segments(x, offsets, targets, count, target, eps);
+    }
     void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) override {
         cpu::cutout(x, pos, B, H, W, C, size);
     }

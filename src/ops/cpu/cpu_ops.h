@@ -106,6 +106,10 @@ void lerp_assign(float* ema, float* p, size_t n, float t);
 void axpy(float* y, const float* x, float a, size_t n);
 void scale(float* x, float a, size_t n);
 void scale_to_norm(float* x, size_t n, float target, float eps);
+// scale_to_norm on each segment [offsets[s], offsets[s + 1]), s < count, to target * targets[s]
+// (targets == nullptr: target): Backend::scale_to_norm_segments.
+void scale_to_norm_segments(float* x, const int64_t* offsets, const float* targets, int count,
+                            float target, float eps);
 void momentum_direction(float* u, float* buf, const float* g, size_t n, float momentum,
                         bool nesterov);
 // gemm through oneDNN's sgemm; gemm_naive is its plain-loop reference (double accumulation).

@@ -121,6 +121,13 @@ void scale_to_norm(float* x, size_t n, float target, float eps) {
     scale(x, float(target / (std::sqrt(ss) + eps)), n);
 }
 
+void scale_to_norm_segments(float* x, const int64_t* offsets, const float* targets, int count,
+                            float target, float eps) {
+    for (int s = 0; s < count; ++s)
+        scale_to_norm(x + offsets[s], size_t(offsets[s + 1] - offsets[s]),
+                      targets ? target * targets[s] : target, eps);
+}
+
 SR_CLONES void momentum_direction(float* u, float* buf, const float* g, size_t n, float momentum,
                                   bool nesterov) {
 #pragma omp parallel for simd schedule(static) if (n > 65536)

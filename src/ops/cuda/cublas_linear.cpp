@@ -10,7 +10,9 @@
 //   dw^T (I,O) = x^T (I,N)  dy (N,O)     -> gemm(N, T, m=I, n=O, k=N, A=x ld I, B=dy ld O, C=dw ld I)
 #include "ops/cuda/cublas_linear.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <tuple>
 
 #include <cublas_v2.h>
 
@@ -91,6 +93,61 @@ void gemm(CublasContext& ctx, float* C, const float* A, const float* B, int M, i
     CUBLAS_CHECK(cublasSgemm(ctx.handle, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                              trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
                              trans_b ? K : N, A, trans_a ? M : K, &beta, C, N));
+}
+
+GroupedGemm::GroupedGemm(CublasContext& ctx, const std::vector<GemmItem>& items,
+                         void* ptrs_device)
+    : ctx_(ctx) {
+    const size_t n = items.size();
+    // group order: items sorted by (flags, shape), stable
+    std::vector<size_t> order(n);
+    for (size_t i = 0; i < n; ++i) order[i] = i;
+    auto key = [&](size_t i) {
+        const GemmItem& it = items[i];
+        return std::make_tuple(it.trans_a, it.trans_b, it.M, it.N, it.K);
+    };
+    std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return key(x) < key(y); });
+    std::vector<const void*> host(3 * n);
+    for (size_t j = 0; j < n; ++j) {
+        const GemmItem& it = items[order[j]];
+        CUDA_ASSERT(it.M > 0 && it.N > 0 && it.K > 0);
+        // row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T (as gemm() below)
+        host[j] = it.B;
+        host[n + j] = it.A;
+        host[2 * n + j] = it.C;
+        if (j == 0 || key(order[j]) != key(order[j - 1])) {
+            ta_.push_back(it.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
+            tb_.push_back(it.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
+            m_.push_back(it.N);
+            n_.push_back(it.M);
+            k_.push_back(it.K);
+            lda_.push_back(it.trans_b ? it.K : it.N);
+            ldb_.push_back(it.trans_a ? it.M : it.K);
+            ldc_.push_back(it.N);
+            size_.push_back(0);
+        }
+        ++size_.back();
+    }
+    alpha_.resize(size_.size());
+    beta_.resize(size_.size());
+    if (n == 0) return;
+    CUDA_CHECK(cudaMemcpy(ptrs_device, host.data(), host.size() * sizeof(void*),
+                          cudaMemcpyHostToDevice));
+    a_ = static_cast<const float* const*>(ptrs_device);
+    b_ = a_ + n;
+    c_ = static_cast<float* const*>(ptrs_device) + 2 * n;
+}
+
+void GroupedGemm::run(float alpha, float beta) {
+    if (size_.empty()) return;
+    std::fill(alpha_.begin(), alpha_.end(), alpha);
+    std::fill(beta_.begin(), beta_.end(), beta);
+    static_assert(sizeof(cublasOperation_t) == sizeof(int));
+    CUBLAS_CHECK(cublasSgemmGroupedBatched(
+        ctx_.handle, reinterpret_cast<const cublasOperation_t*>(ta_.data()),
+        reinterpret_cast<const cublasOperation_t*>(tb_.data()), m_.data(), n_.data(), k_.data(),
+        alpha_.data(), a_, lda_.data(), b_, ldb_.data(), beta_.data(), c_, ldc_.data(),
+        int(size_.size()), size_.data()));
 }
 
 }  // namespace sr::cuda

@@ -4,8 +4,11 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <cuda_runtime_api.h>
+
+#include "ops/backend.h"
 
 namespace sr::cuda {
 
@@ -30,5 +33,24 @@ void linear_backward(CublasContext& ctx, float* dx, float* dw, const float* dy, 
 // Row-major C (M,N) = alpha op(A) op(B) + beta C: the contract of Backend::gemm (fp32, no TF32).
 void gemm(CublasContext& ctx, float* C, const float* A, const float* B, int M, int N, int K,
           bool trans_a, bool trans_b, float alpha, float beta);
+
+// The items of a GemmList as one cublasSgemmGroupedBatched call: items of the same shape and
+// flags form one group. The pointer arrays cuBLAS reads live in device memory the caller owns
+// (ptrs_device: room for 3 * items.size() pointers), written once here, so a recorded graph
+// replays the call unchanged.
+class GroupedGemm {
+public:
+    GroupedGemm(CublasContext& ctx, const std::vector<GemmItem>& items, void* ptrs_device);
+    void run(float alpha, float beta);  // C = alpha op(A) op(B) + beta C for every item
+    int group_count() const { return int(size_.size()); }
+
+private:
+    CublasContext& ctx_;
+    std::vector<int> ta_, tb_, m_, n_, k_, lda_, ldb_, ldc_, size_;  // per group (column-major)
+    std::vector<float> alpha_, beta_;
+    const float* const* a_ = nullptr;  // device arrays, items in group order
+    const float* const* b_ = nullptr;
+    float* const* c_ = nullptr;
+};
 
 }  // namespace sr::cuda

@@ -392,6 +392,13 @@ public:
               float alpha, float beta) override {
         cuda::gemm(*cublas_, C, A, B, M, N, K, ta, tb, alpha, beta);
     }
+    std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items) override;
+    void scale_to_norm_segments(float* x, const int64_t* offsets, const float* targets, int count,
+                                float target, float eps) override {
+        cuda::scale_to_norm_segments(stream_,
+                                     scratch(cuda::scale_to_norm_segments_scratch_bytes(count)), x,
+                                     offsets, targets, count, target, eps);
+    }
 
     // ---- data -------------------------------------------------------------------------------
     void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const float* mean_host,
@@ -450,6 +457,25 @@ private:
     size_t scratch_bytes_ = 0;
     std::vector<void*> retired_;  // scratch buffers replaced by larger ones
 };
+
+// A GemmList as one grouped cuBLAS call; the pointer arrays it reads are device memory of the
+// backend (counted in its peak), held as long as the list.
+class CudaGemmList final : public GemmList {
+public:
+    CudaGemmList(Backend& b, cuda::CublasContext& ctx, std::vector<GemmItem> items)
+        : GemmList(std::move(items)),
+          ptrs_(b, 3 * items_.size()),
+          plan_(ctx, items_, ptrs_.get()) {}
+    void run(float alpha, float beta) override { plan_.run(alpha, beta); }
+
+private:
+    DeviceBuffer<const float*> ptrs_;
+    cuda::GroupedGemm plan_;
+};
+
+std::unique_ptr<GemmList> CudaBackend::make_gemm_list(std::vector<GemmItem> items) {
+    return std::make_unique<CudaGemmList>(*this, *cublas_, std::move(items));
+}
 
 }  // namespace
 

@@ -106,6 +106,10 @@ void scale(cudaStream_t st, float* x, float a, size_t n);
 // needs scale_to_norm_scratch_bytes() of scratch
 size_t scale_to_norm_scratch_bytes();
 void scale_to_norm(cudaStream_t st, void* scratch, float* x, size_t n, float target, float eps);
+// Backend::scale_to_norm_segments; needs scale_to_norm_segments_scratch_bytes(count) of scratch
+size_t scale_to_norm_segments_scratch_bytes(int count);
+void scale_to_norm_segments(cudaStream_t st, void* scratch, float* x, const int64_t* offsets,
+                            const float* targets, int count, float target, float eps);
 void momentum_direction(cudaStream_t st, float* u, float* buf, const float* g, size_t n,
                         float momentum, bool nesterov);
 

@@ -89,6 +89,43 @@ __global__ void scale_by_norm_kernel(float* x, const float* partial, size_t n, f
         x[i] *= f;
 }
 
+// The segmented version: blockIdx.y is the segment, kSegBlocks blocks share each one.
+constexpr int kSegBlocks = 32;
+
+__global__ void segment_sumsq_kernel(float* partial, const float* x, const int64_t* offsets) {
+    __shared__ float sh[kBlock];
+    const int64_t beg = offsets[blockIdx.y], end = offsets[blockIdx.y + 1];
+    float acc = 0.f;
+    for (int64_t i = beg + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < end;
+         i += int64_t(gridDim.x) * blockDim.x)
+        acc += x[i] * x[i];
+    sh[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (int(threadIdx.x) < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.y * kSegBlocks + blockIdx.x] = sh[0];
+}
+
+__global__ void segment_scale_kernel(float* x, const float* partial, const int64_t* offsets,
+                                     const float* targets, float target, float eps) {
+    __shared__ float factor;
+    const int seg = blockIdx.y;
+    if (threadIdx.x == 0) {
+        double ss = 0;
+        for (int b = 0; b < kSegBlocks; ++b) ss += partial[seg * kSegBlocks + b];
+        const float t = targets ? target * targets[seg] : target;  // (as the CPU: fp32 product)
+        factor = float(double(t) / (sqrt(ss) + eps));
+    }
+    __syncthreads();
+    const float f = factor;
+    const int64_t beg = offsets[seg], end = offsets[seg + 1];
+    for (int64_t i = beg + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < end;
+         i += int64_t(gridDim.x) * blockDim.x)
+        x[i] *= f;
+}
+
 __global__ void momentum_direction_kernel(float* u, float* buf, const float* g, size_t n,
                                           float momentum, bool nesterov) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
@@ -115,6 +152,22 @@ void scale_to_norm(cudaStream_t st, void* scratch, float* x, size_t n, float tar
     sumsq_partial_kernel<<<kNormBlocks, kBlock, 0, st>>>(partial, x, n);
     CUDA_CHECK_LAUNCH();
     scale_by_norm_kernel<<<grid_size(n), kBlock, 0, st>>>(x, partial, n, target, eps);
+    CUDA_CHECK_LAUNCH();
+}
+
+size_t scale_to_norm_segments_scratch_bytes(int count) {
+    return size_t(count) * kSegBlocks * sizeof(float);
+}
+
+void scale_to_norm_segments(cudaStream_t st, void* scratch, float* x, const int64_t* offsets,
+                            const float* targets, int count, float target, float eps) {
+    if (count <= 0) return;
+    CUDA_ASSERT(count <= 65535);
+    float* partial = static_cast<float*>(scratch);
+    const dim3 grid(kSegBlocks, unsigned(count));
+    segment_sumsq_kernel<<<grid, kBlock, 0, st>>>(partial, x, offsets);
+    CUDA_CHECK_LAUNCH();
+    segment_scale_kernel<<<grid, kBlock, 0, st>>>(x, partial, offsets, targets, target, eps);
     CUDA_CHECK_LAUNCH();
 }
 
