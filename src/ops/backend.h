@@ -122,6 +122,14 @@ protected:
     std::vector<GemmItem> items_;
 };
 
+// A range [begin, end) of the parameter arenas with its own lr and weight decay: one optimizer
+// group of Backend::sgd_nesterov_ranges.
+struct SgdRange {
+    size_t begin = 0, end = 0;
+    float lr = 0, wd = 0;
+};
+inline constexpr int kMaxSgdRanges = 8;
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -294,6 +302,13 @@ public:
     //   d = -lr (g + wd p);  v = momentum v + d;  p += d + momentum v
     virtual void sgd_nesterov_velocity(float* p, float* v, const float* g, size_t n, float lr,
                                        float wd, float momentum) = 0;
+    // The optimizer's groups in one launch: on each range r of p, buf, g (indices into them),
+    // sgd_nesterov (velocity == false) or sgd_nesterov_velocity (true) with r's lr and wd.
+    // ranges_host: count <= kMaxSgdRanges non-overlapping ranges in host memory, read during
+    // the call (a recording keeps a copy).
+    virtual void sgd_nesterov_ranges(float* p, float* buf, const float* g,
+                                     const SgdRange* ranges_host, int count, float momentum,
+                                     bool velocity) = 0;
     // Lookahead / EMA: ema = ema + t (p - ema); p = ema.   (t = 1 - decay)
     virtual void lerp_assign(float* ema, float* p, size_t n, float t) = 0;
     // y += a x

@@ -2,7 +2,11 @@
 // bytes) is written here once, for every decorator.
 #include "ops/forwarding_backend.h"
 
+#include <array>
+
 #include <fmt/format.h>
+
+#include "core/error.h"
 
 namespace sr {
 namespace {
@@ -287,6 +291,21 @@ void ForwardingBackend::sgd_nesterov_velocity(float* p, float* v, const float* g
                                              float wd, float momentum) {
     run_op(kOpt, [&] { return nv("sgd nesterov (lr in velocity)", n); }, 0, 5 * kF * n,
             [=, this] { in_.sgd_nesterov_velocity(p, v, g, n, lr, wd, momentum); });
+}
+void ForwardingBackend::sgd_nesterov_ranges(float* p, float* buf, const float* g,
+                                            const SgdRange* ranges_host, int count,
+                                            float momentum, bool velocity) {
+    if (count < 0 || count > kMaxSgdRanges)
+        fail("sgd_nesterov_ranges: {} ranges (at most {})", count, kMaxSgdRanges);
+    std::array<SgdRange, kMaxSgdRanges> r{};  // a copy: the closure may run later
+    size_t n = 0;
+    for (int k = 0; k < count; ++k) {
+        r[size_t(k)] = ranges_host[k];
+        if (ranges_host[k].end > ranges_host[k].begin) n += ranges_host[k].end - ranges_host[k].begin;
+    }
+    run_op(kOpt, [&] { return fmt::format("sgd nesterov{}, {} ranges, {} values", velocity ? " (lr in velocity)" : "", count, n); },
+           0, 5 * kF * double(n),  // p, buf, g read; p, buf written
+           [=, this] { in_.sgd_nesterov_ranges(p, buf, g, r.data(), count, momentum, velocity); });
 }
 void ForwardingBackend::lerp_assign(float* ema, float* p, size_t n, float t) {
     run_op(kOpt, [&] { return nv("lerp (lookahead / EMA)", n); }, 0, 4 * kF * n,

@@ -121,6 +121,8 @@ public:
                       float momentum) override;
     void sgd_nesterov_velocity(float* p, float* v, const float* g, size_t n, float lr, float wd,
                                float momentum) override;
+    void sgd_nesterov_ranges(float* p, float* buf, const float* g, const SgdRange* ranges_host,
+                             int count, float momentum, bool velocity) override;
     void lerp_assign(float* ema, float* p, size_t n, float t) override;
     void axpy(float* y, const float* x, float a, size_t n) override;
     void scale(float* x, float a, size_t n) override;

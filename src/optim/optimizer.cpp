@@ -100,24 +100,34 @@ Optimizer::Optimizer(Network& net, const Recipe& r) : net_(net), r_(r), h_(sgd_h
     square_ = b.make_gemm_list(std::move(square_items));
 }
 
-void Optimizer::sgd_group(ParamGroup grp, double lr, double wd, double momentum, bool lr_in_velocity) {
-    const auto [beg, end] = net_.group_range(grp);
-    if (end <= beg) return;
-    float* p = net_.params.get() + beg;
-    float* m = net_.momentum.get() + beg;
-    const float* g = net_.grads.get() + beg;
-    if (lr_in_velocity)
-        net_.backend.sgd_nesterov_velocity(p, m, g, end - beg, float(lr), float(wd), float(momentum));
-    else
-        net_.backend.sgd_nesterov(p, m, g, end - beg, float(lr), float(wd), float(momentum));
+// The SGD groups of one step, updated together by one sgd_nesterov_ranges launch.
+struct Optimizer::Groups {
+    SgdRange r[kMaxSgdRanges];
+    int n = 0;
+    void add(size_t beg, size_t end, double lr, double wd) {
+        if (end <= beg) return;
+        if (n == kMaxSgdRanges) fail("more than {} optimizer groups", kMaxSgdRanges);
+        r[n++] = {beg, end, float(lr), float(wd)};
+    }
+    void add(const Network& net, ParamGroup grp, double lr, double wd) {
+        const auto [beg, end] = net.group_range(grp);
+        add(beg, end, lr, wd);
+    }
+};
+
+void Optimizer::update(const Groups& gr, double momentum, bool lr_in_velocity) {
+    net_.backend.sgd_nesterov_ranges(net_.params.get(), net_.momentum.get(), net_.grads.get(), gr.r,
+                                     gr.n, float(momentum), lr_in_velocity);
 }
 
 void Optimizer::step(double mult, bool whiten_bias) {
     if (r_.optimizer != "sgd") fail("Optimizer::step(mult, whiten_bias) is for \"sgd\" recipes");
-    if (whiten_bias) sgd_group(ParamGroup::whiten_bias, h_.lr * mult, h_.wd, h_.momentum, false);
-    sgd_group(ParamGroup::weight, h_.lr * mult, h_.wd, h_.momentum, false);
-    sgd_group(ParamGroup::bn_bias, h_.lr_bias * mult, h_.wd_bias, h_.momentum, false);
-    sgd_group(ParamGroup::bn_scale, h_.lr * mult, h_.wd, h_.momentum, false);
+    Groups gr;
+    if (whiten_bias) gr.add(net_, ParamGroup::whiten_bias, h_.lr * mult, h_.wd);
+    gr.add(net_, ParamGroup::weight, h_.lr * mult, h_.wd);
+    gr.add(net_, ParamGroup::bn_bias, h_.lr_bias * mult, h_.wd_bias);
+    gr.add(net_, ParamGroup::bn_scale, h_.lr * mult, h_.wd);
+    update(gr, h_.momentum, false);
 }
 
 double Optimizer::lr_multiplier_at(int step, int total, int steps_per_epoch) const {
@@ -140,23 +150,18 @@ void Optimizer::step(int step, int total, int whiten_steps, int steps_per_epoch)
     }
     if (r_.optimizer == "nesterov") {  // lr and wd as given; BN biases and scales at lr x bias_scaler
         const double lw = r_.lr * mult, lb = r_.lr * r_.bias_scaler * mult;
-        const bool v = r_.lr_in_velocity;
-        if (whiten_bias) sgd_group(ParamGroup::whiten_bias, lb, r_.bias_weight_decay, r_.momentum, v);
-        sgd_group(ParamGroup::weight, lw, r_.weight_decay, r_.momentum, v);
-        sgd_group(ParamGroup::bn_bias, lb, r_.bias_weight_decay, r_.momentum, v);
-        sgd_group(ParamGroup::bn_scale, lb, r_.bias_weight_decay, r_.momentum, v);
+        Groups gr;
+        if (whiten_bias) gr.add(net_, ParamGroup::whiten_bias, lb, r_.bias_weight_decay);
+        gr.add(net_, ParamGroup::weight, lw, r_.weight_decay);
+        gr.add(net_, ParamGroup::bn_bias, lb, r_.bias_weight_decay);
+        gr.add(net_, ParamGroup::bn_scale, lb, r_.bias_weight_decay);
+        update(gr, r_.momentum, r_.lr_in_velocity);
         return;
     }
     // "muon": the SGD groups in PyTorch's form, weight_decay = wd / (the group's initial lr)
-    Backend& b = net_.backend;
-    float* p = net_.params.get();
-    float* g = net_.grads.get();
-    float* m = net_.momentum.get();
-    const float mom = float(r_.momentum);
+    Groups gr;
     auto sgd = [&](size_t beg, size_t end, double lr0, double lr_mult) {
-        if (end > beg)
-            b.sgd_nesterov(p + beg, m + beg, g + beg, end - beg, float(lr0 * lr_mult),
-                           float(r_.wd / lr0), mom);
+        gr.add(beg, end, lr0 * lr_mult, r_.wd / lr0);
     };
     if (whiten_bias) {  // its own linear decay to 0 over the steps it trains
         const auto [beg, end] = net_.group_range(ParamGroup::whiten_bias);
@@ -170,6 +175,7 @@ void Optimizer::step(int step, int total, int whiten_steps, int steps_per_epoch)
         const TensorSpec& head = net_.tensor("head.weight");
         sgd(head.offset, head.offset + head.count, r_.head_lr, mult);
     }
+    update(gr, r_.momentum, false);
     muon_step(step, total, mult);
 }
 

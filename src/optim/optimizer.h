@@ -55,8 +55,9 @@ public:
 
 private:
     void muon_step(int step, int total, double mult);
-    // one Nesterov SGD launch over a parameter group (PyTorch's form, or the lr in the velocity)
-    void sgd_group(ParamGroup grp, double lr, double wd, double momentum, bool lr_in_velocity);
+    // the step's SGD groups (ranges of the arenas with their lr and wd) in one launch
+    struct Groups;
+    void update(const Groups& gr, double momentum, bool lr_in_velocity);
     Network& net_;
     Recipe r_;
     SgdHyper h_;

@@ -798,6 +798,25 @@ TEST_F(BackendOps, SgdNesterov) {
     }
 }
 
+// The optimizer's groups in one launch (ranges with gaps, an empty one, one past a grid pass):
+// the tolerance of the single-range ops; gaps must stay as they were (exactly).
+TEST_F(BackendOps, SgdNesterovRanges) {
+    const size_t n = 3000001;
+    const SgdRange r[5] = {{0, 1000, 0.1f, 5e-4f},        {1000, 1000, 5.f, 5.f},
+                           {1003, 2500000, 6.4f, 7.8e-6f}, {2500007, 2999999, 1e-3f, 0.f},
+                           {3000000, 3000001, 0.5f, 0.2f}};
+    for (bool velocity : {false, true}) {
+        SCOPED_TRACE(testing::Message() << "velocity=" << velocity);
+        auto p = in(randn(n, 1203));
+        auto buf = in(randn(n, 1204));
+        auto g = in(randn(n, 1205));
+        cpu_->sgd_nesterov_ranges(p.cp(), buf.cp(), g.cp(), r, 5, 0.85f, velocity);
+        gpu_->sgd_nesterov_ranges(p.gp(), buf.gp(), g.gp(), r, 5, 0.85f, velocity);
+        EXPECT_TRUE(same(p, "sgd ranges p", 1e-6, 1e-6));
+        EXPECT_TRUE(same(buf, "sgd ranges buf", 1e-6, 1e-6));
+    }
+}
+
 // Cutout only writes zeros: exact, with squares clipped at the edges.
 TEST_F(BackendOps, Cutout) {
     const int B = 37, H = 32, W = 32, C = 3, size = 8;

@@ -637,6 +637,34 @@ TEST(CpuOps, CrossEntropyWithLabelSmoothing) {
 
 // ---- optimizer --------------------------------------------------------------------------------
 
+// The groups in one call: each range updated exactly as the single-range op with its lr and wd;
+// the gaps between ranges (and an empty range) untouched.
+TEST(CpuOps, SgdNesterovRangesEqualsOneCallPerRange) {
+    const size_t n = 300;
+    const SgdRange r[4] = {{0, 40, 0.1f, 5e-4f}, {50, 50, 9.f, 9.f}, {60, 200, 6.4f, 7.8e-6f},
+                           {210, 300, 0.01f, 0.f}};
+    for (bool velocity : {false, true}) {
+        SCOPED_TRACE(velocity);
+        auto p = randn(n, 71), buf = randn(n, 72);
+        const auto g = randn(n, 73);
+        auto p2 = p, buf2 = buf;
+        cpu::sgd_nesterov_ranges(p.data(), buf.data(), g.data(), r, 4, 0.85f, velocity);
+        for (const SgdRange& x : r) {
+            if (x.end <= x.begin) continue;
+            if (velocity)
+                cpu::sgd_nesterov_velocity(p2.data() + x.begin, buf2.data() + x.begin,
+                                           g.data() + x.begin, x.end - x.begin, x.lr, x.wd, 0.85f);
+            else
+                cpu::sgd_nesterov(p2.data() + x.begin, buf2.data() + x.begin, g.data() + x.begin,
+                                  x.end - x.begin, x.lr, x.wd, 0.85f);
+        }
+        EXPECT_EQ(p, p2);
+        EXPECT_EQ(buf, buf2);
+        const auto p0 = randn(n, 71);
+        for (size_t i : {size_t(45), size_t(55), size_t(205)}) EXPECT_EQ(p[i], p0[i]) << i;
+    }
+}
+
 TEST(CpuOps, SgdNesterovIsPyTorchSgd) {
     std::vector<float> p = {1.f, -2.f, 0.5f}, buf = {0.f, 0.f, 0.f}, g = {0.1f, 0.2f, -0.3f};
     double P[3] = {1, -2, 0.5}, Bf[3] = {0, 0, 0};

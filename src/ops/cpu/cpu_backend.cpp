@@ -179,6 +179,10 @@ public:
                                float m) override {
         cpu::sgd_nesterov_velocity(p, v, g, n, lr, wd, m);
     }
+    void sgd_nesterov_ranges(float* p, float* buf, const float* g, const SgdRange* ranges,
+                             int count, float momentum, bool velocity) override {
+        cpu::sgd_nesterov_ranges(p, buf, g, ranges, count, momentum, velocity);
+    }
     void lerp_assign(float* ema, float* p, size_t n, float t) override {
         cpu::lerp_assign(ema, p, n, t);
     }

@@ -102,6 +102,9 @@ void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, floa
                   float momentum);
 void sgd_nesterov_velocity(float* p, float* v, const float* g, size_t n, float lr, float wd,
                            float momentum);
+// sgd_nesterov or sgd_nesterov_velocity on each range (Backend::sgd_nesterov_ranges)
+void sgd_nesterov_ranges(float* p, float* buf, const float* g, const SgdRange* ranges, int count,
+                         float momentum, bool velocity);
 void lerp_assign(float* ema, float* p, size_t n, float t);
 void axpy(float* y, const float* x, float a, size_t n);
 void scale(float* x, float a, size_t n);

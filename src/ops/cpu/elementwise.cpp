@@ -121,6 +121,20 @@ void scale_to_norm(float* x, size_t n, float target, float eps) {
     scale(x, float(target / (std::sqrt(ss) + eps)), n);
 }
 
+void sgd_nesterov_ranges(float* p, float* buf, const float* g, const SgdRange* ranges, int count,
+                         float momentum, bool velocity) {
+    for (int k = 0; k < count; ++k) {
+        const SgdRange& r = ranges[k];
+        if (r.end <= r.begin) continue;
+        if (velocity)
+            sgd_nesterov_velocity(p + r.begin, buf + r.begin, g + r.begin, r.end - r.begin, r.lr,
+                                  r.wd, momentum);
+        else
+            sgd_nesterov(p + r.begin, buf + r.begin, g + r.begin, r.end - r.begin, r.lr, r.wd,
+                         momentum);
+    }
+}
+
 void scale_to_norm_segments(float* x, const int64_t* offsets, const float* targets, int count,
                             float target, float eps) {
     for (int s = 0; s < count; ++s)

@@ -373,6 +373,10 @@ public:
                                float momentum) override {
         cuda::sgd_nesterov_velocity(stream_, p, v, g, n, lr, wd, momentum);
     }
+    void sgd_nesterov_ranges(float* p, float* buf, const float* g, const SgdRange* ranges,
+                             int count, float momentum, bool velocity) override {
+        cuda::sgd_nesterov_ranges(stream_, p, buf, g, ranges, count, momentum, velocity);
+    }
     void lerp_assign(float* ema, float* p, size_t n, float t) override {
         cuda::lerp_assign(stream_, ema, p, n, t);
     }

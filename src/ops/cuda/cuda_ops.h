@@ -100,6 +100,8 @@ void sgd_nesterov(cudaStream_t st, float* p, float* buf, const float* g, size_t 
                   float wd, float momentum);
 void sgd_nesterov_velocity(cudaStream_t st, float* p, float* v, const float* g, size_t n,
                            float lr, float wd, float momentum);
+void sgd_nesterov_ranges(cudaStream_t st, float* p, float* buf, const float* g,
+                         const SgdRange* ranges, int count, float momentum, bool velocity);
 void lerp_assign(cudaStream_t st, float* ema, float* p, size_t n, float t);
 void axpy(cudaStream_t st, float* y, const float* x, float a, size_t n);
 void scale(cudaStream_t st, float* x, float a, size_t n);

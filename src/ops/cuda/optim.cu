@@ -34,6 +34,38 @@ __global__ void sgd_nesterov_velocity_kernel(float* p, float* v, const float* g,
     }
 }
 
+// Both forms over several ranges in one launch: index j of the ranges laid end to end (start:
+// prefix sums of their lengths) is element begin[k] + j - start[k] of range k.
+struct SgdRangesArg {
+    int64_t begin[kMaxSgdRanges];
+    int64_t start[kMaxSgdRanges + 1];
+    float lr[kMaxSgdRanges], wd[kMaxSgdRanges];
+    int count;
+};
+
+__global__ void sgd_nesterov_ranges_kernel(float* p, float* buf, const float* g, SgdRangesArg r,
+                                           float momentum, bool velocity) {
+    const int64_t total = r.start[r.count];
+    for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < total;
+         j += int64_t(gridDim.x) * blockDim.x) {
+        int k = 0;
+        while (j >= r.start[k + 1]) ++k;
+        const int64_t i = r.begin[k] + (j - r.start[k]);
+        const float lr = r.lr[k], wd = r.wd[k];
+        if (velocity) {
+            const float d = -lr * (g[i] + wd * p[i]);
+            const float vi = momentum * buf[i] + d;
+            buf[i] = vi;
+            p[i] += d + momentum * vi;
+        } else {
+            const float gi = g[i] + wd * p[i];
+            const float b = momentum * buf[i] + gi;
+            buf[i] = b;
+            p[i] -= lr * (gi + momentum * b);
+        }
+    }
+}
+
 // ema += t (p - ema);  p = ema
 __global__ void lerp_assign_kernel(float* ema, float* p, size_t n, float t) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
@@ -168,6 +200,26 @@ void scale_to_norm_segments(cudaStream_t st, void* scratch, float* x, const int6
     segment_sumsq_kernel<<<grid, kBlock, 0, st>>>(partial, x, offsets);
     CUDA_CHECK_LAUNCH();
     segment_scale_kernel<<<grid, kBlock, 0, st>>>(x, partial, offsets, targets, target, eps);
+    CUDA_CHECK_LAUNCH();
+}
+
+void sgd_nesterov_ranges(cudaStream_t st, float* p, float* buf, const float* g,
+                         const SgdRange* ranges, int count, float momentum, bool velocity) {
+    CUDA_ASSERT(count >= 0 && count <= kMaxSgdRanges);
+    SgdRangesArg r{};
+    r.count = 0;
+    r.start[0] = 0;
+    for (int k = 0; k < count; ++k) {
+        if (ranges[k].end <= ranges[k].begin) continue;
+        const int n = r.count++;
+        r.begin[n] = int64_t(ranges[k].begin);
+        r.start[n + 1] = r.start[n] + int64_t(ranges[k].end - ranges[k].begin);
+        r.lr[n] = ranges[k].lr;
+        r.wd[n] = ranges[k].wd;
+    }
+    if (r.count == 0) return;
+    sgd_nesterov_ranges_kernel<<<grid_size(size_t(r.start[r.count])), kBlock, 0, st>>>(
+        p, buf, g, r, momentum, velocity);
     CUDA_CHECK_LAUNCH();
 }
 
