@@ -24,6 +24,20 @@ double* partials(int threads, int C) {
     return buf.data();
 }
 
+// Per-channel work arrays of one op (affine coefficients, sums): thread_local like partials(),
+// grown once and reused. Float slots: 0, 1 the affine map a, b (and bn_stats's centre); 2, 3, 4
+// the backward's k, mb, mg (bn_act_backward holds a, b while bn_backward uses 2-4).
+float* channel_floats(int slot, int C) {
+    thread_local std::vector<float> buf[5];
+    if (buf[slot].size() < size_t(C)) buf[slot].resize(size_t(C));
+    return buf[slot].data();
+}
+double* channel_sums(int C) {  // 2C doubles
+    thread_local std::vector<double> buf;
+    if (buf.size() < 2 * size_t(C)) buf.resize(2 * size_t(C));
+    return buf.data();
+}
+
 // Runs body(row_begin, row_end, sums_for_this_thread) over all rows in parallel, then adds the
 // per-thread sums into out[0..2C).
 template <typename Body>
@@ -70,8 +84,8 @@ SR_CLONES void affine_act_rows(float* z, const float* x, const float* a, const f
 SR_CLONES void train_affine(float* a, float* b, float* mean, float* invstd, float* running_mean,
                             float* running_var, const float* x, const float* gamma,
                             const float* beta, int M, int C, float eps, float momentum) {
-    std::vector<double> sums(2 * C);
-    reduce_rows(sums.data(), M, C, [&](int r0, int r1, double* s) {
+    double* sums = channel_sums(C);
+    reduce_rows(sums, M, C, [&](int r0, int r1, double* s) {
         double* ss = s + C;
         for (int r = r0; r < r1; ++r) {
             const float* xr = x + size_t(r) * C;
@@ -113,28 +127,31 @@ void eval_affine(float* a, float* b, const float* running_mean, const float* run
 SR_CLONES void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
                       float* running_var, const float* x, const float* gamma, const float* beta,
                       int M, int C, float eps, float momentum) {
-    std::vector<float> a(C), b(C);
-    train_affine(a.data(), b.data(), mean, invstd, running_mean, running_var, x, gamma, beta, M, C,
+    float* a = channel_floats(0, C);
+    float* b = channel_floats(1, C);
+    train_affine(a, b, mean, invstd, running_mean, running_var, x, gamma, beta, M, C,
                  eps, momentum);
-    affine_rows(y, x, a.data(), b.data(), M, C);
+    affine_rows(y, x, a, b, M, C);
 }
 
 void bn_act_forward_train(float* z, float* mean, float* invstd, float* running_mean,
                           float* running_var, const float* x, const float* gamma,
                           const float* beta, int M, int C, float eps, float momentum, ActKind act,
                           float alpha) {
-    std::vector<float> a(C), b(C);
-    train_affine(a.data(), b.data(), mean, invstd, running_mean, running_var, x, gamma, beta, M, C,
+    float* a = channel_floats(0, C);
+    float* b = channel_floats(1, C);
+    train_affine(a, b, mean, invstd, running_mean, running_var, x, gamma, beta, M, C,
                  eps, momentum);
-    with_act(act, [&]<ActKind A>() { affine_act_rows<A>(z, x, a.data(), b.data(), M, C, alpha); });
+    with_act(act, [&]<ActKind A>() { affine_act_rows<A>(z, x, a, b, M, C, alpha); });
 }
 
 void bn_act_forward_eval(float* z, const float* x, const float* running_mean,
                          const float* running_var, const float* gamma, const float* beta, int M,
                          int C, float eps, ActKind act, float alpha) {
-    std::vector<float> a(C), b(C);
-    eval_affine(a.data(), b.data(), running_mean, running_var, gamma, beta, C, eps);
-    with_act(act, [&]<ActKind A>() { affine_act_rows<A>(z, x, a.data(), b.data(), M, C, alpha); });
+    float* a = channel_floats(0, C);
+    float* b = channel_floats(1, C);
+    eval_affine(a, b, running_mean, running_var, gamma, beta, C, eps);
+    with_act(act, [&]<ActKind A>() { affine_act_rows<A>(z, x, a, b, M, C, alpha); });
 }
 
 namespace {
@@ -160,30 +177,32 @@ SR_CLONES void act_chain_rows(float* dy, const float* dz, const float* x, const 
 void bn_forward_eval(float* y, const float* x, const float* running_mean,
                      const float* running_var, const float* gamma, const float* beta, int M,
                      int C, float eps) {
-    std::vector<float> a(C), b(C);
-    eval_affine(a.data(), b.data(), running_mean, running_var, gamma, beta, C, eps);
-    affine_rows(y, x, a.data(), b.data(), M, C);
+    float* a = channel_floats(0, C);
+    float* b = channel_floats(1, C);
+    eval_affine(a, b, running_mean, running_var, gamma, beta, C, eps);
+    affine_rows(y, x, a, b, M, C);
 }
 
 void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz, const float* x,
                      const float* mean, const float* invstd, const float* gamma,
                      const float* beta, int M, int C, ActKind act, float alpha) {
-    std::vector<float> a(C), b(C);
+    float* a = channel_floats(0, C);
+    float* b = channel_floats(1, C);
     for (int c = 0; c < C; ++c) {
         a[c] = invstd[c] * (gamma ? gamma[c] : 1.f);
         b[c] = (beta ? beta[c] : 0.f) - mean[c] * a[c];
     }
     // dx := dy, then the batch norm backward of dy in place (each element reads dy before it
     // writes dx)
-    with_act(act, [&]<ActKind A>() { act_chain_rows<A>(dx, dz, x, a.data(), b.data(), M, C, alpha); });
+    with_act(act, [&]<ActKind A>() { act_chain_rows<A>(dx, dz, x, a, b, M, C, alpha); });
     bn_backward(dx, dgamma, dbeta, dx, x, mean, invstd, gamma, M, C);
 }
 
 SR_CLONES void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                  const float* mean, const float* invstd, const float* gamma, int M, int C) {
     // sums[c] = sum dy, sums[C + c] = sum dy * xhat
-    std::vector<double> sums(2 * C);
-    reduce_rows(sums.data(), M, C, [&](int r0, int r1, double* s) {
+    double* sums = channel_sums(C);
+    reduce_rows(sums, M, C, [&](int r0, int r1, double* s) {
         double* sx = s + C;
         for (int r = r0; r < r1; ++r) {
             const float* xr = x + size_t(r) * C;
@@ -195,7 +214,9 @@ SR_CLONES void bn_backward(float* dx, float* dgamma, float* dbeta, const float* 
             }
         }
     });
-    std::vector<float> k(C), mb(C), mg(C);
+    float* k = channel_floats(2, C);
+    float* mb = channel_floats(3, C);
+    float* mg = channel_floats(4, C);
     for (int c = 0; c < C; ++c) {
         if (dbeta) dbeta[c] = float(sums[c]);
         if (dgamma) dgamma[c] = float(sums[C + c]);
@@ -220,12 +241,11 @@ SR_CLONES void bn_backward(float* dx, float* dgamma, float* dbeta, const float* 
 
 SR_CLONES void bn_stats(float* sums, const float* x, const float* center_sums, float center_scale,
                         int M, int C) {
-    std::vector<float> center(C, 0.f);
-    if (center_sums)
-        for (int c = 0; c < C; ++c) center[c] = center_sums[c] * center_scale;
-    const float* ctr = center.data();
-    std::vector<double> s2(2 * C);
-    reduce_rows(s2.data(), M, C, [&](int r0, int r1, double* s) {
+    float* center = channel_floats(0, C);
+    for (int c = 0; c < C; ++c) center[c] = center_sums ? center_sums[c] * center_scale : 0.f;
+    const float* ctr = center;
+    double* s2 = channel_sums(C);
+    reduce_rows(s2, M, C, [&](int r0, int r1, double* s) {
         double* ss = s + C;
         for (int r = r0; r < r1; ++r) {
             const float* xr = x + size_t(r) * C;
@@ -244,7 +264,8 @@ SR_CLONES void bn_apply(float* y, float* mean, float* invstd, float* running_mea
                         float* running_var, const float* x, const float* gamma, const float* beta,
                         const float* sums, const float* center_sums, float center_scale,
                         int64_t count, int M, int C, float eps, float momentum) {
-    std::vector<float> a(C), b(C);
+    float* a = channel_floats(0, C);
+    float* b = channel_floats(1, C);
     const double n = double(count);
     for (int c = 0; c < C; ++c) {
         const double center = center_sums ? double(center_sums[c] * center_scale) : 0.0;
@@ -260,14 +281,14 @@ SR_CLONES void bn_apply(float* y, float* mean, float* invstd, float* running_mea
         a[c] = is * (gamma ? gamma[c] : 1.f);
         b[c] = (beta ? beta[c] : 0.f) - float(m) * a[c];
     }
-    affine_rows(y, x, a.data(), b.data(), M, C);
+    affine_rows(y, x, a, b, M, C);
 }
 
 SR_CLONES void bn_backward_reduce(float* sums, float* dgamma, float* dbeta, const float* dy,
                                   const float* x, const float* mean, const float* invstd, int M,
                                   int C) {
-    std::vector<double> s2(2 * C);
-    reduce_rows(s2.data(), M, C, [&](int r0, int r1, double* s) {
+    double* s2 = channel_sums(C);
+    reduce_rows(s2, M, C, [&](int r0, int r1, double* s) {
         double* sx = s + C;
         for (int r = r0; r < r1; ++r) {
             const float* xr = x + size_t(r) * C;
@@ -290,7 +311,9 @@ SR_CLONES void bn_backward_reduce(float* sums, float* dgamma, float* dbeta, cons
 SR_CLONES void bn_backward_apply(float* dx, const float* dy, const float* x, const float* mean,
                                  const float* invstd, const float* gamma, const float* sums,
                                  int64_t count, int M, int C) {
-    std::vector<float> k(C), mb(C), mg(C);
+    float* k = channel_floats(2, C);
+    float* mb = channel_floats(3, C);
+    float* mg = channel_floats(4, C);
     for (int c = 0; c < C; ++c) {
         k[c] = (gamma ? gamma[c] : 1.f) * invstd[c];
         mb[c] = float(double(sums[c]) / double(count));
