@@ -7,9 +7,10 @@
 // kRowsPerChunk rows (threads along x read 32 neighbouring channels, so loads coalesce), sums
 // in fp32 over at most kRowsPerChunk / 8 values per thread, then over its 8 threads (so each
 // stored fp32 partial holds up to kRowsPerChunk = 512 values), and writes one float2 per (chunk,
-// channel); kernel channel_finalize then adds the chunks of one channel in double. The variance
-// is two-pass (sum of (x - mean)^2 after the mean is known), so a large mean does not cancel:
-// sound for M up to the 1024*31*31 rows of the first layer and far beyond.
+// channel); kernel channel_finalize then adds the chunks of one channel in double. The
+// training forward's statistics take one pass over x with the same partition: Welford moments
+// per thread, merged per block and then over the chunks in double (moments.cuh), so a large
+// mean does not cancel: sound for M up to the 1024*31*31 rows of the first layer and beyond.
 // bn_stats / bn_apply / bn_backward_reduce / bn_backward_apply are the same computation in
 // pieces, for sync-BN: the per-channel sums are outputs, so other processes' can be added.
 // The same reduction gives channel_sum and the bias helpers that the cuDNN convolution wrapper
@@ -17,6 +18,7 @@
 #include "ops/cuda/activation.cuh"
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/moments.cuh"
 
 namespace sr::cuda {
 namespace {
@@ -113,16 +115,6 @@ struct SumX {
     }
 };
 
-struct SumSqDev {  // (x - mean)^2
-    const float* x;
-    const float* mean;
-    int C;
-    __device__ float2 operator()(int m, int c) const {
-        const float d = x[size_t(m) * C + c] - mean[c];
-        return make_float2(d * d, 0.f);
-    }
-};
-
 // dy, dy * xhat; with an activation after the BN, dy = dz act'(y), y recomputed from x
 struct SumDyDyXhat {
     const float* dy;  // (dz with an activation)
@@ -139,28 +131,6 @@ struct SumDyDyXhat {
         const float g = act.on ? act.chain(dy[i], xhat * (gamma ? gamma[c] : 1.f) + (beta ? beta[c] : 0.f))
                                : dy[i];
         return make_float2(g, g * xhat);
-    }
-};
-
-struct StoreMean {
-    float* mean;
-    int M;
-    __device__ void operator()(int c, double sx, double) const { mean[c] = float(sx / M); }
-};
-
-struct StoreVar {
-    float* invstd;
-    float* running_mean;
-    float* running_var;
-    const float* mean;
-    int M;
-    float eps, momentum;
-    __device__ void operator()(int c, double sx, double) const {
-        const double var = sx / M;
-        invstd[c] = float(1.0 / sqrt(var + double(eps)));
-        const double unbiased = M > 1 ? var * M / (M - 1) : var;
-        running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * mean[c];
-        running_var[c] = (1.f - momentum) * running_var[c] + momentum * float(unbiased);
     }
 };
 
@@ -275,16 +245,93 @@ void check_shape(int M, int C) {
     CUDA_ASSERT(num_chunks(M) <= 65535);  // grid.y limit of channel_partials
 }
 
-// The batch's mean and invstd (two passes: the mean, then the squared deviations from it), and
-// the running statistics' update: the training forward's part before normalising.
+// The batch statistics in one pass over x (moments.cuh): each thread of channel_moments keeps
+// Welford moments of its rows of a chunk in fp32, the block merges its 8 row-threads and stores
+// (mean, m2) per (chunk, channel); channel_moments_finalize merges the chunks in double (Chan)
+// and gives mean, invstd and the running statistics' update. The chunks and threads are those
+// of channel_partials. (Two passes before: the mean, then the squared deviations from it.)
+__global__ void channel_moments(float2* partial, const float* x, int M, int C) {
+    __shared__ float sh_mean[kRowThreads][33], sh_m2[kRowThreads][33];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    const int m0 = blockIdx.y * kRowsPerChunk;
+    const int m1 = min(M, m0 + kRowsPerChunk);
+    Moments<float> a;
+    if (c < C)
+        for (int m = m0 + threadIdx.y; m < m1; m += kRowThreads)
+            moments_add(a, x[size_t(m) * C + c]);
+    sh_mean[threadIdx.y][threadIdx.x] = a.mean;
+    sh_m2[threadIdx.y][threadIdx.x] = a.m2;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        Moments<float> s;
+        for (int t = 0; t < kRowThreads; ++t) {
+            Moments<float> b;
+            b.n = float(rows_of_thread(m0, m1, t, kRowThreads));
+            b.mean = sh_mean[t][threadIdx.x];
+            b.m2 = sh_m2[t][threadIdx.x];
+            moments_merge(s, b);
+        }
+        partial[size_t(blockIdx.y) * C + c] = make_float2(s.mean, s.m2);
+    }
+}
+
+// One block per channel: merges the chunks' moments in double, then the statistics.
+__global__ void channel_moments_finalize(const float2* partial, int chunks, int M, int C,
+                                         float* mean, float* invstd, float* running_mean,
+                                         float* running_var, float eps, float momentum) {
+    __shared__ double sh_n[kFinalizeThreads], sh_mean[kFinalizeThreads], sh_m2[kFinalizeThreads];
+    const int c = blockIdx.x;
+    Moments<double> a;
+    for (int i = threadIdx.x; i < chunks; i += blockDim.x) {
+        const float2 v = partial[size_t(i) * C + c];
+        Moments<double> b;
+        b.n = double(min(kRowsPerChunk, M - i * kRowsPerChunk));
+        b.mean = v.x;
+        b.m2 = v.y;
+        moments_merge(a, b);
+    }
+    sh_n[threadIdx.x] = a.n;
+    sh_mean[threadIdx.x] = a.mean;
+    sh_m2[threadIdx.x] = a.m2;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (int(threadIdx.x) < s) {
+            Moments<double> x{sh_n[threadIdx.x], sh_mean[threadIdx.x], sh_m2[threadIdx.x]};
+            const Moments<double> y{sh_n[threadIdx.x + s], sh_mean[threadIdx.x + s],
+                                    sh_m2[threadIdx.x + s]};
+            moments_merge(x, y);
+            sh_n[threadIdx.x] = x.n;
+            sh_mean[threadIdx.x] = x.mean;
+            sh_m2[threadIdx.x] = x.m2;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const double m = sh_mean[0], var = fmax(0.0, sh_m2[0] / M);
+        mean[c] = float(m);
+        invstd[c] = float(1.0 / sqrt(var + double(eps)));
+        const double unbiased = M > 1 ? var * M / (M - 1) : var;
+        running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * float(m);
+        running_var[c] = (1.f - momentum) * running_var[c] + momentum * float(unbiased);
+    }
+}
+
+// The batch's mean and invstd and the running statistics' update: the training forward's part
+// before normalising (one pass over x).
 void batch_statistics(cudaStream_t st, void* scratch, float* mean, float* invstd,
                       float* running_mean, float* running_var, const float* x, int M, int C,
                       float eps, float momentum) {
     check_shape(M, C);
     const BnScratch s = split_scratch(scratch, M, C);
-    channel_reduce(st, s.partial, SumX{x, C}, StoreMean{mean, M}, M, C);
-    channel_reduce(st, s.partial, SumSqDev{x, mean, C},
-                   StoreVar{invstd, running_mean, running_var, mean, M, eps, momentum}, M, C);
+    const int chunks = num_chunks(M);
+    const dim3 grid(ceil_div(size_t(C), 32), unsigned(chunks));
+    const dim3 block(32, kRowThreads);
+    channel_moments<<<grid, block, 0, st>>>(s.partial, x, M, C);
+    CUDA_CHECK_LAUNCH();
+    channel_moments_finalize<<<C, kFinalizeThreads, 0, st>>>(s.partial, chunks, M, C, mean, invstd,
+                                                             running_mean, running_var, eps,
+                                                             momentum);
+    CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
