@@ -130,6 +130,13 @@ struct SgdRange {
 };
 inline constexpr int kMaxSgdRanges = 8;
 
+// A device's measured dense matrix-multiply peak (Backend::measure_gemm_peak), for the "share
+// of peak" figures of `speedrun bench`; 0 where not measured.
+struct GemmPeak {
+    double tf32_gflops = 0;  // fp32 data on tensor cores (what CUDA's fp32 convolutions use)
+    double fp16_gflops = 0;  // fp16 data, fp32 accumulation
+};
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -231,6 +238,11 @@ public:
                                  const float* x, const float* mean, const float* invstd,
                                  const float* gamma, const float* beta, int M, int C, ActKind act,
                                  float alpha) = 0;
+
+    // GemmPeak of this device: on CUDA, cuBLAS on 8192^3 products (about a second, ~1 GiB of
+    // device memory for the moment, outside peak_bytes()); {} where the backend does not measure
+    // (the CPU has measure_cpu_peak in core/cpu_peak.h). Not while recording.
+    virtual GemmPeak measure_gemm_peak() { return {}; }
 
     // The native stream this backend's ops are queued on (a cudaStream_t on CUDA), for a library
     // that must order its own work with them (NCCL in src/dist/); nullptr on the CPU.

@@ -52,6 +52,7 @@ public:
     size_t peak_bytes() const override { return in_.peak_bytes(); }
     std::unique_ptr<DeviceTimer> make_timer() override { return in_.make_timer(); }
     void* native_stream() override { return in_.native_stream(); }
+    GemmPeak measure_gemm_peak() override { return in_.measure_gemm_peak(); }
 
     std::unique_ptr<Conv2d> make_conv(const ConvShape& s) override;
     std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items) override;

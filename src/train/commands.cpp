@@ -551,6 +551,22 @@ int cmd_bench(const BenchArgs& a) {
         j["cpu_isa"] = peak.isa;
         j["train_share_of_peak"] = gflops / peak.gflops;
     }
+    // The GPU's measured matrix-multiply peak (TF32: what its fp32 convolutions run in).
+    double peak_gflops = 0;
+    if (b.device() != Device::cpu) {
+        const GemmPeak peak = b.measure_gemm_peak();
+        peak_gflops = peak.tf32_gflops;
+        if (peak_gflops > 0) {
+            fmt::print("device peak   {:.0f} TFLOP/s TF32, {:.0f} TFLOP/s FP16 (cuBLAS 8192^3, measured): "
+                       "training reaches {:.1f}% of the TF32 figure, TTA inference {:.1f}%\n",
+                       peak.tf32_gflops * 1e-3, peak.fp16_gflops * 1e-3, 100 * gflops / peak_gflops,
+                       100 * eval_gflops / peak_gflops);
+            j["device_peak_tf32_tflops"] = peak.tf32_gflops * 1e-3;
+            j["device_peak_fp16_tflops"] = peak.fp16_gflops * 1e-3;
+            j["train_share_of_peak"] = gflops / peak_gflops;
+            j["tta_share_of_peak"] = eval_gflops / peak_gflops;
+        }
+    }
     // The whole training step recorded once (a CUDA graph) and replayed: how many kernels one
     // step launches, and the step time without per-launch host overhead. Replays repeat the
     // recorded scalars (the lr of one step): right for timing, not for training.
@@ -581,6 +597,11 @@ int cmd_bench(const BenchArgs& a) {
             j["kernels_per_step"] = rec->kernel_count();
             j["graph_nodes_per_step"] = rec->node_count();
             j["graph_step_ms"] = t_graph * 1e3;
+            if (peak_gflops > 0) {
+                fmt::print("              replayed step: {:.1f}% of the TF32 peak\n",
+                           100 * step_flop / t_graph * 1e-9 / peak_gflops);
+                j["graph_step_share_of_peak"] = step_flop / t_graph * 1e-9 / peak_gflops;
+            }
         } else {
             fmt::print("recorded step failed: {}\n", why);
             j["graph_error"] = why;

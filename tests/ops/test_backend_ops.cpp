@@ -12,6 +12,7 @@
 // make_cuda_backend gave, never passed. CudaFactory.ExplainsAbsence runs everywhere: it checks
 // that asking for a GPU where there is none returns nullptr with a reason instead of crashing.
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -966,6 +967,21 @@ TEST_F(BackendOps, GemmList) {
         gl->run(-0.5f, beta);
         EXPECT_TRUE(same(c, "gemm list C, run 2", 1e-5 * rms(c.c.get("C")), 1e-5));
     }
+}
+
+// The measured matrix-multiply peak that `speedrun bench` divides by: plausible for the GPUs this
+// targets (A100: 156 / 312 TFLOP/s dense TF32 / FP16 on paper, H100 SXM 495 / 989), FP16 above
+// TF32, and the CPU backend measures nothing here (core/cpu_peak.h does).
+TEST_F(BackendOps, GemmPeak) {
+    const size_t peak_before = gpu_->peak_bytes();
+    const GemmPeak g = gpu_->measure_gemm_peak();
+    std::printf("cuBLAS 8192^3: TF32 %.0f TFLOP/s, FP16 %.0f TFLOP/s on %s\n", g.tf32_gflops * 1e-3,
+                g.fp16_gflops * 1e-3, gpu_->name().c_str());
+    EXPECT_GT(g.tf32_gflops, 20e3);
+    EXPECT_LT(g.tf32_gflops, 2000e3);
+    EXPECT_GT(g.fp16_gflops, 1.2 * g.tf32_gflops);
+    EXPECT_EQ(cpu_->measure_gemm_peak().tf32_gflops, 0.0);
+    EXPECT_EQ(gpu_->peak_bytes(), peak_before);  // its ~1 GiB is not the training's memory
 }
 
 // ---- data ------------------------------------------------------------------------------------

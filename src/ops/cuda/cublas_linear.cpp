@@ -95,6 +95,53 @@ void gemm(CublasContext& ctx, float* C, const float* A, const float* B, int M, i
                              trans_b ? K : N, A, trans_a ? M : K, &beta, C, N));
 }
 
+GemmPeak measure_gemm_peak(CublasContext& ctx, cudaStream_t st, int n) {
+    const size_t bytes = size_t(n) * n * sizeof(float);
+    void* buf[3] = {nullptr, nullptr, nullptr};
+    cudaEvent_t e0 = nullptr, e1 = nullptr;
+    GemmPeak peak;
+    auto cleanup = [&] {
+        for (void* p : buf)
+            if (p) cudaFree(p);
+        if (e0) cudaEventDestroy(e0);
+        if (e1) cudaEventDestroy(e1);
+    };
+    try {
+        for (void*& p : buf) {
+            CUDA_CHECK(cudaMalloc(&p, bytes));
+            // bytes 0x3C: floats of ~0.0115, halves of ~1.06 (non-zero data, as real work)
+            CUDA_CHECK(cudaMemsetAsync(p, 0x3C, bytes, st));
+        }
+        CUDA_CHECK(cudaEventCreate(&e0));
+        CUDA_CHECK(cudaEventCreate(&e1));
+        const float one = 1.f, zero = 0.f;
+        auto time = [&](cudaDataType_t t, cublasComputeType_t compute) {
+            auto call = [&] {
+                CUBLAS_CHECK(cublasGemmEx(ctx.handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one,
+                                          buf[0], t, n, buf[1], t, n, &zero, buf[2], t, n, compute,
+                                          CUBLAS_GEMM_DEFAULT));
+            };
+            call();  // warm-up (and cuBLAS's heuristics)
+            call();
+            const int reps = 10;
+            CUDA_CHECK(cudaEventRecord(e0, st));
+            for (int i = 0; i < reps; ++i) call();
+            CUDA_CHECK(cudaEventRecord(e1, st));
+            CUDA_CHECK(cudaEventSynchronize(e1));
+            float ms = 0;
+            CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+            return 2.0 * double(n) * n * n * reps / (double(ms) * 1e-3) * 1e-9;
+        };
+        peak.tf32_gflops = time(CUDA_R_32F, CUBLAS_COMPUTE_32F_FAST_TF32);
+        peak.fp16_gflops = time(CUDA_R_16F, CUBLAS_COMPUTE_32F);
+    } catch (...) {
+        cleanup();
+        throw;
+    }
+    cleanup();
+    return peak;
+}
+
 GroupedGemm::GroupedGemm(CublasContext& ctx, const std::vector<GemmItem>& items,
                          void* ptrs_device)
     : ctx_(ctx) {

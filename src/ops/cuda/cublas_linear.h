@@ -34,6 +34,10 @@ void linear_backward(CublasContext& ctx, float* dx, float* dw, const float* dy, 
 void gemm(CublasContext& ctx, float* C, const float* A, const float* B, int M, int N, int K,
           bool trans_a, bool trans_b, float alpha, float beta);
 
+// Backend::measure_gemm_peak: cuBLAS on n^3 products, TF32 and FP16 (fp32 accumulation), timed
+// with events on st after a warm-up; its buffers are allocated and freed here.
+GemmPeak measure_gemm_peak(CublasContext& ctx, cudaStream_t st, int n = 8192);
+
 // The items of a GemmList as one cublasSgemmGroupedBatched call: items of the same shape and
 // flags form one group. The pointer arrays cuBLAS reads live in device memory the caller owns
 // (ptrs_device: room for 3 * items.size() pointers), written once here, so a recorded graph

@@ -397,6 +397,10 @@ public:
         cuda::gemm(*cublas_, C, A, B, M, N, K, ta, tb, alpha, beta);
     }
     std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items) override;
+    GemmPeak measure_gemm_peak() override {
+        CUDA_CHECK(cudaStreamSynchronize(stream_));
+        return cuda::measure_gemm_peak(*cublas_, stream_);
+    }
     void scale_to_norm_segments(float* x, const int64_t* offsets, const float* targets, int count,
                                 float target, float eps) override {
         cuda::scale_to_norm_segments(stream_,
