@@ -71,6 +71,9 @@ int main(int argc, char** argv) {
     bench->add_option("--json", ba.json, "Write the result as JSON");
     bench->add_flag("--profile", ba.profile,
                     "Also time every op of the training step: time by op and kind, FLOP/s, bytes/s");
+    bench->add_option("--roofline", ba.roofline,
+                      "Also estimate the profiled step and the full run on this GPU from the ops' "
+                      "FLOPs and bytes (a100, h100, h200; implies --profile)");
 
     sr::DataArgs da;
     auto* data = app.add_subcommand("data", "Find, check and describe CIFAR-10 (or write a synthetic set)");

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "train/commands.h"
 #include "train/recipe.h"
+#include "train/roofline.h"
 #include "test_util.h"
 
 namespace sr {
@@ -45,6 +46,46 @@ TEST(Bench, EveryPresetRunsAProfiledStep) {
             EXPECT_NE(std::find(kinds.begin(), kinds.end(), k), kinds.end()) << k;
     }
     fs::remove(out);
+}
+
+// --roofline: the profiled step on a GPU by the model of train/roofline.h, fp32 and 16-bit.
+TEST(Bench, RooflineEstimate) {
+    const std::string out = (fs::temp_directory_path() / "speedrun-test-bench-roofline.json").string();
+    BenchArgs a;
+    a.preset = "hiverge";
+    a.device = "cpu";
+    a.threads = 2;
+    a.batch_size = 32;
+    a.steps = 1;
+    a.roofline = "h100";  // implies --profile
+    a.json = out;
+    a.sets = {"net.widths=[8,16,16]"};
+    ASSERT_EQ(cmd_bench(a), 0);
+    std::ifstream f(out);
+    const nlohmann::json j = nlohmann::json::parse(f);
+    const auto& r = j.at("profile").at("roofline");
+    EXPECT_EQ(r.at("device"), "h100");
+    const double s32 = r.at("step_ms_fp32"), s16 = r.at("step_ms_half");
+    EXPECT_GT(s32, s16);
+    EXPECT_GT(s16, 0.0);
+    EXPECT_GT(r.at("full_run_seconds_fp32").get<double>(), s32 * 1e-3);
+    EXPECT_GE(r.at("kinds").size(), 8u);
+    fs::remove(out);
+    a.roofline = "v100";
+    EXPECT_THROW(cmd_bench(a), Error);
+}
+
+TEST(Roofline, ComputeOrMemoryBoundPlusLaunches) {
+    const RooflineDevice& d = *roofline_device("h100");
+    const RooflineAssumptions a{0.5, 0.5, 2.0};
+    // 1 TFLOP, no bytes: 1e12 / (494.7e12 * 0.5) s; FP16 twice as fast
+    EXPECT_NEAR(roofline_seconds(1e12, 0, 0, d, false, a), 1.0 / 247.35, 1e-9);
+    EXPECT_NEAR(roofline_seconds(1e12, 0, 0, d, true, a), 1.0 / 494.7, 1e-9);
+    // 1 GB, no FLOPs: 1e9 / (3.35e12 * 0.5) s; 16-bit storage halves the bytes; 10 launches
+    EXPECT_NEAR(roofline_seconds(0, 1e9, 10, d, false, a), 1e9 / 1.675e12 + 20e-6, 1e-12);
+    EXPECT_NEAR(roofline_seconds(0, 1e9, 10, d, true, a), 0.5e9 / 1.675e12 + 20e-6, 1e-12);
+    EXPECT_EQ(roofline_device("v100"), nullptr);
+    EXPECT_GT(roofline_device("h200")->bandwidth_tbs, d.bandwidth_tbs);
 }
 
 TEST(Bench, ZeroStepsIsAClearError) {

@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include "core/cpu_peak.h"
+#include "train/roofline.h"
 #include "core/error.h"
 #include "dist/dist_commands.h"
 #include "io/reports.h"
@@ -355,8 +356,41 @@ int cmd_describe(const DescribeArgs& a) {
 
 // Runs `steps` training steps with every op timed and prints where the time goes, by kind and
 // by op (the 20 slowest); returns the same as JSON.
+// The profiled step's ops on a GPU by the roofline model (train/roofline.h), per kind, with fp32
+// and with 16-bit storage; returns the two step estimates in seconds.
+static std::pair<double, double> print_roofline(const std::vector<OpTime>& kinds, int steps,
+                                                const RooflineDevice& d, nlohmann::json& j) {
+    const RooflineAssumptions a;
+    fmt::print("\nroofline      the same step estimated on an {} (datasheet dense peaks: TF32 {:.0f}, "
+               "FP16 {:.0f} TFLOP/s, {:.2f} TB/s;\n              compute-bound ops at {:.0f}% of the "
+               "peak, the rest at {:.0f}% of the bandwidth, {:.0f} us per op launched;\n"
+               "              16-bit: every tensor's bytes halved and the FP16 peak)\n",
+               d.name, d.tf32_tflops, d.fp16_tflops, d.bandwidth_tbs, 100 * a.compute_eff,
+               100 * a.memory_eff, a.launch_us);
+    fmt::print("  {:<14} {:>7} {:>12} {:>12} {:>12}\n", "kind", "calls", "measured ms", "est. fp32 ms",
+               "est. 16-bit ms");
+    double t32 = 0, t16 = 0;
+    nlohmann::json rows = nlohmann::json::array();
+    for (const OpTime& k : kinds) {
+        const double s32 = roofline_seconds(k.flops, k.bytes, double(k.calls), d, false, a) / steps;
+        const double s16 = roofline_seconds(k.flops, k.bytes, double(k.calls), d, true, a) / steps;
+        t32 += s32;
+        t16 += s16;
+        fmt::print("  {:<14} {:7.1f} {:12.3f} {:12.4f} {:12.4f}\n", k.name, double(k.calls) / steps,
+                   k.seconds / steps * 1e3, s32 * 1e3, s16 * 1e3);
+        rows.push_back({{"kind", k.name}, {"fp32_ms", s32 * 1e3}, {"half_ms", s16 * 1e3}});
+    }
+    fmt::print("  {:<14} {:>7} {:>12} {:12.4f} {:12.4f}\n", "step", "", "", t32 * 1e3, t16 * 1e3);
+    j = {{"device", d.name}, {"compute_eff", a.compute_eff}, {"memory_eff", a.memory_eff},
+         {"launch_us", a.launch_us}, {"kinds", rows}, {"step_ms_fp32", t32 * 1e3},
+         {"step_ms_half", t16 * 1e3}};
+    return {t32, t16};
+}
+
 static nlohmann::json profile_training_step(ProfilingBackend& prof, int steps,
-                                            const std::function<void()>& step) {
+                                            const std::function<void()>& step,
+                                            const RooflineDevice* roof = nullptr,
+                                            std::pair<double, double>* roof_step = nullptr) {
     prof.synchronize();
     prof.enable(true);
     for (int i = 0; i < steps; ++i) step();
@@ -391,6 +425,12 @@ static nlohmann::json profile_training_step(ProfilingBackend& prof, int steps,
                                                {"ms_per_step", ops[i].seconds / steps * 1e3}});
     }
     fmt::print("  (GB/s: the fp32 tensors each op must read and write at least once, over its time)\n");
+    if (roof) {
+        nlohmann::json rj;
+        const auto t = print_roofline(kinds, steps, *roof, rj);
+        if (roof_step) *roof_step = t;
+        j["roofline"] = rj;
+    }
     return j;
 }
 
@@ -400,7 +440,14 @@ int cmd_bench(const BenchArgs& a) {
     auto backend = make_backend(a.device, a.threads);
     // --profile: every op goes through a timing wrapper, made before the network so that its
     // convolutions are wrapped too (it times nothing until enabled below)
-    auto prof = a.profile ? std::make_unique<ProfilingBackend>(*backend) : nullptr;
+    const RooflineDevice* roof = nullptr;
+    if (!a.roofline.empty()) {
+        roof = roofline_device(a.roofline);
+        if (!roof)
+            fail("--roofline {}: unknown device (known: {})", a.roofline,
+                 fmt::join(roofline_device_names(), ", "));
+    }
+    auto prof = a.profile || roof ? std::make_unique<ProfilingBackend>(*backend) : nullptr;
     Backend& b = prof ? *prof : *backend;
     const int B = r.batch_size, side = r.net.image_side, O = r.net.num_classes;
     fmt::print("bench: preset {}, batch {}, device {}\n", r.name, B, b.name());
@@ -607,13 +654,27 @@ int cmd_bench(const BenchArgs& a) {
             j["graph_error"] = why;
         }
     }
+    std::pair<double, double> roof_step{0, 0};
     if (prof) j["profile"] = profile_training_step(*prof, a.steps, [&] {
         data_step();
         const float* logits = ws.forward(xd.get(), true);
         b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
         ws.backward(ws.dlogits(), true);
         opt.step(1, 1000, 1000, spe);
-    });
+    }, roof, &roof_step);
+    if (roof) {
+        // The full run: its steps, and the final TTA evaluation at the ratio to a step measured
+        // here (an assumption: forward-only work scales as the training step does).
+        const double steps_in_run = double(images_in_run(50000, B, r.epochs, r.drop_last)) / B;
+        const double tta_per_step = (10000.0 / eval_ips * tta_forwards_per_image(r) / views) / (step + t_data);
+        const double f32 = (steps_in_run + tta_per_step) * roof_step.first;
+        const double f16 = (steps_in_run + tta_per_step) * roof_step.second;
+        fmt::print("              full run on an {}: {:.0f} steps + TTA (as {:.1f} steps): "
+                   "{:.2f} s fp32, {:.2f} s 16-bit\n",
+                   roof->name, steps_in_run, tta_per_step, f32, f16);
+        j["profile"]["roofline"]["full_run_seconds_fp32"] = f32;
+        j["profile"]["roofline"]["full_run_seconds_half"] = f16;
+    }
     fmt::print("peak memory   {:.0f} MiB\n", b.peak_bytes() / 1048576.0);
     if (!a.json.empty()) write_file_atomic(a.json, j.dump(2) + "\n");
     return 0;

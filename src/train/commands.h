@@ -55,6 +55,7 @@ struct BenchArgs : CommonArgs {
     int eval_images = 0;  // images for the timed TTA inference (0 = one eval batch)
     std::string json;     // write the result as JSON
     bool profile = false; // also time every op of the training step (ops/profiling_backend.h)
+    std::string roofline; // estimate the profiled step on this GPU (train/roofline.h); implies profile
 };
 
 struct DescribeArgs : CommonArgs {
