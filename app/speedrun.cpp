@@ -62,6 +62,10 @@ int main(int argc, char** argv) {
     train->add_flag("--no-graphs", ta.no_graphs,
                     "Launch every op directly instead of replaying each epoch's recorded steps "
                     "(CUDA graphs, made by the first run)");
+    train->add_option("--emulate-precision", ta.emulate_precision,
+                      "CPU: round what a mixed-precision GPU run would store (activations, "
+                      "gradients, the weights the math reads) to fp16, bf16 or fp8 (E4M3 "
+                      "forward, E5M2 backward, per-tensor scaled), to see whether accuracy holds");
 
     sr::BenchArgs ba;
     auto* bench = app.add_subcommand("bench", "Time training steps and TTA inference; GFLOP/s and share of peak");

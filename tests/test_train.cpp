@@ -269,5 +269,31 @@ TEST(Train, SummaryJsonHasTheFieldsUsersRead) {
     fs::remove(out);
 }
 
+// --emulate-precision: the run goes through the rounding backend (its name in the summary), the
+// emulated run still learns, and an unknown format is a clear error.
+TEST(Train, EmulatedPrecisionRunsAndSaysSo) {
+    namespace fs = std::filesystem;
+    const fs::path out = fs::temp_directory_path() / "speedrun-test-emulate.json";
+    fs::remove(out);
+    TrainArgs a;
+    a.synthetic = true;
+    a.device = "cpu";
+    a.threads = 2;
+    a.sets = {"net.widths=[8,16,16]", "opt.batch_size=256", "opt.epochs=2"};
+    a.subset = 2048;
+    a.summary_json = out.string();
+    a.no_epoch_eval = true;
+    a.emulate_precision = "fp8";
+    ASSERT_EQ(cmd_train(a), 0);
+    std::ifstream f(out);
+    const auto j = nlohmann::json::parse(f);
+    EXPECT_NE(j["device"].get<std::string>().find("fp8 storage emulated (e4m3 forward, e5m2 backward)"),
+              std::string::npos) << j["device"];
+    EXPECT_GT(j["runs"][0]["test_accuracy"].get<double>(), 0.2);  // chance is 0.1
+    fs::remove(out);
+    a.emulate_precision = "fp4";
+    EXPECT_THROW(cmd_train(a), Error);
+}
+
 }  // namespace
 }  // namespace sr

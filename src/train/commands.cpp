@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include "core/cpu_peak.h"
+#include "ops/rounding_backend.h"
 #include "train/roofline.h"
 #include "core/error.h"
 #include "dist/dist_commands.h"
@@ -195,7 +196,17 @@ int cmd_train(const TrainArgs& a) {
     if (a.distributed && !a.comm) return cmd_train_distributed(a);  // comes back with comm set
     // a resumed run uses the recipe saved with it
     const Recipe r = resume ? resume->recipe : resolve_recipe(a);
-    auto backend = make_backend(a.device, a.threads, a.cuda_device);
+    auto base_backend = make_backend(a.device, a.threads, a.cuda_device);
+    // --emulate-precision: the CPU backend behind a RoundingBackend (ops/rounding_backend.h)
+    std::unique_ptr<Backend> rounding;
+    if (!a.emulate_precision.empty()) {
+        const EmulatedPrecision* p = emulated_precision(a.emulate_precision);
+        if (!p)
+            fail("--emulate-precision {}: unknown format (known: {})", a.emulate_precision,
+                 fmt::join(emulated_precision_names(), ", "));
+        rounding = std::make_unique<RoundingBackend>(*base_backend, *p);
+    }
+    Backend* backend = rounding ? rounding.get() : base_backend.get();
     const auto tl = clock_type::now();
     const Cifar10 data = load_data(a);
     const double load_s = since(tl);

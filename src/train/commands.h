@@ -34,6 +34,7 @@ struct TrainArgs : CommonArgs {
     bool no_epoch_eval = false;
     int warmup = -1;  // -1: one warm-up run on the GPU, none on the CPU
     bool no_graphs = false;  // TrainOptions::record_epochs off
+    std::string emulate_precision;  // CPU: fp16 | bf16 | fp8 storage emulated (ops/rounding_backend.h)
     std::string checkpoint;   // safetensors file written at the end (and every N steps)
     int checkpoint_every = 0; // steps between checkpoints (0: only at the end)
     std::string resume;       // continue the run saved in this checkpoint

@@ -1,0 +1,119 @@
+// rounding_backend.h: 16-bit and 8-bit storage emulated on the CPU, to see whether a recipe's
+// accuracy holds in a number format before a GPU implementation of that format exists
+// (`speedrun train --device cpu --emulate-precision fp16|bf16|fp8`).
+//
+// RoundingBackend hands every op to the CPU backend (ops/forwarding_backend.h) and rounds what a
+// mixed-precision GPU implementation would store in the low-precision format: each op's
+// activation output (forward) and activation gradient (backward), the copy of the weights the
+// convolutions and the linear layer compute with, and the weight gradients; the math inside each
+// op stays fp32, as on tensor cores with fp32 accumulation. What stays fp32: the master weights
+// and the optimizer's state, BN statistics, dgamma/dbeta, logits and the loss. Not emulated: the
+// residual adds (axpy is shared with the optimizer and cannot be told apart; airbench94, muon94
+// and hiverge have none), and the element order of a GPU's sums.
+//
+// Formats: round to nearest even with the format's mantissa width and exponent range
+// (subnormals kept), saturating at the largest finite value. fp8 is the usual FP8 training
+// recipe: E4M3 forward (activations, weights), E5M2 backward (gradients), each tensor scaled by a
+// power of two so that its largest magnitude lands near the format's largest value.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ops/forwarding_backend.h"
+
+namespace sr {
+
+struct NumberFormat {
+    const char* name;    // "fp16", "bf16", "e4m3", "e5m2"
+    int mantissa_bits;   // explicit fraction bits
+    int min_exp;         // exponent of the smallest normal value (2^min_exp)
+    float max;           // largest finite value
+    bool scaled;         // per-tensor power-of-two scaling before rounding (FP8)
+};
+
+struct EmulatedPrecision {
+    std::string name;     // "fp16", "bf16", "fp8"
+    NumberFormat forward;   // activations, and the weights the math reads
+    NumberFormat backward;  // activation and weight gradients
+};
+
+// "fp16", "bf16", "fp8"; nullptr for any other name.
+const EmulatedPrecision* emulated_precision(const std::string& name);
+std::vector<std::string> emulated_precision_names();
+
+// x rounded to the nearest value of format f (ties to even), saturating at +-f.max; NaN stays.
+// Ignores f.scaled.
+float round_to(float x, const NumberFormat& f);
+// Every value of x rounded to f in place; with f.scaled, after scaling the tensor by the power
+// of two that brings its largest magnitude within [max / 2, max] (and back after rounding).
+void round_tensor(float* x, size_t n, const NumberFormat& f);
+
+class RoundingBackend final : public ForwardingBackend {
+public:
+    // inner must be a CPU backend (the rounding runs on the host, in place).
+    RoundingBackend(Backend& inner, const EmulatedPrecision& p);
+    std::string name() const override;
+    void run_op(const char*, const std::function<std::string()>&, double, double,
+                std::function<void()> f) override {
+        f();
+    }
+
+    std::unique_ptr<Conv2d> make_conv(const ConvShape& s) override;
+
+    void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
+                          float* running_var, const float* x, const float* gamma,
+                          const float* beta, int M, int C, float eps, float momentum) override;
+    void bn_forward_eval(float* y, const float* x, const float* running_mean,
+                         const float* running_var, const float* gamma, const float* beta, int M,
+                         int C, float eps) override;
+    void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                     const float* mean, const float* invstd, const float* gamma, int M,
+                     int C) override;
+    void bn_act_forward_train(float* z, float* mean, float* invstd, float* running_mean,
+                              float* running_var, const float* x, const float* gamma,
+                              const float* beta, int M, int C, float eps, float momentum,
+                              ActKind act, float alpha) override;
+    void bn_act_forward_eval(float* z, const float* x, const float* running_mean,
+                             const float* running_var, const float* gamma, const float* beta,
+                             int M, int C, float eps, ActKind act, float alpha) override;
+    void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz, const float* x,
+                         const float* mean, const float* invstd, const float* gamma,
+                         const float* beta, int M, int C, ActKind act, float alpha) override;
+
+    void gelu_forward(float* y, const float* x, size_t n) override;
+    void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override;
+    void silu_forward(float* y, const float* x, size_t n) override;
+    void silu_backward(float* dx, const float* dy, const float* x, size_t n) override;
+    void relu_forward(float* y, const float* x, size_t n) override;
+    void relu_backward(float* dx, const float* dy, const float* x, size_t n) override;
+    void celu_forward(float* y, const float* x, size_t n, float alpha) override;
+    void celu_backward(float* dx, const float* dy, const float* x, size_t n, float alpha) override;
+
+    void concat_pool_forward(float* y, uint8_t* arg, const float* x, int N, int HW,
+                             int C) override;
+    void concat_pool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int HW,
+                              int C) override;
+    void linear_forward(float* y, const float* x, const float* w, int N, int I, int O,
+                        float scale) override;
+    void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
+                         int N, int I, int O, float scale) override;
+
+    void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const float* mean_host,
+                       const float* std_host, int pad) override;
+    void brightness_contrast(float* x, const float* shift, const float* gain, int B,
+                             size_t per_image) override;
+
+    const EmulatedPrecision& precision() const { return p_; }
+    // a rounded copy of n weights (forward format), valid until the next call
+    const float* rounded_weights(const float* w, size_t n);
+
+private:
+    void fwd(float* x, size_t n) { round_tensor(x, n, p_.forward); }
+    void bwd(float* x, size_t n) { round_tensor(x, n, p_.backward); }
+    EmulatedPrecision p_;
+    std::vector<float> wcopy_;
+};
+
+}  // namespace sr

@@ -1,0 +1,128 @@
+// test_rounding_backend.cpp: the number formats of --emulate-precision (ops/rounding_backend.h)
+// against independent references (the compiler's _Float16 conversion; a double-precision
+// frexp/nearbyint rounding), per-tensor scaling for FP8, and the backend rounding what it should.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "ops/rounding_backend.h"
+#include "test_util.h"
+
+namespace sr {
+namespace {
+
+// Round to nearest even with `mbits` fraction bits and smallest normal 2^min_exp, in double.
+double reference_round(double x, int mbits, int min_exp, double max) {
+    if (x == 0) return 0;
+    int e;
+    std::frexp(std::abs(x), &e);  // |x| = f 2^e, f in [0.5, 1): unit exponent e - 1
+    const int E = std::max(e - 1, min_exp);
+    const double q = std::ldexp(1.0, E - mbits);
+    const double r = std::nearbyint(x / q) * q;
+    return std::abs(r) > max ? std::copysign(max, x) : r;
+}
+
+std::vector<float> test_values(uint64_t seed) {
+    Rng rng(seed);
+    std::vector<float> v = {0.f, -0.f, 1.f, -1.f, 0.1f, 1e-3f, 3.14159f, 65504.f, 448.f};
+    for (int i = 0; i < 20000; ++i) {
+        const double mag = std::pow(10.0, rng.uniform() * 14 - 10);  // 1e-10 .. 1e4
+        v.push_back(float(rng.below(2) ? mag : -mag));
+    }
+    return v;
+}
+
+const NumberFormat& fmt_of(const char* prec, bool forward) {
+    const EmulatedPrecision* p = emulated_precision(prec);
+    if (!p) fail("no precision {}", prec);
+    return forward ? p->forward : p->backward;
+}
+
+TEST(NumberFormats, Fp16EqualsTheCompilersConversion) {
+    const NumberFormat& f = fmt_of("fp16", true);
+    for (float x : test_values(1)) {
+        const float want = static_cast<float>(static_cast<_Float16>(x));
+        ASSERT_EQ(round_to(x, f), want) << x;
+    }
+    // exact ties go to even: 1 + 2^-11 lies between 1 and 1 + 2^-10
+    EXPECT_EQ(round_to(1.f + std::ldexp(1.f, -11), f), 1.f);
+    EXPECT_EQ(round_to(1.f + 3 * std::ldexp(1.f, -11), f), 1.f + std::ldexp(1.f, -9));
+    EXPECT_EQ(round_to(1e5f, f), 65504.f);  // saturates (IEEE would give inf)
+    EXPECT_TRUE(std::isnan(round_to(std::nanf(""), f)));
+}
+
+TEST(NumberFormats, AllFormatsEqualTheReferenceRounding) {
+    for (const char* prec : {"fp16", "bf16", "fp8"})
+        for (bool forward : {true, false}) {
+            const NumberFormat& f = fmt_of(prec, forward);
+            SCOPED_TRACE(f.name);
+            for (float x : test_values(2)) {
+                const double want = reference_round(x, f.mantissa_bits, f.min_exp, f.max);
+                ASSERT_EQ(double(round_to(x, f)), want) << x;
+            }
+        }
+    const NumberFormat& e4m3 = fmt_of("fp8", true);
+    EXPECT_EQ(round_to(0.3f, e4m3), 0.3125f);                // 1.010b x 2^-2
+    EXPECT_EQ(round_to(0.001f, e4m3), std::ldexp(1.f, -9));  // the smallest subnormal
+    EXPECT_EQ(round_to(0.0009f, e4m3), 0.f);
+    EXPECT_EQ(round_to(-1000.f, e4m3), -448.f);
+    EXPECT_EQ(round_to(1e-6f, fmt_of("fp8", false)), 0.f);  // below E5M2's 2^-16
+}
+
+// FP8 tensors are scaled by a power of two first: tiny gradients keep E5M2's relative precision
+// (2 fraction bits: error <= 1/8 of the value's power of two) instead of flushing to zero.
+TEST(NumberFormats, PerTensorScalingKeepsSmallTensors) {
+    const NumberFormat& e5m2 = fmt_of("fp8", false);
+    auto x = test::randn(5000, 3, 1e-5f);
+    auto y = x;
+    round_tensor(y.data(), y.size(), e5m2);
+    double amax = 0;
+    for (float v : x) amax = std::max(amax, double(std::abs(v)));
+    int zeros = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+        if (std::abs(x[i]) > amax * std::ldexp(1.0, -14)) {  // normal after scaling
+            int e;
+            std::frexp(std::abs(x[i]), &e);
+            EXPECT_LE(std::abs(y[i] - x[i]), std::ldexp(1.0, e - 1 - 3)) << i;
+        }
+        zeros += y[i] == 0.f;
+    }
+    EXPECT_LT(zeros, 5);
+    int unscaled_zeros = 0;
+    for (float v : x) unscaled_zeros += round_to(v, e5m2) == 0.f;
+    EXPECT_GT(unscaled_zeros, 1000);  // what scaling avoids
+    // fp16 is not scaled: round_tensor is round_to on every value
+    auto z = x;
+    round_tensor(z.data(), z.size(), fmt_of("fp16", true));
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(z[i], round_to(x[i], fmt_of("fp16", true)));
+}
+
+// The backend: a convolution's output is stored in the format (every value representable) and
+// is the fp32 convolution of the rounded weights, rounded once.
+TEST(RoundingBackend, ConvolutionComputesWithRoundedWeightsAndStoresRounded) {
+    auto cpu = make_cpu_backend(2);
+    RoundingBackend rb(*cpu, *emulated_precision("bf16"));
+    EXPECT_NE(rb.name().find("bf16 storage emulated"), std::string::npos);
+    ConvShape s;
+    s.N = 2, s.H = 8, s.W = 8, s.C = 5, s.K = 7;
+    const size_t nx = size_t(s.N) * s.H * s.W * s.C, nw = size_t(s.K) * 9 * s.C;
+    const size_t ny = size_t(s.N) * s.P() * s.Q() * s.K;
+    auto x = test::randn(nx, 4);
+    round_tensor(x.data(), nx, rb.precision().forward);  // stored inputs are representable
+    const auto w = test::randn(nw, 5, 0.2f);
+    std::vector<float> y(ny), ref(ny), wr = w;
+    round_tensor(wr.data(), nw, rb.precision().forward);
+    rb.make_conv(s)->forward(y.data(), x.data(), w.data(), nullptr);
+    cpu->make_conv(s)->forward(ref.data(), x.data(), wr.data(), nullptr);
+    round_tensor(ref.data(), ny, rb.precision().forward);
+    EXPECT_EQ(y, ref);
+    for (float v : y) ASSERT_EQ(v, round_to(v, rb.precision().forward));
+    std::vector<float> g(nx), dy = test::randn(ny, 6);
+    rb.gelu_forward(g.data(), x.data(), nx);
+    for (float v : g) ASSERT_EQ(v, round_to(v, rb.precision().forward));
+    EXPECT_EQ(emulated_precision("fp4"), nullptr);
+}
+
+}  // namespace
+}  // namespace sr
