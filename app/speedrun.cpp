@@ -62,6 +62,10 @@ int main(int argc, char** argv) {
     train->add_flag("--no-graphs", ta.no_graphs,
                     "Launch every op directly instead of replaying each epoch's recorded steps "
                     "(CUDA graphs, made by the first run)");
+    train->add_option("--storage", ta.storage,
+                      "Activation storage: fp32, or fp16 / bf16 (mixed precision: 16-bit "
+                      "activations, fp32 math, weights, BN statistics and optimizer; on the CPU "
+                      "this runs the slow 16-bit reference)");
     train->add_option("--emulate-precision", ta.emulate_precision,
                       "CPU: round what a mixed-precision GPU run would store (activations, "
                       "gradients, the weights the math reads) to fp16, bf16 or fp8 (E4M3 "
@@ -73,6 +77,7 @@ int main(int argc, char** argv) {
     bench->add_option("--steps", ba.steps, "Timed training steps")->capture_default_str();
     bench->add_option("--eval-images", ba.eval_images, "Images for the timed TTA inference (default: one batch)");
     bench->add_option("--json", ba.json, "Write the result as JSON");
+    bench->add_option("--storage", ba.storage, "Activation storage: fp32, fp16 or bf16 (as train)");
     bench->add_flag("--profile", ba.profile,
                     "Also time every op of the training step: time by op and kind, FLOP/s, bytes/s");
     bench->add_option("--roofline", ba.roofline,

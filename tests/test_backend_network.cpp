@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "model/network.h"
+#include "ops/rounding_backend.h"
+#include "ops/storage_backend.h"
 #include "optim/optimizer.h"
 #include "train/recipe.h"
 #include "test_util.h"
@@ -39,8 +41,10 @@ Recipe small(const char* preset) {
 }
 
 // One step (forward, loss, backward, optimizer update) on b from the weights `init` (empty: make
-// them with a fixed seed and return them in .before).
-StepResult one_step(Backend& b, const Recipe& r, const std::vector<float>& init, int N) {
+// them with a fixed seed and return them in .before). The input images are random, rounded to
+// x_format (so that a backend storing 16-bit activations and one emulating it start equal).
+StepResult one_step(Backend& b, const Recipe& r, const std::vector<float>& init, int N,
+                    Storage x_format = Storage::f32) {
     Network net(b, r.net);
     StepResult s;
     if (init.empty()) {
@@ -51,12 +55,17 @@ StepResult one_step(Backend& b, const Recipe& r, const std::vector<float>& init,
     }
     net.download(s.before);
     b.copy(net.ema.get(), net.params.get(), net.size() * sizeof(float));
-    const auto x = test::randn(size_t(N) * 32 * 32 * 3, 21);
+    auto x = test::randn(size_t(N) * 32 * 32 * 3, 21);
+    if (x_format != Storage::f32) {
+        std::vector<uint16_t> packed(x.size());
+        pack_storage(packed.data(), x.data(), x.size(), x_format);
+        unpack_storage(x.data(), packed.data(), x.size(), x_format);
+    }
     std::vector<int32_t> y(static_cast<size_t>(N));
     for (int i = 0; i < N; ++i) y[size_t(i)] = (i * 7 + 3) % 10;
     DeviceBuffer<float> xd(b, x.size()), st(b, 2);
     DeviceBuffer<int32_t> yd(b, y.size());
-    b.upload(xd.get(), x.data(), x.size() * sizeof(float));
+    upload_activations(b, xd.get(), x.data(), x.size());
     b.upload(yd.get(), y.data(), y.size() * sizeof(int32_t));
     const float zero[2] = {0, 0};
     b.upload(st.get(), zero, sizeof zero);
@@ -92,6 +101,7 @@ double rel_l2(const std::vector<float>& got, const std::vector<float>& ref, size
 // reference weights with the head's rows rotated by one (a layout slip, the negative control).
 struct Worst {
     double err = 0;
+    double logits = 0;  // the logits' error alone
     std::string where;
     int tensors = 0;
     void add(double e, const std::string& w) {
@@ -99,10 +109,11 @@ struct Worst {
     }
 };
 
-Worst compare(Backend& ref_b, Backend& dut_b, const char* preset, bool perturb = false) {
+Worst compare(Backend& ref_b, Backend& dut_b, const char* preset, bool perturb = false,
+              Storage x_format = Storage::f32) {
     const Recipe r = small(preset);
     const int N = 64;
-    const StepResult ref = one_step(ref_b, r, {}, N);
+    const StepResult ref = one_step(ref_b, r, {}, N, x_format);
     Network layout(ref_b, r.net);  // names and offsets (the same on both backends)
     std::vector<float> init = ref.before;
     if (perturb) {
@@ -111,9 +122,10 @@ Worst compare(Backend& ref_b, Backend& dut_b, const char* preset, bool perturb =
         std::rotate(init.begin() + long(h.offset), init.begin() + long(h.offset + row),
                     init.begin() + long(h.offset + h.count));
     }
-    const StepResult dut = one_step(dut_b, r, init, N);
+    const StepResult dut = one_step(dut_b, r, init, N, x_format);
     Worst w;
-    w.add(rel_l2(dut.logits, ref.logits, 0, ref.logits.size()), "logits");
+    w.logits = rel_l2(dut.logits, ref.logits, 0, ref.logits.size());
+    w.add(w.logits, "logits");
     w.add(std::abs(dut.loss - ref.loss) / std::abs(ref.loss), "summed loss");
     std::vector<float> dref(ref.after.size()), ddut(ref.after.size());
     for (size_t i = 0; i < dref.size(); ++i) {
@@ -152,6 +164,32 @@ TEST(BackendNetwork, OneStepComparisonSeesASlip) {
     for (const char* p : {"airbench94", "page24", "myrtle-reg"}) {
         const Worst w = compare(*cpu, *cpu, p, true);
         EXPECT_GT(w.err, 0.1) << p << ": " << w.where;
+    }
+}
+
+// 16-bit activation storage (ops/storage_backend.h: activations packed in 16 bits between ops)
+// computes exactly the values of its emulation in fp32 containers (ops/rounding_backend.h), on
+// every network family: the network and the optimizer pass activation buffers exactly where the
+// storage contract of ops/backend.h says (a parameter or fp32 buffer handed over as an
+// activation, a residual add through axpy, an element offset not through act_at() would read
+// 16-bit values as floats or the other way round). Against fp32 the rounding must show in the
+// logits, within what the format's precision explains (the worst tensor is no measure there:
+// BN bias gradients are sums that cancel, so their relative error is large in any format).
+TEST(BackendNetwork, SixteenBitStorageEqualsItsEmulation) {
+    auto cpu = make_cpu_backend(2);
+    for (Storage s : {Storage::f16, Storage::bf16}) {
+        StorageBackend stored(*cpu, s);
+        RoundingBackend rounded(*cpu, *emulated_precision(storage_name(s)));
+        for (const char* p : kPresets) {
+            SCOPED_TRACE(std::string(p) + " " + storage_name(s));
+            const Worst w = compare(rounded, stored, p, false, s);
+            EXPECT_EQ(w.err, 0.0) << w.where;
+            const Worst f = compare(*cpu, stored, p, false, s);
+            EXPECT_GT(f.logits, s == Storage::bf16 ? 1e-3 : 1e-4);
+            EXPECT_LT(f.logits, s == Storage::bf16 ? 5e-2 : 5e-3);
+            std::printf("%-11s %s storage vs fp32, one step: logits %.1e, worst %.1e (%s)\n", p,
+                        storage_name(s), f.logits, f.err, f.where.c_str());
+        }
     }
 }
 

@@ -295,5 +295,63 @@ TEST(Train, EmulatedPrecisionRunsAndSaysSo) {
     EXPECT_THROW(cmd_train(a), Error);
 }
 
+// --storage fp16/bf16 (16-bit activations, the CPU reference of ops/storage_backend.h) trains
+// exactly as --emulate-precision with the same format (fp32 containers): the data set, crops,
+// flips, cutout, whitening, the steps, lookahead/EMA and the TTA evaluation all hand activation
+// buffers to the ops where the storage contract says. airbench94: whitening, TTA, lookahead;
+// page24: ghost-BN slices, residual adds, cutout; hiverge: colour jitter, selective TTA.
+TEST(Train, SixteenBitStorageTrainsAsItsEmulation) {
+    namespace fs = std::filesystem;
+    const fs::path out = fs::temp_directory_path() / "speedrun-test-storage.json";
+    auto run = [&](const char* preset, const char* widths, const std::string& storage,
+                   const std::string& emulate) {
+        fs::remove(out);
+        TrainArgs a;
+        a.preset = preset;
+        a.synthetic = true;
+        a.device = "cpu";
+        a.threads = 2;
+        a.deterministic = true;
+        a.sets = {std::string("net.widths=") + widths, "opt.batch_size=128", "opt.epochs=2"};
+        a.subset = 512;
+        a.test_subset = 256;
+        a.summary_json = out.string();
+        a.storage = storage;
+        a.emulate_precision = emulate;
+        EXPECT_EQ(cmd_train(a), 0);
+        std::ifstream f(out);
+        return nlohmann::json::parse(f);
+    };
+    const std::pair<const char*, const char*> presets[] = {
+        {"airbench94", "[8,16,16]"}, {"page24", "[8,16,16,16]"}, {"hiverge", "[8,16,16]"}};
+    for (const auto& [preset, widths] : presets) {
+        SCOPED_TRACE(preset);
+        const auto s = run(preset, widths, "bf16", "");
+        const auto e = run(preset, widths, "", "bf16");
+        EXPECT_NE(s["device"].get<std::string>().find("bf16 activation storage"), std::string::npos)
+            << s["device"];
+        const auto& rs = s["runs"][0];
+        const auto& re = e["runs"][0];
+        EXPECT_EQ(rs["test_accuracy"], re["test_accuracy"]);
+        EXPECT_EQ(rs["test_accuracy_tta"], re["test_accuracy_tta"]);
+        ASSERT_EQ(rs["epochs"].size(), re["epochs"].size());
+        for (size_t i = 0; i < rs["epochs"].size(); ++i) {
+            EXPECT_EQ(rs["epochs"][i]["train_loss"], re["epochs"][i]["train_loss"]) << i;
+            EXPECT_EQ(rs["epochs"][i]["test_acc"], re["epochs"][i]["test_acc"]) << i;
+        }
+        if (std::string(preset) != "page24")  // (its one-cycle lr barely rises in 8 steps)
+            EXPECT_GT(rs["test_accuracy"].get<double>(), 0.2);  // it learns (chance is 0.1)
+    }
+    TrainArgs bad;
+    bad.synthetic = true;
+    bad.device = "cpu";
+    bad.storage = "fp8";
+    EXPECT_THROW(cmd_train(bad), Error);
+    bad.storage = "bf16";
+    bad.emulate_precision = "bf16";
+    EXPECT_THROW(cmd_train(bad), Error);
+    fs::remove(out);
+}
+
 }  // namespace
 }  // namespace sr

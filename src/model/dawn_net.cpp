@@ -119,9 +119,9 @@ const float* Workspace::forward_dawn(const float* x, bool train) {
         k.conv2->forward(k.out.get(), k.a2.get(), P + s.w2, nullptr);
         if (s.projection) {
             k.conv3->forward(k.sc.get(), k.a1.get(), P + s.w3, nullptr);
-            b_.axpy(k.out.get(), k.sc.get(), 1.f, size_t(M2) * s.cout);
+            b_.residual_add(k.out.get(), k.sc.get(), size_t(M2) * s.cout);
         } else {  // DAWN_net's identity shortcut is the block's activation a, not its input
-            b_.axpy(k.out.get(), k.a1.get(), 1.f, size_t(M2) * s.cout);
+            b_.residual_add(k.out.get(), k.a1.get(), size_t(M2) * s.cout);
         }
         h = k.out.get();
     }
@@ -168,9 +168,9 @@ void Workspace::backward_dawn(const float* dlogits) {
             k.conv3->backward_weights(G + s.w3, nullptr, d, k.a1.get());
             grad_ready(G + s.w3, size_t(s.cout) * s.cin);
             k.conv3->backward_data(ta, d, P + s.w3);
-            b_.axpy(tb, ta, 1.f, size_t(M1) * s.cin);
+            b_.residual_add(tb, ta, size_t(M1) * s.cin);
         } else {
-            b_.axpy(tb, d, 1.f, size_t(M1) * s.cin);
+            b_.residual_add(tb, d, size_t(M1) * s.cin);
         }
         // act <- BN1: the block's input gradient, over d (no longer needed)
         act_backward(ta, tb, k.n1.get(), size_t(M1) * s.cin);

@@ -291,7 +291,7 @@ void Network::init_whitening(const float* x, int N, float eps, bool center, int 
     Eigen::MatrixXd vectors = Eigen::MatrixXd::Zero(D, D), first;
     for (int part = 0; part < splits; ++part) {
         std::vector<double> cov(size_t(D) * D), mean(D);
-        backend.patch_covariance(cov.data(), center ? mean.data() : nullptr, x + part * per * image,
+        backend.patch_covariance(cov.data(), center ? mean.data() : nullptr, backend.act_at(x, size_t(part) * per * image),
                                  per, cfg_.image_side, cfg_.image_side, 3, k);
         Eigen::MatrixXd m(D, D);
         for (int i = 0; i < D; ++i)
@@ -523,7 +523,7 @@ const float* Workspace::forward(const float* x, bool train) {
             G.conv3->forward(G.c3.get(), G.g2.get(), P.conv_w[gi][2], nullptr);
             bn_layer_forward(train, G.s3.get(), G.mean3.get(), G.istd3.get(), P.bn_mean[gi][2],
                              P.bn_var[gi][2], G.c3.get(), P.bn_w[gi][2], P.bn_b[gi][2], M, G.cout);
-            b_.axpy(G.s3.get(), G.g1.get(), 1.f, size_t(M) * G.cout);
+            b_.residual_add(G.s3.get(), G.g1.get(), size_t(M) * G.cout);
             act_forward(G.g3.get(), G.s3.get(), size_t(M) * G.cout);
         }
         in = G.out();
@@ -567,7 +567,7 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
         G.conv2->backward_weights(Gd.conv_w[gi][1], nullptr, G.d_p.get(), G.g1.get());
         grad_ready(Gd.conv_w[gi][1], size_t(G.cout) * 9 * G.cout);
         G.conv2->backward_data(G.d_g.get(), G.d_p.get(), P.conv_w[gi][1]);  // d(g1)
-        if (G.conv3) b_.axpy(G.d_g.get(), G.d_res.get(), 1.f, m);          // + the residual's
+        if (G.conv3) b_.residual_add(G.d_g.get(), G.d_res.get(), m);          // + the residual's
         bn_act_layer_backward(G.d_p.get(), Gd.bn_w[gi][0], Gd.bn_b[gi][0], G.d_g.get(), G.d_n.get(),
                               G.p.get(), G.n1.get(), G.mean1.get(), G.istd1.get(), P.bn_w[gi][0],
                               P.bn_b[gi][0], M, G.cout);

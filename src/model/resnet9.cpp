@@ -87,8 +87,9 @@ const float* Workspace::unit_forward(Unit& u, const float* in, bool train) {
         const size_t rows = u.bn_rows / size_t(S);
         for (int j = 0; j < S; ++j) {
             const size_t at = size_t(j) * rows * C;
-            b_.bn_forward_train(u.n.get() + at, u.mean.get() + size_t(j) * C, u.istd.get() + size_t(j) * C,
-                                P + s.rm + size_t(j) * C, P + s.rv + size_t(j) * C, x + at, gamma,
+            b_.bn_forward_train(b_.act_at(u.n.get(), at), u.mean.get() + size_t(j) * C,
+                                u.istd.get() + size_t(j) * C, P + s.rm + size_t(j) * C,
+                                P + s.rv + size_t(j) * C, b_.act_at(x, at), gamma,
                                 beta, int(rows), C, c.bn_eps, c.bn_momentum);
         }
     } else {
@@ -124,8 +125,8 @@ void Workspace::unit_backward(Unit& u, const float* dout, bool want_din) {
         const size_t rows = u.bn_rows / size_t(S);
         for (int j = 0; j < S; ++j) {
             const size_t at = size_t(j) * rows * C;
-            b_.bn_backward(d_bn + at, scale ? dg_split_.get() + size_t(j) * C : nullptr,
-                           db_split_.get() + size_t(j) * C, d_act + at, x + at,
+            b_.bn_backward(b_.act_at(d_bn, at), scale ? dg_split_.get() + size_t(j) * C : nullptr,
+                           db_split_.get() + size_t(j) * C, b_.act_at(d_act, at), b_.act_at(x, at),
                            u.mean.get() + size_t(j) * C, u.istd.get() + size_t(j) * C, P + s.bn_w,
                            int(rows), C);
         }
@@ -169,8 +170,8 @@ const float* Workspace::forward_resnet9(const float* x, bool train) {
             if (u.spec->role == 2) {  // stage output = its unit's output + the residual pair's
                 float* sum = sums_[sum_i++].get();
                 const size_t n = size_t(N_) * u.spec->H * u.spec->H * u.spec->cout;
-                b_.copy(sum, stage_in, n * sizeof(float));
-                b_.axpy(sum, h, 1.f, n);
+                b_.copy(sum, stage_in, n * sizeof(float));  // (whole buffers: any storage)
+                b_.residual_add(sum, h, n);
                 h = sum;
             }
         }
@@ -202,7 +203,7 @@ void Workspace::backward_resnet9(const float* dlogits) {
             unit_backward(u, d, true);            // -> u.din: w.r.t. res1's output
             unit_backward(r1, u.din.get(), true);  // -> r1.din: w.r.t. stage_in, via the pair
             const size_t n = size_t(N_) * u.spec->H * u.spec->H * u.spec->cout;
-            b_.axpy(r1.din.get(), d, 1.f, n);      // + the skip path
+            b_.residual_add(r1.din.get(), d, n);  // + the skip path
             d = r1.din.get();
             --i;  // res1 is done
         } else {

@@ -7,7 +7,8 @@
 //
 // Conventions that hold for every op (docs/conventions.md says the same at more length):
 // - Size letters: N batch, H/W height/width, C channels (C_in, K = C_out), M = N*H*W rows.
-// - Activations are NHWC, fp32 (float*) in device memory of the backend that made them.
+// - Activations are NHWC in device memory of the backend that made them, stored in the
+//   backend's storage() format (below): fp32 by default.
 // - Conv weights are OHWI (K, R, S, C_in): the layout cuDNN calls KRSC and oneDNN "ohwi".
 //   Linear weights are (out, in), row-major, as PyTorch.
 // - Every pointer argument is device memory of this backend unless the name ends in _host.
@@ -26,6 +27,26 @@
 namespace sr {
 
 enum class Device { cpu, cuda };
+
+// How a backend stores activations (mixed precision: 16-bit storage, fp32 math inside each op).
+//
+// The activation arguments of the ops are the tensors that flow between layers: every x, y, z,
+// dx, dy, dz of convolutions, batch norm, activations and pooling; the x and dx of linear; the
+// images of the data ops (normalize_pad's out, gather_crops' src and out, the x and src of
+// brightness_contrast, cutout, cutmix, patch_covariance); both operands of residual_add. They
+// are declared float* and allocated for n floats, but hold n values of storage(): with
+// Storage::f16 / bf16 the first 2n bytes hold IEEE half / bfloat16 values (round to nearest
+// even, saturating at the largest finite value), so copies of whole buffers work unchanged, and
+// an element offset into an activation buffer must go through Backend::act_at().
+// Everything else stays fp32 in every storage: weights (an op rounds its own copy of the conv
+// weights to storage() for the math, and the conv weight gradient comes back rounded to it, as
+// tensor-core convolutions compute them), biases and their gradients, the linear layer's weights
+// and gradient, logits and their gradient, BN statistics, losses and the optimizer's state.
+enum class Storage { f32, f16, bf16 };
+inline const char* storage_name(Storage s) {
+    return s == Storage::f16 ? "fp16" : s == Storage::bf16 ? "bf16" : "fp32";
+}
+inline size_t storage_bytes(Storage s) { return s == Storage::f32 ? 4 : 2; }
 
 // The activations of the networks (the plain ops below and the fused batch norm + activation).
 enum class ActKind { gelu, silu, relu, celu };
@@ -142,6 +163,16 @@ public:
     virtual ~Backend() = default;
     virtual Device device() const = 0;
     virtual std::string name() const = 0;  // e.g. "cpu (oneDNN 3.0, 2 threads)"
+    // The format of the activation arguments (see Storage); fp32 unless the backend says other.
+    virtual Storage storage() const { return Storage::f32; }
+    // The address of element k of the activation buffer p (its storage's element size).
+    float* act_at(float* p, size_t k) const {
+        return reinterpret_cast<float*>(reinterpret_cast<char*>(p) + k * storage_bytes(storage()));
+    }
+    const float* act_at(const float* p, size_t k) const {
+        return reinterpret_cast<const float*>(reinterpret_cast<const char*>(p) +
+                                              k * storage_bytes(storage()));
+    }
 
     // ---- memory -----------------------------------------------------------------------------
     virtual void* alloc(size_t bytes) = 0;  // zero-filled
@@ -263,6 +294,10 @@ public:
     virtual void relu_backward(float* dx, const float* dy, const float* x, size_t n) = 0;
     virtual void celu_forward(float* y, const float* x, size_t n, float alpha) = 0;
     virtual void celu_backward(float* dx, const float* dy, const float* x, size_t n, float alpha) = 0;
+
+    // Residual connections: y += x over n activations (in storage()). Separate from axpy, which
+    // works on fp32 parameters and optimizer state.
+    virtual void residual_add(float* y, const float* x, size_t n) = 0;
 
     // ---- max pooling, window k, stride k, no padding, floor (PyTorch MaxPool2d(k)) ---------
     // y (N,H/k,W/k,C); arg (same size) = index in 0..k*k-1 of the max inside its window

@@ -312,8 +312,12 @@ void ForwardingBackend::lerp_assign(float* ema, float* p, size_t n, float t) {
             [=, this] { in_.lerp_assign(ema, p, n, t); });
 }
 void ForwardingBackend::axpy(float* y, const float* x, float a, size_t n) {
-    // (the residual adds of the networks, TTA's logit sums and the optimizers use it)
+    // (TTA's logit sums and the optimizers use it)
     run_op(kElt, [&] { return nv("axpy", n); }, 2.0 * n, 3 * kF * n, [=, this] { in_.axpy(y, x, a, n); });
+}
+void ForwardingBackend::residual_add(float* y, const float* x, size_t n) {
+    run_op(kElt, [&] { return nv("residual add", n); }, double(n), 3 * kF * n,
+           [=, this] { in_.residual_add(y, x, n); });
 }
 void ForwardingBackend::scale(float* x, float a, size_t n) {
     run_op(kElt, [&] { return nv("scale", n); }, double(n), 2 * kF * n, [=, this] { in_.scale(x, a, n); });

@@ -43,6 +43,7 @@ public:
 
     Device device() const override { return in_.device(); }
     std::string name() const override { return in_.name(); }
+    Storage storage() const override { return in_.storage(); }
     void* alloc(size_t bytes) override { return in_.alloc(bytes); }
     void release(void* p) override { in_.release(p); }
     void upload(void* dst, const void* src_host, size_t bytes) override;
@@ -126,6 +127,7 @@ public:
                              int count, float momentum, bool velocity) override;
     void lerp_assign(float* ema, float* p, size_t n, float t) override;
     void axpy(float* y, const float* x, float a, size_t n) override;
+    void residual_add(float* y, const float* x, size_t n) override;
     void scale(float* x, float a, size_t n) override;
     void scale_to_norm(float* x, size_t n, float target, float eps) override;
     void scale_to_norm_segments(float* x, const int64_t* offsets, const float* targets, int count,

@@ -53,7 +53,7 @@ struct Rounder {
         std::memcpy(&normal, &rn, 4);
         constexpr float kMagic = 12582912.f;  // 1.5 * 2^23
         const float sub = ((x * inv_q + kMagic) - kMagic) * q;
-        float r = std::fabs(x) >= min_normal ? normal : sub;
+        float r = std::fabs(x) >= min_normal ? normal : std::copysign(sub, x);  // (-0 stays -0)
         r = std::fabs(r) > max ? std::copysign(max, x) : r;
         return x != x ? x : r;  // NaN stays NaN
     }
@@ -102,7 +102,7 @@ void round_tensor(float* x, size_t n, const NumberFormat& f) {
 namespace {
 
 // A convolution computing with the weights rounded to the forward format; y rounded to it, dx
-// and dw (and the bias's db) to the backward format.
+// and dw to the backward format (the bias's db stays fp32).
 class RoundingConv2d final : public Conv2d {
 public:
     RoundingConv2d(RoundingBackend& rb, std::unique_ptr<Conv2d> inner)
@@ -118,7 +118,6 @@ public:
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
         in_->backward_weights(dw, db, dy, x);
         round_tensor(dw, weights(), rb_.precision().backward);
-        if (db) round_tensor(db, size_t(shape.K), rb_.precision().backward);
     }
 
 private:
@@ -245,17 +244,32 @@ void RoundingBackend::concat_pool_backward(float* dx, const float* dy, const uin
     bwd(dx, size_t(N) * HW * C);
 }
 
-// The logits stay fp32 (the loss reads them); the head computes with rounded weights.
-void RoundingBackend::linear_forward(float* y, const float* x, const float* w, int N, int I,
-                                     int O, float scale) {
-    ForwardingBackend::linear_forward(y, x, rounded_weights(w, size_t(O) * I), N, I, O, scale);
-}
+// The head: weights, their gradient and the logits stay fp32 (a tiny product, done in fp32 on
+// a GPU too); its input gradient is an activation.
 void RoundingBackend::linear_backward(float* dx, float* dw, const float* dy, const float* x,
                                       const float* w, int N, int I, int O, float scale) {
-    ForwardingBackend::linear_backward(dx, dw, dy, x, rounded_weights(w, size_t(O) * I), N, I, O,
-                                       scale);
+    ForwardingBackend::linear_backward(dx, dw, dy, x, w, N, I, O, scale);
     if (dx) bwd(dx, size_t(N) * I);
-    bwd(dw, size_t(O) * I);
+}
+
+void RoundingBackend::residual_add(float* y, const float* x, size_t n) {
+    ForwardingBackend::residual_add(y, x, n);
+    if (std::strcmp(p_.forward.name, p_.backward.name) == 0) fwd(y, n);
+}
+
+void RoundingBackend::bn_apply(float* y, float* mean, float* invstd, float* rm, float* rv,
+                               const float* x, const float* gamma, const float* beta,
+                               const float* sums, const float* center_sums, float center_scale,
+                               int64_t count, int M, int C, float eps, float momentum) {
+    ForwardingBackend::bn_apply(y, mean, invstd, rm, rv, x, gamma, beta, sums, center_sums,
+                                center_scale, count, M, C, eps, momentum);
+    fwd(y, size_t(M) * C);
+}
+void RoundingBackend::bn_backward_apply(float* dx, const float* dy, const float* x,
+                                        const float* mean, const float* invstd, const float* gamma,
+                                        const float* sums, int64_t count, int M, int C) {
+    ForwardingBackend::bn_backward_apply(dx, dy, x, mean, invstd, gamma, sums, count, M, C);
+    bwd(dx, size_t(M) * C);
 }
 
 // The data: the normalised images are stored in the forward format; crops, flips, cutout and

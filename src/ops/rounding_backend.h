@@ -4,12 +4,16 @@
 //
 // RoundingBackend hands every op to the CPU backend (ops/forwarding_backend.h) and rounds what a
 // mixed-precision GPU implementation would store in the low-precision format: each op's
-// activation output (forward) and activation gradient (backward), the copy of the weights the
-// convolutions and the linear layer compute with, and the weight gradients; the math inside each
-// op stays fp32, as on tensor cores with fp32 accumulation. What stays fp32: the master weights
-// and the optimizer's state, BN statistics, dgamma/dbeta, logits and the loss. Not emulated: the
-// residual adds (axpy is shared with the optimizer and cannot be told apart; airbench94, muon94
-// and hiverge have none), and the element order of a GPU's sums.
+// activation output (forward) and activation gradient (backward), residual adds included, the
+// copy of the weights the convolutions compute with, and the convolutions' weight gradients; the
+// math inside each op stays fp32, as on tensor cores with fp32 accumulation. What stays fp32:
+// the master weights and the optimizer's state, biases and their gradients, the linear layer's
+// weights and gradient, BN statistics, dgamma/dbeta, logits and the loss: exactly the contract of
+// Storage in ops/backend.h, so that with fp16 or bf16 it computes the values of StorageBackend
+// (ops/storage_backend.h), which stores them in 16 bits. With fp8 the residual adds are not
+// rounded (forward and backward formats differ and an add does not say which pass it is in).
+// Not emulated: the element order of a GPU's sums. (Until 2026-12-03 the head's weights and
+// weight gradient and the whitening bias's gradient were rounded too.)
 //
 // Formats: round to nearest even with the format's mantissa width and exponent range
 // (subnormals kept), saturating at the largest finite value. fp8 is the usual FP8 training
@@ -82,6 +86,14 @@ public:
                          const float* mean, const float* invstd, const float* gamma,
                          const float* beta, int M, int C, ActKind act, float alpha) override;
 
+    void bn_apply(float* y, float* mean, float* invstd, float* running_mean, float* running_var,
+                  const float* x, const float* gamma, const float* beta, const float* sums,
+                  const float* center_sums, float center_scale, int64_t count, int M, int C,
+                  float eps, float momentum) override;
+    void bn_backward_apply(float* dx, const float* dy, const float* x, const float* mean,
+                           const float* invstd, const float* gamma, const float* sums,
+                           int64_t count, int M, int C) override;
+    void residual_add(float* y, const float* x, size_t n) override;
     void gelu_forward(float* y, const float* x, size_t n) override;
     void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override;
     void silu_forward(float* y, const float* x, size_t n) override;
@@ -95,8 +107,6 @@ public:
                              int C) override;
     void concat_pool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int HW,
                               int C) override;
-    void linear_forward(float* y, const float* x, const float* w, int N, int I, int O,
-                        float scale) override;
     void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                          int N, int I, int O, float scale) override;
 

@@ -11,6 +11,7 @@
 
 #include "core/cpu_peak.h"
 #include "ops/rounding_backend.h"
+#include "ops/storage_backend.h"
 #include "train/roofline.h"
 #include "core/error.h"
 #include "dist/dist_commands.h"
@@ -68,6 +69,20 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads, in
     if (device != "auto") fail("--device must be auto, cpu or cuda (got '{}')", device);
     if (auto b = make_cuda_backend(cuda_device, &why)) return b;
     return make_cpu_backend(threads);
+}
+
+// --storage fp16|bf16: 16-bit activation storage (ops/backend.h, Storage); nullptr for fp32.
+static std::unique_ptr<Backend> wrap_storage(Backend& base, const std::string& name) {
+    if (name.empty()) return nullptr;
+    Storage s = Storage::f32;
+    if (!parse_storage(name, &s)) fail("--storage {}: unknown format (known: fp32, fp16, bf16)", name);
+    if (s == Storage::f32) return nullptr;
+    if (base.device() != Device::cpu)
+        fail("--storage {}: the CUDA backend stores activations in fp32 only so far (its 16-bit "
+             "kernels are the next step of the mixed-precision work); --device cpu runs the "
+             "16-bit CPU reference",
+             name);
+    return std::make_unique<StorageBackend>(base, s);
 }
 
 Cifar10 load_data(const CommonArgs& a) {
@@ -198,8 +213,9 @@ int cmd_train(const TrainArgs& a) {
     const Recipe r = resume ? resume->recipe : resolve_recipe(a);
     auto base_backend = make_backend(a.device, a.threads, a.cuda_device);
     // --emulate-precision: the CPU backend behind a RoundingBackend (ops/rounding_backend.h)
-    std::unique_ptr<Backend> rounding;
+    std::unique_ptr<Backend> rounding = wrap_storage(*base_backend, a.storage);
     if (!a.emulate_precision.empty()) {
+        if (rounding) fail("--emulate-precision and --storage: choose one");
         const EmulatedPrecision* p = emulated_precision(a.emulate_precision);
         if (!p)
             fail("--emulate-precision {}: unknown format (known: {})", a.emulate_precision,
@@ -448,7 +464,9 @@ static nlohmann::json profile_training_step(ProfilingBackend& prof, int steps,
 int cmd_bench(const BenchArgs& a) {
     if (a.steps < 1) fail("--steps must be >= 1 (got {})", a.steps);
     const Recipe r = resolve_recipe(a);
-    auto backend = make_backend(a.device, a.threads);
+    auto base_backend = make_backend(a.device, a.threads);
+    auto stored = wrap_storage(*base_backend, a.storage);
+    Backend* backend = stored ? stored.get() : base_backend.get();
     // --profile: every op goes through a timing wrapper, made before the network so that its
     // convolutions are wrapped too (it times nothing until enabled below)
     const RooflineDevice* roof = nullptr;
@@ -475,7 +493,7 @@ int cmd_bench(const BenchArgs& a) {
     for (auto& v : y) v = int32_t(rng.below(uint32_t(O)));
     DeviceBuffer<float> xd(b, x.size()), stats(b, 2);
     DeviceBuffer<int32_t> yd(b, y.size());
-    b.upload(xd.get(), x.data(), x.size() * sizeof(float));
+    upload_activations(b, xd.get(), x.data(), x.size());
     b.upload(yd.get(), y.data(), y.size() * sizeof(int32_t));
 
     const int spe = steps_per_epoch(50000, B, r.drop_last);

@@ -22,6 +22,7 @@ struct CommonArgs {
     // single-flag overrides (< 0 / empty: keep the recipe's)
     double epochs = -1;
     int batch_size = -1;
+    std::string storage;  // activation storage: fp32 | fp16 | bf16 (ops/backend.h, Storage)
 };
 
 struct TrainArgs : CommonArgs {

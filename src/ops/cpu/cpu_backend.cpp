@@ -187,6 +187,7 @@ public:
         cpu::lerp_assign(ema, p, n, t);
     }
     void axpy(float* y, const float* x, float a, size_t n) override { cpu::axpy(y, x, a, n); }
+    void residual_add(float* y, const float* x, size_t n) override { cpu::axpy(y, x, 1.f, n); }
     void scale(float* x, float a, size_t n) override { cpu::scale(x, a, n); }
     void scale_to_norm(float* x, size_t n, float target, float eps) override {
         cpu::scale_to_norm(x, n, target, eps);

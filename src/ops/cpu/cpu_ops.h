@@ -126,6 +126,10 @@ void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const flo
                    const float* std, int pad);
 void gather_crops(float* out, const float* src, int H, int W, int pad, int B, const int32_t* idx,
                   int first, const int8_t* shifts, int sy, int sx, const uint8_t* flips, int flip);
+// the same over 16-bit values (activations in Storage::f16 / bf16: a crop only selects values)
+void gather_crops_16(uint16_t* out, const uint16_t* src, int H, int W, int pad, int B,
+                     const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
+                     const uint8_t* flips, int flip);
 void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size);
 void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B, int H,
             int W, int C, int size);

@@ -66,7 +66,8 @@ SR_CLONES void brightness_contrast(float* x, const float* shift, const float* ga
     }
 }
 
-SR_CLONES void gather_crops(float* out, const float* src, int H, int W, int pad, int B, const int32_t* idx,
+template <typename T>
+static void gather_crops_any(T* out, const T* src, int H, int W, int pad, int B, const int32_t* idx,
                   int first, const int8_t* shifts, int sy, int sx, const uint8_t* flips, int flip) {
     const int HP = H + 2 * pad, WP = W + 2 * pad;
 #pragma omp parallel for schedule(static)
@@ -74,11 +75,11 @@ SR_CLONES void gather_crops(float* out, const float* src, int H, int W, int pad,
         const size_t i = idx ? size_t(idx[b]) : size_t(first + b);
         const int dy = shifts ? shifts[2 * b] : sy, dx = shifts ? shifts[2 * b + 1] : sx;
         const bool f = flips ? flips[b] != 0 : flip != 0;
-        const float* img = src + i * HP * WP * 3;
-        float* o = out + size_t(b) * H * W * 3;
+        const T* img = src + i * HP * WP * 3;
+        T* o = out + size_t(b) * H * W * 3;
         for (int y = 0; y < H; ++y) {
-            const float* row = img + (size_t(y + pad + dy) * WP + pad + dx) * 3;
-            float* orow = o + size_t(y) * W * 3;
+            const T* row = img + (size_t(y + pad + dy) * WP + pad + dx) * 3;
+            T* orow = o + size_t(y) * W * 3;
             if (!f) {
                 for (int x = 0; x < W * 3; ++x) orow[x] = row[x];
             } else {
@@ -87,6 +88,17 @@ SR_CLONES void gather_crops(float* out, const float* src, int H, int W, int pad,
             }
         }
     }
+}
+
+SR_CLONES void gather_crops(float* out, const float* src, int H, int W, int pad, int B, const int32_t* idx,
+                  int first, const int8_t* shifts, int sy, int sx, const uint8_t* flips, int flip) {
+    gather_crops_any(out, src, H, W, pad, B, idx, first, shifts, sy, sx, flips, flip);
+}
+
+void gather_crops_16(uint16_t* out, const uint16_t* src, int H, int W, int pad, int B,
+                     const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
+                     const uint8_t* flips, int flip) {
+    gather_crops_any(out, src, H, W, pad, B, idx, first, shifts, sy, sx, flips, flip);
 }
 
 SR_CLONES void patch_covariance(double* cov, double* mean, const float* x, int N, int H, int W,

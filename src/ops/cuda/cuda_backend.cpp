@@ -383,6 +383,9 @@ public:
     void axpy(float* y, const float* x, float a, size_t n) override {
         cuda::axpy(stream_, y, x, a, n);
     }
+    void residual_add(float* y, const float* x, size_t n) override {
+        cuda::axpy(stream_, y, x, 1.f, n);
+    }
     void scale(float* x, float a, size_t n) override { cuda::scale(stream_, x, a, n); }
     void scale_to_norm(float* x, size_t n, float target, float eps) override {
         cuda::scale_to_norm(stream_, scratch(cuda::scale_to_norm_scratch_bytes()), x, n, target,
