@@ -206,5 +206,32 @@ TEST(BackendNetwork, OneStepOnCudaMatchesCpu) {
     }
 }
 
+// The CUDA backend with 16-bit activation storage against its CPU reference (StorageBackend):
+// both round the same tensors at the same points, so they differ only where an fp32 result
+// that differs in its last bits (TF32-free 16-bit tensor-core products, summation order,
+// library functions) rounds to a neighbouring 16-bit value, which BN over a small batch then
+// amplifies. The bounds are those of the fp32 comparison scaled to the format: 2e-2 for fp16
+// (11 significant bits, as TF32's), 8x that for bf16 (3 bits fewer); a slip between 16-bit and
+// fp32 buffers gives errors near 1 or NaN. Logits: at most the 16-bit-vs-fp32 bound above.
+TEST(BackendNetwork, OneStepOnCudaSixteenBitMatchesItsCpuReference) {
+    std::string why;
+    if (!make_cuda_backend(0, &why)) GTEST_SKIP() << "no CUDA device: " << why;
+    auto cpu = make_cpu_backend(0);
+    for (Storage s : {Storage::f16, Storage::bf16}) {
+        auto gpu = make_cuda_backend(0, &why, s);
+        ASSERT_TRUE(gpu) << why;
+        ASSERT_EQ(gpu->storage(), s);
+        StorageBackend ref(*cpu, s);
+        for (const char* p : kPresets) {
+            SCOPED_TRACE(std::string(p) + " " + storage_name(s));
+            const Worst w = compare(ref, *gpu, p, false, s);
+            EXPECT_LE(w.err, s == Storage::bf16 ? 0.16 : 2e-2) << w.where;
+            EXPECT_LE(w.logits, s == Storage::bf16 ? 5e-2 : 5e-3);
+            std::printf("%-11s CUDA vs CPU, one step, %s storage: worst relative L2 error %.2e "
+                        "(%s), logits %.2e\n", p, storage_name(s), w.err, w.where.c_str(), w.logits);
+        }
+    }
+}
+
 }  // namespace
 }  // namespace sr

@@ -426,9 +426,11 @@ private:
 };
 
 // The CPU backend is always available; the CUDA one only in builds with CUDA (nullptr + reason
-// otherwise). threads <= 0 means "all cores".
+// otherwise). threads <= 0 means "all cores". The CUDA backend stores activations in `storage`
+// (the CPU's are fp32; ops/storage_backend.h wraps it for 16-bit storage).
 std::unique_ptr<Backend> make_cpu_backend(int threads);
-std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_not);
+std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_not,
+                                           Storage storage = Storage::f32);
 bool cuda_compiled();
 // Number of CUDA devices this process can use (0 without CUDA, a driver or a GPU).
 int cuda_device_count();

@@ -163,6 +163,13 @@ StorageBackend::StorageBackend(Backend& inner, Storage s) : ForwardingBackend(in
     if (s == Storage::f32) fail("StorageBackend: fp32 storage needs no wrapper");
 }
 
+StorageBackend::StorageBackend(std::unique_ptr<Backend> inner, Storage s)
+    : detail::OwnedBackend{std::move(inner)}, ForwardingBackend(*owned), s_(s) {
+    if (in_.device() != Device::cpu || in_.storage() != Storage::f32)
+        fail("the 16-bit storage reference runs on the fp32 CPU backend only");
+    if (s == Storage::f32) fail("StorageBackend: fp32 storage needs no wrapper");
+}
+
 std::string StorageBackend::name() const {
     return fmt::format("{}, {} activation storage (CPU reference)", in_.name(), storage_name(s_));
 }

@@ -41,10 +41,18 @@ void unpack_storage(float* dst, const void* src, size_t n, Storage s);
 void upload_activations(Backend& b, float* dst, const float* host, size_t n);
 void download_activations(Backend& b, float* host, const float* src, size_t n);
 
-class StorageBackend final : public ForwardingBackend {
+namespace detail {
+struct OwnedBackend {  // (initialised before ForwardingBackend, which refers to it)
+    std::unique_ptr<Backend> owned;
+};
+}  // namespace detail
+
+class StorageBackend final : private detail::OwnedBackend, public ForwardingBackend {
 public:
     // inner must be a CPU backend with fp32 storage; s is f16 or bf16.
     StorageBackend(Backend& inner, Storage s);
+    // the same, owning inner
+    StorageBackend(std::unique_ptr<Backend> inner, Storage s);
     Storage storage() const override { return s_; }
     std::string name() const override;
     void run_op(const char*, const std::function<std::string()>&, double, double,

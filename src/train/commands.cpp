@@ -58,31 +58,26 @@ Recipe resolve_recipe(const CommonArgs& a) {
     return recipe_from_json(j);
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& device, int threads, int cuda_device) {
-    if (device == "cpu") return make_cpu_backend(threads);
+std::unique_ptr<Backend> make_backend(const std::string& device, int threads, int cuda_device,
+                                      const std::string& storage) {
+    Storage s = Storage::f32;
+    if (!storage.empty() && !parse_storage(storage, &s))
+        fail("--storage {}: unknown format (known: fp32, fp16, bf16)", storage);
+    // the CPU computes in fp32; 16-bit storage there is the reference wrapper (slow)
+    auto cpu = [&]() -> std::unique_ptr<Backend> {
+        if (s == Storage::f32) return make_cpu_backend(threads);
+        return std::make_unique<StorageBackend>(make_cpu_backend(threads), s);
+    };
+    if (device == "cpu") return cpu();
     std::string why;
     if (device == "cuda") {
-        auto b = make_cuda_backend(cuda_device, &why);
+        auto b = make_cuda_backend(cuda_device, &why, s);
         if (!b) fail("--device cuda: {}", why);
         return b;
     }
     if (device != "auto") fail("--device must be auto, cpu or cuda (got '{}')", device);
-    if (auto b = make_cuda_backend(cuda_device, &why)) return b;
-    return make_cpu_backend(threads);
-}
-
-// --storage fp16|bf16: 16-bit activation storage (ops/backend.h, Storage); nullptr for fp32.
-static std::unique_ptr<Backend> wrap_storage(Backend& base, const std::string& name) {
-    if (name.empty()) return nullptr;
-    Storage s = Storage::f32;
-    if (!parse_storage(name, &s)) fail("--storage {}: unknown format (known: fp32, fp16, bf16)", name);
-    if (s == Storage::f32) return nullptr;
-    if (base.device() != Device::cpu)
-        fail("--storage {}: the CUDA backend stores activations in fp32 only so far (its 16-bit "
-             "kernels are the next step of the mixed-precision work); --device cpu runs the "
-             "16-bit CPU reference",
-             name);
-    return std::make_unique<StorageBackend>(base, s);
+    if (auto b = make_cuda_backend(cuda_device, &why, s)) return b;
+    return cpu();
 }
 
 Cifar10 load_data(const CommonArgs& a) {
@@ -211,11 +206,12 @@ int cmd_train(const TrainArgs& a) {
     if (a.distributed && !a.comm) return cmd_train_distributed(a);  // comes back with comm set
     // a resumed run uses the recipe saved with it
     const Recipe r = resume ? resume->recipe : resolve_recipe(a);
-    auto base_backend = make_backend(a.device, a.threads, a.cuda_device);
+    auto base_backend = make_backend(a.device, a.threads, a.cuda_device, a.storage);
     // --emulate-precision: the CPU backend behind a RoundingBackend (ops/rounding_backend.h)
-    std::unique_ptr<Backend> rounding = wrap_storage(*base_backend, a.storage);
+    std::unique_ptr<Backend> rounding;
     if (!a.emulate_precision.empty()) {
-        if (rounding) fail("--emulate-precision and --storage: choose one");
+        if (base_backend->storage() != Storage::f32)
+            fail("--emulate-precision and --storage: choose one");
         const EmulatedPrecision* p = emulated_precision(a.emulate_precision);
         if (!p)
             fail("--emulate-precision {}: unknown format (known: {})", a.emulate_precision,
@@ -464,9 +460,7 @@ static nlohmann::json profile_training_step(ProfilingBackend& prof, int steps,
 int cmd_bench(const BenchArgs& a) {
     if (a.steps < 1) fail("--steps must be >= 1 (got {})", a.steps);
     const Recipe r = resolve_recipe(a);
-    auto base_backend = make_backend(a.device, a.threads);
-    auto stored = wrap_storage(*base_backend, a.storage);
-    Backend* backend = stored ? stored.get() : base_backend.get();
+    auto backend = make_backend(a.device, a.threads, 0, a.storage);
     // --profile: every op goes through a timing wrapper, made before the network so that its
     // convolutions are wrapped too (it times nothing until enabled below)
     const RooflineDevice* roof = nullptr;

@@ -89,7 +89,9 @@ struct AccuracyStats {
 AccuracyStats accuracy_stats(const std::vector<double>& v);  // std: sample (n - 1)
 
 Recipe resolve_recipe(const CommonArgs& a);
-std::unique_ptr<Backend> make_backend(const std::string& device, int threads, int cuda_device = 0);
+// storage: "", "fp32", "fp16" or "bf16" (--storage; on the CPU, 16-bit is ops/storage_backend.h)
+std::unique_ptr<Backend> make_backend(const std::string& device, int threads, int cuda_device = 0,
+                                      const std::string& storage = "");
 Cifar10 load_data(const CommonArgs& a);
 
 // The CIFAR-10 class names in label order (airplane ... truck).

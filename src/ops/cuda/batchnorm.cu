@@ -19,6 +19,7 @@
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/moments.cuh"
+#include "ops/cuda/storage.cuh"
 
 namespace sr::cuda {
 namespace {
@@ -107,18 +108,21 @@ void channel_reduce(cudaStream_t st, float2* partial, F f, E e, int M, int C) {
 
 // ---- functors: what is summed, and what is done with the sums ---------------------------------
 
+// T: the activations' storage type (the tensors x, y, dy, dx of every functor and kernel here).
+template <class T>
 struct SumX {
-    const float* x;
+    const T* x;
     int C;
     __device__ float2 operator()(int m, int c) const {
-        return make_float2(x[size_t(m) * C + c], 0.f);
+        return make_float2(load_act(x, size_t(m) * C + c), 0.f);
     }
 };
 
 // dy, dy * xhat; with an activation after the BN, dy = dz act'(y), y recomputed from x
+template <class T>
 struct SumDyDyXhat {
-    const float* dy;  // (dz with an activation)
-    const float* x;
+    const T* dy;  // (dz with an activation)
+    const T* x;
     const float* mean;
     const float* invstd;
     const float* gamma;  // (read only with an activation)
@@ -127,9 +131,10 @@ struct SumDyDyXhat {
     MaybeAct act;
     __device__ float2 operator()(int m, int c) const {
         const size_t i = size_t(m) * C + c;
-        const float xhat = (x[i] - mean[c]) * invstd[c];
-        const float g = act.on ? act.chain(dy[i], xhat * (gamma ? gamma[c] : 1.f) + (beta ? beta[c] : 0.f))
-                               : dy[i];
+        const float xhat = (load_act(x, i) - mean[c]) * invstd[c];
+        const float d = load_act(dy, i);
+        const float g = act.on ? act.chain(d, xhat * (gamma ? gamma[c] : 1.f) + (beta ? beta[c] : 0.f))
+                               : d;
         return make_float2(g, g * xhat);
     }
 };
@@ -150,18 +155,20 @@ struct StoreGrads {
 // ---- elementwise kernels -----------------------------------------------------------------
 
 // y = act((x - mean) invstd gamma + beta) (act off: plain batch norm)
-__global__ void bn_normalize(float* y, const float* x, const float* mean, const float* invstd,
+template <class T>
+__global__ void bn_normalize(T* y, const T* x, const float* mean, const float* invstd,
                              const float* gamma, const float* beta, size_t n, int C, MaybeAct act) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
         const int c = int(i % C);
         const float g = gamma ? gamma[c] : 1.f;
         const float b = beta ? beta[c] : 0.f;
-        y[i] = act.value((x[i] - mean[c]) * invstd[c] * g + b);
+        store_act(y, i, act.value((load_act(x, i) - mean[c]) * invstd[c] * g + b));
     }
 }
 
-__global__ void bn_eval(float* y, const float* x, const float* rmean, const float* rvar,
+template <class T>
+__global__ void bn_eval(T* y, const T* x, const float* rmean, const float* rvar,
                         const float* gamma, const float* beta, size_t n, int C, float eps,
                         MaybeAct act) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
@@ -169,13 +176,14 @@ __global__ void bn_eval(float* y, const float* x, const float* rmean, const floa
         const int c = int(i % C);
         const float g = gamma ? gamma[c] : 1.f;
         const float b = beta ? beta[c] : 0.f;
-        y[i] = act.value((x[i] - rmean[c]) / sqrtf(rvar[c] + eps) * g + b);
+        store_act(y, i, act.value((load_act(x, i) - rmean[c]) / sqrtf(rvar[c] + eps) * g + b));
     }
 }
 
 // dx = gamma * invstd * (dy - sum(dy)/M - xhat * sum(dy xhat)/M); with an activation, dy = dz
 // act'(y) recomputed as in SumDyDyXhat (dy and dx may be one buffer: elementwise)
-__global__ void bn_dx(float* dx, const float* dy, const float* x, const float* mean,
+template <class T>
+__global__ void bn_dx(T* dx, const T* dy, const T* x, const float* mean,
                       const float* invstd, const float* gamma, const float* beta,
                       const float* sum_dy, const float* sum_dy_xhat, size_t n, int C, float inv_m,
                       MaybeAct act) {
@@ -183,9 +191,10 @@ __global__ void bn_dx(float* dx, const float* dy, const float* x, const float* m
          i += size_t(gridDim.x) * blockDim.x) {
         const int c = int(i % C);
         const float g = gamma ? gamma[c] : 1.f;
-        const float xhat = (x[i] - mean[c]) * invstd[c];
-        const float d = act.on ? act.chain(dy[i], xhat * g + (beta ? beta[c] : 0.f)) : dy[i];
-        dx[i] = g * invstd[c] * (d - sum_dy[c] * inv_m - xhat * sum_dy_xhat[c] * inv_m);
+        const float xhat = (load_act(x, i) - mean[c]) * invstd[c];
+        const float dyi = load_act(dy, i);
+        const float d = act.on ? act.chain(dyi, xhat * g + (beta ? beta[c] : 0.f)) : dyi;
+        store_act(dx, i, g * invstd[c] * (d - sum_dy[c] * inv_m - xhat * sum_dy_xhat[c] * inv_m));
     }
 }
 
@@ -194,22 +203,24 @@ struct StoreSum {
     __device__ void operator()(int c, double sx, double) const { out[c] = float(sx); }
 };
 
-__global__ void add_bias_kernel(float* y, const float* bias, size_t n, int C) {
+template <class T>
+__global__ void add_bias_kernel(T* y, const float* bias, size_t n, int C) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x)
-        y[i] += bias[i % C];
+        store_act(y, i, load_act(y, i) + bias[i % C]);
 }
 
 // ---- batch norm in pieces (sync-BN) ------------------------------------------------------------
 
+template <class T>
 struct SumCentered {  // x - center, (x - center)^2 with center = center_sums * scale (or 0)
-    const float* x;
+    const T* x;
     const float* center_sums;
     float scale;
     int C;
     __device__ float2 operator()(int m, int c) const {
         const float ctr = center_sums ? center_sums[c] * scale : 0.f;
-        const float d = x[size_t(m) * C + c] - ctr;
+        const float d = load_act(x, size_t(m) * C + c) - ctr;
         return make_float2(d, d * d);
     }
 };
@@ -250,7 +261,8 @@ void check_shape(int M, int C) {
 // (mean, m2) per (chunk, channel); channel_moments_finalize merges the chunks in double (Chan)
 // and gives mean, invstd and the running statistics' update. The chunks and threads are those
 // of channel_partials. (Two passes before: the mean, then the squared deviations from it.)
-__global__ void channel_moments(float2* partial, const float* x, int M, int C) {
+template <class T>
+__global__ void channel_moments(float2* partial, const T* x, int M, int C) {
     __shared__ float sh_mean[kRowThreads][33], sh_m2[kRowThreads][33];
     const int c = blockIdx.x * 32 + threadIdx.x;
     const int m0 = blockIdx.y * kRowsPerChunk;
@@ -258,7 +270,7 @@ __global__ void channel_moments(float2* partial, const float* x, int M, int C) {
     Moments<float> a;
     if (c < C)
         for (int m = m0 + threadIdx.y; m < m1; m += kRowThreads)
-            moments_add(a, x[size_t(m) * C + c]);
+            moments_add(a, load_act(x, size_t(m) * C + c));
     sh_mean[threadIdx.y][threadIdx.x] = a.mean;
     sh_m2[threadIdx.y][threadIdx.x] = a.m2;
     __syncthreads();
@@ -318,15 +330,16 @@ __global__ void channel_moments_finalize(const float2* partial, int chunks, int 
 
 // The batch's mean and invstd and the running statistics' update: the training forward's part
 // before normalising (one pass over x).
+template <class T>
 void batch_statistics(cudaStream_t st, void* scratch, float* mean, float* invstd,
-                      float* running_mean, float* running_var, const float* x, int M, int C,
+                      float* running_mean, float* running_var, const T* x, int M, int C,
                       float eps, float momentum) {
     check_shape(M, C);
     const BnScratch s = split_scratch(scratch, M, C);
     const int chunks = num_chunks(M);
     const dim3 grid(ceil_div(size_t(C), 32), unsigned(chunks));
     const dim3 block(32, kRowThreads);
-    channel_moments<<<grid, block, 0, st>>>(s.partial, x, M, C);
+    channel_moments<T><<<grid, block, 0, st>>>(s.partial, x, M, C);
     CUDA_CHECK_LAUNCH();
     channel_moments_finalize<<<C, kFinalizeThreads, 0, st>>>(s.partial, chunks, M, C, mean, invstd,
                                                              running_mean, running_var, eps,
@@ -336,16 +349,23 @@ void batch_statistics(cudaStream_t st, void* scratch, float* mean, float* invstd
 
 }  // namespace
 
-void channel_sum(cudaStream_t st, void* scratch, float* out, const float* x, int M, int C) {
+void channel_sum(cudaStream_t st, Storage s, void* scratch, float* out, const float* x, int M,
+                 int C) {
     check_shape(M, C);
-    const BnScratch s = split_scratch(scratch, M, C);
-    channel_reduce(st, s.partial, SumX{x, C}, StoreSum{out}, M, C);
+    const BnScratch sc = split_scratch(scratch, M, C);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        channel_reduce(st, sc.partial, SumX<T>{as_act<T>(x), C}, StoreSum{out}, M, C);
+    });
 }
 
-void add_channel_bias(cudaStream_t st, float* y, const float* bias, int M, int C) {
+void add_channel_bias(cudaStream_t st, Storage s, float* y, const float* bias, int M, int C) {
     CUDA_ASSERT(M > 0 && C > 0);
     const size_t n = size_t(M) * C;
-    add_bias_kernel<<<grid_size(n), kBlock, 0, st>>>(y, bias, n, C);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        add_bias_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(y), bias, n, C);
+    });
     CUDA_CHECK_LAUNCH();
 }
 
@@ -357,123 +377,164 @@ namespace {
 
 // The training forward, backward and eval forward, with the activation after the BN (fused) or
 // without it (act off): one code path for the plain and the fused ops.
-void bn_train_maybe_act(cudaStream_t st, void* scratch, float* y, float* mean, float* invstd,
-                        float* running_mean, float* running_var, const float* x,
+template <class T>
+void bn_train_maybe_act(cudaStream_t st, void* scratch, T* y, float* mean, float* invstd,
+                        float* running_mean, float* running_var, const T* x,
                         const float* gamma, const float* beta, int M, int C, float eps,
                         float momentum, MaybeAct act) {
     batch_statistics(st, scratch, mean, invstd, running_mean, running_var, x, M, C, eps, momentum);
     const size_t n = size_t(M) * C;
-    bn_normalize<<<grid_size(n), kBlock, 0, st>>>(y, x, mean, invstd, gamma, beta, n, C, act);
+    bn_normalize<T><<<grid_size(n), kBlock, 0, st>>>(y, x, mean, invstd, gamma, beta, n, C, act);
     CUDA_CHECK_LAUNCH();
 }
 
-void bn_eval_maybe_act(cudaStream_t st, float* y, const float* x, const float* running_mean,
+template <class T>
+void bn_eval_maybe_act(cudaStream_t st, T* y, const T* x, const float* running_mean,
                        const float* running_var, const float* gamma, const float* beta, int M,
                        int C, float eps, MaybeAct act) {
     CUDA_ASSERT(M > 0 && C > 0);
     const size_t n = size_t(M) * C;
-    bn_eval<<<grid_size(n), kBlock, 0, st>>>(y, x, running_mean, running_var, gamma, beta, n, C,
-                                             eps, act);
+    bn_eval<T><<<grid_size(n), kBlock, 0, st>>>(y, x, running_mean, running_var, gamma, beta, n,
+                                                C, eps, act);
     CUDA_CHECK_LAUNCH();
 }
 
-void bn_backward_maybe_act(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
-                           const float* dy, const float* x, const float* mean,
-                           const float* invstd, const float* gamma, const float* beta, int M,
-                           int C, MaybeAct act) {
+template <class T>
+void bn_backward_maybe_act(cudaStream_t st, void* scratch, T* dx, float* dgamma, float* dbeta,
+                           const T* dy, const T* x, const float* mean, const float* invstd,
+                           const float* gamma, const float* beta, int M, int C, MaybeAct act) {
     check_shape(M, C);
     const BnScratch s = split_scratch(scratch, M, C);
-    channel_reduce(st, s.partial, SumDyDyXhat{dy, x, mean, invstd, gamma, beta, C, act},
+    channel_reduce(st, s.partial, SumDyDyXhat<T>{dy, x, mean, invstd, gamma, beta, C, act},
                    StoreGrads{s.sum_a, s.sum_b, dbeta, dgamma}, M, C);
     const size_t n = size_t(M) * C;
-    bn_dx<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, beta, s.sum_a, s.sum_b,
-                                           n, C, 1.f / float(M), act);
+    bn_dx<T><<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, beta, s.sum_a,
+                                              s.sum_b, n, C, 1.f / float(M), act);
     CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
-void bn_forward_train(cudaStream_t st, void* scratch, float* y, float* mean, float* invstd,
-                      float* running_mean, float* running_var, const float* x, const float* gamma,
-                      const float* beta, int M, int C, float eps, float momentum) {
-    bn_train_maybe_act(st, scratch, y, mean, invstd, running_mean, running_var, x, gamma, beta, M,
-                       C, eps, momentum, MaybeAct{});
+// The public entry points: the storage's element type chosen once per call.
+void bn_forward_train(cudaStream_t st, Storage s, void* scratch, float* y, float* mean,
+                      float* invstd, float* running_mean, float* running_var, const float* x,
+                      const float* gamma, const float* beta, int M, int C, float eps,
+                      float momentum) {
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        bn_train_maybe_act<T>(st, scratch, as_act<T>(y), mean, invstd, running_mean, running_var,
+                              as_act<T>(x), gamma, beta, M, C, eps, momentum, MaybeAct{});
+    });
 }
 
-void bn_forward_eval(cudaStream_t st, float* y, const float* x, const float* running_mean,
-                     const float* running_var, const float* gamma, const float* beta, int M,
-                     int C, float eps) {
-    bn_eval_maybe_act(st, y, x, running_mean, running_var, gamma, beta, M, C, eps, MaybeAct{});
+void bn_forward_eval(cudaStream_t st, Storage s, float* y, const float* x,
+                     const float* running_mean, const float* running_var, const float* gamma,
+                     const float* beta, int M, int C, float eps) {
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        bn_eval_maybe_act<T>(st, as_act<T>(y), as_act<T>(x), running_mean, running_var, gamma,
+                             beta, M, C, eps, MaybeAct{});
+    });
 }
 
-void bn_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
-                 const float* dy, const float* x, const float* mean, const float* invstd,
-                 const float* gamma, int M, int C) {
-    bn_backward_maybe_act(st, scratch, dx, dgamma, dbeta, dy, x, mean, invstd, gamma, nullptr, M,
-                          C, MaybeAct{});
+void bn_backward(cudaStream_t st, Storage s, void* scratch, float* dx, float* dgamma,
+                 float* dbeta, const float* dy, const float* x, const float* mean,
+                 const float* invstd, const float* gamma, int M, int C) {
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        bn_backward_maybe_act<T>(st, scratch, as_act<T>(dx), dgamma, dbeta, as_act<T>(dy),
+                                 as_act<T>(x), mean, invstd, gamma, nullptr, M, C, MaybeAct{});
+    });
 }
 
-void bn_act_forward_train(cudaStream_t st, void* scratch, float* z, float* mean, float* invstd,
-                          float* running_mean, float* running_var, const float* x,
+void bn_act_forward_train(cudaStream_t st, Storage s, void* scratch, float* z, float* mean,
+                          float* invstd, float* running_mean, float* running_var, const float* x,
                           const float* gamma, const float* beta, int M, int C, float eps,
                           float momentum, ActKind act, float alpha) {
-    bn_train_maybe_act(st, scratch, z, mean, invstd, running_mean, running_var, x, gamma, beta, M,
-                       C, eps, momentum, MaybeAct{true, act, alpha});
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        bn_train_maybe_act<T>(st, scratch, as_act<T>(z), mean, invstd, running_mean, running_var,
+                              as_act<T>(x), gamma, beta, M, C, eps, momentum,
+                              MaybeAct{true, act, alpha});
+    });
 }
 
-void bn_act_forward_eval(cudaStream_t st, float* z, const float* x, const float* running_mean,
-                         const float* running_var, const float* gamma, const float* beta, int M,
-                         int C, float eps, ActKind act, float alpha) {
-    bn_eval_maybe_act(st, z, x, running_mean, running_var, gamma, beta, M, C, eps,
-                      MaybeAct{true, act, alpha});
+void bn_act_forward_eval(cudaStream_t st, Storage s, float* z, const float* x,
+                         const float* running_mean, const float* running_var, const float* gamma,
+                         const float* beta, int M, int C, float eps, ActKind act, float alpha) {
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        bn_eval_maybe_act<T>(st, as_act<T>(z), as_act<T>(x), running_mean, running_var, gamma,
+                             beta, M, C, eps, MaybeAct{true, act, alpha});
+    });
 }
 
-void bn_act_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
-                     const float* dz, const float* x, const float* mean, const float* invstd,
-                     const float* gamma, const float* beta, int M, int C, ActKind act,
-                     float alpha) {
-    bn_backward_maybe_act(st, scratch, dx, dgamma, dbeta, dz, x, mean, invstd, gamma, beta, M, C,
-                          MaybeAct{true, act, alpha});
+void bn_act_backward(cudaStream_t st, Storage s, void* scratch, float* dx, float* dgamma,
+                     float* dbeta, const float* dz, const float* x, const float* mean,
+                     const float* invstd, const float* gamma, const float* beta, int M, int C,
+                     ActKind act, float alpha) {
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        bn_backward_maybe_act<T>(st, scratch, as_act<T>(dx), dgamma, dbeta, as_act<T>(dz),
+                                 as_act<T>(x), mean, invstd, gamma, beta, M, C,
+                                 MaybeAct{true, act, alpha});
+    });
 }
 
-void bn_stats(cudaStream_t st, void* scratch, float* sums, const float* x,
+void bn_stats(cudaStream_t st, Storage s, void* scratch, float* sums, const float* x,
               const float* center_sums, float center_scale, int M, int C) {
     check_shape(M, C);
-    const BnScratch s = split_scratch(scratch, M, C);
-    channel_reduce(st, s.partial, SumCentered{x, center_sums, center_scale, C}, StorePair{sums, C},
-                   M, C);
+    const BnScratch sc = split_scratch(scratch, M, C);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        channel_reduce(st, sc.partial, SumCentered<T>{as_act<T>(x), center_sums, center_scale, C},
+                       StorePair{sums, C}, M, C);
+    });
 }
 
-void bn_apply(cudaStream_t st, float* y, float* mean, float* invstd, float* running_mean,
-              float* running_var, const float* x, const float* gamma, const float* beta,
-              const float* sums, const float* center_sums, float center_scale, int64_t count,
-              int M, int C, float eps, float momentum) {
+void bn_apply(cudaStream_t st, Storage s, float* y, float* mean, float* invstd,
+              float* running_mean, float* running_var, const float* x, const float* gamma,
+              const float* beta, const float* sums, const float* center_sums, float center_scale,
+              int64_t count, int M, int C, float eps, float momentum) {
     CUDA_ASSERT(M > 0 && C > 0 && count >= M);
     bn_finalize_sums<<<ceil_div(size_t(C), kBlock), kBlock, 0, st>>>(
         mean, invstd, running_mean, running_var, sums, center_sums, center_scale, double(count), C,
         eps, momentum);
     CUDA_CHECK_LAUNCH();
     const size_t n = size_t(M) * C;
-    bn_normalize<<<grid_size(n), kBlock, 0, st>>>(y, x, mean, invstd, gamma, beta, n, C, MaybeAct{});
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        bn_normalize<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(y), as_act<T>(x), mean, invstd,
+                                                         gamma, beta, n, C, MaybeAct{});
+    });
     CUDA_CHECK_LAUNCH();
 }
 
-void bn_backward_reduce(cudaStream_t st, void* scratch, float* sums, float* dgamma, float* dbeta,
-                        const float* dy, const float* x, const float* mean, const float* invstd,
-                        int M, int C) {
+void bn_backward_reduce(cudaStream_t st, Storage s, void* scratch, float* sums, float* dgamma,
+                        float* dbeta, const float* dy, const float* x, const float* mean,
+                        const float* invstd, int M, int C) {
     check_shape(M, C);
-    const BnScratch s = split_scratch(scratch, M, C);
-    channel_reduce(st, s.partial, SumDyDyXhat{dy, x, mean, invstd, nullptr, nullptr, C, MaybeAct{}},
-                   StoreGrads{sums, sums + C, dbeta, dgamma}, M, C);
+    const BnScratch sc = split_scratch(scratch, M, C);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        channel_reduce(st, sc.partial,
+                       SumDyDyXhat<T>{as_act<T>(dy), as_act<T>(x), mean, invstd, nullptr, nullptr,
+                                      C, MaybeAct{}},
+                       StoreGrads{sums, sums + C, dbeta, dgamma}, M, C);
+    });
 }
 
-void bn_backward_apply(cudaStream_t st, float* dx, const float* dy, const float* x,
+void bn_backward_apply(cudaStream_t st, Storage s, float* dx, const float* dy, const float* x,
                        const float* mean, const float* invstd, const float* gamma,
                        const float* sums, int64_t count, int M, int C) {
     CUDA_ASSERT(M > 0 && C > 0 && count >= M);
     const size_t n = size_t(M) * C;
-    bn_dx<<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, nullptr, sums, sums + C,
-                                           n, C, float(1.0 / double(count)), MaybeAct{});
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        bn_dx<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(dx), as_act<T>(dy), as_act<T>(x), mean,
+                                                  invstd, gamma, nullptr, sums, sums + C, n, C,
+                                                  float(1.0 / double(count)), MaybeAct{});
+    });
     CUDA_CHECK_LAUNCH();
 }
 

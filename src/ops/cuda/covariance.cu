@@ -12,6 +12,7 @@
 
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/storage.cuh"
 
 namespace sr::cuda {
 namespace {
@@ -37,7 +38,8 @@ CovPlan plan(int N, int H, int W, int C, int k) {
     return p;
 }
 
-__global__ void cov_partials(double* partial, const float* x, int H, int W, int C, int k,
+template <class T>
+__global__ void cov_partials(double* partial, const T* x, int H, int W, int C, int k,
                              size_t patches, size_t per_chunk) {
     const int D = C * k * k;
     const int pair = blockIdx.x * blockDim.x + threadIdx.x;
@@ -59,8 +61,9 @@ __global__ void cov_partials(double* partial, const float* x, int H, int W, int 
         const size_t t = q / Qo;
         const int py = int(t % Po);
         const size_t b = t / Po;
-        const float* p = x + ((b * H + py) * W + px) * C;
-        acc += sum_only ? double(p[off_i]) : double(p[off_i]) * double(p[off_j]);
+        const T* p = x + ((b * H + py) * W + px) * C;
+        const double vi = load_act(p, off_i);
+        acc += sum_only ? vi : vi * double(load_act(p, off_j));
     }
     partial[size_t(blockIdx.y) * (D * D + D) + pair] = acc;
 }
@@ -80,15 +83,19 @@ size_t covariance_scratch_bytes(int N, int H, int W, int C, int k) {
     return (size_t(p.chunks) + 1) * p.pairs * sizeof(double);
 }
 
-void patch_covariance(cudaStream_t st, void* scratch, double* cov_host, double* mean_host,
-                      const float* x, int N, int H, int W, int C, int k) {
+void patch_covariance(cudaStream_t st, Storage s, void* scratch, double* cov_host,
+                      double* mean_host, const float* x, int N, int H, int W, int C, int k) {
     CUDA_ASSERT(N > 0 && C > 0 && k >= 1 && H >= k && W >= k);
     const CovPlan p = plan(N, H, W, C, k);
     CUDA_ASSERT(p.chunks <= 65535);
     double* partial = static_cast<double*>(scratch);
     double* sum = partial + size_t(p.chunks) * p.pairs;
     const dim3 grid(ceil_div(size_t(p.pairs), kPairThreads), unsigned(p.chunks));
-    cov_partials<<<grid, kPairThreads, 0, st>>>(partial, x, H, W, C, k, p.patches, p.per_chunk);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        cov_partials<T><<<grid, kPairThreads, 0, st>>>(partial, as_act<T>(x), H, W, C, k,
+                                                       p.patches, p.per_chunk);
+    });
     CUDA_CHECK_LAUNCH();
     cov_reduce<<<ceil_div(size_t(p.pairs), kPairThreads), kPairThreads, 0, st>>>(
         sum, partial, p.pairs, p.chunks);

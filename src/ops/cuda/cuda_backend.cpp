@@ -82,7 +82,7 @@ private:
 
 class CudaBackend final : public Backend {
 public:
-    explicit CudaBackend(int device) : device_(device) {
+    CudaBackend(int device, Storage storage) : device_(device), storage_(storage) {
         CUDA_CHECK(cudaSetDevice(device));
         cudaDeviceProp prop{};
         CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
@@ -118,7 +118,12 @@ public:
     }
 
     Device device() const override { return Device::cuda; }
-    std::string name() const override { return name_; }
+    std::string name() const override {
+        return storage_ == Storage::f32
+                   ? name_
+                   : fmt::format("{}, {} activation storage", name_, storage_name(storage_));
+    }
+    Storage storage() const override { return storage_; }
 
     // ---- memory -----------------------------------------------------------------------------
     void* alloc(size_t bytes) override {
@@ -232,124 +237,138 @@ public:
 
     // ---- convolution ------------------------------------------------------------------------
     std::unique_ptr<Conv2d> make_conv(const ConvShape& s) override {
-        return cuda::make_cudnn_conv(*cudnn_, s);
+        return cuda::make_cudnn_conv(*cudnn_, s, storage_);
     }
 
     // ---- batch norm ---------------------------------------------------------------------------
     void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
                           float* running_var, const float* x, const float* gamma,
                           const float* beta, int M, int C, float eps, float momentum) override {
-        cuda::bn_forward_train(stream_, scratch(cuda::bn_scratch_bytes(M, C)), y, mean, invstd,
+        cuda::bn_forward_train(stream_, storage_, scratch(cuda::bn_scratch_bytes(M, C)), y, mean, invstd,
                                running_mean, running_var, x, gamma, beta, M, C, eps, momentum);
     }
     void bn_forward_eval(float* y, const float* x, const float* running_mean,
                          const float* running_var, const float* gamma, const float* beta, int M,
                          int C, float eps) override {
-        cuda::bn_forward_eval(stream_, y, x, running_mean, running_var, gamma, beta, M, C, eps);
+        cuda::bn_forward_eval(stream_, storage_, y, x, running_mean, running_var, gamma, beta, M, C, eps);
     }
     void bn_act_forward_train(float* z, float* mean, float* invstd, float* running_mean,
                               float* running_var, const float* x, const float* gamma,
                               const float* beta, int M, int C, float eps, float momentum,
                               ActKind act, float alpha) override {
-        cuda::bn_act_forward_train(stream_, scratch(cuda::bn_scratch_bytes(M, C)), z, mean, invstd,
+        cuda::bn_act_forward_train(stream_, storage_, scratch(cuda::bn_scratch_bytes(M, C)), z, mean, invstd,
                                    running_mean, running_var, x, gamma, beta, M, C, eps, momentum,
                                    act, alpha);
     }
     void bn_act_forward_eval(float* z, const float* x, const float* running_mean,
                              const float* running_var, const float* gamma, const float* beta,
                              int M, int C, float eps, ActKind act, float alpha) override {
-        cuda::bn_act_forward_eval(stream_, z, x, running_mean, running_var, gamma, beta, M, C, eps,
+        cuda::bn_act_forward_eval(stream_, storage_, z, x, running_mean, running_var, gamma, beta, M, C, eps,
                                   act, alpha);
     }
     void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz, const float* x,
                          const float* mean, const float* invstd, const float* gamma,
                          const float* beta, int M, int C, ActKind act, float alpha) override {
-        cuda::bn_act_backward(stream_, scratch(cuda::bn_scratch_bytes(M, C)), dx, dgamma, dbeta,
+        cuda::bn_act_backward(stream_, storage_, scratch(cuda::bn_scratch_bytes(M, C)), dx, dgamma, dbeta,
                               dz, x, mean, invstd, gamma, beta, M, C, act, alpha);
     }
     void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                      const float* mean, const float* invstd, const float* gamma, int M,
                      int C) override {
-        cuda::bn_backward(stream_, scratch(cuda::bn_scratch_bytes(M, C)), dx, dgamma, dbeta, dy,
+        cuda::bn_backward(stream_, storage_, scratch(cuda::bn_scratch_bytes(M, C)), dx, dgamma, dbeta, dy,
                           x, mean, invstd, gamma, M, C);
     }
     void bn_stats(float* sums, const float* x, const float* center_sums, float center_scale,
                   int M, int C) override {
-        cuda::bn_stats(stream_, scratch(cuda::bn_scratch_bytes(M, C)), sums, x, center_sums,
+        cuda::bn_stats(stream_, storage_, scratch(cuda::bn_scratch_bytes(M, C)), sums, x, center_sums,
                        center_scale, M, C);
     }
     void bn_apply(float* y, float* mean, float* invstd, float* running_mean, float* running_var,
                   const float* x, const float* gamma, const float* beta, const float* sums,
                   const float* center_sums, float center_scale, int64_t count, int M, int C,
                   float eps, float momentum) override {
-        cuda::bn_apply(stream_, y, mean, invstd, running_mean, running_var, x, gamma, beta, sums,
+        cuda::bn_apply(stream_, storage_, y, mean, invstd, running_mean, running_var, x, gamma, beta, sums,
                        center_sums, center_scale, count, M, C, eps, momentum);
     }
     void bn_backward_reduce(float* sums, float* dgamma, float* dbeta, const float* dy,
                             const float* x, const float* mean, const float* invstd, int M,
                             int C) override {
-        cuda::bn_backward_reduce(stream_, scratch(cuda::bn_scratch_bytes(M, C)), sums, dgamma,
+        cuda::bn_backward_reduce(stream_, storage_, scratch(cuda::bn_scratch_bytes(M, C)), sums, dgamma,
                                  dbeta, dy, x, mean, invstd, M, C);
     }
     void bn_backward_apply(float* dx, const float* dy, const float* x, const float* mean,
                            const float* invstd, const float* gamma, const float* sums,
                            int64_t count, int M, int C) override {
-        cuda::bn_backward_apply(stream_, dx, dy, x, mean, invstd, gamma, sums, count, M, C);
+        cuda::bn_backward_apply(stream_, storage_, dx, dy, x, mean, invstd, gamma, sums, count, M, C);
     }
     void* native_stream() override { return stream_; }
 
     // ---- activations ------------------------------------------------------------------------
     void gelu_forward(float* y, const float* x, size_t n) override {
-        cuda::gelu_forward(stream_, y, x, n);
+        cuda::act_forward(stream_, storage_, y, x, n, ActKind::gelu, 0.f);
     }
     void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override {
-        cuda::gelu_backward(stream_, dx, dy, x, n);
+        cuda::act_backward(stream_, storage_, dx, dy, x, n, ActKind::gelu, 0.f);
     }
     void relu_forward(float* y, const float* x, size_t n) override {
-        cuda::relu_forward(stream_, y, x, n);
+        cuda::act_forward(stream_, storage_, y, x, n, ActKind::relu, 0.f);
     }
     void relu_backward(float* dx, const float* dy, const float* x, size_t n) override {
-        cuda::relu_backward(stream_, dx, dy, x, n);
+        cuda::act_backward(stream_, storage_, dx, dy, x, n, ActKind::relu, 0.f);
     }
     void celu_forward(float* y, const float* x, size_t n, float alpha) override {
-        cuda::celu_forward(stream_, y, x, n, alpha);
+        cuda::act_forward(stream_, storage_, y, x, n, ActKind::celu, alpha);
     }
     void celu_backward(float* dx, const float* dy, const float* x, size_t n, float alpha) override {
-        cuda::celu_backward(stream_, dx, dy, x, n, alpha);
+        cuda::act_backward(stream_, storage_, dx, dy, x, n, ActKind::celu, alpha);
     }
     void silu_forward(float* y, const float* x, size_t n) override {
-        cuda::silu_forward(stream_, y, x, n);
+        cuda::act_forward(stream_, storage_, y, x, n, ActKind::silu, 0.f);
     }
     void silu_backward(float* dx, const float* dy, const float* x, size_t n) override {
-        cuda::silu_backward(stream_, dx, dy, x, n);
+        cuda::act_backward(stream_, storage_, dx, dy, x, n, ActKind::silu, 0.f);
     }
 
     // ---- pooling ----------------------------------------------------------------------------
     void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, int H, int W, int C,
                          int k) override {
-        cuda::maxpool_forward(stream_, y, arg, x, N, H, W, C, k);
+        cuda::maxpool_forward(stream_, storage_, y, arg, x, N, H, W, C, k);
     }
     void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int H, int W,
                           int C, int k) override {
-        cuda::maxpool_backward(stream_, dx, dy, arg, N, H, W, C, k);
+        cuda::maxpool_backward(stream_, storage_, dx, dy, arg, N, H, W, C, k);
     }
     void concat_pool_forward(float* y, uint8_t* arg, const float* x, int N, int HW,
                              int C) override {
-        cuda::concat_pool_forward(stream_, y, arg, x, N, HW, C);
+        cuda::concat_pool_forward(stream_, storage_, y, arg, x, N, HW, C);
     }
     void concat_pool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int HW,
                               int C) override {
-        cuda::concat_pool_backward(stream_, dx, dy, arg, N, HW, C);
+        cuda::concat_pool_backward(stream_, storage_, dx, dy, arg, N, HW, C);
     }
 
     // ---- linear -----------------------------------------------------------------------------
+    // In 16-bit storage the head's input is widened to fp32 scratch and its input gradient
+    // rounded back: the product itself is fp32 (tiny: N x I x 10), as the CPU reference does.
     void linear_forward(float* y, const float* x, const float* w, int N, int I, int O,
                         float scale) override {
+        if (storage_ != Storage::f32) {
+            const size_t n = size_t(N) * I;
+            float* xs = static_cast<float*>(scratch(n * sizeof(float)));
+            cuda::from_storage(stream_, storage_, xs, x, n);
+            x = xs;
+        }
         cuda::linear_forward(*cublas_, y, x, w, N, I, O, scale);
     }
     void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                          int N, int I, int O, float scale) override {
-        cuda::linear_backward(*cublas_, dx, dw, dy, x, w, N, I, O, scale);
+        if (storage_ == Storage::f32) return cuda::linear_backward(*cublas_, dx, dw, dy, x, w, N, I, O, scale);
+        const size_t n = size_t(N) * I;
+        float* xs = static_cast<float*>(scratch(2 * n * sizeof(float)));
+        float* dxs = xs + n;
+        cuda::from_storage(stream_, storage_, xs, x, n);
+        cuda::linear_backward(*cublas_, dx ? dxs : nullptr, dw, dy, xs, w, N, I, O, scale);
+        if (dx) cuda::to_storage(stream_, storage_, dx, dxs, n);
     }
 
     // ---- loss -------------------------------------------------------------------------------
@@ -384,7 +403,7 @@ public:
         cuda::axpy(stream_, y, x, a, n);
     }
     void residual_add(float* y, const float* x, size_t n) override {
-        cuda::axpy(stream_, y, x, 1.f, n);
+        cuda::residual_add(stream_, storage_, y, x, n);
     }
     void scale(float* x, float a, size_t n) override { cuda::scale(stream_, x, a, n); }
     void scale_to_norm(float* x, size_t n, float target, float eps) override {
@@ -414,28 +433,28 @@ public:
     // ---- data -------------------------------------------------------------------------------
     void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const float* mean_host,
                        const float* std_host, int pad) override {
-        cuda::normalize_pad(stream_, out, in, N, H, W, mean_host, std_host, pad);
+        cuda::normalize_pad(stream_, storage_, out, in, N, H, W, mean_host, std_host, pad);
     }
     void gather_crops(float* out, const float* src, int H, int W, int pad, int B,
                       const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
                       const uint8_t* flips, int flip) override {
-        cuda::gather_crops(stream_, out, src, H, W, pad, B, idx, first, shifts, sy, sx, flips,
+        cuda::gather_crops(stream_, storage_, out, src, H, W, pad, B, idx, first, shifts, sy, sx, flips,
                            flip);
     }
     void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) override {
-        cuda::cutout(stream_, x, pos, B, H, W, C, size);
+        cuda::cutout(stream_, storage_, x, pos, B, H, W, C, size);
     }
     void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B,
                 int H, int W, int C, int size) override {
-        cuda::cutmix(stream_, x, src, partner, pos, B, H, W, C, size);
+        cuda::cutmix(stream_, storage_, x, src, partner, pos, B, H, W, C, size);
     }
     void brightness_contrast(float* x, const float* shift, const float* gain, int B,
                              size_t per_image) override {
-        cuda::brightness_contrast(stream_, x, shift, gain, B, per_image);
+        cuda::brightness_contrast(stream_, storage_, x, shift, gain, B, per_image);
     }
     void patch_covariance(double* cov_host, double* mean_host, const float* x, int N, int H,
                           int W, int C, int k) override {
-        cuda::patch_covariance(stream_, scratch(cuda::covariance_scratch_bytes(N, H, W, C, k)),
+        cuda::patch_covariance(stream_, storage_, scratch(cuda::covariance_scratch_bytes(N, H, W, C, k)),
                                cov_host, mean_host, x, N, H, W, C, k);
     }
 
@@ -458,6 +477,7 @@ private:
     }
 
     int device_;
+    Storage storage_;
     cudaStream_t stream_ = nullptr;
     cuda::CudnnContextPtr cudnn_;
     cuda::CublasContextPtr cublas_;
@@ -501,7 +521,8 @@ int cuda_device_count() {
     return count;
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_not) {
+std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_not,
+                                           Storage storage) {
     auto no = [&](std::string reason) -> std::unique_ptr<Backend> {
         if (why_not) *why_not = std::move(reason);
         return nullptr;
@@ -518,7 +539,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_no
         return no(fmt::format("CUDA device {} asked for, but only devices 0..{} exist",
                               device_index, count - 1));
     try {
-        return std::make_unique<CudaBackend>(device_index);
+        return std::make_unique<CudaBackend>(device_index, storage);
     } catch (const std::exception& ex) {
         return no(fmt::format("CUDA device {} could not be set up: {}", device_index, ex.what()));
     }

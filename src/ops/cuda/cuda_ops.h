@@ -4,8 +4,10 @@
 // those of backend.h (and of the CPU twins in ops/cpu/cpu_ops.h); only what differs is said here.
 // Convolution and linear live in cudnn_conv.h and cublas_linear.h (library wrappers).
 //
-// Every pointer is device memory unless its name ends in _host. Storage is fp32 throughout;
-// a reduced-precision path will come as separate entry points, not as flags on these.
+// Every pointer is device memory unless its name ends in _host. The activation arguments (the
+// list is in backend.h, "Storage") hold values of the Storage passed as `s` (fp32, or fp16 /
+// bf16 packed in float-sized buffers); every kernel computes in fp32 and rounds what it stores
+// (storage.cuh). Everything else is fp32.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -20,72 +22,71 @@ namespace sr::cuda {
 // The per-channel reductions need scratch device memory of bn_scratch_bytes(M, C) bytes, owned
 // by the caller and reused (ops on one stream run one after the other).
 size_t bn_scratch_bytes(int M, int C);
-void bn_forward_train(cudaStream_t st, void* scratch, float* y, float* mean, float* invstd,
+void bn_forward_train(cudaStream_t st, Storage s, void* scratch, float* y, float* mean, float* invstd,
                       float* running_mean, float* running_var, const float* x, const float* gamma,
                       const float* beta, int M, int C, float eps, float momentum);
-void bn_forward_eval(cudaStream_t st, float* y, const float* x, const float* running_mean,
+void bn_forward_eval(cudaStream_t st, Storage s, float* y, const float* x, const float* running_mean,
                      const float* running_var, const float* gamma, const float* beta, int M,
                      int C, float eps);
-void bn_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
+void bn_backward(cudaStream_t st, Storage s, void* scratch, float* dx, float* dgamma, float* dbeta,
                  const float* dy, const float* x, const float* mean, const float* invstd,
                  const float* gamma, int M, int C);
 // Batch norm + activation, fused (backend.h); the same scratch as the ops above.
-void bn_act_forward_train(cudaStream_t st, void* scratch, float* z, float* mean, float* invstd,
+void bn_act_forward_train(cudaStream_t st, Storage s, void* scratch, float* z, float* mean, float* invstd,
                           float* running_mean, float* running_var, const float* x,
                           const float* gamma, const float* beta, int M, int C, float eps,
                           float momentum, ActKind act, float alpha);
-void bn_act_forward_eval(cudaStream_t st, float* z, const float* x, const float* running_mean,
+void bn_act_forward_eval(cudaStream_t st, Storage s, float* z, const float* x, const float* running_mean,
                          const float* running_var, const float* gamma, const float* beta, int M,
                          int C, float eps, ActKind act, float alpha);
-void bn_act_backward(cudaStream_t st, void* scratch, float* dx, float* dgamma, float* dbeta,
+void bn_act_backward(cudaStream_t st, Storage s, void* scratch, float* dx, float* dgamma, float* dbeta,
                      const float* dz, const float* x, const float* mean, const float* invstd,
                      const float* gamma, const float* beta, int M, int C, ActKind act,
                      float alpha);
 // The same in pieces, for statistics over several processes (sync-BN; backend.h). bn_stats and
 // bn_backward_reduce need bn_scratch_bytes(M, C) of scratch; bn_apply and bn_backward_apply none.
-void bn_stats(cudaStream_t st, void* scratch, float* sums, const float* x,
+void bn_stats(cudaStream_t st, Storage s, void* scratch, float* sums, const float* x,
               const float* center_sums, float center_scale, int M, int C);
-void bn_apply(cudaStream_t st, float* y, float* mean, float* invstd, float* running_mean,
+void bn_apply(cudaStream_t st, Storage s, float* y, float* mean, float* invstd, float* running_mean,
               float* running_var, const float* x, const float* gamma, const float* beta,
               const float* sums, const float* center_sums, float center_scale, int64_t count,
               int M, int C, float eps, float momentum);
-void bn_backward_reduce(cudaStream_t st, void* scratch, float* sums, float* dgamma, float* dbeta,
+void bn_backward_reduce(cudaStream_t st, Storage s, void* scratch, float* sums, float* dgamma, float* dbeta,
                         const float* dy, const float* x, const float* mean, const float* invstd,
                         int M, int C);
-void bn_backward_apply(cudaStream_t st, float* dx, const float* dy, const float* x,
+void bn_backward_apply(cudaStream_t st, Storage s, float* dx, const float* dy, const float* x,
                        const float* mean, const float* invstd, const float* gamma,
                        const float* sums, int64_t count, int M, int C);
 // Per-channel helpers on the same reduction, for the convolution's bias:
-// out (C) = sum over the M rows of x (M,C), needing bn_scratch_bytes(M, C) of scratch;
-// y (M,C) += bias (C) broadcast over rows.
-void channel_sum(cudaStream_t st, void* scratch, float* out, const float* x, int M, int C);
-void add_channel_bias(cudaStream_t st, float* y, const float* bias, int M, int C);
+// out (C, fp32) = sum over the M rows of x (M,C; activations), needing bn_scratch_bytes(M, C)
+// of scratch; y (M,C; activations) += bias (C, fp32) broadcast over rows.
+void channel_sum(cudaStream_t st, Storage s, void* scratch, float* out, const float* x, int M,
+                 int C);
+void add_channel_bias(cudaStream_t st, Storage s, float* y, const float* bias, int M, int C);
 
-// ---- GELU, exact erf form (gelu.cu) ---------------------------------------------------------
-// any activation kind (gelu.cu); the named entry points below call these
-void act_forward(cudaStream_t st, float* y, const float* x, size_t n, ActKind a, float alpha);
-void act_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n, ActKind a,
-                  float alpha);
-void gelu_forward(cudaStream_t st, float* y, const float* x, size_t n);
-void gelu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n);
-void silu_forward(cudaStream_t st, float* y, const float* x, size_t n);
-void silu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n);
-void relu_forward(cudaStream_t st, float* y, const float* x, size_t n);
-void relu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n);
-void celu_forward(cudaStream_t st, float* y, const float* x, size_t n, float alpha);
-void celu_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n,
-                   float alpha);
+// ---- activations: GELU (exact erf form), SiLU, ReLU, CELU (gelu.cu) ------------------------
+void act_forward(cudaStream_t st, Storage s, float* y, const float* x, size_t n, ActKind a,
+                 float alpha);
+void act_backward(cudaStream_t st, Storage s, float* dx, const float* dy, const float* x,
+                  size_t n, ActKind a, float alpha);
+
+// ---- storage (storage.cu) ------------------------------------------------------------------------
+// y += x over n activations
+void residual_add(cudaStream_t st, Storage s, float* y, const float* x, size_t n);
+// dst (n values of s) = src (n fp32 values), rounded; and back (exact)
+void to_storage(cudaStream_t st, Storage s, float* dst, const float* src, size_t n);
+void from_storage(cudaStream_t st, Storage s, float* dst, const float* src, size_t n);
 
 // ---- max pooling, window k = stride k (pool.cu) --------------------------------------------
-void maxpool_forward(cudaStream_t st, float* y, uint8_t* arg, const float* x, int N, int H,
-                     int W, int C, int k);
-void maxpool_backward(cudaStream_t st, float* dx, const float* dy, const uint8_t* arg, int N,
-                      int H, int W, int C, int k);
+void maxpool_forward(cudaStream_t st, Storage s, float* y, uint8_t* arg, const float* x, int N,
+                     int H, int W, int C, int k);
+void maxpool_backward(cudaStream_t st, Storage s, float* dx, const float* dy, const uint8_t* arg,
+                      int N, int H, int W, int C, int k);
 // global max and mean, concatenated (N, 2C)
-void concat_pool_forward(cudaStream_t st, float* y, uint8_t* arg, const float* x, int N, int HW,
-                         int C);
-void concat_pool_backward(cudaStream_t st, float* dx, const float* dy, const uint8_t* arg, int N,
-                          int HW, int C);
+void concat_pool_forward(cudaStream_t st, Storage s, float* y, uint8_t* arg, const float* x, int N,
+                         int HW, int C);
+void concat_pool_backward(cudaStream_t st, Storage s, float* dx, const float* dy,
+                          const uint8_t* arg, int N, int HW, int C);
 
 // ---- loss (loss.cu) --------------------------------------------------------------------------
 void cross_entropy(cudaStream_t st, float* dlogits, float* stats, const float* logits,
@@ -116,22 +117,22 @@ void momentum_direction(cudaStream_t st, float* u, float* buf, const float* g, s
                         float momentum, bool nesterov);
 
 // ---- data (data.cu) ----------------------------------------------------------------------------
-void normalize_pad(cudaStream_t st, float* out, const uint8_t* in, int N, int H, int W,
+void normalize_pad(cudaStream_t st, Storage s, float* out, const uint8_t* in, int N, int H, int W,
                    const float* mean_host, const float* std_host, int pad);
-void gather_crops(cudaStream_t st, float* out, const float* src, int H, int W, int pad, int B,
+void gather_crops(cudaStream_t st, Storage s, float* out, const float* src, int H, int W, int pad, int B,
                   const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
                   const uint8_t* flips, int flip);
-void cutout(cudaStream_t st, float* x, const uint8_t* pos, int B, int H, int W, int C, int size);
-void cutmix(cudaStream_t st, float* x, const float* src, const int32_t* partner, const uint8_t* pos,
+void cutout(cudaStream_t st, Storage s, float* x, const uint8_t* pos, int B, int H, int W, int C, int size);
+void cutmix(cudaStream_t st, Storage s, float* x, const float* src, const int32_t* partner, const uint8_t* pos,
             int B, int H, int W, int C, int size);
-void brightness_contrast(cudaStream_t st, float* x, const float* shift, const float* gain, int B,
+void brightness_contrast(cudaStream_t st, Storage s, float* x, const float* shift, const float* gain, int B,
                          size_t per_image);
 
 // ---- patch covariance (covariance.cu) -------------------------------------------------------
 // Needs covariance_scratch_bytes(...) bytes of scratch; synchronizes the stream (the result is
 // on the host when it returns).
 size_t covariance_scratch_bytes(int N, int H, int W, int C, int k);
-void patch_covariance(cudaStream_t st, void* scratch, double* cov_host, double* mean_host,
+void patch_covariance(cudaStream_t st, Storage s, void* scratch, double* cov_host, double* mean_host,
                       const float* x, int N, int H, int W, int C, int k);
 
 }  // namespace sr::cuda

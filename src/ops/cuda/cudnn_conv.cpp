@@ -1,7 +1,14 @@
 // cudnn_conv.cpp: the cuDNN wrapper (the only file that includes cudnn.h): CudnnContext (handle
 // on the backend's stream + shared workspace) and CudnnConv2d, the CUDA Conv2d.
 //
-// Layouts: activations NHWC fp32 (cudnnTensor4d NHWC), filters KRSC fp32 (cudnnFilter4d with
+// Storage (ops/backend.h): activations and filters are given to cuDNN in the backend's storage
+// format, with fp32 accumulation (the convolution descriptor's compute type): fp32 data, or fp16
+// / bf16 on tensor cores ("pseudo-half" configurations). With 16-bit storage the fp32 master
+// weights are converted into a 16-bit copy before each forward and backward-data call (a small
+// kernel), and the weight gradient, which cuDNN writes in the filter's type, is widened back to
+// the fp32 dw: what the CPU reference (ops/storage_backend.h) computes.
+//
+// Layouts: activations NHWC (cudnnTensor4d NHWC), filters KRSC (cudnnFilter4d with
 // format NHWC, which cuDNN reads as K,R,S,C = our OHWI), cross-correlation, ConvShape::stride, symmetric
 // zero padding. Math type CUDNN_TENSOR_OP_MATH (kMathType): on fp32 data cuDNN may round the
 // inputs to TF32 on tensor cores (about 1e-3 relative per product), which is what PyTorch does by
@@ -33,8 +40,13 @@ namespace sr::cuda {
 
 namespace {
 constexpr size_t kWorkspaceLimit = size_t(512) << 20;  // per algorithm, bytes
-constexpr cudnnDataType_t kDtype = CUDNN_DATA_FLOAT;     // storage and compute type (fp32 now)
+constexpr cudnnDataType_t kComputeType = CUDNN_DATA_FLOAT;  // accumulation, in every storage
 constexpr cudnnMathType_t kMathType = CUDNN_TENSOR_OP_MATH;  // TF32 allowed, no fp16 conversion
+
+cudnnDataType_t data_type(Storage s) {
+    return s == Storage::f16 ? CUDNN_DATA_HALF : s == Storage::bf16 ? CUDNN_DATA_BFLOAT16
+                                                                    : CUDNN_DATA_FLOAT;
+}
 
 std::string describe(const ConvShape& s) {
     return fmt::format("conv {}x{} stride {} {}->{} at {}x{} N{}", s.R, s.S, s.stride, s.C, s.K,
@@ -142,19 +154,26 @@ int pick(const Perf* perf, int n) {
 
 class CudnnConv2d final : public Conv2d {
 public:
-    CudnnConv2d(CudnnContext& ctx, const ConvShape& s) : Conv2d(s), ctx_(ctx) {
+    CudnnConv2d(CudnnContext& ctx, const ConvShape& s, Storage storage)
+        : Conv2d(s), ctx_(ctx), storage_(storage) {
         check_shape(s);
+        const cudnnDataType_t dtype = data_type(storage);
+        if (storage != Storage::f32) {
+            // 16-bit copies of the weights and of their gradient (float-sized: to_storage packs)
+            CUDA_CHECK(cudaMalloc(&w16_, weights() * sizeof(float)));
+            CUDA_CHECK(cudaMalloc(&dw16_, weights() * sizeof(float)));
+        }
         // sizes are given as (N, C, H, W) whatever the layout; NHWC says how they are stored
         CUDNN_CHECK(
-            cudnnSetTensor4dDescriptor(x_.d, CUDNN_TENSOR_NHWC, kDtype, s.N, s.C, s.H, s.W));
+            cudnnSetTensor4dDescriptor(x_.d, CUDNN_TENSOR_NHWC, dtype, s.N, s.C, s.H, s.W));
         CUDNN_CHECK(
-            cudnnSetTensor4dDescriptor(y_.d, CUDNN_TENSOR_NHWC, kDtype, s.N, s.K, s.P(), s.Q()));
+            cudnnSetTensor4dDescriptor(y_.d, CUDNN_TENSOR_NHWC, dtype, s.N, s.K, s.P(), s.Q()));
         // filter (K, C, R, S) stored NHWC = K,R,S,C = our OHWI
         CUDNN_CHECK(
-            cudnnSetFilter4dDescriptor(w_.d, kDtype, CUDNN_TENSOR_NHWC, s.K, s.C, s.R, s.S));
+            cudnnSetFilter4dDescriptor(w_.d, dtype, CUDNN_TENSOR_NHWC, s.K, s.C, s.R, s.S));
         for (ConvDesc* c : {&fwd_, &bwd_data_, &bwd_filter_}) {
             CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c->d, s.pad, s.pad, s.stride, s.stride, 1, 1,
-                                                        CUDNN_CROSS_CORRELATION, kDtype));
+                                                        CUDNN_CROSS_CORRELATION, kComputeType));
             CUDNN_CHECK(cudnnSetConvolutionMathType(c->d, kMathType));
         }
         int n, k, p, q;
@@ -175,15 +194,23 @@ public:
         ctx_.reserve(std::max({a, b, c, bias, size_t(256)}));
     }
 
+    ~CudnnConv2d() override {
+        if (w16_) cudaFree(w16_);
+        if (dw16_) cudaFree(dw16_);
+    }
     void forward(float* y, const float* x, const float* w, const float* bias) override {
         const float one = 1.f, zero = 0.f;
+        w = stored_weights(w);
         CUDNN_CHECK(cudnnConvolutionForward(ctx_.handle, &one, x_.d, x, w_.d, w, fwd_.d, fwd_algo_,
                                             ctx_.workspace, ctx_.workspace_bytes, &zero, y_.d, y));
-        if (bias) add_channel_bias(ctx_.stream, y, bias, shape.N * shape.P() * shape.Q(), shape.K);
+        if (bias)
+            add_channel_bias(ctx_.stream, storage_, y, bias, shape.N * shape.P() * shape.Q(),
+                             shape.K);
     }
 
     void backward_data(float* dx, const float* dy, const float* w) override {
         const float one = 1.f, zero = 0.f;
+        w = stored_weights(w);
         CUDNN_CHECK(cudnnConvolutionBackwardData(ctx_.handle, &one, w_.d, w, y_.d, dy, bwd_data_.d,
                                                  bwd_data_algo_, ctx_.workspace,
                                                  ctx_.workspace_bytes, &zero, x_.d, dx));
@@ -191,14 +218,26 @@ public:
 
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
         const float one = 1.f, zero = 0.f;
+        float* out = storage_ == Storage::f32 ? dw : dw16_;
         CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx_.handle, &one, x_.d, x, y_.d, dy,
                                                    bwd_filter_.d, bwd_filter_algo_, ctx_.workspace,
-                                                   ctx_.workspace_bytes, &zero, w_.d, dw));
-        if (db) channel_sum(ctx_.stream, ctx_.workspace, db, dy, shape.N * shape.P() * shape.Q(),
-                            shape.K);
+                                                   ctx_.workspace_bytes, &zero, w_.d, out));
+        if (out != dw) from_storage(ctx_.stream, storage_, dw, out, weights());
+        if (db)
+            channel_sum(ctx_.stream, storage_, ctx_.workspace, db, dy,
+                        shape.N * shape.P() * shape.Q(), shape.K);
     }
 
 private:
+    size_t weights() const { return size_t(shape.K) * shape.R * shape.S * shape.C; }
+
+    // The weights as cuDNN reads them: w itself in fp32 storage, else its 16-bit copy.
+    const float* stored_weights(const float* w) {
+        if (storage_ == Storage::f32) return w;
+        to_storage(ctx_.stream, storage_, w16_, w, weights());
+        return w16_;
+    }
+
     static void check_shape(const ConvShape& s) {
         CUDA_ASSERT(s.N > 0 && s.H > 0 && s.W > 0 && s.C > 0 && s.K > 0);
         CUDA_ASSERT(s.R > 0 && s.S > 0 && s.pad >= 0 && s.stride >= 1 && s.P() > 0 && s.Q() > 0);
@@ -299,6 +338,9 @@ private:
     }
 
     CudnnContext& ctx_;
+    Storage storage_;
+    float* w16_ = nullptr;   // 16-bit storage: the weights' copy in the storage format
+    float* dw16_ = nullptr;  // and cuDNN's weight gradient in it
     TensorDesc x_, y_;
     FilterDesc w_;
     ConvDesc fwd_, bwd_data_, bwd_filter_;
@@ -309,8 +351,8 @@ private:
 
 }  // namespace
 
-std::unique_ptr<Conv2d> make_cudnn_conv(CudnnContext& ctx, const ConvShape& s) {
-    return std::make_unique<CudnnConv2d>(ctx, s);
+std::unique_ptr<Conv2d> make_cudnn_conv(CudnnContext& ctx, const ConvShape& s, Storage storage) {
+    return std::make_unique<CudnnConv2d>(ctx, s, storage);
 }
 
 }  // namespace sr::cuda

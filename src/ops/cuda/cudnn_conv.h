@@ -22,10 +22,12 @@ using CudnnContextPtr = std::unique_ptr<CudnnContext, CudnnContextDeleter>;
 
 CudnnContextPtr make_cudnn_context(cudaStream_t st);
 
-// Sets up descriptors for NHWC fp32 activations and KRSC (= OHWI) fp32 filters, picks the
-// forward / backward-data / backward-filter algorithms once (timed with cudnnFind*Ex, falling
-// back to the heuristics), and grows the context's workspace to what they need.
-std::unique_ptr<Conv2d> make_cudnn_conv(CudnnContext& ctx, const ConvShape& s);
+// Sets up descriptors for NHWC activations and KRSC (= OHWI) filters in `storage` (fp32
+// accumulation), picks the forward / backward-data / backward-filter algorithms once (timed
+// with cudnnFind*Ex, falling back to the heuristics), and grows the context's workspace to what
+// they need. Weights and their gradients stay fp32 at the interface (see cudnn_conv.cpp).
+std::unique_ptr<Conv2d> make_cudnn_conv(CudnnContext& ctx, const ConvShape& s,
+                                        Storage storage = Storage::f32);
 
 // "9.19.0": the version of the cuDNN library loaded at run time.
 std::string cudnn_version();

@@ -6,6 +6,7 @@
 //                  with per-image idx / shifts / flips arrays or the scalars.
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/storage.cuh"
 
 namespace sr::cuda {
 namespace {
@@ -21,7 +22,9 @@ __device__ int reflect(int i, int n) {
     return i;
 }
 
-__global__ void normalize_pad_kernel(float* out, const uint8_t* in, int N, int H, int W, Rgb mean,
+// T: the activations' storage type (the data set is stored in it).
+template <class T>
+__global__ void normalize_pad_kernel(T* out, const uint8_t* in, int N, int H, int W, Rgb mean,
                                      Rgb std, int pad) {
     const int Hp = H + 2 * pad, Wp = W + 2 * pad;
     const size_t n = size_t(N) * Hp * Wp * 3;
@@ -35,11 +38,12 @@ __global__ void normalize_pad_kernel(float* out, const uint8_t* in, int N, int H
         const int b = int(t / Hp);
         const int ys = reflect(yo - pad, H), xs = reflect(xo - pad, W);
         const float v = float(in[((size_t(b) * H + ys) * W + xs) * 3 + c]);
-        out[i] = (v / 255.f - mean.v[c]) / std.v[c];
+        store_act(out, i, (v / 255.f - mean.v[c]) / std.v[c]);
     }
 }
 
-__global__ void gather_crops_kernel(float* out, const float* src, int H, int W, int pad, int B,
+template <class T>
+__global__ void gather_crops_kernel(T* out, const T* src, int H, int W, int pad, int B,
                                     const int32_t* idx, int first, const int8_t* shifts, int sy,
                                     int sx, const uint8_t* flips, int flip) {
     const int Hp = H + 2 * pad, Wp = W + 2 * pad;
@@ -62,12 +66,13 @@ __global__ void gather_crops_kernel(float* out, const float* src, int H, int W, 
 }
 
 // x[b] = (x[b] + shift[b]) * gain[b] over each image's per_image values
-__global__ void brightness_contrast_kernel(float* x, const float* shift, const float* gain,
+template <class T>
+__global__ void brightness_contrast_kernel(T* x, const float* shift, const float* gain,
                                            size_t per_image, size_t n) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
         const size_t b = i / per_image;
-        x[i] = (x[i] + shift[b]) * gain[b];
+        store_act(x, i, (load_act(x, i) + shift[b]) * gain[b]);
     }
 }
 
@@ -87,18 +92,20 @@ __device__ bool square_element(size_t i, const uint8_t* pos, int H, int W, int C
 }
 
 // one thread per element of the B size x size squares (those outside the image skip)
-__global__ void cutout_kernel(float* x, const uint8_t* pos, int B, int H, int W, int C, int size,
+template <class T>
+__global__ void cutout_kernel(T* x, const uint8_t* pos, int B, int H, int W, int C, int size,
                               size_t n) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
         int b;
         size_t at;
-        if (square_element(i, pos, H, W, C, size, b, at)) x[size_t(b) * H * W * C + at] = 0.f;
+        if (square_element(i, pos, H, W, C, size, b, at)) store_act(x, size_t(b) * H * W * C + at, 0.f);
     }
 }
 
 // the same squares: x[b] square := src[partner[b]] square
-__global__ void cutmix_kernel(float* x, const float* src, const int32_t* partner,
+template <class T>
+__global__ void cutmix_kernel(T* x, const T* src, const int32_t* partner,
                               const uint8_t* pos, int B, int H, int W, int C, int size, size_t n) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
@@ -111,48 +118,68 @@ __global__ void cutmix_kernel(float* x, const float* src, const int32_t* partner
 
 }  // namespace
 
-void cutmix(cudaStream_t st, float* x, const float* src, const int32_t* partner, const uint8_t* pos,
-            int B, int H, int W, int C, int size) {
+void cutmix(cudaStream_t st, Storage s, float* x, const float* src, const int32_t* partner,
+            const uint8_t* pos, int B, int H, int W, int C, int size) {
     const size_t n = size_t(B) * size * size * C;
     if (n == 0) return;
-    cutmix_kernel<<<grid_size(n), kBlock, 0, st>>>(x, src, partner, pos, B, H, W, C, size, n);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        cutmix_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(x), as_act<T>(src), partner,
+                                                          pos, B, H, W, C, size, n);
+    });
     CUDA_CHECK_LAUNCH();
 }
 
-void cutout(cudaStream_t st, float* x, const uint8_t* pos, int B, int H, int W, int C, int size) {
+void cutout(cudaStream_t st, Storage s, float* x, const uint8_t* pos, int B, int H, int W, int C,
+            int size) {
     const size_t n = size_t(B) * size * size * C;
     if (n == 0) return;
-    cutout_kernel<<<grid_size(n), kBlock, 0, st>>>(x, pos, B, H, W, C, size, n);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        cutout_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(x), pos, B, H, W, C, size, n);
+    });
     CUDA_CHECK_LAUNCH();
 }
 
-void brightness_contrast(cudaStream_t st, float* x, const float* shift, const float* gain, int B,
-                         size_t per_image) {
+void brightness_contrast(cudaStream_t st, Storage s, float* x, const float* shift,
+                         const float* gain, int B, size_t per_image) {
     const size_t n = size_t(B) * per_image;
     if (n == 0) return;
-    brightness_contrast_kernel<<<grid_size(n), kBlock, 0, st>>>(x, shift, gain, per_image, n);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        brightness_contrast_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(x), shift, gain,
+                                                                       per_image, n);
+    });
     CUDA_CHECK_LAUNCH();
 }
 
-void normalize_pad(cudaStream_t st, float* out, const uint8_t* in, int N, int H, int W,
+void normalize_pad(cudaStream_t st, Storage s, float* out, const uint8_t* in, int N, int H, int W,
                    const float* mean_host, const float* std_host, int pad) {
     CUDA_ASSERT(N > 0 && H > 0 && W > 0 && pad >= 0 && pad < H && pad < W);
     const Rgb mean{{mean_host[0], mean_host[1], mean_host[2]}};
     const Rgb std{{std_host[0], std_host[1], std_host[2]}};
     const size_t n = size_t(N) * (H + 2 * pad) * (W + 2 * pad) * 3;
-    normalize_pad_kernel<<<grid_size(n), kBlock, 0, st>>>(out, in, N, H, W, mean, std, pad);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        normalize_pad_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(out), in, N, H, W, mean,
+                                                                 std, pad);
+    });
     CUDA_CHECK_LAUNCH();
 }
 
-void gather_crops(cudaStream_t st, float* out, const float* src, int H, int W, int pad, int B,
-                  const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
+void gather_crops(cudaStream_t st, Storage s, float* out, const float* src, int H, int W, int pad,
+                  int B, const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
                   const uint8_t* flips, int flip) {
     CUDA_ASSERT(H > 0 && W > 0 && pad >= 0 && B >= 0);
     CUDA_ASSERT(shifts || (sy >= -pad && sy <= pad && sx >= -pad && sx <= pad));
     if (B == 0) return;
     const size_t n = size_t(B) * H * W * 3;
-    gather_crops_kernel<<<grid_size(n), kBlock, 0, st>>>(out, src, H, W, pad, B, idx, first,
-                                                         shifts, sy, sx, flips, flip);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        gather_crops_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(out), as_act<T>(src), H,
+                                                                W, pad, B, idx, first, shifts, sy,
+                                                                sx, flips, flip);
+    });
     CUDA_CHECK_LAUNCH();
 }
 

@@ -7,12 +7,15 @@
 // rows and columns that floor drops).
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/storage.cuh"
 
 namespace sr::cuda {
 namespace {
 
-__global__ void maxpool_forward_kernel(float* y, uint8_t* arg, const float* x, int N, int H,
-                                       int W, int C, int k) {
+// T: the activations' storage type (a max selects a stored value: y is exact in any format).
+template <class T>
+__global__ void maxpool_forward_kernel(T* y, uint8_t* arg, const T* x, int N, int H, int W, int C,
+                                       int k) {
     const int Ho = H / k, Wo = W / k;
     const size_t n = size_t(N) * Ho * Wo * C;
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
@@ -23,24 +26,25 @@ __global__ void maxpool_forward_kernel(float* y, uint8_t* arg, const float* x, i
         t /= Wo;
         const int py = int(t % Ho);
         const int b = int(t / Ho);
-        const float* base = x + ((size_t(b) * H + size_t(py) * k) * W + size_t(px) * k) * C + c;
-        float best = base[0];
+        const T* base = x + ((size_t(b) * H + size_t(py) * k) * W + size_t(px) * k) * C + c;
+        float best = load_act(base, 0);
         int best_at = 0;
         for (int r = 0; r < k; ++r)
             for (int s = 0; s < k; ++s) {
-                const float v = base[(size_t(r) * W + s) * C];
+                const float v = load_act(base, (size_t(r) * W + s) * C);
                 if (v > best) {
                     best = v;
                     best_at = r * k + s;
                 }
             }
-        y[i] = best;
+        store_act(y, i, best);
         arg[i] = uint8_t(best_at);
     }
 }
 
-__global__ void maxpool_backward_kernel(float* dx, const float* dy, const uint8_t* arg, int N,
-                                        int H, int W, int C, int k) {
+template <class T>
+__global__ void maxpool_backward_kernel(T* dx, const T* dy, const uint8_t* arg, int N, int H,
+                                        int W, int C, int k) {
     const int Ho = H / k, Wo = W / k;
     const size_t n = size_t(N) * H * W * C;
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
@@ -55,40 +59,41 @@ __global__ void maxpool_backward_kernel(float* dx, const float* dy, const uint8_
         float g = 0.f;
         if (py < Ho && px < Wo) {
             const size_t o = ((size_t(b) * Ho + py) * Wo + px) * C + c;
-            if (arg[o] == (yh - py * k) * k + (xw - px * k)) g = dy[o];
+            if (arg[o] == (yh - py * k) * k + (xw - px * k)) g = load_act(dy, o);
         }
-        dx[i] = g;
+        store_act(dx, i, g);
     }
 }
 
 // one thread per (image, channel): the positions are read in order, so the max's position and
 // the fp32 sum follow the CPU's order
-__global__ void concat_pool_forward_kernel(float* y, uint8_t* arg, const float* x, int N, int HW,
-                                           int C) {
+template <class T>
+__global__ void concat_pool_forward_kernel(T* y, uint8_t* arg, const T* x, int N, int HW, int C) {
     const size_t n = size_t(N) * C;
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
         const int c = int(i % C);
         const size_t b = i / C;
-        const float* base = x + b * HW * C + c;
-        float best = base[0], sum = base[0];
+        const T* base = x + b * HW * C + c;
+        float best = load_act(base, 0), sum = best;
         int best_at = 0;
         for (int p = 1; p < HW; ++p) {
-            const float v = base[size_t(p) * C];
+            const float v = load_act(base, size_t(p) * C);
             if (v > best) {
                 best = v;
                 best_at = p;
             }
             sum += v;
         }
-        y[b * 2 * C + c] = best;
-        y[b * 2 * C + C + c] = sum * (1.f / float(HW));
+        store_act(y, b * 2 * C + c, best);
+        store_act(y, b * 2 * C + C + c, sum * (1.f / float(HW)));
         arg[i] = uint8_t(best_at);
     }
 }
 
-__global__ void concat_pool_backward_kernel(float* dx, const float* dy, const uint8_t* arg, int N,
-                                            int HW, int C) {
+template <class T>
+__global__ void concat_pool_backward_kernel(T* dx, const T* dy, const uint8_t* arg, int N, int HW,
+                                            int C) {
     const size_t n = size_t(N) * HW * C;
     const float inv = 1.f / float(HW);
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
@@ -98,41 +103,58 @@ __global__ void concat_pool_backward_kernel(float* dx, const float* dy, const ui
         const int p = int(t % HW);
         const size_t b = t / HW;
         const size_t o = b * C + c;
-        dx[i] = dy[b * 2 * C + C + c] * inv + (arg[o] == p ? dy[b * 2 * C + c] : 0.f);
+        store_act(dx, i, load_act(dy, b * 2 * C + C + c) * inv +
+                             (arg[o] == p ? load_act(dy, b * 2 * C + c) : 0.f));
     }
 }
 
 }  // namespace
 
-void concat_pool_forward(cudaStream_t st, float* y, uint8_t* arg, const float* x, int N, int HW,
-                         int C) {
+void concat_pool_forward(cudaStream_t st, Storage s, float* y, uint8_t* arg, const float* x, int N,
+                         int HW, int C) {
     CUDA_ASSERT(N > 0 && C > 0 && HW >= 1 && HW <= 256);
     const size_t n = size_t(N) * C;
-    concat_pool_forward_kernel<<<grid_size(n), kBlock, 0, st>>>(y, arg, x, N, HW, C);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        concat_pool_forward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(y), arg,
+                                                                       as_act<T>(x), N, HW, C);
+    });
     CUDA_CHECK_LAUNCH();
 }
 
-void concat_pool_backward(cudaStream_t st, float* dx, const float* dy, const uint8_t* arg, int N,
-                          int HW, int C) {
+void concat_pool_backward(cudaStream_t st, Storage s, float* dx, const float* dy,
+                          const uint8_t* arg, int N, int HW, int C) {
     CUDA_ASSERT(N > 0 && C > 0 && HW >= 1 && HW <= 256);
     const size_t n = size_t(N) * HW * C;
-    concat_pool_backward_kernel<<<grid_size(n), kBlock, 0, st>>>(dx, dy, arg, N, HW, C);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        concat_pool_backward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(
+            as_act<T>(dx), as_act<T>(dy), arg, N, HW, C);
+    });
     CUDA_CHECK_LAUNCH();
 }
 
-void maxpool_forward(cudaStream_t st, float* y, uint8_t* arg, const float* x, int N, int H,
-                     int W, int C, int k) {
+void maxpool_forward(cudaStream_t st, Storage s, float* y, uint8_t* arg, const float* x, int N,
+                     int H, int W, int C, int k) {
     CUDA_ASSERT(N > 0 && C > 0 && k >= 1 && k * k <= 256 && H >= k && W >= k);
     const size_t n = size_t(N) * (H / k) * (W / k) * C;
-    maxpool_forward_kernel<<<grid_size(n), kBlock, 0, st>>>(y, arg, x, N, H, W, C, k);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        maxpool_forward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(y), arg,
+                                                                   as_act<T>(x), N, H, W, C, k);
+    });
     CUDA_CHECK_LAUNCH();
 }
 
-void maxpool_backward(cudaStream_t st, float* dx, const float* dy, const uint8_t* arg, int N,
-                      int H, int W, int C, int k) {
+void maxpool_backward(cudaStream_t st, Storage s, float* dx, const float* dy, const uint8_t* arg,
+                      int N, int H, int W, int C, int k) {
     CUDA_ASSERT(N > 0 && C > 0 && k >= 1 && k * k <= 256 && H >= k && W >= k);
     const size_t n = size_t(N) * H * W * C;
-    maxpool_backward_kernel<<<grid_size(n), kBlock, 0, st>>>(dx, dy, arg, N, H, W, C, k);
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        maxpool_backward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(
+            as_act<T>(dx), as_act<T>(dy), arg, N, H, W, C, k);
+    });
     CUDA_CHECK_LAUNCH();
 }
 

@@ -1,0 +1,54 @@
+// storage.cu: the elementwise ops that exist because of the activation storage (storage.cuh):
+// the residual add over stored activations, and conversions between fp32 and the storage format
+// (the convolutions' weights and weight gradients, the linear layer's input and its gradient).
+#include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/storage.cuh"
+
+namespace sr::cuda {
+namespace {
+
+template <class T>
+__global__ void residual_add_kernel(T* y, const T* x, size_t n) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x)
+        store_act(y, i, load_act(y, i) + load_act(x, i));
+}
+
+template <class D, class S>
+__global__ void convert_kernel(D* dst, const S* src, size_t n) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x)
+        store_act(dst, i, load_act(src, i));
+}
+
+}  // namespace
+
+void residual_add(cudaStream_t st, Storage s, float* y, const float* x, size_t n) {
+    if (n == 0) return;
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        residual_add_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(y), as_act<T>(x), n);
+    });
+    CUDA_CHECK_LAUNCH();
+}
+
+void to_storage(cudaStream_t st, Storage s, float* dst, const float* src, size_t n) {
+    if (n == 0) return;
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        convert_kernel<T, float><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(dst), src, n);
+    });
+    CUDA_CHECK_LAUNCH();
+}
+
+void from_storage(cudaStream_t st, Storage s, float* dst, const float* src, size_t n) {
+    if (n == 0) return;
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        convert_kernel<float, T><<<grid_size(n), kBlock, 0, st>>>(dst, as_act<T>(src), n);
+    });
+    CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace sr::cuda
