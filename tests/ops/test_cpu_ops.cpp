@@ -308,8 +308,8 @@ TEST(CpuOps, FusedBatchNormActivationEqualsBatchNormThenActivation) {
 // ---- GELU ---------------------------------------------------------------------------------
 
 TEST(CpuOps, GeluMatchesErfFormulaAndItsDerivative) {
-    std::vector<float> x;
-    for (float v = -9.f; v <= 9.f; v += 0.0137f) x.push_back(v);
+    std::vector<float> x(1314);  // -9 .. 9 in steps of 0.0137
+    for (size_t i = 0; i < x.size(); ++i) x[i] = -9.f + 0.0137f * float(i);
     std::vector<float> y(x.size()), dx(x.size()), ones(x.size(), 1.f);
     cpu::gelu_forward(y.data(), x.data(), x.size());
     cpu::gelu_backward(dx.data(), ones.data(), x.data(), x.size());
@@ -323,8 +323,8 @@ TEST(CpuOps, GeluMatchesErfFormulaAndItsDerivative) {
 }
 
 TEST(CpuOps, SiluMatchesFormulaAndFiniteDifferences) {
-    std::vector<float> x;
-    for (float v = -30.f; v <= 30.f; v += 0.0371f) x.push_back(v);
+    std::vector<float> x(1618);  // -30 .. 30 in steps of 0.0371
+    for (size_t i = 0; i < x.size(); ++i) x[i] = -30.f + 0.0371f * float(i);
     std::vector<float> y(x.size()), dx(x.size()), ones(x.size(), 1.f);
     cpu::silu_forward(y.data(), x.data(), x.size());
     cpu::silu_backward(dx.data(), ones.data(), x.data(), x.size());
