@@ -158,11 +158,6 @@ public:
         : Conv2d(s), ctx_(ctx), storage_(storage) {
         check_shape(s);
         const cudnnDataType_t dtype = data_type(storage);
-        if (storage != Storage::f32) {
-            // 16-bit copies of the weights and of their gradient (float-sized: to_storage packs)
-            CUDA_CHECK(cudaMalloc(&w16_, weights() * sizeof(float)));
-            CUDA_CHECK(cudaMalloc(&dw16_, weights() * sizeof(float)));
-        }
         // sizes are given as (N, C, H, W) whatever the layout; NHWC says how they are stored
         CUDNN_CHECK(
             cudnnSetTensor4dDescriptor(x_.d, CUDNN_TENSOR_NHWC, dtype, s.N, s.C, s.H, s.W));
@@ -192,11 +187,19 @@ public:
         // db reuses the workspace as scratch for its channel reduction.
         const size_t bias = bn_scratch_bytes(s.N * s.P() * s.Q(), s.K);
         ctx_.reserve(std::max({a, b, c, bias, size_t(256)}));
+        if (storage != Storage::f32) {
+            // 16-bit copies of the weights and of their gradient, in one allocation made last
+            // (nothing above can throw past it and leak it); each copy 256-byte aligned
+            const size_t bytes = (weights() * storage_bytes(storage) + 255) / 256 * 256;
+            void* p = nullptr;
+            CUDA_CHECK(cudaMalloc(&p, 2 * bytes));
+            w16_ = static_cast<float*>(p);
+            dw16_ = reinterpret_cast<float*>(static_cast<char*>(p) + bytes);
+        }
     }
 
     ~CudnnConv2d() override {
-        if (w16_) cudaFree(w16_);
-        if (dw16_) cudaFree(dw16_);
+        if (w16_) cudaFree(w16_);  // (cudaFree waits for the device: no kernel still reads it)
     }
     void forward(float* y, const float* x, const float* w, const float* bias) override {
         const float one = 1.f, zero = 0.f;
@@ -340,7 +343,7 @@ private:
     CudnnContext& ctx_;
     Storage storage_;
     float* w16_ = nullptr;   // 16-bit storage: the weights' copy in the storage format
-    float* dw16_ = nullptr;  // and cuDNN's weight gradient in it
+    float* dw16_ = nullptr;  // and cuDNN's weight gradient in it (same allocation as w16_)
     TensorDesc x_, y_;
     FilterDesc w_;
     ConvDesc fwd_, bwd_data_, bwd_filter_;
