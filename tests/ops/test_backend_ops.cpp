@@ -24,59 +24,21 @@
 
 #include "core/rng.h"
 #include "ops/backend.h"
+#include "ops/backend_ops_util.h"
 
 namespace sr {
 namespace {
 
 constexpr size_t kGuard = 16;  // guard elements on each side of every buffer
 
-// ---- host-side helpers -----------------------------------------------------------------------
+// ---- host-side helpers (backend_ops_util.h) -----------------------------------------------------
 
 std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.f, float offset = 0.f) {
-    Rng r(seed);
-    std::vector<float> v(n);
-    for (auto& x : v) x = offset + scale * r.normal();
-    return v;
+    return test::randn_offset(n, seed, scale, offset);
 }
-
-std::vector<float> uniform(size_t n, uint64_t seed, float lo, float hi) {
-    Rng r(seed);
-    std::vector<float> v(n);
-    for (auto& x : v) x = r.uniform(lo, hi);
-    return v;
-}
-
-template <typename T>
-double rms(const std::vector<T>& v) {
-    double s = 0;
-    for (auto x : v) s += double(x) * double(x);
-    return v.empty() ? 0 : std::sqrt(s / double(v.size()));
-}
-
-// max over i of |got - ref| / (atol + rtol |ref|) must be <= 1; non-finite values fail.
-template <typename T>
-::testing::AssertionResult close(const std::vector<T>& got, const std::vector<T>& ref, double atol,
-                                 double rtol) {
-    if (got.size() != ref.size())
-        return ::testing::AssertionFailure() << "sizes differ: " << got.size() << " vs " << ref.size();
-    double worst = 0;
-    size_t wi = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-        const double g = double(got[i]), r = double(ref[i]);
-        if (!std::isfinite(g) || !std::isfinite(r))
-            return ::testing::AssertionFailure()
-                   << "non-finite at index " << i << ": " << g << " vs reference " << r
-                   << " (an output element left unwritten?)";
-        const double d = std::abs(g - r), allowed = atol + rtol * std::abs(r);
-        const double e = d == 0 ? 0 : (allowed > 0 ? d / allowed : HUGE_VAL);  // exact when 0
-        if (e > worst) worst = e, wi = i;
-    }
-    if (worst <= 1) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure()
-           << "index " << wi << " of " << got.size() << ": " << double(got[wi]) << " vs reference "
-           << double(ref[wi]) << " (" << worst << " x the allowed error; atol " << atol
-           << ", rtol " << rtol << ")";
-}
+using test::close;
+using test::rms;
+using test::uniform;
 
 // ---- device buffers with guards, one per backend ---------------------------------------------
 

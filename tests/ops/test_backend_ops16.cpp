@@ -30,6 +30,7 @@
 
 #include "core/rng.h"
 #include "ops/backend.h"
+#include "ops/backend_ops_util.h"
 #include "ops/storage_backend.h"
 
 namespace sr {
@@ -39,46 +40,13 @@ constexpr size_t kGuardBytes = 64;
 constexpr uint8_t kFill = 0xA5;
 
 std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.f, float offset = 0.f) {
-    Rng r(seed);
-    std::vector<float> v(n);
-    for (auto& x : v) x = offset + scale * r.normal();
-    return v;
+    return test::randn_offset(n, seed, scale, offset);
 }
-
-std::vector<float> uniform(size_t n, uint64_t seed, float lo, float hi) {
-    Rng r(seed);
-    std::vector<float> v(n);
-    for (auto& x : v) x = r.uniform(lo, hi);
-    return v;
-}
-
-double rms(const std::vector<float>& v) {
-    double s = 0;
-    for (float x : v) s += double(x) * x;
-    return v.empty() ? 0 : std::sqrt(s / double(v.size()));
-}
-
-// max over i of |got - ref| / (atol + rtol |ref|) must be <= 1; non-finite values fail.
+using test::uniform;
+double rms(const std::vector<float>& v) { return test::rms(v); }
 ::testing::AssertionResult close(const std::vector<float>& got, const std::vector<float>& ref,
                                  double atol, double rtol) {
-    if (got.size() != ref.size())
-        return ::testing::AssertionFailure() << "sizes differ: " << got.size() << " vs " << ref.size();
-    double worst = 0;
-    size_t wi = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-        const double g = got[i], r = ref[i];
-        if (!std::isfinite(g) || !std::isfinite(r))
-            return ::testing::AssertionFailure() << "non-finite at index " << i << ": " << g
-                                                 << " vs reference " << r << " (left unwritten?)";
-        const double d = std::abs(g - r), allowed = atol + rtol * std::abs(r);
-        const double e = d == 0 ? 0 : (allowed > 0 ? d / allowed : HUGE_VAL);
-        if (e > worst) worst = e, wi = i;
-    }
-    if (worst <= 1) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << "index " << wi << " of " << got.size() << ": "
-                                         << got[wi] << " vs reference " << ref[wi] << " (" << worst
-                                         << " x the allowed error; atol " << atol << ", rtol "
-                                         << rtol << ")";
+    return test::close(got, ref, atol, rtol);
 }
 
 struct Dut {
