@@ -23,6 +23,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -54,9 +55,11 @@ struct Dut {
     Storage s;
 };
 
-std::string dut_name(const ::testing::TestParamInfo<Dut>& i) {
-    return std::string(i.param.cuda ? "cuda_" : "cpu1_") + storage_name(i.param.s);
+std::string dut_label(const Dut& d) {
+    return std::string(d.cuda ? "cuda_" : "cpu1_") + storage_name(d.s);
 }
+std::string dut_name(const ::testing::TestParamInfo<Dut>& i) { return dut_label(i.param); }
+void PrintTo(const Dut& d, std::ostream* os) { *os << dut_label(d); }  // (test names in ctest)
 
 enum class Kind { act, f32, bytes };  // an activation (storage()), fp32, or raw integers
 
