@@ -158,16 +158,18 @@ private:
 }  // namespace
 
 StorageBackend::StorageBackend(Backend& inner, Storage s) : ForwardingBackend(inner), s_(s) {
-    if (inner.device() != Device::cpu || inner.storage() != Storage::f32)
-        fail("the 16-bit storage reference runs on the fp32 CPU backend only");
-    if (s == Storage::f32) fail("StorageBackend: fp32 storage needs no wrapper");
+    check_inner();
 }
 
 StorageBackend::StorageBackend(std::unique_ptr<Backend> inner, Storage s)
     : detail::OwnedBackend{std::move(inner)}, ForwardingBackend(*owned), s_(s) {
+    check_inner();
+}
+
+void StorageBackend::check_inner() const {
     if (in_.device() != Device::cpu || in_.storage() != Storage::f32)
         fail("the 16-bit storage reference runs on the fp32 CPU backend only");
-    if (s == Storage::f32) fail("StorageBackend: fp32 storage needs no wrapper");
+    if (s_ == Storage::f32) fail("StorageBackend: fp32 storage needs no wrapper");
 }
 
 std::string StorageBackend::name() const {

@@ -141,6 +141,7 @@ public:
     void round(float* x, size_t n);
 
 private:
+    void check_inner() const;  // the constructors' preconditions
     Storage s_;
     std::vector<float> slots_[3];
 };

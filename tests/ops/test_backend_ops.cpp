@@ -827,6 +827,19 @@ TEST_F(BackendOps, Axpy) {
     }
 }
 
+// The residual add in fp32 storage (its own kernel on the GPU since 16-bit storage): one fp32
+// addition per element on both sides, exact.
+TEST_F(BackendOps, ResidualAdd) {
+    for (size_t n : {size_t(1001), size_t(3000001)}) {
+        SCOPED_TRACE(testing::Message() << "n=" << n);
+        auto y = in(randn(n, 1410));
+        auto x = in(randn(n, 1411));
+        cpu_->residual_add(y.cp(), x.cp(), n);
+        gpu_->residual_add(y.gp(), x.gp(), n);
+        EXPECT_TRUE(same(y, "residual_add y", 0, 0));
+    }
+}
+
 // Muon's pieces. scale / momentum_direction: elementwise, atol = rtol = 1e-6. scale_to_norm: the
 // norm is summed in double on the CPU, in fp32 partials then double on the GPU: 1e-5 relative.
 TEST_F(BackendOps, MuonElementwise) {
