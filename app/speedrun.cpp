@@ -33,6 +33,9 @@ void add_common(CLI::App* c, sr::CommonArgs& a) {
     c->add_flag("!--no-download", a.download, "Never download CIFAR-10");
     c->add_option("--epochs", a.epochs, "Override the recipe's epochs");
     c->add_option("--batch-size", a.batch_size, "Override the recipe's batch size");
+    c->add_option("--cpu-conv", a.cpu_conv,
+                  "CPU convolutions: fastest (default: each shape timed once, direct vs Winograd), "
+                  "direct, or winograd (oneDNN's F(4x4,3x3) where it applies; the default with --deterministic)");
 }
 
 }  // namespace

@@ -80,6 +80,22 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads, in
     return cpu();
 }
 
+// --cpu-conv (and --deterministic, which needs a path that does not depend on timing)
+static void set_cpu_conv(const std::string& name, bool deterministic) {
+    if (name.empty()) {
+        cpu::set_conv_algorithm(deterministic ? cpu::ConvAlgorithm::winograd : cpu::ConvAlgorithm::fastest);
+    } else if (name == "fastest") {
+        if (deterministic) fail("--cpu-conv fastest times the algorithms: not with --deterministic");
+        cpu::set_conv_algorithm(cpu::ConvAlgorithm::fastest);
+    } else if (name == "direct") {
+        cpu::set_conv_algorithm(cpu::ConvAlgorithm::direct);
+    } else if (name == "winograd") {
+        cpu::set_conv_algorithm(cpu::ConvAlgorithm::winograd);
+    } else {
+        fail("--cpu-conv must be fastest, direct or winograd (got '{}')", name);
+    }
+}
+
 Cifar10 load_data(const CommonArgs& a) {
     if (a.synthetic) return make_synthetic_cifar10(10000, 2000, 1);
     return load_cifar10(a.data, a.download);
@@ -199,9 +215,10 @@ int cmd_train(const TrainArgs& a) {
     if (a.deterministic) {
         if (a.device != "cpu") fail("--deterministic is for --device cpu (GPU convolutions pick algorithms by speed)");
         omp_set_dynamic(0);
-        // the same data-gradient path in every process (not the faster one timed here)
+        // the same convolution paths in every process (not the faster ones timed here)
         cpu::set_conv_data_grad(cpu::ConvDataGrad::library);
     }
+    set_cpu_conv(a.cpu_conv, a.deterministic);
     if (a.sync_bn && !a.distributed) fail("--sync-bn needs --distributed");
     if (a.distributed && !a.comm) return cmd_train_distributed(a);  // comes back with comm set
     // a resumed run uses the recipe saved with it
@@ -460,6 +477,7 @@ static nlohmann::json profile_training_step(ProfilingBackend& prof, int steps,
 int cmd_bench(const BenchArgs& a) {
     if (a.steps < 1) fail("--steps must be >= 1 (got {})", a.steps);
     const Recipe r = resolve_recipe(a);
+    set_cpu_conv(a.cpu_conv, false);
     auto backend = make_backend(a.device, a.threads, 0, a.storage);
     // --profile: every op goes through a timing wrapper, made before the network so that its
     // convolutions are wrapped too (it times nothing until enabled below)

@@ -23,6 +23,9 @@ struct CommonArgs {
     double epochs = -1;
     int batch_size = -1;
     std::string storage;  // activation storage: fp32 | fp16 | bf16 (ops/backend.h, Storage)
+    // CPU convolution algorithm: fastest | direct | winograd (ops/cpu/cpu_ops.h, ConvAlgorithm);
+    // empty: fastest, or winograd with --deterministic
+    std::string cpu_conv;
 };
 
 struct TrainArgs : CommonArgs {

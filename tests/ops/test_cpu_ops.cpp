@@ -3,6 +3,7 @@
 // closed forms for the data ops. Shapes are small and awkward (odd sides, C not a multiple of 8).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <numeric>
 
@@ -70,19 +71,33 @@ const ConvCase kConvCases[] = {
     {{2, 8, 8, 5, 7, 3, 3, 1, 2}, "3x3 pad 1 stride 2 (DAWN_net downsampling), even side"},
     {{2, 9, 9, 4, 6, 3, 3, 1, 2}, "3x3 pad 1 stride 2, odd side (last row/column unread)"},
     {{3, 8, 8, 6, 10, 1, 1, 0, 2}, "1x1 stride 2 (DAWN_net projection shortcut)"},
+    {{2, 8, 8, 16, 32, 3, 3, 1}, "3x3 pad 1, 16 -> 32 (channels Winograd can block)"},
+    {{3, 3, 3, 32, 16, 3, 3, 1}, "3x3 pad 1 at 3x3 (airbench's last conv side), 32 -> 16"},
 };
 
 // Every path: the data gradient as oneDNN's backward-data primitive and as a forward conv with
-// transposed, flipped weights (cpu::ConvDataGrad; where the shape allows it), and as timed.
-class ConvOneDnn : public ::testing::TestWithParam<cpu::ConvDataGrad> {
+// transposed, flipped weights (cpu::ConvDataGrad; where the shape allows it), direct and
+// Winograd convolution (cpu::ConvAlgorithm; where oneDNN has Winograd), and as timed.
+struct ConvPath {
+    cpu::ConvDataGrad data_grad;
+    cpu::ConvAlgorithm algorithm;
+    const char* name;
+};
+void PrintTo(const ConvPath& p, std::ostream* os) { *os << p.name; }
+
+class ConvOneDnn : public ::testing::TestWithParam<ConvPath> {
 protected:
-    void TearDown() override { cpu::set_conv_data_grad(cpu::ConvDataGrad::fastest); }
+    void TearDown() override {
+        cpu::set_conv_data_grad(cpu::ConvDataGrad::fastest);
+        cpu::set_conv_algorithm(cpu::ConvAlgorithm::fastest);
+    }
 };
 
 TEST_P(ConvOneDnn, MatchesNaive) {
     auto b = make_cpu_backend(2);
-    cpu::set_conv_data_grad(GetParam());
-    int transposed = 0;
+    cpu::set_conv_data_grad(GetParam().data_grad);
+    cpu::set_conv_algorithm(GetParam().algorithm);
+    int transposed = 0, winograd = 0;
     for (const auto& c : kConvCases) {
         SCOPED_TRACE(c.what);
         const ConvShape& s = c.s;
@@ -91,6 +106,7 @@ TEST_P(ConvOneDnn, MatchesNaive) {
         auto x = randn(nx, 1), w = randn(nw, 2, 0.3f), bias = randn(s.K, 3), dy = randn(ny, 4);
         auto conv = b->make_conv(s);
         transposed += dynamic_cast<cpu::CpuConv2d&>(*conv).data_grad_transposed();
+        winograd += dynamic_cast<cpu::CpuConv2d&>(*conv).winograd();
         std::vector<float> y(ny, 7.f), y_ref(ny, -7.f), dx(nx, 7.f), dx_ref(nx, -7.f), dw(nw, 7.f),
             dw_ref(nw, -7.f), db(s.K, 7.f), db_ref(s.K, -7.f);
         conv->forward(y.data(), x.data(), w.data(), bias.data());
@@ -112,19 +128,29 @@ TEST_P(ConvOneDnn, MatchesNaive) {
         conv->backward_weights(dw.data(), nullptr, dy.data(), x.data());
         EXPECT_TRUE(all_close(dw, dw_ref, 1e-3, 1e-4));
     }
-    // the forced modes take the path they name wherever it applies (not to strided convs)
-    if (GetParam() == cpu::ConvDataGrad::library) EXPECT_EQ(transposed, 0);
-    if (GetParam() == cpu::ConvDataGrad::transposed) EXPECT_GE(transposed, 3);
+    // the forced modes take the path they name wherever it applies (not to strided convs;
+    // Winograd only where oneDNN has it: the 3x3 same-padded cases with channels it blocks)
+    if (GetParam().algorithm == cpu::ConvAlgorithm::direct) EXPECT_EQ(winograd, 0);
+    if (GetParam().algorithm == cpu::ConvAlgorithm::winograd) {
+        EXPECT_EQ(transposed, 0);
+        if (__builtin_cpu_supports("avx512f"))
+            EXPECT_GE(winograd, 3);
+        else
+            std::printf("[   INFO   ] no AVX-512: oneDNN has no Winograd kernel here, direct only\n");
+    }
+    if (GetParam().data_grad == cpu::ConvDataGrad::library) EXPECT_EQ(transposed, 0);
+    if (GetParam().data_grad == cpu::ConvDataGrad::transposed &&
+        GetParam().algorithm == cpu::ConvAlgorithm::direct)
+        EXPECT_GE(transposed, 5);
 }
 
-INSTANTIATE_TEST_SUITE_P(CpuOps, ConvOneDnn,
-                         ::testing::Values(cpu::ConvDataGrad::fastest, cpu::ConvDataGrad::library,
-                                           cpu::ConvDataGrad::transposed),
-                         [](const auto& info) {
-                             return std::string(info.param == cpu::ConvDataGrad::fastest   ? "Fastest"
-                                                : info.param == cpu::ConvDataGrad::library ? "Library"
-                                                                                           : "Transposed");
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    CpuOps, ConvOneDnn,
+    ::testing::Values(ConvPath{cpu::ConvDataGrad::fastest, cpu::ConvAlgorithm::fastest, "Fastest"},
+                      ConvPath{cpu::ConvDataGrad::library, cpu::ConvAlgorithm::direct, "Library"},
+                      ConvPath{cpu::ConvDataGrad::transposed, cpu::ConvAlgorithm::direct, "Transposed"},
+                      ConvPath{cpu::ConvDataGrad::library, cpu::ConvAlgorithm::winograd, "Winograd"}),
+    [](const auto& info) { return std::string(info.param.name); });
 
 TEST(CpuOps, ConvNaiveGradientsMatchFiniteDifferences) {
     for (const ConvShape s : {ConvShape{2, 5, 5, 3, 4, 3, 3, 1}, ConvShape{2, 7, 7, 3, 4, 3, 3, 1, 2},

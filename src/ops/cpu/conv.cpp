@@ -3,11 +3,14 @@
 // functions are the plain-loop reference that tests check oneDNN against.
 // Activations are NHWC ("nhwc" memory); weights OHWI ("ohwi"). oneDNN may prefer a blocked
 // weight layout: then the weights are reordered into a buffer held here (they are small).
+// Two algorithms (cpu_ops.h, ConvAlgorithm): direct convolution on the NHWC tensors, and, where
+// oneDNN has it, Winograd on a blocked copy of the activations in the backend's ConvWorkspace.
 #include <chrono>
 #include <cstring>
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -112,76 +115,56 @@ using dt = memory::data_type;
 
 std::mutex g_mode_mutex;
 ConvDataGrad g_mode = ConvDataGrad::fastest;
-// "fastest": the choice per shape (N, H, W, C, K, R), made once per process
-std::map<std::tuple<int, int, int, int, int, int>, bool> g_transposed_faster;
-}  // namespace
+ConvAlgorithm g_algorithm = ConvAlgorithm::fastest;
+// "fastest": the choices per shape (N, H, W, C, K, R, stride), made once per process
+using ShapeKey = std::tuple<int, int, int, int, int, int, int>;
+std::map<ShapeKey, bool> g_transposed_faster, g_winograd_faster;
+ShapeKey key_of(const ConvShape& s) { return {s.N, s.H, s.W, s.C, s.K, s.R, s.stride}; }
 
-void set_conv_data_grad(ConvDataGrad mode) {
-    std::lock_guard<std::mutex> lock(g_mode_mutex);
-    g_mode = mode;
+// f's best time of two calls after an untimed one (reps = 2), or of one (reps = 1)
+double best_time(const std::function<void()>& f, int reps) {
+    f();
+    double best = 1e30;
+    for (int i = 0; i < reps; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        f();
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
 }
 
-struct CpuConv2d::Impl {
-    dnnl::engine& eng;
-    dnnl::stream& strm;
-    memory::desc x_md, y_md, w_user_md, b_md;
+// One algorithm's primitives (forward with and without bias, backward data, backward weights
+// with and without bias) over activations laid out as x_md / y_md, with their weight buffers
+// for the layouts oneDNN prefers.
+struct Primitives {
+    memory::desc x_md, y_md;
     dnnl::convolution_forward::primitive_desc fwd_pd, fwd_bias_pd;
     dnnl::convolution_backward_data::primitive_desc bwd_data_pd;
     dnnl::convolution_backward_weights::primitive_desc bwd_w_pd, bwd_wb_pd;
     dnnl::convolution_forward fwd, fwd_bias;
     dnnl::convolution_backward_data bwd_data;
     dnnl::convolution_backward_weights bwd_w, bwd_wb;
-    std::vector<float> w_fwd, w_bwd, dw_tmp;  // weights in the primitives' preferred layouts
-    std::vector<uint8_t> scratch;
-    // data gradient as a forward convolution of dy (K channels in) with w_t (C, R, S, K: the
-    // weights transposed and flipped), where stride 1 and same padding make that possible
-    bool transposed = false;
-    memory::desc wt_user_md;
-    dnnl::convolution_forward::primitive_desc tfwd_pd;
-    dnnl::convolution_forward tfwd;
-    std::vector<float> w_t, w_t_prim;
+    AlignedVector<float> w_fwd, w_bwd, dw_tmp;
 
-    Impl(const ConvShape& s, dnnl::engine& e, dnnl::stream& st) : eng(e), strm(st) {
-        const memory::dims x_dims = {s.N, s.C, s.H, s.W}, y_dims = {s.N, s.K, s.P(), s.Q()},
-                           w_dims = {s.K, s.C, s.R, s.S}, b_dims = {s.K};
+    Primitives(const ConvShape& s, dnnl::algorithm alg, const memory::desc& x,
+               const memory::desc& y, dnnl::engine& eng)
+        : x_md(x), y_md(y) {
+        const memory::dims w_dims = {s.K, s.C, s.R, s.S}, b_dims = {s.K};
         const memory::dims strides = {s.stride, s.stride}, pad = {s.pad, s.pad};
-        x_md = memory::desc(x_dims, dt::f32, tag::nhwc);
-        y_md = memory::desc(y_dims, dt::f32, tag::nhwc);
-        w_user_md = memory::desc(w_dims, dt::f32, tag::ohwi);
-        b_md = memory::desc(b_dims, dt::f32, tag::x);
-        const memory::desc w_any(w_dims, dt::f32, tag::any);
+        const memory::desc w_any(w_dims, dt::f32, tag::any), b_md(b_dims, dt::f32, tag::x);
         dnnl::primitive_attr attr;
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-        const auto alg = dnnl::algorithm::convolution_direct;
         const auto train = dnnl::prop_kind::forward_training;
-        fwd_pd = {{train, alg, x_md, w_any, y_md, strides, pad, pad}, attr, eng};
-        fwd_bias_pd = {{train, alg, x_md, w_any, b_md, y_md, strides, pad, pad}, attr, eng};
-        bwd_data_pd = {{alg, x_md, w_any, y_md, strides, pad, pad}, attr, eng, fwd_pd};
-        bwd_w_pd = {{alg, x_md, w_any, y_md, strides, pad, pad}, attr, eng, fwd_pd};
-        bwd_wb_pd = {{alg, x_md, w_any, b_md, y_md, strides, pad, pad}, attr, eng, fwd_bias_pd};
+        fwd_pd = {{train, alg, x, w_any, y, strides, pad, pad}, attr, eng};
+        fwd_bias_pd = {{train, alg, x, w_any, b_md, y, strides, pad, pad}, attr, eng};
+        bwd_data_pd = {{alg, x, w_any, y, strides, pad, pad}, attr, eng, fwd_pd};
+        bwd_w_pd = {{alg, x, w_any, y, strides, pad, pad}, attr, eng, fwd_pd};
+        bwd_wb_pd = {{alg, x, w_any, b_md, y, strides, pad, pad}, attr, eng, fwd_bias_pd};
         fwd = dnnl::convolution_forward(fwd_pd);
         fwd_bias = dnnl::convolution_forward(fwd_bias_pd);
         bwd_data = dnnl::convolution_backward_data(bwd_data_pd);
         bwd_w = dnnl::convolution_backward_weights(bwd_w_pd);
         bwd_wb = dnnl::convolution_backward_weights(bwd_wb_pd);
-        size_t sp = 0;
-        for (auto d : {fwd_pd.scratchpad_desc(), fwd_bias_pd.scratchpad_desc(),
-                       bwd_data_pd.scratchpad_desc(), bwd_w_pd.scratchpad_desc(),
-                       bwd_wb_pd.scratchpad_desc()})
-            sp = std::max(sp, d.get_size());
-        const bool can_transpose = s.stride == 1 && s.R == s.S && s.R % 2 == 1 && s.pad == s.R / 2;
-        if (can_transpose) {
-            const memory::dims wt_dims = {s.C, s.K, s.R, s.S};
-            wt_user_md = memory::desc(wt_dims, dt::f32, tag::ohwi);
-            const memory::desc wt_any(wt_dims, dt::f32, tag::any);
-            const auto infer = dnnl::prop_kind::forward_inference;
-            tfwd_pd = {{infer, alg, y_md, wt_any, x_md, strides, pad, pad}, attr, eng};
-            tfwd = dnnl::convolution_forward(tfwd_pd);
-            sp = std::max(sp, tfwd_pd.scratchpad_desc().get_size());
-            w_t.resize(size_t(s.K) * s.R * s.S * s.C);
-            w_t_prim.resize(std::max(w_t.size(), tfwd_pd.weights_desc().get_size() / sizeof(float)));
-        }
-        scratch.resize(sp + 64);
         const size_t wn = size_t(s.K) * s.C * s.R * s.S;
         auto wsize = [&](const memory::desc& d) { return std::max(wn, d.get_size() / sizeof(float)); };
         w_fwd.resize(std::max(wsize(fwd_pd.weights_desc()), wsize(fwd_bias_pd.weights_desc())));
@@ -189,7 +172,179 @@ struct CpuConv2d::Impl {
         dw_tmp.resize(std::max(wsize(bwd_w_pd.diff_weights_desc()), wsize(bwd_wb_pd.diff_weights_desc())));
     }
 
+    size_t scratchpad_bytes() const {
+        size_t sp = 0;
+        for (auto d : {fwd_pd.scratchpad_desc(), fwd_bias_pd.scratchpad_desc(),
+                       bwd_data_pd.scratchpad_desc(), bwd_w_pd.scratchpad_desc(),
+                       bwd_wb_pd.scratchpad_desc()})
+            sp = std::max(sp, d.get_size());
+        return sp;
+    }
+};
+
+// oneDNN's Winograd primitives for this shape, over the blocked activation layout they choose
+// (the backward ones take the forward's); none where oneDNN has no Winograd kernel (it has
+// F(4x4, 3x3) for AVX-512 CPUs: 3x3, stride 1, channel counts it can block).
+std::optional<Primitives> make_winograd(const ConvShape& s, dnnl::engine& eng) {
+    if (s.R != 3 || s.S != 3 || s.stride != 1 || s.pad != 1) return std::nullopt;
+    try {
+        const memory::dims x_dims = {s.N, s.C, s.H, s.W}, y_dims = {s.N, s.K, s.P(), s.Q()},
+                           w_dims = {s.K, s.C, s.R, s.S};
+        const memory::desc x_any(x_dims, dt::f32, tag::any), y_any(y_dims, dt::f32, tag::any),
+            w_any(w_dims, dt::f32, tag::any);
+        const dnnl::convolution_forward::primitive_desc probe(
+            {dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_winograd, x_any, w_any,
+             y_any, {1, 1}, {1, 1}, {1, 1}},
+            eng);
+        return Primitives(s, dnnl::algorithm::convolution_winograd, probe.src_desc(),
+                          probe.dst_desc(), eng);
+    } catch (const dnnl::error&) {
+        return std::nullopt;
+    }
+}
+}  // namespace
+
+void set_conv_data_grad(ConvDataGrad mode) {
+    std::lock_guard<std::mutex> lock(g_mode_mutex);
+    g_mode = mode;
+}
+
+void set_conv_algorithm(ConvAlgorithm a) {
+    std::lock_guard<std::mutex> lock(g_mode_mutex);
+    g_algorithm = a;
+}
+
+void ConvWorkspace::reserve(size_t floats) {
+    if (a.size() < floats) a.resize(floats);
+    if (b.size() < floats) b.resize(floats);
+}
+
+struct CpuConv2d::Impl {
+    dnnl::engine& eng;
+    dnnl::stream& strm;
+    ConvWorkspace& ws;
+    memory::desc x_md, y_md, w_user_md;  // the interface's: NHWC activations, OHWI weights
+    Primitives direct;
+    std::optional<Primitives> wino;
+    // computing with `wino` (ConvAlgorithm): activations are reordered into ws.a / ws.b
+    bool winograd = false;
+    AlignedVector<uint8_t> scratch;
+    // data gradient as a forward convolution of dy (K channels in) with w_t (C, R, S, K: the
+    // weights transposed and flipped), where stride 1 and same padding make that possible
+    bool transposed = false;
+    memory::desc wt_user_md;
+    dnnl::convolution_forward::primitive_desc tfwd_pd;
+    dnnl::convolution_forward tfwd;
+    AlignedVector<float> w_t, w_t_prim;
+
+    static memory::desc nhwc(int n, int c, int h, int w) {
+        return memory::desc({n, c, h, w}, dt::f32, tag::nhwc);
+    }
+
+    Impl(const ConvShape& s, dnnl::engine& e, dnnl::stream& st, ConvWorkspace& w)
+        : eng(e), strm(st), ws(w), x_md(nhwc(s.N, s.C, s.H, s.W)),
+          y_md(nhwc(s.N, s.K, s.P(), s.Q())),
+          w_user_md({s.K, s.C, s.R, s.S}, dt::f32, tag::ohwi),
+          direct(s, dnnl::algorithm::convolution_direct, x_md, y_md, e),
+          wino(make_winograd(s, e)) {
+        size_t sp = direct.scratchpad_bytes();
+        if (wino) {
+            sp = std::max(sp, wino->scratchpad_bytes());
+            ws.reserve(std::max(wino->x_md.get_size(), wino->y_md.get_size()) / sizeof(float));
+        }
+        const bool can_transpose = s.stride == 1 && s.R == s.S && s.R % 2 == 1 && s.pad == s.R / 2;
+        if (can_transpose) {
+            const memory::dims wt_dims = {s.C, s.K, s.R, s.S}, strides = {1, 1}, pad = {s.pad, s.pad};
+            wt_user_md = memory::desc(wt_dims, dt::f32, tag::ohwi);
+            const memory::desc wt_any(wt_dims, dt::f32, tag::any);
+            dnnl::primitive_attr attr;
+            attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+            tfwd_pd = {{dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                        y_md, wt_any, x_md, strides, pad, pad},
+                       attr, eng};
+            tfwd = dnnl::convolution_forward(tfwd_pd);
+            sp = std::max(sp, tfwd_pd.scratchpad_desc().get_size());
+            w_t.resize(size_t(s.K) * s.R * s.S * s.C);
+            w_t_prim.resize(std::max(w_t.size(), tfwd_pd.weights_desc().get_size() / sizeof(float)));
+        }
+        scratch.resize(sp + 64);
+    }
+
     memory mem(const memory::desc& d, const void* p) { return memory(d, eng, const_cast<void*>(p)); }
+    memory scratchpad(const memory::desc& d) { return mem(d, scratch.data()); }
+
+    // Copies an activation tensor between the interface's NHWC and a blocked layout.
+    void relayout(const memory::desc& from, const void* src, const memory::desc& to, void* dst,
+                  const char* key) {
+        memory a = mem(from, src), b = mem(to, dst);
+        reorder_for(from, to, key).execute(strm, a, b);
+    }
+
+    void forward(float* y, const float* x, const float* w, const float* bias) {
+        Primitives& p = winograd ? *wino : direct;
+        const char* wkey = winograd ? (bias ? "wino fwd_bias" : "wino fwd") : (bias ? "fwd_bias" : "fwd");
+        const auto& pd = bias ? p.fwd_bias_pd : p.fwd_pd;
+        memory wm = weights_for(pd.weights_desc(), w, p.w_fwd, wkey);
+        const float* xa = x;
+        float* ya = y;
+        if (winograd) {
+            relayout(x_md, x, p.x_md, ws.a.data(), "x to blocked");
+            xa = ws.a.data();
+            ya = ws.b.data();
+        }
+        std::unordered_map<int, memory> args = {
+            {DNNL_ARG_SRC, mem(p.x_md, xa)}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, mem(p.y_md, ya)},
+            {DNNL_ARG_SCRATCHPAD, scratchpad(pd.scratchpad_desc())}};
+        if (bias) args[DNNL_ARG_BIAS] = mem(pd.bias_desc(), bias);
+        (bias ? p.fwd_bias : p.fwd).execute(strm, args);
+        if (winograd) relayout(p.y_md, ya, y_md, y, "y from blocked");
+        strm.wait();
+    }
+
+    void backward_data(float* dx, const float* dy, const float* w, const ConvShape& s) {
+        if (winograd) {
+            Primitives& p = *wino;
+            memory wm = weights_for(p.bwd_data_pd.weights_desc(), w, p.w_bwd, "wino bwd_data");
+            relayout(y_md, dy, p.y_md, ws.a.data(), "y to blocked");
+            p.bwd_data.execute(strm, {{DNNL_ARG_DIFF_SRC, mem(p.x_md, ws.b.data())},
+                                      {DNNL_ARG_WEIGHTS, wm},
+                                      {DNNL_ARG_DIFF_DST, mem(p.y_md, ws.a.data())},
+                                      {DNNL_ARG_SCRATCHPAD, scratchpad(p.bwd_data_pd.scratchpad_desc())}});
+            relayout(p.x_md, ws.b.data(), x_md, dx, "x from blocked");
+            strm.wait();
+        } else if (transposed) {
+            backward_data_transposed(dx, dy, w, s);
+        } else {
+            backward_data_library(dx, dy, w);
+        }
+    }
+
+    void backward_weights(float* dw, float* db, const float* dy, const float* x) {
+        Primitives& p = winograd ? *wino : direct;
+        const auto& pd = db ? p.bwd_wb_pd : p.bwd_w_pd;
+        const memory::desc want = pd.diff_weights_desc();
+        const bool direct_dw = want == w_user_md;
+        memory dwm = direct_dw ? mem(w_user_md, dw) : mem(want, p.dw_tmp.data());
+        const float* xa = x;
+        const float* dya = dy;
+        if (winograd) {
+            relayout(x_md, x, p.x_md, ws.a.data(), "x to blocked");
+            relayout(y_md, dy, p.y_md, ws.b.data(), "y to blocked");
+            xa = ws.a.data();
+            dya = ws.b.data();
+        }
+        std::unordered_map<int, memory> args = {
+            {DNNL_ARG_SRC, mem(p.x_md, xa)}, {DNNL_ARG_DIFF_DST, mem(p.y_md, dya)},
+            {DNNL_ARG_DIFF_WEIGHTS, dwm}, {DNNL_ARG_SCRATCHPAD, scratchpad(pd.scratchpad_desc())}};
+        if (db) args[DNNL_ARG_DIFF_BIAS] = mem(pd.diff_bias_desc(), db);
+        (db ? p.bwd_wb : p.bwd_w).execute(strm, args);
+        if (!direct_dw) {
+            const char* key = winograd ? (db ? "wino dwb" : "wino dw") : (db ? "dwb" : "dw");
+            memory user = mem(w_user_md, dw);
+            reorder_for(want, w_user_md, key).execute(strm, dwm, user);
+        }
+        strm.wait();
+    }
 
     // dx = the forward convolution of dy with w transposed and flipped:
     // w_t[c][r][t][k] = w[k][R-1-r][S-1-t][c] (OHWI both).
@@ -211,20 +366,20 @@ struct CpuConv2d::Impl {
         }
         tfwd.execute(strm, {{DNNL_ARG_SRC, mem(y_md, dy)}, {DNNL_ARG_WEIGHTS, wm},
                             {DNNL_ARG_DST, mem(x_md, dx)},
-                            {DNNL_ARG_SCRATCHPAD, mem(tfwd_pd.scratchpad_desc(), scratch.data())}});
+                            {DNNL_ARG_SCRATCHPAD, scratchpad(tfwd_pd.scratchpad_desc())}});
         strm.wait();
     }
     void backward_data_library(float* dx, const float* dy, const float* w) {
-        memory wm = weights_for(bwd_data_pd.weights_desc(), w, w_bwd, "bwd_data");
-        bwd_data.execute(strm, {{DNNL_ARG_DIFF_SRC, mem(x_md, dx)},
-                                {DNNL_ARG_WEIGHTS, wm},
-                                {DNNL_ARG_DIFF_DST, mem(y_md, dy)},
-                                {DNNL_ARG_SCRATCHPAD, mem(bwd_data_pd.scratchpad_desc(), scratch.data())}});
+        memory wm = weights_for(direct.bwd_data_pd.weights_desc(), w, direct.w_bwd, "bwd_data");
+        direct.bwd_data.execute(strm, {{DNNL_ARG_DIFF_SRC, mem(x_md, dx)},
+                                       {DNNL_ARG_WEIGHTS, wm},
+                                       {DNNL_ARG_DIFF_DST, mem(y_md, dy)},
+                                       {DNNL_ARG_SCRATCHPAD, scratchpad(direct.bwd_data_pd.scratchpad_desc())}});
         strm.wait();
     }
 
-    // Which way this conv computes dx (ConvDataGrad); "fastest" times both on scratch buffers
-    // (one untimed call each, then the better of two) the first time a shape is seen.
+    // Which way this conv computes dx on the direct path (ConvDataGrad); "fastest" times both
+    // on scratch buffers the first time a shape is seen.
     void choose_data_grad(const ConvShape& s) {
         if (tfwd_pd.get(true) == nullptr) return;  // not a stride-1 same-padded conv
         std::lock_guard<std::mutex> lock(g_mode_mutex);
@@ -232,30 +387,50 @@ struct CpuConv2d::Impl {
             transposed = g_mode == ConvDataGrad::transposed;
             return;
         }
-        const auto key = std::make_tuple(s.N, s.H, s.W, s.C, s.K, s.R);
+        const auto key = key_of(s);
         if (auto it = g_transposed_faster.find(key); it != g_transposed_faster.end()) {
             transposed = it->second;
             return;
         }
         std::vector<float> dx(size_t(s.N) * s.H * s.W * s.C), dy(size_t(s.N) * s.H * s.W * s.K, 0.01f),
             w(size_t(s.K) * s.R * s.S * s.C, 0.01f);
-        auto best_of_two = [](const std::function<void()>& f) {
-            f();
-            double best = 1e30;
-            for (int i = 0; i < 2; ++i) {
-                const auto t0 = std::chrono::steady_clock::now();
-                f();
-                best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-            }
-            return best;
-        };
-        const double lib = best_of_two([&] { backward_data_library(dx.data(), dy.data(), w.data()); });
-        const double tr = best_of_two([&] { backward_data_transposed(dx.data(), dy.data(), w.data(), s); });
+        const double lib = best_time([&] { backward_data_library(dx.data(), dy.data(), w.data()); }, 2);
+        const double tr = best_time([&] { backward_data_transposed(dx.data(), dy.data(), w.data(), s); }, 2);
         transposed = tr < lib;
         g_transposed_faster[key] = transposed;
     }
 
-    // Reorders between the user (OHWI) weights and a primitive's preferred layout, made once.
+    // Whether this conv computes with Winograd (ConvAlgorithm); "fastest" times a forward, a
+    // backward-data and a backward-weights call of both paths (the reorders included) on
+    // scratch buffers the first time a shape is seen.
+    void choose_algorithm(const ConvShape& s) {
+        if (!wino) return;
+        std::lock_guard<std::mutex> lock(g_mode_mutex);
+        if (g_algorithm != ConvAlgorithm::fastest) {
+            winograd = g_algorithm == ConvAlgorithm::winograd;
+            return;
+        }
+        const auto key = key_of(s);
+        if (auto it = g_winograd_faster.find(key); it != g_winograd_faster.end()) {
+            winograd = it->second;
+            return;
+        }
+        std::vector<float> x(size_t(s.N) * s.H * s.W * s.C, 0.01f), y(size_t(s.N) * s.P() * s.Q() * s.K, 0.01f),
+            w(size_t(s.K) * s.R * s.S * s.C, 0.01f), bias(size_t(s.K));
+        auto step = [&] {
+            forward(y.data(), x.data(), w.data(), nullptr);
+            backward_data(x.data(), y.data(), w.data(), s);
+            backward_weights(w.data(), bias.data(), y.data(), x.data());
+        };
+        winograd = false;
+        const double t_direct = best_time(step, 1);
+        winograd = true;
+        const double t_wino = best_time(step, 1);
+        winograd = t_wino < t_direct;
+        g_winograd_faster[key] = winograd;
+    }
+
+    // Reorders between layouts, each made once.
     std::unordered_map<std::string, dnnl::reorder> reorders;
     dnnl::reorder& reorder_for(const memory::desc& from, const memory::desc& to, const char* key) {
         auto it = reorders.find(key);
@@ -264,7 +439,7 @@ struct CpuConv2d::Impl {
     }
 
     // The weights as the primitive wants them: the user buffer itself, or a reordered copy.
-    memory weights_for(const memory::desc& want, const float* w, std::vector<float>& buf, const char* key) {
+    memory weights_for(const memory::desc& want, const float* w, AlignedVector<float>& buf, const char* key) {
         memory user = mem(w_user_md, w);
         if (want == w_user_md) return user;
         memory dst = mem(want, buf.data());
@@ -273,50 +448,27 @@ struct CpuConv2d::Impl {
     }
 };
 
-CpuConv2d::CpuConv2d(const ConvShape& s, dnnl::engine& eng, dnnl::stream& strm)
-    : Conv2d(s), impl_(std::make_unique<Impl>(s, eng, strm)) {
+CpuConv2d::CpuConv2d(const ConvShape& s, dnnl::engine& eng, dnnl::stream& strm, ConvWorkspace& ws)
+    : Conv2d(s), impl_(std::make_unique<Impl>(s, eng, strm, ws)) {
     impl_->choose_data_grad(s);
+    impl_->choose_algorithm(s);
 }
 CpuConv2d::~CpuConv2d() = default;
 
 void CpuConv2d::forward(float* y, const float* x, const float* w, const float* bias) {
-    Impl& m = *impl_;
-    const auto& pd = bias ? m.fwd_bias_pd : m.fwd_pd;
-    memory wm = m.weights_for(pd.weights_desc(), w, m.w_fwd, bias ? "fwd_bias" : "fwd");
-    std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, m.mem(m.x_md, x)}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, m.mem(m.y_md, y)},
-        {DNNL_ARG_SCRATCHPAD, m.mem(pd.scratchpad_desc(), m.scratch.data())}};
-    if (bias) args[DNNL_ARG_BIAS] = m.mem(m.b_md, bias);
-    (bias ? m.fwd_bias : m.fwd).execute(m.strm, args);
-    m.strm.wait();
+    impl_->forward(y, x, w, bias);
 }
 
 void CpuConv2d::backward_data(float* dx, const float* dy, const float* w) {
-    if (impl_->transposed)
-        impl_->backward_data_transposed(dx, dy, w, shape);
-    else
-        impl_->backward_data_library(dx, dy, w);
+    impl_->backward_data(dx, dy, w, shape);
 }
-
-bool CpuConv2d::data_grad_transposed() const { return impl_->transposed; }
 
 void CpuConv2d::backward_weights(float* dw, float* db, const float* dy, const float* x) {
-    Impl& m = *impl_;
-    const auto& pd = db ? m.bwd_wb_pd : m.bwd_w_pd;
-    const memory::desc want = pd.diff_weights_desc();
-    const bool direct = want == m.w_user_md;
-    memory dwm = direct ? m.mem(m.w_user_md, dw) : m.mem(want, m.dw_tmp.data());
-    std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, m.mem(m.x_md, x)}, {DNNL_ARG_DIFF_DST, m.mem(m.y_md, dy)},
-        {DNNL_ARG_DIFF_WEIGHTS, dwm},
-        {DNNL_ARG_SCRATCHPAD, m.mem(pd.scratchpad_desc(), m.scratch.data())}};
-    if (db) args[DNNL_ARG_DIFF_BIAS] = m.mem(m.b_md, db);
-    (db ? m.bwd_wb : m.bwd_w).execute(m.strm, args);
-    if (!direct) {
-        memory user = m.mem(m.w_user_md, dw);
-        m.reorder_for(want, m.w_user_md, db ? "dwb" : "dw").execute(m.strm, dwm, user);
-    }
-    m.strm.wait();
+    impl_->backward_weights(dw, db, dy, x);
 }
+
+bool CpuConv2d::data_grad_transposed() const { return !impl_->winograd && impl_->transposed; }
+
+bool CpuConv2d::winograd() const { return impl_->winograd; }
 
 }  // namespace sr::cpu

@@ -71,7 +71,7 @@ public:
     std::unique_ptr<DeviceTimer> make_timer() override { return std::make_unique<CpuTimer>(); }
 
     std::unique_ptr<Conv2d> make_conv(const ConvShape& s) override {
-        return std::make_unique<cpu::CpuConv2d>(s, eng_, strm_);
+        return std::make_unique<cpu::CpuConv2d>(s, eng_, strm_, conv_ws_);
     }
 
     void bn_forward_train(float* y, float* mean, float* invstd, float* rm, float* rv,
@@ -235,6 +235,7 @@ public:
 private:
     dnnl::engine eng_;
     dnnl::stream strm_;
+    cpu::ConvWorkspace conv_ws_;  // shared by this backend's convolutions
     int threads_ = 1;
     std::mutex mu_;
     std::unordered_map<void*, size_t> sizes_;

@@ -32,6 +32,19 @@ void conv2d_backward_weights_naive(float* dw, float* db, const float* dy, const 
 enum class ConvDataGrad { fastest, library, transposed };
 void set_conv_data_grad(ConvDataGrad mode);
 
+// Which algorithm CpuConv2d computes with where oneDNN offers both: "direct" convolution on the
+// NHWC tensors, or "winograd", oneDNN's F(4x4, 3x3) Winograd kernels (AVX-512 CPUs; 3x3 stride-1
+// same-padded convs whose channel counts it can block), which do about half the multiplications
+// but take a blocked activation layout: each call reorders its activations into the backend's
+// ConvWorkspace and back. "fastest" (the default) times a forward, backward-data and
+// backward-weights call of each once per shape and process when a conv is made and keeps the
+// faster. "winograd" takes it wherever it exists (a fixed rule: what --deterministic uses,
+// so a resumed run computes the same way). Winograd's transforms round differently from the
+// direct sums (tests/ops compare both with the plain loops at the same tolerances). Applies to
+// convs made after the call.
+enum class ConvAlgorithm { fastest, direct, winograd };
+void set_conv_algorithm(ConvAlgorithm a);
+
 // ---- batch norm -----------------------------------------------------------------------------
 void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
                       float* running_var, const float* x, const float* gamma, const float* beta,
