@@ -119,7 +119,14 @@ ConvAlgorithm g_algorithm = ConvAlgorithm::fastest;
 // "fastest": the choices per shape (N, H, W, C, K, R, stride), made once per process
 using ShapeKey = std::tuple<int, int, int, int, int, int, int>;
 std::map<ShapeKey, bool> g_transposed_faster, g_winograd_faster;
-ShapeKey key_of(const ConvShape& s) { return {s.N, s.H, s.W, s.C, s.K, s.R, s.stride}; }
+
+// A "fastest" choice: measured the first time a shape is seen in the process, then remembered
+// (the caller holds g_mode_mutex).
+bool timed_once(std::map<ShapeKey, bool>& cache, const ConvShape& s, const std::function<bool()>& measure) {
+    const ShapeKey key = {s.N, s.H, s.W, s.C, s.K, s.R, s.stride};
+    if (auto it = cache.find(key); it != cache.end()) return it->second;
+    return cache[key] = measure();
+}
 
 // f's best time of two calls after an untimed one (reps = 2), or of one (reps = 1)
 double best_time(const std::function<void()>& f, int reps) {
@@ -387,17 +394,13 @@ struct CpuConv2d::Impl {
             transposed = g_mode == ConvDataGrad::transposed;
             return;
         }
-        const auto key = key_of(s);
-        if (auto it = g_transposed_faster.find(key); it != g_transposed_faster.end()) {
-            transposed = it->second;
-            return;
-        }
-        std::vector<float> dx(size_t(s.N) * s.H * s.W * s.C), dy(size_t(s.N) * s.H * s.W * s.K, 0.01f),
-            w(size_t(s.K) * s.R * s.S * s.C, 0.01f);
-        const double lib = best_time([&] { backward_data_library(dx.data(), dy.data(), w.data()); }, 2);
-        const double tr = best_time([&] { backward_data_transposed(dx.data(), dy.data(), w.data(), s); }, 2);
-        transposed = tr < lib;
-        g_transposed_faster[key] = transposed;
+        transposed = timed_once(g_transposed_faster, s, [&] {
+            std::vector<float> dx(size_t(s.N) * s.H * s.W * s.C),
+                dy(size_t(s.N) * s.H * s.W * s.K, 0.01f), w(size_t(s.K) * s.R * s.S * s.C, 0.01f);
+            const double lib = best_time([&] { backward_data_library(dx.data(), dy.data(), w.data()); }, 2);
+            const double tr = best_time([&] { backward_data_transposed(dx.data(), dy.data(), w.data(), s); }, 2);
+            return tr < lib;
+        });
     }
 
     // Whether this conv computes with Winograd (ConvAlgorithm); "fastest" times a forward, a
@@ -410,24 +413,21 @@ struct CpuConv2d::Impl {
             winograd = g_algorithm == ConvAlgorithm::winograd;
             return;
         }
-        const auto key = key_of(s);
-        if (auto it = g_winograd_faster.find(key); it != g_winograd_faster.end()) {
-            winograd = it->second;
-            return;
-        }
-        std::vector<float> x(size_t(s.N) * s.H * s.W * s.C, 0.01f), y(size_t(s.N) * s.P() * s.Q() * s.K, 0.01f),
-            w(size_t(s.K) * s.R * s.S * s.C, 0.01f), bias(size_t(s.K));
-        auto step = [&] {
-            forward(y.data(), x.data(), w.data(), nullptr);
-            backward_data(x.data(), y.data(), w.data(), s);
-            backward_weights(w.data(), bias.data(), y.data(), x.data());
-        };
-        winograd = false;
-        const double t_direct = best_time(step, 1);
-        winograd = true;
-        const double t_wino = best_time(step, 1);
-        winograd = t_wino < t_direct;
-        g_winograd_faster[key] = winograd;
+        winograd = timed_once(g_winograd_faster, s, [&] {
+            std::vector<float> x(size_t(s.N) * s.H * s.W * s.C, 0.01f),
+                y(size_t(s.N) * s.P() * s.Q() * s.K, 0.01f), w(size_t(s.K) * s.R * s.S * s.C, 0.01f),
+                bias(size_t(s.K));
+            auto step = [&] {
+                forward(y.data(), x.data(), w.data(), nullptr);
+                backward_data(x.data(), y.data(), w.data(), s);
+                backward_weights(w.data(), bias.data(), y.data(), x.data());
+            };
+            winograd = false;
+            const double t_direct = best_time(step, 1);
+            winograd = true;
+            const double t_wino = best_time(step, 1);
+            return t_wino < t_direct;
+        });
     }
 
     // Reorders between layouts, each made once.
