@@ -22,7 +22,7 @@ namespace sr::cuda {
 
 class CublasContext {
 public:
-    explicit CublasContext(cudaStream_t st) {
+    explicit CublasContext(cudaStream_t st) : stream(st) {
         CUBLAS_CHECK(cublasCreate(&handle));
         try {
             CUBLAS_CHECK(cublasSetStream(handle, st));
@@ -50,6 +50,7 @@ public:
 
     cublasHandle_t handle = nullptr;
     void* workspace = nullptr;
+    cudaStream_t stream = nullptr;  // the backend's (non-blocking) stream
 };
 
 void CublasContextDeleter::operator()(CublasContext* c) const { delete c; }
@@ -178,8 +179,13 @@ GroupedGemm::GroupedGemm(CublasContext& ctx, const std::vector<GemmItem>& items,
     alpha_.resize(size_.size());
     beta_.resize(size_.size());
     if (n == 0) return;
-    CUDA_CHECK(cudaMemcpy(ptrs_device, host.data(), host.size() * sizeof(void*),
-                          cudaMemcpyHostToDevice));
+    // On the backend's stream, not the legacy default one: that stream is non-blocking, so a
+    // plain cudaMemcpy is unordered with the zero-fill CudaBackend::alloc queued on it for this
+    // very buffer, which could land after the copy and leave null pointers for cuBLAS. The
+    // synchronize keeps `host` alive until the copy has read it.
+    CUDA_CHECK(cudaMemcpyAsync(ptrs_device, host.data(), host.size() * sizeof(void*),
+                               cudaMemcpyHostToDevice, ctx.stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
     a_ = static_cast<const float* const*>(ptrs_device);
     b_ = a_ + n;
     c_ = static_cast<float* const*>(ptrs_device) + 2 * n;
