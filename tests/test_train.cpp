@@ -66,7 +66,7 @@ class PresetLearns : public ::testing::TestWithParam<const char*> {};
 TEST_P(PresetLearns, InAFractionOfAnEpoch) {
     const std::string dir = test::real_cifar_dir();
     // The CPU convs' fixed rule (what --deterministic uses): the numbers below then do not depend
-    // on which path won a timing on a loaded machine, and the set-up skips those timings (2 x 3
+    // on which path won a timing on a loaded machine, and the set-up skips those timings (18
     // full-batch conv calls per shape; 28 s of airbench96's set-up at batch 1024). "fastest"
     // itself is tested in tests/ops (ConvOneDnn) and by Train.RealRecipeLearnsInAFractionOfAnEpoch.
     cpu::set_conv_algorithm(cpu::ConvAlgorithm::winograd);
