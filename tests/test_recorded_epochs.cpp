@@ -4,9 +4,11 @@
 // recordings, made by an earlier run of the same trainer, must be bit-identical to a run that
 // launches every op directly; anything a step takes from the host that changes between runs or
 // epochs (an lr, a data offset, a flag) would make the replay differ.
+#include <string>
 #include <vector>
 
 #include "core/error.h"
+#include "ops/forwarding_backend.h"
 #include "ops/recording_backend.h"
 #include "train/trainer.h"
 #include "test_util.h"
@@ -47,6 +49,7 @@ struct Outcome {
     std::vector<double> losses, test_acc;
     double tta = 0;
     int replayed = 0;
+    std::string recording_failed;
 };
 
 Outcome outcome(Trainer& t, uint64_t seed) {
@@ -59,6 +62,7 @@ Outcome outcome(Trainer& t, uint64_t seed) {
     }
     o.tta = r.test_accuracy_tta;
     o.replayed = r.replayed_epochs;
+    o.recording_failed = r.recording_failed;
     return o;
 }
 
@@ -131,15 +135,72 @@ TEST_P(RecordedEpochs, ReplayedRunsAreBitIdenticalToDirectOnes) {
     EXPECT_EQ(rb.replays(), 5);
 }
 
-// On a GPU, the same with real CUDA graphs (stream capture): the replayed runs against direct
+// A backend that records as RecordingBackend does but then refuses to hand the recording over,
+// as a CUDA stream capture does when a captured call is illegal there.
+class RefusingRecorder final : public ForwardingBackend {
+public:
+    explicit RefusingRecorder(RecordingBackend& rb)
+        : ForwardingBackend(static_cast<Backend&>(rb)), rb_(rb) {}
+    void run_op(const char*, const std::function<std::string()>&, double, double,
+                std::function<void()> f) override {
+        f();  // (the inner RecordingBackend records it, or runs it when not recording)
+    }
+    bool begin_recording() override { return rb_.begin_recording(); }
+    std::unique_ptr<Recording> end_recording(std::string* why) override {
+        rb_.end_recording(nullptr);  // (made, and thrown away)
+        if (why) *why = "refused by the test";
+        ++refused_;
+        return nullptr;
+    }
+    int refused_ = 0;
+
+private:
+    RecordingBackend& rb_;
+};
+
+// A failed recording costs speed, never results: the run goes on op by op, with the same
+// weights as a direct run, tries no further recordings, and says why in its result.
+TEST(RecordedEpochsFailure, RunGoesOnDirectlyAndSaysWhy) {
+    const Recipe r = small_recipe("airbench94", 8);
+    const Cifar10 data = make_synthetic_cifar10(1024, 256, 9);
+    const TrainOptions o = quiet_options();
+    auto cpu = make_cpu_backend(2);
+    Trainer direct(*cpu, r, data, o);
+    const Outcome d1 = outcome(direct, 1), d2 = outcome(direct, 2);
+    EXPECT_TRUE(d1.recording_failed.empty()) << d1.recording_failed;
+
+    RecordingBackend rb(*cpu);
+    RefusingRecorder refusing(rb);
+    Trainer t(refusing, r, data, o);
+    const Outcome f1 = outcome(t, 1);
+    EXPECT_EQ(f1.replayed, 0);
+    EXPECT_EQ(refusing.refused_, 1) << "after one refusal no epoch is recorded again";
+    EXPECT_EQ(f1.recording_failed, "epoch 0: refused by the test");
+    const Outcome f2 = outcome(t, 2);
+    EXPECT_EQ(f2.replayed, 0);
+    EXPECT_EQ(refusing.refused_, 1);
+    EXPECT_EQ(f2.recording_failed, f1.recording_failed) << "the trainer keeps saying why";
+    EXPECT_EQ(rb.replays(), 0);
+    {
+        SCOPED_TRACE("seed 1");
+        expect_same(d1, f1);
+    }
+    {
+        SCOPED_TRACE("seed 2");
+        expect_same(d2, f2);
+    }
+}
+
+// On a GPU, the same with real CUDA graphs (stream capture), for each preset above (Muon's
+// grouped GEMMs, cutmix, EMA and ghost BN are recorded too): the replayed runs against direct
 // ones. cuDNN may pick other algorithms for the two trainers' convolutions (each times its own),
 // so the comparison allows rounding-sized differences; a replay of the wrong epoch's steps moves
 // the losses by 1e-2 or more (seen on the CPU).
-TEST(RecordedEpochs, CudaGraphReplaysAgreeWithDirectRuns) {
+TEST_P(RecordedEpochs, CudaGraphReplaysAgreeWithDirectRuns) {
     std::string why;
     auto gpu = make_cuda_backend(0, &why);
     if (!gpu) GTEST_SKIP() << "no CUDA device: " << why;
-    const Recipe r = small_recipe("airbench94", 16);
+    const Recipe r = small_recipe(GetParam(), 16);
     const Cifar10 data = make_synthetic_cifar10(1024, 256, 9);
     TrainOptions o = quiet_options();
     Trainer recorded(*gpu, r, data, o);
@@ -147,6 +208,7 @@ TEST(RecordedEpochs, CudaGraphReplaysAgreeWithDirectRuns) {
     o.record_epochs = false;
     Trainer direct(*gpu, r, data, o);
     const Outcome d1 = outcome(direct, 1), d2 = outcome(direct, 2);
+    EXPECT_EQ(g1.recording_failed, "") << "stream capture of a training epoch failed";
     EXPECT_EQ(g1.replayed, 2);
     EXPECT_EQ(g2.replayed, 3) << "the second run must replay every epoch";
     EXPECT_EQ(d1.replayed + d2.replayed, 0);

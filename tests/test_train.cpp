@@ -276,9 +276,11 @@ TEST(Train, SummaryJsonHasTheFieldsUsersRead) {
         EXPECT_TRUE(j.contains(k)) << k;
     ASSERT_EQ(j["runs"].size(), 2u);
     for (const auto& run : j["runs"])
-        for (const char* k : {"seed", "test_accuracy", "test_accuracy_tta", "train_seconds", "images_per_second"})
+        for (const char* k : {"seed", "test_accuracy", "test_accuracy_tta", "train_seconds", "images_per_second",
+                              "replayed_epochs", "recording_failed"})
             EXPECT_TRUE(run.contains(k)) << k;
     EXPECT_NE(j["runs"][0]["seed"], j["runs"][1]["seed"]);
+    EXPECT_EQ(j["runs"][1]["recording_failed"], "") << "nothing is recorded on the CPU, so nothing fails";
     fs::remove(out);
 }
 

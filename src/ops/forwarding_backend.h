@@ -33,6 +33,11 @@ inline constexpr const char* elt = "elementwise";
 class ForwardingBackend : public Backend {
 public:
     explicit ForwardingBackend(Backend& inner) : in_(inner) {}
+    // Not copyable: ForwardingBackend(other_forwarding_backend) would otherwise pick the copy
+    // constructor (a better match than Backend&) and forward to the other's inner backend,
+    // skipping the other one altogether.
+    ForwardingBackend(const ForwardingBackend&) = delete;
+    ForwardingBackend& operator=(const ForwardingBackend&) = delete;
     Backend& inner() { return in_; }
 
     // Every op (and upload, download, copy) comes here: f runs it on the inner backend. kind is

@@ -307,6 +307,10 @@ int cmd_train(const TrainArgs& a) {
         fmt::print("         the last run replayed {} of its {} epochs as recorded steps (CUDA graphs; "
                    "--no-graphs launches every op)\n",
                    results.back().replayed_epochs, results.back().epochs.size());
+    if (!results.empty() && !results.back().recording_failed.empty())
+        fmt::print("         recording the epochs as CUDA graphs failed ({}); those epochs and all "
+                   "later ones ran op by op\n",
+                   results.back().recording_failed);
     if (!a.dawnbench.empty()) {
         write_file_atomic(a.dawnbench, dawnbench_tsv(results.front()));
         fmt::print("DAWNBench log written to {}\n", a.dawnbench);
@@ -329,7 +333,8 @@ int cmd_train(const TrainArgs& a) {
                             {"test_accuracy_tta", rr.test_accuracy_tta},
                             {"train_seconds", rr.train_seconds}, {"step_seconds", rr.step_seconds},
                             {"images_per_second", rr.images_per_second}, {"steps", rr.steps},
-                            {"replayed_epochs", rr.replayed_epochs}, {"epochs", epochs}});
+                            {"replayed_epochs", rr.replayed_epochs},
+                            {"recording_failed", rr.recording_failed}, {"epochs", epochs}});
         }
         nlohmann::json j = {
             {"preset", r.name}, {"device", backend->name()}, {"data", data.source},

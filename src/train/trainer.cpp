@@ -485,6 +485,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             steps_here = here_now;
             if (!why.empty() || !rec) {
                 graphs_off_ = true;  // run every op directly from now on
+                graphs_why_ = fmt::format("epoch {}: {}", epoch,
+                                          why.empty() ? "the backend made no recording" : why);
                 if (!o_.quiet && root)
                     fmt::print(stderr, "note: recording epoch {} failed ({}); its steps run "
                                "directly\n", epoch, why);
@@ -573,6 +575,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     res.test_accuracy = (o_.eval_each_epoch && !res.epochs.empty()) ? res.epochs.back().test_acc
                                                                      : (root ? evaluate(0) : 0.0);
     res.train_seconds = timed;
+    res.recording_failed = graphs_why_;
     save(step, n_epochs, 0, {}, timed);  // the finished run (its weights are the final EMA)
     res.images_per_second = res.step_seconds > 0 ? double(images_done) / res.step_seconds : 0;
     if (print) {
@@ -587,7 +590,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                     {"test_accuracy_tta", res.test_accuracy_tta}, {"train_seconds", timed},
                     {"step_seconds", res.step_seconds}, {"images_per_second", res.images_per_second},
                     {"replayed_epochs", res.replayed_epochs},
-                    {"steps", total}});
+                    {"recording_failed", res.recording_failed}, {"steps", total}});
     return res;
 }
 

@@ -62,6 +62,9 @@ struct RunResult {
     double images_per_second = 0;  // trained images / step_seconds
     int steps = 0;
     int replayed_epochs = 0;   // epochs whose steps ran as a replayed recording
+    // Why recording an epoch failed, when it did in this trainer (so far): "epoch E: reason".
+    // Its steps and all later ones then run directly; correct, only without the replay's speed.
+    std::string recording_failed;
     std::vector<EpochStats> epochs;
 };
 
@@ -110,6 +113,7 @@ private:
     // epoch e from its start and replayed by later runs; graphs_off_ after a failed recording
     std::vector<std::unique_ptr<Recording>> graphs_;
     bool graphs_off_ = false;
+    std::string graphs_why_;  // why graphs_off_ was set (RunResult::recording_failed)
     bool stepped_ = false;  // a training step has run directly (so none is recorded before)
 };
 
