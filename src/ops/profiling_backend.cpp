@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include "core/error.h"
+
 namespace sr {
 namespace {
 
@@ -29,6 +31,26 @@ std::vector<OpTime> by_kind(const std::vector<OpTime>& ops) {
         t.bytes += o.bytes;
     }
     return sorted(std::move(m));
+}
+
+void ProfilingBackend::enable(bool on) {
+    if (on && recording_) fail("ProfilingBackend: timing cannot be enabled while recording");
+    on_ = on;
+}
+
+bool ProfilingBackend::begin_recording() {
+    if (on_ || recording_) return false;
+    recording_ = in_.begin_recording();
+    return recording_;
+}
+
+std::unique_ptr<Recording> ProfilingBackend::end_recording(std::string* why) {
+    if (!recording_) {
+        if (why) *why = "end_recording() without a begin_recording() that succeeded";
+        return nullptr;
+    }
+    recording_ = false;
+    return in_.end_recording(why);
 }
 
 void ProfilingBackend::run_op(const char* kind, const std::function<std::string()>& name,

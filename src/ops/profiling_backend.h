@@ -34,14 +34,19 @@ class ProfilingBackend final : public ForwardingBackend {
 public:
     explicit ProfilingBackend(Backend& inner) : ForwardingBackend(inner) {}
     // Calls are timed only while enabled (off at first), so set-up and warm-up stay out.
-    void enable(bool on) { on_ = on; }
+    void enable(bool on);
     // Waits for the timed work and returns it added up per op name (largest time first); the
     // next collect() starts from zero.
     std::vector<OpTime> collect();
     // Runs f, timed under kind/name while enabled (name() is only built then).
     void run_op(const char* kind, const std::function<std::string()>& name, double flops,
                 double bytes, std::function<void()> f) override;
-    // (no recording: a profile times the ops one by one)
+    // Recording passes through to the wrapped backend while timing is off (a recorded step,
+    // e.g. bench's CUDA-graph timing, on the network the profile built); timed ops cannot be
+    // recorded, so begin_recording() returns false while enabled, and enable(true) fails while
+    // recording.
+    bool begin_recording() override;
+    std::unique_ptr<Recording> end_recording(std::string* why) override;
 
 private:
     struct Pending {
@@ -51,6 +56,7 @@ private:
         double flops, bytes;
     };
     bool on_ = false;
+    bool recording_ = false;
     std::vector<std::unique_ptr<DeviceTimer>> timers_;  // reused by collect() rounds
     std::vector<Pending> pending_;
 };

@@ -3,9 +3,13 @@
 // it), and it counts what a step of the airbench network calls: op by op, with the FLOPs of
 // every convolution direction.
 #include <map>
+#include <string>
+#include <vector>
 
+#include "core/error.h"
 #include "model/network.h"
 #include "ops/profiling_backend.h"
+#include "ops/recording_backend.h"
 #include "optim/optimizer.h"
 #include "train/recipe.h"
 #include "test_util.h"
@@ -114,6 +118,40 @@ TEST(ProfilingBackend, CountsTheOpsOfATrainingStep) {
     EXPECT_GT(total, 0.0);
     // largest time first
     for (size_t i = 1; i < ops.size(); ++i) EXPECT_GE(ops[i - 1].seconds, ops[i].seconds);
+}
+
+// bench's recorded-step timing runs on the network the profile built: recording passes through
+// to the wrapped backend while timing is off, and is refused while it is on.
+TEST(ProfilingBackend, RecordsThroughTheWrappedBackendWhileNotTiming) {
+    auto cpu = make_cpu_backend(1);
+    {
+        ProfilingBackend prof(*cpu);
+        EXPECT_FALSE(prof.begin_recording()) << "the CPU backend cannot record";
+    }
+    RecordingBackend rb(*cpu);
+    ProfilingBackend prof(rb);
+    DeviceBuffer<float> x(prof, 4), y(prof, 4);
+    const std::vector<float> ones(4, 1.f), twos(4, 2.f);
+    prof.upload(x.get(), ones.data(), 16);
+    prof.upload(y.get(), twos.data(), 16);
+    ASSERT_TRUE(prof.begin_recording());
+    EXPECT_THROW(prof.enable(true), Error);
+    prof.axpy(y.get(), x.get(), 3.f, 4);  // y += 3 x: recorded, not run
+    std::string why;
+    auto rec = prof.end_recording(&why);
+    ASSERT_TRUE(rec) << why;
+    EXPECT_EQ(rec->kernel_count(), 1u);
+    std::vector<float> out(4);
+    prof.download(out.data(), y.get(), 16);
+    EXPECT_EQ(out, twos) << "a recorded op ran while recording";
+    rec->replay();
+    prof.download(out.data(), y.get(), 16);
+    EXPECT_EQ(out, std::vector<float>(4, 5.f));
+
+    prof.enable(true);
+    EXPECT_FALSE(prof.begin_recording()) << "timed ops cannot be recorded";
+    EXPECT_FALSE(rb.recording());
+    EXPECT_EQ(prof.end_recording(&why), nullptr);
 }
 
 }  // namespace
