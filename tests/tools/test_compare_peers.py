@@ -195,6 +195,7 @@ def end_to_end_all_entries():
         check(close(r["acc_min"], min(acc)) and close(r["acc_max"], max(acc)), "ours min/max")
         check(r["device"].startswith("cuda: NVIDIA H100"), "device %r" % r["device"])
         check("--preset %s --runs %d" % (name, runs) in r["command"], r["command"])
+        check(r["warnings"] == [] and r["replayed_epochs_last_run"] == 10, "ours %s %r" % (name, r))
     for name, runs in (("hiverge", 4), ("airbench94_muon", 4), ("airbench94", 4), ("hlb", 3),
                        ("fast-simple", 4)):
         r = recs["peer:" + name]
@@ -316,6 +317,19 @@ def failures_are_reported():
     check("unknown peer 'nosuch'" in stderr, stderr)
     st, _, stderr = tool("--out", out2, "--only", "peer:fast-simple", expect=2)
     check("names no entry" in stderr, stderr)
+
+
+@case
+def recording_failure_is_said():
+    # ours measured op by op because the CUDA graphs could not be recorded: said in the table
+    out = os.path.join(TMP, "recording-failed")
+    _, md, _ = tool("--out", out, "--presets", "airbench94", "--runs", "2", "--peers-list", "hiverge",
+                    env={"FAKE_RECORDING_FAILED": "epoch 0: operation not permitted"}, expect=0)
+    r = by_entry(out)["ours:airbench94"]
+    check(r["status"] == "ok" and r["replayed_epochs_last_run"] == 0, "ours %r" % r)
+    check(r["warnings"] == ["CUDA graph recording failed (epoch 0: operation not permitted): "
+                            "epochs ran op by op"], "warnings %r" % r["warnings"])
+    check("CUDA graph recording failed" in md, md)
 
 
 @case
