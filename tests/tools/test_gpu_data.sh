@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# tools/gpu-data end to end on a stand-in CIFAR-10 (six files of the real size, zeros and a
+# pattern, so that xz is quick): pack, join the pieces in order, compare byte for byte; a damaged
+# part, a missing part and a file of the wrong size are each refused with a message naming it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+tool=$root/tools/gpu-data
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+command -v xz >/dev/null || { echo "SKIPPED: no xz (apt-get install xz-utils)"; exit 77; }
+
+mkdir -p "$t/src"
+for f in data_batch_1 data_batch_2 data_batch_3 data_batch_4 data_batch_5 test_batch; do
+  head -c 30730000 /dev/zero >"$t/src/$f.bin"
+done
+printf 'label and pixels' | dd of="$t/src/test_batch.bin" conv=notrunc status=none
+(cd "$t/src" && sha256sum ./*.bin >SHA256SUMS)
+
+"$tool" pack "$t/src" "$t/pk" 2>"$t/pack.log" || { cat "$t/pack.log"; fail "pack"; }
+[ -f "$t/pk/c1/manifest" ] && [ -x "$t/pk/c1/gpu-data" ] || fail "no piece c1 with manifest and script"
+for c in "$t"/pk/c*; do bash "$c/gpu-data" join "$c" "$t/got" 2>>"$t/join.log" || { cat "$t/join.log"; fail "join $c"; }; done
+grep -q "checked" "$t/join.log" || fail "join did not say the data was checked"
+for f in "$t"/src/*.bin; do cmp -s "$f" "$t/got/$(basename "$f")" || fail "$(basename "$f") differs after the round trip"; done
+[ ! -d "$t/got/.parts" ] || fail "the parts were left behind"
+
+# a damaged part: the joined sha256 differs
+cp -r "$t/pk/c1" "$t/bad"
+printf 'X' | dd of="$t/bad/part1" bs=1 seek=100 conv=notrunc status=none
+if bash "$tool" join "$t/bad" "$t/got2" 2>"$t/bad.log"; then fail "a damaged part was accepted"; fi
+grep -q "damaged" "$t/bad.log" || { cat "$t/bad.log"; fail "no message for the damaged part"; }
+
+# a piece without its manifest
+mkdir -p "$t/nomanifest" && cp "$t/pk/c1/part1" "$t/nomanifest/"
+if bash "$tool" join "$t/nomanifest" "$t/got3" 2>"$t/nm.log"; then fail "a piece without a manifest was accepted"; fi
+grep -q "manifest is missing" "$t/nm.log" || fail "no message for the missing manifest"
+
+# a source file of the wrong size is named
+head -c 1000 /dev/zero >"$t/src/data_batch_3.bin"
+if "$tool" pack "$t/src" "$t/pk2" 2>"$t/short.log"; then fail "a short data_batch_3.bin was packed"; fi
+grep -q "data_batch_3.bin is 1000 bytes" "$t/short.log" || { cat "$t/short.log"; fail "the short file was not named"; }
+echo "gpu-data: pack, join, and the three refusals: ok"
