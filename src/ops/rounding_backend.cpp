@@ -19,11 +19,14 @@ constexpr NumberFormat kFp16{"fp16", 10, -14, 65504.f, false};
 constexpr NumberFormat kBf16{"bf16", 7, -126, 3.3895313892515355e38f, false};
 constexpr NumberFormat kE4m3{"e4m3", 3, -6, 448.f, true};
 constexpr NumberFormat kE5m2{"e5m2", 2, -14, 57344.f, true};
+// TF32: what tensor cores keep of fp32 operands (10 mantissa bits, fp32's exponent range)
+constexpr NumberFormat kTf32{"tf32", 10, -126, 3.40282347e38f, false};
 
 const EmulatedPrecision kPrecisions[] = {
     {"fp16", kFp16, kFp16},
     {"bf16", kBf16, kBf16},
     {"fp8", kE4m3, kE5m2},
+    {"tf32", kTf32, kTf32},
 };
 
 // The rounding of round_to with the format's constants hoisted; branch-free so the tensor loop

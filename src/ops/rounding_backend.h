@@ -15,6 +15,10 @@
 // Not emulated: the element order of a GPU's sums. (Until 2026-12-03 the head's weights and
 // weight gradient and the whitening bias's gradient were rounded too.)
 //
+// tf32 rounds the same tensors to TF32 (10 mantissa bits, fp32's range): about what the CUDA
+// backend's fp32 storage computes, whose convolutions round their operands so on tensor cores
+// (the emulation also rounds the inputs of the other ops, which stay fp32 there).
+//
 // Formats: round to nearest even with the format's mantissa width and exponent range
 // (subnormals kept), saturating at the largest finite value. fp8 is the usual FP8 training
 // recipe: E4M3 forward (activations, weights), E5M2 backward (gradients), each tensor scaled by a
@@ -30,7 +34,7 @@
 namespace sr {
 
 struct NumberFormat {
-    const char* name;    // "fp16", "bf16", "e4m3", "e5m2"
+    const char* name;    // "fp16", "bf16", "e4m3", "e5m2", "tf32"
     int mantissa_bits;   // explicit fraction bits
     int min_exp;         // exponent of the smallest normal value (2^min_exp)
     float max;           // largest finite value
@@ -38,12 +42,12 @@ struct NumberFormat {
 };
 
 struct EmulatedPrecision {
-    std::string name;     // "fp16", "bf16", "fp8"
+    std::string name;     // "fp16", "bf16", "fp8", "tf32"
     NumberFormat forward;   // activations, and the weights the math reads
     NumberFormat backward;  // activation and weight gradients
 };
 
-// "fp16", "bf16", "fp8"; nullptr for any other name.
+// "fp16", "bf16", "fp8", "tf32"; nullptr for any other name.
 const EmulatedPrecision* emulated_precision(const std::string& name);
 std::vector<std::string> emulated_precision_names();
 

@@ -124,5 +124,21 @@ TEST(RoundingBackend, ConvolutionComputesWithRoundedWeightsAndStoresRounded) {
     EXPECT_EQ(emulated_precision("fp4"), nullptr);
 }
 
+// TF32: fp16's 10 mantissa bits over fp32's exponent range (no saturation near 65504, no flush
+// of values below fp16's normals).
+TEST(RoundingBackend, Tf32KeepsTenMantissaBitsOverFp32sRange) {
+    const EmulatedPrecision* p = emulated_precision("tf32");
+    ASSERT_NE(p, nullptr);
+    const NumberFormat& f = p->forward;
+    EXPECT_EQ(round_to(1.f + std::ldexp(1.f, -10), f), 1.f + std::ldexp(1.f, -10));  // kept
+    EXPECT_EQ(round_to(1.f + std::ldexp(1.f, -11), f), 1.f);  // the tie, to even
+    EXPECT_EQ(round_to(1.f + 3 * std::ldexp(1.f, -11), f), 1.f + std::ldexp(1.f, -9));  // tie, up
+    EXPECT_EQ(round_to(1.f + std::ldexp(1.f, -12), f), 1.f);
+    EXPECT_EQ(round_to(std::ldexp(1025.f, 10), f), std::ldexp(1025.f, 10));  // fp16: 65504
+    EXPECT_EQ(round_to(3e38f, f), std::ldexp(1806.f, 117));  // 3e38 to 11 significant bits
+    EXPECT_EQ(round_to(std::ldexp(1.f, -120), f), std::ldexp(1.f, -120));  // fp16 would flush
+    EXPECT_EQ(round_to(-2.f / 3.f, f), -std::ldexp(1365.f, -11));  // -0.66650390625
+}
+
 }  // namespace
 }  // namespace sr
