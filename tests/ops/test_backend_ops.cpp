@@ -255,6 +255,16 @@ TEST_F(BackendOps, ConvWhiteningShape) {
     conv_case(*this, s, 400);
 }
 
+// Few input channels (CUDA: the direct kernel of conv_small.cu): the prep conv's 3x3 pad 1,
+// and stride 2 with an odd side, 4 channels.
+TEST_F(BackendOps, ConvFewInputChannels) {
+    ConvShape s;
+    s.N = 3, s.H = 9, s.W = 8, s.C = 3, s.K = 16, s.R = 3, s.S = 3, s.pad = 1;
+    conv_case(*this, s, 480);
+    s.C = 4, s.K = 8, s.stride = 2, s.H = 9, s.W = 9;
+    conv_case(*this, s, 490);
+}
+
 // DAWN_net's downsampling convs (myrtle presets): 3x3 pad 1 and 1x1 pad 0, both stride 2.
 TEST_F(BackendOps, ConvStride2) {
     ConvShape s;
@@ -621,6 +631,9 @@ TEST_F(BackendOps, MaxPool2On7x7) { pool_case(*this, 3, 7, 7, 5, 2, 900); }
 TEST_F(BackendOps, MaxPool3On3x3) { pool_case(*this, 3, 3, 3, 5, 3, 910); }
 TEST_F(BackendOps, MaxPool3On7x7) { pool_case(*this, 3, 7, 7, 5, 3, 920); }
 TEST_F(BackendOps, MaxPool2RealShape) { pool_case(*this, 8, 32, 32, 64, 2, 930); }
+// C a multiple of 8: the CUDA kernels' 8-channel path, with the row and column floor drops
+TEST_F(BackendOps, MaxPool2OddRealShape) { pool_case(*this, 4, 31, 31, 64, 2, 940); }
+TEST_F(BackendOps, MaxPool3EightChannels) { pool_case(*this, 3, 7, 8, 16, 3, 950); }
 
 // Global max + mean (DAWN_net's head). Ties as in pool_case; the mean is an fp32 sum in the same
 // order on both sides, then one multiply: equal to a few ulps.

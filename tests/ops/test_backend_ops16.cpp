@@ -273,6 +273,8 @@ TEST_P(StoredOps, Convolution) {
     conv_case(*this, s, 110);
     s.N = 4, s.H = 32, s.W = 32, s.C = 3, s.K = 24, s.R = 2, s.S = 2, s.pad = 0;  // whitening
     conv_case(*this, s, 120);
+    s.N = 3, s.H = 9, s.W = 8, s.C = 3, s.K = 16, s.R = 3, s.S = 3, s.pad = 1;  // prep, 3 -> 16
+    conv_case(*this, s, 125);
     s.N = 4, s.H = 16, s.W = 16, s.C = 32, s.K = 48, s.R = 3, s.S = 3, s.pad = 1, s.stride = 2;
     conv_case(*this, s, 130);
 }
@@ -440,8 +442,9 @@ TEST_P(StoredOps, ResidualAdd) {
 // Pooling selects (inputs on a 0.5 grid: ties, exact in both formats): exact, except the mean
 // half of concat_pool (an fp32 sum, rounded).
 TEST_P(StoredOps, Pooling) {
-    for (int k : {2, 3}) {
-        const int N = 3, H = 7, W = 7, C = 5;
+    for (int k : {2, 3})
+    for (int C : {5, 16}) {  // 16: the CUDA kernels' 8-channel path
+        const int N = 3, H = 7, W = 7;
         auto xs = randn(size_t(N) * H * W * C, 900 + k);
         for (auto& v : xs) v = std::round(v * 2.f) / 2.f;
         const size_t ny = size_t(N) * (H / k) * (W / k) * C;
@@ -453,9 +456,9 @@ TEST_P(StoredOps, Pooling) {
             side(i).maxpool_forward(y->p(i), arg->as<uint8_t>(i), x->p(i), N, H, W, C, k);
             side(i).maxpool_backward(dx->p(i), dy->p(i), arg->as<uint8_t>(i), N, H, W, C, k);
         }
-        EXPECT_TRUE(same(*y, "maxpool y", 0, 0)) << "k=" << k;
-        EXPECT_TRUE(same_bytes(*arg, "maxpool arg")) << "k=" << k;
-        EXPECT_TRUE(same(*dx, "maxpool dx", 0, 0)) << "k=" << k;
+        EXPECT_TRUE(same(*y, "maxpool y", 0, 0)) << "k=" << k << " C=" << C;
+        EXPECT_TRUE(same_bytes(*arg, "maxpool arg")) << "k=" << k << " C=" << C;
+        EXPECT_TRUE(same(*dx, "maxpool dx", 0, 0)) << "k=" << k << " C=" << C;
     }
     const int N = 16, HW = 16, C = 64;
     auto xs = randn(size_t(N) * HW * C, 940);

@@ -64,6 +64,13 @@ void channel_sum(cudaStream_t st, Storage s, void* scratch, float* out, const fl
                  int C);
 void add_channel_bias(cudaStream_t st, Storage s, float* y, const float* bias, int M, int C);
 
+// conv_small.cu: the forward convolution (bias optional) of a layer with at most 4 input
+// channels and a multiple of 8 output channels by a direct kernel; conv_small_applies says
+// whether the shape (and y's alignment) allows it. w in the storage format (the 16-bit copy).
+bool conv_small_applies(const ConvShape& s, const float* y);
+void conv_small_forward(cudaStream_t st, Storage s, float* y, const float* x, const float* w,
+                        const float* bias, const ConvShape& shape);
+
 // ---- activations: GELU (exact erf form), SiLU, ReLU, CELU (gelu.cu) ------------------------
 void act_forward(cudaStream_t st, Storage s, float* y, const float* x, size_t n, ActKind a,
                  float alpha);

@@ -21,7 +21,8 @@
 // buffers of the real size; if that fails (out of memory, say), cudnnGet*_v7 heuristics decide.
 // Either way only algorithms needing at most kWorkspaceLimit bytes are taken. Each direction has
 // its own convolution descriptor, set to the math type its chosen algorithm was timed with.
-// The bias (forward) and db (backward_weights) use the small kernels of batchnorm.cu.
+// The bias (forward) and db (backward_weights) use the small kernels of batchnorm.cu. The
+// forward of a layer with at most 4 input channels (the whitening conv) is conv_small.cu's.
 #include "ops/cuda/cudnn_conv.h"
 
 #include <algorithm>
@@ -204,6 +205,10 @@ public:
     void forward(float* y, const float* x, const float* w, const float* bias) override {
         const float one = 1.f, zero = 0.f;
         w = stored_weights(w);
+        if (conv_small_applies(shape, y)) {  // few input channels: the direct kernel
+            conv_small_forward(ctx_.stream, storage_, y, x, w, bias, shape);
+            return;
+        }
         CUDNN_CHECK(cudnnConvolutionForward(ctx_.handle, &one, x_.d, x, w_.d, w, fwd_.d, fwd_algo_,
                                             ctx_.workspace, ctx_.workspace_bytes, &zero, y_.d, y));
         if (bias)

@@ -4,7 +4,8 @@
 // Forward: one thread per output element; arg = r*k + s of the first maximum in row-major
 // window order (a later element wins only if strictly greater, as PyTorch). Backward: one thread
 // per input element, so every dx element is written (0 where no window took it, including the
-// rows and columns that floor drops).
+// rows and columns that floor drops). Where C is a multiple of 8 and the tensors 16-byte aligned,
+// the *_kernel8 versions do the same 8 channels at a time.
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/storage.cuh"
@@ -62,6 +63,89 @@ __global__ void maxpool_backward_kernel(T* dx, const T* dy, const uint8_t* arg, 
             if (arg[o] == (yh - py * k) * k + (xw - px * k)) g = load_act(dy, o);
         }
         store_act(dx, i, g);
+    }
+}
+
+// The same, 8 channels per thread (C a multiple of 8, 16-byte aligned tensors: the shapes of the
+// networks), with 32-bit index arithmetic (counts below 2^31, asserted on the host): 64-bit
+// division per element made the kernels above compute-bound (session 15's H200 profile: the
+// 31x31x64 backward at ~0.7 TB/s). Forward: one thread per (output position, 8 channels).
+template <class T>
+__global__ void maxpool_forward_kernel8(T* y, uint8_t* arg, const T* x, int N, int H, int W,
+                                        int C, int k) {
+    const int Ho = H / k, Wo = W / k, C8 = C / 8;
+    const unsigned n = unsigned(N) * Ho * Wo * C8;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const unsigned c = (i % C8) * 8;
+        unsigned t = i / C8;
+        const unsigned px = t % Wo;
+        t /= Wo;
+        const unsigned py = t % Ho;
+        const unsigned b = t / Ho;
+        const size_t base = ((size_t(b) * H + py * k) * W + px * k) * C + c;
+        float best[8], v[8];
+        int at[8];
+        load_act8(x, base, best);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) at[j] = 0;
+        for (int r = 0; r < k; ++r)
+            for (int s2 = 0; s2 < k; ++s2) {
+                if (r == 0 && s2 == 0) continue;
+                load_act8(x, base + (size_t(r) * W + s2) * C, v);
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+                    if (v[j] > best[j]) best[j] = v[j], at[j] = r * k + s2;
+            }
+        const size_t o = size_t(i) * 8;  // = ((b*Ho + py)*Wo + px)*C + c
+        store_act8(y, o, best);
+        uint2 a;
+        a.x = unsigned(at[0]) | unsigned(at[1]) << 8 | unsigned(at[2]) << 16 | unsigned(at[3]) << 24;
+        a.y = unsigned(at[4]) | unsigned(at[5]) << 8 | unsigned(at[6]) << 16 | unsigned(at[7]) << 24;
+        *reinterpret_cast<uint2*>(arg + o) = a;
+    }
+}
+
+// Backward, 8 channels per thread: one thread per window of the input grid rounded up (ceil(H/k)
+// x ceil(W/k) windows), writing the whole window's dx: dy where arg points, else 0; the windows
+// that floor drops (partial ones at the bottom and right edge) get zeros.
+template <class T>
+__global__ void maxpool_backward_kernel8(T* dx, const T* dy, const uint8_t* arg, int N, int H,
+                                         int W, int C, int k) {
+    const int Ho = H / k, Wo = W / k, C8 = C / 8;
+    const int Hc = (H + k - 1) / k, Wc = (W + k - 1) / k;
+    const unsigned n = unsigned(N) * Hc * Wc * C8;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const unsigned c = (i % C8) * 8;
+        unsigned t = i / C8;
+        const unsigned px = t % Wc;
+        t /= Wc;
+        const unsigned py = t % Hc;
+        const unsigned b = t / Hc;
+        float g[8];
+        int at[8];
+        const bool inside = py < unsigned(Ho) && px < unsigned(Wo);
+        if (inside) {
+            const size_t o = ((size_t(b) * Ho + py) * Wo + px) * C + c;
+            load_act8(dy, o, g);
+            const uint2 a = *reinterpret_cast<const uint2*>(arg + o);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) at[j] = int(a.x >> (8 * j) & 255u), at[4 + j] = int(a.y >> (8 * j) & 255u);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) g[j] = 0.f, at[j] = -1;
+        }
+        for (int r = 0; r < k; ++r) {
+            const unsigned yh = py * k + r;
+            if (yh >= unsigned(H)) break;
+            for (int s2 = 0; s2 < k; ++s2) {
+                const unsigned xw = px * k + s2;
+                if (xw >= unsigned(W)) break;
+                float v[8];
+#pragma unroll
+                for (int j = 0; j < 8; ++j) v[j] = at[j] == r * k + s2 ? g[j] : 0.f;
+                store_act8(dx, ((size_t(b) * H + yh) * W + xw) * C + c, v);
+            }
+        }
     }
 }
 
@@ -138,10 +222,15 @@ void maxpool_forward(cudaStream_t st, Storage s, float* y, uint8_t* arg, const f
                      int H, int W, int C, int k) {
     CUDA_ASSERT(N > 0 && C > 0 && k >= 1 && k * k <= 256 && H >= k && W >= k);
     const size_t n = size_t(N) * (H / k) * (W / k) * C;
+    const bool vec = C % 8 == 0 && aligned8(y, x, arg) && size_t(N) * H * W * C < (size_t(1) << 31);
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        maxpool_forward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(y), arg,
-                                                                   as_act<T>(x), N, H, W, C, k);
+        if (vec)
+            maxpool_forward_kernel8<T><<<grid_size(n / 8), kBlock, 0, st>>>(
+                as_act<T>(y), arg, as_act<T>(x), N, H, W, C, k);
+        else
+            maxpool_forward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(y), arg,
+                                                                       as_act<T>(x), N, H, W, C, k);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -150,10 +239,17 @@ void maxpool_backward(cudaStream_t st, Storage s, float* dx, const float* dy, co
                       int N, int H, int W, int C, int k) {
     CUDA_ASSERT(N > 0 && C > 0 && k >= 1 && k * k <= 256 && H >= k && W >= k);
     const size_t n = size_t(N) * H * W * C;
+    const bool vec = C % 8 == 0 && aligned8(dx, dy, arg) && n < (size_t(1) << 31);
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        maxpool_backward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(
-            as_act<T>(dx), as_act<T>(dy), arg, N, H, W, C, k);
+        if (vec) {
+            const size_t windows = size_t(N) * ((H + k - 1) / k) * ((W + k - 1) / k) * (C / 8);
+            maxpool_backward_kernel8<T><<<grid_size(windows), kBlock, 0, st>>>(
+                as_act<T>(dx), as_act<T>(dy), arg, N, H, W, C, k);
+        } else {
+            maxpool_backward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(
+                as_act<T>(dx), as_act<T>(dy), arg, N, H, W, C, k);
+        }
     });
     CUDA_CHECK_LAUNCH();
 }

@@ -4,6 +4,7 @@
 // ops/storage_backend.h; NaN stays NaN), and the host-side dispatch from a Storage value to a
 // kernel instantiated for its element type. The math of every kernel stays fp32.
 #pragma once
+#include <cstdint>
 #include <type_traits>
 
 #include <cuda_bf16.h>
@@ -26,6 +27,52 @@ __device__ __forceinline__ void store_act(__half* p, size_t i, float v) {
 __device__ __forceinline__ void store_act(__nv_bfloat16* p, size_t i, float v) {
     constexpr float kMax = 3.3895313892515355e38f;
     p[i] = __float2bfloat16_rn(fabsf(v) > kMax ? copysignf(kMax, v) : v);
+}
+
+// Eight consecutive activations at element i (i a multiple of 8, the pointer 16-byte aligned:
+// aligned8() on the host), widened to fp32 / stored with store_act's rounding: one 16-byte
+// access in 16-bit storage, two in fp32.
+__device__ __forceinline__ void load_act8(const float* p, size_t i, float (&v)[8]) {
+    const float4 a = *reinterpret_cast<const float4*>(p + i);
+    const float4 b = *reinterpret_cast<const float4*>(p + i + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void load_act8(const __half* p, size_t i, float (&v)[8]) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p + i);
+    const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const float2 f = __half22float2(h[k]);
+        v[2 * k] = f.x, v[2 * k + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void load_act8(const __nv_bfloat16* p, size_t i, float (&v)[8]) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p + i);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const float2 f = __bfloat1622float2(h[k]);
+        v[2 * k] = f.x, v[2 * k + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void store_act8(float* p, size_t i, const float (&v)[8]) {
+    *reinterpret_cast<float4*>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4*>(p + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+template <class T>
+__device__ __forceinline__ void store_act8(T* p, size_t i, const float (&v)[8]) {
+    static_assert(sizeof(T) == 2, "16-bit storage");
+    uint4 u;
+    T* h = reinterpret_cast<T*>(&u);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) store_act(h, k, v[k]);  // (the same rounding as one by one)
+    *reinterpret_cast<uint4*>(p + i) = u;
+}
+
+// Host: whether these pointers allow the 8-wide accesses above (16-byte aligned).
+inline bool aligned8(const void* a, const void* b = nullptr, const void* c = nullptr) {
+    auto ok = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+    return ok(a) && ok(b) && ok(c);
 }
 
 // A float* activation argument seen as its storage's element type.
