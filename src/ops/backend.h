@@ -427,10 +427,12 @@ private:
 
 // The CPU backend is always available; the CUDA one only in builds with CUDA (nullptr + reason
 // otherwise). threads <= 0 means "all cores". The CUDA backend stores activations in `storage`
-// (the CPU's are fp32; ops/storage_backend.h wraps it for 16-bit storage).
+// (the CPU's are fp32; ops/storage_backend.h wraps it for 16-bit storage); with fp32 storage its
+// convolutions may use TF32 tensor cores (tf32, PyTorch's default), or only fp32 FMA (!tf32:
+// the whole-network comparison with the CPU, tests/test_backend_network.cpp).
 std::unique_ptr<Backend> make_cpu_backend(int threads);
 std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_not,
-                                           Storage storage = Storage::f32);
+                                           Storage storage = Storage::f32, bool tf32 = true);
 bool cuda_compiled();
 // Number of CUDA devices this process can use (0 without CUDA, a driver or a GPU).
 int cuda_device_count();

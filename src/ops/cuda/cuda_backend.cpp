@@ -82,13 +82,13 @@ private:
 
 class CudaBackend final : public Backend {
 public:
-    CudaBackend(int device, Storage storage) : device_(device), storage_(storage) {
+    CudaBackend(int device, Storage storage, bool tf32) : device_(device), storage_(storage) {
         CUDA_CHECK(cudaSetDevice(device));
         cudaDeviceProp prop{};
         CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
         CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         try {
-            cudnn_ = cuda::make_cudnn_context(stream_);
+            cudnn_ = cuda::make_cudnn_context(stream_, tf32);
             cublas_ = cuda::make_cublas_context(stream_);
         } catch (...) {  // the destructor does not run for a half-built object
             cudnn_.reset();
@@ -522,7 +522,7 @@ int cuda_device_count() {
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_not,
-                                           Storage storage) {
+                                           Storage storage, bool tf32) {
     auto no = [&](std::string reason) -> std::unique_ptr<Backend> {
         if (why_not) *why_not = std::move(reason);
         return nullptr;
@@ -539,7 +539,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_no
         return no(fmt::format("CUDA device {} asked for, but only devices 0..{} exist",
                               device_index, count - 1));
     try {
-        return std::make_unique<CudaBackend>(device_index, storage);
+        return std::make_unique<CudaBackend>(device_index, storage, tf32);
     } catch (const std::exception& ex) {
         return no(fmt::format("CUDA device {} could not be set up: {}", device_index, ex.what()));
     }

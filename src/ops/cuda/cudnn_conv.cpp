@@ -13,7 +13,8 @@
 // zero padding. Math type CUDNN_TENSOR_OP_MATH (kMathType): on fp32 data cuDNN may round the
 // inputs to TF32 on tensor cores (about 1e-3 relative per product), which is what PyTorch does by
 // default for convolutions (torch.backends.cudnn.allow_tf32 = True sets exactly this math type).
-// Not CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: that one also lets cuDNN convert fp32 data to fp16,
+// A context made with tf32 = false uses CUDNN_FMA_MATH instead (plain fp32, for comparisons
+// with the CPU: tests/test_backend_network.cpp). Not CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: that one also lets cuDNN convert fp32 data to fp16,
 // whose range (6e-8 .. 65504) can flush small gradients to zero; reduced precision will come as
 // an explicit choice with its own storage type, not as a silent conversion.
 //
@@ -59,7 +60,8 @@ std::string describe(const ConvShape& s) {
 
 class CudnnContext {
 public:
-    explicit CudnnContext(cudaStream_t st) : stream(st) {
+    CudnnContext(cudaStream_t st, bool tf32)
+        : stream(st), math(tf32 ? kMathType : CUDNN_FMA_MATH) {
         CUDNN_CHECK(cudnnCreate(&handle));
         const cudnnStatus_t e = cudnnSetStream(handle, st);
         if (e != CUDNN_STATUS_SUCCESS) {
@@ -87,6 +89,7 @@ public:
     }
 
     cudaStream_t stream;
+    cudnnMathType_t math;  // kMathType, or CUDNN_FMA_MATH (no TF32)
     cudnnHandle_t handle = nullptr;
     void* workspace = nullptr;
     size_t workspace_bytes = 0;
@@ -95,7 +98,9 @@ public:
 
 void CudnnContextDeleter::operator()(CudnnContext* c) const { delete c; }
 
-CudnnContextPtr make_cudnn_context(cudaStream_t st) { return CudnnContextPtr(new CudnnContext(st)); }
+CudnnContextPtr make_cudnn_context(cudaStream_t st, bool tf32) {
+    return CudnnContextPtr(new CudnnContext(st, tf32));
+}
 
 size_t cudnn_workspace_bytes(const CudnnContext& ctx) { return ctx.workspace_bytes; }
 
@@ -143,11 +148,14 @@ struct ScratchMem {
     ScratchMem& operator=(const ScratchMem&) = delete;
 };
 
-// The first (fastest) result that ran and fits the limit; -1 if none.
+// The first (fastest) result that ran and fits the limit; -1 if none. With CUDNN_FMA_MATH only
+// results of that math type (the searches may also report tensor-core ones).
 template <class Perf>
-int pick(const Perf* perf, int n) {
+int pick(const Perf* perf, int n, cudnnMathType_t math) {
     for (int i = 0; i < n; ++i)
-        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kWorkspaceLimit) return i;
+        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kWorkspaceLimit &&
+            (math != CUDNN_FMA_MATH || perf[i].mathType == CUDNN_FMA_MATH))
+            return i;
     return -1;
 }
 
@@ -170,7 +178,7 @@ public:
         for (ConvDesc* c : {&fwd_, &bwd_data_, &bwd_filter_}) {
             CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c->d, s.pad, s.pad, s.stride, s.stride, 1, 1,
                                                         CUDNN_CROSS_CORRELATION, kComputeType));
-            CUDNN_CHECK(cudnnSetConvolutionMathType(c->d, kMathType));
+            CUDNN_CHECK(cudnnSetConvolutionMathType(c->d, ctx_.math));
         }
         int n, k, p, q;
         CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(fwd_.d, x_.d, w_.d, &n, &k, &p, &q));
@@ -275,14 +283,14 @@ private:
             CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(ctx_.handle, x_.d, x.p, w_.d, w.p,
                                                                fwd_.d, y_.d, y.p, kMax, &n, fp,
                                                                work.p, ws));
-            if ((i = pick(fp, n)) < 0) return false;
+            if ((i = pick(fp, n, ctx_.math)) < 0) return false;
             fwd_algo_ = fp[i].algo;
             CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d, fp[i].mathType));
 
             cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
             CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
                 ctx_.handle, w_.d, w.p, y_.d, y.p, bwd_data_.d, x_.d, x.p, kMax, &n, dp, work.p, ws));
-            if ((i = pick(dp, n)) < 0) return false;
+            if ((i = pick(dp, n, ctx_.math)) < 0) return false;
             bwd_data_algo_ = dp[i].algo;
             CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, dp[i].mathType));
 
@@ -290,7 +298,7 @@ private:
             CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
                 ctx_.handle, x_.d, x.p, y_.d, y.p, bwd_filter_.d, w_.d, w.p, kMax, &n, wp, work.p,
                 ws));
-            if ((i = pick(wp, n)) < 0) return false;
+            if ((i = pick(wp, n, ctx_.math)) < 0) return false;
             bwd_filter_algo_ = wp[i].algo;
             CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d, wp[i].mathType));
         } catch (const std::exception& e) {
@@ -321,26 +329,26 @@ private:
         constexpr int kMax = 16;
         int n = 0, i;
         cudnnConvolutionFwdAlgoPerf_t fp[kMax];
-        CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d, kMathType));
+        CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d, ctx_.math));
         CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(ctx_.handle, x_.d, w_.d, fwd_.d, y_.d,
                                                            kMax, &n, fp));
-        if ((i = pick(fp, n)) < 0) no_algorithm("forward");
+        if ((i = pick(fp, n, ctx_.math)) < 0) no_algorithm("forward");
         fwd_algo_ = fp[i].algo;
         CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d, fp[i].mathType));
 
         cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
-        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, kMathType));
+        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, ctx_.math));
         CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(ctx_.handle, w_.d, y_.d,
                                                                 bwd_data_.d, x_.d, kMax, &n, dp));
-        if ((i = pick(dp, n)) < 0) no_algorithm("backward-data");
+        if ((i = pick(dp, n, ctx_.math)) < 0) no_algorithm("backward-data");
         bwd_data_algo_ = dp[i].algo;
         CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, dp[i].mathType));
 
         cudnnConvolutionBwdFilterAlgoPerf_t wp[kMax];
-        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d, kMathType));
+        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d, ctx_.math));
         CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
             ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, kMax, &n, wp));
-        if ((i = pick(wp, n)) < 0) no_algorithm("backward-filter");
+        if ((i = pick(wp, n, ctx_.math)) < 0) no_algorithm("backward-filter");
         bwd_filter_algo_ = wp[i].algo;
         CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d, wp[i].mathType));
     }

@@ -20,7 +20,8 @@ struct CudnnContextDeleter {
 };
 using CudnnContextPtr = std::unique_ptr<CudnnContext, CudnnContextDeleter>;
 
-CudnnContextPtr make_cudnn_context(cudaStream_t st);
+// tf32 false: every convolution of this context in plain fp32 FMA (CUDNN_FMA_MATH), no TF32.
+CudnnContextPtr make_cudnn_context(cudaStream_t st, bool tf32 = true);
 
 // Sets up descriptors for NHWC activations and KRSC (= OHWI) filters in `storage` (fp32
 // accumulation), picks the forward / backward-data / backward-filter algorithms once (timed

@@ -6,7 +6,7 @@ namespace sr {
 bool cuda_compiled() { return false; }
 int cuda_device_count() { return 0; }
 
-std::unique_ptr<Backend> make_cuda_backend(int, std::string* why_not, Storage) {
+std::unique_ptr<Backend> make_cuda_backend(int, std::string* why_not, Storage, bool) {
     if (why_not)
         *why_not = "this build has no CUDA backend (CMake found no CUDA toolkit with cuDNN; "
                    "see README, 'GPU build')";
