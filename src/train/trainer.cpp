@@ -464,7 +464,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         // stay; what changes between runs is the buffers' contents (weights, the epoch's order
         // and augmentation, uploaded above).
         const int n_steps = std::max(0, std::min(spe - skip, total - step));
-        const bool recordable = o_.record_epochs && !graphs_off_ && !dp_ && o_.checkpoint_every == 0 &&
+        const bool recordable = o_.record_epochs && graphs_why_.empty() && !dp_ && o_.checkpoint_every == 0 &&
                                 o_.stop_after_step < 0 && skip == 0 && n_steps > 0;
         // Records this epoch's steps, from its first (recorded, not run: the step counters are
         // put back); false, and no more recording, when that fails.
@@ -484,12 +484,12 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             step = step_now;
             steps_here = here_now;
             if (!why.empty() || !rec) {
-                graphs_off_ = true;  // run every op directly from now on
+                // set: every op runs directly from now on
                 graphs_why_ = fmt::format("epoch {}: {}", epoch,
                                           why.empty() ? "the backend made no recording" : why);
                 if (!o_.quiet && root)
-                    fmt::print(stderr, "note: recording epoch {} failed ({}); its steps run "
-                               "directly\n", epoch, why);
+                    fmt::print(stderr, "note: recording failed ({}); the steps run directly\n",
+                               graphs_why_);
                 return false;
             }
             if (graphs_.size() <= size_t(epoch)) graphs_.resize(size_t(epoch) + 1);
@@ -525,7 +525,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         }
         // an epoch that ran directly because nothing had run before (a trainer's first epoch) is
         // recorded now, so that the next run (after a warm-up: the timed one) replays it too
-        if (direct && recordable && !graphs_off_ && (size_t(epoch) >= graphs_.size() || !graphs_[epoch]))
+        if (direct && recordable && graphs_why_.empty() && (size_t(epoch) >= graphs_.size() || !graphs_[epoch]))
             record_epoch();
         if (dp_) dp_->allreduce(stats_.get(), 2);  // loss and correct count of the global batches
         const double epoch_s = epoch_time + timer->stop_seconds();

@@ -110,10 +110,9 @@ private:
     std::vector<float> host_logits_;
     std::unique_ptr<JsonlLog> log_;
     // epoch e's recorded steps (TrainOptions::record_epochs), made by the first run that trains
-    // epoch e from its start and replayed by later runs; graphs_off_ after a failed recording
+    // epoch e from its start and replayed by later runs; none after a failed recording
     std::vector<std::unique_ptr<Recording>> graphs_;
-    bool graphs_off_ = false;
-    std::string graphs_why_;  // why graphs_off_ was set (RunResult::recording_failed)
+    std::string graphs_why_;  // why recording failed, "" if it has not (RunResult::recording_failed)
     bool stepped_ = false;  // a training step has run directly (so none is recorded before)
 };
 
