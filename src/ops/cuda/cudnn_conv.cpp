@@ -14,9 +14,10 @@
 // inputs to TF32 on tensor cores (about 1e-3 relative per product), which is what PyTorch does by
 // default for convolutions (torch.backends.cudnn.allow_tf32 = True sets exactly this math type).
 // A context made with tf32 = false uses CUDNN_FMA_MATH instead (plain fp32, for comparisons
-// with the CPU: tests/test_backend_network.cpp). Not CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: that one also lets cuDNN convert fp32 data to fp16,
-// whose range (6e-8 .. 65504) can flush small gradients to zero; reduced precision will come as
-// an explicit choice with its own storage type, not as a silent conversion.
+// with the CPU: tests/test_backend_network.cpp). Not CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: that
+// one also lets cuDNN convert fp32 data to fp16, whose range (6e-8 .. 65504) can flush small
+// gradients to zero; reduced precision comes as an explicit choice with its own storage type
+// (--storage fp16|bf16), not as a silent conversion.
 //
 // Algorithms are chosen once per shape: cudnnFind*AlgorithmEx times every algorithm on scratch
 // buffers of the real size; if that fails (out of memory, say), cudnnGet*_v7 heuristics decide.

@@ -66,6 +66,22 @@ __global__ void maxpool_backward_kernel(T* dx, const T* dy, const uint8_t* arg, 
     }
 }
 
+// Thread i of an 8-channel kernel over (b, y, x, channel group): i = ((b*rows + y)*cols + x)*C8
+// + c/8.
+struct Cell {
+    unsigned c, x, y, b;
+};
+__device__ __forceinline__ Cell cell_of(unsigned i, int C8, int cols, int rows) {
+    Cell p;
+    p.c = (i % unsigned(C8)) * 8;
+    unsigned t = i / unsigned(C8);
+    p.x = t % unsigned(cols);
+    t /= unsigned(cols);
+    p.y = t % unsigned(rows);
+    p.b = t / unsigned(rows);
+    return p;
+}
+
 // The same, 8 channels per thread (C a multiple of 8, 16-byte aligned tensors: the shapes of the
 // networks), with 32-bit index arithmetic (counts below 2^31, asserted on the host): 64-bit
 // division per element made the kernels above compute-bound (session 15's H200 profile: the
@@ -76,12 +92,7 @@ __global__ void maxpool_forward_kernel8(T* y, uint8_t* arg, const T* x, int N, i
     const int Ho = H / k, Wo = W / k, C8 = C / 8;
     const unsigned n = unsigned(N) * Ho * Wo * C8;
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        const unsigned c = (i % C8) * 8;
-        unsigned t = i / C8;
-        const unsigned px = t % Wo;
-        t /= Wo;
-        const unsigned py = t % Ho;
-        const unsigned b = t / Ho;
+        const auto [c, px, py, b] = cell_of(i, C8, Wo, Ho);
         const size_t base = ((size_t(b) * H + py * k) * W + px * k) * C + c;
         float best[8], v[8];
         int at[8];
@@ -98,9 +109,12 @@ __global__ void maxpool_forward_kernel8(T* y, uint8_t* arg, const T* x, int N, i
             }
         const size_t o = size_t(i) * 8;  // = ((b*Ho + py)*Wo + px)*C + c
         store_act8(y, o, best);
-        uint2 a;
-        a.x = unsigned(at[0]) | unsigned(at[1]) << 8 | unsigned(at[2]) << 16 | unsigned(at[3]) << 24;
-        a.y = unsigned(at[4]) | unsigned(at[5]) << 8 | unsigned(at[6]) << 16 | unsigned(at[7]) << 24;
+        uint2 a = make_uint2(0u, 0u);  // arg[o + j] = at[j]: byte j, little-endian
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            a.x |= unsigned(at[j]) << (8 * j);
+            a.y |= unsigned(at[4 + j]) << (8 * j);
+        }
         *reinterpret_cast<uint2*>(arg + o) = a;
     }
 }
@@ -115,12 +129,7 @@ __global__ void maxpool_backward_kernel8(T* dx, const T* dy, const uint8_t* arg,
     const int Hc = (H + k - 1) / k, Wc = (W + k - 1) / k;
     const unsigned n = unsigned(N) * Hc * Wc * C8;
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        const unsigned c = (i % C8) * 8;
-        unsigned t = i / C8;
-        const unsigned px = t % Wc;
-        t /= Wc;
-        const unsigned py = t % Hc;
-        const unsigned b = t / Hc;
+        const auto [c, px, py, b] = cell_of(i, C8, Wc, Hc);
         float g[8];
         int at[8];
         const bool inside = py < unsigned(Ho) && px < unsigned(Wo);
@@ -129,7 +138,8 @@ __global__ void maxpool_backward_kernel8(T* dx, const T* dy, const uint8_t* arg,
             load_act8(dy, o, g);
             const uint2 a = *reinterpret_cast<const uint2*>(arg + o);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) at[j] = int(a.x >> (8 * j) & 255u), at[4 + j] = int(a.y >> (8 * j) & 255u);
+            for (int j = 0; j < 4; ++j)
+                at[j] = int(a.x >> (8 * j) & 255u), at[4 + j] = int(a.y >> (8 * j) & 255u);
         } else {
 #pragma unroll
             for (int j = 0; j < 8; ++j) g[j] = 0.f, at[j] = -1;
