@@ -434,6 +434,9 @@ std::unique_ptr<Backend> make_cpu_backend(int threads);
 std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_not,
                                            Storage storage = Storage::f32, bool tf32 = true);
 bool cuda_compiled();
+// CUDA builds load cuBLAS on first use (not linked): this loads it now, "" when the library and
+// every function the CUDA backend calls were found, else why not. Needs no GPU.
+std::string cublas_load_error();
 // Number of CUDA devices this process can use (0 without CUDA, a driver or a GPU).
 int cuda_device_count();
 

@@ -158,6 +158,13 @@ TEST(CudaFactory, ExplainsAbsence) {
     EXPECT_FALSE(why2.empty());
 }
 
+// cuBLAS is loaded on first use, not linked (src/ops/cuda/cublas_linear.cpp): the library must
+// be found with every function the backend calls, also where there is no GPU.
+TEST(CudaFactory, LoadsCublasWithEveryFunction) {
+    if (!cuda_compiled()) GTEST_SKIP() << "built without CUDA";
+    EXPECT_EQ(cublas_load_error(), "");
+}
+
 TEST_F(BackendOps, Memory) {
     EXPECT_EQ(gpu_->device(), Device::cuda);
     EXPECT_FALSE(gpu_->name().empty());

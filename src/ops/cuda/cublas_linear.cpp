@@ -8,10 +8,19 @@
 //   y^T (O,N)  = w (I,O)^T  x^T (I,N)    -> gemm(T, N, m=O, n=N, k=I, A=w ld I, B=x ld I, C=y ld O)
 //   dx^T (I,N) = w (I,O)    dy^T (O,N)   -> gemm(N, N, m=I, n=N, k=O, A=w ld I, B=dy ld O, C=dx ld I)
 //   dw^T (I,O) = x^T (I,N)  dy (N,O)     -> gemm(N, T, m=I, n=O, k=N, A=x ld I, B=dy ld O, C=dw ld I)
+//
+// cuBLAS is loaded on first use (dlopen), not linked: loading libcublas (with cublasLt, some
+// hundreds of MB) costs about 0.45 s, which every process paid, every test of the suite too
+// (310 processes: 2.3 minutes of CI), although only a CUDA backend calls it. cublas_api() finds
+// the library (the one CMake found, SPEEDRUN_CUBLAS_PATH, then the soname on the loader's path)
+// and each function used below; the cublasX(...) names in this file call through it.
 #include "ops/cuda/cublas_linear.h"
+
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <string>
 #include <tuple>
 
 #include <cublas_v2.h>
@@ -19,6 +28,87 @@
 #include "ops/cuda/cuda_common.cuh"
 
 namespace sr::cuda {
+namespace {
+
+#define SR_CUBLAS_STR2(x) #x
+#define SR_CUBLAS_STR(x) SR_CUBLAS_STR2(x)  // the symbol: cublasCreate -> "cublasCreate_v2"
+#define SR_CUBLAS_FUNCTIONS(X)                                                                 \
+    X(cublasCreate) X(cublasDestroy) X(cublasSetStream) X(cublasSetMathMode)                   \
+    X(cublasSetPointerMode) X(cublasSetWorkspace) X(cublasGetVersion) X(cublasGetStatusString) \
+    X(cublasSgemm) X(cublasGemmEx) X(cublasSgemmGroupedBatched)
+
+// (cublasGemmEx has a C++ overload taking cudaDataType for the compute type: the one exported
+// takes cublasComputeType_t)
+using CublasGemmExFn = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t,
+                                          int, int, int, const void*, const void*, cudaDataType,
+                                          int, const void*, cudaDataType, int, const void*, void*,
+                                          cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+struct CublasApi {
+#define SR_CUBLAS_MEMBER(f) decltype(&f) f##_ptr = nullptr;
+    SR_CUBLAS_MEMBER(cublasCreate)
+    SR_CUBLAS_MEMBER(cublasDestroy)
+    SR_CUBLAS_MEMBER(cublasSetStream)
+    SR_CUBLAS_MEMBER(cublasSetMathMode)
+    SR_CUBLAS_MEMBER(cublasSetPointerMode)
+    SR_CUBLAS_MEMBER(cublasSetWorkspace)
+    SR_CUBLAS_MEMBER(cublasGetVersion)
+    SR_CUBLAS_MEMBER(cublasGetStatusString)
+    SR_CUBLAS_MEMBER(cublasSgemm)
+    SR_CUBLAS_MEMBER(cublasSgemmGroupedBatched)
+#undef SR_CUBLAS_MEMBER
+    CublasGemmExFn cublasGemmEx_ptr = nullptr;
+};
+
+const CublasApi& cublas_api() {
+    static const CublasApi api = [] {
+        CublasApi a;
+        std::string tried;
+        void* lib = nullptr;
+        const std::string soname = "libcublas.so." + std::to_string(CUBLAS_VER_MAJOR);
+        for (const char* name : {
+#ifdef SPEEDRUN_CUBLAS_PATH
+                 SPEEDRUN_CUBLAS_PATH,
+#endif
+                 soname.c_str(), "libcublas.so"}) {
+            if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL))) break;
+            const char* e = dlerror();
+            tried += std::string(tried.empty() ? "" : "; ") + (e ? e : name);
+        }
+        if (!lib) fail_at("cuBLAS", "dlopen", __FILE__, __LINE__, tried.c_str());
+#define SR_CUBLAS_LOAD(f)                                                                     \
+    a.f##_ptr = reinterpret_cast<decltype(a.f##_ptr)>(dlsym(lib, SR_CUBLAS_STR(f)));          \
+    if (!a.f##_ptr)                                                                           \
+        fail_at("cuBLAS", "dlsym", __FILE__, __LINE__,                                        \
+                (std::string(SR_CUBLAS_STR(f)) + " is not in the loaded libcublas").c_str());
+        SR_CUBLAS_FUNCTIONS(SR_CUBLAS_LOAD)
+#undef SR_CUBLAS_LOAD
+        return a;
+    }();
+    return api;
+}
+
+}  // namespace
+
+// From here on the cuBLAS names call through cublas_api() (cublas_v2.h made some of them macros
+// for their _v2 symbols; those are replaced too).
+#undef cublasCreate
+#undef cublasDestroy
+#undef cublasSetStream
+#undef cublasSetPointerMode
+#undef cublasSetWorkspace
+#undef cublasGetVersion
+#undef cublasSgemm
+#define cublasCreate(...) (cublas_api().cublasCreate_ptr(__VA_ARGS__))
+#define cublasDestroy(...) (cublas_api().cublasDestroy_ptr(__VA_ARGS__))
+#define cublasSetStream(...) (cublas_api().cublasSetStream_ptr(__VA_ARGS__))
+#define cublasSetMathMode(...) (cublas_api().cublasSetMathMode_ptr(__VA_ARGS__))
+#define cublasSetPointerMode(...) (cublas_api().cublasSetPointerMode_ptr(__VA_ARGS__))
+#define cublasSetWorkspace(...) (cublas_api().cublasSetWorkspace_ptr(__VA_ARGS__))
+#define cublasGetVersion(...) (cublas_api().cublasGetVersion_ptr(__VA_ARGS__))
+#define cublasGetStatusString(...) (cublas_api().cublasGetStatusString_ptr(__VA_ARGS__))
+#define cublasSgemm(...) (cublas_api().cublasSgemm_ptr(__VA_ARGS__))
+#define cublasGemmEx(...) (cublas_api().cublasGemmEx_ptr(__VA_ARGS__))
+#define cublasSgemmGroupedBatched(...) (cublas_api().cublasSgemmGroupedBatched_ptr(__VA_ARGS__))
 
 class CublasContext {
 public:
@@ -204,3 +294,12 @@ void GroupedGemm::run(float alpha, float beta) {
 }
 
 }  // namespace sr::cuda
+
+std::string sr::cublas_load_error() {
+    try {
+        cuda::cublas_api();
+        return "";
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+}
