@@ -42,6 +42,9 @@
 #include "ops/forwarding_backend.h"
 #include "ops/rounding_backend.h"
 #include "ops/storage_backend.h"
+#ifdef SPEEDRUN_HAVE_CUDA_EMULATION
+#include "ops/cuda/emulated_backend.h"
+#endif
 #include "optim/optimizer.h"
 #include "train/recipe.h"
 #include "test_util.h"
@@ -392,6 +395,45 @@ TEST(BackendNetwork, OneStepOnCudaSixteenBitMatchesItsCpuReference) {
                                : "CUDA vs CPU, one step, fp16 storage", w);
         }
     }
+}
+
+// The same two comparisons with the CUDA backend's own kernels run by the host emulation
+// (ops/cuda/emulated_backend.h; its convolutions and products are the CPU's): every kernel the
+// network calls, in the network's order and with its shapes, on machines without a GPU.
+TEST(BackendNetwork, OneStepOnEmulatedCudaMatchesCpu) {
+#ifdef SPEEDRUN_HAVE_CUDA_EMULATION
+    auto emu = make_emulated_cuda_backend(Storage::f32);
+    auto cpu = make_cpu_backend(0);
+    for (const char* p : kPresets) {
+        const Worst w = compare(*cpu, *emu, p);
+        EXPECT_EQ(outside(w, kBound32, kBound32), "") << p;
+        EXPECT_LE(w.err, kBound32) << p << ": " << w.where;
+        print_groups(p, "emulated CUDA kernels vs CPU, one step", w);
+    }
+#else
+    GTEST_SKIP() << "no CUDA emulation in this build (CUDA toolkit headers not found)";
+#endif
+}
+
+// (bf16 only: the fp16 instantiations of the same kernels are checked op by op, StoredOps/emu_*)
+TEST(BackendNetwork, OneStepOnEmulatedCudaSixteenBitMatchesItsCpuReference) {
+#ifdef SPEEDRUN_HAVE_CUDA_EMULATION
+    auto cpu = make_cpu_backend(0);
+    for (Storage s : {Storage::bf16}) {
+        auto emu = make_emulated_cuda_backend(s);
+        ASSERT_EQ(emu->storage(), s);
+        StorageBackend ref(*cpu, s);
+        const bool bf = s == Storage::bf16;
+        for (const char* p : kPresets) {
+            const Worst w = compare(ref, *emu, p, false, s);
+            EXPECT_EQ(outside(w, bf ? kGroupsBf16 : kGroups16, bf ? kLogitsBf16 : kLogits16), "")
+                << p << " " << storage_name(s);
+            print_groups(p, "emulated CUDA kernels vs CPU, one step, 16-bit storage", w);
+        }
+    }
+#else
+    GTEST_SKIP() << "no CUDA emulation in this build (CUDA toolkit headers not found)";
+#endif
 }
 
 }  // namespace

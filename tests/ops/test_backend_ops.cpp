@@ -8,9 +8,15 @@
 // its tolerance was chosen. Shapes are small and awkward (N=3, H=W=7, C=5, K=6), plus one
 // convolution at a real airbench shape.
 //
-// Without a GPU (or in a build without CUDA) every BackendOps test is SKIPPED with the reason
-// make_cuda_backend gave, never passed. CudaFactory.ExplainsAbsence runs everywhere: it checks
-// that asking for a GPU where there is none returns nullptr with a reason instead of crashing.
+// Two devices under test (the test's last name part): "cuda", the CUDA backend on GPU 0 (without
+// a GPU, or in a build without CUDA, every such test is SKIPPED with the reason
+// make_cuda_backend gave, never passed), and "emu", the same backend's own kernels run by the
+// host emulation (ops/cuda/emulated_backend.h; in builds that found the CUDA toolkit's headers,
+// with or without a GPU). For "emu" the library ops (cuDNN's convolutions apart from the bias
+// and conv_small's forward, cuBLAS's products) are the CPU's own, so the tests of the linear
+// layer and the products are skipped there, and the convolution tests check what the kernels
+// add. CudaFactory.ExplainsAbsence runs everywhere: it checks that asking for a GPU where there
+// is none returns nullptr with a reason instead of crashing.
 #include <cmath>
 #include <cstdio>
 #include <cstdint>
@@ -25,6 +31,9 @@
 #include "core/rng.h"
 #include "ops/backend.h"
 #include "ops/backend_ops_util.h"
+#ifdef SPEEDRUN_HAVE_CUDA_EMULATION
+#include "ops/cuda/emulated_backend.h"
+#endif
 
 namespace sr {
 namespace {
@@ -100,15 +109,25 @@ struct Twin {
 
 // The fixture: both backends, and makers of twin buffers. Members are public so the case
 // functions below (shared by several TESTs) can use them.
-class BackendOps : public ::testing::Test {
+class BackendOps : public ::testing::TestWithParam<const char*> {
 public:
     void SetUp() override {
-        std::string why;
-        gpu_ = make_cuda_backend(0, &why);
-        if (!gpu_) GTEST_SKIP() << "no CUDA device: " << why;
+        emulated_ = std::string(GetParam()) == "emu";
+        if (emulated_) {
+#ifdef SPEEDRUN_HAVE_CUDA_EMULATION
+            gpu_ = make_emulated_cuda_backend();
+#else
+            GTEST_SKIP() << "no CUDA emulation in this build (CUDA toolkit headers not found)";
+#endif
+        } else {
+            std::string why;
+            gpu_ = make_cuda_backend(0, &why);
+            if (!gpu_) GTEST_SKIP() << "no CUDA device: " << why;
+        }
         cpu_ = make_cpu_backend(2);
         ASSERT_TRUE(cpu_);
     }
+    bool emulated() const { return emulated_; }
 
     // An input: the same values on both sides.
     template <typename T>
@@ -140,7 +159,20 @@ public:
     }
 
     std::unique_ptr<Backend> cpu_, gpu_;
+    bool emulated_ = false;
 };
+
+INSTANTIATE_TEST_SUITE_P(Device, BackendOps, ::testing::Values("cuda", "emu"),
+                         [](const ::testing::TestParamInfo<const char*>& i) {
+                             return std::string(i.param);
+                         });
+
+// The tests of what only a library does on the GPU (cuBLAS, device memory): nothing of ours to
+// check in the emulation.
+#define SKIP_IF_EMULATED(what)                                                \
+    do {                                                                      \
+        if (emulated()) GTEST_SKIP() << what << " is not emulated on the host"; \
+    } while (0)
 
 // ---- factory and memory ----------------------------------------------------------------------
 
@@ -165,7 +197,8 @@ TEST(CudaFactory, LoadsCublasWithEveryFunction) {
     EXPECT_EQ(cublas_load_error(), "");
 }
 
-TEST_F(BackendOps, Memory) {
+TEST_P(BackendOps, Memory) {
+    SKIP_IF_EMULATED("device memory");
     EXPECT_EQ(gpu_->device(), Device::cuda);
     EXPECT_FALSE(gpu_->name().empty());
     const size_t before = gpu_->peak_bytes();
@@ -236,27 +269,27 @@ void conv_case(BackendOps& f, const ConvShape& s, uint64_t seed) {
     }
 }
 
-TEST_F(BackendOps, Conv3x3Pad1) {
+TEST_P(BackendOps, Conv3x3Pad1) {
     ConvShape s;
     s.N = 3, s.H = 7, s.W = 7, s.C = 5, s.K = 6, s.R = 3, s.S = 3, s.pad = 1;
     conv_case(*this, s, 100);
 }
 
-TEST_F(BackendOps, Conv2x2Pad0) {
+TEST_P(BackendOps, Conv2x2Pad0) {
     ConvShape s;
     s.N = 3, s.H = 7, s.W = 7, s.C = 5, s.K = 6, s.R = 2, s.S = 2, s.pad = 0;
     conv_case(*this, s, 200);
 }
 
 // A real airbench94 shape: the second conv of the last block (batch 8 here).
-TEST_F(BackendOps, Conv3x3RealShape) {
+TEST_P(BackendOps, Conv3x3RealShape) {
     ConvShape s;
     s.N = 8, s.H = 15, s.W = 15, s.C = 64, s.K = 64, s.R = 3, s.S = 3, s.pad = 1;
     conv_case(*this, s, 300);
 }
 
 // The whitening conv's shape: 2x2, pad 0, 3 -> 24 channels, on 32x32 images.
-TEST_F(BackendOps, ConvWhiteningShape) {
+TEST_P(BackendOps, ConvWhiteningShape) {
     ConvShape s;
     s.N = 4, s.H = 32, s.W = 32, s.C = 3, s.K = 24, s.R = 2, s.S = 2, s.pad = 0;
     conv_case(*this, s, 400);
@@ -264,7 +297,7 @@ TEST_F(BackendOps, ConvWhiteningShape) {
 
 // Few input channels (CUDA: the direct kernel of conv_small.cu): the prep conv's 3x3 pad 1,
 // and stride 2 with an odd side, 4 channels.
-TEST_F(BackendOps, ConvFewInputChannels) {
+TEST_P(BackendOps, ConvFewInputChannels) {
     ConvShape s;
     s.N = 3, s.H = 9, s.W = 8, s.C = 3, s.K = 16, s.R = 3, s.S = 3, s.pad = 1;
     conv_case(*this, s, 480);
@@ -273,7 +306,7 @@ TEST_F(BackendOps, ConvFewInputChannels) {
 }
 
 // DAWN_net's downsampling convs (myrtle presets): 3x3 pad 1 and 1x1 pad 0, both stride 2.
-TEST_F(BackendOps, ConvStride2) {
+TEST_P(BackendOps, ConvStride2) {
     ConvShape s;
     s.N = 4, s.H = 16, s.W = 16, s.C = 32, s.K = 48, s.R = 3, s.S = 3, s.pad = 1, s.stride = 2;
     conv_case(*this, s, 450);
@@ -329,11 +362,11 @@ void bn_train_case(BackendOps& f, int M, int C, bool with_gamma, uint64_t seed, 
     }
 }
 
-TEST_F(BackendOps, BatchNormTrainForward) {
+TEST_P(BackendOps, BatchNormTrainForward) {
     bn_train_case(*this, 147, 5, true, 500, 1.5f, 2.f, 1e-5);
 }
 
-TEST_F(BackendOps, BatchNormTrainForwardNoGamma) {
+TEST_P(BackendOps, BatchNormTrainForwardNoGamma) {
     bn_train_case(*this, 147, 5, false, 510, -0.5f, 0.7f, 1e-5);
 }
 
@@ -341,11 +374,11 @@ TEST_F(BackendOps, BatchNormTrainForwardNoGamma) {
 // E[x^2] - E[x]^2 would lose every digit here. y's tolerance: x ~ 50 carries fp32 ulps of 4e-6,
 // 4e-5 after division by the std of 0.1, and the CPU's x*a + b cancels two terms of ~500:
 // atol 5e-4.
-TEST_F(BackendOps, BatchNormTrainForwardLargeOffset) {
+TEST_P(BackendOps, BatchNormTrainForwardLargeOffset) {
     bn_train_case(*this, 64 * 31 * 31, 8, true, 520, 50.f, 0.1f, 5e-4);
 }
 
-TEST_F(BackendOps, BatchNormEvalForward) {
+TEST_P(BackendOps, BatchNormEvalForward) {
     const int M = 147, C = 5;
     const size_t n = size_t(M) * C;
     auto x = in(randn(n, 600, 2.f, 1.f));
@@ -407,9 +440,9 @@ void bn_backward_case(BackendOps& f, int M, int C, uint64_t seed) {
     }
 }
 
-TEST_F(BackendOps, BatchNormBackward) { bn_backward_case(*this, 147, 5, 700); }
+TEST_P(BackendOps, BatchNormBackward) { bn_backward_case(*this, 147, 5, 700); }
 
-TEST_F(BackendOps, BatchNormBackwardManyRows) { bn_backward_case(*this, 32 * 31 * 31, 24, 710); }
+TEST_P(BackendOps, BatchNormBackwardManyRows) { bn_backward_case(*this, 32 * 31 * 31, 24, 710); }
 
 // Batch norm + activation, fused, for every activation: training forward (z and the statistics),
 // eval forward, backward. Tolerances: those of BN above, carried through the activation (slope
@@ -458,13 +491,13 @@ void bn_act_case(BackendOps& f, int M, int C, ActKind act, uint64_t seed) {
     EXPECT_TRUE(f.same(dbeta, "bn+act dbeta", sum_tol, 3e-5));
 }
 
-TEST_F(BackendOps, BatchNormActivationFused) {
+TEST_P(BackendOps, BatchNormActivationFused) {
     int k = 0;
     for (ActKind act : {ActKind::gelu, ActKind::silu, ActKind::relu, ActKind::celu})
         bn_act_case(*this, 147, 5, act, 720 + 10 * k++);
 }
 
-TEST_F(BackendOps, BatchNormActivationFusedManyRows) {
+TEST_P(BackendOps, BatchNormActivationFusedManyRows) {
     bn_act_case(*this, 32 * 31 * 31, 24, ActKind::gelu, 770);
 }
 
@@ -544,15 +577,15 @@ void bn_pieces_case(BackendOps& f, int M, int C, uint64_t seed, float offset) {
     EXPECT_TRUE(f.same(dx, "bn_backward_apply dx", 1e-5, 1e-5));
 }
 
-TEST_F(BackendOps, BatchNormSyncPieces) { bn_pieces_case(*this, 147, 5, 750, 1.f); }
+TEST_P(BackendOps, BatchNormSyncPieces) { bn_pieces_case(*this, 147, 5, 750, 1.f); }
 
-TEST_F(BackendOps, BatchNormSyncPiecesManyRows) { bn_pieces_case(*this, 32 * 31 * 31, 24, 760, -3.f); }
+TEST_P(BackendOps, BatchNormSyncPiecesManyRows) { bn_pieces_case(*this, 32 * 31 * 31, 24, 760, -3.f); }
 
 // ---- GELU ------------------------------------------------------------------------------------
 
 // Tolerance: the CPU's erf is a polynomial good to ~1e-7 absolute (times |x|/2 <= 4 in y),
 // CUDA's erff to 2 ulp: atol 2e-6, rtol 1e-5.
-TEST_F(BackendOps, Gelu) {
+TEST_P(BackendOps, Gelu) {
     auto xs = randn(1001, 800, 3.f);
     for (float v : {0.f, -0.f, 1e-8f, -1e-8f, 8.f, -8.f}) xs.push_back(v);
     const size_t n = xs.size();
@@ -569,7 +602,7 @@ TEST_F(BackendOps, Gelu) {
 }
 
 // CUDA's expf against the CPU's polynomial exp (~2e-7 relative): atol 2e-6, rtol 1e-5.
-TEST_F(BackendOps, Silu) {
+TEST_P(BackendOps, Silu) {
     auto xs = randn(1001, 850, 4.f);
     for (float v : {0.f, -0.f, 1e-8f, -30.f, 30.f, -90.f, 90.f}) xs.push_back(v);
     const size_t n = xs.size();
@@ -586,7 +619,7 @@ TEST_F(BackendOps, Silu) {
 }
 
 // ReLU only selects: exact. CELU: CUDA's expf against the CPU's polynomial exp.
-TEST_F(BackendOps, ReluCelu) {
+TEST_P(BackendOps, ReluCelu) {
     auto xs = randn(1001, 860, 4.f);
     for (float v : {0.f, -0.f, 1e-8f, -30.f, 30.f, -90.f, 90.f}) xs.push_back(v);
     const size_t n = xs.size();
@@ -634,13 +667,13 @@ void pool_case(BackendOps& f, int N, int H, int W, int C, int k, uint64_t seed) 
     EXPECT_TRUE(f.same(dx, "maxpool dx", 0, 0));
 }
 
-TEST_F(BackendOps, MaxPool2On7x7) { pool_case(*this, 3, 7, 7, 5, 2, 900); }
-TEST_F(BackendOps, MaxPool3On3x3) { pool_case(*this, 3, 3, 3, 5, 3, 910); }
-TEST_F(BackendOps, MaxPool3On7x7) { pool_case(*this, 3, 7, 7, 5, 3, 920); }
-TEST_F(BackendOps, MaxPool2RealShape) { pool_case(*this, 8, 32, 32, 64, 2, 930); }
+TEST_P(BackendOps, MaxPool2On7x7) { pool_case(*this, 3, 7, 7, 5, 2, 900); }
+TEST_P(BackendOps, MaxPool3On3x3) { pool_case(*this, 3, 3, 3, 5, 3, 910); }
+TEST_P(BackendOps, MaxPool3On7x7) { pool_case(*this, 3, 7, 7, 5, 3, 920); }
+TEST_P(BackendOps, MaxPool2RealShape) { pool_case(*this, 8, 32, 32, 64, 2, 930); }
 // C a multiple of 8: the CUDA kernels' 8-channel path, with the row and column floor drops
-TEST_F(BackendOps, MaxPool2OddRealShape) { pool_case(*this, 4, 31, 31, 64, 2, 940); }
-TEST_F(BackendOps, MaxPool3EightChannels) { pool_case(*this, 3, 7, 8, 16, 3, 950); }
+TEST_P(BackendOps, MaxPool2OddRealShape) { pool_case(*this, 4, 31, 31, 64, 2, 940); }
+TEST_P(BackendOps, MaxPool3EightChannels) { pool_case(*this, 3, 7, 8, 16, 3, 950); }
 
 // Global max + mean (DAWN_net's head). Ties as in pool_case; the mean is an fp32 sum in the same
 // order on both sides, then one multiply: equal to a few ulps.
@@ -662,8 +695,8 @@ void concat_pool_case(BackendOps& f, int N, int HW, int C, uint64_t seed) {
     EXPECT_TRUE(f.same(dx, "concat_pool dx", 1e-6, 1e-6));
 }
 
-TEST_F(BackendOps, ConcatPoolRealShape) { concat_pool_case(*this, 16, 16, 256, 940); }
-TEST_F(BackendOps, ConcatPoolOddSizes) { concat_pool_case(*this, 3, 9, 5, 950); }
+TEST_P(BackendOps, ConcatPoolRealShape) { concat_pool_case(*this, 16, 16, 256, 940); }
+TEST_P(BackendOps, ConcatPoolOddSizes) { concat_pool_case(*this, 3, 9, 5, 950); }
 
 // ---- linear ----------------------------------------------------------------------------------
 
@@ -692,8 +725,14 @@ void linear_case(BackendOps& f, int N, int I, int O, float scale, uint64_t seed)
     }
 }
 
-TEST_F(BackendOps, Linear) { linear_case(*this, 3, 13, 10, 0.125f, 1000); }
-TEST_F(BackendOps, LinearRealShape) { linear_case(*this, 1024, 256, 10, 1.f / 9, 1010); }
+TEST_P(BackendOps, Linear) {
+    SKIP_IF_EMULATED("cuBLAS");
+    linear_case(*this, 3, 13, 10, 0.125f, 1000);
+}
+TEST_P(BackendOps, LinearRealShape) {
+    SKIP_IF_EMULATED("cuBLAS");
+    linear_case(*this, 1024, 256, 10, 1.f / 9, 1010);
+}
 
 // ---- loss ------------------------------------------------------------------------------------
 
@@ -738,11 +777,11 @@ void mixed_loss_case(BackendOps& f, int N, int O, float smoothing, float mix, ui
     EXPECT_EQ(sg[1], sc[1]) << "correct count";
 }
 
-TEST_F(BackendOps, CrossEntropyMixed) { mixed_loss_case(*this, 1000, 10, 0.2f, 9.f / 1024, 1130); }
-TEST_F(BackendOps, CrossEntropyMixedHalf) { mixed_loss_case(*this, 37, 10, 0.f, 0.5f, 1140); }
+TEST_P(BackendOps, CrossEntropyMixed) { mixed_loss_case(*this, 1000, 10, 0.2f, 9.f / 1024, 1130); }
+TEST_P(BackendOps, CrossEntropyMixedHalf) { mixed_loss_case(*this, 37, 10, 0.f, 0.5f, 1140); }
 
 // Cutmix copies values: exact, with squares clipped at the edges.
-TEST_F(BackendOps, Cutmix) {
+TEST_P(BackendOps, Cutmix) {
     const int B = 37, H = 32, W = 32, C = 3, size = 5;
     auto src = in(randn(size_t(B) * H * W * C, 1230));
     auto x = in(randn(size_t(B) * H * W * C, 1231));
@@ -760,15 +799,15 @@ TEST_F(BackendOps, Cutmix) {
     EXPECT_TRUE(same(x, "cutmix x", 0, 0));
 }
 
-TEST_F(BackendOps, CrossEntropy) { loss_case(*this, 37, 10, 0.2f, 1100); }
-TEST_F(BackendOps, CrossEntropyManyRows) { loss_case(*this, 1000, 10, 0.2f, 1110); }
-TEST_F(BackendOps, CrossEntropyNoSmoothing) { loss_case(*this, 37, 10, 0.f, 1120); }
+TEST_P(BackendOps, CrossEntropy) { loss_case(*this, 37, 10, 0.2f, 1100); }
+TEST_P(BackendOps, CrossEntropyManyRows) { loss_case(*this, 1000, 10, 0.2f, 1110); }
+TEST_P(BackendOps, CrossEntropyNoSmoothing) { loss_case(*this, 37, 10, 0.f, 1120); }
 
 // ---- optimizer -------------------------------------------------------------------------------
 
 // Elementwise fp32 on O(1) values; only FMA contraction may differ: atol 1e-6, rtol 1e-6.
 // n is odd and, in one case, larger than one pass of the grid-stride loop.
-TEST_F(BackendOps, SgdNesterov) {
+TEST_P(BackendOps, SgdNesterov) {
     for (size_t n : {size_t(1001), size_t(3000001)}) {
         SCOPED_TRACE(testing::Message() << "n=" << n);
         auto p = in(randn(n, 1200));
@@ -783,7 +822,7 @@ TEST_F(BackendOps, SgdNesterov) {
 
 // The optimizer's groups in one launch (ranges with gaps, an empty one, one past a grid pass):
 // the tolerance of the single-range ops; gaps must stay as they were (exactly).
-TEST_F(BackendOps, SgdNesterovRanges) {
+TEST_P(BackendOps, SgdNesterovRanges) {
     const size_t n = 3000001;
     const SgdRange r[5] = {{0, 1000, 0.1f, 5e-4f},        {1000, 1000, 5.f, 5.f},
                            {1003, 2500000, 6.4f, 7.8e-6f}, {2500007, 2999999, 1e-3f, 0.f},
@@ -801,7 +840,7 @@ TEST_F(BackendOps, SgdNesterovRanges) {
 }
 
 // Cutout only writes zeros: exact, with squares clipped at the edges.
-TEST_F(BackendOps, Cutout) {
+TEST_P(BackendOps, Cutout) {
     const int B = 37, H = 32, W = 32, C = 3, size = 8;
     auto x = in(randn(size_t(B) * H * W * C, 1220));
     std::vector<uint8_t> p(2 * size_t(B));
@@ -815,7 +854,7 @@ TEST_F(BackendOps, Cutout) {
     EXPECT_TRUE(same(x, "cutout x", 0, 0));
 }
 
-TEST_F(BackendOps, SgdNesterovVelocity) {
+TEST_P(BackendOps, SgdNesterovVelocity) {
     const size_t n = 100003;
     auto p = in(randn(n, 1210));
     auto v = in(randn(n, 1211));
@@ -826,7 +865,7 @@ TEST_F(BackendOps, SgdNesterovVelocity) {
     EXPECT_TRUE(same(v, "sgd-velocity v", 1e-6, 1e-6));
 }
 
-TEST_F(BackendOps, LerpAssign) {
+TEST_P(BackendOps, LerpAssign) {
     const size_t n = 1001;
     auto ema = in(randn(n, 1300));
     auto p = in(randn(n, 1301));
@@ -836,7 +875,7 @@ TEST_F(BackendOps, LerpAssign) {
     EXPECT_TRUE(same(p, "lerp p", 1e-6, 1e-6));
 }
 
-TEST_F(BackendOps, Axpy) {
+TEST_P(BackendOps, Axpy) {
     for (size_t n : {size_t(1001), size_t(3000001)}) {
         SCOPED_TRACE(testing::Message() << "n=" << n);
         auto y = in(randn(n, 1400));
@@ -849,7 +888,7 @@ TEST_F(BackendOps, Axpy) {
 
 // The residual add in fp32 storage (its own kernel on the GPU since 16-bit storage): one fp32
 // addition per element on both sides, exact.
-TEST_F(BackendOps, ResidualAdd) {
+TEST_P(BackendOps, ResidualAdd) {
     for (size_t n : {size_t(1001), size_t(3000001)}) {
         SCOPED_TRACE(testing::Message() << "n=" << n);
         auto y = in(randn(n, 1410));
@@ -862,7 +901,7 @@ TEST_F(BackendOps, ResidualAdd) {
 
 // Muon's pieces. scale / momentum_direction: elementwise, atol = rtol = 1e-6. scale_to_norm: the
 // norm is summed in double on the CPU, in fp32 partials then double on the GPU: 1e-5 relative.
-TEST_F(BackendOps, MuonElementwise) {
+TEST_P(BackendOps, MuonElementwise) {
     for (size_t n : {size_t(1001), size_t(589824), size_t(3000001)}) {
         SCOPED_TRACE(testing::Message() << "n=" << n);
         auto x = in(randn(n, 1450));
@@ -899,7 +938,8 @@ void gemm_case(BackendOps& f, int M, int N, int K, bool ta, bool tb, float alpha
     EXPECT_TRUE(f.same(c, "gemm C", 1e-5 * rms(c.c.get("C")), 1e-5));
 }
 
-TEST_F(BackendOps, Gemm) {
+TEST_P(BackendOps, Gemm) {
+    SKIP_IF_EMULATED("cuBLAS");
     for (bool ta : {false, true})
         for (bool tb : {false, true}) {
             gemm_case(*this, 7, 13, 29, ta, tb, 1.5f, 0.f, 1460);
@@ -911,7 +951,7 @@ TEST_F(BackendOps, Gemm) {
 
 // Muon's batched step: every filter's norm at once (segments of Muon's filter sizes, an empty
 // one, per-segment targets or none): the tolerance of scale_to_norm.
-TEST_F(BackendOps, ScaleToNormSegments) {
+TEST_P(BackendOps, ScaleToNormSegments) {
     const std::vector<int64_t> off = {0, 13824, 50688, 50688, 198144, 787968, 789000};
     const int count = int(off.size()) - 1;
     auto offsets = in(off);
@@ -928,7 +968,8 @@ TEST_F(BackendOps, ScaleToNormSegments) {
 // A GemmList (cuBLAS's grouped batched gemm on the GPU, a loop of sgemm on the CPU): Muon's
 // Newton-Schulz products, both orientations, two items of one shape (one cuBLAS group), beta 0
 // and beta != 0; the tolerance of gemm. Guard words around the whole stack catch stray writes.
-TEST_F(BackendOps, GemmList) {
+TEST_P(BackendOps, GemmList) {
+    SKIP_IF_EMULATED("cuBLAS");
     struct Shape { int M, N, K; bool ta, tb; };
     const std::vector<Shape> shapes = {{64, 64, 216, false, true}, {72, 72, 96, true, false},
                                        {64, 64, 216, false, true}, {96, 72, 72, false, false},
@@ -967,7 +1008,8 @@ TEST_F(BackendOps, GemmList) {
 // The measured matrix-multiply peak that `speedrun bench` divides by: plausible for the GPUs this
 // targets (A100: 156 / 312 TFLOP/s dense TF32 / FP16 on paper, H100 SXM 495 / 989), FP16 above
 // TF32, and the CPU backend measures nothing here (core/cpu_peak.h does).
-TEST_F(BackendOps, GemmPeak) {
+TEST_P(BackendOps, GemmPeak) {
+    SKIP_IF_EMULATED("cuBLAS");
     const size_t peak_before = gpu_->peak_bytes();
     const GemmPeak g = gpu_->measure_gemm_peak();
     std::printf("cuBLAS 8192^3: TF32 %.0f TFLOP/s, FP16 %.0f TFLOP/s on %s\n", g.tf32_gflops * 1e-3,
@@ -982,7 +1024,7 @@ TEST_F(BackendOps, GemmPeak) {
 // ---- data ------------------------------------------------------------------------------------
 
 // (x + shift) * gain per image: the same two fp32 operations on both sides.
-TEST_F(BackendOps, BrightnessContrast) {
+TEST_P(BackendOps, BrightnessContrast) {
     const int B = 5;
     const size_t per = 7 * 7 * 3;
     auto x = in(randn(size_t(B) * per, 1495));
@@ -994,7 +1036,7 @@ TEST_F(BackendOps, BrightnessContrast) {
 }
 
 // Same formula on both sides ((v / 255 - mean) / std, IEEE division): 1e-6 covers any rounding.
-TEST_F(BackendOps, NormalizePad) {
+TEST_P(BackendOps, NormalizePad) {
     const int N = 3, H = 7, W = 7, pad = 2;
     Rng r(1500);
     std::vector<uint8_t> img(size_t(N) * H * W * 3);
@@ -1008,7 +1050,7 @@ TEST_F(BackendOps, NormalizePad) {
 }
 
 // Pure copies: exact.
-TEST_F(BackendOps, GatherCrops) {
+TEST_P(BackendOps, GatherCrops) {
     const int Nsrc = 6, H = 7, W = 7, pad = 2, B = 5;
     auto src = in(randn(size_t(Nsrc) * (H + 2 * pad) * (W + 2 * pad) * 3, 1600));
     Rng r(1601);
@@ -1060,9 +1102,9 @@ void cov_case(BackendOps& f, int N, int H, int W, int C, int k, uint64_t seed) {
         for (size_t j = 0; j < D; ++j) ASSERT_EQ(cg[i * D + j], cg[j * D + i]) << "not symmetric";
 }
 
-TEST_F(BackendOps, PatchCovariance) { cov_case(*this, 3, 7, 7, 3, 2, 1700); }
-TEST_F(BackendOps, PatchCovarianceK3C5) { cov_case(*this, 2, 9, 9, 5, 3, 1710); }
-TEST_F(BackendOps, PatchCovarianceWhiteningShape) { cov_case(*this, 16, 32, 32, 3, 2, 1720); }
+TEST_P(BackendOps, PatchCovariance) { cov_case(*this, 3, 7, 7, 3, 2, 1700); }
+TEST_P(BackendOps, PatchCovarianceK3C5) { cov_case(*this, 2, 9, 9, 5, 3, 1710); }
+TEST_P(BackendOps, PatchCovarianceWhiteningShape) { cov_case(*this, 16, 32, 32, 3, 2, 1720); }
 
 }  // namespace
 }  // namespace sr

@@ -3,9 +3,11 @@
 // (ops/storage_backend.h), op by op, through the Backend interface only.
 //
 // Devices under test: the CUDA backend made with that storage (SKIPPED without a GPU, with the
-// reason), and StorageBackend over a one-thread CPU backend, which runs everywhere: it checks the
-// harness itself (packing, guards, tolerances) and that the reference does not depend on the
-// thread count.
+// reason); its own kernels in the host emulation ("emu", ops/cuda/emulated_backend.h: where the
+// CUDA toolkit's headers were found, GPU or not; its library ops are the CPU's); and
+// StorageBackend over a one-thread CPU backend, which runs everywhere: it checks the harness
+// itself (packing, guards, tolerances) and that the reference does not depend on the thread
+// count.
 //
 // Every buffer has guard bytes on both sides; an activation buffer is allocated for n floats, as
 // the network allocates it, and only its first 2n bytes may be written: a kernel that stores
@@ -33,6 +35,9 @@
 #include "ops/backend.h"
 #include "ops/backend_ops_util.h"
 #include "ops/storage_backend.h"
+#ifdef SPEEDRUN_HAVE_CUDA_EMULATION
+#include "ops/cuda/emulated_backend.h"
+#endif
 
 namespace sr {
 namespace {
@@ -50,13 +55,15 @@ double rms(const std::vector<float>& v) { return test::rms(v); }
     return test::close(got, ref, atol, rtol);
 }
 
+enum class DutKind { cuda, emu, cpu1 };
 struct Dut {
-    bool cuda;
+    DutKind kind;
     Storage s;
 };
 
 std::string dut_label(const Dut& d) {
-    return std::string(d.cuda ? "cuda_" : "cpu1_") + storage_name(d.s);
+    const char* k = d.kind == DutKind::cuda ? "cuda_" : d.kind == DutKind::emu ? "emu_" : "cpu1_";
+    return std::string(k) + storage_name(d.s);
 }
 std::string dut_name(const ::testing::TestParamInfo<Dut>& i) { return dut_label(i.param); }
 void PrintTo(const Dut& d, std::ostream* os) { *os << dut_label(d); }  // (test names in ctest)
@@ -100,11 +107,18 @@ public:
         inner_ = make_cpu_backend(2);
         ASSERT_TRUE(inner_);
         ref_ = std::make_unique<StorageBackend>(*inner_, s);
-        if (GetParam().cuda) {
+        if (GetParam().kind == DutKind::cuda) {
             std::string why;
             dut_ = make_cuda_backend(0, &why, s);
             if (!dut_) GTEST_SKIP() << "no CUDA device: " << why;
             ASSERT_EQ(dut_->storage(), s);
+        } else if (GetParam().kind == DutKind::emu) {
+#ifdef SPEEDRUN_HAVE_CUDA_EMULATION
+            dut_ = make_emulated_cuda_backend(s);
+            ASSERT_EQ(dut_->storage(), s);
+#else
+            GTEST_SKIP() << "no CUDA emulation in this build (CUDA toolkit headers not found)";
+#endif
         } else {
             dut_ = std::make_unique<StorageBackend>(make_cpu_backend(1), s);
         }
@@ -567,8 +581,12 @@ TEST_P(StoredOps, DataOps) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Storage, StoredOps,
-                         ::testing::Values(Dut{true, Storage::f16}, Dut{true, Storage::bf16},
-                                           Dut{false, Storage::f16}, Dut{false, Storage::bf16}),
+                         ::testing::Values(Dut{DutKind::cuda, Storage::f16},
+                                           Dut{DutKind::cuda, Storage::bf16},
+                                           Dut{DutKind::emu, Storage::f16},
+                                           Dut{DutKind::emu, Storage::bf16},
+                                           Dut{DutKind::cpu1, Storage::f16},
+                                           Dut{DutKind::cpu1, Storage::bf16}),
                          dut_name);
 
 }  // namespace

@@ -7,6 +7,7 @@
 // (derivatives at 0 from the left, as PyTorch)
 #pragma once
 #include "ops/backend.h"
+#include "ops/cuda/cuda_common.cuh"
 
 namespace sr::cuda {
 

@@ -101,9 +101,9 @@ void channel_reduce(cudaStream_t st, float2* partial, F f, E e, int M, int C) {
     const int chunks = num_chunks(M);
     const dim3 grid(ceil_div(size_t(C), 32), unsigned(chunks));
     const dim3 block(32, kRowThreads);
-    channel_partials<<<grid, block, 0, st>>>(partial, f, M, C);
+    launch_kernel(channel_partials<F>, grid, block, 0, st, partial, f, M, C);
     CUDA_CHECK_LAUNCH();
-    channel_finalize<<<C, kFinalizeThreads, 0, st>>>(partial, chunks, C, e);
+    launch_kernel(channel_finalize<E>, C, kFinalizeThreads, 0, st, partial, chunks, C, e);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -250,11 +250,11 @@ template <class T>
 void launch_normalize(cudaStream_t st, T* y, const T* x, const float* mean, const float* invstd,
                       const float* gamma, const float* beta, size_t n, int C, MaybeAct act) {
     if (eight_wide(n, C, y, x))
-        bn_normalize8<T><<<grid_size(n / 8), kBlock, 0, st>>>(y, x, mean, invstd, gamma, beta,
-                                                              unsigned(n / 8), C / 8, act);
+        launch_kernel(bn_normalize8<T>, grid_size(n / 8), kBlock, 0, st, y, x, mean, invstd, gamma,
+                      beta, unsigned(n / 8), C / 8, act);
     else
-        bn_normalize<T><<<grid_size(n), kBlock, 0, st>>>(y, x, mean, invstd, gamma, beta, n, C,
-                                                         act);
+        launch_kernel(bn_normalize<T>, grid_size(n), kBlock, 0, st, y, x, mean, invstd, gamma, beta,
+                      n, C, act);
 }
 
 template <class T>
@@ -262,12 +262,11 @@ void launch_dx(cudaStream_t st, T* dx, const T* dy, const T* x, const float* mea
                const float* invstd, const float* gamma, const float* beta, const float* sum_dy,
                const float* sum_dy_xhat, size_t n, int C, float inv_m, MaybeAct act) {
     if (eight_wide(n, C, dx, dy, x))
-        bn_dx8<T><<<grid_size(n / 8), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, beta,
-                                                       sum_dy, sum_dy_xhat, unsigned(n / 8), C / 8,
-                                                       inv_m, act);
+        launch_kernel(bn_dx8<T>, grid_size(n / 8), kBlock, 0, st, dx, dy, x, mean, invstd, gamma,
+                      beta, sum_dy, sum_dy_xhat, unsigned(n / 8), C / 8, inv_m, act);
     else
-        bn_dx<T><<<grid_size(n), kBlock, 0, st>>>(dx, dy, x, mean, invstd, gamma, beta, sum_dy,
-                                                  sum_dy_xhat, n, C, inv_m, act);
+        launch_kernel(bn_dx<T>, grid_size(n), kBlock, 0, st, dx, dy, x, mean, invstd, gamma, beta,
+                      sum_dy, sum_dy_xhat, n, C, inv_m, act);
 }
 
 struct StoreSum {
@@ -423,11 +422,10 @@ void batch_statistics(cudaStream_t st, void* scratch, float* mean, float* invstd
     const int chunks = num_chunks(M);
     const dim3 grid(ceil_div(size_t(C), 32), unsigned(chunks));
     const dim3 block(32, kRowThreads);
-    channel_moments<T><<<grid, block, 0, st>>>(s.partial, x, M, C);
+    launch_kernel(channel_moments<T>, grid, block, 0, st, s.partial, x, M, C);
     CUDA_CHECK_LAUNCH();
-    channel_moments_finalize<<<C, kFinalizeThreads, 0, st>>>(s.partial, chunks, M, C, mean, invstd,
-                                                             running_mean, running_var, eps,
-                                                             momentum);
+    launch_kernel(channel_moments_finalize, C, kFinalizeThreads, 0, st, s.partial, chunks, M, C,
+                  mean, invstd, running_mean, running_var, eps, momentum);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -449,10 +447,11 @@ void add_channel_bias(cudaStream_t st, Storage s, float* y, const float* bias, i
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
         if (eight_wide(n, C, y, nullptr))
-            add_bias_kernel8<T><<<grid_size(n / 8), kBlock, 0, st>>>(as_act<T>(y), bias,
-                                                                     unsigned(n / 8), C / 8);
+            launch_kernel(add_bias_kernel8<T>, grid_size(n / 8), kBlock, 0, st, as_act<T>(y), bias,
+                          unsigned(n / 8), C / 8);
         else
-            add_bias_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(y), bias, n, C);
+            launch_kernel(add_bias_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(y), bias, n,
+                          C);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -482,8 +481,8 @@ void bn_eval_maybe_act(cudaStream_t st, T* y, const T* x, const float* running_m
                        int C, float eps, MaybeAct act) {
     CUDA_ASSERT(M > 0 && C > 0);
     const size_t n = size_t(M) * C;
-    bn_eval<T><<<grid_size(n), kBlock, 0, st>>>(y, x, running_mean, running_var, gamma, beta, n,
-                                                C, eps, act);
+    launch_kernel(bn_eval<T>, grid_size(n), kBlock, 0, st, y, x, running_mean, running_var, gamma,
+                  beta, n, C, eps, act);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -585,9 +584,9 @@ void bn_apply(cudaStream_t st, Storage s, float* y, float* mean, float* invstd,
               const float* beta, const float* sums, const float* center_sums, float center_scale,
               int64_t count, int M, int C, float eps, float momentum) {
     CUDA_ASSERT(M > 0 && C > 0 && count >= M);
-    bn_finalize_sums<<<ceil_div(size_t(C), kBlock), kBlock, 0, st>>>(
-        mean, invstd, running_mean, running_var, sums, center_sums, center_scale, double(count), C,
-        eps, momentum);
+    launch_kernel(bn_finalize_sums, ceil_div(size_t(C), kBlock), kBlock, 0, st, mean, invstd,
+                  running_mean, running_var, sums, center_sums, center_scale, double(count), C, eps,
+                  momentum);
     CUDA_CHECK_LAUNCH();
     const size_t n = size_t(M) * C;
     with_storage(s, [&](auto* tag) {

@@ -19,7 +19,7 @@ constexpr int kMaxFilter = 4096;     // K*R*S*C floats in shared memory (16 KiB)
 template <class T>
 __global__ void conv_small_forward_kernel(T* y, const T* x, const T* w, const float* bias,
                                           ConvShape s, int P, int Q) {
-    extern __shared__ float sw[];
+    float* sw = dynamic_shared<float>();  // the filters (smem bytes of the launch)
     const int nw = s.K * s.R * s.S * s.C;
     for (int i = threadIdx.x; i < nw; i += blockDim.x) sw[i] = load_act(w, size_t(i));
     __syncthreads();
@@ -73,8 +73,8 @@ void conv_small_forward(cudaStream_t st, Storage storage, float* y, const float*
     const size_t smem = size_t(s.K) * s.R * s.S * s.C * sizeof(float);
     with_storage(storage, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        conv_small_forward_kernel<T><<<grid_size(threads), kBlock, smem, st>>>(
-            as_act<T>(y), as_act<T>(x), as_act<T>(w), bias, s, s.P(), s.Q());
+        launch_kernel(conv_small_forward_kernel<T>, grid_size(threads), kBlock, smem, st,
+                      as_act<T>(y), as_act<T>(x), as_act<T>(w), bias, s, s.P(), s.Q());
     });
     CUDA_CHECK_LAUNCH();
 }

@@ -93,12 +93,12 @@ void patch_covariance(cudaStream_t st, Storage s, void* scratch, double* cov_hos
     const dim3 grid(ceil_div(size_t(p.pairs), kPairThreads), unsigned(p.chunks));
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        cov_partials<T><<<grid, kPairThreads, 0, st>>>(partial, as_act<T>(x), H, W, C, k,
-                                                       p.patches, p.per_chunk);
+        launch_kernel(cov_partials<T>, grid, kPairThreads, 0, st, partial, as_act<T>(x), H, W, C, k,
+                      p.patches, p.per_chunk);
     });
     CUDA_CHECK_LAUNCH();
-    cov_reduce<<<ceil_div(size_t(p.pairs), kPairThreads), kPairThreads, 0, st>>>(
-        sum, partial, p.pairs, p.chunks);
+    launch_kernel(cov_reduce, ceil_div(size_t(p.pairs), kPairThreads), kPairThreads, 0, st, sum,
+                  partial, p.pairs, p.chunks);
     CUDA_CHECK_LAUNCH();
     std::vector<double> host(size_t(p.pairs));
     CUDA_CHECK(cudaMemcpyAsync(host.data(), sum, size_t(p.pairs) * sizeof(double),

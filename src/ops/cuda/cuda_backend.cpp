@@ -2,8 +2,9 @@
 // sr::make_cuda_backend. It owns the one cudaStream_t that every op, copy and library call runs
 // on, the cuDNN and cuBLAS contexts bound to it, the device memory handed out by alloc()
 // (tracked: current and peak bytes) and one scratch buffer that ops needing temporary device
-// memory share (ops on one stream run one after the other). The ops themselves are the
-// sr::cuda:: functions of the .cu files (cuda_ops.h) and the two library wrappers.
+// memory share (ops on one stream run one after the other). The ops of its own kernels come
+// from cuda::KernelOps (kernel_ops.h: the sr::cuda:: functions of the .cu files, cuda_ops.h);
+// convolutions, the linear layer and the products go to the two library wrappers.
 // Also defines sr::cuda::fail_at, the one place where CUDA-side errors become sr::Error.
 #include <cstdio>
 #include <string>
@@ -18,6 +19,7 @@
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/cudnn_conv.h"
+#include "ops/cuda/kernel_ops.h"
 
 namespace sr {
 
@@ -80,7 +82,7 @@ private:
     size_t kernels_, nodes_;
 };
 
-class CudaBackend final : public Backend {
+class CudaBackend final : public cuda::KernelOps<Backend> {
 public:
     CudaBackend(int device, Storage storage, bool tf32) : device_(device), storage_(storage) {
         CUDA_CHECK(cudaSetDevice(device));
@@ -240,112 +242,7 @@ public:
         return cuda::make_cudnn_conv(*cudnn_, s, storage_);
     }
 
-    // ---- batch norm ---------------------------------------------------------------------------
-    void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
-                          float* running_var, const float* x, const float* gamma,
-                          const float* beta, int M, int C, float eps, float momentum) override {
-        cuda::bn_forward_train(stream_, storage_, scratch(cuda::bn_scratch_bytes(M, C)), y, mean, invstd,
-                               running_mean, running_var, x, gamma, beta, M, C, eps, momentum);
-    }
-    void bn_forward_eval(float* y, const float* x, const float* running_mean,
-                         const float* running_var, const float* gamma, const float* beta, int M,
-                         int C, float eps) override {
-        cuda::bn_forward_eval(stream_, storage_, y, x, running_mean, running_var, gamma, beta, M, C, eps);
-    }
-    void bn_act_forward_train(float* z, float* mean, float* invstd, float* running_mean,
-                              float* running_var, const float* x, const float* gamma,
-                              const float* beta, int M, int C, float eps, float momentum,
-                              ActKind act, float alpha) override {
-        cuda::bn_act_forward_train(stream_, storage_, scratch(cuda::bn_scratch_bytes(M, C)), z, mean, invstd,
-                                   running_mean, running_var, x, gamma, beta, M, C, eps, momentum,
-                                   act, alpha);
-    }
-    void bn_act_forward_eval(float* z, const float* x, const float* running_mean,
-                             const float* running_var, const float* gamma, const float* beta,
-                             int M, int C, float eps, ActKind act, float alpha) override {
-        cuda::bn_act_forward_eval(stream_, storage_, z, x, running_mean, running_var, gamma, beta, M, C, eps,
-                                  act, alpha);
-    }
-    void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz, const float* x,
-                         const float* mean, const float* invstd, const float* gamma,
-                         const float* beta, int M, int C, ActKind act, float alpha) override {
-        cuda::bn_act_backward(stream_, storage_, scratch(cuda::bn_scratch_bytes(M, C)), dx, dgamma, dbeta,
-                              dz, x, mean, invstd, gamma, beta, M, C, act, alpha);
-    }
-    void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
-                     const float* mean, const float* invstd, const float* gamma, int M,
-                     int C) override {
-        cuda::bn_backward(stream_, storage_, scratch(cuda::bn_scratch_bytes(M, C)), dx, dgamma, dbeta, dy,
-                          x, mean, invstd, gamma, M, C);
-    }
-    void bn_stats(float* sums, const float* x, const float* center_sums, float center_scale,
-                  int M, int C) override {
-        cuda::bn_stats(stream_, storage_, scratch(cuda::bn_scratch_bytes(M, C)), sums, x, center_sums,
-                       center_scale, M, C);
-    }
-    void bn_apply(float* y, float* mean, float* invstd, float* running_mean, float* running_var,
-                  const float* x, const float* gamma, const float* beta, const float* sums,
-                  const float* center_sums, float center_scale, int64_t count, int M, int C,
-                  float eps, float momentum) override {
-        cuda::bn_apply(stream_, storage_, y, mean, invstd, running_mean, running_var, x, gamma, beta, sums,
-                       center_sums, center_scale, count, M, C, eps, momentum);
-    }
-    void bn_backward_reduce(float* sums, float* dgamma, float* dbeta, const float* dy,
-                            const float* x, const float* mean, const float* invstd, int M,
-                            int C) override {
-        cuda::bn_backward_reduce(stream_, storage_, scratch(cuda::bn_scratch_bytes(M, C)), sums, dgamma,
-                                 dbeta, dy, x, mean, invstd, M, C);
-    }
-    void bn_backward_apply(float* dx, const float* dy, const float* x, const float* mean,
-                           const float* invstd, const float* gamma, const float* sums,
-                           int64_t count, int M, int C) override {
-        cuda::bn_backward_apply(stream_, storage_, dx, dy, x, mean, invstd, gamma, sums, count, M, C);
-    }
     void* native_stream() override { return stream_; }
-
-    // ---- activations ------------------------------------------------------------------------
-    void gelu_forward(float* y, const float* x, size_t n) override {
-        cuda::act_forward(stream_, storage_, y, x, n, ActKind::gelu, 0.f);
-    }
-    void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override {
-        cuda::act_backward(stream_, storage_, dx, dy, x, n, ActKind::gelu, 0.f);
-    }
-    void relu_forward(float* y, const float* x, size_t n) override {
-        cuda::act_forward(stream_, storage_, y, x, n, ActKind::relu, 0.f);
-    }
-    void relu_backward(float* dx, const float* dy, const float* x, size_t n) override {
-        cuda::act_backward(stream_, storage_, dx, dy, x, n, ActKind::relu, 0.f);
-    }
-    void celu_forward(float* y, const float* x, size_t n, float alpha) override {
-        cuda::act_forward(stream_, storage_, y, x, n, ActKind::celu, alpha);
-    }
-    void celu_backward(float* dx, const float* dy, const float* x, size_t n, float alpha) override {
-        cuda::act_backward(stream_, storage_, dx, dy, x, n, ActKind::celu, alpha);
-    }
-    void silu_forward(float* y, const float* x, size_t n) override {
-        cuda::act_forward(stream_, storage_, y, x, n, ActKind::silu, 0.f);
-    }
-    void silu_backward(float* dx, const float* dy, const float* x, size_t n) override {
-        cuda::act_backward(stream_, storage_, dx, dy, x, n, ActKind::silu, 0.f);
-    }
-
-    // ---- pooling ----------------------------------------------------------------------------
-    void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, int H, int W, int C,
-                         int k) override {
-        cuda::maxpool_forward(stream_, storage_, y, arg, x, N, H, W, C, k);
-    }
-    void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int H, int W,
-                          int C, int k) override {
-        cuda::maxpool_backward(stream_, storage_, dx, dy, arg, N, H, W, C, k);
-    }
-    void concat_pool_forward(float* y, uint8_t* arg, const float* x, int N, int HW,
-                             int C) override {
-        cuda::concat_pool_forward(stream_, storage_, y, arg, x, N, HW, C);
-    }
-    void concat_pool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int HW,
-                              int C) override {
-        cuda::concat_pool_backward(stream_, storage_, dx, dy, arg, N, HW, C);
-    }
 
     // ---- linear -----------------------------------------------------------------------------
     // In 16-bit storage the head's input is widened to fp32 scratch and its input gradient
@@ -371,49 +268,6 @@ public:
         if (dx) cuda::to_storage(stream_, storage_, dx, dxs, n);
     }
 
-    // ---- loss -------------------------------------------------------------------------------
-    void cross_entropy(float* dlogits, float* stats, const float* logits, const int32_t* labels,
-                       int N, int O, float smoothing) override {
-        cuda::cross_entropy(stream_, dlogits, stats, logits, labels, N, O, smoothing);
-    }
-    void cross_entropy_mixed(float* dlogits, float* stats, const float* logits,
-                             const int32_t* labels, const int32_t* labels2, float mix, int N, int O,
-                             float smoothing) override {
-        cuda::cross_entropy_mixed(stream_, dlogits, stats, logits, labels, labels2, mix, N, O,
-                                  smoothing);
-    }
-
-    // ---- optimizer --------------------------------------------------------------------------
-    void sgd_nesterov(float* p, float* buf, const float* g, size_t n, float lr, float wd,
-                      float momentum) override {
-        cuda::sgd_nesterov(stream_, p, buf, g, n, lr, wd, momentum);
-    }
-    void sgd_nesterov_velocity(float* p, float* v, const float* g, size_t n, float lr, float wd,
-                               float momentum) override {
-        cuda::sgd_nesterov_velocity(stream_, p, v, g, n, lr, wd, momentum);
-    }
-    void sgd_nesterov_ranges(float* p, float* buf, const float* g, const SgdRange* ranges,
-                             int count, float momentum, bool velocity) override {
-        cuda::sgd_nesterov_ranges(stream_, p, buf, g, ranges, count, momentum, velocity);
-    }
-    void lerp_assign(float* ema, float* p, size_t n, float t) override {
-        cuda::lerp_assign(stream_, ema, p, n, t);
-    }
-    void axpy(float* y, const float* x, float a, size_t n) override {
-        cuda::axpy(stream_, y, x, a, n);
-    }
-    void residual_add(float* y, const float* x, size_t n) override {
-        cuda::residual_add(stream_, storage_, y, x, n);
-    }
-    void scale(float* x, float a, size_t n) override { cuda::scale(stream_, x, a, n); }
-    void scale_to_norm(float* x, size_t n, float target, float eps) override {
-        cuda::scale_to_norm(stream_, scratch(cuda::scale_to_norm_scratch_bytes()), x, n, target,
-                            eps);
-    }
-    void momentum_direction(float* u, float* buf, const float* g, size_t n, float momentum,
-                            bool nesterov) override {
-        cuda::momentum_direction(stream_, u, buf, g, n, momentum, nesterov);
-    }
     void gemm(float* C, const float* A, const float* B, int M, int N, int K, bool ta, bool tb,
               float alpha, float beta) override {
         cuda::gemm(*cublas_, C, A, B, M, N, K, ta, tb, alpha, beta);
@@ -423,40 +277,10 @@ public:
         CUDA_CHECK(cudaStreamSynchronize(stream_));
         return cuda::measure_gemm_peak(*cublas_, stream_);
     }
-    void scale_to_norm_segments(float* x, const int64_t* offsets, const float* targets, int count,
-                                float target, float eps) override {
-        cuda::scale_to_norm_segments(stream_,
-                                     scratch(cuda::scale_to_norm_segments_scratch_bytes(count)), x,
-                                     offsets, targets, count, target, eps);
-    }
 
-    // ---- data -------------------------------------------------------------------------------
-    void normalize_pad(float* out, const uint8_t* in, int N, int H, int W, const float* mean_host,
-                       const float* std_host, int pad) override {
-        cuda::normalize_pad(stream_, storage_, out, in, N, H, W, mean_host, std_host, pad);
-    }
-    void gather_crops(float* out, const float* src, int H, int W, int pad, int B,
-                      const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
-                      const uint8_t* flips, int flip) override {
-        cuda::gather_crops(stream_, storage_, out, src, H, W, pad, B, idx, first, shifts, sy, sx, flips,
-                           flip);
-    }
-    void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) override {
-        cuda::cutout(stream_, storage_, x, pos, B, H, W, C, size);
-    }
-    void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B,
-                int H, int W, int C, int size) override {
-        cuda::cutmix(stream_, storage_, x, src, partner, pos, B, H, W, C, size);
-    }
-    void brightness_contrast(float* x, const float* shift, const float* gain, int B,
-                             size_t per_image) override {
-        cuda::brightness_contrast(stream_, storage_, x, shift, gain, B, per_image);
-    }
-    void patch_covariance(double* cov_host, double* mean_host, const float* x, int N, int H,
-                          int W, int C, int k) override {
-        cuda::patch_covariance(stream_, storage_, scratch(cuda::covariance_scratch_bytes(N, H, W, C, k)),
-                               cov_host, mean_host, x, N, H, W, C, k);
-    }
+protected:
+    cudaStream_t kernel_stream() override { return stream_; }
+    void* kernel_scratch(size_t bytes) override { return scratch(bytes); }
 
 private:
     // The shared scratch buffer, grown to at least bytes. Not counted in peak_bytes (which the

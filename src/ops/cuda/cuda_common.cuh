@@ -15,6 +15,10 @@
 
 #include <cuda_runtime.h>
 
+#ifdef SR_CUDA_EMULATION
+#include "ops/cuda/emulation.h"
+#endif
+
 namespace sr::cuda {
 
 // Throws sr::Error("<lib>: <call> failed at file:line: <msg>"), e.g.
@@ -38,18 +42,48 @@ inline unsigned grid_size(size_t n, int block = kBlock) {
 
 inline unsigned ceil_div(size_t a, size_t b) { return unsigned((a + b - 1) / b); }
 
+#ifdef __CUDACC__
+// Every kernel launch of the backend: k<<<grid, block, shared_bytes, st>>>(args...), written as
+// a call so that the same sources also build for the host emulation (emulation.h), where
+// launch_kernel runs the grid on the CPU.
+template <class... Params, class... Args>
+void launch_kernel(void (*k)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                   cudaStream_t st, Args... args) {
+    k<<<grid, block, shared_bytes, st>>>(args...);
+}
+
+// The block's dynamically sized shared memory (the launch's shared_bytes), as an array of T.
+template <class T>
+__device__ __forceinline__ T* dynamic_shared() {
+    extern __shared__ float4 sr_dynamic_shared[];  // (float4: 16-byte aligned)
+    return reinterpret_cast<T*>(sr_dynamic_shared);
+}
+#endif
+
 }  // namespace sr::cuda
 
-#define CUDA_CHECK(call)                                                                   \
-    do {                                                                                   \
-        cudaError_t e_ = (call);                                                           \
-        if (e_ != cudaSuccess)                                                             \
-            ::sr::cuda::fail_at("CUDA", #call, __FILE__, __LINE__, cudaGetErrorString(e_)); \
+#ifdef SR_CUDA_EMULATION
+#define SR_CUDA_ERROR_STRING(e) "error (host emulation)"
+#else
+#define SR_CUDA_ERROR_STRING(e) cudaGetErrorString(e)
+#endif
+
+#define CUDA_CHECK(call)                                                                     \
+    do {                                                                                     \
+        cudaError_t e_ = (call);                                                             \
+        if (e_ != cudaSuccess)                                                               \
+            ::sr::cuda::fail_at("CUDA", #call, __FILE__, __LINE__, SR_CUDA_ERROR_STRING(e_)); \
     } while (0)
 
 // After a kernel launch: reports a bad launch configuration at once (execution errors show up
-// at the next synchronizing call, with that call's text).
+// at the next synchronizing call, with that call's text). The emulation checks as it launches.
+#ifdef SR_CUDA_EMULATION
+#define CUDA_CHECK_LAUNCH() \
+    do {                    \
+    } while (0)
+#else
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+#endif
 
 #define CUDNN_CHECK(call)                                                                     \
     do {                                                                                      \

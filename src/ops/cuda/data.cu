@@ -124,8 +124,8 @@ void cutmix(cudaStream_t st, Storage s, float* x, const float* src, const int32_
     if (n == 0) return;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        cutmix_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(x), as_act<T>(src), partner,
-                                                          pos, B, H, W, C, size, n);
+        launch_kernel(cutmix_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(x), as_act<T>(src),
+                      partner, pos, B, H, W, C, size, n);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -136,7 +136,8 @@ void cutout(cudaStream_t st, Storage s, float* x, const uint8_t* pos, int B, int
     if (n == 0) return;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        cutout_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(x), pos, B, H, W, C, size, n);
+        launch_kernel(cutout_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(x), pos, B, H, W, C,
+                      size, n);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -147,8 +148,8 @@ void brightness_contrast(cudaStream_t st, Storage s, float* x, const float* shif
     if (n == 0) return;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        brightness_contrast_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(x), shift, gain,
-                                                                       per_image, n);
+        launch_kernel(brightness_contrast_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(x),
+                      shift, gain, per_image, n);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -161,8 +162,8 @@ void normalize_pad(cudaStream_t st, Storage s, float* out, const uint8_t* in, in
     const size_t n = size_t(N) * (H + 2 * pad) * (W + 2 * pad) * 3;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        normalize_pad_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(out), in, N, H, W, mean,
-                                                                 std, pad);
+        launch_kernel(normalize_pad_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(out), in, N,
+                      H, W, mean, std, pad);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -176,9 +177,8 @@ void gather_crops(cudaStream_t st, Storage s, float* out, const float* src, int 
     const size_t n = size_t(B) * H * W * 3;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        gather_crops_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(out), as_act<T>(src), H,
-                                                                W, pad, B, idx, first, shifts, sy,
-                                                                sx, flips, flip);
+        launch_kernel(gather_crops_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(out),
+                      as_act<T>(src), H, W, pad, B, idx, first, shifts, sy, sx, flips, flip);
     });
     CUDA_CHECK_LAUNCH();
 }

@@ -34,8 +34,8 @@ void act_forward(cudaStream_t st, Storage s, float* y, const float* x, size_t n,
     if (n == 0) return;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        act_forward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(y), as_act<T>(x), n, a,
-                                                               alpha);
+        launch_kernel(act_forward_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(y),
+                      as_act<T>(x), n, a, alpha);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -45,8 +45,8 @@ void act_backward(cudaStream_t st, Storage s, float* dx, const float* dy, const 
     if (n == 0) return;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        act_backward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(dx), as_act<T>(dy),
-                                                                as_act<T>(x), n, a, alpha);
+        launch_kernel(act_backward_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(dx),
+                      as_act<T>(dy), as_act<T>(x), n, a, alpha);
     });
     CUDA_CHECK_LAUNCH();
 }

@@ -82,8 +82,8 @@ __global__ void cross_entropy_kernel(float* dlogits, float* stats, const float* 
 void cross_entropy(cudaStream_t st, float* dlogits, float* stats, const float* logits,
                    const int32_t* labels, int N, int O, float smoothing) {
     CUDA_ASSERT(N >= 0 && O > 0);  // (an empty slice adds nothing, as on the CPU)
-    cross_entropy_kernel<<<1, kLossThreads, 0, st>>>(dlogits, stats, logits, labels, nullptr,
-                                                     0.f, N, O, smoothing);
+    launch_kernel(cross_entropy_kernel, 1, kLossThreads, 0, st, dlogits, stats, logits, labels,
+                  nullptr, 0.f, N, O, smoothing);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -91,8 +91,8 @@ void cross_entropy_mixed(cudaStream_t st, float* dlogits, float* stats, const fl
                          const int32_t* labels, const int32_t* labels2, float mix, int N, int O,
                          float smoothing) {
     CUDA_ASSERT(N >= 0 && O > 0);
-    cross_entropy_kernel<<<1, kLossThreads, 0, st>>>(dlogits, stats, logits, labels, labels2, mix,
-                                                     N, O, smoothing);
+    launch_kernel(cross_entropy_kernel, 1, kLossThreads, 0, st, dlogits, stats, logits, labels,
+                  labels2, mix, N, O, smoothing);
     CUDA_CHECK_LAUNCH();
 }
 

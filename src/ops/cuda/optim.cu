@@ -174,16 +174,16 @@ size_t scale_to_norm_scratch_bytes() { return kNormBlocks * sizeof(float); }
 
 void scale(cudaStream_t st, float* x, float a, size_t n) {
     if (n == 0) return;
-    scale_kernel<<<grid_size(n), kBlock, 0, st>>>(x, a, n);
+    launch_kernel(scale_kernel, grid_size(n), kBlock, 0, st, x, a, n);
     CUDA_CHECK_LAUNCH();
 }
 
 void scale_to_norm(cudaStream_t st, void* scratch, float* x, size_t n, float target, float eps) {
     if (n == 0) return;
     float* partial = static_cast<float*>(scratch);
-    sumsq_partial_kernel<<<kNormBlocks, kBlock, 0, st>>>(partial, x, n);
+    launch_kernel(sumsq_partial_kernel, kNormBlocks, kBlock, 0, st, partial, x, n);
     CUDA_CHECK_LAUNCH();
-    scale_by_norm_kernel<<<grid_size(n), kBlock, 0, st>>>(x, partial, n, target, eps);
+    launch_kernel(scale_by_norm_kernel, grid_size(n), kBlock, 0, st, x, partial, n, target, eps);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -197,9 +197,10 @@ void scale_to_norm_segments(cudaStream_t st, void* scratch, float* x, const int6
     CUDA_ASSERT(count <= 65535);
     float* partial = static_cast<float*>(scratch);
     const dim3 grid(kSegBlocks, unsigned(count));
-    segment_sumsq_kernel<<<grid, kBlock, 0, st>>>(partial, x, offsets);
+    launch_kernel(segment_sumsq_kernel, grid, kBlock, 0, st, partial, x, offsets);
     CUDA_CHECK_LAUNCH();
-    segment_scale_kernel<<<grid, kBlock, 0, st>>>(x, partial, offsets, targets, target, eps);
+    launch_kernel(segment_scale_kernel, grid, kBlock, 0, st, x, partial, offsets, targets, target,
+                  eps);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -218,41 +219,43 @@ void sgd_nesterov_ranges(cudaStream_t st, float* p, float* buf, const float* g,
         r.wd[n] = ranges[k].wd;
     }
     if (r.count == 0) return;
-    sgd_nesterov_ranges_kernel<<<grid_size(size_t(r.start[r.count])), kBlock, 0, st>>>(
-        p, buf, g, r, momentum, velocity);
+    launch_kernel(sgd_nesterov_ranges_kernel, grid_size(size_t(r.start[r.count])), kBlock, 0, st, p,
+                  buf, g, r, momentum, velocity);
     CUDA_CHECK_LAUNCH();
 }
 
 void momentum_direction(cudaStream_t st, float* u, float* buf, const float* g, size_t n,
                         float momentum, bool nesterov) {
     if (n == 0) return;
-    momentum_direction_kernel<<<grid_size(n), kBlock, 0, st>>>(u, buf, g, n, momentum, nesterov);
+    launch_kernel(momentum_direction_kernel, grid_size(n), kBlock, 0, st, u, buf, g, n, momentum,
+                  nesterov);
     CUDA_CHECK_LAUNCH();
 }
 
 void sgd_nesterov(cudaStream_t st, float* p, float* buf, const float* g, size_t n, float lr,
                   float wd, float momentum) {
     if (n == 0) return;
-    sgd_nesterov_kernel<<<grid_size(n), kBlock, 0, st>>>(p, buf, g, n, lr, wd, momentum);
+    launch_kernel(sgd_nesterov_kernel, grid_size(n), kBlock, 0, st, p, buf, g, n, lr, wd, momentum);
     CUDA_CHECK_LAUNCH();
 }
 
 void sgd_nesterov_velocity(cudaStream_t st, float* p, float* v, const float* g, size_t n,
                            float lr, float wd, float momentum) {
     if (n == 0) return;
-    sgd_nesterov_velocity_kernel<<<grid_size(n), kBlock, 0, st>>>(p, v, g, n, lr, wd, momentum);
+    launch_kernel(sgd_nesterov_velocity_kernel, grid_size(n), kBlock, 0, st, p, v, g, n, lr, wd,
+                  momentum);
     CUDA_CHECK_LAUNCH();
 }
 
 void lerp_assign(cudaStream_t st, float* ema, float* p, size_t n, float t) {
     if (n == 0) return;
-    lerp_assign_kernel<<<grid_size(n), kBlock, 0, st>>>(ema, p, n, t);
+    launch_kernel(lerp_assign_kernel, grid_size(n), kBlock, 0, st, ema, p, n, t);
     CUDA_CHECK_LAUNCH();
 }
 
 void axpy(cudaStream_t st, float* y, const float* x, float a, size_t n) {
     if (n == 0) return;
-    axpy_kernel<<<grid_size(n), kBlock, 0, st>>>(y, x, a, n);
+    launch_kernel(axpy_kernel, grid_size(n), kBlock, 0, st, y, x, a, n);
     CUDA_CHECK_LAUNCH();
 }
 

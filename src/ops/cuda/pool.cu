@@ -210,8 +210,8 @@ void concat_pool_forward(cudaStream_t st, Storage s, float* y, uint8_t* arg, con
     const size_t n = size_t(N) * C;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        concat_pool_forward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(y), arg,
-                                                                       as_act<T>(x), N, HW, C);
+        launch_kernel(concat_pool_forward_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(y), arg,
+                      as_act<T>(x), N, HW, C);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -222,8 +222,8 @@ void concat_pool_backward(cudaStream_t st, Storage s, float* dx, const float* dy
     const size_t n = size_t(N) * HW * C;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        concat_pool_backward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(
-            as_act<T>(dx), as_act<T>(dy), arg, N, HW, C);
+        launch_kernel(concat_pool_backward_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(dx),
+                      as_act<T>(dy), arg, N, HW, C);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -236,11 +236,11 @@ void maxpool_forward(cudaStream_t st, Storage s, float* y, uint8_t* arg, const f
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
         if (vec)
-            maxpool_forward_kernel8<T><<<grid_size(n / 8), kBlock, 0, st>>>(
-                as_act<T>(y), arg, as_act<T>(x), N, H, W, C, k);
+            launch_kernel(maxpool_forward_kernel8<T>, grid_size(n / 8), kBlock, 0, st, as_act<T>(y),
+                          arg, as_act<T>(x), N, H, W, C, k);
         else
-            maxpool_forward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(y), arg,
-                                                                       as_act<T>(x), N, H, W, C, k);
+            launch_kernel(maxpool_forward_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(y), arg,
+                          as_act<T>(x), N, H, W, C, k);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -254,11 +254,11 @@ void maxpool_backward(cudaStream_t st, Storage s, float* dx, const float* dy, co
         using T = SR_ACT_T(tag);
         if (vec) {
             const size_t windows = size_t(N) * ((H + k - 1) / k) * ((W + k - 1) / k) * (C / 8);
-            maxpool_backward_kernel8<T><<<grid_size(windows), kBlock, 0, st>>>(
-                as_act<T>(dx), as_act<T>(dy), arg, N, H, W, C, k);
+            launch_kernel(maxpool_backward_kernel8<T>, grid_size(windows), kBlock, 0, st,
+                          as_act<T>(dx), as_act<T>(dy), arg, N, H, W, C, k);
         } else {
-            maxpool_backward_kernel<T><<<grid_size(n), kBlock, 0, st>>>(
-                as_act<T>(dx), as_act<T>(dy), arg, N, H, W, C, k);
+            launch_kernel(maxpool_backward_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(dx),
+                          as_act<T>(dy), arg, N, H, W, C, k);
         }
     });
     CUDA_CHECK_LAUNCH();

@@ -28,7 +28,8 @@ void residual_add(cudaStream_t st, Storage s, float* y, const float* x, size_t n
     if (n == 0) return;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        residual_add_kernel<T><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(y), as_act<T>(x), n);
+        launch_kernel(residual_add_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(y),
+                      as_act<T>(x), n);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -37,7 +38,8 @@ void to_storage(cudaStream_t st, Storage s, float* dst, const float* src, size_t
     if (n == 0) return;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        convert_kernel<T, float><<<grid_size(n), kBlock, 0, st>>>(as_act<T>(dst), src, n);
+        launch_kernel(convert_kernel<T, float>, grid_size(n), kBlock, 0, st, as_act<T>(dst), src,
+                      n);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -46,7 +48,8 @@ void from_storage(cudaStream_t st, Storage s, float* dst, const float* src, size
     if (n == 0) return;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        convert_kernel<float, T><<<grid_size(n), kBlock, 0, st>>>(dst, as_act<T>(src), n);
+        launch_kernel(convert_kernel<float, T>, grid_size(n), kBlock, 0, st, dst, as_act<T>(src),
+                      n);
     });
     CUDA_CHECK_LAUNCH();
 }

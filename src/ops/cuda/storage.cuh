@@ -11,6 +11,7 @@
 #include <cuda_fp16.h>
 
 #include "ops/backend.h"
+#include "ops/cuda/cuda_common.cuh"
 
 namespace sr::cuda {
 

@@ -1,0 +1,223 @@
+// emulation.cpp: the host emulation's runtime (emulation.h): fibers for the threads of a block,
+// the barrier, and fail_at for the emulated launchers. Built only into the emulation test
+// library (tests/CMakeLists.txt), never into the real CUDA backend.
+//
+// A fiber switch on x86-64 is the few instructions below (callee-saved registers, stack pointer,
+// the SSE and x87 control words): ucontext's swapcontext makes a system call per switch (the
+// signal mask), which cost the emulated tests most of their time (two switches per thread).
+// Elsewhere ucontext does it.
+#include "ops/cuda/emulation.h"
+
+#include <ucontext.h>
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ops/cuda/cuda_common.cuh"
+
+#if defined(__x86_64__) && defined(__linux__)
+#define SR_EMU_ASM_SWITCH 1
+// sr_emu_switch(save, to): saves this context's stack pointer in *save, continues the one whose
+// stack pointer is `to`.
+extern "C" void sr_emu_switch(void** save, void* to);
+asm(R"(
+    .text
+    .globl sr_emu_switch
+    .type sr_emu_switch, @function
+sr_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size sr_emu_switch, .-sr_emu_switch
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+#endif
+
+namespace sr::emu {
+
+Launch g_launch;
+
+namespace {
+
+constexpr size_t kStackBytes = size_t(64) << 10;  // per thread: the kernels keep small frames
+
+struct Fiber {
+#ifdef SR_EMU_ASM_SWITCH
+    void* sp = nullptr;  // saved stack pointer while switched out
+#else
+    ucontext_t context;
+#endif
+    uint3 index{0, 0, 0};
+    bool done = false;
+    std::unique_ptr<char[]> stack;
+};
+
+struct Scheduler {
+#ifdef SR_EMU_ASM_SWITCH
+    void* main_sp = nullptr;
+#else
+    ucontext_t main;
+#endif
+    std::vector<Fiber> fibers;
+    Fiber* current = nullptr;
+    const std::function<void()>* body = nullptr;
+    std::vector<float4> shared;  // the dynamic shared memory of the running block
+};
+Scheduler g_sched;
+
+[[noreturn]] void emu_fail(const std::string& what) {
+    sr::cuda::fail_at("emulation", "launch", __FILE__, __LINE__, what.c_str());
+}
+
+// From the running fiber back to the scheduler, and from the scheduler into fiber f.
+void to_scheduler(Fiber& f) {
+#ifdef SR_EMU_ASM_SWITCH
+    sr_emu_switch(&f.sp, g_sched.main_sp);
+#else
+    swapcontext(&f.context, &g_sched.main);
+#endif
+}
+void to_fiber(Fiber& f) {
+#ifdef SR_EMU_ASM_SWITCH
+    sr_emu_switch(&g_sched.main_sp, f.sp);
+#else
+    swapcontext(&g_sched.main, &f.context);
+#endif
+}
+
+// A fiber's whole life: the kernel's body for its thread, then back to the scheduler for good.
+[[noreturn]] void fiber_main() {
+    (*g_sched.body)();
+    Fiber& f = *g_sched.current;
+    f.done = true;
+    to_scheduler(f);
+    __builtin_unreachable();  // (a finished fiber is never switched to again)
+}
+
+// Sets fiber f up to start fiber_main on its own stack at the next to_fiber(f).
+void start(Fiber& f) {
+    f.done = false;
+#ifdef SR_EMU_ASM_SWITCH
+    // The frame sr_emu_switch pops: control words, r15 .. rbp (zeros), then fiber_main as the
+    // return address, placed so that fiber_main starts with the stack alignment of a call.
+    auto top = reinterpret_cast<uintptr_t>(f.stack.get() + kStackBytes) & ~uintptr_t(15);
+    auto* frame = reinterpret_cast<uint64_t*>(top - 16);  // the return address: 16-aligned
+    frame[0] = reinterpret_cast<uint64_t>(&fiber_main);
+    frame[1] = 0;
+    for (int r = 1; r <= 6; ++r) frame[-r] = 0;
+    uint32_t control[2];
+    asm volatile("stmxcsr %0" : "=m"(control[0]));
+    asm volatile("fnstcw %0" : "=m"(control[1]));
+    std::memcpy(&frame[-7], control, 8);
+    f.sp = &frame[-7];
+#else
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack.get();
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = nullptr;  // (fiber_main never returns)
+    makecontext(&f.context, reinterpret_cast<void (*)()>(&fiber_main), 0);
+#endif
+}
+
+}  // namespace
+
+const uint3& thread_index() {
+    if (!g_sched.current) emu_fail("threadIdx read outside a kernel");
+    return g_sched.current->index;
+}
+
+void sync_threads() {
+    Fiber* f = g_sched.current;
+    if (!f) emu_fail("__syncthreads() outside a kernel");
+    to_scheduler(*f);
+}
+
+void* dynamic_shared_memory() { return g_sched.shared.data(); }
+
+void run_grid(dim3 grid, dim3 block, size_t shared_bytes,
+              const std::function<void()>& thread_body) {
+    if (g_sched.current) emu_fail("a kernel launched from inside a kernel");
+    const size_t threads = size_t(block.x) * block.y * block.z;
+    if (threads == 0 || threads > 1024) emu_fail("block of " + std::to_string(threads) + " threads");
+    if (size_t(grid.x) * grid.y * grid.z == 0) emu_fail("grid of 0 blocks");
+    if (grid.y > 65535 || grid.z > 65535) emu_fail("grid.y or grid.z above 65535");
+    if (shared_bytes > (size_t(227) << 10)) emu_fail("more than 227 KiB of shared memory");
+    Scheduler& s = g_sched;
+    if (s.fibers.size() < threads) s.fibers.resize(threads);
+    for (size_t t = 0; t < threads; ++t)
+        if (!s.fibers[t].stack) s.fibers[t].stack.reset(new char[kStackBytes]);
+    s.shared.assign((shared_bytes + sizeof(float4) - 1) / sizeof(float4) + 1, float4{0, 0, 0, 0});
+    s.body = &thread_body;
+    g_launch.grid = grid;
+    g_launch.block = block;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                g_launch.block_index = uint3{bx, by, bz};
+                for (size_t t = 0; t < threads; ++t) {
+                    Fiber& f = s.fibers[t];
+                    f.index = uint3{unsigned(t % block.x), unsigned(t / block.x % block.y),
+                                    unsigned(t / (size_t(block.x) * block.y))};
+                    start(f);
+                }
+                // rounds: every thread runs to its next barrier (or its end); a barrier is
+                // passed when all threads wait at it
+                for (;;) {
+                    size_t done = 0, waiting = 0;
+                    for (size_t t = 0; t < threads; ++t) {
+                        Fiber& f = s.fibers[t];
+                        if (f.done) {
+                            ++done;
+                            continue;
+                        }
+                        s.current = &f;
+                        to_fiber(f);
+                        s.current = nullptr;
+                        if (f.done)
+                            ++done;
+                        else
+                            ++waiting;
+                    }
+                    if (done == threads) break;
+                    if (done > 0)
+                        emu_fail("__syncthreads() reached by " + std::to_string(waiting) + " of " +
+                                 std::to_string(threads) + " threads of block (" +
+                                 std::to_string(bx) + "," + std::to_string(by) + "," +
+                                 std::to_string(bz) + "); the others returned");
+                }
+            }
+    s.body = nullptr;
+}
+
+}  // namespace sr::emu
+
+namespace sr::cuda {
+
+void fail_at(const char* lib, const char* call, const char* file, int line, const char* msg) {
+    throw std::runtime_error(std::string(lib) + ": " + call + " failed at " + file + ":" +
+                             std::to_string(line) + ": " + msg);
+}
+
+}  // namespace sr::cuda

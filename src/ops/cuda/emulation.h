@@ -1,0 +1,77 @@
+// emulation.h: the CUDA execution model on the host, so that this backend's own kernels run and
+// are checked against their CPU twins on machines without a GPU (tests/ops/test_cuda_emulated.cpp;
+// the cuDNN and cuBLAS wrappers are not emulated). CMake compiles the .cu files a second time
+// with the host compiler, as C++, with SR_CUDA_EMULATION defined and the name `cuda` defined
+// to `cuda_emu`, so that these copies of the launchers (sr::cuda_emu::maxpool_forward, ...)
+// sit beside the real ones in one test program. cuda_common.cuh includes this header.
+//
+// A launch runs its blocks one after another. Inside a block every thread is a fiber (ucontext)
+// that runs until it returns or reaches __syncthreads(); when every thread of the block waits
+// at the barrier, all continue. So barriers, shared memory (__shared__ becomes a static: one
+// array, used by one block at a time) and the block-level reductions behave as on a GPU, only
+// sequentially. A block whose threads do not all reach the same barriers fails the launch
+// (undefined behaviour on a GPU). Not emulated: warp shuffles, atomics, cooperative groups,
+// streams (work runs at once, in order). Pointers are host memory.
+#pragma once
+#ifndef SR_CUDA_EMULATION
+#error "ops/cuda/emulation.h is for the host-emulation build only"
+#endif
+#include <math.h>  // (the device math functions, fabsf, sqrtf, ..., are global names)
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <functional>
+
+#include <cuda_runtime.h>  // dim3, uint3, cudaStream_t, cudaError_t (types only: nothing is called)
+
+namespace sr::emu {
+
+// Where the running thread is: the block and the grid's and block's extents.
+struct Launch {
+    uint3 block_index{0, 0, 0};
+    dim3 grid{1, 1, 1};
+    dim3 block{1, 1, 1};
+};
+extern Launch g_launch;
+const uint3& thread_index();  // of the running fiber
+void sync_threads();
+void* dynamic_shared_memory();
+// Runs thread_body for every thread of the grid (threadIdx etc. set), blocks in order.
+void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& thread_body);
+
+}  // namespace sr::emu
+
+#undef __shared__
+#define __shared__ static
+#define threadIdx (::sr::emu::thread_index())
+#define blockIdx (::sr::emu::g_launch.block_index)
+#define blockDim (::sr::emu::g_launch.block)
+#define gridDim (::sr::emu::g_launch.grid)
+#define __syncthreads() ::sr::emu::sync_threads()
+
+// The runtime calls the kernels' launchers make, done on the host at once.
+#define cudaMemcpyAsync(dst, src, bytes, kind, stream) \
+    (std::memcpy((dst), (src), (bytes)), cudaSuccess)
+#define cudaStreamSynchronize(stream) cudaSuccess
+
+namespace sr::cuda {
+
+using std::fmax;
+using std::max;
+using std::min;
+using std::sqrt;
+
+template <class... Params, class... Args>
+void launch_kernel(void (*k)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                   cudaStream_t, Args... args) {
+    ::sr::emu::run_grid(grid, block, shared_bytes, [&] { k(args...); });
+}
+
+template <class T>
+inline T* dynamic_shared() {
+    return static_cast<T*>(::sr::emu::dynamic_shared_memory());
+}
+
+}  // namespace sr::cuda

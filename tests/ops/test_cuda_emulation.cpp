@@ -1,0 +1,104 @@
+// test_cuda_emulation.cpp: the host emulation of the CUDA execution model itself
+// (src/ops/cuda/emulation.h), on kernels written here: every thread of every block runs once
+// with its own indices, __syncthreads() orders shared-memory traffic within a block as on a GPU,
+// dynamic shared memory works, and a barrier that not every thread of a block reaches fails the
+// launch. Compiled with the emulation's flags (tests/CMakeLists.txt); in builds without the CUDA
+// toolkit's headers the one test says it is skipped.
+#include <gtest/gtest.h>
+
+#ifdef SR_CUDA_EMULATION
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ops/cuda/cuda_common.cuh"
+
+namespace sr::cuda {
+namespace {
+
+// out[i] = global thread index of the thread that wrote it, for a 2-D block over a 2-D grid
+__global__ void write_index(int* out, int n) {
+    const int tx = int(blockIdx.x * blockDim.x + threadIdx.x);
+    const int ty = int(blockIdx.y * blockDim.y + threadIdx.y);
+    const int width = int(gridDim.x * blockDim.x);
+    const int i = ty * width + tx;
+    if (i < n) out[i] += i + 1;  // (+=: a thread run twice would show)
+}
+
+// A tree reduction in shared memory: each block sums its 256 values; wrong without barriers.
+__global__ void block_sums(float* sums, const float* x) {
+    __shared__ float sh[256];
+    const unsigned t = threadIdx.x;
+    sh[t] = x[blockIdx.x * 256 + t];
+    __syncthreads();
+    for (unsigned s = 128; s > 0; s >>= 1) {
+        if (t < s) sh[t] += sh[t + s];
+        __syncthreads();
+    }
+    if (t == 0) sums[blockIdx.x] = sh[0];
+}
+
+// Reverses each block's slice through dynamic shared memory.
+__global__ void reverse_blocks(float* y, const float* x) {
+    float* sh = dynamic_shared<float>();
+    const unsigned t = threadIdx.x, n = blockDim.x;
+    sh[t] = x[blockIdx.x * n + t];
+    __syncthreads();
+    y[blockIdx.x * n + t] = sh[n - 1 - t];
+}
+
+// Thread 0 leaves before the barrier the others wait at: undefined on a GPU, an error here.
+__global__ void divergent_barrier(float* x) {
+    if (threadIdx.x == 0) return;
+    x[threadIdx.x] = 1.f;
+    __syncthreads();
+}
+
+TEST(CudaEmulation, EveryThreadRunsOnceWithItsIndices) {
+    const int n = 3 * 16 * 2 * 8 - 5;  // the grid's last threads have nothing to do
+    std::vector<int> out(n, 0);
+    launch_kernel(write_index, dim3(3, 2), dim3(16, 8), 0, nullptr, out.data(), n);
+    for (int i = 0; i < n; ++i) ASSERT_EQ(out[i], i + 1) << i;
+}
+
+TEST(CudaEmulation, BarriersOrderSharedMemory) {
+    const int blocks = 5;
+    std::vector<float> x(blocks * 256), sums(blocks, -1.f);
+    std::iota(x.begin(), x.end(), 0.f);
+    launch_kernel(block_sums, blocks, 256, 0, nullptr, sums.data(), x.data());
+    for (int b = 0; b < blocks; ++b)  // 256 consecutive integers from 256 b
+        EXPECT_EQ(sums[b], 256.f * 256.f * b + 255.f * 256.f / 2.f) << b;
+}
+
+TEST(CudaEmulation, DynamicSharedMemory) {
+    const int blocks = 3, n = 96;
+    std::vector<float> x(blocks * n), y(blocks * n, 0.f);
+    std::iota(x.begin(), x.end(), 0.f);
+    launch_kernel(reverse_blocks, blocks, n, n * sizeof(float), nullptr, y.data(), x.data());
+    for (int b = 0; b < blocks; ++b)
+        for (int t = 0; t < n; ++t) ASSERT_EQ(y[b * n + t], x[b * n + n - 1 - t]);
+}
+
+TEST(CudaEmulation, ABarrierNotEveryThreadReachesFails) {
+    std::vector<float> x(64, 0.f);
+    try {
+        launch_kernel(divergent_barrier, 1, 64, 0, nullptr, x.data());
+        FAIL() << "the launch did not fail";
+    } catch (const std::exception& e) {
+        EXPECT_NE(std::string(e.what()).find("__syncthreads() reached by 63 of 64 threads"),
+                  std::string::npos)
+            << e.what();
+    }
+}
+
+}  // namespace
+}  // namespace sr::cuda
+
+#else
+
+TEST(CudaEmulation, Available) {
+    GTEST_SKIP() << "no CUDA emulation in this build (CUDA toolkit headers not found)";
+}
+
+#endif
