@@ -124,6 +124,11 @@ struct GemmItem {
 // Newton-Schulz step over all filters at once. One library call where the backend has a grouped
 // product (cuBLAS's grouped batched gemm), a loop of gemm() elsewhere. No item writes what
 // another item reads. Copying is not allowed.
+// The arithmetic of a GemmList's products: fp32, or TF32 tensor cores where the device has them
+// and allows them (inputs rounded to 10-bit mantissas, fp32 sums: the precision of the fp16 /
+// bf16 Newton-Schulz products of the peers' Muon); elsewhere tf32 computes fp32.
+enum class GemmMath { fp32, tf32 };
+
 class GemmList {
 public:
     explicit GemmList(std::vector<GemmItem> items) : items_(std::move(items)) {}
@@ -373,7 +378,8 @@ public:
     virtual void gemm(float* C, const float* A, const float* B, int M, int N, int K, bool trans_a,
                       bool trans_b, float alpha, float beta) = 0;
     // A GemmList over these items (see GemmList); set it up outside a recording.
-    virtual std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items) = 0;
+    virtual std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items,
+                                                     GemmMath math) = 0;
     // scale_to_norm on `count` segments of x at once: segment s = [offsets[s], offsets[s + 1])
     // (offsets: count + 1 values, targets: count values or nullptr, both in device memory) is
     // scaled to the norm target * t_s, t_s = targets ? targets[s] : 1:

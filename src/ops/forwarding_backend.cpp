@@ -58,8 +58,8 @@ private:
 // A GemmList of the wrapped backend: run() through run_op().
 class ForwardedGemmList final : public GemmList {
 public:
-    ForwardedGemmList(ForwardingBackend& fb, std::unique_ptr<GemmList> inner)
-        : GemmList(inner->items()), fb_(fb), in_(std::move(inner)) {
+    ForwardedGemmList(ForwardingBackend& fb, std::unique_ptr<GemmList> inner, GemmMath math)
+        : GemmList(inner->items()), fb_(fb), in_(std::move(inner)), math_(math) {
         for (const GemmItem& it : items_)
             bytes_ += kF * (double(it.M) * it.K + double(it.K) * it.N + double(it.M) * it.N);
     }
@@ -67,13 +67,19 @@ public:
         double bytes = bytes_;
         if (beta != 0)
             for (const GemmItem& it : items_) bytes += kF * double(it.M) * it.N;
-        fb_.run_op(kLinear, [&] { return fmt::format("gemm list of {}", items_.size()); }, flops(),
-                   bytes, [=, this] { in_->run(alpha, beta); });
+        fb_.run_op(
+            kLinear,
+            [&] {
+                return fmt::format("gemm list of {}{}", items_.size(),
+                                   math_ == GemmMath::tf32 ? " (tf32 allowed)" : "");
+            },
+            flops(), bytes, [=, this] { in_->run(alpha, beta); });
     }
 
 private:
     ForwardingBackend& fb_;
     std::unique_ptr<GemmList> in_;
+    GemmMath math_;
     double bytes_ = 0;
 };
 
@@ -97,8 +103,10 @@ void ForwardingBackend::copy(void* dst, const void* src, size_t bytes) {
 std::unique_ptr<Conv2d> ForwardingBackend::make_conv(const ConvShape& s) {
     return std::make_unique<ForwardedConv2d>(*this, in_.make_conv(s));
 }
-std::unique_ptr<GemmList> ForwardingBackend::make_gemm_list(std::vector<GemmItem> items) {
-    return std::make_unique<ForwardedGemmList>(*this, in_.make_gemm_list(std::move(items)));
+std::unique_ptr<GemmList> ForwardingBackend::make_gemm_list(std::vector<GemmItem> items,
+                                                            GemmMath math) {
+    return std::make_unique<ForwardedGemmList>(*this, in_.make_gemm_list(std::move(items), math),
+                                               math);
 }
 
 // ---- batch norm: M rows x C channels -----------------------------------------------------------

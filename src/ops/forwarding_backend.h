@@ -61,7 +61,7 @@ public:
     GemmPeak measure_gemm_peak() override { return in_.measure_gemm_peak(); }
 
     std::unique_ptr<Conv2d> make_conv(const ConvShape& s) override;
-    std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items) override;
+    std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items, GemmMath math) override;
 
     void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
                           float* running_var, const float* x, const float* gamma,

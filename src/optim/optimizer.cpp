@@ -93,11 +93,13 @@ Optimizer::Optimizer(Network& net, const Recipe& r) : net_(net), r_(r), h_(sgd_h
     b.upload(seg_stack_.get(), seg_stack.data(), (n + 1) * sizeof(int64_t));
     b.upload(seg_param_.get(), seg_param.data(), (n + 1) * sizeof(int64_t));
     b.upload(renorm_target_.get(), target.data(), n * sizeof(float));
+    // TF32 allowed: the peers run these products in fp16 / bf16 (airbench94_muon.py, hiverge's
+    // cifar10_speedrun.py); in fp32 SIMT cuBLAS ran them at 5 TFLOP/s (session 15, H200).
     for (int j = 0; j < 2; ++j) {
-        gram_[j] = b.make_gemm_list(std::move(gram_items[j]));
-        apply_[j] = b.make_gemm_list(std::move(apply_items[j]));
+        gram_[j] = b.make_gemm_list(std::move(gram_items[j]), GemmMath::tf32);
+        apply_[j] = b.make_gemm_list(std::move(apply_items[j]), GemmMath::tf32);
     }
-    square_ = b.make_gemm_list(std::move(square_items));
+    square_ = b.make_gemm_list(std::move(square_items), GemmMath::tf32);
 }
 
 // The SGD groups of one step, updated together by one sgd_nesterov_ranges launch.

@@ -967,7 +967,9 @@ TEST_P(BackendOps, ScaleToNormSegments) {
 
 // A GemmList (cuBLAS's grouped batched gemm on the GPU, a loop of sgemm on the CPU): Muon's
 // Newton-Schulz products, both orientations, two items of one shape (one cuBLAS group), beta 0
-// and beta != 0; the tolerance of gemm. Guard words around the whole stack catch stray writes.
+// and beta != 0. GemmMath::fp32: the tolerance of gemm; GemmMath::tf32 (TF32 tensor cores where
+// cuBLAS takes them): the convolutions' TF32 tolerance. Guard words around the whole stack
+// catch stray writes.
 TEST_P(BackendOps, GemmList) {
     SKIP_IF_EMULATED("cuBLAS");
     struct Shape { int M, N, K; bool ta, tb; };
@@ -982,8 +984,11 @@ TEST_P(BackendOps, GemmList) {
     }
     auto a = in(randn(na, 1493));
     auto b = in(randn(nb, 1494));
+    for (const GemmMath math : {GemmMath::fp32, GemmMath::tf32})
     for (float beta : {0.f, 0.75f}) {
-        SCOPED_TRACE(testing::Message() << "beta=" << beta);
+        const bool tf32 = math == GemmMath::tf32;
+        SCOPED_TRACE(testing::Message() << "beta=" << beta << (tf32 ? " tf32" : " fp32"));
+        const double tol = tf32 ? 1e-2 : 1e-5;
         auto c = beta != 0.f ? in(randn(nc, 1495)) : out<float>(nc);
         std::vector<GemmItem> ci, gi;
         size_t oa = 0, ob = 0, oc = 0;
@@ -994,14 +999,14 @@ TEST_P(BackendOps, GemmList) {
             ob += size_t(s.K) * s.N;
             oc += size_t(s.M) * s.N;
         }
-        auto cl = cpu_->make_gemm_list(std::move(ci));
-        auto gl = gpu_->make_gemm_list(std::move(gi));
+        auto cl = cpu_->make_gemm_list(std::move(ci), GemmMath::fp32);
+        auto gl = gpu_->make_gemm_list(std::move(gi), math);
         cl->run(1.5f, beta);
         gl->run(1.5f, beta);
-        EXPECT_TRUE(same(c, "gemm list C", 1e-5 * rms(c.c.get("C")), 1e-5));
+        EXPECT_TRUE(same(c, "gemm list C", tol * rms(c.c.get("C")), tol));
         cl->run(-0.5f, beta);  // a second run of the same list
         gl->run(-0.5f, beta);
-        EXPECT_TRUE(same(c, "gemm list C, run 2", 1e-5 * rms(c.c.get("C")), 1e-5));
+        EXPECT_TRUE(same(c, "gemm list C, run 2", tol * rms(c.c.get("C")), tol));
     }
 }
 

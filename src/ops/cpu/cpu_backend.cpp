@@ -200,7 +200,7 @@ public:
               float alpha, float beta) override {
         cpu::gemm(C, A, B, M, N, K, ta, tb, alpha, beta);
     }
-    std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items) override {
+    std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items, GemmMath) override {
         return std::make_unique<LoopGemmList>(*this, std::move(items));
     }
     void scale_to_norm_segments(float* x, const int64_t* offsets, const float* targets, int count,

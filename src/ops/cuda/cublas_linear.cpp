@@ -35,7 +35,7 @@ namespace {
 #define SR_CUBLAS_FUNCTIONS(X)                                                                 \
     X(cublasCreate) X(cublasDestroy) X(cublasSetStream) X(cublasSetMathMode)                   \
     X(cublasSetPointerMode) X(cublasSetWorkspace) X(cublasGetVersion) X(cublasGetStatusString) \
-    X(cublasSgemm) X(cublasGemmEx) X(cublasSgemmGroupedBatched)
+    X(cublasSgemm) X(cublasGemmEx) X(cublasSgemmGroupedBatched) X(cublasGemmGroupedBatchedEx)
 
 // (cublasGemmEx has a C++ overload taking cudaDataType for the compute type: the one exported
 // takes cublasComputeType_t)
@@ -55,6 +55,7 @@ struct CublasApi {
     SR_CUBLAS_MEMBER(cublasGetStatusString)
     SR_CUBLAS_MEMBER(cublasSgemm)
     SR_CUBLAS_MEMBER(cublasSgemmGroupedBatched)
+    SR_CUBLAS_MEMBER(cublasGemmGroupedBatchedEx)
 #undef SR_CUBLAS_MEMBER
     CublasGemmExFn cublasGemmEx_ptr = nullptr;
 };
@@ -109,6 +110,7 @@ const CublasApi& cublas_api() {
 #define cublasSgemm(...) (cublas_api().cublasSgemm_ptr(__VA_ARGS__))
 #define cublasGemmEx(...) (cublas_api().cublasGemmEx_ptr(__VA_ARGS__))
 #define cublasSgemmGroupedBatched(...) (cublas_api().cublasSgemmGroupedBatched_ptr(__VA_ARGS__))
+#define cublasGemmGroupedBatchedEx(...) (cublas_api().cublasGemmGroupedBatchedEx_ptr(__VA_ARGS__))
 
 class CublasContext {
 public:
@@ -141,6 +143,7 @@ public:
     cublasHandle_t handle = nullptr;
     void* workspace = nullptr;
     cudaStream_t stream = nullptr;  // the backend's (non-blocking) stream
+    int grouped_tf32 = -1;          // grouped_tf32_supported(): -1 not yet tried
 };
 
 void CublasContextDeleter::operator()(CublasContext* c) const { delete c; }
@@ -233,9 +236,40 @@ GemmPeak measure_gemm_peak(CublasContext& ctx, cudaStream_t st, int n) {
     return peak;
 }
 
+bool grouped_tf32_supported(CublasContext& ctx) {
+    if (ctx.grouped_tf32 >= 0) return ctx.grouped_tf32 == 1;
+    // C (1x1) = A B on device buffers of its own: 3 floats and 3 pointers (set-up time, before
+    // any recording)
+    void* mem = nullptr;
+    CUDA_CHECK(cudaMalloc(&mem, 64));
+    float* f = static_cast<float*>(mem);
+    const void* host[3] = {f, f + 1, f + 2};
+    auto** ptrs = reinterpret_cast<const void**>(static_cast<char*>(mem) + 16);
+    cublasStatus_t st = CUBLAS_STATUS_INTERNAL_ERROR;
+    if (cudaMemsetAsync(mem, 0, 16, ctx.stream) == cudaSuccess &&
+        cudaMemcpyAsync(ptrs, host, sizeof host, cudaMemcpyHostToDevice, ctx.stream) ==
+            cudaSuccess) {
+        const cublasOperation_t op = CUBLAS_OP_N;
+        const int one_i = 1, size = 1;
+        const float alpha = 1.f, beta = 0.f;
+        st = cublasGemmGroupedBatchedEx(ctx.handle, &op, &op, &one_i, &one_i, &one_i, &alpha,
+                                        ptrs, CUDA_R_32F, &one_i, ptrs + 1, CUDA_R_32F, &one_i,
+                                        &beta, const_cast<void* const*>(ptrs + 2), CUDA_R_32F,
+                                        &one_i, 1, &size, CUBLAS_COMPUTE_32F_FAST_TF32);
+    }
+    const cudaError_t e = cudaStreamSynchronize(ctx.stream);
+    cudaFree(mem);
+    CUDA_CHECK(e);
+    ctx.grouped_tf32 = st == CUBLAS_STATUS_SUCCESS ? 1 : 0;
+    if (!ctx.grouped_tf32)
+        std::fprintf(stderr, "speedrun: cuda: cuBLAS's grouped gemm does not take TF32 here (%s); "
+                     "Muon's products run in fp32\n", cublasGetStatusString(st));
+    return ctx.grouped_tf32 == 1;
+}
+
 GroupedGemm::GroupedGemm(CublasContext& ctx, const std::vector<GemmItem>& items,
-                         void* ptrs_device)
-    : ctx_(ctx) {
+                         void* ptrs_device, bool tf32)
+    : ctx_(ctx), tf32_(tf32 && grouped_tf32_supported(ctx)) {
     const size_t n = items.size();
     // group order: items sorted by (flags, shape), stable
     std::vector<size_t> order(n);
@@ -286,6 +320,16 @@ void GroupedGemm::run(float alpha, float beta) {
     std::fill(alpha_.begin(), alpha_.end(), alpha);
     std::fill(beta_.begin(), beta_.end(), beta);
     static_assert(sizeof(cublasOperation_t) == sizeof(int));
+    if (tf32_) {
+        CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
+            ctx_.handle, reinterpret_cast<const cublasOperation_t*>(ta_.data()),
+            reinterpret_cast<const cublasOperation_t*>(tb_.data()), m_.data(), n_.data(),
+            k_.data(), alpha_.data(), reinterpret_cast<const void* const*>(a_), CUDA_R_32F,
+            lda_.data(), reinterpret_cast<const void* const*>(b_), CUDA_R_32F, ldb_.data(),
+            beta_.data(), reinterpret_cast<void* const*>(c_), CUDA_R_32F, ldc_.data(),
+            int(size_.size()), size_.data(), CUBLAS_COMPUTE_32F_FAST_TF32));
+        return;
+    }
     CUBLAS_CHECK(cublasSgemmGroupedBatched(
         ctx_.handle, reinterpret_cast<const cublasOperation_t*>(ta_.data()),
         reinterpret_cast<const cublasOperation_t*>(tb_.data()), m_.data(), n_.data(), k_.data(),

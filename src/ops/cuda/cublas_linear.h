@@ -38,18 +38,26 @@ void gemm(CublasContext& ctx, float* C, const float* A, const float* B, int M, i
 // with events on st after a warm-up; its buffers are allocated and freed here.
 GemmPeak measure_gemm_peak(CublasContext& ctx, cudaStream_t st, int n = 8192);
 
-// The items of a GemmList as one cublasSgemmGroupedBatched call: items of the same shape and
-// flags form one group. The pointer arrays cuBLAS reads live in device memory the caller owns
-// (ptrs_device: room for 3 * items.size() pointers), written once here, so a recorded graph
-// replays the call unchanged.
+// Whether cublasGemmGroupedBatchedEx takes fp32 data with TF32 compute here (cached per context).
+bool grouped_tf32_supported(CublasContext& ctx);
+
+// The items of a GemmList as one grouped cuBLAS call: items of the same shape and flags form
+// one group. fp32: cublasSgemmGroupedBatched; tf32: cublasGemmGroupedBatchedEx with
+// CUBLAS_COMPUTE_32F_FAST_TF32 where this cuBLAS accepts it (grouped_tf32_supported: tried once
+// per context on a 1x1 product), else the fp32 call. The pointer arrays cuBLAS reads live in
+// device memory the caller owns (ptrs_device: room for 3 * items.size() pointers), written once
+// here, so a recorded graph replays the call unchanged.
 class GroupedGemm {
 public:
-    GroupedGemm(CublasContext& ctx, const std::vector<GemmItem>& items, void* ptrs_device);
+    GroupedGemm(CublasContext& ctx, const std::vector<GemmItem>& items, void* ptrs_device,
+                bool tf32);
     void run(float alpha, float beta);  // C = alpha op(A) op(B) + beta C for every item
     int group_count() const { return int(size_.size()); }
+    bool tf32() const { return tf32_; }  // (false where asked for but unsupported)
 
 private:
     CublasContext& ctx_;
+    bool tf32_;
     std::vector<int> ta_, tb_, m_, n_, k_, lda_, ldb_, ldc_, size_;  // per group (column-major)
     std::vector<float> alpha_, beta_;
     const float* const* a_ = nullptr;  // device arrays, items in group order

@@ -7,6 +7,7 @@
 // convolutions, the linear layer and the products go to the two library wrappers.
 // Also defines sr::cuda::fail_at, the one place where CUDA-side errors become sr::Error.
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -84,7 +85,8 @@ private:
 
 class CudaBackend final : public cuda::KernelOps<Backend> {
 public:
-    CudaBackend(int device, Storage storage, bool tf32) : device_(device), storage_(storage) {
+    CudaBackend(int device, Storage storage, bool tf32)
+        : device_(device), storage_(storage), tf32_(tf32) {
         CUDA_CHECK(cudaSetDevice(device));
         cudaDeviceProp prop{};
         CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
@@ -272,7 +274,7 @@ public:
               float alpha, float beta) override {
         cuda::gemm(*cublas_, C, A, B, M, N, K, ta, tb, alpha, beta);
     }
-    std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items) override;
+    std::unique_ptr<GemmList> make_gemm_list(std::vector<GemmItem> items, GemmMath math) override;
     GemmPeak measure_gemm_peak() override {
         CUDA_CHECK(cudaStreamSynchronize(stream_));
         return cuda::measure_gemm_peak(*cublas_, stream_);
@@ -302,6 +304,7 @@ private:
 
     int device_;
     Storage storage_;
+    bool tf32_;  // TF32 tensor cores allowed (convolutions in fp32 storage, GemmMath::tf32 lists)
     cudaStream_t stream_ = nullptr;
     cuda::CudnnContextPtr cudnn_;
     cuda::CublasContextPtr cublas_;
@@ -317,10 +320,10 @@ private:
 // backend (counted in its peak), held as long as the list.
 class CudaGemmList final : public GemmList {
 public:
-    CudaGemmList(Backend& b, cuda::CublasContext& ctx, std::vector<GemmItem> items)
+    CudaGemmList(Backend& b, cuda::CublasContext& ctx, std::vector<GemmItem> items, bool tf32)
         : GemmList(std::move(items)),
           ptrs_(b, 3 * items_.size()),
-          plan_(ctx, items_, ptrs_.get()) {}
+          plan_(ctx, items_, ptrs_.get(), tf32) {}
     void run(float alpha, float beta) override { plan_.run(alpha, beta); }
 
 private:
@@ -328,8 +331,13 @@ private:
     cuda::GroupedGemm plan_;
 };
 
-std::unique_ptr<GemmList> CudaBackend::make_gemm_list(std::vector<GemmItem> items) {
-    return std::make_unique<CudaGemmList>(*this, *cublas_, std::move(items));
+// GemmMath::tf32 uses TF32 where the backend allows it; SPEEDRUN_GEMM_LIST_TF32=0 keeps these
+// lists in fp32 (to time both in one session: `speedrun bench --profile`, "gemm list").
+std::unique_ptr<GemmList> CudaBackend::make_gemm_list(std::vector<GemmItem> items,
+                                                      GemmMath math) {
+    const char* env = std::getenv("SPEEDRUN_GEMM_LIST_TF32");
+    const bool tf32 = math == GemmMath::tf32 && tf32_ && !(env && std::string(env) == "0");
+    return std::make_unique<CudaGemmList>(*this, *cublas_, std::move(items), tf32);
 }
 
 }  // namespace
