@@ -240,7 +240,7 @@ public:
     }
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
         in_->backward_weights(dw, db, dy, x);
-        jitter(dw, size_t(shape.K) * shape.R * shape.S * shape.C, ++*calls_);
+        if (dw) jitter(dw, size_t(shape.K) * shape.R * shape.S * shape.C, ++*calls_);
         if (db) jitter(db, size_t(shape.K), ++*calls_);
     }
 

@@ -353,7 +353,6 @@ Workspace::Workspace(Network& net, int batch) : net_(net), b_(net.backend), N_(b
     a0_ = DeviceBuffer<float>(b_, n0);
     d_z0_ = DeviceBuffer<float>(b_, n0);
     d_a0_ = DeviceBuffer<float>(b_, n0);
-    dw_whiten_ = DeviceBuffer<float>(b_, size_t(cw) * k * k * 3);
     int cin = cw;
     for (int gi = 0; gi < 3; ++gi) {
         Group& G = grp_[gi];
@@ -580,7 +579,7 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
         } else if (with_whiten_bias) {
             G.conv1->backward_data(d_a0_.get(), G.d_big.get(), P.conv_w[gi][0]);
             b_.gelu_backward(d_z0_.get(), d_a0_.get(), z0_.get(), d_z0_.size());
-            whiten_->backward_weights(dw_whiten_.get(), Gd.whiten_b, d_z0_.get(), x_);
+            whiten_->backward_weights(nullptr, Gd.whiten_b, d_z0_.get(), x_);  // (weights frozen)
             grad_ready(Gd.whiten_b, size_t(c.whiten_width()));
         }
     }

@@ -232,7 +232,7 @@ private:
     int N_;
     const float* x_ = nullptr;
     std::unique_ptr<Conv2d> whiten_;
-    DeviceBuffer<float> z0_, a0_, d_z0_, d_a0_, dw_whiten_;
+    DeviceBuffer<float> z0_, a0_, d_z0_, d_a0_;
     Group grp_[3];
     int Hf_ = 0;  // side after the final pool
     DeviceBuffer<float> feat_, d_feat_, logits_, dlogits_;

@@ -77,7 +77,8 @@ public:
     virtual void forward(float* y, const float* x, const float* w, const float* bias) = 0;
     // dx (N,H,W,C) = conv_transpose(dy (N,P,Q,K), w)
     virtual void backward_data(float* dx, const float* dy, const float* w) = 0;
-    // dw (K,R,S,C) = correlation of x and dy; db (K) = sum of dy over N,P,Q if db != nullptr
+    // dw (K,R,S,C) = correlation of x and dy; db (K) = sum of dy over N,P,Q if db != nullptr.
+    // dw == nullptr: db only (a layer whose weights are frozen: the whitening conv; x unused).
     virtual void backward_weights(float* dw, float* db, const float* dy, const float* x) = 0;
 
     const ConvShape shape;

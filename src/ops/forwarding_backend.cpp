@@ -40,6 +40,13 @@ public:
                     [=, this] { in_->backward_data(dx, dy, w); });
     }
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
+        if (!dw) {  // the bias gradient alone: a read of dy
+            const ConvShape& s = shape;
+            const double dy_elems = double(s.N) * s.P() * s.Q() * s.K;
+            fb_.run_op(op_kind::conv, [&] { return label("bwd bias only"); }, dy_elems,
+                       kF * (dy_elems + s.K), [=, this] { in_->backward_weights(dw, db, dy, x); });
+            return;
+        }
         fb_.run_op(op_kind::conv, [&] { return label("bwd weights"); }, flops_, bytes_,
                     [=, this] { in_->backward_weights(dw, db, dy, x); });
     }

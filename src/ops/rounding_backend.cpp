@@ -120,7 +120,7 @@ public:
     }
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
         in_->backward_weights(dw, db, dy, x);
-        round_tensor(dw, weights(), rb_.precision().backward);
+        if (dw) round_tensor(dw, weights(), rb_.precision().backward);
     }
 
 private:

@@ -136,9 +136,9 @@ public:
     }
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
         const float* dys = sb_.in(kIn0, dy, outputs());
-        const float* xs = sb_.in(kIn1, x, inputs());
+        const float* xs = dw ? sb_.in(kIn1, x, inputs()) : nullptr;  // (db alone needs no x)
         in_->backward_weights(dw, db, dys, xs);
-        sb_.round(dw, weights());
+        if (dw) sb_.round(dw, weights());
     }
 
 private:

@@ -265,6 +265,13 @@ void conv_case(BackendOps& f, const ConvShape& s, uint64_t seed) {
         // db is a plain fp32 sum (no TF32): 1e-5 relative to its rms covers the summation order.
         if (with_bias) {
             EXPECT_TRUE(f.same(db, "conv backward_weights db", 1e-5 * rms(db.c.get("db")) + 1e-6, 1e-5));
+            // dw == nullptr: db alone (a frozen layer), the same sums; x is not read
+            auto db2 = f.out<float>(s.K);
+            cc->backward_weights(nullptr, db2.cp(), dy.cp(), nullptr);
+            gc->backward_weights(nullptr, db2.gp(), dy.gp(), nullptr);
+            EXPECT_TRUE(f.same(db2, "conv bias-only db", 1e-5 * rms(db2.c.get("db")) + 1e-6, 1e-5));
+            const auto full = db.c.get("db");  // the CPU: the same sums as with dw
+            EXPECT_TRUE(close(db2.c.get("db"), full, 1e-5 * rms(full) + 1e-6, 1e-5));
         }
     }
 }

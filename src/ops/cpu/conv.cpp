@@ -464,7 +464,17 @@ void CpuConv2d::backward_data(float* dx, const float* dy, const float* w) {
 }
 
 void CpuConv2d::backward_weights(float* dw, float* db, const float* dy, const float* x) {
-    impl_->backward_weights(dw, db, dy, x);
+    if (dw) return impl_->backward_weights(dw, db, dy, x);
+    if (!db) return;
+    // the bias gradient alone: per-channel sums of dy in double, as the naive reference
+    const size_t rows = size_t(shape.N) * shape.P() * shape.Q();
+    const int K = shape.K;
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < K; ++k) {
+        double acc = 0.0;
+        for (size_t i = 0; i < rows; ++i) acc += dy[i * K + k];
+        db[k] = float(acc);
+    }
 }
 
 bool CpuConv2d::data_grad_transposed() const { return !impl_->winograd && impl_->transposed; }

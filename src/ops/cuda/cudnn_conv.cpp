@@ -234,6 +234,12 @@ public:
     }
 
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
+        if (!dw) {  // the bias gradient alone
+            if (db)
+                channel_sum(ctx_.stream, storage_, ctx_.workspace, db, dy,
+                            shape.N * shape.P() * shape.Q(), shape.K);
+            return;
+        }
         const float one = 1.f, zero = 0.f;
         float* out = storage_ == Storage::f32 ? dw : dw16_;
         CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx_.handle, &one, x_.d, x, y_.d, dy,

@@ -33,7 +33,7 @@ public:
         inner_->backward_data(dx, dy, w);
     }
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
-        inner_->backward_weights(dw, nullptr, dy, x);
+        if (dw) inner_->backward_weights(dw, nullptr, dy, x);
         if (db) {
             scratch_.resize(cuda::bn_scratch_bytes(rows(), shape.K) / sizeof(float) + 1);
             cuda::channel_sum(nullptr, s_, scratch_.data(), db, dy, rows(), shape.K);
