@@ -588,6 +588,20 @@ TEST_P(BackendOps, BatchNormSyncPieces) { bn_pieces_case(*this, 147, 5, 750, 1.f
 
 TEST_P(BackendOps, BatchNormSyncPiecesManyRows) { bn_pieces_case(*this, 32 * 31 * 31, 24, 760, -3.f); }
 
+// The networks' channel counts, where the reductions take 8 channels per thread (C a multiple
+// of 8, at most 2048): 64 (32 row phases per block), 512 (4) and 2048 (1), with row counts that
+// leave the last chunk and the phases uneven.
+TEST_P(BackendOps, BatchNormWideChannels) {
+    int seed = 780;
+    for (const auto [M, C] : {std::pair{1000, 64}, std::pair{1543, 512}, std::pair{70, 2048}}) {
+        SCOPED_TRACE(testing::Message() << "M=" << M << " C=" << C);
+        bn_train_case(*this, M, C, true, seed++, 1.5f, 2.f, 1e-5);
+        bn_backward_case(*this, M, C, seed++);
+        bn_act_case(*this, M, C, ActKind::silu, seed++);
+        bn_pieces_case(*this, M, C, seed++, 1.f);
+    }
+}
+
 // ---- GELU ------------------------------------------------------------------------------------
 
 // Tolerance: the CPU's erf is a polynomial good to ~1e-7 absolute (times |x|/2 <= 4 in y),

@@ -14,8 +14,11 @@
 // bn_stats / bn_apply / bn_backward_reduce / bn_backward_apply are the same computation in
 // pieces, for sync-BN: the per-channel sums are outputs, so other processes' can be added.
 // The same reduction gives channel_sum and the bias helpers that the cuDNN convolution wrapper
-// uses for its optional bias (add_channel_bias, channel_sum for db). The elementwise kernels
-// (normalise, dx) take 8 channels per thread where C allows (bn_normalize8, bn_dx8).
+// uses for its optional bias (add_channel_bias, channel_sum for db). Where C is a multiple of 8
+// (at most 2048) and the tensors 16-byte aligned, every kernel takes 8 channels per thread:
+// the elementwise ones (bn_normalize8, bn_dx8) and the reductions (channel_partials8,
+// channel_moments8: one block per chunk, the threads split into channel groups and row
+// phases), so that a thread's loads are 16 bytes, not 2.
 #include "ops/cuda/activation.cuh"
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
@@ -96,12 +99,60 @@ __global__ void channel_finalize(const float2* partial, int chunks, int C, E e) 
     if (threadIdx.x == 0) e(c, shx[0], shy[0]);
 }
 
+// channel_partials with 8 channels per thread (C a multiple of 8, at most 8 * kBlock; 16-byte
+// aligned tensors: f.eight_wide()), one block of kBlock threads per chunk: thread t takes
+// channel group t % C8 and row phase r = t / C8, i.e. rows m0 + r, m0 + r + R, ... with R =
+// kBlock / C8 phases (threads past R * C8 idle); f.load8(m, c0, v) gives the two quantities of
+// channels c0..c0+7 of row m from one 16-byte load per tensor. The phases' sums meet in shared
+// memory; one thread per channel adds them and stores the chunk's partial (the same layout as
+// channel_partials). The one-channel-per-thread kernel read 2 bytes per thread and access in
+// 16-bit storage.
+template <class F>
+__global__ void channel_partials8(float2* partial, F f, int M, int C8) {
+    __shared__ float2 sh[kBlock * 8];  // [phase][channel]: R * C <= kBlock * 8
+    const int t = int(threadIdx.x), C = C8 * 8, R = kBlock / C8;
+    const int g = t % C8, r = t / C8;
+    const int m0 = int(blockIdx.x) * kRowsPerChunk;
+    const int m1 = min(M, m0 + kRowsPerChunk);
+    if (r < R) {
+        float2 acc[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[j] = make_float2(0.f, 0.f);
+        for (int m = m0 + r; m < m1; m += R) {
+            float2 v[8];
+            f.load8(m, g * 8, v);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                acc[j].x += v[j].x;
+                acc[j].y += v[j].y;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) sh[r * C + g * 8 + j] = acc[j];
+    }
+    __syncthreads();
+    for (int c = t; c < C; c += kBlock) {
+        float2 s = make_float2(0.f, 0.f);
+        for (int i = 0; i < R; ++i) {
+            s.x += sh[i * C + c].x;
+            s.y += sh[i * C + c].y;
+        }
+        partial[size_t(blockIdx.x) * C + c] = s;
+    }
+}
+
+bool eight_wide_reduction(int C) { return C % 8 == 0 && C <= 8 * kBlock; }
+
 template <class F, class E>
 void channel_reduce(cudaStream_t st, float2* partial, F f, E e, int M, int C) {
     const int chunks = num_chunks(M);
-    const dim3 grid(ceil_div(size_t(C), 32), unsigned(chunks));
-    const dim3 block(32, kRowThreads);
-    launch_kernel(channel_partials<F>, grid, block, 0, st, partial, f, M, C);
+    if (eight_wide_reduction(C) && f.eight_wide()) {
+        launch_kernel(channel_partials8<F>, chunks, kBlock, 0, st, partial, f, M, C / 8);
+    } else {
+        const dim3 grid(ceil_div(size_t(C), 32), unsigned(chunks));
+        const dim3 block(32, kRowThreads);
+        launch_kernel(channel_partials<F>, grid, block, 0, st, partial, f, M, C);
+    }
     CUDA_CHECK_LAUNCH();
     launch_kernel(channel_finalize<E>, C, kFinalizeThreads, 0, st, partial, chunks, C, e);
     CUDA_CHECK_LAUNCH();
@@ -117,6 +168,13 @@ struct SumX {
     __device__ float2 operator()(int m, int c) const {
         return make_float2(load_act(x, size_t(m) * C + c), 0.f);
     }
+    __device__ void load8(int m, int c0, float2 (&o)[8]) const {
+        float v[8];
+        load_act8(x, size_t(m) * C + c0, v);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = make_float2(v[j], 0.f);
+    }
+    bool eight_wide() const { return aligned8(x); }
 };
 
 // dy, dy * xhat; with an activation after the BN, dy = dz act'(y), y recomputed from x
@@ -138,6 +196,21 @@ struct SumDyDyXhat {
                                : d;
         return make_float2(g, g * xhat);
     }
+    __device__ void load8(int m, int c0, float2 (&o)[8]) const {
+        float xv[8], d[8];
+        load_act8(x, size_t(m) * C + c0, xv);
+        load_act8(dy, size_t(m) * C + c0, d);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int c = c0 + j;
+            const float xhat = (xv[j] - mean[c]) * invstd[c];
+            const float g =
+                act.on ? act.chain(d[j], xhat * (gamma ? gamma[c] : 1.f) + (beta ? beta[c] : 0.f))
+                       : d[j];
+            o[j] = make_float2(g, g * xhat);
+        }
+    }
+    bool eight_wide() const { return aligned8(x, dy); }
 };
 
 struct StoreGrads {
@@ -306,6 +379,16 @@ struct SumCentered {  // x - center, (x - center)^2 with center = center_sums * 
         const float d = load_act(x, size_t(m) * C + c) - ctr;
         return make_float2(d, d * d);
     }
+    __device__ void load8(int m, int c0, float2 (&o)[8]) const {
+        float v[8];
+        load_act8(x, size_t(m) * C + c0, v);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float d = v[j] - (center_sums ? center_sums[c0 + j] * scale : 0.f);
+            o[j] = make_float2(d, d * d);
+        }
+    }
+    bool eight_wide() const { return aligned8(x); }
 };
 
 struct StorePair {  // sums[c] = sx, sums[C + c] = sy
@@ -370,6 +453,43 @@ __global__ void channel_moments(float2* partial, const T* x, int M, int C) {
     }
 }
 
+// channel_moments with 8 channels per thread: the threads and phases of channel_partials8,
+// Welford moments per (thread, channel), merged over the phases in shared memory.
+template <class T>
+__global__ void channel_moments8(float2* partial, const T* x, int M, int C8) {
+    __shared__ float sh_mean[kBlock * 8], sh_m2[kBlock * 8];  // [phase][channel]
+    const int t = int(threadIdx.x), C = C8 * 8, R = kBlock / C8;
+    const int g = t % C8, r = t / C8;
+    const int m0 = int(blockIdx.x) * kRowsPerChunk;
+    const int m1 = min(M, m0 + kRowsPerChunk);
+    if (r < R) {
+        Moments<float> a[8];
+        for (int m = m0 + r; m < m1; m += R) {
+            float v[8];
+            load_act8(x, size_t(m) * C + g * 8, v);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) moments_add(a[j], v[j]);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            sh_mean[r * C + g * 8 + j] = a[j].mean;
+            sh_m2[r * C + g * 8 + j] = a[j].m2;
+        }
+    }
+    __syncthreads();
+    for (int c = t; c < C; c += kBlock) {
+        Moments<float> s;
+        for (int i = 0; i < R; ++i) {
+            Moments<float> b;
+            b.n = float(rows_of_thread(m0, m1, i, R));
+            b.mean = sh_mean[i * C + c];
+            b.m2 = sh_m2[i * C + c];
+            moments_merge(s, b);
+        }
+        partial[size_t(blockIdx.x) * C + c] = make_float2(s.mean, s.m2);
+    }
+}
+
 // One block per channel: merges the chunks' moments in double, then the statistics.
 __global__ void channel_moments_finalize(const float2* partial, int chunks, int M, int C,
                                          float* mean, float* invstd, float* running_mean,
@@ -420,9 +540,13 @@ void batch_statistics(cudaStream_t st, void* scratch, float* mean, float* invstd
     check_shape(M, C);
     const BnScratch s = split_scratch(scratch, M, C);
     const int chunks = num_chunks(M);
-    const dim3 grid(ceil_div(size_t(C), 32), unsigned(chunks));
-    const dim3 block(32, kRowThreads);
-    launch_kernel(channel_moments<T>, grid, block, 0, st, s.partial, x, M, C);
+    if (eight_wide_reduction(C) && aligned8(x)) {
+        launch_kernel(channel_moments8<T>, chunks, kBlock, 0, st, s.partial, x, M, C / 8);
+    } else {
+        const dim3 grid(ceil_div(size_t(C), 32), unsigned(chunks));
+        const dim3 block(32, kRowThreads);
+        launch_kernel(channel_moments<T>, grid, block, 0, st, s.partial, x, M, C);
+    }
     CUDA_CHECK_LAUNCH();
     launch_kernel(channel_moments_finalize, C, kFinalizeThreads, 0, st, s.partial, chunks, M, C,
                   mean, invstd, running_mean, running_var, eps, momentum);
