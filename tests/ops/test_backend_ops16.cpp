@@ -410,6 +410,7 @@ TEST_P(StoredOps, BatchNormSyncPieces) {
 TEST_P(StoredOps, Activations) {
     auto xs = randn(1001, 800, 3.f);
     for (float v : {0.f, -0.f, 1e-8f, -1e-8f, 8.f, -8.f, -30.f, 30.f}) xs.push_back(v);
+    for (float v : {0.5f, -0.5f, 2.f, -2.f, 4.f, -4.f, 0.25f}) xs.push_back(v);  // n = 1016: 8-wide
     const size_t n = xs.size();
     auto x = act_in(xs);
     auto dy = act_in(randn(n, 801));
@@ -434,23 +435,25 @@ TEST_P(StoredOps, Activations) {
 }
 
 TEST_P(StoredOps, ResidualAdd) {
-    const size_t n = 100003;
-    auto y = act_in(randn(n, 850));
-    auto x = act_in(randn(n, 851, 0.01f));
-    const auto a = y->floats(0, "y"), b = x->floats(0, "x");  // the stored (rounded) operands
-    for (int i = 0; i < 2; ++i) side(i).residual_add(y->p(i), x->p(i), n);
-    EXPECT_TRUE(same(*y, "residual_add", 0, 0));
-    // the fp32 sum of the stored operands, rounded once to the format: computed here
-    std::vector<float> sum(n), want(n);
-    for (size_t i = 0; i < n; ++i) sum[i] = a[i] + b[i];
-    std::vector<uint16_t> bits(n);
-    pack_storage(bits.data(), sum.data(), n, s);
-    unpack_storage(want.data(), bits.data(), n, s);
-    const auto got = y->floats(1, "y");
-    EXPECT_TRUE(close(got, want, 0, 0)) << "residual_add is not round(y + x)";
-    size_t rounded = 0;  // (the check sees rounding: most fp32 sums are not in the format)
-    for (size_t i = 0; i < n; ++i) rounded += want[i] != sum[i];
-    EXPECT_GT(rounded, n / 2);
+    for (const size_t n : {size_t(100003), size_t(100000)}) {  // (100000: 8 values per thread)
+        SCOPED_TRACE(testing::Message() << "n=" << n);
+        auto y = act_in(randn(n, 850));
+        auto x = act_in(randn(n, 851, 0.01f));
+        const auto a = y->floats(0, "y"), b = x->floats(0, "x");  // the stored (rounded) operands
+        for (int i = 0; i < 2; ++i) side(i).residual_add(y->p(i), x->p(i), n);
+        EXPECT_TRUE(same(*y, "residual_add", 0, 0));
+        // the fp32 sum of the stored operands, rounded once to the format: computed here
+        std::vector<float> sum(n), want(n);
+        for (size_t i = 0; i < n; ++i) sum[i] = a[i] + b[i];
+        std::vector<uint16_t> bits(n);
+        pack_storage(bits.data(), sum.data(), n, s);
+        unpack_storage(want.data(), bits.data(), n, s);
+        const auto got = y->floats(1, "y");
+        EXPECT_TRUE(close(got, want, 0, 0)) << "residual_add is not round(y + x)";
+        size_t rounded = 0;  // (the check sees rounding: most fp32 sums are not in the format)
+        for (size_t i = 0; i < n; ++i) rounded += want[i] != sum[i];
+        EXPECT_GT(rounded, n / 2);
+    }
 }
 
 // ---- pooling, linear ---------------------------------------------------------------------------

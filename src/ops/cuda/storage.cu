@@ -15,6 +15,18 @@ __global__ void residual_add_kernel(T* y, const T* x, size_t n) {
         store_act(y, i, load_act(y, i) + load_act(x, i));
 }
 
+template <class T>
+__global__ void residual_add_kernel8(T* y, const T* x, unsigned n8) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += gridDim.x * blockDim.x) {
+        float a[8], b[8];
+        load_act8(y, size_t(i) * 8, a);
+        load_act8(x, size_t(i) * 8, b);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) a[j] += b[j];
+        store_act8(y, size_t(i) * 8, a);
+    }
+}
+
 template <class D, class S>
 __global__ void convert_kernel(D* dst, const S* src, size_t n) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
@@ -28,8 +40,12 @@ void residual_add(cudaStream_t st, Storage s, float* y, const float* x, size_t n
     if (n == 0) return;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        launch_kernel(residual_add_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(y),
-                      as_act<T>(x), n);
+        if (n % 8 == 0 && n / 8 < (size_t(1) << 31) && aligned8(y, x))  // 8 per thread
+            launch_kernel(residual_add_kernel8<T>, grid_size(n / 8), kBlock, 0, st,
+                          as_act<T>(y), as_act<T>(x), unsigned(n / 8));
+        else
+            launch_kernel(residual_add_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(y),
+                          as_act<T>(x), n);
     });
     CUDA_CHECK_LAUNCH();
 }
