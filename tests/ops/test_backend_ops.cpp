@@ -593,7 +593,7 @@ TEST_P(BackendOps, BatchNormSyncPiecesManyRows) { bn_pieces_case(*this, 32 * 31 
 // leave the last chunk and the phases uneven.
 TEST_P(BackendOps, BatchNormWideChannels) {
     int seed = 780;
-    for (const auto [M, C] : {std::pair{1000, 64}, std::pair{1543, 512}, std::pair{70, 2048}}) {
+    for (const auto [M, C] : {std::pair{1000, 64}, std::pair{600, 512}, std::pair{70, 2048}}) {
         SCOPED_TRACE(testing::Message() << "M=" << M << " C=" << C);
         bn_train_case(*this, M, C, true, seed++, 1.5f, 2.f, 1e-5);
         bn_backward_case(*this, M, C, seed++);

@@ -94,13 +94,16 @@ TEST(ProfilingBackend, CountsTheOpsOfATrainingStep) {
     std::map<std::string, OpTime> kind;
     for (const OpTime& k : by_kind(ops)) kind[k.kind] = k;
 
-    // the whitening conv (forward, weights for its bias) and 6 convs x 3 directions
+    // the whitening conv (forward, its bias gradient) and 6 convs x 3 directions
     EXPECT_EQ(kind["convolution"].calls, 2 + 6 * 3);
-    // FLOPs: 3 x every conv's forward, less the whitening conv's data gradient (never taken)
+    // FLOPs: 3 x every conv's forward, less the whitening conv's data and weight gradients (its
+    // weights are frozen: only the bias gradient, one add per element of dy)
     const double head = 2.0 * 16 * 10;  // linear 16 -> 10 per image
     const double whiten = 2.0 * 31 * 31 * 24 * (2 * 2 * 3);
+    const double whiten_bias = 31.0 * 31 * 24;
     const double convs = net.flops_per_image_forward() - head;
-    EXPECT_NEAR(kind["convolution"].flops, N * (3 * convs - whiten), 1e-6 * N * convs);
+    EXPECT_NEAR(kind["convolution"].flops, N * (3 * convs - 2 * whiten + whiten_bias),
+                1e-6 * N * convs);
     // 6 BN layers forward and backward, each fused with the GELU after it
     EXPECT_EQ(kind["batch norm"].calls, 6 + 6);
     EXPECT_EQ(kind["linear"].calls, 2);
