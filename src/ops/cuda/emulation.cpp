@@ -5,7 +5,7 @@
 // A fiber switch on x86-64 is the few instructions below (callee-saved registers, stack pointer,
 // the SSE and x87 control words): ucontext's swapcontext makes a system call per switch (the
 // signal mask), which cost the emulated tests most of their time (two switches per thread).
-// Elsewhere ucontext does it.
+// Elsewhere (or with SR_EMU_UCONTEXT defined) ucontext does it.
 #include "ops/cuda/emulation.h"
 
 #include <ucontext.h>
@@ -18,7 +18,7 @@
 
 #include "ops/cuda/cuda_common.cuh"
 
-#if defined(__x86_64__) && defined(__linux__)
+#if defined(__x86_64__) && defined(__linux__) && !defined(SR_EMU_UCONTEXT)
 #define SR_EMU_ASM_SWITCH 1
 // sr_emu_switch(save, to): saves this context's stack pointer in *save, continues the one whose
 // stack pointer is `to`.
@@ -63,23 +63,26 @@ namespace {
 
 constexpr size_t kStackBytes = size_t(64) << 10;  // per thread: the kernels keep small frames
 
-struct Fiber {
+// A switched-out context, and the switch: saves the running one in `save`, continues `to`.
 #ifdef SR_EMU_ASM_SWITCH
-    void* sp = nullptr;  // saved stack pointer while switched out
+struct Context {
+    void* sp = nullptr;  // the stack pointer it was left at
+};
+void switch_context(Context& save, Context& to) { sr_emu_switch(&save.sp, to.sp); }
 #else
-    ucontext_t context;
+using Context = ucontext_t;
+void switch_context(Context& save, Context& to) { swapcontext(&save, &to); }
 #endif
+
+struct Fiber {
+    Context context;
     uint3 index{0, 0, 0};
     bool done = false;
     std::unique_ptr<char[]> stack;
 };
 
 struct Scheduler {
-#ifdef SR_EMU_ASM_SWITCH
-    void* main_sp = nullptr;
-#else
-    ucontext_t main;
-#endif
+    Context main;
     std::vector<Fiber> fibers;
     Fiber* current = nullptr;
     const std::function<void()>* body = nullptr;
@@ -92,20 +95,8 @@ Scheduler g_sched;
 }
 
 // From the running fiber back to the scheduler, and from the scheduler into fiber f.
-void to_scheduler(Fiber& f) {
-#ifdef SR_EMU_ASM_SWITCH
-    sr_emu_switch(&f.sp, g_sched.main_sp);
-#else
-    swapcontext(&f.context, &g_sched.main);
-#endif
-}
-void to_fiber(Fiber& f) {
-#ifdef SR_EMU_ASM_SWITCH
-    sr_emu_switch(&g_sched.main_sp, f.sp);
-#else
-    swapcontext(&g_sched.main, &f.context);
-#endif
-}
+void to_scheduler(Fiber& f) { switch_context(f.context, g_sched.main); }
+void to_fiber(Fiber& f) { switch_context(g_sched.main, f.context); }
 
 // A fiber's whole life: the kernel's body for its thread, then back to the scheduler for good.
 [[noreturn]] void fiber_main() {
@@ -131,7 +122,7 @@ void start(Fiber& f) {
     asm volatile("stmxcsr %0" : "=m"(control[0]));
     asm volatile("fnstcw %0" : "=m"(control[1]));
     std::memcpy(&frame[-7], control, 8);
-    f.sp = &frame[-7];
+    f.context.sp = &frame[-7];
 #else
     getcontext(&f.context);
     f.context.uc_stack.ss_sp = f.stack.get();
