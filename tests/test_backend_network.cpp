@@ -398,13 +398,16 @@ TEST(BackendNetwork, OneStepOnCudaSixteenBitMatchesItsCpuReference) {
 }
 
 // The same two comparisons with the CUDA backend's own kernels run by the host emulation
-// (ops/cuda/emulated_backend.h; its convolutions and products are the CPU's): every kernel the
-// network calls, in the network's order and with its shapes, on machines without a GPU.
+// (ops/cuda/emulated_backend.h; its convolutions and products are the CPU's): the kernels the
+// network calls, in the network's order and with its shapes, on machines without a GPU. Four
+// presets between them use every kind of layer (GELU / SiLU / CELU / ReLU, whitening, Muon,
+// ghost BN, DAWN_net's residuals and global pooling); all seven gave 4e-5 at most (session 16).
+// Every op alone: BackendOps/emu, StoredOps/emu_*.
 TEST(BackendNetwork, OneStepOnEmulatedCudaMatchesCpu) {
 #ifdef SPEEDRUN_HAVE_CUDA_EMULATION
     auto emu = make_emulated_cuda_backend(Storage::f32);
     auto cpu = make_cpu_backend(0);
-    for (const char* p : kPresets) {
+    for (const char* p : {"airbench94", "hiverge", "tricks10", "myrtle-reg"}) {
         const Worst w = compare(*cpu, *emu, p);
         EXPECT_EQ(outside(w, kBound32, kBound32), "") << p;
         EXPECT_LE(w.err, kBound32) << p << ": " << w.where;
