@@ -144,6 +144,42 @@ TEST_P(ConvOneDnn, MatchesNaive) {
         EXPECT_GE(transposed, 5);
 }
 
+// One backend's convs share its ConvWorkspace (the Winograd buffers and oneDNN's scratchpad),
+// grown as convs are made: every conv is made first here, the largest (a scratchpad over 4 MiB,
+// so in huge-page memory) in the middle, and then they run in reverse order, so the ones made
+// before the buffers last grew must find them where they are now, big enough.
+TEST_P(ConvOneDnn, ConvsMadeTogetherShareTheWorkspace) {
+    auto b = make_cpu_backend(2);
+    cpu::set_conv_data_grad(GetParam().data_grad);
+    cpu::set_conv_algorithm(GetParam().algorithm);
+    std::vector<ConvShape> shapes;
+    for (const auto& c : kConvCases) shapes.push_back(c.s);
+    shapes.insert(shapes.begin() + 4, ConvShape{4, 32, 32, 64, 64, 3, 3, 1});
+    std::vector<std::unique_ptr<Conv2d>> convs;
+    for (const ConvShape& s : shapes) convs.push_back(b->make_conv(s));
+    for (size_t i = shapes.size(); i-- > 0;) {
+        const ConvShape& s = shapes[i];
+        SCOPED_TRACE(testing::Message() << "conv " << i << ": N" << s.N << " " << s.H << "x" << s.W << " "
+                                        << s.C << "->" << s.K << " k" << s.R << " stride " << s.stride);
+        const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K,
+                     nw = size_t(s.K) * s.R * s.S * s.C;
+        auto x = randn(nx, 31 + i), w = randn(nw, 32 + i, 0.3f), bias = randn(s.K, 33 + i), dy = randn(ny, 34 + i);
+        std::vector<float> y(ny, 7.f), y_ref(ny), dx(nx, 7.f), dx_ref(nx), dw(nw, 7.f), dw_ref(nw),
+            db(s.K, 7.f), db_ref(s.K);
+        convs[i]->forward(y.data(), x.data(), w.data(), bias.data());
+        cpu::conv2d_forward_naive(y_ref.data(), x.data(), w.data(), bias.data(), s);
+        EXPECT_TRUE(all_close(y, y_ref, 1e-4, 1e-4));
+        convs[i]->backward_data(dx.data(), dy.data(), w.data());
+        cpu::conv2d_backward_data_naive(dx_ref.data(), dy.data(), w.data(), s);
+        EXPECT_TRUE(all_close(dx, dx_ref, 1e-4, 1e-4));
+        convs[i]->backward_weights(dw.data(), db.data(), dy.data(), x.data());
+        cpu::conv2d_backward_weights_naive(dw_ref.data(), db_ref.data(), dy.data(), x.data(), s);
+        // the large case sums 4,096 terms per weight
+        EXPECT_TRUE(all_close(dw, dw_ref, 2e-3, 1e-4));
+        EXPECT_TRUE(all_close(db, db_ref, 2e-3, 1e-4));
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     CpuOps, ConvOneDnn,
     ::testing::Values(ConvPath{cpu::ConvDataGrad::fastest, cpu::ConvAlgorithm::fastest, "Fastest"},

@@ -221,10 +221,22 @@ void set_conv_algorithm(ConvAlgorithm a) {
     g_algorithm = a;
 }
 
-void ConvWorkspace::reserve(size_t floats) {
-    if (a.size() < floats) a.resize(floats);
-    if (b.size() < floats) b.resize(floats);
+namespace {
+// v at least n elements; a buffer that grows is replaced, not copied (its contents are scratch)
+template <class T>
+void grow(AlignedVector<T>& v, size_t n) {
+    if (v.size() >= n) return;
+    AlignedVector<T>().swap(v);
+    v.resize(n);
 }
+}  // namespace
+
+void ConvWorkspace::reserve(size_t floats) {
+    grow(a, floats);
+    grow(b, floats);
+}
+
+void ConvWorkspace::reserve_scratch(size_t bytes) { grow(scratch, bytes); }
 
 struct CpuConv2d::Impl {
     dnnl::engine& eng;
@@ -235,7 +247,6 @@ struct CpuConv2d::Impl {
     std::optional<Primitives> wino;
     // computing with `wino` (ConvAlgorithm): activations are reordered into ws.a / ws.b
     bool winograd = false;
-    AlignedVector<uint8_t> scratch;
     // data gradient as a forward convolution of dy (K channels in) with w_t (C, R, S, K: the
     // weights transposed and flipped), where stride 1 and same padding make that possible
     bool transposed = false;
@@ -274,11 +285,11 @@ struct CpuConv2d::Impl {
             w_t.resize(size_t(s.K) * s.R * s.S * s.C);
             w_t_prim.resize(std::max(w_t.size(), tfwd_pd.weights_desc().get_size() / sizeof(float)));
         }
-        scratch.resize(sp + 64);
+        ws.reserve_scratch(sp + 64);
     }
 
     memory mem(const memory::desc& d, const void* p) { return memory(d, eng, const_cast<void*>(p)); }
-    memory scratchpad(const memory::desc& d) { return mem(d, scratch.data()); }
+    memory scratchpad(const memory::desc& d) { return mem(d, ws.scratch.data()); }
 
     // Copies an activation tensor between the interface's NHWC and a blocked layout.
     void relayout(const memory::desc& from, const void* src, const memory::desc& to, void* dst,
@@ -390,7 +401,10 @@ struct CpuConv2d::Impl {
     void choose_data_grad(const ConvShape& s) {
         if (tfwd_pd.get(true) == nullptr) return;  // not a stride-1 same-padded conv
         std::lock_guard<std::mutex> lock(g_mode_mutex);
-        if (g_mode != ConvDataGrad::fastest) {
+        // a conv that will compute with Winograd never takes the direct path's dx: no timing
+        // (it faulted in and timed two batch-sized buffers per shape, 1/6 of a set-up)
+        const bool winograd_fixed = wino && g_algorithm == ConvAlgorithm::winograd;
+        if (g_mode != ConvDataGrad::fastest || winograd_fixed) {
             transposed = g_mode == ConvDataGrad::transposed;
             return;
         }

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "ops/cpu/cpu_backend.h"
+#include "ops/cpu/host_memory.h"
 #include "ops/cpu/cpu_ops.h"
 
 namespace sr {
@@ -35,7 +36,7 @@ public:
         threads_ = omp_get_max_threads();
     }
     ~CpuBackend() override {
-        for (auto& [p, n] : sizes_) std::free(p);
+        for (auto& [p, n] : sizes_) cpu::free_host(p);
     }
     Device device() const override { return Device::cpu; }
     std::string name() const override {
@@ -45,7 +46,7 @@ public:
 
     void* alloc(size_t bytes) override {
         const size_t n = (bytes + 63) / 64 * 64;
-        void* p = std::aligned_alloc(64, n ? n : 64);
+        void* p = cpu::alloc_host(n);
         if (!p) fail("out of host memory allocating {} bytes", bytes);
         std::memset(p, 0, n);
         std::lock_guard lock(mu_);
@@ -61,7 +62,7 @@ public:
         SR_CHECK(it != sizes_.end());
         current_ -= it->second;
         sizes_.erase(it);
-        std::free(p);
+        cpu::free_host(p);
     }
     void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
     void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ops/backend.h"
+#include "ops/cpu/host_memory.h"
 
 namespace dnnl {
 struct engine;
@@ -16,7 +17,8 @@ struct stream;
 namespace sr::cpu {
 
 // std::vector's allocator with 64-byte (cache line, AVX-512 register) alignment: oneDNN's
-// Winograd kernels read and write their blocked buffers with aligned vector moves.
+// Winograd kernels read and write their blocked buffers with aligned vector moves. Large ones
+// get the huge-page hint (host_memory.h).
 template <class T>
 struct Aligned64 {
     using value_type = T;
@@ -24,22 +26,29 @@ struct Aligned64 {
     template <class U>
     Aligned64(const Aligned64<U>&) {}
     T* allocate(size_t n) {
-        void* p = ::operator new(n * sizeof(T), std::align_val_t(64));
+        void* p = alloc_host(n * sizeof(T));
+        if (!p) throw std::bad_alloc();
         return static_cast<T*>(p);
     }
-    void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+    void deallocate(T* p, size_t) { free_host(p); }
     template <class U>
     bool operator==(const Aligned64<U>&) const { return true; }
 };
 template <class T>
 using AlignedVector = std::vector<T, Aligned64<T>>;
 
-// Two activation-sized buffers shared by every convolution of one backend (its ops run one at a
-// time): where the Winograd path (cpu_ops.h, ConvAlgorithm) puts its inputs and outputs in the
-// blocked layout oneDNN's Winograd kernels take. Grown when a conv is made, never in a step.
+// Buffers shared by every convolution of one backend (its ops run one at a time), grown when a
+// conv is made, never in a step:
+// - a, b: activation-sized, where the Winograd path (cpu_ops.h, ConvAlgorithm) puts its inputs
+//   and outputs in the blocked layout oneDNN's Winograd kernels take;
+// - scratch: oneDNN's scratchpad (user mode), the largest any primitive asks for. A Winograd
+//   conv's holds the transformed tiles of the whole batch (airbench96's 384-channel 16x16 conv
+//   at batch 1024: about 2 GB), so one per conv would be most of the process's memory.
 struct ConvWorkspace {
     AlignedVector<float> a, b;
-    void reserve(size_t floats);  // each of a and b at least this many floats
+    AlignedVector<uint8_t> scratch;
+    void reserve(size_t floats);          // each of a and b at least this many floats
+    void reserve_scratch(size_t bytes);   // scratch at least this many bytes
 };
 
 class CpuConv2d final : public Conv2d {
