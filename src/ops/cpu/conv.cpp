@@ -97,12 +97,15 @@ void conv2d_backward_weights_naive(float* dw, float* db, const float* dy, const 
                         }
                     dw[((size_t(k) * s.R + r) * s.S + t) * s.C + c] = float(acc);
                 }
-    if (db) {
-        for (int k = 0; k < s.K; ++k) {
-            double acc = 0.0;
-            for (size_t i = 0; i < size_t(s.N) * P * Q; ++i) acc += dy[i * s.K + k];
-            db[k] = float(acc);
-        }
+    if (db) conv2d_bias_grad(db, dy, size_t(s.N) * P * Q, s.K);
+}
+
+void conv2d_bias_grad(float* db, const float* dy, size_t rows, int K) {
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < K; ++k) {
+        double acc = 0.0;
+        for (size_t i = 0; i < rows; ++i) acc += dy[i * K + k];
+        db[k] = float(acc);
     }
 }
 
@@ -479,16 +482,8 @@ void CpuConv2d::backward_data(float* dx, const float* dy, const float* w) {
 
 void CpuConv2d::backward_weights(float* dw, float* db, const float* dy, const float* x) {
     if (dw) return impl_->backward_weights(dw, db, dy, x);
-    if (!db) return;
-    // the bias gradient alone: per-channel sums of dy in double, as the naive reference
-    const size_t rows = size_t(shape.N) * shape.P() * shape.Q();
-    const int K = shape.K;
-#pragma omp parallel for schedule(static)
-    for (int k = 0; k < K; ++k) {
-        double acc = 0.0;
-        for (size_t i = 0; i < rows; ++i) acc += dy[i * K + k];
-        db[k] = float(acc);
-    }
+    // the bias gradient alone (the frozen whitening conv): the reference's own sums
+    if (db) conv2d_bias_grad(db, dy, size_t(shape.N) * shape.P() * shape.Q(), shape.K);
 }
 
 bool CpuConv2d::data_grad_transposed() const { return !impl_->winograd && impl_->transposed; }

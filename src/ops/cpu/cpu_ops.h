@@ -21,6 +21,9 @@ void conv2d_forward_naive(float* y, const float* x, const float* w, const float*
 void conv2d_backward_data_naive(float* dx, const float* dy, const float* w, const ConvShape& s);
 void conv2d_backward_weights_naive(float* dw, float* db, const float* dy, const float* x,
                                    const ConvShape& s);
+// db[k] = sum over the rows of dy (rows x K, NHWC flattened), in double: the reference's bias
+// gradient, and what CpuConv2d computes when asked for the bias gradient alone
+void conv2d_bias_grad(float* db, const float* dy, size_t rows, int K);
 
 // How CpuConv2d computes the data gradient where a same-padded stride-1 convolution allows both:
 // oneDNN's backward-data primitive ("library"), or a forward convolution of dy with the weights
