@@ -7,6 +7,8 @@
 #include <functional>
 #include <numeric>
 
+#include <omp.h>
+
 #include <fmt/format.h>
 
 #include "ops/backend.h"
@@ -218,6 +220,32 @@ TEST(CpuOps, ConvNaiveGradientsMatchFiniteDifferences) {
         EXPECT_TRUE(grad_matches(fd_grad(w, r, fw, 1e-2, 60, 2), dw, 2e-3, 2e-3));
         EXPECT_TRUE(grad_matches(fd_grad(bias, r, fb, 1e-2, 99, 3), db, 2e-3, 2e-3));
     }
+}
+
+// The bias gradient's sums (the reference's, and CpuConv2d's bias-only backward): the one-pass
+// blocked form (few channels, many rows) and the per-channel loop both equal a plain serial sum
+// in double, for 1 and 2 threads alike.
+TEST(CpuOps, ConvBiasGradientSumsEveryRow) {
+    struct Case { size_t rows; int K; };
+    const int threads_before = omp_get_max_threads();
+    for (const Case c : {Case{5003, 24}, Case{2048, 64}, Case{2047, 3}, Case{4096, 65}, Case{7, 5}}) {
+        SCOPED_TRACE(testing::Message() << c.rows << " rows, K " << c.K);
+        const auto dy = randn(c.rows * c.K, 41);
+        std::vector<float> want(c.K);
+        for (int k = 0; k < c.K; ++k) {
+            double acc = 0.0;
+            for (size_t i = 0; i < c.rows; ++i) acc += dy[i * c.K + k];
+            want[k] = float(acc);
+        }
+        for (int threads : {1, 2}) {
+            omp_set_num_threads(threads);
+            std::vector<float> db(c.K, 7.f);
+            cpu::conv2d_bias_grad(db.data(), dy.data(), c.rows, c.K);
+            // double sums in another order: equal after rounding to float but for the last bit
+            EXPECT_TRUE(all_close(db, want, 1e-6, 1e-6)) << threads << " threads";
+        }
+    }
+    omp_set_num_threads(threads_before);
 }
 
 // The strided output grid: output (p, q) of a stride-2 conv equals output (2p, 2q) of the same

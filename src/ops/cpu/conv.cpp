@@ -101,6 +101,30 @@ void conv2d_backward_weights_naive(float* dw, float* db, const float* dy, const 
 }
 
 void conv2d_bias_grad(float* db, const float* dy, size_t rows, int K) {
+    // Few channels (the whitening conv's 24): one pass over dy in row order, kBlocks fixed row
+    // ranges (so the sums do not depend on the thread count) each into its own K partial sums,
+    // then the blocks added in order. A loop per channel would stride through the whole tensor
+    // K times (36 ms for airbench94's 24 channels at batch 1024; this pass about 10).
+    constexpr int kBlocks = 32, kMaxK = 64;
+    if (K <= kMaxK && rows >= size_t(kBlocks) * 64) {
+        double part[kBlocks][kMaxK];
+#pragma omp parallel for schedule(static)
+        for (int bl = 0; bl < kBlocks; ++bl) {
+            double acc[kMaxK] = {};
+            const size_t i0 = rows * bl / kBlocks, i1 = rows * (bl + 1) / kBlocks;
+            for (size_t i = i0; i < i1; ++i) {
+                const float* row = dy + i * K;
+                for (int k = 0; k < K; ++k) acc[k] += row[k];
+            }
+            for (int k = 0; k < K; ++k) part[bl][k] = acc[k];
+        }
+        for (int k = 0; k < K; ++k) {
+            double acc = 0.0;
+            for (int bl = 0; bl < kBlocks; ++bl) acc += part[bl][k];
+            db[k] = float(acc);
+        }
+        return;
+    }
 #pragma omp parallel for schedule(static)
     for (int k = 0; k < K; ++k) {
         double acc = 0.0;
