@@ -4,6 +4,7 @@
 // ops/storage_backend.h; NaN stays NaN), and the host-side dispatch from a Storage value to a
 // kernel instantiated for its element type. The math of every kernel stays fp32.
 #pragma once
+#include <cstdlib>
 #include <cstdint>
 #include <type_traits>
 
@@ -70,10 +71,23 @@ __device__ __forceinline__ void store_act8(T* p, size_t i, const float (&v)[8]) 
     *reinterpret_cast<uint4*>(p + i) = u;
 }
 
-// Host: whether these pointers allow the 8-wide accesses above (16-byte aligned).
+// Host: whether the 8-wide kernels may run at all. SPEEDRUN_CUDA_VEC8=0 turns them off (and
+// conv_small with them): every op then takes its one-element-per-thread kernel, and the whitening
+// conv's forward goes to cuDNN, as before session 15's profile, so that one GPU session can
+// time both (`speedrun bench --profile` twice). Read once per process.
+inline bool vec8_enabled() {
+    static const bool on = [] {
+        const char* e = std::getenv("SPEEDRUN_CUDA_VEC8");
+        return !(e && e[0] == '0' && e[1] == 0);
+    }();
+    return on;
+}
+
+// Host: whether these pointers allow the 8-wide accesses above (16-byte aligned), and the
+// 8-wide kernels are on.
 inline bool aligned8(const void* a, const void* b = nullptr, const void* c = nullptr) {
     auto ok = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
-    return ok(a) && ok(b) && ok(c);
+    return vec8_enabled() && ok(a) && ok(b) && ok(c);
 }
 
 // A float* activation argument seen as its storage's element type.
