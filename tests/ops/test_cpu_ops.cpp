@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <functional>
 #include <numeric>
+#include <tuple>
 
 #include <omp.h>
 
@@ -599,9 +600,10 @@ std::vector<float> distinct_values(size_t n, uint64_t seed) {
 }
 
 TEST(CpuOps, MaxPoolForwardBackward) {
-    for (auto [H, k] : {std::pair{7, 2}, std::pair{3, 3}, std::pair{4, 3}}) {
-        SCOPED_TRACE(fmt::format("H={} k={}", H, k));
-        const int N = 2, C = 5, P = H / k;
+    // C = 40: whole vectors and a remainder in the channel loops
+    for (auto [H, k, C] : {std::tuple{7, 2, 5}, std::tuple{3, 3, 5}, std::tuple{4, 3, 5}, std::tuple{5, 2, 40}}) {
+        SCOPED_TRACE(fmt::format("H={} k={} C={}", H, k, C));
+        const int N = 2, P = H / k;
         auto x = distinct_values(size_t(N) * H * H * C, 41);
         std::vector<float> y(size_t(N) * P * P * C, 9.f), dx(x.size(), 9.f);
         std::vector<uint8_t> arg(y.size());

@@ -55,6 +55,47 @@ void reduce_rows(double* out, int M, int C, Body body) {
         for (int i = 0; i < 2 * C; ++i) out[i] += part[size_t(t) * 2 * C + i];
 }
 
+// The reductions' per-thread bodies. Functions of their own with SR_CLONES: a body inlined into
+// reduce_rows's parallel region was compiled for the baseline x86-64 only (the region is
+// outlined before target_clones copies a function), two doubles per vector.
+// s[c] += x - ctr, s[C + c] += (x - ctr)^2 over rows r0..r1 (ctr: none when null)
+SR_CLONES void sum_rows(double* s, const float* x, const float* ctr, int r0, int r1, int C) {
+    double* ss = s + C;
+    for (int r = r0; r < r1; ++r) {
+        const float* xr = x + size_t(r) * C;
+        if (ctr) {
+#pragma omp simd
+            for (int c = 0; c < C; ++c) {
+                const double v = double(xr[c]) - double(ctr[c]);
+                s[c] += v;
+                ss[c] += v * v;
+            }
+        } else {
+#pragma omp simd
+            for (int c = 0; c < C; ++c) {
+                const double v = xr[c];
+                s[c] += v;
+                ss[c] += v * v;
+            }
+        }
+    }
+}
+
+// s[c] += dy, s[C + c] += dy * xhat, xhat = (x - mean) * invstd, over rows r0..r1
+SR_CLONES void sum_dy_rows(double* s, const float* dy, const float* x, const float* mean,
+                           const float* invstd, int r0, int r1, int C) {
+    double* sx = s + C;
+    for (int r = r0; r < r1; ++r) {
+        const float* xr = x + size_t(r) * C;
+        const float* dyr = dy + size_t(r) * C;
+#pragma omp simd
+        for (int c = 0; c < C; ++c) {
+            s[c] += dyr[c];
+            sx[c] += double(dyr[c]) * double((xr[c] - mean[c]) * invstd[c]);
+        }
+    }
+}
+
 // y = x * a[c] + b[c]
 SR_CLONES void affine_rows(float* y, const float* x, const float* a, const float* b, int M, int C) {
 #pragma omp parallel for schedule(static)
@@ -85,18 +126,7 @@ SR_CLONES void train_affine(float* a, float* b, float* mean, float* invstd, floa
                             float* running_var, const float* x, const float* gamma,
                             const float* beta, int M, int C, float eps, float momentum) {
     double* sums = channel_sums(C);
-    reduce_rows(sums, M, C, [&](int r0, int r1, double* s) {
-        double* ss = s + C;
-        for (int r = r0; r < r1; ++r) {
-            const float* xr = x + size_t(r) * C;
-#pragma omp simd
-            for (int c = 0; c < C; ++c) {
-                const double v = xr[c];
-                s[c] += v;
-                ss[c] += v * v;
-            }
-        }
-    });
+    reduce_rows(sums, M, C, [&](int r0, int r1, double* s) { sum_rows(s, x, nullptr, r0, r1, C); });
     for (int c = 0; c < C; ++c) {
         const double m = sums[c] / M;
         const double var = std::max(0.0, sums[C + c] / M - m * m);
@@ -203,16 +233,7 @@ SR_CLONES void bn_backward(float* dx, float* dgamma, float* dbeta, const float* 
     // sums[c] = sum dy, sums[C + c] = sum dy * xhat
     double* sums = channel_sums(C);
     reduce_rows(sums, M, C, [&](int r0, int r1, double* s) {
-        double* sx = s + C;
-        for (int r = r0; r < r1; ++r) {
-            const float* xr = x + size_t(r) * C;
-            const float* dyr = dy + size_t(r) * C;
-#pragma omp simd
-            for (int c = 0; c < C; ++c) {
-                s[c] += dyr[c];
-                sx[c] += double(dyr[c]) * double((xr[c] - mean[c]) * invstd[c]);
-            }
-        }
+        sum_dy_rows(s, dy, x, mean, invstd, r0, r1, C);
     });
     float* k = channel_floats(2, C);
     float* mb = channel_floats(3, C);
@@ -245,18 +266,7 @@ SR_CLONES void bn_stats(float* sums, const float* x, const float* center_sums, f
     for (int c = 0; c < C; ++c) center[c] = center_sums ? center_sums[c] * center_scale : 0.f;
     const float* ctr = center;
     double* s2 = channel_sums(C);
-    reduce_rows(s2, M, C, [&](int r0, int r1, double* s) {
-        double* ss = s + C;
-        for (int r = r0; r < r1; ++r) {
-            const float* xr = x + size_t(r) * C;
-#pragma omp simd
-            for (int c = 0; c < C; ++c) {
-                const double v = double(xr[c]) - double(ctr[c]);
-                s[c] += v;
-                ss[c] += v * v;
-            }
-        }
-    });
+    reduce_rows(s2, M, C, [&](int r0, int r1, double* s) { sum_rows(s, x, ctr, r0, r1, C); });
     for (int i = 0; i < 2 * C; ++i) sums[i] = float(s2[i]);
 }
 
@@ -289,16 +299,7 @@ SR_CLONES void bn_backward_reduce(float* sums, float* dgamma, float* dbeta, cons
                                   int C) {
     double* s2 = channel_sums(C);
     reduce_rows(s2, M, C, [&](int r0, int r1, double* s) {
-        double* sx = s + C;
-        for (int r = r0; r < r1; ++r) {
-            const float* xr = x + size_t(r) * C;
-            const float* dyr = dy + size_t(r) * C;
-#pragma omp simd
-            for (int c = 0; c < C; ++c) {
-                s[c] += dyr[c];
-                sx[c] += double(dyr[c]) * double((xr[c] - mean[c]) * invstd[c]);
-            }
-        }
+        sum_dy_rows(s, dy, x, mean, invstd, r0, r1, C);
     });
     for (int c = 0; c < C; ++c) {
         sums[c] = float(s2[c]);

@@ -35,23 +35,34 @@ SR_CLONES void maxpool_forward(float* y, uint8_t* arg, const float* x, int N, in
             }
 }
 
+// Row by row of dx, each element written once: dy where the forward took that window position,
+// else 0 (rows and columns past the last whole window are 0). Vectorises over channels; the
+// scatter it replaced zeroed dx first and then wrote one channel at a time, at a third of the
+// memory bandwidth (airbench94's 31x31x64 layer: 32 ms per call on cpu2).
 SR_CLONES void maxpool_backward(float* dx, const float* dy, const uint8_t* arg, int N, int H, int W, int C,
                       int k) {
     const int P = H / k, Q = W / k;
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; ++n) {
-        float* dxn = dx + size_t(n) * H * W * C;
-        std::memset(dxn, 0, sizeof(float) * size_t(H) * W * C);
-        for (int p = 0; p < P; ++p)
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int n = 0; n < N; ++n)
+        for (int h = 0; h < H; ++h) {
+            float* dxr = dx + (size_t(n) * H + h) * W * C;
+            const int p = h / k, i = h % k;
+            if (p >= P) {
+                std::memset(dxr, 0, sizeof(float) * size_t(W) * C);
+                continue;
+            }
             for (int q = 0; q < Q; ++q) {
                 const float* dyo = dy + ((size_t(n) * P + p) * Q + q) * C;
                 const uint8_t* ao = arg + ((size_t(n) * P + p) * Q + q) * C;
-                for (int c = 0; c < C; ++c) {
-                    const int i = ao[c] / k, j = ao[c] % k;
-                    dxn[(size_t(p * k + i) * W + (q * k + j)) * C + c] = dyo[c];
+                for (int j = 0; j < k; ++j) {
+                    float* d = dxr + size_t(q * k + j) * C;
+                    const uint8_t idx = uint8_t(i * k + j);
+#pragma omp simd
+                    for (int c = 0; c < C; ++c) d[c] = ao[c] == idx ? dyo[c] : 0.f;
                 }
             }
-    }
+            std::memset(dxr + size_t(Q) * k * C, 0, sizeof(float) * size_t(W - Q * k) * C);
+        }
 }
 
 SR_CLONES void concat_pool_forward(float* y, uint8_t* arg, const float* x, int N, int HW, int C) {
