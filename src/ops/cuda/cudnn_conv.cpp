@@ -1,5 +1,6 @@
-// cudnn_conv.cpp: the cuDNN wrapper (the only file that includes cudnn.h): CudnnContext (handle
-// on the backend's stream + shared workspace) and CudnnConv2d, the CUDA Conv2d.
+// cudnn_conv.cpp: the cuDNN wrapper (with cudnn_graph.cpp, the only files that include cudnn.h):
+// CudnnContext (handle on the backend's stream + shared workspace) and CudnnConv2d, the CUDA
+// Conv2d.
 //
 // Storage (ops/backend.h): activations and filters are given to cuDNN in the backend's storage
 // format, with fp32 accumulation (the convolution descriptor's compute type): fp32 data, or fp16
@@ -23,6 +24,10 @@
 // buffers of the real size; if that fails (out of memory, say), cudnnGet*_v7 heuristics decide.
 // Either way only algorithms needing at most kWorkspaceLimit bytes are taken. Each direction has
 // its own convolution descriptor, set to the math type its chosen algorithm was timed with.
+// With 16-bit storage each direction also gets a plan from cuDNN's graph API (cudnn_graph.h),
+// timed on the same buffers against the legacy algorithm (both with CUDA events, best of 3);
+// the plan is used where it is more than 3% faster. fp32 storage keeps the legacy path only
+// (its math type, TF32 or FMA, is what the fp32 comparisons rely on).
 // The bias (forward) and db (backward_weights) use the small kernels of batchnorm.cu. The
 // forward of a layer with at most 4 input channels (the whitening conv) is conv_small.cu's.
 #include "ops/cuda/cudnn_conv.h"
@@ -38,6 +43,7 @@
 
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/cudnn_graph.h"
 
 namespace sr::cuda {
 
@@ -194,6 +200,20 @@ public:
             ctx_.handle, w_.d, y_.d, bwd_data_.d, x_.d, bwd_data_algo_, &b));
         CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
             ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, bwd_filter_algo_, &c));
+        if (storage != Storage::f32 && graph_api_enabled()) {
+            try {
+                tune_graph_plans();
+            } catch (const std::exception& e) {  // out of memory for the trial buffers, say
+                for (auto& g : graph_) g.reset();
+                const cudaError_t last = cudaGetLastError();
+                std::fprintf(stderr, "speedrun: cuDNN: trying graph-API plans for %s failed (%s%s%s); "
+                             "using the legacy algorithms\n", describe(s).c_str(), e.what(),
+                             last != cudaSuccess ? "; " : "",
+                             last != cudaSuccess ? cudaGetErrorString(last) : "");
+            }
+        }
+        for (const auto& g : graph_)
+            if (g) a = std::max(a, g->workspace_bytes());
         // db reuses the workspace as scratch for its channel reduction.
         const size_t bias = bn_scratch_bytes(s.N * s.P() * s.Q(), s.K);
         ctx_.reserve(std::max({a, b, c, bias, size_t(256)}));
@@ -218,8 +238,10 @@ public:
             conv_small_forward(ctx_.stream, storage_, y, x, w, bias, shape);
             return;
         }
-        CUDNN_CHECK(cudnnConvolutionForward(ctx_.handle, &one, x_.d, x, w_.d, w, fwd_.d, fwd_algo_,
-                                            ctx_.workspace, ctx_.workspace_bytes, &zero, y_.d, y));
+        if (!run_graph(ConvDirection::forward, x, w, y))
+            CUDNN_CHECK(cudnnConvolutionForward(ctx_.handle, &one, x_.d, x, w_.d, w, fwd_.d,
+                                                fwd_algo_, ctx_.workspace, ctx_.workspace_bytes,
+                                                &zero, y_.d, y));
         if (bias)
             add_channel_bias(ctx_.stream, storage_, y, bias, shape.N * shape.P() * shape.Q(),
                              shape.K);
@@ -228,9 +250,10 @@ public:
     void backward_data(float* dx, const float* dy, const float* w) override {
         const float one = 1.f, zero = 0.f;
         w = stored_weights(w);
-        CUDNN_CHECK(cudnnConvolutionBackwardData(ctx_.handle, &one, w_.d, w, y_.d, dy, bwd_data_.d,
-                                                 bwd_data_algo_, ctx_.workspace,
-                                                 ctx_.workspace_bytes, &zero, x_.d, dx));
+        if (!run_graph(ConvDirection::backward_data, dx, w, dy))
+            CUDNN_CHECK(cudnnConvolutionBackwardData(ctx_.handle, &one, w_.d, w, y_.d, dy,
+                                                     bwd_data_.d, bwd_data_algo_, ctx_.workspace,
+                                                     ctx_.workspace_bytes, &zero, x_.d, dx));
     }
 
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
@@ -242,9 +265,11 @@ public:
         }
         const float one = 1.f, zero = 0.f;
         float* out = storage_ == Storage::f32 ? dw : dw16_;
-        CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx_.handle, &one, x_.d, x, y_.d, dy,
-                                                   bwd_filter_.d, bwd_filter_algo_, ctx_.workspace,
-                                                   ctx_.workspace_bytes, &zero, w_.d, out));
+        if (!run_graph(ConvDirection::backward_filter, x, out, dy))
+            CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx_.handle, &one, x_.d, x, y_.d, dy,
+                                                       bwd_filter_.d, bwd_filter_algo_,
+                                                       ctx_.workspace, ctx_.workspace_bytes, &zero,
+                                                       w_.d, out));
         if (out != dw) from_storage(ctx_.stream, storage_, dw, out, weights());
         if (db)
             channel_sum(ctx_.stream, storage_, ctx_.workspace, db, dy,
@@ -326,6 +351,80 @@ private:
         return true;
     }
 
+    // The direction's graph plan on (x, w, y) as GraphConv::run takes them; false when there is
+    // none or an operand's alignment rules it out (the legacy algorithm then runs).
+    bool run_graph(ConvDirection dir, const void* x, const void* w, const void* y) {
+        const auto& g = graph_[int(dir)];
+        return g && g->run(ctx_.handle, x, w, y, ctx_.workspace);
+    }
+
+    // For each direction: the fastest graph-API plan (cudnn_graph.h) against the legacy
+    // algorithm chosen above, both timed here on the same scratch buffers (zeros, real sizes);
+    // the plan is kept where it beats the legacy time by more than 3%. Anything failing leaves
+    // the legacy path, saying why.
+    void tune_graph_plans() {
+        const ConvShape& s = shape;
+        const size_t bytes = storage_bytes(storage_);
+        const size_t xb = size_t(s.N) * s.H * s.W * s.C * bytes;
+        const size_t yb = size_t(s.N) * s.P() * s.Q() * s.K * bytes;
+        const size_t wb = size_t(s.K) * s.R * s.S * s.C * bytes;
+        size_t free_b = 0, total_b = 0;
+        CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+        if (xb + yb + wb > free_b / 2) return;
+        const size_t ws = std::min(kWorkspaceLimit, (free_b - xb - yb - wb) / 2);
+        size_t legacy_ws[3] = {0, 0, 0};
+        CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(ctx_.handle, x_.d, w_.d, fwd_.d, y_.d,
+                                                            fwd_algo_, &legacy_ws[0]));
+        CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
+            ctx_.handle, w_.d, y_.d, bwd_data_.d, x_.d, bwd_data_algo_, &legacy_ws[1]));
+        CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+            ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, bwd_filter_algo_, &legacy_ws[2]));
+        if (std::max({legacy_ws[0], legacy_ws[1], legacy_ws[2]}) > ws) return;
+        ScratchMem x(xb), y(yb), w(wb), work(std::max(ws, size_t(256)));
+        CUDA_CHECK(cudaMemsetAsync(x.p, 0, xb, ctx_.stream));
+        CUDA_CHECK(cudaMemsetAsync(y.p, 0, yb, ctx_.stream));
+        CUDA_CHECK(cudaMemsetAsync(w.p, 0, wb, ctx_.stream));
+        const float one = 1.f, zero = 0.f;
+        auto legacy = [&](ConvDirection dir) {
+            cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
+            switch (dir) {
+                case ConvDirection::forward:
+                    st = cudnnConvolutionForward(ctx_.handle, &one, x_.d, x.p, w_.d, w.p, fwd_.d,
+                                                 fwd_algo_, work.p, ws, &zero, y_.d, y.p);
+                    break;
+                case ConvDirection::backward_data:
+                    st = cudnnConvolutionBackwardData(ctx_.handle, &one, w_.d, w.p, y_.d, y.p,
+                                                      bwd_data_.d, bwd_data_algo_, work.p, ws,
+                                                      &zero, x_.d, x.p);
+                    break;
+                case ConvDirection::backward_filter:
+                    st = cudnnConvolutionBackwardFilter(ctx_.handle, &one, x_.d, x.p, y_.d, y.p,
+                                                        bwd_filter_.d, bwd_filter_algo_, work.p,
+                                                        ws, &zero, w_.d, w.p);
+                    break;
+            }
+            return st == CUDNN_STATUS_SUCCESS;
+        };
+        for (ConvDirection dir : {ConvDirection::forward, ConvDirection::backward_data,
+                                  ConvDirection::backward_filter}) {
+            std::string why;
+            auto plan = GraphConv::tune(ctx_.handle, ctx_.stream, dir, s, data_type(storage_), x.p,
+                                        w.p, y.p, work.p, ws, &why);
+            CUDA_CHECK(cudaGetLastError());  // a sticky error from a candidate shows here
+            const float legacy_ms = time_on_stream(ctx_.stream, 3, [&] { return legacy(dir); });
+            const bool take = plan && legacy_ms > 0.f && plan->milliseconds() < 0.97f * legacy_ms;
+            if (graph_log())
+                std::fprintf(stderr, "speedrun: cuDNN %s %s: graph API %s, legacy algorithm %.4f ms: %s\n",
+                             direction_name(dir), describe(s).c_str(),
+                             plan ? fmt::format("{} {:.4f} ms (best of {} timed)", plan->engine(),
+                                                plan->milliseconds(), plan->candidates()).c_str()
+                                  : fmt::format("none ({})", why).c_str(),
+                             legacy_ms, take ? "graph" : "legacy");
+            if (take) graph_[int(dir)] = std::move(plan);
+        }
+        CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    }
+
     [[noreturn]] void no_algorithm(const char* direction) {
         fail_at("cuDNN", direction, __FILE__, __LINE__,
                 "no algorithm for this shape fits the workspace limit");
@@ -367,6 +466,7 @@ private:
     TensorDesc x_, y_;
     FilterDesc w_;
     ConvDesc fwd_, bwd_data_, bwd_filter_;
+    std::unique_ptr<GraphConv> graph_[3];  // by ConvDirection; null: the legacy algorithm
     cudnnConvolutionFwdAlgo_t fwd_algo_ = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
     cudnnConvolutionBwdDataAlgo_t bwd_data_algo_ = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
     cudnnConvolutionBwdFilterAlgo_t bwd_filter_algo_ = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
