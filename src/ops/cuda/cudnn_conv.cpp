@@ -26,9 +26,8 @@
 // its own convolution descriptor, set to the math type its chosen algorithm was timed with.
 // With 16-bit storage each direction also gets a plan from cuDNN's graph API (cudnn_graph.h),
 // timed on the same buffers against the legacy algorithm (both with CUDA events, the best of 3
-// runs of 4 queued calls);
-// the plan is used where it is more than 3% faster. fp32 storage keeps the legacy path only
-// (its math type, TF32 or FMA, is what the fp32 comparisons rely on).
+// runs of 4 queued calls); the plan is used where it is more than 3% faster. fp32 storage keeps
+// the legacy path only (its math type, TF32 or FMA, is what the fp32 comparisons rely on).
 // The bias (forward) and db (backward_weights) use the small kernels of batchnorm.cu. The
 // forward of a layer with at most 4 input channels (the whitening conv) is conv_small.cu's.
 #include "ops/cuda/cudnn_conv.h"
