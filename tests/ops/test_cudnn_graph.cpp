@@ -11,21 +11,11 @@
 namespace sr {
 namespace {
 
-ConvShape shape(int N, int HW, int C, int K, int R, int pad, int stride) {
-    ConvShape s;
-    s.N = N;
-    s.H = s.W = HW;
-    s.C = C;
-    s.K = K;
-    s.R = s.S = R;
-    s.pad = pad;
-    s.stride = stride;
-    return s;
-}
-
 TEST(CudnnGraph, OperationDescriptorsOfEveryDirectionAreAccepted) {
     // airbench94's 24 -> 64 conv at 31x31, the Myrtle net's strided 1x1 projection
-    for (const ConvShape& s : {shape(1024, 31, 24, 64, 3, 1, 1), shape(128, 32, 64, 128, 1, 0, 2)})
+    for (const ConvShape& s : {ConvShape{.N = 1024, .H = 31, .W = 31, .C = 24, .K = 64},
+                               ConvShape{.N = 128, .H = 32, .W = 32, .C = 64, .K = 128, .R = 1, .S = 1,
+                                         .pad = 0, .stride = 2}})
         for (cudnnDataType_t dt : {CUDNN_DATA_BFLOAT16, CUDNN_DATA_HALF})
             for (auto dir : {cuda::ConvDirection::forward, cuda::ConvDirection::backward_data,
                              cuda::ConvDirection::backward_filter}) {
@@ -35,8 +25,8 @@ TEST(CudnnGraph, OperationDescriptorsOfEveryDirectionAreAccepted) {
 }
 
 TEST(CudnnGraph, ARefusedDescriptorIsReported) {
-    ConvShape s = shape(8, 8, 16, 16, 3, 1, 1);
-    s.pad = -1;  // no convolution pads by a negative amount
+    // no convolution pads by a negative amount
+    const ConvShape s{.N = 8, .H = 8, .W = 8, .C = 16, .K = 16, .pad = -1};
     const std::string why = cuda::check_operation_descriptors(cuda::ConvDirection::forward, s,
                                                               CUDNN_DATA_BFLOAT16);
     EXPECT_NE(why, "");

@@ -107,45 +107,47 @@ Desc convolution(const ConvShape& s) {
     return c;
 }
 
-Desc operation(ConvDirection dir, const Desc& x, const Desc& w, const Desc& y, const Desc& conv) {
-    const float alpha = 1.f, beta = 0.f;  // fp32 compute: float scaling factors
-    const auto D = CUDNN_TYPE_BACKEND_DESCRIPTOR;
+// Each direction's operation descriptor and the attributes that name its operands: the
+// activation tensor (x or dx), the filter (w or dw), the output side (y or dy).
+struct OperationAttrs {
+    cudnnBackendDescriptorType_t type;
+    cudnnBackendAttributeName_t x, w, y, conv, alpha, beta;
+};
+
+OperationAttrs operation_attrs(ConvDirection dir) {
     switch (dir) {
-        case ConvDirection::forward: {
-            Desc op(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
-            op.set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, D, 1, &x.d, "fwd x")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, D, 1, &w.d, "fwd w")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, D, 1, &y.d, "fwd y")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, D, 1, &conv.d, "fwd conv")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha, "fwd alpha")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta, "fwd beta");
-            op.finalize("forward operation");
-            return op;
-        }
-        case ConvDirection::backward_data: {
-            Desc op(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR);
-            op.set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, D, 1, &x.d, "dgrad dx")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, D, 1, &w.d, "dgrad w")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY, D, 1, &y.d, "dgrad dy")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, D, 1, &conv.d, "dgrad conv")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha, "dgrad alpha")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA, CUDNN_TYPE_FLOAT, 1, &beta, "dgrad beta");
-            op.finalize("backward-data operation");
-            return op;
-        }
-        case ConvDirection::backward_filter: {
-            Desc op(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR);
-            op.set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X, D, 1, &x.d, "wgrad x")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW, D, 1, &w.d, "wgrad dw")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY, D, 1, &y.d, "wgrad dy")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC, D, 1, &conv.d, "wgrad conv")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha, "wgrad alpha")
-                .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA, CUDNN_TYPE_FLOAT, 1, &beta, "wgrad beta");
-            op.finalize("backward-filter operation");
-            return op;
-        }
+        case ConvDirection::forward:
+            return {CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR,
+                    CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W,
+                    CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC,
+                    CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA};
+        case ConvDirection::backward_data:
+            return {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR,
+                    CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W,
+                    CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC,
+                    CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA};
+        case ConvDirection::backward_filter:
+            return {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR,
+                    CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW,
+                    CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC,
+                    CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA};
     }
     throw Failure{"unknown direction"};
+}
+
+Desc operation(ConvDirection dir, const Desc& x, const Desc& w, const Desc& y, const Desc& conv) {
+    const OperationAttrs a = operation_attrs(dir);
+    const float alpha = 1.f, beta = 0.f;  // fp32 compute: float scaling factors
+    const auto D = CUDNN_TYPE_BACKEND_DESCRIPTOR;
+    Desc op(a.type);
+    op.set(a.x, D, 1, &x.d, "operation x")
+        .set(a.w, D, 1, &w.d, "operation w")
+        .set(a.y, D, 1, &y.d, "operation y")
+        .set(a.conv, D, 1, &conv.d, "operation convolution")
+        .set(a.alpha, CUDNN_TYPE_FLOAT, 1, &alpha, "operation alpha")
+        .set(a.beta, CUDNN_TYPE_FLOAT, 1, &beta, "operation beta");
+    op.finalize(direction_name(dir));
+    return op;
 }
 
 // The engine configurations one heuristics mode proposes, best first (at most `limit`).
