@@ -234,15 +234,25 @@ cudnnStatus_t execute(cudnnHandle_t handle, cudnnBackendDescriptor_t plan, const
 
 bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % GraphConv::kAlignment == 0; }
 
+// The operation of one direction with the descriptors it refers to (kept alive with it).
+struct Operation {
+    Desc x, w, y, conv, op;
+};
+
+Operation build_operation(ConvDirection dir, const ConvShape& s, cudnnDataType_t dtype) {
+    Desc xt = tensor(kX, s.N, s.C, s.H, s.W, dtype);
+    Desc wt = tensor(kW, s.K, s.C, s.R, s.S, dtype);
+    Desc yt = tensor(kY, s.N, s.K, s.P(), s.Q(), dtype);
+    Desc conv = convolution(s);
+    Desc op = operation(dir, xt, wt, yt, conv);
+    return {std::move(xt), std::move(wt), std::move(yt), std::move(conv), std::move(op)};
+}
+
 }  // namespace
 
 std::string check_operation_descriptors(ConvDirection dir, const ConvShape& s, cudnnDataType_t dtype) {
     try {
-        const Desc xt = tensor(kX, s.N, s.C, s.H, s.W, dtype);
-        const Desc wt = tensor(kW, s.K, s.C, s.R, s.S, dtype);
-        const Desc yt = tensor(kY, s.N, s.K, s.P(), s.Q(), dtype);
-        const Desc conv = convolution(s);
-        const Desc op = operation(dir, xt, wt, yt, conv);
+        build_operation(dir, s, dtype);
         return "";
     } catch (const Failure& f) {
         return f.what;
@@ -254,13 +264,9 @@ std::unique_ptr<GraphConv> GraphConv::tune(cudnnHandle_t handle, cudaStream_t st
                                            void* w, void* y, void* workspace, size_t ws_limit,
                                            std::string* why) {
     try {
-        const Desc xt = tensor(kX, s.N, s.C, s.H, s.W, dtype);
-        const Desc wt = tensor(kW, s.K, s.C, s.R, s.S, dtype);
-        const Desc yt = tensor(kY, s.N, s.K, s.P(), s.Q(), dtype);
-        const Desc conv = convolution(s);
-        const Desc op = operation(dir, xt, wt, yt, conv);
+        const Operation op = build_operation(dir, s, dtype);
         Desc graph(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
-        graph.set(CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op.d, "graph ops")
+        graph.set(CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op.op.d, "graph ops")
             .set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle, "graph handle");
         graph.finalize("operation graph");
 
