@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -153,6 +154,34 @@ struct ScratchMem {
     ~ScratchMem() { cudaFree(p); }
     ScratchMem(const ScratchMem&) = delete;
     ScratchMem& operator=(const ScratchMem&) = delete;
+};
+
+// Zero-filled tensors of a convolution's shapes (elements of elem_bytes) and a workspace, for
+// timing algorithms and plans on: what the legacy search and the graph-API tuning share. The
+// workspace is at most kWorkspaceLimit and half of the memory the tensors leave free. Nothing is
+// allocated (ok() false) where the tensors would take more than half of the free device memory.
+struct TrialBuffers {
+    std::optional<ScratchMem> x, y, w, work;
+    size_t ws = 0;  // the workspace's bytes (work holds at least 256)
+
+    TrialBuffers(const ConvShape& s, size_t elem_bytes, cudaStream_t stream) {
+        const size_t xb = size_t(s.N) * s.H * s.W * s.C * elem_bytes;
+        const size_t yb = size_t(s.N) * s.P() * s.Q() * s.K * elem_bytes;
+        const size_t wb = size_t(s.K) * s.R * s.S * s.C * elem_bytes;
+        size_t free_b = 0, total_b = 0;
+        CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+        if (xb + yb + wb > free_b / 2) return;
+        ws = std::min(kWorkspaceLimit, (free_b - xb - yb - wb) / 2);
+        x.emplace(xb);
+        y.emplace(yb);
+        w.emplace(wb);
+        work.emplace(std::max(ws, size_t(256)));
+        CUDA_CHECK(cudaMemsetAsync(x->p, 0, xb, stream));
+        CUDA_CHECK(cudaMemsetAsync(y->p, 0, yb, stream));
+        CUDA_CHECK(cudaMemsetAsync(w->p, 0, wb, stream));
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    bool ok() const { return work.has_value(); }
 };
 
 // The first (fastest) result that ran and fits the limit; -1 if none. With CUDNN_FMA_MATH only
@@ -294,41 +323,33 @@ private:
     // Times every algorithm on scratch buffers of the real shapes (zeros). False if the search
     // could not run or found nothing usable.
     bool find_algorithms() {
-        const ConvShape& s = shape;
-        const size_t xb = size_t(s.N) * s.H * s.W * s.C * sizeof(float);
-        const size_t yb = size_t(s.N) * s.P() * s.Q() * s.K * sizeof(float);
-        const size_t wb = size_t(s.K) * s.R * s.S * s.C * sizeof(float);
-        size_t free_b = 0, total_b = 0;
-        CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-        if (xb + yb + wb > free_b / 2) return false;
-        const size_t ws = std::min(kWorkspaceLimit, (free_b - xb - yb - wb) / 2);
         try {
-            ScratchMem x(xb), y(yb), w(wb), work(std::max(ws, size_t(256)));
-            CUDA_CHECK(cudaMemsetAsync(x.p, 0, xb, ctx_.stream));
-            CUDA_CHECK(cudaMemsetAsync(y.p, 0, yb, ctx_.stream));
-            CUDA_CHECK(cudaMemsetAsync(w.p, 0, wb, ctx_.stream));
-            CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+            // fp32-sized elements whatever the storage: room for either
+            TrialBuffers t(shape, sizeof(float), ctx_.stream);
+            if (!t.ok()) return false;
+            void *x = t.x->p, *y = t.y->p, *w = t.w->p, *work = t.work->p;
+            const size_t ws = t.ws;
             constexpr int kMax = 16;
             int n = 0, i;
 
             cudnnConvolutionFwdAlgoPerf_t fp[kMax];
-            CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(ctx_.handle, x_.d, x.p, w_.d, w.p,
-                                                               fwd_.d, y_.d, y.p, kMax, &n, fp,
-                                                               work.p, ws));
+            CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(ctx_.handle, x_.d, x, w_.d, w,
+                                                               fwd_.d, y_.d, y, kMax, &n, fp,
+                                                               work, ws));
             if ((i = pick(fp, n, ctx_.math)) < 0) return false;
             fwd_algo_ = fp[i].algo;
             CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d, fp[i].mathType));
 
             cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
             CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
-                ctx_.handle, w_.d, w.p, y_.d, y.p, bwd_data_.d, x_.d, x.p, kMax, &n, dp, work.p, ws));
+                ctx_.handle, w_.d, w, y_.d, y, bwd_data_.d, x_.d, x, kMax, &n, dp, work, ws));
             if ((i = pick(dp, n, ctx_.math)) < 0) return false;
             bwd_data_algo_ = dp[i].algo;
             CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, dp[i].mathType));
 
             cudnnConvolutionBwdFilterAlgoPerf_t wp[kMax];
             CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
-                ctx_.handle, x_.d, x.p, y_.d, y.p, bwd_filter_.d, w_.d, w.p, kMax, &n, wp, work.p,
+                ctx_.handle, x_.d, x, y_.d, y, bwd_filter_.d, w_.d, w, kMax, &n, wp, work,
                 ws));
             if ((i = pick(wp, n, ctx_.math)) < 0) return false;
             bwd_filter_algo_ = wp[i].algo;
@@ -364,14 +385,10 @@ private:
     // the legacy path, saying why.
     void tune_graph_plans() {
         const ConvShape& s = shape;
-        const size_t bytes = storage_bytes(storage_);
-        const size_t xb = size_t(s.N) * s.H * s.W * s.C * bytes;
-        const size_t yb = size_t(s.N) * s.P() * s.Q() * s.K * bytes;
-        const size_t wb = size_t(s.K) * s.R * s.S * s.C * bytes;
-        size_t free_b = 0, total_b = 0;
-        CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-        if (xb + yb + wb > free_b / 2) return;
-        const size_t ws = std::min(kWorkspaceLimit, (free_b - xb - yb - wb) / 2);
+        TrialBuffers t(s, storage_bytes(storage_), ctx_.stream);
+        if (!t.ok()) return;
+        void *x = t.x->p, *y = t.y->p, *w = t.w->p, *work = t.work->p;
+        const size_t ws = t.ws;
         size_t legacy_ws[3] = {0, 0, 0};
         CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(ctx_.handle, x_.d, w_.d, fwd_.d, y_.d,
                                                             fwd_algo_, &legacy_ws[0]));
@@ -380,27 +397,23 @@ private:
         CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
             ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, bwd_filter_algo_, &legacy_ws[2]));
         if (std::max({legacy_ws[0], legacy_ws[1], legacy_ws[2]}) > ws) return;
-        ScratchMem x(xb), y(yb), w(wb), work(std::max(ws, size_t(256)));
-        CUDA_CHECK(cudaMemsetAsync(x.p, 0, xb, ctx_.stream));
-        CUDA_CHECK(cudaMemsetAsync(y.p, 0, yb, ctx_.stream));
-        CUDA_CHECK(cudaMemsetAsync(w.p, 0, wb, ctx_.stream));
         const float one = 1.f, zero = 0.f;
         auto legacy = [&](ConvDirection dir) {
             cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
             switch (dir) {
                 case ConvDirection::forward:
-                    st = cudnnConvolutionForward(ctx_.handle, &one, x_.d, x.p, w_.d, w.p, fwd_.d,
-                                                 fwd_algo_, work.p, ws, &zero, y_.d, y.p);
+                    st = cudnnConvolutionForward(ctx_.handle, &one, x_.d, x, w_.d, w, fwd_.d,
+                                                 fwd_algo_, work, ws, &zero, y_.d, y);
                     break;
                 case ConvDirection::backward_data:
-                    st = cudnnConvolutionBackwardData(ctx_.handle, &one, w_.d, w.p, y_.d, y.p,
-                                                      bwd_data_.d, bwd_data_algo_, work.p, ws,
-                                                      &zero, x_.d, x.p);
+                    st = cudnnConvolutionBackwardData(ctx_.handle, &one, w_.d, w, y_.d, y,
+                                                      bwd_data_.d, bwd_data_algo_, work, ws,
+                                                      &zero, x_.d, x);
                     break;
                 case ConvDirection::backward_filter:
-                    st = cudnnConvolutionBackwardFilter(ctx_.handle, &one, x_.d, x.p, y_.d, y.p,
-                                                        bwd_filter_.d, bwd_filter_algo_, work.p,
-                                                        ws, &zero, w_.d, w.p);
+                    st = cudnnConvolutionBackwardFilter(ctx_.handle, &one, x_.d, x, y_.d, y,
+                                                        bwd_filter_.d, bwd_filter_algo_, work,
+                                                        ws, &zero, w_.d, w);
                     break;
             }
             return st == CUDNN_STATUS_SUCCESS;
@@ -408,11 +421,11 @@ private:
         for (ConvDirection dir : {ConvDirection::forward, ConvDirection::backward_data,
                                   ConvDirection::backward_filter}) {
             // a forward that conv_small computes (few input channels) never reaches cuDNN
-            if (dir == ConvDirection::forward && conv_small_applies(s, static_cast<float*>(y.p)))
+            if (dir == ConvDirection::forward && conv_small_applies(s, static_cast<float*>(y)))
                 continue;
             std::string why;
-            auto plan = GraphConv::tune(ctx_.handle, ctx_.stream, dir, s, data_type(storage_), x.p,
-                                        w.p, y.p, work.p, ws, &why);
+            auto plan = GraphConv::tune(ctx_.handle, ctx_.stream, dir, s, data_type(storage_), x,
+                                        w, y, work, ws, &why);
             CUDA_CHECK(cudaGetLastError());  // a sticky error from a candidate shows here
             const float legacy_ms = time_on_stream(ctx_.stream, 3, 4, [&] { return legacy(dir); });
             const bool take = plan && legacy_ms > 0.f && plan->milliseconds() < 0.97f * legacy_ms;
