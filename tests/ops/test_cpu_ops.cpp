@@ -78,6 +78,32 @@ const ConvCase kConvCases[] = {
     {{3, 3, 3, 32, 16, 3, 3, 1}, "3x3 pad 1 at 3x3 (airbench's last conv side), 32 -> 16"},
 };
 
+// The "fastest" choices' rule (cpu::choose_by_timing) on scripted timings: the fixed rule's path
+// unless the other beats it by more than the margin twice (the second time with the best of two).
+TEST(ConvChoice, LeansTowardsTheFixedRule) {
+    auto script = [](std::vector<double> v) {
+        return [v = std::move(v), i = size_t(0)]() mutable { return v.at(i++); };
+    };
+    // within the margin (5% faster): the rule, timed once
+    auto c = cpu::choose_by_timing(script({1.00}), script({0.95}));
+    EXPECT_FALSE(c.other);
+    EXPECT_EQ(c.rounds, 1);
+    // clearly faster both times: the other path, with the best timing of each
+    c = cpu::choose_by_timing(script({1.00, 0.98}), script({0.70, 0.72}));
+    EXPECT_TRUE(c.other);
+    EXPECT_EQ(c.rounds, 2);
+    EXPECT_DOUBLE_EQ(c.t_rule, 0.98);
+    EXPECT_DOUBLE_EQ(c.t_other, 0.70);
+    // one slow call of the rule's path (459 against 260 ms, as seen for the 24->64 conv): the
+    // second round takes the best of two and keeps the rule
+    c = cpu::choose_by_timing(script({0.459, 0.262}), script({0.324, 0.279}));
+    EXPECT_FALSE(c.other);
+    EXPECT_EQ(c.rounds, 2);
+    EXPECT_DOUBLE_EQ(c.t_rule, 0.262);
+    // the margin is a parameter: 0 picks any faster path
+    EXPECT_TRUE(cpu::choose_by_timing(script({1.00, 1.00}), script({0.95, 0.95}), 0.0).other);
+}
+
 // Every path: the data gradient as oneDNN's backward-data primitive and as a forward conv with
 // transposed, flipped weights (cpu::ConvDataGrad; where the shape allows it), direct and
 // Winograd convolution (cpu::ConvAlgorithm; where oneDNN has Winograd), and as timed.

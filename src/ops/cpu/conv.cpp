@@ -6,6 +6,8 @@
 // Two algorithms (cpu_ops.h, ConvAlgorithm): direct convolution on the NHWC tensors, and, where
 // oneDNN has it, Winograd on a blocked copy of the activations in the backend's ConvWorkspace.
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -155,6 +157,24 @@ bool timed_once(std::map<ShapeKey, bool>& cache, const ConvShape& s, const std::
     return cache[key] = measure();
 }
 
+// SPEEDRUN_CPU_CONV_LOG=1: each timed choice on stderr (the shape, both times, the pick)
+bool choice_log() {
+    static const bool on = [] {
+        const char* e = std::getenv("SPEEDRUN_CPU_CONV_LOG");
+        return e && *e && std::strcmp(e, "0") != 0;
+    }();
+    return on;
+}
+
+void log_choice(const ConvShape& s, const char* what, const char* rule_name,
+                const char* other_name, const TimedChoice& c) {
+    if (!choice_log()) return;
+    std::fprintf(stderr, "speedrun: cpu conv %dx%d stride %d %d->%d at %dx%d N%d, %s: %s %.1f ms, "
+                 "%s %.1f ms (best of %d): %s\n", s.R, s.S, s.stride, s.C, s.K, s.H, s.W, s.N,
+                 what, rule_name, 1e3 * c.t_rule, other_name, 1e3 * c.t_other, c.rounds,
+                 c.other ? other_name : rule_name);
+}
+
 // f's best time of two calls after an untimed one (reps = 2), or of one (reps = 1)
 double best_time(const std::function<void()>& f, int reps) {
     f();
@@ -237,6 +257,21 @@ std::optional<Primitives> make_winograd(const ConvShape& s, dnnl::engine& eng) {
     }
 }
 }  // namespace
+
+TimedChoice choose_by_timing(const std::function<double()>& time_rule,
+                             const std::function<double()>& time_other, double margin) {
+    TimedChoice c;
+    auto beats = [&] { return c.t_other < c.t_rule * (1.0 - margin); };
+    c.t_rule = time_rule();
+    c.t_other = time_other();
+    c.rounds = 1;
+    if (!beats()) return c;
+    c.t_rule = std::min(c.t_rule, time_rule());
+    c.t_other = std::min(c.t_other, time_other());
+    c.rounds = 2;
+    c.other = beats();
+    return c;
+}
 
 void set_conv_data_grad(ConvDataGrad mode) {
     std::lock_guard<std::mutex> lock(g_mode_mutex);
@@ -428,25 +463,27 @@ struct CpuConv2d::Impl {
     void choose_data_grad(const ConvShape& s) {
         if (tfwd_pd.get(true) == nullptr) return;  // not a stride-1 same-padded conv
         std::lock_guard<std::mutex> lock(g_mode_mutex);
-        // a conv that will compute with Winograd never takes the direct path's dx: no timing
-        // (it faulted in and timed two batch-sized buffers per shape, 1/6 of a set-up)
-        const bool winograd_fixed = wino && g_algorithm == ConvAlgorithm::winograd;
-        if (g_mode != ConvDataGrad::fastest || winograd_fixed) {
+        // a conv that computes with Winograd (chosen before this) never takes the direct path's
+        // dx: no timing (it faulted in and timed two batch-sized buffers per shape)
+        if (g_mode != ConvDataGrad::fastest || winograd) {
             transposed = g_mode == ConvDataGrad::transposed;
             return;
         }
         transposed = timed_once(g_transposed_faster, s, [&] {
             std::vector<float> dx(size_t(s.N) * s.H * s.W * s.C),
                 dy(size_t(s.N) * s.H * s.W * s.K, 0.01f), w(size_t(s.K) * s.R * s.S * s.C, 0.01f);
-            const double lib = best_time([&] { backward_data_library(dx.data(), dy.data(), w.data()); }, 2);
-            const double tr = best_time([&] { backward_data_transposed(dx.data(), dy.data(), w.data(), s); }, 2);
-            return tr < lib;
+            const TimedChoice c = choose_by_timing(
+                [&] { return best_time([&] { backward_data_library(dx.data(), dy.data(), w.data()); }, 2); },
+                [&] { return best_time([&] { backward_data_transposed(dx.data(), dy.data(), w.data(), s); }, 2); });
+            log_choice(s, "backward-data", "library", "transposed", c);
+            return c.other;
         });
     }
 
     // Whether this conv computes with Winograd (ConvAlgorithm); "fastest" times a forward, a
     // backward-data and a backward-weights call of both paths (the reorders included) on
-    // scratch buffers the first time a shape is seen.
+    // scratch buffers the first time a shape is seen. Chosen before the data gradient's path, so
+    // the direct path is timed with the library's dx (a lean towards Winograd, the fixed rule).
     void choose_algorithm(const ConvShape& s) {
         if (!wino) return;
         std::lock_guard<std::mutex> lock(g_mode_mutex);
@@ -463,11 +500,11 @@ struct CpuConv2d::Impl {
                 backward_data(x.data(), y.data(), w.data(), s);
                 backward_weights(w.data(), bias.data(), y.data(), x.data());
             };
-            winograd = false;
-            const double t_direct = best_time(step, 1);
-            winograd = true;
-            const double t_wino = best_time(step, 1);
-            return t_wino < t_direct;
+            const TimedChoice c = choose_by_timing(
+                [&] { winograd = true; return best_time(step, 1); },
+                [&] { winograd = false; return best_time(step, 1); });
+            log_choice(s, "algorithm", "winograd", "direct", c);
+            return !c.other;
         });
     }
 
@@ -491,8 +528,8 @@ struct CpuConv2d::Impl {
 
 CpuConv2d::CpuConv2d(const ConvShape& s, dnnl::engine& eng, dnnl::stream& strm, ConvWorkspace& ws)
     : Conv2d(s), impl_(std::make_unique<Impl>(s, eng, strm, ws)) {
-    impl_->choose_data_grad(s);
     impl_->choose_algorithm(s);
+    impl_->choose_data_grad(s);
 }
 CpuConv2d::~CpuConv2d() = default;
 

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 
 #include "ops/backend.h"
 
@@ -29,9 +30,10 @@ void conv2d_bias_grad(float* db, const float* dy, size_t rows, int K);
 // oneDNN's backward-data primitive ("library"), or a forward convolution of dy with the weights
 // transposed (K <-> C) and flipped ("transposed": the same sums, often faster in oneDNN 2.6; see
 // docs/results.md). "fastest" (the default) times both once per shape and process on scratch
-// buffers when a conv is made and keeps the faster; every conv of that shape in the process then
-// computes the same way. "library" is what --deterministic uses (the same path in every
-// process, so a resumed run stays bit-identical). Applies to convs made after the call.
+// buffers when a conv is made and keeps the faster (within a margin: choose_by_timing below);
+// every conv of that shape in the process then computes the same way. "library" is what
+// --deterministic uses (the same path in every process, so a resumed run stays bit-identical).
+// Applies to convs made after the call.
 enum class ConvDataGrad { fastest, library, transposed };
 void set_conv_data_grad(ConvDataGrad mode);
 
@@ -41,12 +43,30 @@ void set_conv_data_grad(ConvDataGrad mode);
 // but take a blocked activation layout: each call reorders its activations into the backend's
 // ConvWorkspace and back. "fastest" (the default) times a forward, backward-data and
 // backward-weights call of each once per shape and process when a conv is made and keeps the
-// faster. "winograd" takes it wherever it exists (a fixed rule: what --deterministic uses,
-// so a resumed run computes the same way). Winograd's transforms round differently from the
-// direct sums (tests/ops compare both with the plain loops at the same tolerances). Applies to
-// convs made after the call.
+// faster (within a margin: choose_by_timing below). "winograd" takes it wherever it exists (a
+// fixed rule: what --deterministic uses, so a resumed run computes the same way). Winograd's
+// transforms round differently from the direct sums (tests/ops compare both with the plain loops
+// at the same tolerances). Applies to convs made after the call.
 enum class ConvAlgorithm { fastest, direct, winograd };
 void set_conv_algorithm(ConvAlgorithm a);
+
+// How both "fastest" choices decide. They lean towards --deterministic's fixed rule (library,
+// winograd): the other path is taken only where its timed call beats the rule's by more than
+// the margin, and then only if it does so again with the best of two timings of each. Without
+// that, the same seed on the same machine trained to different accuracies in different
+// processes: the README's command, seed 0, gave 0.9424, 0.9385 and 0.9397 in sessions 17-19,
+// and the 24->64 conv (paths 4-7% apart) once timed Winograd at 459 ms against its usual 260
+// (docs/results.md). time_rule() and time_other() each time one call of their path (seconds).
+// SPEEDRUN_CPU_CONV_LOG=1 prints each shape's times and pick.
+constexpr double kConvChoiceMargin = 0.10;
+struct TimedChoice {
+    bool other = false;             // take the other path
+    double t_rule = 0, t_other = 0;  // the best timing of each
+    int rounds = 0;                  // 1, or 2 where the first said "other"
+};
+TimedChoice choose_by_timing(const std::function<double()>& time_rule,
+                             const std::function<double()>& time_other,
+                             double margin = kConvChoiceMargin);
 
 // ---- batch norm -----------------------------------------------------------------------------
 void bn_forward_train(float* y, float* mean, float* invstd, float* running_mean,
