@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "core/env.h"
 #include "core/error.h"
 
 namespace sr {
@@ -89,8 +90,7 @@ std::unique_ptr<DeviceReducer> make_device_reducer(Backend& b, Communicator& com
     if (staged) return std::make_unique<StagedReducer>(b, comm);
     if (b.device() == Device::cpu) return std::make_unique<HostReducer>(comm);
 #if SPEEDRUN_HAVE_NCCL
-    const char* no = std::getenv("SPEEDRUN_NO_NCCL");
-    if (!(no && std::strcmp(no, "1") == 0)) {
+    if (!env_switch("SPEEDRUN_NO_NCCL", false)) {
         const int gpus = cuda_device_count();
         if (comm.local_world() > gpus)
             fail(

@@ -20,6 +20,7 @@
 
 #include <dnnl.hpp>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "ops/cpu/cpu_backend.h"
 #include "ops/cpu/cpu_ops.h"
@@ -159,10 +160,7 @@ bool timed_once(std::map<ShapeKey, bool>& cache, const ConvShape& s, const std::
 
 // SPEEDRUN_CPU_CONV_LOG=1: each timed choice on stderr (the shape, both times, the pick)
 bool choice_log() {
-    static const bool on = [] {
-        const char* e = std::getenv("SPEEDRUN_CPU_CONV_LOG");
-        return e && *e && std::strcmp(e, "0") != 0;
-    }();
+    static const bool on = env_switch("SPEEDRUN_CPU_CONV_LOG", false);
     return on;
 }
 

@@ -14,6 +14,7 @@
 
 #include <cuda_runtime.h>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "ops/backend.h"
 #include "ops/cuda/cublas_linear.h"
@@ -335,8 +336,8 @@ private:
 // lists in fp32 (to time both in one session: `speedrun bench --profile`, "gemm list").
 std::unique_ptr<GemmList> CudaBackend::make_gemm_list(std::vector<GemmItem> items,
                                                       GemmMath math) {
-    const char* env = std::getenv("SPEEDRUN_GEMM_LIST_TF32");
-    const bool tf32 = math == GemmMath::tf32 && tf32_ && !(env && std::string(env) == "0");
+    const bool tf32 =
+        math == GemmMath::tf32 && tf32_ && env_switch("SPEEDRUN_GEMM_LIST_TF32", true);
     return std::make_unique<CudaGemmList>(*this, *cublas_, std::move(items), tf32);
 }
 

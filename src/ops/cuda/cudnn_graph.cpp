@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "core/env.h"
 #include "ops/cuda/cuda_common.cuh"
 
 namespace sr::cuda {
@@ -30,13 +31,11 @@ const char* direction_name(ConvDirection d) {
 }
 
 bool graph_api_enabled() {
-    const char* v = std::getenv("SPEEDRUN_CUDNN_GRAPH");
-    return !(v && std::strcmp(v, "0") == 0);
+    return env_switch("SPEEDRUN_CUDNN_GRAPH", true);
 }
 
 bool graph_log() {
-    const char* v = std::getenv("SPEEDRUN_CUDNN_LOG");
-    return v && std::strcmp(v, "1") == 0;
+    return env_switch("SPEEDRUN_CUDNN_LOG", false);
 }
 
 namespace {

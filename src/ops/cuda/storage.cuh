@@ -11,6 +11,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "core/env.h"
 #include "ops/backend.h"
 #include "ops/cuda/cuda_common.cuh"
 
@@ -76,10 +77,7 @@ __device__ __forceinline__ void store_act8(T* p, size_t i, const float (&v)[8]) 
 // conv's forward goes to cuDNN, as before session 15's profile, so that one GPU session can
 // time both (`speedrun bench --profile` twice). Read once per process.
 inline bool vec8_enabled() {
-    static const bool on = [] {
-        const char* e = std::getenv("SPEEDRUN_CUDA_VEC8");
-        return !(e && e[0] == '0' && e[1] == 0);
-    }();
+    static const bool on = env_switch("SPEEDRUN_CUDA_VEC8", true);
     return on;
 }
 

@@ -1,0 +1,12 @@
+// env.h: the project's on/off switches read from the environment (SPEEDRUN_CUDA_VEC8,
+// SPEEDRUN_CUDNN_GRAPH, SPEEDRUN_CPU_CONV_LOG, ...), all parsed one way.
+// Unset or empty: the switch's default. 1/on/yes/true and 0/off/no/false (any case): on and off.
+// Anything else is a user error (sr::Error naming the variable and its value), so that a typo
+// such as SPEEDRUN_CUDNN_GRAPH=of does not silently leave the default in place.
+#pragma once
+
+namespace sr {
+
+bool env_switch(const char* name, bool fallback);
+
+}  // namespace sr

@@ -1,0 +1,56 @@
+// The environment switches' one parser (core/env.h).
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "core/env.h"
+#include "core/error.h"
+
+namespace {
+
+constexpr const char* kName = "SPEEDRUN_TEST_ENV_SWITCH";
+
+struct Unset {
+    ~Unset() { ::unsetenv(kName); }
+};
+
+bool with(const char* value, bool fallback) {
+    ::setenv(kName, value, 1);
+    return sr::env_switch(kName, fallback);
+}
+
+}  // namespace
+
+TEST(EnvSwitch, UnsetOrEmptyGivesTheDefault) {
+    Unset guard;
+    ::unsetenv(kName);
+    EXPECT_TRUE(sr::env_switch(kName, true));
+    EXPECT_FALSE(sr::env_switch(kName, false));
+    EXPECT_TRUE(with("", true));
+    EXPECT_FALSE(with("", false));
+}
+
+TEST(EnvSwitch, OnAndOffSpellingsInAnyCase) {
+    Unset guard;
+    for (const char* on : {"1", "on", "ON", "yes", "Yes", "true", "TRUE"}) {
+        EXPECT_TRUE(with(on, false)) << on;
+    }
+    for (const char* off : {"0", "off", "Off", "no", "NO", "false", "False"}) {
+        EXPECT_FALSE(with(off, true)) << off;
+    }
+}
+
+TEST(EnvSwitch, AnythingElseIsAnErrorNamingTheVariable) {
+    Unset guard;
+    for (const char* bad : {"2", "of", "enable", " 1", "-1"}) {
+        try {
+            with(bad, true);
+            ADD_FAILURE() << "no error for '" << bad << "'";
+        } catch (const sr::Error& e) {
+            const std::string what = e.what();
+            EXPECT_NE(what.find(kName), std::string::npos) << what;
+            EXPECT_NE(what.find(std::string("'") + bad + "'"), std::string::npos) << what;
+        }
+    }
+}
