@@ -1,6 +1,6 @@
 // golden_util.h: what the golden tests share (test_golden*.cpp): reading a reference file that a
 // tools/make_golden*.py script wrote, loading its parameters into a network, uploading its input
-// batch, and slicing one tensor out of a copy of an arena.
+// batch, slicing one tensor out of a copy of an arena, and the first pass's checks.
 #pragma once
 #include <fstream>
 #include <string>
@@ -79,5 +79,26 @@ struct Batch {
     DeviceBuffer<int32_t> yd;
     DeviceBuffer<float> st;
 };
+
+// The checks after the first forward and backward pass that every golden test makes: the logits
+// (1e-5 absolute, 1e-4 relative), the summed loss (loss_rel relative; the network's first slot of
+// in.st), and every gradient of j["grads"] within 1e-3 of its tensor's largest magnitude (BN over
+// the reference's few images per channel amplifies rounding) and 1e-3 relative. grads: a host copy.
+inline void expect_first_pass(Backend& b, const Network& net, const Batch& in, const float* logits,
+                              const nlohmann::json& j, double loss_rel, std::vector<float>& grads) {
+    std::vector<float> lg(size_t(in.labels.size()) * 10);
+    b.download(lg.data(), logits, lg.size() * 4);
+    EXPECT_TRUE(test::all_close(lg, j["logits"].get<std::vector<float>>(), 1e-5, 1e-4));
+    float s[2];
+    b.download(s, in.st.get(), 8);
+    EXPECT_NEAR(s[0], j["loss"].get<double>(), loss_rel * j["loss"].get<double>());
+    grads.resize(net.size());
+    b.download(grads.data(), net.grads.get(), grads.size() * 4);
+    for (const auto& [name, vals] : j["grads"].items()) {
+        SCOPED_TRACE("gradient of " + name);
+        auto ref = vals.get<std::vector<float>>();
+        EXPECT_TRUE(test::all_close(part(net, grads, name), ref, 1e-3 * max_abs(ref) + 1e-7, 1e-3));
+    }
+}
 
 }  // namespace sr::golden

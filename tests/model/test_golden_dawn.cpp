@@ -47,20 +47,7 @@ TEST(GoldenDawn, MatchesPyTorchDawnNet) {
         b->cross_entropy(ws.dlogits(), in.st.get(), logits, in.yd.get(), N, 10, r.label_smoothing);
         ws.backward(ws.dlogits(), false);
         if (step == 0) {
-            std::vector<float> lg(size_t(N) * 10);
-            b->download(lg.data(), logits, lg.size() * 4);
-            EXPECT_TRUE(test::all_close(lg, j["logits"].get<std::vector<float>>(), 1e-5, 1e-4));
-            float s[2];
-            b->download(s, in.st.get(), 8);
-            EXPECT_NEAR(s[0], j["loss"].get<double>(), 1e-5 * j["loss"].get<double>());
-            b->download(g.data(), net.grads.get(), g.size() * 4);
-            for (const auto& [name, vals] : j["grads"].items()) {
-                SCOPED_TRACE("gradient of " + name);
-                auto ref = vals.get<std::vector<float>>();
-                // BN over few rows (layer 4: 8 images x 4 x 4) amplifies rounding: 1e-3
-                // of the largest value
-                EXPECT_TRUE(test::all_close(part(net, g, name), ref, 1e-3 * max_abs(ref) + 1e-7, 1e-3));
-            }
+            golden::expect_first_pass(*b, net, in, logits, j, 1e-5, g);
             net.download(now);
             expect_tensors(net, now, j["after_forward"], "running statistic", 1e-5);
         }
