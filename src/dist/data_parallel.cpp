@@ -3,8 +3,6 @@
 #include "dist/data_parallel.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include <fmt/format.h>
 

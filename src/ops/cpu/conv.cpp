@@ -7,8 +7,6 @@
 // oneDNN has it, Winograd on a blocked copy of the activations in the backend's ConvWorkspace.
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <map>
 #include <mutex>

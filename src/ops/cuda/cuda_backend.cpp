@@ -7,7 +7,6 @@
 // convolutions, the linear layer and the products go to the two library wrappers.
 // Also defines sr::cuda::fail_at, the one place where CUDA-side errors become sr::Error.
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <unordered_map>
 #include <vector>

@@ -9,8 +9,6 @@
 #include "ops/cuda/cudnn_graph.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <utility>
 #include <vector>
 

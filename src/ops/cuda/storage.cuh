@@ -4,7 +4,6 @@
 // ops/storage_backend.h; NaN stays NaN), and the host-side dispatch from a Storage value to a
 // kernel instantiated for its element type. The math of every kernel stays fp32.
 #pragma once
-#include <cstdlib>
 #include <cstdint>
 #include <type_traits>
 
