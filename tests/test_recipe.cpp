@@ -38,20 +38,10 @@ TEST(Recipe, Airbench94DerivedQuantities) {
 TEST(Recipe, ConfigErrorsNameTheKey) {
     auto j = preset_json("airbench94");
     j["opt"]["epochs"] = -1;
-    try {
-        recipe_from_json(j);
-        FAIL() << "negative epochs accepted";
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find("opt.epochs"), std::string::npos) << e.what();
-    }
+    EXPECT_TRUE(test::contains(test::error_of([&] { recipe_from_json(j); }), "opt.epochs"));
     j = preset_json("airbench94");
     j["opt"]["lerning_rate"] = 1;
-    try {
-        recipe_from_json(j);
-        FAIL() << "unknown key accepted";
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find("opt.lerning_rate"), std::string::npos) << e.what();
-    }
+    EXPECT_TRUE(test::contains(test::error_of([&] { recipe_from_json(j); }), "opt.lerning_rate"));
     EXPECT_THROW(preset_json("no-such-preset"), Error);
     EXPECT_THROW(load_recipe("airbench94", "/nonexistent/config.json"), Error);
 }
@@ -121,12 +111,7 @@ void expect_refused(const char* preset, std::initializer_list<const char*> overr
         nlohmann::json j = preset_json(preset);
         apply_override(j, bad);
         const std::string key = std::string(bad).substr(0, std::string(bad).find('='));
-        try {
-            recipe_from_json(j);
-            ADD_FAILURE() << "accepted " << bad;
-        } catch (const Error& e) {
-            EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
-        }
+        EXPECT_TRUE(test::contains(test::error_of([&] { recipe_from_json(j); }), key));
     }
 }
 

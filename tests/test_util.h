@@ -1,13 +1,16 @@
 // test_util.h: helpers shared by the tests: seeded random vectors, max-difference checks with
-// the offending index in the message, and where the real CIFAR-10 is (if present).
+// the offending index in the message, the message of an expected sr::Error, and where the real
+// CIFAR-10 is (if present).
 #pragma once
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "core/error.h"
 #include "core/rng.h"
 
 namespace sr::test {
@@ -34,6 +37,26 @@ inline ::testing::AssertionResult all_close(const std::vector<float>& a, const s
     if (worst <= 1) return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure() << "index " << wi << ": " << a[wi] << " vs reference " << b[wi]
                                          << " (" << worst << " x the allowed error)";
+}
+
+// The message of the sr::Error that f throws; a test failure if it throws nothing or another type.
+inline std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const Error& e) {
+        return e.what();
+    } catch (const std::exception& e) {
+        ADD_FAILURE() << "threw a non-sr::Error: " << e.what();
+        return e.what();
+    }
+    ADD_FAILURE() << "no error was thrown";
+    return "";
+}
+
+// msg contains part; the failure shows both.
+inline ::testing::AssertionResult contains(const std::string& msg, const std::string& part) {
+    if (msg.find(part) != std::string::npos) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << "message \"" << msg << "\" lacks \"" << part << "\"";
 }
 
 inline std::string real_cifar_dir() {

@@ -14,7 +14,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,6 +29,8 @@ namespace sr {
 namespace {
 
 namespace fs = std::filesystem;
+using test::contains;
+using test::error_of;
 
 const char* const kSix[6] = {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
                              "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"};
@@ -100,25 +101,6 @@ ImageSet random_set(int n, uint64_t seed) {
     for (auto& b : s.images) b = uint8_t(r.next() >> 56);
     for (int i = 0; i < n; ++i) s.labels.push_back(i % 10);
     return s;
-}
-
-// The message of the sr::Error that f throws; a test failure if it throws nothing.
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    } catch (const std::exception& e) {
-        ADD_FAILURE() << "threw a non-sr::Error: " << e.what();
-        return e.what();
-    }
-    ADD_FAILURE() << "no error was thrown";
-    return "";
-}
-
-::testing::AssertionResult contains(const std::string& msg, const std::string& part) {
-    if (msg.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << "message \"" << msg << "\" lacks \"" << part << "\"";
 }
 
 // A directory with the six batch files, `per` random records each.

@@ -29,11 +29,14 @@
 #include "core/rng.h"
 #include "data/cifar10.h"
 #include "io/safetensors.h"
+#include "test_util.h"
 
 namespace sr {
 namespace {
 
 namespace fs = std::filesystem;
+using test::contains;
+using test::error_of;
 using Bytes = std::vector<uint8_t>;
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -89,25 +92,6 @@ Bytes file_of(const std::string& header, const Bytes& data = {}) {
     b.insert(b.end(), header.begin(), header.end());
     b.insert(b.end(), data.begin(), data.end());
     return b;
-}
-
-// The message of the sr::Error that f throws; a test failure if it throws nothing or another type.
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    } catch (const std::exception& e) {
-        ADD_FAILURE() << "threw a non-sr::Error: " << e.what();
-        return e.what();
-    }
-    ADD_FAILURE() << "no error was thrown";
-    return "";
-}
-
-::testing::AssertionResult contains(const std::string& msg, const std::string& part) {
-    if (msg.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << "message \"" << msg << "\" lacks \"" << part << "\"";
 }
 
 ::testing::AssertionResult same_file(const StFile& a, const StFile& b) {
