@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "optim/schedule.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 #include "test_util.h"
@@ -102,6 +103,42 @@ TEST(Checkpoint, ResumedRunAroundTheLastPartialBatchIsBitIdentical) {
         SCOPED_TRACE("stopped after the partial batch");
         resumed_run_is_bit_identical(r, 2000, 8, 0, 8);
     }
+}
+
+// A resumed run says where it resumes and shows the whole table: the epochs the checkpoint
+// saved come first, as they were printed before the stop, then the ones run now.
+TEST(Checkpoint, ResumedRunPrintsWhereItStandsAndTheSavedEpochs) {
+    const Cifar10 data = make_synthetic_cifar10(2048, 512, 4);
+    const std::string p = temp("speedrun-test-print.safetensors");
+    auto backend = make_cpu_backend(2);
+    const Recipe r = tiny_recipe();
+    {
+        TrainOptions o = tiny_options(p);
+        o.stop_after_step = 11;  // 8 steps an epoch: epoch 1, 3 of its steps done
+        Trainer t(*backend, r, data, o);
+        EXPECT_THROW(t.run(7), Interrupted);
+    }
+    const Checkpoint half = read_checkpoint(p);
+    ASSERT_EQ(half.state.epochs.size(), 1u);
+    const double saved_loss = half.state.epochs[0].at("train_loss");
+    TrainOptions o = tiny_options(p);
+    o.quiet = false;
+    o.progress = false;
+    Trainer t(*backend, half.recipe, data, o);
+    testing::internal::CaptureStdout();
+    t.run(0, false, &half);
+    const std::string out = testing::internal::GetCapturedStdout();
+    EXPECT_TRUE(test::contains(out, fmt::format("resumed       at step 11 of {} (epoch 1, 3 of its steps done), {:.2f} s timed before",
+                                                total_steps(2048, 256, r.epochs, r.drop_last), half.state.timed)))
+        << out;
+    const std::string row0 = fmt::format("    0 |     8 | {:>10.4f} |", saved_loss);
+    const size_t at0 = out.find(row0), at1 = out.find("\n    1 |    16 |"), at2 = out.find("\n    2 |    20 |");
+    EXPECT_NE(at0, std::string::npos) << "the saved epoch 0 is not shown:\n" << out;
+    EXPECT_NE(at1, std::string::npos) << out;
+    EXPECT_NE(at2, std::string::npos) << out;
+    EXPECT_LT(at0, at1);
+    EXPECT_LT(at1, at2);
+    fs::remove(p);
 }
 
 TEST(Checkpoint, WrongShapeAndMissingTensorsAreNamed) {

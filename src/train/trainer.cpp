@@ -277,11 +277,25 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     const int la_first = lookahead_first_step(r_.lookahead_start_epoch, spe, la_every);
     std::vector<float> jit_shift(jitter ? n_train_ : 0), jit_gain(jitter ? n_train_ : 0);
 
+    auto print_row = [](const EpochStats& e) {
+        fmt::print("{:>5} | {:>5} | {:>10.4f} | {:>9.4f} | {:>8} | {:>8.2f} | {:>8.2f}\n", e.epoch,
+                   e.steps, e.train_loss, e.train_acc,
+                   e.test_acc >= 0 ? fmt::format("{:.4f}", e.test_acc) : std::string("-"),
+                   e.epoch_seconds, e.total_seconds);
+    };
     if (print) {
+        if (resume) {  // where the run stands, and the table so far as the checkpoint saved it
+            const RunState& st = resume->state;
+            fmt::print("resumed       at step {} of {} (epoch {}, {} of its steps done), {:.2f} s "
+                       "timed before{}\n",
+                       st.step, total, st.epoch, st.steps_in_epoch, st.timed,
+                       res.epochs.empty() ? "" : "; the epochs before it as saved:");
+        }
         fmt::print("{:>5} | {:>5} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8}\n", "epoch", "steps",
                    "train_loss", "train_acc", "test_acc", "epoch_s", "total_s");
         fmt::print("{:-<5}-+-{:-<5}-+-{:-<10}-+-{:-<9}-+-{:-<8}-+-{:-<8}-+-{:-<8}\n", "", "", "",
                    "", "", "", "");
+        for (const EpochStats& e : res.epochs) print_row(e);  // (a resumed run's saved epochs)
         std::fflush(stdout);
     }
 
@@ -554,10 +568,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         }
         res.epochs.push_back(es);
         if (print) {
-            fmt::print("{:>5} | {:>5} | {:>10.4f} | {:>9.4f} | {:>8} | {:>8.2f} | {:>8.2f}\n", epoch,
-                       step, es.train_loss, es.train_acc,
-                       es.test_acc >= 0 ? fmt::format("{:.4f}", es.test_acc) : std::string("-"),
-                       epoch_s, timed);
+            print_row(es);
             std::fflush(stdout);
         }
         if (!warmup && log_)
