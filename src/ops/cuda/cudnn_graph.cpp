@@ -261,7 +261,7 @@ std::unique_ptr<GraphConv> GraphConv::tune(cudnnHandle_t handle, cudaStream_t st
                                            void* w, void* y, void* workspace, size_t ws_limit,
                                            std::string* why) {
     try {
-        const Operation op = build_operation(dir, s, dtype);
+        Operation op = build_operation(dir, s, dtype);
         Desc graph(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
         graph.set(CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op.op.d, "graph ops")
             .set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle, "graph handle");
@@ -276,8 +276,10 @@ std::unique_ptr<GraphConv> GraphConv::tune(cudnnHandle_t handle, cudaStream_t st
         }
 
         std::unique_ptr<GraphConv> best;
+        size_t best_cfg = 0;
         int timed = 0, refused = 0, too_big = 0;
-        for (const Desc& cfg : cfgs) {
+        for (size_t ci = 0; ci < cfgs.size(); ++ci) {
+            const Desc& cfg = cfgs[ci];
             int64_t index = -1;
             if (!acceptable(cfg, &index)) {
                 ++refused;
@@ -316,6 +318,7 @@ std::unique_ptr<GraphConv> GraphConv::tune(cudnnHandle_t handle, cudaStream_t st
                 best->ms_ = ms;
                 best->workspace_bytes_ = size_t(ws);
                 best->engine_ = fmt::format("engine {}", index);
+                best_cfg = ci;
             }
         }
         if (!best) {
@@ -325,6 +328,8 @@ std::unique_ptr<GraphConv> GraphConv::tune(cudnnHandle_t handle, cudaStream_t st
         }
         best->dir_ = dir;
         best->candidates_ = timed;
+        for (Desc* d : {&cfgs[best_cfg], &graph, &op.op, &op.conv, &op.y, &op.w, &op.x})
+            best->sources_.push_back(d->release());
         return best;
     } catch (const Failure& f) {
         *why = f.what;
@@ -334,6 +339,8 @@ std::unique_ptr<GraphConv> GraphConv::tune(cudnnHandle_t handle, cudaStream_t st
 
 GraphConv::~GraphConv() {
     if (plan_) cudnnBackendDestroyDescriptor(plan_);
+    for (cudnnBackendDescriptor_t d : sources_)  // the plan first, then what it was built from
+        if (d) cudnnBackendDestroyDescriptor(d);
 }
 
 bool GraphConv::run(cudnnHandle_t handle, const void* x, const void* w, const void* y,

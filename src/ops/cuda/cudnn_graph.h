@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
@@ -82,6 +83,10 @@ private:
     GraphConv() = default;
     ConvDirection dir_ = ConvDirection::forward;
     cudnnBackendDescriptor_t plan_ = nullptr;
+    // What the plan was built from (its engine configuration, the operation graph, the operation
+    // and its tensors), kept alive with it and destroyed after it: cuDNN's backend API does not
+    // say that a finalized plan no longer refers to them (cudnn-frontend keeps them too).
+    std::vector<cudnnBackendDescriptor_t> sources_;
     size_t workspace_bytes_ = 0;
     float ms_ = 0.f;
     std::string engine_;
