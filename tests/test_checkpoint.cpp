@@ -73,6 +73,13 @@ void resumed_run_is_bit_identical(const Recipe& r, int n_train, int stop_step, i
         EXPECT_EQ(resumed.epochs[i].train_loss, full.epochs[i].train_loss);
         EXPECT_EQ(resumed.epochs[i].train_acc, full.epochs[i].train_acc);
     }
+    // the interrupted epoch's seconds include its steps before the stop: each epoch's seconds
+    // are the step between its total and the previous one's, the resumed epoch too
+    EXPECT_GT(half.state.epoch_timed, 0.0);
+    for (size_t i = 1; i < resumed.epochs.size(); ++i)
+        EXPECT_NEAR(resumed.epochs[i].epoch_seconds,
+                    resumed.epochs[i].total_seconds - resumed.epochs[i - 1].total_seconds, 1e-9)
+            << "epoch " << i << " (resumed in epoch " << epoch << ")";
     fs::remove(a);
     fs::remove(b);
 }
@@ -138,6 +145,32 @@ TEST(Checkpoint, ResumedRunPrintsWhereItStandsAndTheSavedEpochs) {
     EXPECT_NE(at2, std::string::npos) << out;
     EXPECT_LT(at0, at1);
     EXPECT_LT(at1, at2);
+    fs::remove(p);
+}
+
+// A checkpoint from before epoch_timed was saved: the epoch in progress is given the time since
+// the last finished epoch.
+TEST(Checkpoint, OlderCheckpointWithoutEpochTimeTakesItFromTheTotals) {
+    const Cifar10 data = make_synthetic_cifar10(2048, 512, 4);
+    const std::string p = temp("speedrun-test-old.safetensors");
+    auto backend = make_cpu_backend(2);
+    {
+        TrainOptions o = tiny_options(p);
+        o.stop_after_step = 11;  // epoch 1, 3 of its steps done
+        Trainer t(*backend, tiny_recipe(), data, o);
+        EXPECT_THROW(t.run(7), Interrupted);
+    }
+    const Checkpoint now = read_checkpoint(p);
+    StFile f = read_safetensors(p);
+    auto state = nlohmann::json::parse(f.metadata.at("state"));
+    ASSERT_TRUE(state.contains("epoch_timed"));
+    state.erase("epoch_timed");
+    f.metadata["state"] = state.dump();
+    write_safetensors(p, f);
+    const Checkpoint old = read_checkpoint(p);
+    const double last_total = state.at("epochs").back().at("total_seconds").get<double>();
+    EXPECT_DOUBLE_EQ(old.state.epoch_timed, old.state.timed - last_total);
+    EXPECT_NEAR(old.state.epoch_timed, now.state.epoch_timed, 1e-9);
     fs::remove(p);
 }
 

@@ -31,7 +31,8 @@ void save_checkpoint(const std::string& path, const Network& net, const Recipe& 
     const nlohmann::json state = {{"seed", st.seed}, {"step", st.step}, {"epoch", st.epoch},
                                   {"steps_in_epoch", st.steps_in_epoch},
                                   {"epoch_stats", {st.epoch_stats[0], st.epoch_stats[1]}},
-                                  {"timed", st.timed}, {"n_train", st.n_train}, {"epochs", st.epochs}};
+                                  {"timed", st.timed}, {"epoch_timed", st.epoch_timed},
+                                  {"n_train", st.n_train}, {"epochs", st.epochs}};
     f.metadata["format"] = kFormat;
     f.metadata["version"] = std::to_string(kVersion);
     f.metadata["recipe"] = recipe_to_json(r).dump();
@@ -62,6 +63,11 @@ Checkpoint read_checkpoint(const std::string& path) {
         st.epoch_stats[0] = s.at("epoch_stats").at(0).get<float>();
         st.epoch_stats[1] = s.at("epoch_stats").at(1).get<float>();
         st.timed = s.at("timed").get<double>();
+        // (checkpoints written before epoch_timed existed: the time since the last finished
+        // epoch, or since the start when none has finished, so the whitening set-up too)
+        const auto& done = s.at("epochs");
+        const double since_last = st.timed - (done.empty() ? 0.0 : done.back().at("total_seconds").get<double>());
+        st.epoch_timed = s.contains("epoch_timed") ? s.at("epoch_timed").get<double>() : std::max(0.0, since_last);
         st.n_train = s.at("n_train").get<int>();
         st.epochs = s.at("epochs");
         if (st.step < 0 || st.epoch < 0 || st.steps_in_epoch < 0 || st.n_train <= 0)

@@ -31,6 +31,7 @@ struct RunState {
     std::vector<uint8_t> base_flip;
     float epoch_stats[2] = {0, 0};  // loss sum, correct count of this epoch so far
     double timed = 0;               // timed seconds so far
+    double epoch_timed = 0;         // of which in the epoch in progress (its steps so far)
     int n_train = 0;
     nlohmann::json epochs = nlohmann::json::array();  // finished epochs (EpochStats as JSON)
 };

@@ -302,7 +302,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     // Saves where the run stands (mid-epoch is fine: the epoch's draws are remade from the RNG
     // state of its start, and the steps already done are skipped).
     auto save = [&](int step_now, int epoch, int done_in_epoch, const std::array<uint64_t, 4>& rng0,
-                    double timed_now) {
+                    double timed_now, double epoch_timed) {
         if (o_.checkpoint_path.empty() || !root || warmup) return;
         RunState st;
         st.seed = seed;
@@ -313,6 +313,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         st.base_flip = base_flip;
         b_.download(st.epoch_stats, stats_.get(), sizeof st.epoch_stats);
         st.timed = timed_now;
+        st.epoch_timed = epoch_timed;
         st.n_train = n_train_;
         for (const auto& e : res.epochs) st.epochs.push_back(epoch_json(e));
         save_checkpoint(o_.checkpoint_path, net_, r_, st);
@@ -409,13 +410,17 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
 
         int steps_here = skip;
         double epoch_time = 0;
+        if (skip) {  // a resumed epoch's seconds include those before the stop (saved in timed)
+            epoch_time = std::min(resume->state.epoch_timed, timed);
+            timed -= epoch_time;
+        }
         // Saves and stops (interrupt or stop_after_step), or saves a periodic checkpoint.
         auto stop_or_save = [&] {
             const bool stop = (o_.interrupt && o_.interrupt->load()) ||
                               (o_.stop_after_step >= 0 && step >= o_.stop_after_step);
             if (stop || (o_.checkpoint_every > 0 && step % o_.checkpoint_every == 0 && step < total)) {
                 epoch_time += timer->stop_seconds();
-                save(step, epoch, steps_here, rng0, timed + epoch_time);
+                save(step, epoch, steps_here, rng0, timed + epoch_time, epoch_time);
                 if (stop) {
                     throw Interrupted(o_.checkpoint_path.empty()
                         ? fmt::format("stopped after step {} of {} (no --checkpoint: nothing saved)", step, total)
@@ -587,7 +592,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                                                                      : (root ? evaluate(0) : 0.0);
     res.train_seconds = timed;
     res.recording_failed = graphs_why_;
-    save(step, n_epochs, 0, {}, timed);  // the finished run (its weights are the final EMA)
+    save(step, n_epochs, 0, {}, timed, 0);  // the finished run (its weights are the final EMA)
     res.images_per_second = res.step_seconds > 0 ? double(images_done) / res.step_seconds : 0;
     if (print) {
         fmt::print("{:>5} | {:>5} | {:>10} | {:>9} | {:>8.4f} | {:>8} | {:>8.2f}   (TTA level {}; "
