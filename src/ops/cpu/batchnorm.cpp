@@ -96,6 +96,24 @@ SR_CLONES void sum_dy_rows(double* s, const float* dy, const float* x, const flo
     }
 }
 
+// The batch norm backward's dx from its channel sums: dx = k[c] * (dy - mb[c] - xhat * mg[c]),
+// k = gamma * invstd, mb and mg the means of dy and of dy * xhat
+SR_CLONES void bn_dx_rows(float* dx, const float* dy, const float* x, const float* mean,
+                          const float* invstd, const float* k, const float* mb, const float* mg,
+                          int M, int C) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < M; ++r) {
+        const float* xr = x + size_t(r) * C;
+        const float* dyr = dy + size_t(r) * C;
+        float* dxr = dx + size_t(r) * C;
+#pragma omp simd
+        for (int c = 0; c < C; ++c) {
+            const float xh = (xr[c] - mean[c]) * invstd[c];
+            dxr[c] = k[c] * (dyr[c] - mb[c] - xh * mg[c]);
+        }
+    }
+}
+
 // y = x * a[c] + b[c]
 SR_CLONES void affine_rows(float* y, const float* x, const float* a, const float* b, int M, int C) {
 #pragma omp parallel for schedule(static)
@@ -245,17 +263,7 @@ SR_CLONES void bn_backward(float* dx, float* dgamma, float* dbeta, const float* 
         mb[c] = float(sums[c] / M);
         mg[c] = float(sums[C + c] / M);
     }
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < M; ++r) {
-        const float* xr = x + size_t(r) * C;
-        const float* dyr = dy + size_t(r) * C;
-        float* dxr = dx + size_t(r) * C;
-#pragma omp simd
-        for (int c = 0; c < C; ++c) {
-            const float xh = (xr[c] - mean[c]) * invstd[c];
-            dxr[c] = k[c] * (dyr[c] - mb[c] - xh * mg[c]);
-        }
-    }
+    bn_dx_rows(dx, dy, x, mean, invstd, k, mb, mg, M, C);
 }
 
 // ---- batch norm in pieces (sync-BN): see backend.h ------------------------------------------
@@ -320,17 +328,7 @@ SR_CLONES void bn_backward_apply(float* dx, const float* dy, const float* x, con
         mb[c] = float(double(sums[c]) / double(count));
         mg[c] = float(double(sums[C + c]) / double(count));
     }
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < M; ++r) {
-        const float* xr = x + size_t(r) * C;
-        const float* dyr = dy + size_t(r) * C;
-        float* dxr = dx + size_t(r) * C;
-#pragma omp simd
-        for (int c = 0; c < C; ++c) {
-            const float xh = (xr[c] - mean[c]) * invstd[c];
-            dxr[c] = k[c] * (dyr[c] - mb[c] - xh * mg[c]);
-        }
-    }
+    bn_dx_rows(dx, dy, x, mean, invstd, k, mb, mg, M, C);
 }
 
 }  // namespace sr::cpu
