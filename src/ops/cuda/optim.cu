@@ -91,19 +91,26 @@ __global__ void scale_kernel(float* x, float a, size_t n) {
 
 constexpr int kNormBlocks = 128;
 
-__global__ void sumsq_partial_kernel(float* partial, const float* x, size_t n) {
+// The sum of v over the block's kBlock threads (a tree in shared memory), returned to thread 0;
+// every thread of the block must call it.
+__device__ float block_sum(float v) {
     __shared__ float sh[kBlock];
-    float acc = 0.f;
-    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-         i += size_t(gridDim.x) * blockDim.x)
-        acc += x[i] * x[i];
-    sh[threadIdx.x] = acc;
+    sh[threadIdx.x] = v;
     __syncthreads();
     for (int s = blockDim.x / 2; s > 0; s >>= 1) {
         if (int(threadIdx.x) < s) sh[threadIdx.x] += sh[threadIdx.x + s];
         __syncthreads();
     }
-    if (threadIdx.x == 0) partial[blockIdx.x] = sh[0];
+    return threadIdx.x == 0 ? sh[0] : 0.f;
+}
+
+__global__ void sumsq_partial_kernel(float* partial, const float* x, size_t n) {
+    float acc = 0.f;
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x)
+        acc += x[i] * x[i];
+    const float total = block_sum(acc);
+    if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 
 __global__ void scale_by_norm_kernel(float* x, const float* partial, size_t n, float target,
@@ -125,19 +132,13 @@ __global__ void scale_by_norm_kernel(float* x, const float* partial, size_t n, f
 constexpr int kSegBlocks = 32;
 
 __global__ void segment_sumsq_kernel(float* partial, const float* x, const int64_t* offsets) {
-    __shared__ float sh[kBlock];
     const int64_t beg = offsets[blockIdx.y], end = offsets[blockIdx.y + 1];
     float acc = 0.f;
     for (int64_t i = beg + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < end;
          i += int64_t(gridDim.x) * blockDim.x)
         acc += x[i] * x[i];
-    sh[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (int(threadIdx.x) < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[blockIdx.y * kSegBlocks + blockIdx.x] = sh[0];
+    const float total = block_sum(acc);
+    if (threadIdx.x == 0) partial[blockIdx.y * kSegBlocks + blockIdx.x] = total;
 }
 
 __global__ void segment_scale_kernel(float* x, const float* partial, const int64_t* offsets,
