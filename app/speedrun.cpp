@@ -73,7 +73,8 @@ int main(int argc, char** argv) {
                       "CPU: round what a mixed-precision GPU run would store (activations, "
                       "gradients, the weights the math reads) to fp16, bf16 or fp8 (E4M3 "
                       "forward, E5M2 backward, per-tensor scaled), or tf32 (what TF32 tensor "
-                      "cores keep), to see whether accuracy holds");
+                      "cores keep), or fp8-conv (bf16 storage, FP8 convolution operands), to see "
+                      "whether accuracy holds");
 
     sr::BenchArgs ba;
     auto* bench = app.add_subcommand("bench", "Time training steps and TTA inference; GFLOP/s and share of peak");

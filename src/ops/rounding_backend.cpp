@@ -27,6 +27,7 @@ const EmulatedPrecision kPrecisions[] = {
     {"bf16", kBf16, kBf16},
     {"fp8", kE4m3, kE5m2},
     {"tf32", kTf32, kTf32},
+    {"fp8-conv", kBf16, kBf16, &kE4m3, &kE5m2},
 };
 
 // The rounding of round_to with the format's constants hoisted; branch-free so the tensor loop
@@ -104,22 +105,38 @@ void round_tensor(float* x, size_t n, const NumberFormat& f) {
 
 namespace {
 
+// buf := x rounded to f (grown on first use, then reused: no allocation per step)
+const float* rounded_copy_into(std::vector<float>& buf, const float* x, size_t n,
+                               const NumberFormat& f) {
+    if (buf.size() < n) buf.resize(n);
+    std::copy(x, x + n, buf.begin());
+    round_tensor(buf.data(), n, f);
+    return buf.data();
+}
+
 // A convolution computing with the weights rounded to the forward format; y rounded to it, dx
-// and dw to the backward format (the bias's db stays fp32).
+// and dw to the backward format (the bias's db stays fp32). With conv operand formats (fp8-conv)
+// and enough input channels, x and w enter the math in conv_forward and dy in conv_backward
+// (rounded copies); db sums the stored dy, as a separate reduction on a GPU would.
 class RoundingConv2d final : public Conv2d {
 public:
     RoundingConv2d(RoundingBackend& rb, std::unique_ptr<Conv2d> inner)
-        : Conv2d(inner->shape), rb_(rb), in_(std::move(inner)) {}
+        : Conv2d(inner->shape), rb_(rb), in_(std::move(inner)),
+          operands_(rb.precision().conv_forward && shape.C >= kConvOperandMinChannels) {}
     void forward(float* y, const float* x, const float* w, const float* bias) override {
-        in_->forward(y, x, rb_.rounded_weights(w, weights()), bias);
+        in_->forward(y, act(x), rb_.rounded_weights(w, weights(), operands_), bias);
         round_tensor(y, outputs(), rb_.precision().forward);
     }
     void backward_data(float* dx, const float* dy, const float* w) override {
-        in_->backward_data(dx, dy, rb_.rounded_weights(w, weights()));
+        in_->backward_data(dx, grad(dy), rb_.rounded_weights(w, weights(), operands_));
         round_tensor(dx, inputs(), rb_.precision().backward);
     }
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
-        in_->backward_weights(dw, db, dy, x);
+        if (operands_ && db) {
+            in_->backward_weights(nullptr, db, dy, x);
+            db = nullptr;
+        }
+        if (dw || db) in_->backward_weights(dw, db, grad(dy), act(x));
         if (dw) round_tensor(dw, weights(), rb_.precision().backward);
     }
 
@@ -127,8 +144,16 @@ private:
     size_t weights() const { return size_t(shape.K) * shape.R * shape.S * shape.C; }
     size_t inputs() const { return size_t(shape.N) * shape.H * shape.W * shape.C; }
     size_t outputs() const { return size_t(shape.N) * shape.P() * shape.Q() * shape.K; }
+    const float* act(const float* x) {
+        return operands_ ? rb_.rounded_copy(0, x, inputs(), *rb_.precision().conv_forward) : x;
+    }
+    const float* grad(const float* dy) {
+        return operands_ ? rb_.rounded_copy(1, dy, outputs(), *rb_.precision().conv_backward)
+                         : dy;
+    }
     RoundingBackend& rb_;
     std::unique_ptr<Conv2d> in_;
+    bool operands_;
 };
 
 }  // namespace
@@ -141,15 +166,22 @@ RoundingBackend::RoundingBackend(Backend& inner, const EmulatedPrecision& p)
 }
 
 std::string RoundingBackend::name() const {
-    return fmt::format("{}, {} storage emulated ({} forward, {} backward)", in_.name(), p_.name,
-                       p_.forward.name, p_.backward.name);
+    std::string s = fmt::format("{}, {} storage emulated ({} forward, {} backward", in_.name(),
+                                p_.name, p_.forward.name, p_.backward.name);
+    if (p_.conv_forward && p_.conv_backward)
+        s += fmt::format("; convolution operands {} forward, {} backward, from {} input channels",
+                         p_.conv_forward->name, p_.conv_backward->name, kConvOperandMinChannels);
+    return s + ")";
 }
 
-const float* RoundingBackend::rounded_weights(const float* w, size_t n) {
-    if (wcopy_.size() < n) wcopy_.resize(n);
-    std::copy(w, w + n, wcopy_.begin());
-    round_tensor(wcopy_.data(), n, p_.forward);
-    return wcopy_.data();
+const float* RoundingBackend::rounded_weights(const float* w, size_t n, bool conv_operands) {
+    return rounded_copy_into(wcopy_, w, n,
+                             conv_operands && p_.conv_forward ? *p_.conv_forward : p_.forward);
+}
+
+const float* RoundingBackend::rounded_copy(int which, const float* x, size_t n,
+                                           const NumberFormat& f) {
+    return rounded_copy_into(copies_[which], x, n, f);
 }
 
 std::unique_ptr<Conv2d> RoundingBackend::make_conv(const ConvShape& s) {

@@ -1,6 +1,6 @@
 // rounding_backend.h: 16-bit and 8-bit storage emulated on the CPU, to see whether a recipe's
 // accuracy holds in a number format before a GPU implementation of that format exists
-// (`speedrun train --device cpu --emulate-precision fp16|bf16|fp8`).
+// (`speedrun train --device cpu --emulate-precision fp16|bf16|fp8|tf32|fp8-conv`).
 //
 // RoundingBackend hands every op to the CPU backend (ops/forwarding_backend.h) and rounds what a
 // mixed-precision GPU implementation would store in the low-precision format: each op's
@@ -23,6 +23,10 @@
 // (subnormals kept), saturating at the largest finite value. fp8 is the usual FP8 training
 // recipe: E4M3 forward (activations, weights), E5M2 backward (gradients), each tensor scaled by a
 // power of two so that its largest magnitude lands near the format's largest value.
+// fp8-conv is what FP8 tensor cores would do in the bf16 path: bf16 storage (every tensor as
+// bf16 rounds it), and the convolutions' operands (x, w: E4M3; dy: E5M2) rounded on their way
+// into the multiplication, with fp32 accumulation and a bf16 result; the scale of each operand
+// is its own current maximum (real FP8 training keeps a history of maxima: ideal here).
 #pragma once
 #include <cstddef>
 #include <memory>
@@ -42,12 +46,21 @@ struct NumberFormat {
 };
 
 struct EmulatedPrecision {
-    std::string name;     // "fp16", "bf16", "fp8", "tf32"
+    std::string name;     // "fp16", "bf16", "fp8", "tf32", "fp8-conv"
     NumberFormat forward;   // activations, and the weights the math reads
     NumberFormat backward;  // activation and weight gradients
+    // The operands the convolutions multiply, where they differ from what is stored (fp8-conv:
+    // FP8 tensor-core convolutions over bf16 storage): x and w rounded to conv_forward, dy to
+    // conv_backward, each in a scaled copy, in every convolution with at least
+    // kConvOperandMinChannels input channels; the others (the 3-channel first convolution, which
+    // FP8 recipes keep in 16 bits and FP8 kernels do not take) and every other op read the stored
+    // values. nullptr: the stored values (the weights in `forward`).
+    const NumberFormat* conv_forward = nullptr;
+    const NumberFormat* conv_backward = nullptr;
 };
+constexpr int kConvOperandMinChannels = 16;
 
-// "fp16", "bf16", "fp8", "tf32"; nullptr for any other name.
+// "fp16", "bf16", "fp8", "tf32", "fp8-conv"; nullptr for any other name.
 const EmulatedPrecision* emulated_precision(const std::string& name);
 std::vector<std::string> emulated_precision_names();
 
@@ -120,14 +133,18 @@ public:
                              size_t per_image) override;
 
     const EmulatedPrecision& precision() const { return p_; }
-    // a rounded copy of n weights (forward format), valid until the next call
-    const float* rounded_weights(const float* w, size_t n);
+    // a rounded copy of n weights (forward format, or conv_forward for a convolution with
+    // fp8 operands), valid until the next call
+    const float* rounded_weights(const float* w, size_t n, bool conv_operands = false);
+    // a copy of n activations (which = 0) or gradients (1) rounded to f, valid until the next
+    // call with the same `which`
+    const float* rounded_copy(int which, const float* x, size_t n, const NumberFormat& f);
 
 private:
     void fwd(float* x, size_t n) { round_tensor(x, n, p_.forward); }
     void bwd(float* x, size_t n) { round_tensor(x, n, p_.backward); }
     EmulatedPrecision p_;
-    std::vector<float> wcopy_;
+    std::vector<float> wcopy_, copies_[2];
 };
 
 }  // namespace sr

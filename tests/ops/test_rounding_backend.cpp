@@ -124,6 +124,83 @@ TEST(RoundingBackend, ConvolutionComputesWithRoundedWeightsAndStoresRounded) {
     EXPECT_EQ(emulated_precision("fp4"), nullptr);
 }
 
+// fp8-conv: the convolutions multiply E4M3 copies of x and w and an E5M2 copy of dy (each scaled
+// per tensor) and store bf16; the inputs stay as they were; db sums the stored dy; the 3-channel
+// first convolution and every other op compute as plain bf16 does.
+TEST(RoundingBackend, Fp8ConvRoundsTheConvolutionsOperandsAndStoresBf16) {
+    auto cpu = make_cpu_backend(2);
+    const EmulatedPrecision* p = emulated_precision("fp8-conv");
+    ASSERT_NE(p, nullptr);
+    ASSERT_NE(p->conv_forward, nullptr);
+    ASSERT_NE(p->conv_backward, nullptr);
+    const NumberFormat &e4m3 = *p->conv_forward, &e5m2 = *p->conv_backward;
+    const NumberFormat& bf16 = fmt_of("bf16", true);
+    EXPECT_STREQ(p->forward.name, "bf16");
+    RoundingBackend rb(*cpu, *p), plain(*cpu, *emulated_precision("bf16"));
+    EXPECT_NE(rb.name().find("convolution operands e4m3 forward, e5m2 backward"),
+              std::string::npos);
+    ConvShape s;
+    s.N = 2, s.H = 6, s.W = 6, s.C = kConvOperandMinChannels, s.K = 8;
+    s.pad = 1;
+    const size_t nx = size_t(s.N) * s.H * s.W * s.C, nw = size_t(s.K) * 9 * s.C;
+    const size_t ny = size_t(s.N) * s.P() * s.Q() * s.K;
+    auto x = test::randn(nx, 14);
+    round_tensor(x.data(), nx, bf16);  // stored inputs are bf16
+    auto dy = test::randn(ny, 15, 0.01f);
+    round_tensor(dy.data(), ny, bf16);
+    const auto w = test::randn(nw, 16, 0.2f);
+    const auto x0 = x, dy0 = dy, w0 = w;
+    auto rounded = [](std::vector<float> v, const NumberFormat& f) {
+        round_tensor(v.data(), v.size(), f);
+        return v;
+    };
+    const auto x8 = rounded(x, e4m3), w8 = rounded(w, e4m3), dy8 = rounded(dy, e5m2);
+    ASSERT_NE(x8, x);  // the test values are not all E4M3 values already
+    ASSERT_NE(dy8, dy);
+    auto conv = rb.make_conv(s);
+    auto ref = cpu->make_conv(s);
+
+    std::vector<float> y(ny), yref(ny), ybf(ny);
+    conv->forward(y.data(), x.data(), w.data(), nullptr);
+    ref->forward(yref.data(), x8.data(), w8.data(), nullptr);
+    EXPECT_EQ(y, rounded(yref, bf16));
+    plain.make_conv(s)->forward(ybf.data(), x.data(), w.data(), nullptr);
+    EXPECT_NE(y, ybf);  // the operands really were FP8
+
+    std::vector<float> dx(nx), dxref(nx);
+    conv->backward_data(dx.data(), dy.data(), w.data());
+    ref->backward_data(dxref.data(), dy8.data(), w8.data());
+    EXPECT_EQ(dx, rounded(dxref, bf16));
+
+    std::vector<float> dw(nw), db(size_t(s.K)), dwref(nw), dbref(size_t(s.K)), unused(size_t(s.K));
+    conv->backward_weights(dw.data(), db.data(), dy.data(), x.data());
+    ref->backward_weights(dwref.data(), unused.data(), dy8.data(), x8.data());
+    ref->backward_weights(nullptr, dbref.data(), dy.data(), x.data());
+    EXPECT_EQ(dw, rounded(dwref, bf16));
+    EXPECT_EQ(db, dbref);  // from the stored dy, fp32
+    EXPECT_NE(db, unused);
+    EXPECT_EQ(x, x0);  // rounded copies, not the callers' tensors
+    EXPECT_EQ(dy, dy0);
+    EXPECT_EQ(w, w0);
+
+    // fewer input channels: the stored operands, as bf16 computes them
+    ConvShape s3 = s;
+    s3.C = 3;
+    const size_t nx3 = size_t(s3.N) * s3.H * s3.W * 3, nw3 = size_t(s3.K) * 9 * 3;
+    const auto x3 = rounded(test::randn(nx3, 17), bf16), w3 = test::randn(nw3, 18, 0.2f);
+    std::vector<float> y3(ny), y3bf(ny);
+    rb.make_conv(s3)->forward(y3.data(), x3.data(), w3.data(), nullptr);
+    plain.make_conv(s3)->forward(y3bf.data(), x3.data(), w3.data(), nullptr);
+    EXPECT_EQ(y3, y3bf);
+
+    // the other ops store bf16, not FP8
+    std::vector<float> g(nx), gbf(nx);
+    rb.gelu_forward(g.data(), x.data(), nx);
+    plain.gelu_forward(gbf.data(), x.data(), nx);
+    EXPECT_EQ(g, gbf);
+    EXPECT_NE(g, rounded(g, e4m3));
+}
+
 // TF32: fp16's 10 mantissa bits over fp32's exponent range (no saturation near 65504, no flush
 // of values below fp16's normals).
 TEST(RoundingBackend, Tf32KeepsTenMantissaBitsOverFp32sRange) {
