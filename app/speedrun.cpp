@@ -104,6 +104,9 @@ int main(int argc, char** argv) {
     eval->add_option("--device", ea.device, "auto | cpu | cuda")->capture_default_str();
     eval->add_option("--threads", ea.threads, "CPU threads (0 = all cores)");
     eval->add_option("--test-subset", ea.test_subset, "Evaluate on the first N test images (0 = all)");
+    eval->add_option("--emulate-precision", ea.emulate_precision,
+                     "CPU: evaluate with the rounding of a format of train's --emulate-precision "
+                     "(e.g. weights trained under fp8-conv, evaluated in bf16 or fp32)");
     eval->add_flag("!--no-download", ea.download, "Never download CIFAR-10");
 
     sr::PredictArgs pa;

@@ -203,6 +203,18 @@ std::atomic<bool> g_interrupt{false};
 extern "C" void on_signal(int) { g_interrupt.store(true); }
 }  // namespace
 
+// --emulate-precision FMT: base (the CPU backend) behind a RoundingBackend
+// (ops/rounding_backend.h); nullptr when name is empty
+static std::unique_ptr<Backend> rounding_backend(Backend& base, const std::string& name) {
+    if (name.empty()) return nullptr;
+    if (base.storage() != Storage::f32) fail("--emulate-precision and --storage: choose one");
+    const EmulatedPrecision* p = emulated_precision(name);
+    if (!p)
+        fail("--emulate-precision {}: unknown format (known: {})", name,
+             fmt::join(emulated_precision_names(), ", "));
+    return std::make_unique<RoundingBackend>(base, *p);
+}
+
 int cmd_train(const TrainArgs& a) {
     if (a.runs < 1) fail("--runs must be >= 1");
     if (a.checkpoint_every < 0) fail("--checkpoint-every must be >= 0");
@@ -224,17 +236,7 @@ int cmd_train(const TrainArgs& a) {
     // a resumed run uses the recipe saved with it
     const Recipe r = resume ? resume->recipe : resolve_recipe(a);
     auto base_backend = make_backend(a.device, a.threads, a.cuda_device, a.storage);
-    // --emulate-precision: the CPU backend behind a RoundingBackend (ops/rounding_backend.h)
-    std::unique_ptr<Backend> rounding;
-    if (!a.emulate_precision.empty()) {
-        if (base_backend->storage() != Storage::f32)
-            fail("--emulate-precision and --storage: choose one");
-        const EmulatedPrecision* p = emulated_precision(a.emulate_precision);
-        if (!p)
-            fail("--emulate-precision {}: unknown format (known: {})", a.emulate_precision,
-                 fmt::join(emulated_precision_names(), ", "));
-        rounding = std::make_unique<RoundingBackend>(*base_backend, *p);
-    }
+    const auto rounding = rounding_backend(*base_backend, a.emulate_precision);
     Backend* backend = rounding ? rounding.get() : base_backend.get();
     const auto tl = clock_type::now();
     const Cifar10 data = load_data(a);
@@ -354,7 +356,9 @@ int cmd_train(const TrainArgs& a) {
 
 int cmd_eval(const EvalArgs& a) {
     const Checkpoint c = read_checkpoint(a.checkpoint);
-    auto backend = make_backend(a.device, a.threads, 0);
+    auto base_backend = make_backend(a.device, a.threads, 0);
+    const auto rounding = rounding_backend(*base_backend, a.emulate_precision);
+    Backend* backend = rounding ? rounding.get() : base_backend.get();
     CommonArgs ca;
     ca.data = a.data;
     ca.download = a.download;
@@ -366,6 +370,7 @@ int cmd_eval(const EvalArgs& a) {
     r.batch_size = std::min(r.batch_size, std::min(data.train.n, o.subset));
     Trainer t(*backend, r, data, o);
     load_network(c, t.network(), false);
+    if (rounding) fmt::print("device {}\n", backend->name());
     const double acc = t.evaluate(0), acc_tta = t.evaluate(r.tta_level);
     fmt::print("checkpoint {} (preset {}, seed {}, step {})\n", a.checkpoint, r.name, c.state.seed, c.state.step);
     fmt::print("test accuracy {:.4f} without TTA, {:.4f} with TTA level {} ({} images, {})\n", acc, acc_tta,

@@ -51,6 +51,7 @@ struct TrainArgs : CommonArgs {
 
 struct EvalArgs {
     std::string checkpoint, data, device = "auto";
+    std::string emulate_precision;  // CPU: evaluate with a format's rounding (ops/rounding_backend.h)
     int threads = 0, test_subset = 0;
     bool download = true;
 };
