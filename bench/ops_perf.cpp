@@ -150,6 +150,27 @@ public:
         cases.push_back({"maxpool fwd " + shape, layer, 0, by, [=] { b->maxpool_forward(y, arg, x, N, H, H, C, k); }});
         cases.push_back({"maxpool bwd " + shape, layer, 0, by, [=] { b->maxpool_backward(dx, y, arg, N, H, H, C, k); }});
     }
+    // max pooling fused with the BN + GELU after it (the airbench groups' first BN)
+    void pool_bn(int N, int H, int C, int k, const std::string& layer) {
+        const size_t in = size_t(N) * H * H * C, out = size_t(N) * (H / k) * (H / k) * C;
+        float *x = m_.f(in), *p = m_.f(out), *z = m_.f(out), *dp = m_.f(out), *dx = m_.f(in),
+              *g = m_.f(C), *bb = m_.f(C), *mean = m_.f(C), *istd = m_.f(C), *rm = m_.f(C),
+              *rv = m_.f(C), *dg = m_.f(C), *db = m_.f(C);
+        uint8_t* arg = m_.u8(out, uint32_t(k * k));
+        Backend* b = &b_;
+        const std::string shape = fmt::format("{} {}x{} C{} N{}", k, H, H, C, N);
+        cases.push_back({"maxpool+bn+gelu train fwd " + shape, layer, 0,
+                         kF * double(in) + (3 * kF + 1) * double(out), [=] {
+                             b->pool_bn_act_forward_train(z, p, arg, mean, istd, rm, rv, x, g, bb,
+                                                          N, H, H, C, k, 1e-12f, 0.4f,
+                                                          ActKind::gelu, 0.f);
+                         }});
+        cases.push_back({"bn+gelu+maxpool bwd " + shape, layer, 0,
+                         kF * double(in) + (4 * kF + 1) * double(out), [=] {
+                             b->bn_act_pool_backward(dx, dg, db, dp, z, p, arg, mean, istd, g, bb,
+                                                     N, H, H, C, k, ActKind::gelu, 0.f);
+                         }});
+    }
     void head(int N, int I, int O, const std::string& layer) {
         float *x = m_.f(size_t(N) * I), *w = m_.f(size_t(O) * I), *y = m_.f(size_t(N) * O),
               *dx = m_.f(size_t(N) * I), *dw = m_.f(size_t(O) * I), *st = m_.f(2);
@@ -228,16 +249,19 @@ void airbench_cases(PerfList& L, int N) {
     L.act("gelu", size_t(N) * 31 * 31 * 24, "whiten GELU");
     L.conv(cs(N, 31, 24, 64), "block1.conv1");
     L.maxpool(N, 31, 64, 2, "block1 pool");
+    L.pool_bn(N, 31, 64, 2, "block1 pool, norm1, GELU (fused)");
     L.bn(N * 15 * 15, 64, "block1.norm1, norm2");
     L.act("gelu", size_t(N) * 15 * 15 * 64, "block1 GELU (airbench94)");
     L.act("silu", size_t(N) * 15 * 15 * 64, "block1 SiLU (hiverge)");
     L.conv(cs(N, 15, 64, 64), "block1.conv2");
     L.conv(cs(N, 15, 64, 256), "block2.conv1");
     L.maxpool(N, 15, 256, 2, "block2 pool");
+    L.pool_bn(N, 15, 256, 2, "block2 pool, norm1, GELU (fused)");
     L.bn(N * 7 * 7, 256, "block2.norm1, norm2");
     L.act("gelu", size_t(N) * 7 * 7 * 256, "block2 GELU");
     L.conv(cs(N, 7, 256, 256), "block2.conv2, block3.conv1");
     L.maxpool(N, 7, 256, 2, "block3 pool");
+    L.pool_bn(N, 7, 256, 2, "block3 pool, norm1, GELU (fused)");
     L.bn(N * 3 * 3, 256, "block3.norm1, norm2");
     L.conv(cs(N, 3, 256, 256), "block3.conv2");
     L.maxpool(N, 3, 256, 3, "final pool");

@@ -510,10 +510,17 @@ const float* Workspace::forward(const float* x, bool train) {
         Group& G = grp_[gi];
         const int M = N_ * G.Hp * G.Hp;
         G.conv1->forward(G.c1.get(), in, P.conv_w[gi][0], nullptr);
-        b_.maxpool_forward(G.p.get(), G.arg.get(), G.c1.get(), N_, G.H, G.H, G.cout, 2);
-        bn_act_layer_forward(train, G.g1.get(), G.n1.get(), G.mean1.get(), G.istd1.get(),
-                             P.bn_mean[gi][0], P.bn_var[gi][0], G.p.get(), P.bn_w[gi][0],
-                             P.bn_b[gi][0], M, G.cout);
+        if (train && bn_fused()) {  // pool -> BN -> act as one op (fused on CUDA)
+            b_.pool_bn_act_forward_train(G.g1.get(), G.p.get(), G.arg.get(), G.mean1.get(),
+                                         G.istd1.get(), P.bn_mean[gi][0], P.bn_var[gi][0],
+                                         G.c1.get(), P.bn_w[gi][0], P.bn_b[gi][0], N_, G.H, G.H,
+                                         G.cout, 2, c.bn_eps, c.bn_momentum, c.act, c.celu_alpha);
+        } else {
+            b_.maxpool_forward(G.p.get(), G.arg.get(), G.c1.get(), N_, G.H, G.H, G.cout, 2);
+            bn_act_layer_forward(train, G.g1.get(), G.n1.get(), G.mean1.get(), G.istd1.get(),
+                                 P.bn_mean[gi][0], P.bn_var[gi][0], G.p.get(), P.bn_w[gi][0],
+                                 P.bn_b[gi][0], M, G.cout);
+        }
         G.conv2->forward(G.c2.get(), G.g1.get(), P.conv_w[gi][1], nullptr);
         bn_act_layer_forward(train, G.g2.get(), G.n2.get(), G.mean2.get(), G.istd2.get(),
                              P.bn_mean[gi][1], P.bn_var[gi][1], G.c2.get(), P.bn_w[gi][1],
@@ -567,10 +574,20 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
         grad_ready(Gd.conv_w[gi][1], size_t(G.cout) * 9 * G.cout);
         G.conv2->backward_data(G.d_g.get(), G.d_p.get(), P.conv_w[gi][1]);  // d(g1)
         if (G.conv3) b_.residual_add(G.d_g.get(), G.d_res.get(), m);          // + the residual's
-        bn_act_layer_backward(G.d_p.get(), Gd.bn_w[gi][0], Gd.bn_b[gi][0], G.d_g.get(), G.d_n.get(),
-                              G.p.get(), G.n1.get(), G.mean1.get(), G.istd1.get(), P.bn_w[gi][0],
-                              P.bn_b[gi][0], M, G.cout);
-        b_.maxpool_backward(G.d_big.get(), G.d_p.get(), G.arg.get(), N_, G.H, G.H, G.cout, 2);
+        if (bn_fused()) {  // act -> BN -> pool backward as one op, into d_big (d_p: scratch)
+            const bool scale = c.bn_train_scale;
+            b_.bn_act_pool_backward(G.d_big.get(), scale ? Gd.bn_w[gi][0] : nullptr,
+                                    Gd.bn_b[gi][0], G.d_p.get(), G.d_g.get(), G.p.get(),
+                                    G.arg.get(), G.mean1.get(), G.istd1.get(), P.bn_w[gi][0],
+                                    P.bn_b[gi][0], N_, G.H, G.H, G.cout, 2, c.act, c.celu_alpha);
+            grad_ready(Gd.bn_b[gi][0], size_t(G.cout));
+            if (scale) grad_ready(Gd.bn_w[gi][0], size_t(G.cout));
+        } else {
+            bn_act_layer_backward(G.d_p.get(), Gd.bn_w[gi][0], Gd.bn_b[gi][0], G.d_g.get(),
+                                  G.d_n.get(), G.p.get(), G.n1.get(), G.mean1.get(), G.istd1.get(),
+                                  P.bn_w[gi][0], P.bn_b[gi][0], M, G.cout);
+            b_.maxpool_backward(G.d_big.get(), G.d_p.get(), G.arg.get(), N_, G.H, G.H, G.cout, 2);
+        }
         const float* group_in = gi > 0 ? grp_[gi - 1].out() : a0_.get();
         G.conv1->backward_weights(Gd.conv_w[gi][0], nullptr, G.d_big.get(), group_in);
         grad_ready(Gd.conv_w[gi][0], size_t(G.cout) * 9 * G.cin);

@@ -276,6 +276,34 @@ public:
                                  const float* gamma, const float* beta, int M, int C, ActKind act,
                                  float alpha) = 0;
 
+    // ---- max pooling, then batch norm + activation (the airbench groups' conv -> pool -> BN ->
+    // act), training: p (N,H/k,W/k,C) and arg = maxpool_forward(x), z = act(BN(p)) as
+    // bn_act_forward_train computes it (same mean, invstd, running statistics), M = N (H/k) (W/k)
+    // pooled rows. The backward takes dz to dx (N,H,W,C) as bn_act_backward into dp then
+    // maxpool_backward(dx, dp) would (dgamma, dbeta as bn_act_backward; dp: scratch the size of
+    // p, which a fused backend need not touch). These defaults run the ops in turn on this
+    // backend (so decorators round or time each op); CUDA fuses them (the pooling pass also sums
+    // the statistics; the BN dx goes straight into the pooling's window), one pass over p less
+    // forward, one write and read of dp less backward.
+    virtual void pool_bn_act_forward_train(float* z, float* p, uint8_t* arg, float* mean,
+                                           float* invstd, float* running_mean, float* running_var,
+                                           const float* x, const float* gamma, const float* beta,
+                                           int N, int H, int W, int C, int k, float eps,
+                                           float momentum, ActKind act, float alpha) {
+        maxpool_forward(p, arg, x, N, H, W, C, k);
+        bn_act_forward_train(z, mean, invstd, running_mean, running_var, p, gamma, beta,
+                             N * (H / k) * (W / k), C, eps, momentum, act, alpha);
+    }
+    virtual void bn_act_pool_backward(float* dx, float* dgamma, float* dbeta, float* dp,
+                                      const float* dz, const float* p, const uint8_t* arg,
+                                      const float* mean, const float* invstd, const float* gamma,
+                                      const float* beta, int N, int H, int W, int C, int k,
+                                      ActKind act, float alpha) {
+        bn_act_backward(dp, dgamma, dbeta, dz, p, mean, invstd, gamma, beta,
+                        N * (H / k) * (W / k), C, act, alpha);
+        maxpool_backward(dx, dp, arg, N, H, W, C, k);
+    }
+
     // GemmPeak of this device: on CUDA, cuBLAS on 8192^3 products (about a second, ~1 GiB of
     // device memory for the moment, outside peak_bytes()); {} where the backend does not measure
     // (the CPU has measure_cpu_peak in core/cpu_peak.h). Not while recording.

@@ -257,6 +257,37 @@ void ForwardingBackend::maxpool_backward(float* dx, const float* dy, const uint8
     run_op(kPool, [&] { return fmt::format("maxpool{} bwd {}x{} C{} N{}", k, H, W, C, N); }, 0,
             kF * in + (kF + 1) * out, [=, this] { in_.maxpool_backward(dx, dy, arg, N, H, W, C, k); });
 }
+// the fused pooling + BN + activation (one op to the inner backend: a decorator that must see the
+// pieces, e.g. to round each op's output, overrides these with the Backend defaults)
+void ForwardingBackend::pool_bn_act_forward_train(float* z, float* p, uint8_t* arg, float* mean,
+                                                  float* invstd, float* rm, float* rv,
+                                                  const float* x, const float* gamma,
+                                                  const float* beta, int N, int H, int W, int C,
+                                                  int k, float eps, float momentum, ActKind act,
+                                                  float alpha) {
+    // x once; p and arg written, p read again to normalise; z written
+    const double in = double(N) * H * W * C, out = double(N) * (H / k) * (W / k) * C;
+    run_op(kPool,
+           [&] { return fmt::format("maxpool{}+bn+{} train fwd {}x{} C{} N{}", k, act_name(act), H, W, C, N); },
+           0, kF * in + (3 * kF + 1) * out, [=, this] {
+               in_.pool_bn_act_forward_train(z, p, arg, mean, invstd, rm, rv, x, gamma, beta, N, H,
+                                             W, C, k, eps, momentum, act, alpha);
+           });
+}
+void ForwardingBackend::bn_act_pool_backward(float* dx, float* dgamma, float* dbeta, float* dp,
+                                             const float* dz, const float* p, const uint8_t* arg,
+                                             const float* mean, const float* invstd,
+                                             const float* gamma, const float* beta, int N, int H,
+                                             int W, int C, int k, ActKind act, float alpha) {
+    // dz and p for the sums and again for dx, arg once, dx written
+    const double in = double(N) * H * W * C, out = double(N) * (H / k) * (W / k) * C;
+    run_op(kPool,
+           [&] { return fmt::format("bn+{}+maxpool{} bwd {}x{} C{} N{}", act_name(act), k, H, W, C, N); },
+           0, kF * in + (4 * kF + 1) * out, [=, this] {
+               in_.bn_act_pool_backward(dx, dgamma, dbeta, dp, dz, p, arg, mean, invstd, gamma,
+                                        beta, N, H, W, C, k, act, alpha);
+           });
+}
 void ForwardingBackend::concat_pool_forward(float* y, uint8_t* arg, const float* x, int N, int HW,
                                            int C) {
     run_op(kPool, [&] { return fmt::format("concat pool fwd HW{} C{} N{}", HW, C, N); }, 0,

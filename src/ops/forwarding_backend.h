@@ -95,6 +95,15 @@ public:
     void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz, const float* x,
                          const float* mean, const float* invstd, const float* gamma,
                          const float* beta, int M, int C, ActKind act, float alpha) override;
+    void pool_bn_act_forward_train(float* z, float* p, uint8_t* arg, float* mean, float* invstd,
+                                   float* running_mean, float* running_var, const float* x,
+                                   const float* gamma, const float* beta, int N, int H, int W,
+                                   int C, int k, float eps, float momentum, ActKind act,
+                                   float alpha) override;
+    void bn_act_pool_backward(float* dx, float* dgamma, float* dbeta, float* dp, const float* dz,
+                              const float* p, const uint8_t* arg, const float* mean,
+                              const float* invstd, const float* gamma, const float* beta, int N,
+                              int H, int W, int C, int k, ActKind act, float alpha) override;
 
     void gelu_forward(float* y, const float* x, size_t n) override;
     void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override;

@@ -697,6 +697,91 @@ TEST_P(BackendOps, MaxPool2RealShape) { pool_case(*this, 8, 32, 32, 64, 2, 930);
 TEST_P(BackendOps, MaxPool2OddRealShape) { pool_case(*this, 4, 31, 31, 64, 2, 940); }
 TEST_P(BackendOps, MaxPool3EightChannels) { pool_case(*this, 3, 7, 8, 16, 3, 950); }
 
+// Max pooling fused with the BN + activation after it (pool_bn_act_forward_train,
+// bn_act_pool_backward; the airbench groups' conv -> pool -> BN -> act). Inputs on a 0.5 grid,
+// as pool_case (ties). On both sides against the CPU (whose ops are the defaults: the pieces in
+// turn): p, arg exact; the BN results with bn_act_case's tolerances. And on the device under
+// test, the fused ops against its own separate ops (maxpool_*, bn_act_*) on the same inputs: the
+// fused kernels do the same arithmetic in the same order, so 1e-6 relative (the shapes the fused
+// kernels do not take run the separate ops and match exactly).
+void pool_bn_act_case(BackendOps& f, int N, int H, int W, int C, int k, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "maxpool+bn+act N=" << N << " H=" << H << " W=" << W
+                                    << " C=" << C << " k=" << k);
+    auto xs = randn(size_t(N) * H * W * C, seed, 2.f, 1.f);
+    for (auto& v : xs) v = std::round(v * 2.f) / 2.f;
+    const int M = N * (H / k) * (W / k);
+    const size_t np = size_t(M) * C;
+    const float eps = 1e-5f, momentum = 0.4f, alpha = 0.3f;
+    const ActKind act = ActKind::gelu;
+    auto x = f.in(xs);
+    auto gamma = f.in(uniform(C, seed + 1, 0.5f, 1.5f));
+    auto beta = f.in(randn(C, seed + 2));
+    const auto rm0 = randn(C, seed + 3), rv0 = uniform(C, seed + 4, 0.5f, 2.f);
+    auto rmean = f.in(rm0), rvar = f.in(rv0);
+    auto dz = f.in(randn(np, seed + 5));
+    auto z = f.out<float>(np), pooled = f.out<float>(np), dp = f.out<float>(np);
+    auto arg = f.out<uint8_t>(np);
+    auto dx = f.out<float>(xs.size());
+    auto mean = f.out<float>(C), invstd = f.out<float>(C), dgamma = f.out<float>(C), dbeta = f.out<float>(C);
+    for (int side = 0; side < 2; ++side) {
+        Backend& b = side ? *f.gpu_ : *f.cpu_;
+        auto p = [&](auto& t) { return side ? t.gp() : t.cp(); };
+        b.pool_bn_act_forward_train(p(z), p(pooled), p(arg), p(mean), p(invstd), p(rmean), p(rvar),
+                                    p(x), p(gamma), p(beta), N, H, W, C, k, eps, momentum, act,
+                                    alpha);
+        b.bn_act_pool_backward(p(dx), p(dgamma), p(dbeta), p(dp), p(dz), p(pooled), p(arg), p(mean),
+                               p(invstd), p(gamma), p(beta), N, H, W, C, k, act, alpha);
+    }
+    EXPECT_TRUE(f.same(pooled, "pool+bn p", 0, 0));
+    EXPECT_TRUE(f.same(arg, "pool+bn arg", 0, 0));
+    EXPECT_TRUE(f.same(z, "pool+bn+act z", 2e-5, 1e-5));
+    EXPECT_TRUE(f.same(mean, "pool+bn mean", 2e-6, 1e-6));
+    EXPECT_TRUE(f.same(invstd, "pool+bn invstd", 0, 1e-5));
+    EXPECT_TRUE(f.same(rmean, "pool+bn running_mean", 2e-6, 1e-6));
+    EXPECT_TRUE(f.same(rvar, "pool+bn running_var", 0, 1e-5));
+    EXPECT_TRUE(f.same(dx, "pool+bn+act dx", 3e-5, 3e-5));
+    const double sum_tol = 3e-5 * std::sqrt(double(M));
+    EXPECT_TRUE(f.same(dgamma, "pool+bn dgamma", sum_tol, 3e-5));
+    EXPECT_TRUE(f.same(dbeta, "pool+bn dbeta", sum_tol, 3e-5));
+
+    // the device's separate ops on the same inputs
+    Backend& g = *f.gpu_;
+    auto rmean2 = f.in(rm0), rvar2 = f.in(rv0);
+    auto z2 = f.out<float>(np), pooled2 = f.out<float>(np), dp2 = f.out<float>(np);
+    auto arg2 = f.out<uint8_t>(np);
+    auto dx2 = f.out<float>(xs.size());
+    auto mean2 = f.out<float>(C), invstd2 = f.out<float>(C), dgamma2 = f.out<float>(C), dbeta2 = f.out<float>(C);
+    g.maxpool_forward(pooled2.gp(), arg2.gp(), x.gp(), N, H, W, C, k);
+    g.bn_act_forward_train(z2.gp(), mean2.gp(), invstd2.gp(), rmean2.gp(), rvar2.gp(), pooled2.gp(),
+                           gamma.gp(), beta.gp(), M, C, eps, momentum, act, alpha);
+    g.bn_act_backward(dp2.gp(), dgamma2.gp(), dbeta2.gp(), dz.gp(), pooled2.gp(), mean2.gp(),
+                      invstd2.gp(), gamma.gp(), beta.gp(), M, C, act, alpha);
+    g.maxpool_backward(dx2.gp(), dp2.gp(), arg2.gp(), N, H, W, C, k);
+    auto fused_vs_ops = [](const auto& a, const auto& b, const char* what) {
+        auto r = close(a.g.get(what), b.g.get(what), 1e-7, 1e-6);
+        if (!r) r << " [" << what << ": the fused op against the separate ops]";
+        return r;
+    };
+    EXPECT_TRUE(fused_vs_ops(pooled, pooled2, "p"));
+    EXPECT_TRUE(fused_vs_ops(arg, arg2, "arg"));
+    EXPECT_TRUE(fused_vs_ops(z, z2, "z"));
+    EXPECT_TRUE(fused_vs_ops(mean, mean2, "mean"));
+    EXPECT_TRUE(fused_vs_ops(invstd, invstd2, "invstd"));
+    EXPECT_TRUE(fused_vs_ops(rvar, rvar2, "running_var"));
+    EXPECT_TRUE(fused_vs_ops(dx, dx2, "dx"));
+    EXPECT_TRUE(fused_vs_ops(dgamma, dgamma2, "dgamma"));
+    EXPECT_TRUE(fused_vs_ops(dbeta, dbeta2, "dbeta"));
+}
+
+// airbench94's first group (31x31 -> 15x15, 64 channels: the fused kernels, with the floor's
+// dropped row and column), a 3x3 window on 16 channels, and a shape they do not take (C = 5:
+// the separate ops).
+TEST_P(BackendOps, MaxPoolBatchNormActivationFused) {
+    pool_bn_act_case(*this, 4, 31, 31, 64, 2, 960);
+    pool_bn_act_case(*this, 3, 7, 8, 16, 3, 970);
+    pool_bn_act_case(*this, 3, 7, 7, 5, 2, 980);
+}
+
 // Global max + mean (DAWN_net's head). Ties as in pool_case; the mean is an fp32 sum in the same
 // order on both sides, then one multiply: equal to a few ulps.
 void concat_pool_case(BackendOps& f, int N, int HW, int C, uint64_t seed) {

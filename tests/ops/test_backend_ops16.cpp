@@ -479,6 +479,40 @@ TEST_P(StoredOps, Pooling) {
         EXPECT_TRUE(same_bytes(*arg, "maxpool arg")) << "k=" << k << " C=" << C;
         EXPECT_TRUE(same(*dx, "maxpool dx", 0, 0)) << "k=" << k << " C=" << C;
     }
+    {  // max pooling fused with the BN + activation after it: p, arg exact; the rest as bn_case
+        const int N = 4, H = 15, W = 15, C = 16, k = 2, M = N * (H / k) * (W / k);
+        const size_t np = size_t(M) * C;
+        auto xs = randn(size_t(N) * H * W * C, 950, 2.f, 1.f);
+        for (auto& v : xs) v = std::round(v * 2.f) / 2.f;
+        auto x = act_in(xs);
+        auto gamma = f32_in(uniform(C, 951, 0.5f, 1.5f));
+        auto beta = f32_in(randn(C, 952));
+        auto rmean = f32_in(randn(C, 953));
+        auto rvar = f32_in(uniform(C, 954, 0.5f, 2.f));
+        auto dz = act_in(randn(np, 955));
+        auto z = act_out(np), p = act_out(np), dp = act_out(np), dx = act_out(xs.size());
+        auto arg = bytes_out(np);
+        auto mean = f32_out(C), invstd = f32_out(C), dgamma = f32_out(C), dbeta = f32_out(C);
+        for (int i = 0; i < 2; ++i) {
+            side(i).pool_bn_act_forward_train(z->p(i), p->p(i), arg->as<uint8_t>(i), mean->p(i),
+                                              invstd->p(i), rmean->p(i), rvar->p(i), x->p(i),
+                                              gamma->p(i), beta->p(i), N, H, W, C, k, 1e-5f, 0.4f,
+                                              ActKind::gelu, 0.f);
+            side(i).bn_act_pool_backward(dx->p(i), dgamma->p(i), dbeta->p(i), dp->p(i), dz->p(i),
+                                         p->p(i), arg->as<uint8_t>(i), mean->p(i), invstd->p(i),
+                                         gamma->p(i), beta->p(i), N, H, W, C, k, ActKind::gelu,
+                                         0.f);
+        }
+        EXPECT_TRUE(same(*p, "pool+bn p", 0, 0));
+        EXPECT_TRUE(same_bytes(*arg, "pool+bn arg"));
+        EXPECT_TRUE(same(*z, "pool+bn+act z", 2e-5, 1e-5 + u));
+        EXPECT_TRUE(same(*mean, "pool+bn mean", 3e-6, 1e-6));
+        EXPECT_TRUE(same(*rvar, "pool+bn running_var", 0, 1e-5));
+        EXPECT_TRUE(same(*dx, "pool+bn+act dx", 3e-5, 3e-5 + u));
+        const double sum_tol = 3e-5 * std::sqrt(double(M));
+        EXPECT_TRUE(same(*dgamma, "pool+bn dgamma", sum_tol, 3e-5));
+        EXPECT_TRUE(same(*dbeta, "pool+bn dbeta", sum_tol, 3e-5));
+    }
     const int N = 16, HW = 16, C = 64;
     auto xs = randn(size_t(N) * HW * C, 940);
     for (auto& v : xs) v = std::round(v * 2.f) / 2.f;

@@ -104,20 +104,25 @@ TEST(ProfilingBackend, CountsTheOpsOfATrainingStep) {
     const double convs = net.flops_per_image_forward() - head;
     EXPECT_NEAR(kind["convolution"].flops, N * (3 * convs - 2 * whiten + whiten_bias),
                 1e-6 * N * convs);
-    // 6 BN layers forward and backward, each fused with the GELU after it
-    EXPECT_EQ(kind["batch norm"].calls, 6 + 6);
+    // 6 BN layers forward and backward, each fused with the GELU after it; the first of each
+    // group also with the pooling before it (counted as pooling)
+    EXPECT_EQ(kind["batch norm"].calls, 3 + 3);
     EXPECT_EQ(kind["linear"].calls, 2);
     EXPECT_EQ(kind["loss"].calls, 1);
     EXPECT_EQ(kind["pooling"].calls, 2 * 4);     // 3 group pools + the final one, both ways
     EXPECT_EQ(kind["activation"].calls, 1 * 2);  // the whitening GELU, both ways
-    int bn_train = 0;
+    int bn_train = 0, pool_bn_train = 0, pool_bn_back = 0;
     double total = 0;
     for (const OpTime& o : ops) {
         if (o.name.rfind("bn+gelu train fwd", 0) == 0) bn_train += int(o.calls);
+        if (o.name.rfind("maxpool2+bn+gelu train fwd", 0) == 0) pool_bn_train += int(o.calls);
+        if (o.name.rfind("bn+gelu+maxpool2 bwd", 0) == 0) pool_bn_back += int(o.calls);
         EXPECT_GE(o.seconds, 0.0) << o.name;
         total += o.seconds;
     }
-    EXPECT_EQ(bn_train, 6);
+    EXPECT_EQ(bn_train, 3);
+    EXPECT_EQ(pool_bn_train, 3);
+    EXPECT_EQ(pool_bn_back, 3);
     EXPECT_GT(total, 0.0);
     // largest time first
     for (size_t i = 1; i < ops.size(); ++i) EXPECT_GE(ops[i - 1].seconds, ops[i].seconds);

@@ -23,6 +23,7 @@
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/moments.cuh"
+#include "ops/cuda/pool_window.cuh"
 #include "ops/cuda/storage.cuh"
 
 namespace sr::cuda {
@@ -294,15 +295,18 @@ __global__ void bn_normalize8(T* y, const T* x, const float* mean, const float* 
     }
 }
 
-template <class T>
-__global__ void bn_dx8(T* dx, const T* dy, const T* x, const float* mean, const float* invstd,
-                       const float* gamma, const float* beta, const float* sum_dy,
-                       const float* sum_dy_xhat, unsigned n8, int C8, float inv_m, MaybeAct act) {
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += gridDim.x * blockDim.x) {
-        const int c0 = int(i % unsigned(C8)) * 8;
-        float xv[8], d[8];
-        load_act8(x, size_t(i) * 8, xv);
-        load_act8(dy, size_t(i) * 8, d);
+// bn_dx's arithmetic for channels c0..c0+7: d (dy, or dz with an activation) becomes dx, from
+// x's values xv. (bn_dx8 and the fused pooling backward bn_act_dx_pool8 share it.)
+struct BnDx {
+    const float* mean;
+    const float* invstd;
+    const float* gamma;
+    const float* beta;
+    const float* sum_dy;
+    const float* sum_dy_xhat;
+    float inv_m;
+    MaybeAct act;
+    __device__ __forceinline__ void apply8(int c0, const float (&xv)[8], float (&d)[8]) const {
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             const int c = c0 + j;
@@ -311,6 +315,17 @@ __global__ void bn_dx8(T* dx, const T* dy, const T* x, const float* mean, const 
             const float dyj = act.on ? act.chain(d[j], xhat * g + (beta ? beta[c] : 0.f)) : d[j];
             d[j] = g * invstd[c] * (dyj - sum_dy[c] * inv_m - xhat * sum_dy_xhat[c] * inv_m);
         }
+    }
+};
+
+template <class T>
+__global__ void bn_dx8(T* dx, const T* dy, const T* x, BnDx f, unsigned n8, int C8) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += gridDim.x * blockDim.x) {
+        const int c0 = int(i % unsigned(C8)) * 8;
+        float xv[8], d[8];
+        load_act8(x, size_t(i) * 8, xv);
+        load_act8(dy, size_t(i) * 8, d);
+        f.apply8(c0, xv, d);
         store_act8(dx, size_t(i) * 8, d);  // (after every load: dx may be dy)
     }
 }
@@ -335,8 +350,9 @@ void launch_dx(cudaStream_t st, T* dx, const T* dy, const T* x, const float* mea
                const float* invstd, const float* gamma, const float* beta, const float* sum_dy,
                const float* sum_dy_xhat, size_t n, int C, float inv_m, MaybeAct act) {
     if (eight_wide(n, C, dx, dy, x))
-        launch_kernel(bn_dx8<T>, grid_size(n / 8), kBlock, 0, st, dx, dy, x, mean, invstd, gamma,
-                      beta, sum_dy, sum_dy_xhat, unsigned(n / 8), C / 8, inv_m, act);
+        launch_kernel(bn_dx8<T>, grid_size(n / 8), kBlock, 0, st, dx, dy, x,
+                      BnDx{mean, invstd, gamma, beta, sum_dy, sum_dy_xhat, inv_m, act},
+                      unsigned(n / 8), C / 8);
     else
         launch_kernel(bn_dx<T>, grid_size(n), kBlock, 0, st, dx, dy, x, mean, invstd, gamma, beta,
                       sum_dy, sum_dy_xhat, n, C, inv_m, act);
@@ -453,10 +469,41 @@ __global__ void channel_moments(float2* partial, const T* x, int M, int C) {
     }
 }
 
-// channel_moments with 8 channels per thread: the threads and phases of channel_partials8,
-// Welford moments per (thread, channel), merged over the phases in shared memory.
+// What channel_moments8 reads: row m's channels c0..c0+7 of x (M,C).
 template <class T>
-__global__ void channel_moments8(float2* partial, const T* x, int M, int C8) {
+struct RowLoad8 {
+    const T* x;
+    int C;
+    __device__ __forceinline__ void operator()(int m, int c0, float (&v)[8]) const {
+        load_act8(x, size_t(m) * C + c0, v);
+    }
+};
+
+// ... or pooled row m = (b*Ho + py)*Wo + px of x (N,H,W,C) with window k: the window's max,
+// which is also stored, with its position, as the pooling's output p and arg (the fused pooling +
+// batch norm: the statistics taken in the pooling's pass; pool_window.cuh)
+template <class T>
+struct PooledRowLoad8 {
+    T* p;
+    uint8_t* arg;
+    const T* x;
+    int H, W, C, k, Ho, Wo;
+    __device__ __forceinline__ void operator()(int m, int c0, float (&v)[8]) const {
+        const unsigned px = unsigned(m) % unsigned(Wo), t = unsigned(m) / unsigned(Wo);
+        const unsigned py = t % unsigned(Ho), b = t / unsigned(Ho);
+        int at[8];
+        window_max8(x, b, py, px, unsigned(c0), H, W, C, k, v, at);
+        const size_t o = size_t(m) * C + c0;
+        store_act8(p, o, v);
+        store_arg8(arg, o, at);
+    }
+};
+
+// channel_moments with 8 channels per thread: the threads and phases of channel_partials8,
+// Welford moments per (thread, channel), merged over the phases in shared memory; load(m, c0, v)
+// gives the values (RowLoad8, PooledRowLoad8).
+template <class L>
+__global__ void channel_moments8(float2* partial, L load, int M, int C8) {
     __shared__ float sh_mean[kBlock * 8], sh_m2[kBlock * 8];  // [phase][channel]
     const int t = int(threadIdx.x), C = C8 * 8, R = kBlock / C8;
     const int g = t % C8, r = t / C8;
@@ -466,7 +513,7 @@ __global__ void channel_moments8(float2* partial, const T* x, int M, int C8) {
         Moments<float> a[8];
         for (int m = m0 + r; m < m1; m += R) {
             float v[8];
-            load_act8(x, size_t(m) * C + g * 8, v);
+            load(m, g * 8, v);
 #pragma unroll
             for (int j = 0; j < 8; ++j) moments_add(a[j], v[j]);
         }
@@ -541,7 +588,8 @@ void batch_statistics(cudaStream_t st, void* scratch, float* mean, float* invstd
     const BnScratch s = split_scratch(scratch, M, C);
     const int chunks = num_chunks(M);
     if (eight_wide_reduction(C) && aligned8(x)) {
-        launch_kernel(channel_moments8<T>, chunks, kBlock, 0, st, s.partial, x, M, C / 8);
+        launch_kernel(channel_moments8<RowLoad8<T>>, chunks, kBlock, 0, st, s.partial,
+                      RowLoad8<T>{x, C}, M, C / 8);
     } else {
         const dim3 grid(ceil_div(size_t(C), 32), unsigned(chunks));
         const dim3 block(32, kRowThreads);
@@ -550,6 +598,92 @@ void batch_statistics(cudaStream_t st, void* scratch, float* mean, float* invstd
     CUDA_CHECK_LAUNCH();
     launch_kernel(channel_moments_finalize, C, kFinalizeThreads, 0, st, s.partial, chunks, M, C,
                   mean, invstd, running_mean, running_var, eps, momentum);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ---- max pooling fused with the batch norm + activation after it ------------------------------
+// (Backend::pool_bn_act_forward_train, bn_act_pool_backward.) Forward: the pooling pass is
+// channel_moments8's read (PooledRowLoad8: each pooled value is stored and summed in the same
+// pass, so the statistics need no read of p), then the finalize and the normalising kernel as in
+// bn_train_maybe_act. Backward: the sums over (dz, p) as bn_backward_maybe_act takes them, then
+// bn_act_dx_pool8 computes dp per pooled element (BnDx, bn_dx8's arithmetic) and writes it
+// straight into its window of dx, as maxpool_backward_kernel8 writes dy: dp is never stored.
+// The same chunks, threads and arithmetic as the separate kernels. Only the 8-wide shapes (C a
+// multiple of 8, at most 8 * kBlock, 16-byte aligned tensors, counts below 2^31); others, and
+// SPEEDRUN_CUDA_FUSE_POOL=0, run the separate ops.
+
+template <class T>
+__global__ void bn_act_dx_pool8(T* dx, const T* dz, const T* p, const uint8_t* arg, BnDx f, int N,
+                                int H, int W, int C, int k) {
+    const int Ho = H / k, Wo = W / k, C8 = C / 8;
+    const int Hc = (H + k - 1) / k, Wc = (W + k - 1) / k;
+    const unsigned n = unsigned(N) * Hc * Wc * C8;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const auto [c, px, py, b] = cell_of(i, C8, Wc, Hc);
+        float g[8];
+        int at[8];
+        if (py < unsigned(Ho) && px < unsigned(Wo)) {
+            const size_t o = ((size_t(b) * Ho + py) * Wo + px) * C + c;
+            float pv[8];
+            load_act8(p, o, pv);
+            load_act8(dz, o, g);
+            f.apply8(int(c), pv, g);  // dp (stored by dx's rounding: what storing dp would give)
+            load_arg8(arg, o, at);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) g[j] = 0.f, at[j] = -1;
+        }
+        window_scatter8(dx, b, py, px, c, H, W, C, k, g, at);
+    }
+}
+
+bool fuse_pool_enabled() {
+    static const bool on = env_switch("SPEEDRUN_CUDA_FUSE_POOL", true);
+    return on;
+}
+
+// whether the fused kernels take this pooling (x: N,H,W,C -> p) and its batch norm
+bool pool_bn_fusable(int N, int H, int W, int C, int k, const void* x, const void* p,
+                     const void* arg, const void* z) {
+    return fuse_pool_enabled() && k >= 1 && k * k <= 256 && H >= k && W >= k && C % 8 == 0 &&
+           eight_wide_reduction(C) && size_t(N) * H * W * C < (size_t(1) << 31) &&
+           aligned8(x, p, arg) && aligned8(z);
+}
+
+template <class T>
+void pool_bn_act_train(cudaStream_t st, void* scratch, T* z, T* p, uint8_t* arg, float* mean,
+                       float* invstd, float* running_mean, float* running_var, const T* x,
+                       const float* gamma, const float* beta, int N, int H, int W, int C, int k,
+                       float eps, float momentum, MaybeAct act) {
+    const int Ho = H / k, Wo = W / k, M = N * Ho * Wo;
+    check_shape(M, C);
+    const BnScratch s = split_scratch(scratch, M, C);
+    const int chunks = num_chunks(M);
+    launch_kernel(channel_moments8<PooledRowLoad8<T>>, chunks, kBlock, 0, st, s.partial,
+                  PooledRowLoad8<T>{p, arg, x, H, W, C, k, Ho, Wo}, M, C / 8);
+    CUDA_CHECK_LAUNCH();
+    launch_kernel(channel_moments_finalize, C, kFinalizeThreads, 0, st, s.partial, chunks, M, C,
+                  mean, invstd, running_mean, running_var, eps, momentum);
+    CUDA_CHECK_LAUNCH();
+    launch_normalize(st, z, static_cast<const T*>(p), mean, invstd, gamma, beta, size_t(M) * C, C,
+                     act);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void bn_act_pool_back(cudaStream_t st, void* scratch, T* dx, float* dgamma, float* dbeta,
+                      const T* dz, const T* p, const uint8_t* arg, const float* mean,
+                      const float* invstd, const float* gamma, const float* beta, int N, int H,
+                      int W, int C, int k, MaybeAct act) {
+    const int M = N * (H / k) * (W / k);
+    check_shape(M, C);
+    const BnScratch s = split_scratch(scratch, M, C);
+    channel_reduce(st, s.partial, SumDyDyXhat<T>{dz, p, mean, invstd, gamma, beta, C, act},
+                   StoreGrads{s.sum_a, s.sum_b, dbeta, dgamma}, M, C);
+    const size_t windows = size_t(N) * ((H + k - 1) / k) * ((W + k - 1) / k) * (C / 8);
+    launch_kernel(bn_act_dx_pool8<T>, grid_size(windows), kBlock, 0, st, dx, dz, p, arg,
+                  BnDx{mean, invstd, gamma, beta, s.sum_a, s.sum_b, 1.f / float(M), act}, N, H, W,
+                  C, k);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -746,6 +880,48 @@ void bn_backward_apply(cudaStream_t st, Storage s, float* dx, const float* dy, c
                   sums, sums + C, n, C, float(1.0 / double(count)), MaybeAct{});
     });
     CUDA_CHECK_LAUNCH();
+}
+
+// The fused pooling + batch norm + activation: one pass fewer over p forward, no dp backward;
+// shapes the fused kernels do not take go to the separate ops.
+void pool_bn_act_forward_train(cudaStream_t st, Storage s, void* scratch, float* z, float* p,
+                               uint8_t* arg, float* mean, float* invstd, float* running_mean,
+                               float* running_var, const float* x, const float* gamma,
+                               const float* beta, int N, int H, int W, int C, int k, float eps,
+                               float momentum, ActKind act, float alpha) {
+    CUDA_ASSERT(N > 0 && C > 0 && k >= 1 && H >= k && W >= k);
+    if (!pool_bn_fusable(N, H, W, C, k, x, p, arg, z)) {
+        maxpool_forward(st, s, p, arg, x, N, H, W, C, k);
+        bn_act_forward_train(st, s, scratch, z, mean, invstd, running_mean, running_var, p, gamma,
+                             beta, N * (H / k) * (W / k), C, eps, momentum, act, alpha);
+        return;
+    }
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        pool_bn_act_train<T>(st, scratch, as_act<T>(z), as_act<T>(p), arg, mean, invstd,
+                             running_mean, running_var, as_act<T>(x), gamma, beta, N, H, W, C, k,
+                             eps, momentum, MaybeAct{true, act, alpha});
+    });
+}
+
+void bn_act_pool_backward(cudaStream_t st, Storage s, void* scratch, float* dx, float* dgamma,
+                          float* dbeta, float* dp, const float* dz, const float* p,
+                          const uint8_t* arg, const float* mean, const float* invstd,
+                          const float* gamma, const float* beta, int N, int H, int W, int C, int k,
+                          ActKind act, float alpha) {
+    CUDA_ASSERT(N > 0 && C > 0 && k >= 1 && H >= k && W >= k);
+    if (!pool_bn_fusable(N, H, W, C, k, dx, p, arg, dz)) {
+        bn_act_backward(st, s, scratch, dp, dgamma, dbeta, dz, p, mean, invstd, gamma, beta,
+                        N * (H / k) * (W / k), C, act, alpha);
+        maxpool_backward(st, s, dx, dp, arg, N, H, W, C, k);
+        return;
+    }
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        bn_act_pool_back<T>(st, scratch, as_act<T>(dx), dgamma, dbeta, as_act<T>(dz), as_act<T>(p),
+                            arg, mean, invstd, gamma, beta, N, H, W, C, k,
+                            MaybeAct{true, act, alpha});
+    });
 }
 
 }  // namespace sr::cuda

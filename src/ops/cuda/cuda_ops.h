@@ -43,6 +43,19 @@ void bn_act_backward(cudaStream_t st, Storage s, void* scratch, float* dx, float
                      const float* dz, const float* x, const float* mean, const float* invstd,
                      const float* gamma, const float* beta, int M, int C, ActKind act,
                      float alpha);
+// Max pooling fused with the batch norm + activation after it (backend.h); scratch:
+// bn_scratch_bytes(N (H/k) (W/k), C). Shapes the fused kernels do not take (and
+// SPEEDRUN_CUDA_FUSE_POOL=0) run maxpool_* and bn_act_* in turn (the backward then uses dp).
+void pool_bn_act_forward_train(cudaStream_t st, Storage s, void* scratch, float* z, float* p,
+                               uint8_t* arg, float* mean, float* invstd, float* running_mean,
+                               float* running_var, const float* x, const float* gamma,
+                               const float* beta, int N, int H, int W, int C, int k, float eps,
+                               float momentum, ActKind act, float alpha);
+void bn_act_pool_backward(cudaStream_t st, Storage s, void* scratch, float* dx, float* dgamma,
+                          float* dbeta, float* dp, const float* dz, const float* p,
+                          const uint8_t* arg, const float* mean, const float* invstd,
+                          const float* gamma, const float* beta, int N, int H, int W, int C, int k,
+                          ActKind act, float alpha);
 // The same in pieces, for statistics over several processes (sync-BN; backend.h). bn_stats and
 // bn_backward_reduce need bn_scratch_bytes(M, C) of scratch; bn_apply and bn_backward_apply none.
 void bn_stats(cudaStream_t st, Storage s, void* scratch, float* sums, const float* x,

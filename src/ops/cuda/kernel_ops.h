@@ -52,6 +52,25 @@ public:
         cuda::bn_act_backward(st(), sto(), scratch(cuda::bn_scratch_bytes(M, C)), dx, dgamma, dbeta,
                               dz, x, mean, invstd, gamma, beta, M, C, act, alpha);
     }
+    void pool_bn_act_forward_train(float* z, float* p, uint8_t* arg, float* mean, float* invstd,
+                                   float* running_mean, float* running_var, const float* x,
+                                   const float* gamma, const float* beta, int N, int H, int W,
+                                   int C, int k, float eps, float momentum, ActKind act,
+                                   float alpha) override {
+        const int M = N * (H / k) * (W / k);
+        cuda::pool_bn_act_forward_train(st(), sto(), scratch(cuda::bn_scratch_bytes(M, C)), z, p,
+                                        arg, mean, invstd, running_mean, running_var, x, gamma,
+                                        beta, N, H, W, C, k, eps, momentum, act, alpha);
+    }
+    void bn_act_pool_backward(float* dx, float* dgamma, float* dbeta, float* dp, const float* dz,
+                              const float* p, const uint8_t* arg, const float* mean,
+                              const float* invstd, const float* gamma, const float* beta, int N,
+                              int H, int W, int C, int k, ActKind act, float alpha) override {
+        const int M = N * (H / k) * (W / k);
+        cuda::bn_act_pool_backward(st(), sto(), scratch(cuda::bn_scratch_bytes(M, C)), dx, dgamma,
+                                   dbeta, dp, dz, p, arg, mean, invstd, gamma, beta, N, H, W, C, k,
+                                   act, alpha);
+    }
     void bn_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                      const float* mean, const float* invstd, const float* gamma, int M,
                      int C) override {

@@ -8,6 +8,7 @@
 // the *_kernel8 versions do the same 8 channels at a time.
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/pool_window.cuh"
 #include "ops/cuda/storage.cuh"
 
 namespace sr::cuda {
@@ -66,26 +67,11 @@ __global__ void maxpool_backward_kernel(T* dx, const T* dy, const uint8_t* arg, 
     }
 }
 
-// Thread i of an 8-channel kernel over (b, y, x, channel group): i = ((b*rows + y)*cols + x)*C8
-// + c/8.
-struct Cell {
-    unsigned c, x, y, b;
-};
-__device__ __forceinline__ Cell cell_of(unsigned i, int C8, int cols, int rows) {
-    Cell p;
-    p.c = (i % unsigned(C8)) * 8;
-    unsigned t = i / unsigned(C8);
-    p.x = t % unsigned(cols);
-    t /= unsigned(cols);
-    p.y = t % unsigned(rows);
-    p.b = t / unsigned(rows);
-    return p;
-}
-
 // The same, 8 channels per thread (C a multiple of 8, 16-byte aligned tensors: the shapes of the
 // networks), with 32-bit index arithmetic (counts below 2^31, asserted on the host): 64-bit
 // division per element made the kernels above compute-bound (session 15's H200 profile: the
-// 31x31x64 backward at ~0.7 TB/s). Forward: one thread per (output position, 8 channels).
+// 31x31x64 backward at ~0.7 TB/s). The pieces are in pool_window.cuh, which the fused pooling +
+// batch norm kernels (batchnorm.cu) share. Forward: one thread per (output position, 8 channels).
 template <class T>
 __global__ void maxpool_forward_kernel8(T* y, uint8_t* arg, const T* x, int N, int H, int W,
                                         int C, int k) {
@@ -93,29 +79,12 @@ __global__ void maxpool_forward_kernel8(T* y, uint8_t* arg, const T* x, int N, i
     const unsigned n = unsigned(N) * Ho * Wo * C8;
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const auto [c, px, py, b] = cell_of(i, C8, Wo, Ho);
-        const size_t base = ((size_t(b) * H + py * k) * W + px * k) * C + c;
-        float best[8], v[8];
+        float best[8];
         int at[8];
-        load_act8(x, base, best);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) at[j] = 0;
-        for (int r = 0; r < k; ++r)
-            for (int s2 = 0; s2 < k; ++s2) {
-                if (r == 0 && s2 == 0) continue;
-                load_act8(x, base + (size_t(r) * W + s2) * C, v);
-#pragma unroll
-                for (int j = 0; j < 8; ++j)
-                    if (v[j] > best[j]) best[j] = v[j], at[j] = r * k + s2;
-            }
+        window_max8(x, b, py, px, c, H, W, C, k, best, at);
         const size_t o = size_t(i) * 8;  // = ((b*Ho + py)*Wo + px)*C + c
         store_act8(y, o, best);
-        uint2 a = make_uint2(0u, 0u);  // arg[o + j] = at[j]: byte j, little-endian
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            a.x |= unsigned(at[j]) << (8 * j);
-            a.y |= unsigned(at[4 + j]) << (8 * j);
-        }
-        *reinterpret_cast<uint2*>(arg + o) = a;
+        store_arg8(arg, o, at);
     }
 }
 
@@ -132,30 +101,15 @@ __global__ void maxpool_backward_kernel8(T* dx, const T* dy, const uint8_t* arg,
         const auto [c, px, py, b] = cell_of(i, C8, Wc, Hc);
         float g[8];
         int at[8];
-        const bool inside = py < unsigned(Ho) && px < unsigned(Wo);
-        if (inside) {
+        if (py < unsigned(Ho) && px < unsigned(Wo)) {
             const size_t o = ((size_t(b) * Ho + py) * Wo + px) * C + c;
             load_act8(dy, o, g);
-            const uint2 a = *reinterpret_cast<const uint2*>(arg + o);
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-                at[j] = int(a.x >> (8 * j) & 255u), at[4 + j] = int(a.y >> (8 * j) & 255u);
+            load_arg8(arg, o, at);
         } else {
 #pragma unroll
             for (int j = 0; j < 8; ++j) g[j] = 0.f, at[j] = -1;
         }
-        for (int r = 0; r < k; ++r) {
-            const unsigned yh = py * k + r;
-            if (yh >= unsigned(H)) break;
-            for (int s2 = 0; s2 < k; ++s2) {
-                const unsigned xw = px * k + s2;
-                if (xw >= unsigned(W)) break;
-                float v[8];
-#pragma unroll
-                for (int j = 0; j < 8; ++j) v[j] = at[j] == r * k + s2 ? g[j] : 0.f;
-                store_act8(dx, ((size_t(b) * H + yh) * W + xw) * C + c, v);
-            }
-        }
+        window_scatter8(dx, b, py, px, c, H, W, C, k, g, at);
     }
 }
 
