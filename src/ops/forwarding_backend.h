@@ -169,4 +169,27 @@ protected:
     Backend& in_;
 };
 
+// A ForwardingBackend for decorators that must see every op a fused op stands for (to round or
+// store each op's result: RoundingBackend, StorageBackend): the fused pooling + BN + activation
+// runs as the Backend defaults, its pieces in turn through this backend's own ops.
+class PiecewiseForwardingBackend : public ForwardingBackend {
+public:
+    using ForwardingBackend::ForwardingBackend;
+    void pool_bn_act_forward_train(float* z, float* p, uint8_t* arg, float* mean, float* invstd,
+                                   float* running_mean, float* running_var, const float* x,
+                                   const float* gamma, const float* beta, int N, int H, int W,
+                                   int C, int k, float eps, float momentum, ActKind act,
+                                   float alpha) override {
+        Backend::pool_bn_act_forward_train(z, p, arg, mean, invstd, running_mean, running_var, x,
+                                           gamma, beta, N, H, W, C, k, eps, momentum, act, alpha);
+    }
+    void bn_act_pool_backward(float* dx, float* dgamma, float* dbeta, float* dp, const float* dz,
+                              const float* p, const uint8_t* arg, const float* mean,
+                              const float* invstd, const float* gamma, const float* beta, int N,
+                              int H, int W, int C, int k, ActKind act, float alpha) override {
+        Backend::bn_act_pool_backward(dx, dgamma, dbeta, dp, dz, p, arg, mean, invstd, gamma, beta,
+                                      N, H, W, C, k, act, alpha);
+    }
+};
+
 }  // namespace sr

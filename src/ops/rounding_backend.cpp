@@ -159,7 +159,7 @@ private:
 }  // namespace
 
 RoundingBackend::RoundingBackend(Backend& inner, const EmulatedPrecision& p)
-    : ForwardingBackend(inner), p_(p) {
+    : PiecewiseForwardingBackend(inner), p_(p) {
     if (inner.device() != Device::cpu)
         fail("--emulate-precision {} runs on the CPU only (it rounds on the host); use --device cpu",
              p.name);

@@ -71,7 +71,7 @@ float round_to(float x, const NumberFormat& f);
 // of two that brings its largest magnitude within [max / 2, max] (and back after rounding).
 void round_tensor(float* x, size_t n, const NumberFormat& f);
 
-class RoundingBackend final : public ForwardingBackend {
+class RoundingBackend final : public PiecewiseForwardingBackend {
 public:
     // inner must be a CPU backend (the rounding runs on the host, in place).
     RoundingBackend(Backend& inner, const EmulatedPrecision& p);
@@ -102,22 +102,6 @@ public:
     void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz, const float* x,
                          const float* mean, const float* invstd, const float* gamma,
                          const float* beta, int M, int C, ActKind act, float alpha) override;
-    // the fused pooling + BN + activation as its pieces, each through this backend's rounding
-    void pool_bn_act_forward_train(float* z, float* p, uint8_t* arg, float* mean, float* invstd,
-                                   float* running_mean, float* running_var, const float* x,
-                                   const float* gamma, const float* beta, int N, int H, int W,
-                                   int C, int k, float eps, float momentum, ActKind act,
-                                   float alpha) override {
-        Backend::pool_bn_act_forward_train(z, p, arg, mean, invstd, running_mean, running_var, x,
-                                           gamma, beta, N, H, W, C, k, eps, momentum, act, alpha);
-    }
-    void bn_act_pool_backward(float* dx, float* dgamma, float* dbeta, float* dp, const float* dz,
-                              const float* p, const uint8_t* arg, const float* mean,
-                              const float* invstd, const float* gamma, const float* beta, int N,
-                              int H, int W, int C, int k, ActKind act, float alpha) override {
-        Backend::bn_act_pool_backward(dx, dgamma, dbeta, dp, dz, p, arg, mean, invstd, gamma, beta,
-                                      N, H, W, C, k, act, alpha);
-    }
 
     void bn_apply(float* y, float* mean, float* invstd, float* running_mean, float* running_var,
                   const float* x, const float* gamma, const float* beta, const float* sums,

@@ -157,12 +157,13 @@ private:
 
 }  // namespace
 
-StorageBackend::StorageBackend(Backend& inner, Storage s) : ForwardingBackend(inner), s_(s) {
+StorageBackend::StorageBackend(Backend& inner, Storage s)
+    : PiecewiseForwardingBackend(inner), s_(s) {
     check_inner();
 }
 
 StorageBackend::StorageBackend(std::unique_ptr<Backend> inner, Storage s)
-    : detail::OwnedBackend{std::move(inner)}, ForwardingBackend(*owned), s_(s) {
+    : detail::OwnedBackend{std::move(inner)}, PiecewiseForwardingBackend(*owned), s_(s) {
     check_inner();
 }
 

@@ -47,7 +47,7 @@ struct OwnedBackend {  // (initialised before ForwardingBackend, which refers to
 };
 }  // namespace detail
 
-class StorageBackend final : private detail::OwnedBackend, public ForwardingBackend {
+class StorageBackend final : private detail::OwnedBackend, public PiecewiseForwardingBackend {
 public:
     // inner must be a CPU backend with fp32 storage; s is f16 or bf16.
     StorageBackend(Backend& inner, Storage s);
@@ -93,22 +93,6 @@ public:
     void bn_act_backward(float* dx, float* dgamma, float* dbeta, const float* dz, const float* x,
                          const float* mean, const float* invstd, const float* gamma,
                          const float* beta, int M, int C, ActKind act, float alpha) override;
-    // the fused pooling + BN + activation as its pieces, each through this backend's rounding
-    void pool_bn_act_forward_train(float* z, float* p, uint8_t* arg, float* mean, float* invstd,
-                                   float* running_mean, float* running_var, const float* x,
-                                   const float* gamma, const float* beta, int N, int H, int W,
-                                   int C, int k, float eps, float momentum, ActKind act,
-                                   float alpha) override {
-        Backend::pool_bn_act_forward_train(z, p, arg, mean, invstd, running_mean, running_var, x,
-                                           gamma, beta, N, H, W, C, k, eps, momentum, act, alpha);
-    }
-    void bn_act_pool_backward(float* dx, float* dgamma, float* dbeta, float* dp, const float* dz,
-                              const float* p, const uint8_t* arg, const float* mean,
-                              const float* invstd, const float* gamma, const float* beta, int N,
-                              int H, int W, int C, int k, ActKind act, float alpha) override {
-        Backend::bn_act_pool_backward(dx, dgamma, dbeta, dp, dz, p, arg, mean, invstd, gamma, beta,
-                                      N, H, W, C, k, act, alpha);
-    }
 
     void gelu_forward(float* y, const float* x, size_t n) override;
     void gelu_backward(float* dx, const float* dy, const float* x, size_t n) override;

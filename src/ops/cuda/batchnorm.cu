@@ -296,7 +296,7 @@ __global__ void bn_normalize8(T* y, const T* x, const float* mean, const float* 
 }
 
 // bn_dx's arithmetic for channels c0..c0+7: d (dy, or dz with an activation) becomes dx, from
-// x's values xv. (bn_dx8 and the fused pooling backward bn_act_dx_pool8 share it.)
+// x's values xv. (bn_dx8 and the fused pooling backward's BnActGrad8 share it.)
 struct BnDx {
     const float* mean;
     const float* invstd;
@@ -606,36 +606,28 @@ void batch_statistics(cudaStream_t st, void* scratch, float* mean, float* invstd
 // channel_moments8's read (PooledRowLoad8: each pooled value is stored and summed in the same
 // pass, so the statistics need no read of p), then the finalize and the normalising kernel as in
 // bn_train_maybe_act. Backward: the sums over (dz, p) as bn_backward_maybe_act takes them, then
-// bn_act_dx_pool8 computes dp per pooled element (BnDx, bn_dx8's arithmetic) and writes it
-// straight into its window of dx, as maxpool_backward_kernel8 writes dy: dp is never stored.
+// the pooling backward's kernel (maxpool_backward_windows8) with BnActGrad8 computing dp per
+// pooled element (BnDx, bn_dx8's arithmetic) and writing it straight into its window of dx:
+// dp is never stored.
 // The same chunks, threads and arithmetic as the separate kernels. Only the 8-wide shapes (C a
 // multiple of 8, at most 8 * kBlock, 16-byte aligned tensors, counts below 2^31); others, and
 // SPEEDRUN_CUDA_FUSE_POOL=0, run the separate ops.
 
+// the gradient of pooled elements o..o+7 for maxpool_backward_windows8: dp = the BN +
+// activation backward of dz at p (bn_dx8's arithmetic), rounded only when dx is stored, as
+// storing dp would round it
 template <class T>
-__global__ void bn_act_dx_pool8(T* dx, const T* dz, const T* p, const uint8_t* arg, BnDx f, int N,
-                                int H, int W, int C, int k) {
-    const int Ho = H / k, Wo = W / k, C8 = C / 8;
-    const int Hc = (H + k - 1) / k, Wc = (W + k - 1) / k;
-    const unsigned n = unsigned(N) * Hc * Wc * C8;
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        const auto [c, px, py, b] = cell_of(i, C8, Wc, Hc);
-        float g[8];
-        int at[8];
-        if (py < unsigned(Ho) && px < unsigned(Wo)) {
-            const size_t o = ((size_t(b) * Ho + py) * Wo + px) * C + c;
-            float pv[8];
-            load_act8(p, o, pv);
-            load_act8(dz, o, g);
-            f.apply8(int(c), pv, g);  // dp (stored by dx's rounding: what storing dp would give)
-            load_arg8(arg, o, at);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) g[j] = 0.f, at[j] = -1;
-        }
-        window_scatter8(dx, b, py, px, c, H, W, C, k, g, at);
+struct BnActGrad8 {
+    const T* dz;
+    const T* p;
+    BnDx f;
+    __device__ __forceinline__ void operator()(size_t o, unsigned c, float (&g)[8]) const {
+        float pv[8];
+        load_act8(p, o, pv);
+        load_act8(dz, o, g);
+        f.apply8(int(c), pv, g);
     }
-}
+};
 
 bool fuse_pool_enabled() {
     static const bool on = env_switch("SPEEDRUN_CUDA_FUSE_POOL", true);
@@ -680,10 +672,10 @@ void bn_act_pool_back(cudaStream_t st, void* scratch, T* dx, float* dgamma, floa
     const BnScratch s = split_scratch(scratch, M, C);
     channel_reduce(st, s.partial, SumDyDyXhat<T>{dz, p, mean, invstd, gamma, beta, C, act},
                    StoreGrads{s.sum_a, s.sum_b, dbeta, dgamma}, M, C);
-    const size_t windows = size_t(N) * ((H + k - 1) / k) * ((W + k - 1) / k) * (C / 8);
-    launch_kernel(bn_act_dx_pool8<T>, grid_size(windows), kBlock, 0, st, dx, dz, p, arg,
-                  BnDx{mean, invstd, gamma, beta, s.sum_a, s.sum_b, 1.f / float(M), act}, N, H, W,
-                  C, k);
+    const BnDx f{mean, invstd, gamma, beta, s.sum_a, s.sum_b, 1.f / float(M), act};
+    launch_kernel(maxpool_backward_windows8<T, BnActGrad8<T>>,
+                  grid_size(pool_windows8(N, H, W, C, k)), kBlock, 0, st, dx,
+                  BnActGrad8<T>{dz, p, f}, arg, N, H, W, C, k);
     CUDA_CHECK_LAUNCH();
 }
 

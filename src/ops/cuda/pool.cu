@@ -88,30 +88,14 @@ __global__ void maxpool_forward_kernel8(T* y, uint8_t* arg, const T* x, int N, i
     }
 }
 
-// Backward, 8 channels per thread: one thread per window of the input grid rounded up (ceil(H/k)
-// x ceil(W/k) windows), writing the whole window's dx: dy where arg points, else 0; the windows
-// that floor drops (partial ones at the bottom and right edge) get zeros.
+// Backward, 8 channels per thread: maxpool_backward_windows8 (pool_window.cuh) on the stored dy.
 template <class T>
-__global__ void maxpool_backward_kernel8(T* dx, const T* dy, const uint8_t* arg, int N, int H,
-                                         int W, int C, int k) {
-    const int Ho = H / k, Wo = W / k, C8 = C / 8;
-    const int Hc = (H + k - 1) / k, Wc = (W + k - 1) / k;
-    const unsigned n = unsigned(N) * Hc * Wc * C8;
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        const auto [c, px, py, b] = cell_of(i, C8, Wc, Hc);
-        float g[8];
-        int at[8];
-        if (py < unsigned(Ho) && px < unsigned(Wo)) {
-            const size_t o = ((size_t(b) * Ho + py) * Wo + px) * C + c;
-            load_act8(dy, o, g);
-            load_arg8(arg, o, at);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) g[j] = 0.f, at[j] = -1;
-        }
-        window_scatter8(dx, b, py, px, c, H, W, C, k, g, at);
+struct StoredGrad8 {
+    const T* dy;
+    __device__ __forceinline__ void operator()(size_t o, unsigned, float (&g)[8]) const {
+        load_act8(dy, o, g);
     }
-}
+};
 
 // one thread per (image, channel): the positions are read in order, so the max's position and
 // the fp32 sum follow the CPU's order
@@ -207,9 +191,9 @@ void maxpool_backward(cudaStream_t st, Storage s, float* dx, const float* dy, co
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
         if (vec) {
-            const size_t windows = size_t(N) * ((H + k - 1) / k) * ((W + k - 1) / k) * (C / 8);
-            launch_kernel(maxpool_backward_kernel8<T>, grid_size(windows), kBlock, 0, st,
-                          as_act<T>(dx), as_act<T>(dy), arg, N, H, W, C, k);
+            launch_kernel(maxpool_backward_windows8<T, StoredGrad8<T>>,
+                          grid_size(pool_windows8(N, H, W, C, k)), kBlock, 0, st, as_act<T>(dx),
+                          StoredGrad8<T>{as_act<T>(dy)}, arg, N, H, W, C, k);
         } else {
             launch_kernel(maxpool_backward_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(dx),
                           as_act<T>(dy), arg, N, H, W, C, k);

@@ -88,4 +88,36 @@ __device__ __forceinline__ void window_scatter8(T* dx, unsigned b, unsigned py, 
     }
 }
 
+// The pooling backward, 8 channels per thread: one thread per window of the input grid rounded
+// up (ceil(H/k) x ceil(W/k) windows), writing the whole window's dx: the pooled element's
+// gradient where arg points, else 0; the windows that floor drops (partial ones at the bottom and
+// right edge) get zeros. grad(o, c, g) gives the gradients g of pooled elements o..o+7 (channels
+// c..c+7): dy as stored (pool.cu), or computed there (the fused BN backward, batchnorm.cu).
+template <class T, class G>
+__global__ void maxpool_backward_windows8(T* dx, G grad, const uint8_t* arg, int N, int H, int W,
+                                          int C, int k) {
+    const int Ho = H / k, Wo = W / k, C8 = C / 8;
+    const int Hc = (H + k - 1) / k, Wc = (W + k - 1) / k;
+    const unsigned n = unsigned(N) * Hc * Wc * C8;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const auto [c, px, py, b] = cell_of(i, C8, Wc, Hc);
+        float g[8];
+        int at[8];
+        if (py < unsigned(Ho) && px < unsigned(Wo)) {
+            const size_t o = ((size_t(b) * Ho + py) * Wo + px) * C + c;
+            grad(o, c, g);
+            load_arg8(arg, o, at);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) g[j] = 0.f, at[j] = -1;
+        }
+        window_scatter8(dx, b, py, px, c, H, W, C, k, g, at);
+    }
+}
+
+// the number of threads (windows x channel groups) of maxpool_backward_windows8
+inline size_t pool_windows8(int N, int H, int W, int C, int k) {
+    return size_t(N) * ((H + k - 1) / k) * ((W + k - 1) / k) * (C / 8);
+}
+
 }  // namespace sr::cuda
