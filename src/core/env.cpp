@@ -1,6 +1,7 @@
 #include "core/env.h"
 
 #include <cctype>
+#include <climits>
 #include <cstdlib>
 #include <string>
 
@@ -17,6 +18,22 @@ bool env_switch(const char* name, bool fallback) {
     if (s == "0" || s == "off" || s == "no" || s == "false") return false;
     fail("environment variable {}='{}': expected 1 or 0 (also on/off, yes/no, true/false)", name,
          v);
+}
+
+int env_count(const char* name, int fallback) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) return fallback;
+    long long x = 0;
+    for (const char* c = v; *c; ++c) {
+        if (*c < '0' || *c > '9' || x > INT_MAX) {
+            x = -1;
+            break;
+        }
+        x = x * 10 + (*c - '0');
+    }
+    if (x < 1 || x > INT_MAX)
+        fail("environment variable {}='{}': expected a count, 1 to {}", name, v, INT_MAX);
+    return int(x);
 }
 
 }  // namespace sr

@@ -54,3 +54,31 @@ TEST(EnvSwitch, AnythingElseIsAnErrorNamingTheVariable) {
         }
     }
 }
+
+TEST(EnvCount, UnsetOrEmptyGivesTheDefaultElseTheCount) {
+    Unset guard;
+    ::unsetenv(kName);
+    EXPECT_EQ(sr::env_count(kName, 256), 256);
+    ::setenv(kName, "", 1);
+    EXPECT_EQ(sr::env_count(kName, 7), 7);
+    ::setenv(kName, "1", 1);
+    EXPECT_EQ(sr::env_count(kName, 256), 1);
+    ::setenv(kName, "2147483647", 1);
+    EXPECT_EQ(sr::env_count(kName, 256), 2147483647);
+}
+
+TEST(EnvCount, AnythingButACountIsAnErrorNamingTheVariable) {
+    Unset guard;
+    for (const char* bad : {"0", "-1", "+3", " 4", "4 ", "12x", "on", "2147483648",
+                            "99999999999999999999"}) {
+        ::setenv(kName, bad, 1);
+        try {
+            sr::env_count(kName, 256);
+            ADD_FAILURE() << "no error for '" << bad << "'";
+        } catch (const sr::Error& e) {
+            const std::string what = e.what();
+            EXPECT_NE(what.find(kName), std::string::npos) << what;
+            EXPECT_NE(what.find(std::string("'") + bad + "'"), std::string::npos) << what;
+        }
+    }
+}

@@ -4,10 +4,11 @@
 // its derivative folded into the backward reduction and dx kernel, y recomputed from x).
 //
 // Per-channel sums are two-level: kernel channel_partials gives each block 32 channels x
-// kRowsPerChunk rows (threads along x read 32 neighbouring channels, so loads coalesce), sums
-// in fp32 over at most kRowsPerChunk / 8 values per thread, then over its 8 threads (so each
-// stored fp32 partial holds up to kRowsPerChunk = 512 values), and writes one float2 per (chunk,
-// channel); kernel channel_finalize then adds the chunks of one channel in double. The
+// chunk_rows(M) rows (threads along x read 32 neighbouring channels, so loads coalesce), sums
+// in fp32 over at most 512 / 8 values per thread, then over its 8 threads (so each stored fp32
+// partial holds up to 512 values; fewer rows per chunk where M is small, so that the grid fills
+// the GPU), and writes one float2 per (chunk, channel); kernel channel_finalize then adds the
+// chunks of one channel in double. The
 // training forward's statistics take one pass over x with the same partition: Welford moments
 // per thread, merged per block and then over the chunks in double (moments.cuh), so a large
 // mean does not cancel: sound for M up to the 1024*31*31 rows of the first layer and beyond.
@@ -29,11 +30,30 @@
 namespace sr::cuda {
 namespace {
 
-constexpr int kRowsPerChunk = 512;  // rows per block in channel_partials
+constexpr int kRowsPerChunk = 512;  // rows per block in channel_partials, at most
+constexpr int kMinChunkRows = 32;   // ... and at least
 constexpr int kRowThreads = 8;      // threadIdx.y extent in channel_partials
 constexpr int kFinalizeThreads = 256;
 
-int num_chunks(int M) { return int(ceil_div(size_t(M), kRowsPerChunk)); }
+// The chunks' grid should fill the GPU: a block's rows are read by few threads in turn (8 row
+// phases at 256 channels), so a grid of 18 blocks of 512 rows (airbench94's last group, M = 1024
+// * 3 * 3) leaves most SMs idle and waits on each block's chain of loads. Where M / 512 is below
+// kMinChunks, the rows per chunk halve (down to kMinChunkRows) until it is not. Depends on M
+// only, not on the device, so every GPU sums in the same order. SPEEDRUN_CUDA_BN_MIN_CHUNKS=1
+// keeps 512 rows (the A/B).
+int min_chunks() {
+    static const int n = env_count("SPEEDRUN_CUDA_BN_MIN_CHUNKS", 256);
+    return n;
+}
+
+int chunk_rows(int M) {
+    int rows = kRowsPerChunk;
+    while (rows > kMinChunkRows && ceil_div(size_t(M), size_t(rows)) < size_t(min_chunks()))
+        rows /= 2;
+    return rows;
+}
+
+int num_chunks(int M) { return int(ceil_div(size_t(M), size_t(chunk_rows(M)))); }
 
 // Scratch layout: partial (chunks*C float2), then sum_a (C float), sum_b (C float).
 struct BnScratch {
@@ -51,11 +71,11 @@ BnScratch split_scratch(void* scratch, int M, int C) {
 
 // partial[chunk][c] = sum over the chunk's rows m of f(m, c) (two quantities at once).
 template <class F>
-__global__ void channel_partials(float2* partial, F f, int M, int C) {
+__global__ void channel_partials(float2* partial, F f, int M, int C, int rows) {
     __shared__ float2 sh[kRowThreads][33];
     const int c = blockIdx.x * 32 + threadIdx.x;
-    const int m0 = blockIdx.y * kRowsPerChunk;
-    const int m1 = min(M, m0 + kRowsPerChunk);
+    const int m0 = blockIdx.y * rows;
+    const int m1 = min(M, m0 + rows);
     float2 acc = make_float2(0.f, 0.f);
     if (c < C) {
         for (int m = m0 + threadIdx.y; m < m1; m += kRowThreads) {
@@ -109,12 +129,12 @@ __global__ void channel_finalize(const float2* partial, int chunks, int C, E e) 
 // channel_partials). The one-channel-per-thread kernel read 2 bytes per thread and access in
 // 16-bit storage.
 template <class F>
-__global__ void channel_partials8(float2* partial, F f, int M, int C8) {
+__global__ void channel_partials8(float2* partial, F f, int M, int C8, int rows) {
     __shared__ float2 sh[kBlock * 8];  // [phase][channel]: R * C <= kBlock * 8
     const int t = int(threadIdx.x), C = C8 * 8, R = kBlock / C8;
     const int g = t % C8, r = t / C8;
-    const int m0 = int(blockIdx.x) * kRowsPerChunk;
-    const int m1 = min(M, m0 + kRowsPerChunk);
+    const int m0 = int(blockIdx.x) * rows;
+    const int m1 = min(M, m0 + rows);
     if (r < R) {
         float2 acc[8];
 #pragma unroll
@@ -146,13 +166,13 @@ bool eight_wide_reduction(int C) { return C % 8 == 0 && C <= 8 * kBlock; }
 
 template <class F, class E>
 void channel_reduce(cudaStream_t st, float2* partial, F f, E e, int M, int C) {
-    const int chunks = num_chunks(M);
+    const int chunks = num_chunks(M), rows = chunk_rows(M);
     if (eight_wide_reduction(C) && f.eight_wide()) {
-        launch_kernel(channel_partials8<F>, chunks, kBlock, 0, st, partial, f, M, C / 8);
+        launch_kernel(channel_partials8<F>, chunks, kBlock, 0, st, partial, f, M, C / 8, rows);
     } else {
         const dim3 grid(ceil_div(size_t(C), 32), unsigned(chunks));
         const dim3 block(32, kRowThreads);
-        launch_kernel(channel_partials<F>, grid, block, 0, st, partial, f, M, C);
+        launch_kernel(channel_partials<F>, grid, block, 0, st, partial, f, M, C, rows);
     }
     CUDA_CHECK_LAUNCH();
     launch_kernel(channel_finalize<E>, C, kFinalizeThreads, 0, st, partial, chunks, C, e);
@@ -444,11 +464,11 @@ void check_shape(int M, int C) {
 // and gives mean, invstd and the running statistics' update. The chunks and threads are those
 // of channel_partials. (Two passes before: the mean, then the squared deviations from it.)
 template <class T>
-__global__ void channel_moments(float2* partial, const T* x, int M, int C) {
+__global__ void channel_moments(float2* partial, const T* x, int M, int C, int rows) {
     __shared__ float sh_mean[kRowThreads][33], sh_m2[kRowThreads][33];
     const int c = blockIdx.x * 32 + threadIdx.x;
-    const int m0 = blockIdx.y * kRowsPerChunk;
-    const int m1 = min(M, m0 + kRowsPerChunk);
+    const int m0 = blockIdx.y * rows;
+    const int m1 = min(M, m0 + rows);
     Moments<float> a;
     if (c < C)
         for (int m = m0 + threadIdx.y; m < m1; m += kRowThreads)
@@ -503,12 +523,12 @@ struct PooledRowLoad8 {
 // Welford moments per (thread, channel), merged over the phases in shared memory; load(m, c0, v)
 // gives the values (RowLoad8, PooledRowLoad8).
 template <class L>
-__global__ void channel_moments8(float2* partial, L load, int M, int C8) {
+__global__ void channel_moments8(float2* partial, L load, int M, int C8, int rows) {
     __shared__ float sh_mean[kBlock * 8], sh_m2[kBlock * 8];  // [phase][channel]
     const int t = int(threadIdx.x), C = C8 * 8, R = kBlock / C8;
     const int g = t % C8, r = t / C8;
-    const int m0 = int(blockIdx.x) * kRowsPerChunk;
-    const int m1 = min(M, m0 + kRowsPerChunk);
+    const int m0 = int(blockIdx.x) * rows;
+    const int m1 = min(M, m0 + rows);
     if (r < R) {
         Moments<float> a[8];
         for (int m = m0 + r; m < m1; m += R) {
@@ -538,8 +558,8 @@ __global__ void channel_moments8(float2* partial, L load, int M, int C8) {
 }
 
 // One block per channel: merges the chunks' moments in double, then the statistics.
-__global__ void channel_moments_finalize(const float2* partial, int chunks, int M, int C,
-                                         float* mean, float* invstd, float* running_mean,
+__global__ void channel_moments_finalize(const float2* partial, int chunks, int rows, int M,
+                                         int C, float* mean, float* invstd, float* running_mean,
                                          float* running_var, float eps, float momentum) {
     __shared__ double sh_n[kFinalizeThreads], sh_mean[kFinalizeThreads], sh_m2[kFinalizeThreads];
     const int c = blockIdx.x;
@@ -547,7 +567,7 @@ __global__ void channel_moments_finalize(const float2* partial, int chunks, int 
     for (int i = threadIdx.x; i < chunks; i += blockDim.x) {
         const float2 v = partial[size_t(i) * C + c];
         Moments<double> b;
-        b.n = double(min(kRowsPerChunk, M - i * kRowsPerChunk));
+        b.n = double(min(rows, M - i * rows));
         b.mean = v.x;
         b.m2 = v.y;
         moments_merge(a, b);
@@ -586,18 +606,18 @@ void batch_statistics(cudaStream_t st, void* scratch, float* mean, float* invstd
                       float eps, float momentum) {
     check_shape(M, C);
     const BnScratch s = split_scratch(scratch, M, C);
-    const int chunks = num_chunks(M);
+    const int chunks = num_chunks(M), rows = chunk_rows(M);
     if (eight_wide_reduction(C) && aligned8(x)) {
         launch_kernel(channel_moments8<RowLoad8<T>>, chunks, kBlock, 0, st, s.partial,
-                      RowLoad8<T>{x, C}, M, C / 8);
+                      RowLoad8<T>{x, C}, M, C / 8, rows);
     } else {
         const dim3 grid(ceil_div(size_t(C), 32), unsigned(chunks));
         const dim3 block(32, kRowThreads);
-        launch_kernel(channel_moments<T>, grid, block, 0, st, s.partial, x, M, C);
+        launch_kernel(channel_moments<T>, grid, block, 0, st, s.partial, x, M, C, rows);
     }
     CUDA_CHECK_LAUNCH();
-    launch_kernel(channel_moments_finalize, C, kFinalizeThreads, 0, st, s.partial, chunks, M, C,
-                  mean, invstd, running_mean, running_var, eps, momentum);
+    launch_kernel(channel_moments_finalize, C, kFinalizeThreads, 0, st, s.partial, chunks, rows,
+                  M, C, mean, invstd, running_mean, running_var, eps, momentum);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -650,12 +670,12 @@ void pool_bn_act_train(cudaStream_t st, void* scratch, T* z, T* p, uint8_t* arg,
     const int Ho = H / k, Wo = W / k, M = N * Ho * Wo;
     check_shape(M, C);
     const BnScratch s = split_scratch(scratch, M, C);
-    const int chunks = num_chunks(M);
+    const int chunks = num_chunks(M), rows = chunk_rows(M);
     launch_kernel(channel_moments8<PooledRowLoad8<T>>, chunks, kBlock, 0, st, s.partial,
-                  PooledRowLoad8<T>{p, arg, x, H, W, C, k, Ho, Wo}, M, C / 8);
+                  PooledRowLoad8<T>{p, arg, x, H, W, C, k, Ho, Wo}, M, C / 8, rows);
     CUDA_CHECK_LAUNCH();
-    launch_kernel(channel_moments_finalize, C, kFinalizeThreads, 0, st, s.partial, chunks, M, C,
-                  mean, invstd, running_mean, running_var, eps, momentum);
+    launch_kernel(channel_moments_finalize, C, kFinalizeThreads, 0, st, s.partial, chunks, rows,
+                  M, C, mean, invstd, running_mean, running_var, eps, momentum);
     CUDA_CHECK_LAUNCH();
     launch_normalize(st, z, static_cast<const T*>(p), mean, invstd, gamma, beta, size_t(M) * C, C,
                      act);
