@@ -1,12 +1,15 @@
 // test_cuda_emulation.cpp: the host emulation of the CUDA execution model itself
 // (src/ops/cuda/emulation.h), on kernels written here: every thread of every block runs once
 // with its own indices, __syncthreads() orders shared-memory traffic within a block as on a GPU,
-// dynamic shared memory works, and a barrier that not every thread of a block reaches fails the
-// launch. Compiled with the emulation's flags (tests/CMakeLists.txt); in builds without the CUDA
+// dynamic shared memory works, a barrier that not every thread of a block reaches fails the
+// launch, and the order of work varies (threads between barriers, blocks of a launch) and
+// dynamic shared memory starts as NaN, so that kernels that depend on either show it. Compiled with the emulation's flags (tests/CMakeLists.txt); in builds without the CUDA
 // toolkit's headers the one test says it is skipped.
 #include <gtest/gtest.h>
 
 #ifdef SR_CUDA_EMULATION
+#include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -55,6 +58,27 @@ __global__ void divergent_barrier(float* x) {
     __syncthreads();
 }
 
+// A race: each thread reads its neighbour's shared value with no barrier between the write and
+// the read. On a GPU what it sees depends on scheduling; here it depends on the block.
+__global__ void missing_barrier(float* y) {
+    __shared__ float sh[64];
+    const unsigned t = threadIdx.x;
+    sh[t] = float(blockIdx.x * 64 + t);
+    y[blockIdx.x * 64 + t] = sh[(t + 1) % 64];
+}
+
+// Another race: block b reads what block b - 1 of the same launch writes.
+__global__ void reads_the_previous_block(float* y) {
+    const unsigned b = blockIdx.x;
+    y[2 * b] = 1.f;
+    y[2 * b + 1] = b > 0 ? y[2 * (b - 1)] : 1.f;
+}
+
+// Reads dynamic shared memory that nothing wrote.
+__global__ void uninitialised_shared(float* y) {
+    y[blockIdx.x * blockDim.x + threadIdx.x] = dynamic_shared<float>()[threadIdx.x];
+}
+
 TEST(CudaEmulation, EveryThreadRunsOnceWithItsIndices) {
     const int n = 3 * 16 * 2 * 8 - 5;  // the grid's last threads have nothing to do
     std::vector<int> out(n, 0);
@@ -78,6 +102,38 @@ TEST(CudaEmulation, DynamicSharedMemory) {
     launch_kernel(reverse_blocks, blocks, n, n * sizeof(float), nullptr, y.data(), x.data());
     for (int b = 0; b < blocks; ++b)
         for (int t = 0; t < n; ++t) ASSERT_EQ(y[b * n + t], x[b * n + n - 1 - t]);
+}
+
+TEST(CudaEmulation, AMissingBarrierGivesDifferentResultsInDifferentBlocks) {
+    const int blocks = 4;
+    std::vector<float> y(blocks * 64, 0.f);
+    launch_kernel(missing_barrier, blocks, 64, 0, nullptr, y.data());
+    // thread 0 of each block: its neighbour's value (64 b + 1) where the threads ran last to
+    // first before it, the previous block's (or the initial) value where they ran first to last
+    int right = 0, stale = 0;
+    for (int b = 0; b < blocks; ++b) (y[b * 64] == float(b * 64 + 1) ? right : stale) += 1;
+    EXPECT_GT(right, 0);
+    EXPECT_GT(stale, 0);
+}
+
+TEST(CudaEmulation, BlocksOfALaunchRunInAnOrderThatVaries) {
+    const int blocks = 6;
+    std::vector<float> y(2 * blocks, 0.f);
+    // two launches: in one the earlier blocks run first, in the other last
+    int saw_unwritten = 0;
+    for (int launch = 0; launch < 2; ++launch) {
+        std::fill(y.begin(), y.end(), 0.f);
+        launch_kernel(reads_the_previous_block, blocks, 1, 0, nullptr, y.data());
+        if (y[3] == 0.f) ++saw_unwritten;
+    }
+    EXPECT_EQ(saw_unwritten, 1);
+}
+
+TEST(CudaEmulation, DynamicSharedMemoryStartsAsNaN) {
+    const int blocks = 2, n = 32;
+    std::vector<float> y(blocks * n, 0.f);
+    launch_kernel(uninitialised_shared, blocks, n, n * sizeof(float), nullptr, y.data());
+    for (float v : y) ASSERT_TRUE(std::isnan(v)) << v;
 }
 
 TEST(CudaEmulation, ABarrierNotEveryThreadReachesFails) {

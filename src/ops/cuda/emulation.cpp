@@ -87,6 +87,7 @@ struct Scheduler {
     Fiber* current = nullptr;
     const std::function<void()>* body = nullptr;
     std::vector<float4> shared;  // the dynamic shared memory of the running block
+    size_t launches = 0;         // (the blocks' order alternates from launch to launch)
 };
 Scheduler g_sched;
 
@@ -159,46 +160,60 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes,
     if (s.fibers.size() < threads) s.fibers.resize(threads);
     for (size_t t = 0; t < threads; ++t)
         if (!s.fibers[t].stack) s.fibers[t].stack.reset(new char[kStackBytes]);
-    s.shared.assign((shared_bytes + sizeof(float4) - 1) / sizeof(float4) + 1, float4{0, 0, 0, 0});
+    s.shared.resize((shared_bytes + sizeof(float4) - 1) / sizeof(float4) + 1);
     s.body = &thread_body;
     g_launch.grid = grid;
     g_launch.block = block;
-    for (unsigned bz = 0; bz < grid.z; ++bz)
-        for (unsigned by = 0; by < grid.y; ++by)
-            for (unsigned bx = 0; bx < grid.x; ++bx) {
-                g_launch.block_index = uint3{bx, by, bz};
-                for (size_t t = 0; t < threads; ++t) {
-                    Fiber& f = s.fibers[t];
-                    f.index = uint3{unsigned(t % block.x), unsigned(t / block.x % block.y),
-                                    unsigned(t / (size_t(block.x) * block.y))};
-                    start(f);
+    // The order of work varies, as a GPU's does, so that a kernel whose result depends on it (a
+    // thread reading another's shared value before the barrier, a block reading what another
+    // block of the same launch writes) gives different results in different blocks or launches
+    // and fails its comparison: every other launch runs its blocks last to first, and within a
+    // block every other round (between barriers) runs its threads last to first, alternating
+    // from block to block. Dynamic shared memory starts each block as all-ones bytes (NaN as
+    // float, -1 as an integer), as a GPU gives no initial value. (Static __shared__ arrays keep
+    // what the previous block left.)
+    const bool blocks_reversed = (s.launches++ & 1) != 0;
+    const size_t blocks = size_t(grid.x) * grid.y * grid.z;
+    for (size_t i = 0; i < blocks; ++i) {
+        const size_t b = blocks_reversed ? blocks - 1 - i : i;
+        const unsigned bx = unsigned(b % grid.x), by = unsigned(b / grid.x % grid.y),
+                       bz = unsigned(b / (size_t(grid.x) * grid.y));
+        g_launch.block_index = uint3{bx, by, bz};
+        std::memset(static_cast<void*>(s.shared.data()), 0xff, s.shared.size() * sizeof(float4));
+        for (size_t t = 0; t < threads; ++t) {
+            Fiber& f = s.fibers[t];
+            f.index = uint3{unsigned(t % block.x), unsigned(t / block.x % block.y),
+                            unsigned(t / (size_t(block.x) * block.y))};
+            start(f);
+        }
+        // rounds: every thread runs to its next barrier (or its end); a barrier is
+        // passed when all threads wait at it
+        for (size_t round = 0;; ++round) {
+            size_t done = 0, waiting = 0;
+            const bool reversed = ((b + round) & 1) != 0;
+            for (size_t i_t = 0; i_t < threads; ++i_t) {
+                const size_t t = reversed ? threads - 1 - i_t : i_t;
+                Fiber& f = s.fibers[t];
+                if (f.done) {
+                    ++done;
+                    continue;
                 }
-                // rounds: every thread runs to its next barrier (or its end); a barrier is
-                // passed when all threads wait at it
-                for (;;) {
-                    size_t done = 0, waiting = 0;
-                    for (size_t t = 0; t < threads; ++t) {
-                        Fiber& f = s.fibers[t];
-                        if (f.done) {
-                            ++done;
-                            continue;
-                        }
-                        s.current = &f;
-                        to_fiber(f);
-                        s.current = nullptr;
-                        if (f.done)
-                            ++done;
-                        else
-                            ++waiting;
-                    }
-                    if (done == threads) break;
-                    if (done > 0)
-                        emu_fail("__syncthreads() reached by " + std::to_string(waiting) + " of " +
-                                 std::to_string(threads) + " threads of block (" +
-                                 std::to_string(bx) + "," + std::to_string(by) + "," +
-                                 std::to_string(bz) + "); the others returned");
-                }
+                s.current = &f;
+                to_fiber(f);
+                s.current = nullptr;
+                if (f.done)
+                    ++done;
+                else
+                    ++waiting;
             }
+            if (done == threads) break;
+            if (done > 0)
+                emu_fail("__syncthreads() reached by " + std::to_string(waiting) + " of " +
+                         std::to_string(threads) + " threads of block (" + std::to_string(bx) +
+                         "," + std::to_string(by) + "," + std::to_string(bz) +
+                         "); the others returned");
+        }
+    }
     s.body = nullptr;
 }
 
