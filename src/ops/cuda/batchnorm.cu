@@ -38,9 +38,9 @@ constexpr int kFinalizeThreads = 256;
 // The chunks' grid should fill the GPU: a block's rows are read by few threads in turn (8 row
 // phases at 256 channels), so a grid of 18 blocks of 512 rows (airbench94's last group, M = 1024
 // * 3 * 3) leaves most SMs idle and waits on each block's chain of loads. Where M / 512 is below
-// kMinChunks, the rows per chunk halve (down to kMinChunkRows) until it is not. Depends on M
-// only, not on the device, so every GPU sums in the same order. SPEEDRUN_CUDA_BN_MIN_CHUNKS=1
-// keeps 512 rows (the A/B).
+// min_chunks() (256), the rows per chunk halve (down to kMinChunkRows) until it is not.
+// Depends on M only, not on the device, so every GPU sums in the same order.
+// SPEEDRUN_CUDA_BN_MIN_CHUNKS=1 keeps 512 rows (the A/B).
 int min_chunks() {
     static const int n = env_count("SPEEDRUN_CUDA_BN_MIN_CHUNKS", 256);
     return n;
