@@ -329,6 +329,18 @@ TEST_P(BackendOps, ConvStride2) {
 // added in double, so mean and invstd agree to ~1e-6 relative; y is O(1) and its fp32 rounding
 // (the CPU computes x*a + b, the GPU (x - mean)*invstd*gamma + beta) differs by a few ulps of
 // |x*a| ~ 10: atol 1e-5, rtol 1e-5.
+// The batch statistics of a training forward and the running statistics it updates, the GPU's
+// against the CPU's: the means to mean_atol (it grows with the data's offset and scale) and 1e-6
+// relative, invstd and the running variance to 1e-5 relative.
+void expect_batch_stats_same(BackendOps& f, const std::string& op, const Twin<float>& mean,
+                             const Twin<float>& invstd, const Twin<float>& rmean,
+                             const Twin<float>& rvar, double mean_atol) {
+    EXPECT_TRUE(f.same(mean, (op + " mean").c_str(), mean_atol, 1e-6));
+    EXPECT_TRUE(f.same(invstd, (op + " invstd").c_str(), 0, 1e-5));
+    EXPECT_TRUE(f.same(rmean, (op + " running_mean").c_str(), mean_atol, 1e-6));
+    EXPECT_TRUE(f.same(rvar, (op + " running_var (unbiased)").c_str(), 0, 1e-5));
+}
+
 void bn_train_case(BackendOps& f, int M, int C, bool with_gamma, uint64_t seed, float offset,
                    float scale, double y_atol) {
     SCOPED_TRACE(testing::Message() << "bn train M=" << M << " C=" << C << " gamma="
@@ -350,10 +362,7 @@ void bn_train_case(BackendOps& f, int M, int C, bool with_gamma, uint64_t seed, 
                            with_gamma ? p(gamma) : nullptr, p(beta), M, C, eps, momentum);
     }
     EXPECT_TRUE(f.same(y, "bn y", y_atol, 1e-5));
-    EXPECT_TRUE(f.same(mean, "bn mean", 1e-6 * (std::abs(offset) + scale), 1e-6));
-    EXPECT_TRUE(f.same(invstd, "bn invstd", 0, 1e-5));
-    EXPECT_TRUE(f.same(rmean, "bn running_mean", 1e-6 * (std::abs(offset) + scale), 1e-6));
-    EXPECT_TRUE(f.same(rvar, "bn running_var (unbiased)", 0, 1e-5));
+    expect_batch_stats_same(f, "bn", mean, invstd, rmean, rvar, 1e-6 * (std::abs(offset) + scale));
 
     // Both against an independent double reference of the batch statistics.
     const auto xs = x.c.get("x");
@@ -478,10 +487,7 @@ void bn_act_case(BackendOps& f, int M, int C, ActKind act, uint64_t seed) {
     }
     EXPECT_TRUE(f.same(ze, "bn+act eval z", 2e-5, 1e-5));
     EXPECT_TRUE(f.same(z, "bn+act z", 2e-5, 1e-5));
-    EXPECT_TRUE(f.same(mean, "bn+act mean", 2e-6, 1e-6));
-    EXPECT_TRUE(f.same(invstd, "bn+act invstd", 0, 1e-5));
-    EXPECT_TRUE(f.same(rmean, "bn+act running_mean", 2e-6, 1e-6));
-    EXPECT_TRUE(f.same(rvar, "bn+act running_var", 0, 1e-5));
+    expect_batch_stats_same(f, "bn+act", mean, invstd, rmean, rvar, 2e-6);
     EXPECT_TRUE(f.same(dx, "bn+act dx", 3e-5, 3e-5));
     {  // in place: dx written over dz, on both sides
         auto d = f.in(randn(n, seed + 5));
@@ -554,10 +560,7 @@ void bn_pieces_case(BackendOps& f, int M, int C, uint64_t seed, float offset) {
                      beta.cp(), s2.cp(), s1.cp(), scale, count, M, C, 1e-5f, 0.4f);
     f.gpu_->bn_apply(y.gp(), mean.gp(), invstd.gp(), rmean.gp(), rvar.gp(), x.gp(), gamma.gp(),
                      beta.gp(), s2.gp(), s1.gp(), scale, count, M, C, 1e-5f, 0.4f);
-    EXPECT_TRUE(f.same(mean, "bn_apply mean", 1e-6 * (std::abs(offset) + 1.5), 1e-6));
-    EXPECT_TRUE(f.same(invstd, "bn_apply invstd", 0, 1e-5));
-    EXPECT_TRUE(f.same(rmean, "bn_apply running_mean", 1e-6 * (std::abs(offset) + 1.5), 1e-6));
-    EXPECT_TRUE(f.same(rvar, "bn_apply running_var", 0, 1e-5));
+    expect_batch_stats_same(f, "bn_apply", mean, invstd, rmean, rvar, 1e-6 * (std::abs(offset) + 1.5));
     EXPECT_TRUE(f.same(y, "bn_apply y", 1e-5 * (1 + std::abs(offset)), 1e-5));
 
     // backward pieces, with the saved statistics of the CPU side on both
@@ -735,10 +738,7 @@ void pool_bn_act_case(BackendOps& f, int N, int H, int W, int C, int k, uint64_t
     EXPECT_TRUE(f.same(pooled, "pool+bn p", 0, 0));
     EXPECT_TRUE(f.same(arg, "pool+bn arg", 0, 0));
     EXPECT_TRUE(f.same(z, "pool+bn+act z", 2e-5, 1e-5));
-    EXPECT_TRUE(f.same(mean, "pool+bn mean", 2e-6, 1e-6));
-    EXPECT_TRUE(f.same(invstd, "pool+bn invstd", 0, 1e-5));
-    EXPECT_TRUE(f.same(rmean, "pool+bn running_mean", 2e-6, 1e-6));
-    EXPECT_TRUE(f.same(rvar, "pool+bn running_var", 0, 1e-5));
+    expect_batch_stats_same(f, "pool+bn", mean, invstd, rmean, rvar, 2e-6);
     EXPECT_TRUE(f.same(dx, "pool+bn+act dx", 3e-5, 3e-5));
     const double sum_tol = 3e-5 * std::sqrt(double(M));
     EXPECT_TRUE(f.same(dgamma, "pool+bn dgamma", sum_tol, 3e-5));
