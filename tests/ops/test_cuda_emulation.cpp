@@ -2,9 +2,10 @@
 // (src/ops/cuda/emulation.h), on kernels written here: every thread of every block runs once
 // with its own indices, __syncthreads() orders shared-memory traffic within a block as on a GPU,
 // dynamic shared memory works, a barrier that not every thread of a block reaches fails the
-// launch, and the order of work varies (threads between barriers, blocks of a launch) and
-// dynamic shared memory starts as NaN, so that kernels that depend on either show it. Compiled with the emulation's flags (tests/CMakeLists.txt); in builds without the CUDA
-// toolkit's headers the one test says it is skipped.
+// launch, and the order of work varies (threads between barriers, blocks of a launch) and shared
+// memory, static and dynamic, starts each block as NaN, so that kernels that depend on either
+// show it. Compiled with the emulation's flags (tests/CMakeLists.txt); in builds without the
+// CUDA toolkit's headers the one test says it is skipped.
 #include <gtest/gtest.h>
 
 #ifdef SR_CUDA_EMULATION
@@ -31,7 +32,7 @@ __global__ void write_index(int* out, int n) {
 
 // A tree reduction in shared memory: each block sums its 256 values; wrong without barriers.
 __global__ void block_sums(float* sums, const float* x) {
-    __shared__ float sh[256];
+    SR_SHARED(float, sh, [256]);
     const unsigned t = threadIdx.x;
     sh[t] = x[blockIdx.x * 256 + t];
     __syncthreads();
@@ -61,7 +62,7 @@ __global__ void divergent_barrier(float* x) {
 // A race: each thread reads its neighbour's shared value with no barrier between the write and
 // the read. On a GPU what it sees depends on scheduling; here it depends on the block.
 __global__ void missing_barrier(float* y) {
-    __shared__ float sh[64];
+    SR_SHARED(float, sh, [64]);
     const unsigned t = threadIdx.x;
     sh[t] = float(blockIdx.x * 64 + t);
     y[blockIdx.x * 64 + t] = sh[(t + 1) % 64];
@@ -77,6 +78,14 @@ __global__ void reads_the_previous_block(float* y) {
 // Reads dynamic shared memory that nothing wrote.
 __global__ void uninitialised_shared(float* y) {
     y[blockIdx.x * blockDim.x + threadIdx.x] = dynamic_shared<float>()[threadIdx.x];
+}
+
+// Block 0 writes its static shared array, the others read theirs unwritten.
+__global__ void static_shared_written_by_block_0(float* y) {
+    SR_SHARED(float, sh, [32]);
+    if (blockIdx.x == 0) sh[threadIdx.x] = float(threadIdx.x);
+    __syncthreads();
+    y[blockIdx.x * blockDim.x + threadIdx.x] = sh[threadIdx.x];
 }
 
 TEST(CudaEmulation, EveryThreadRunsOnceWithItsIndices) {
@@ -134,6 +143,18 @@ TEST(CudaEmulation, DynamicSharedMemoryStartsAsNaN) {
     std::vector<float> y(blocks * n, 0.f);
     launch_kernel(uninitialised_shared, blocks, n, n * sizeof(float), nullptr, y.data());
     for (float v : y) ASSERT_TRUE(std::isnan(v)) << v;
+}
+
+TEST(CudaEmulation, StaticSharedMemoryStartsEachBlockAsNaN) {
+    const int blocks = 3, n = 32;
+    // twice: block 0 runs first in one launch and last in the other, so in one of them the
+    // blocks after it would find its values if the array kept them from block to block
+    for (int launch = 0; launch < 2; ++launch) {
+        std::vector<float> y(blocks * n, 0.f);
+        launch_kernel(static_shared_written_by_block_0, blocks, n, 0, nullptr, y.data());
+        for (int t = 0; t < n; ++t) ASSERT_EQ(y[t], float(t)) << launch;
+        for (int i = n; i < blocks * n; ++i) ASSERT_TRUE(std::isnan(y[i])) << launch << " " << i;
+    }
 }
 
 TEST(CudaEmulation, ABarrierNotEveryThreadReachesFails) {

@@ -72,7 +72,7 @@ BnScratch split_scratch(void* scratch, int M, int C) {
 // partial[chunk][c] = sum over the chunk's rows m of f(m, c) (two quantities at once).
 template <class F>
 __global__ void channel_partials(float2* partial, F f, int M, int C, int rows) {
-    __shared__ float2 sh[kRowThreads][33];
+    SR_SHARED(float2, sh, [kRowThreads][33]);
     const int c = blockIdx.x * 32 + threadIdx.x;
     const int m0 = blockIdx.y * rows;
     const int m1 = min(M, m0 + rows);
@@ -99,7 +99,8 @@ __global__ void channel_partials(float2* partial, F f, int M, int C, int rows) {
 // One block per channel: adds the chunks' partials in double, then calls e(c, sum_x, sum_y).
 template <class E>
 __global__ void channel_finalize(const float2* partial, int chunks, int C, E e) {
-    __shared__ double shx[kFinalizeThreads], shy[kFinalizeThreads];
+    SR_SHARED(double, shx, [kFinalizeThreads]);
+    SR_SHARED(double, shy, [kFinalizeThreads]);
     const int c = blockIdx.x;
     double sx = 0, sy = 0;
     for (int i = threadIdx.x; i < chunks; i += blockDim.x) {
@@ -130,7 +131,7 @@ __global__ void channel_finalize(const float2* partial, int chunks, int C, E e) 
 // 16-bit storage.
 template <class F>
 __global__ void channel_partials8(float2* partial, F f, int M, int C8, int rows) {
-    __shared__ float2 sh[kBlock * 8];  // [phase][channel]: R * C <= kBlock * 8
+    SR_SHARED(float2, sh, [kBlock * 8]);  // [phase][channel]: R * C <= kBlock * 8
     const int t = int(threadIdx.x), C = C8 * 8, R = kBlock / C8;
     const int g = t % C8, r = t / C8;
     const int m0 = int(blockIdx.x) * rows;
@@ -465,7 +466,8 @@ void check_shape(int M, int C) {
 // of channel_partials. (Two passes before: the mean, then the squared deviations from it.)
 template <class T>
 __global__ void channel_moments(float2* partial, const T* x, int M, int C, int rows) {
-    __shared__ float sh_mean[kRowThreads][33], sh_m2[kRowThreads][33];
+    SR_SHARED(float, sh_mean, [kRowThreads][33]);
+    SR_SHARED(float, sh_m2, [kRowThreads][33]);
     const int c = blockIdx.x * 32 + threadIdx.x;
     const int m0 = blockIdx.y * rows;
     const int m1 = min(M, m0 + rows);
@@ -524,7 +526,8 @@ struct PooledRowLoad8 {
 // gives the values (RowLoad8, PooledRowLoad8).
 template <class L>
 __global__ void channel_moments8(float2* partial, L load, int M, int C8, int rows) {
-    __shared__ float sh_mean[kBlock * 8], sh_m2[kBlock * 8];  // [phase][channel]
+    SR_SHARED(float, sh_mean, [kBlock * 8]);
+    SR_SHARED(float, sh_m2, [kBlock * 8]);  // [phase][channel]
     const int t = int(threadIdx.x), C = C8 * 8, R = kBlock / C8;
     const int g = t % C8, r = t / C8;
     const int m0 = int(blockIdx.x) * rows;
@@ -561,7 +564,9 @@ __global__ void channel_moments8(float2* partial, L load, int M, int C8, int row
 __global__ void channel_moments_finalize(const float2* partial, int chunks, int rows, int M,
                                          int C, float* mean, float* invstd, float* running_mean,
                                          float* running_var, float eps, float momentum) {
-    __shared__ double sh_n[kFinalizeThreads], sh_mean[kFinalizeThreads], sh_m2[kFinalizeThreads];
+    SR_SHARED(double, sh_n, [kFinalizeThreads]);
+    SR_SHARED(double, sh_mean, [kFinalizeThreads]);
+    SR_SHARED(double, sh_m2, [kFinalizeThreads]);
     const int c = blockIdx.x;
     Moments<double> a;
     for (int i = threadIdx.x; i < chunks; i += blockDim.x) {

@@ -43,6 +43,11 @@ inline unsigned grid_size(size_t n, int block = kBlock) {
 inline unsigned ceil_div(size_t a, size_t b) { return unsigned((a + b - 1) / b); }
 
 #ifdef __CUDACC__
+// A kernel's statically sized shared memory: SR_SHARED(float2, sh, [8][33]) declares
+// `__shared__ float2 sh[8][33]` (dims empty for one value). The host emulation (emulation.h)
+// gives each block such an array that starts as NaN, as it does the dynamic one.
+#define SR_SHARED(T, name, dims) __shared__ T name dims
+
 // Every kernel launch of the backend: k<<<grid, block, shared_bytes, st>>>(args...), written as
 // a call so that the same sources also build for the host emulation (emulation.h), where
 // launch_kernel runs the grid on the CPU.

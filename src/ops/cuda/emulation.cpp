@@ -58,6 +58,7 @@ sr_emu_switch:
 namespace sr::emu {
 
 Launch g_launch;
+unsigned long long g_block_serial = 0;
 
 namespace {
 
@@ -169,9 +170,9 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes,
     // block of the same launch writes) gives different results in different blocks or launches
     // and fails its comparison: every other launch runs its blocks last to first, and within a
     // block every other round (between barriers) runs its threads last to first, alternating
-    // from block to block. Dynamic shared memory starts each block as all-ones bytes (NaN as
-    // float, -1 as an integer), as a GPU gives no initial value. (Static __shared__ arrays keep
-    // what the previous block left.)
+    // from block to block. Shared memory starts each block as all-ones bytes (NaN as float or
+    // double, -1 as an integer), as a GPU gives no initial value: the dynamic array here, each
+    // static one (SR_SHARED) when the block's first thread reaches its declaration.
     const bool blocks_reversed = (s.launches++ & 1) != 0;
     const size_t blocks = size_t(grid.x) * grid.y * grid.z;
     for (size_t i = 0; i < blocks; ++i) {
@@ -179,6 +180,7 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes,
         const unsigned bx = unsigned(b % grid.x), by = unsigned(b / grid.x % grid.y),
                        bz = unsigned(b / (size_t(grid.x) * grid.y));
         g_launch.block_index = uint3{bx, by, bz};
+        ++g_block_serial;
         std::memset(static_cast<void*>(s.shared.data()), 0xff, s.shared.size() * sizeof(float4));
         for (size_t t = 0; t < threads; ++t) {
             Fiber& f = s.fibers[t];

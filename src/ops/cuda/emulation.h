@@ -7,16 +7,16 @@
 //
 // A launch runs its blocks one after another. Inside a block every thread is a fiber (ucontext)
 // that runs until it returns or reaches __syncthreads(); when every thread of the block waits
-// at the barrier, all continue. So barriers, shared memory (__shared__ becomes a static: one
-// array, used by one block at a time) and the block-level reductions behave as on a GPU, only
-// sequentially. A block whose threads do not all reach the same barriers fails the launch
+// at the barrier, all continue. So barriers, shared memory (an SR_SHARED array becomes a
+// static: one array, used by one block at a time) and the block-level reductions behave as on a
+// GPU, only sequentially. A block whose threads do not all reach the same barriers fails the launch
 // (undefined behaviour on a GPU). The order varies as a GPU's does: every other launch runs its
 // blocks last to first, every other round between barriers runs a block's threads last to first,
-// and dynamic shared memory starts each block as NaN; so a kernel that reads another thread's
-// shared value before the barrier, another block's output of the same launch, or shared memory
-// it never wrote gives results that differ from block to block and fails its comparison with
-// the CPU. Not emulated: warp shuffles, atomics, cooperative groups,
-// streams (work runs at once, in order). Pointers are host memory.
+// and shared memory, static and dynamic, starts each block as NaN; so a kernel that reads another
+// thread's shared value before the barrier, another block's output of the same launch, or shared
+// memory it never wrote gives results that differ from block to block and fails its comparison
+// with the CPU. Not emulated: warp shuffles, atomics, cooperative groups, streams (work runs at
+// once, in order). Pointers are host memory.
 #pragma once
 #ifndef SR_CUDA_EMULATION
 #error "ops/cuda/emulation.h is for the host-emulation build only"
@@ -45,11 +45,36 @@ void sync_threads();
 void* dynamic_shared_memory();
 // Runs thread_body for every thread of the grid (threadIdx etc. set), blocks in order.
 void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& thread_body);
+// Counts the blocks run (from 1), so that a static shared array knows when a new block begins.
+extern unsigned long long g_block_serial;
+
+// The storage of one SR_SHARED declaration: a static that the first thread of each block to reach
+// the declaration fills with all-ones bytes (NaN as float or double, -1 as an integer), as a
+// GPU's shared memory has no initial value; the other threads of the block find it as that block
+// left it. Constant-initialised (zeros), so no guard runs.
+template <class A>
+struct SharedArray {
+    A value{};
+    unsigned long long block = 0;  // the block whose array it is
+    A& get() {
+        if (block != g_block_serial) {
+            std::memset(static_cast<void*>(&value), 0xff, sizeof(A));
+            block = g_block_serial;
+        }
+        return value;
+    }
+};
 
 }  // namespace sr::emu
 
+// Kernels declare their static shared memory with SR_SHARED (cuda_common.cuh), which here
+// becomes a SharedArray: a bare __shared__ would be a static that keeps the previous block's
+// values, so it is refused by name.
 #undef __shared__
-#define __shared__ static
+#define __shared__ SR_SHARED_declares_shared_memory_see_emulation_h
+#define SR_SHARED(T, name, dims)                                \
+    static ::sr::emu::SharedArray<T dims> name##_sr_emu_shared; \
+    auto& name = name##_sr_emu_shared.get()
 #define threadIdx (::sr::emu::thread_index())
 #define blockIdx (::sr::emu::g_launch.block_index)
 #define blockDim (::sr::emu::g_launch.block)

@@ -19,8 +19,8 @@ constexpr int kLossThreads = 256;
 __global__ void cross_entropy_kernel(float* dlogits, float* stats, const float* logits,
                                      const int32_t* labels, const int32_t* labels2, float mix,
                                      int N, int O, float smoothing) {
-    __shared__ double sh_loss[kLossThreads];
-    __shared__ double sh_correct[kLossThreads];
+    SR_SHARED(double, sh_loss, [kLossThreads]);
+    SR_SHARED(double, sh_correct, [kLossThreads]);
     double loss_sum = 0, correct = 0;
     const float off = smoothing / float(O);
     for (int row = threadIdx.x; row < N; row += blockDim.x) {

@@ -94,7 +94,7 @@ constexpr int kNormBlocks = 128;
 // The sum of v over the block's kBlock threads (a tree in shared memory), returned to thread 0;
 // every thread of the block must call it.
 __device__ float block_sum(float v) {
-    __shared__ float sh[kBlock];
+    SR_SHARED(float, sh, [kBlock]);
     sh[threadIdx.x] = v;
     __syncthreads();
     for (int s = blockDim.x / 2; s > 0; s >>= 1) {
@@ -115,7 +115,7 @@ __global__ void sumsq_partial_kernel(float* partial, const float* x, size_t n) {
 
 __global__ void scale_by_norm_kernel(float* x, const float* partial, size_t n, float target,
                                      float eps) {
-    __shared__ float factor;
+    SR_SHARED(float, factor, );
     if (threadIdx.x == 0) {
         double ss = 0;
         for (int b = 0; b < kNormBlocks; ++b) ss += partial[b];
@@ -143,7 +143,7 @@ __global__ void segment_sumsq_kernel(float* partial, const float* x, const int64
 
 __global__ void segment_scale_kernel(float* x, const float* partial, const int64_t* offsets,
                                      const float* targets, float target, float eps) {
-    __shared__ float factor;
+    SR_SHARED(float, factor, );
     const int seg = blockIdx.y;
     if (threadIdx.x == 0) {
         double ss = 0;
