@@ -1,11 +1,12 @@
 // test_cuda_emulation.cpp: the host emulation of the CUDA execution model itself
 // (src/ops/cuda/emulation.h), on kernels written here: every thread of every block runs once
 // with its own indices, __syncthreads() orders shared-memory traffic within a block as on a GPU,
-// dynamic shared memory works, a barrier that not every thread of a block reaches fails the
-// launch, and the order of work varies (threads between barriers, blocks of a launch) and shared
-// memory, static and dynamic, starts each block as NaN, so that kernels that depend on either
-// show it. Compiled with the emulation's flags (tests/CMakeLists.txt); in builds without the
-// CUDA toolkit's headers the one test says it is skipped.
+// dynamic shared memory works (48 KiB at most, as a GPU gives by default), a barrier that not
+// every thread of a block reaches fails the launch, and the order of work varies (threads between
+// barriers, blocks of a launch) and shared memory, static and dynamic, starts each block as NaN,
+// so that kernels that depend on either show it. Compiled with the emulation's flags
+// (tests/CMakeLists.txt); in builds without the CUDA toolkit's headers the one test says it is
+// skipped.
 #include <gtest/gtest.h>
 
 #ifdef SR_CUDA_EMULATION
@@ -166,6 +167,22 @@ TEST(CudaEmulation, ABarrierNotEveryThreadReachesFails) {
         EXPECT_NE(std::string(e.what()).find("__syncthreads() reached by 63 of 64 threads"),
                   std::string::npos)
             << e.what();
+    }
+}
+
+// 48 KiB of dynamic shared memory is what a launch gets without raising the kernel's limit
+// (cudaFuncAttributeMaxDynamicSharedMemorySize), which no launcher here does: more fails on a
+// GPU, and so here.
+TEST(CudaEmulation, MoreThan48KiBOfDynamicSharedMemoryFails) {
+    const int n = 32;
+    std::vector<float> x(n, 1.f), y(n, 0.f);
+    launch_kernel(reverse_blocks, 1, n, size_t(48) << 10, nullptr, y.data(), x.data());
+    EXPECT_EQ(y[0], 1.f);
+    try {
+        launch_kernel(reverse_blocks, 1, n, (size_t(48) << 10) + 16, nullptr, y.data(), x.data());
+        FAIL() << "the launch did not fail";
+    } catch (const std::exception& e) {
+        EXPECT_NE(std::string(e.what()).find("above the 48 KiB"), std::string::npos) << e.what();
     }
 }
 

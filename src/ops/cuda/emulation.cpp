@@ -156,7 +156,13 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes,
     if (threads == 0 || threads > 1024) emu_fail("block of " + std::to_string(threads) + " threads");
     if (size_t(grid.x) * grid.y * grid.z == 0) emu_fail("grid of 0 blocks");
     if (grid.y > 65535 || grid.z > 65535) emu_fail("grid.y or grid.z above 65535");
-    if (shared_bytes > (size_t(227) << 10)) emu_fail("more than 227 KiB of shared memory");
+    // A launch may ask for 48 KiB of dynamic shared memory; more (up to 227 KiB on an H100) needs
+    // cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, ...) first, which no
+    // launcher here calls: on a GPU the launch would fail.
+    if (shared_bytes > (size_t(48) << 10))
+        emu_fail(std::to_string(shared_bytes) +
+                 " bytes of dynamic shared memory, above the 48 KiB a launch gets without "
+                 "cudaFuncAttributeMaxDynamicSharedMemorySize");
     Scheduler& s = g_sched;
     if (s.fibers.size() < threads) s.fibers.resize(threads);
     for (size_t t = 0; t < threads; ++t)
