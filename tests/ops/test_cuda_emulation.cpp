@@ -4,9 +4,9 @@
 // dynamic shared memory works (48 KiB at most, as a GPU gives by default), a barrier that not
 // every thread of a block reaches fails the launch, and the order of work varies (threads between
 // barriers, blocks of a launch) and shared memory, static and dynamic, starts each block as NaN,
-// so that kernels that depend on either show it. Compiled with the emulation's flags
-// (tests/CMakeLists.txt); in builds without the CUDA toolkit's headers the one test says it is
-// skipped.
+// so that kernels that depend on either show it; a misaligned vector access fails the launch.
+// Compiled with the emulation's flags (tests/CMakeLists.txt); in builds without the CUDA
+// toolkit's headers the one test says it is skipped.
 #include <gtest/gtest.h>
 
 #ifdef SR_CUDA_EMULATION
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/storage.cuh"
 
 namespace sr::cuda {
 namespace {
@@ -87,6 +88,13 @@ __global__ void static_shared_written_by_block_0(float* y) {
     if (blockIdx.x == 0) sh[threadIdx.x] = float(threadIdx.x);
     __syncthreads();
     y[blockIdx.x * blockDim.x + threadIdx.x] = sh[threadIdx.x];
+}
+
+// Eight floats at x + offset, one 16-byte vector load each (load_act8), doubled into y.
+__global__ void load8_at(float* y, const float* x, int offset) {
+    float v[8];
+    load_act8(x + offset, size_t(threadIdx.x) * 8, v);
+    for (int j = 0; j < 8; ++j) y[threadIdx.x * 8 + j] = 2.f * v[j];
 }
 
 TEST(CudaEmulation, EveryThreadRunsOnceWithItsIndices) {
@@ -184,6 +192,27 @@ TEST(CudaEmulation, MoreThan48KiBOfDynamicSharedMemoryFails) {
     } catch (const std::exception& e) {
         EXPECT_NE(std::string(e.what()).find("above the 48 KiB"), std::string::npos) << e.what();
     }
+}
+
+// A GPU faults on a 16-byte load from an address that is not a multiple of 16 (the host may
+// not): the emulation fails that launch, naming the access.
+TEST(CudaEmulation, AMisalignedVectorAccessFails) {
+    alignas(16) float x[40];
+    std::iota(x, x + 40, 0.f);
+    std::vector<float> y(32, 0.f);
+    launch_kernel(load8_at, 1, 4, 0, nullptr, y.data(), x, 8);  // 32 bytes in: aligned
+    EXPECT_EQ(y[0], 16.f);
+    EXPECT_EQ(y[31], 78.f);
+    try {
+        launch_kernel(load8_at, 1, 4, 0, nullptr, y.data(), x, 2);  // 8 bytes in
+        FAIL() << "the launch did not fail";
+    } catch (const std::exception& e) {
+        EXPECT_NE(std::string(e.what()).find("misaligned 16-byte access"), std::string::npos)
+            << e.what();
+    }
+    std::fill(y.begin(), y.end(), 0.f);  // the emulator runs the next launch as usual
+    launch_kernel(load8_at, 1, 4, 0, nullptr, y.data(), x, 0);
+    EXPECT_EQ(y[31], 62.f);
 }
 
 }  // namespace

@@ -47,6 +47,10 @@ inline unsigned ceil_div(size_t a, size_t b) { return unsigned((a + b - 1) / b);
 // `__shared__ float2 sh[8][33]` (dims empty for one value). The host emulation (emulation.h)
 // gives each block such an array that starts as NaN, as it does the dynamic one.
 #define SR_SHARED(T, name, dims) __shared__ T name dims
+// Before a vector access of `bytes` bytes at p (a float4, uint4 or uint2 load or store): nothing
+// here; the host emulation fails the launch unless p is a multiple of `bytes`, where a GPU
+// faults ("misaligned address") and the host might not.
+#define SR_ALIGNED_ACCESS(p, bytes) ((void)0)
 
 // Every kernel launch of the backend: k<<<grid, block, shared_bytes, st>>>(args...), written as
 // a call so that the same sources also build for the host emulation (emulation.h), where

@@ -11,6 +11,7 @@
 #include <ucontext.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -89,6 +90,7 @@ struct Scheduler {
     const std::function<void()>* body = nullptr;
     std::vector<float4> shared;  // the dynamic shared memory of the running block
     size_t launches = 0;         // (the blocks' order alternates from launch to launch)
+    std::string fault;           // what a thread did that a GPU faults on (fiber_fault)
 };
 Scheduler g_sched;
 
@@ -107,6 +109,16 @@ void to_fiber(Fiber& f) { switch_context(g_sched.main, f.context); }
     f.done = true;
     to_scheduler(f);
     __builtin_unreachable();  // (a finished fiber is never switched to again)
+}
+
+// From inside a kernel: ends the running thread and, with it, the launch, which fails saying
+// `what` (an exception cannot leave a fiber's stack, so the scheduler throws it).
+[[noreturn]] void fiber_fault(std::string what) {
+    Fiber* f = g_sched.current;
+    if (!f) emu_fail(what);
+    g_sched.fault = std::move(what);
+    to_scheduler(*f);
+    __builtin_unreachable();  // (a faulted fiber is never switched to again)
 }
 
 // Sets fiber f up to start fiber_main on its own stack at the next to_fiber(f).
@@ -135,6 +147,17 @@ void start(Fiber& f) {
 }
 
 }  // namespace
+
+void misaligned(const void* p, unsigned bytes, const char* what) {
+    const uint3& t = thread_index();
+    const uint3& b = g_launch.block_index;
+    char addr[32];
+    std::snprintf(addr, sizeof addr, "%p", p);
+    fiber_fault("misaligned " + std::to_string(bytes) + "-byte access to " + what + " (" + addr +
+             ") in block (" + std::to_string(b.x) + "," + std::to_string(b.y) + "," +
+             std::to_string(b.z) + "), thread (" + std::to_string(t.x) + "," +
+             std::to_string(t.y) + "," + std::to_string(t.z) + "): a GPU faults there");
+}
 
 const uint3& thread_index() {
     if (!g_sched.current) emu_fail("threadIdx read outside a kernel");
@@ -209,6 +232,12 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes,
                 s.current = &f;
                 to_fiber(f);
                 s.current = nullptr;
+                if (!s.fault.empty()) {
+                    s.body = nullptr;
+                    std::string what;
+                    what.swap(s.fault);
+                    emu_fail(what);
+                }
                 if (f.done)
                     ++done;
                 else

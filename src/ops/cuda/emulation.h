@@ -15,7 +15,7 @@
 // and shared memory, static and dynamic, starts each block as NaN; so a kernel that reads another
 // thread's shared value before the barrier, another block's output of the same launch, or shared
 // memory it never wrote gives results that differ from block to block and fails its comparison
-// with the CPU. Not emulated: warp shuffles, atomics, cooperative groups, streams (work runs at
+// with the CPU. A vector access at an address a GPU would fault on fails the launch. Not emulated: warp shuffles, atomics, cooperative groups, streams (work runs at
 // once, in order). Pointers are host memory.
 #pragma once
 #ifndef SR_CUDA_EMULATION
@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 
@@ -45,6 +46,14 @@ void sync_threads();
 void* dynamic_shared_memory();
 // Runs thread_body for every thread of the grid (threadIdx etc. set), blocks in order.
 void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& thread_body);
+// A GPU faults on a vector access (8 or 16 bytes at once) whose address is not a multiple of its
+// size; on x86 the host code may run it as if nothing were wrong, or crash without saying where
+// (an aligned SSE instruction). SR_ALIGNED_ACCESS (cuda_common.cuh) fails the launch there,
+// naming the access, the block and the thread.
+[[noreturn]] void misaligned(const void* p, unsigned bytes, const char* what);
+inline void check_aligned(const void* p, unsigned bytes, const char* what) {
+    if ((reinterpret_cast<uintptr_t>(p) & (bytes - 1)) != 0) misaligned(p, bytes, what);
+}
 // Counts the blocks run (from 1), so that a static shared array knows when a new block begins.
 extern unsigned long long g_block_serial;
 
@@ -72,6 +81,7 @@ struct SharedArray {
 // values, so it is refused by name.
 #undef __shared__
 #define __shared__ SR_SHARED_declares_shared_memory_see_emulation_h
+#define SR_ALIGNED_ACCESS(p, bytes) ::sr::emu::check_aligned((p), (bytes), #p)
 #define SR_SHARED(T, name, dims)                                \
     static ::sr::emu::SharedArray<T dims> name##_sr_emu_shared; \
     auto& name = name##_sr_emu_shared.get()

@@ -58,9 +58,11 @@ __device__ __forceinline__ void store_arg8(uint8_t* arg, size_t o, const int (&a
         a.x |= unsigned(at[j]) << (8 * j);
         a.y |= unsigned(at[4 + j]) << (8 * j);
     }
+    SR_ALIGNED_ACCESS(arg + o, 8);
     *reinterpret_cast<uint2*>(arg + o) = a;
 }
 __device__ __forceinline__ void load_arg8(const uint8_t* arg, size_t o, int (&at)[8]) {
+    SR_ALIGNED_ACCESS(arg + o, 8);
     const uint2 a = *reinterpret_cast<const uint2*>(arg + o);
 #pragma unroll
     for (int j = 0; j < 4; ++j)

@@ -35,11 +35,13 @@ __device__ __forceinline__ void store_act(__nv_bfloat16* p, size_t i, float v) {
 // aligned8() on the host), widened to fp32 / stored with store_act's rounding: one 16-byte
 // access in 16-bit storage, two in fp32.
 __device__ __forceinline__ void load_act8(const float* p, size_t i, float (&v)[8]) {
+    SR_ALIGNED_ACCESS(p + i, 16);
     const float4 a = *reinterpret_cast<const float4*>(p + i);
     const float4 b = *reinterpret_cast<const float4*>(p + i + 4);
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 __device__ __forceinline__ void load_act8(const __half* p, size_t i, float (&v)[8]) {
+    SR_ALIGNED_ACCESS(p + i, 16);
     const uint4 u = *reinterpret_cast<const uint4*>(p + i);
     const __half2* h = reinterpret_cast<const __half2*>(&u);
 #pragma unroll
@@ -49,6 +51,7 @@ __device__ __forceinline__ void load_act8(const __half* p, size_t i, float (&v)[
     }
 }
 __device__ __forceinline__ void load_act8(const __nv_bfloat16* p, size_t i, float (&v)[8]) {
+    SR_ALIGNED_ACCESS(p + i, 16);
     const uint4 u = *reinterpret_cast<const uint4*>(p + i);
     const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
 #pragma unroll
@@ -58,6 +61,7 @@ __device__ __forceinline__ void load_act8(const __nv_bfloat16* p, size_t i, floa
     }
 }
 __device__ __forceinline__ void store_act8(float* p, size_t i, const float (&v)[8]) {
+    SR_ALIGNED_ACCESS(p + i, 16);
     *reinterpret_cast<float4*>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
     *reinterpret_cast<float4*>(p + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
 }
@@ -68,6 +72,7 @@ __device__ __forceinline__ void store_act8(T* p, size_t i, const float (&v)[8]) 
     T* h = reinterpret_cast<T*>(&u);
 #pragma unroll
     for (int k = 0; k < 8; ++k) store_act(h, k, v[k]);  // (the same rounding as one by one)
+    SR_ALIGNED_ACCESS(p + i, 16);
     *reinterpret_cast<uint4*>(p + i) = u;
 }
 
