@@ -19,6 +19,17 @@
 
 #include "ops/cuda/cuda_common.cuh"
 
+// Under AddressSanitizer (SPEEDRUN_SANITIZE=ON) the switches say which stack runs next
+// (__sanitizer_start/finish_switch_fiber), and a fiber's stack is cleared of the shadow of the
+// frames it had when last left (a thread that returned leaves its scheduler frame, one left
+// waiting at a barrier by a failed launch its kernel's frames, redzones included) before it
+// starts afresh: otherwise ASan reports the new frames' writes as overflows of the old ones.
+#if defined(__SANITIZE_ADDRESS__)
+#define SR_EMU_ASAN 1
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 #if defined(__x86_64__) && defined(__linux__) && !defined(SR_EMU_UCONTEXT)
 #define SR_EMU_ASM_SWITCH 1
 // sr_emu_switch(save, to): saves this context's stack pointer in *save, continues the one whose
@@ -91,6 +102,8 @@ struct Scheduler {
     std::vector<float4> shared;  // the dynamic shared memory of the running block
     size_t launches = 0;         // (the blocks' order alternates from launch to launch)
     std::string fault;           // what a thread did that a GPU faults on (fiber_fault)
+    const void* main_bottom = nullptr;  // the scheduler's stack (for ASan's switch annotations)
+    size_t main_size = 0;
 };
 Scheduler g_sched;
 
@@ -99,15 +112,39 @@ Scheduler g_sched;
 }
 
 // From the running fiber back to the scheduler, and from the scheduler into fiber f.
-void to_scheduler(Fiber& f) { switch_context(f.context, g_sched.main); }
-void to_fiber(Fiber& f) { switch_context(g_sched.main, f.context); }
+// A fiber that will not be switched to again (finished, or faulted) says so (`last`).
+void to_scheduler(Fiber& f, bool last = false) {
+#ifdef SR_EMU_ASAN
+    void* fake_stack = nullptr;
+    __sanitizer_start_switch_fiber(last ? nullptr : &fake_stack, g_sched.main_bottom,
+                                   g_sched.main_size);
+    switch_context(f.context, g_sched.main);
+    __sanitizer_finish_switch_fiber(fake_stack, &g_sched.main_bottom, &g_sched.main_size);
+#else
+    (void)last;
+    switch_context(f.context, g_sched.main);
+#endif
+}
+void to_fiber(Fiber& f) {
+#ifdef SR_EMU_ASAN
+    void* fake_stack = nullptr;
+    __sanitizer_start_switch_fiber(&fake_stack, f.stack.get(), kStackBytes);
+    switch_context(g_sched.main, f.context);
+    __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+    switch_context(g_sched.main, f.context);
+#endif
+}
 
 // A fiber's whole life: the kernel's body for its thread, then back to the scheduler for good.
 [[noreturn]] void fiber_main() {
+#ifdef SR_EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &g_sched.main_bottom, &g_sched.main_size);
+#endif
     (*g_sched.body)();
     Fiber& f = *g_sched.current;
     f.done = true;
-    to_scheduler(f);
+    to_scheduler(f, /*last=*/true);
     __builtin_unreachable();  // (a finished fiber is never switched to again)
 }
 
@@ -117,13 +154,16 @@ void to_fiber(Fiber& f) { switch_context(g_sched.main, f.context); }
     Fiber* f = g_sched.current;
     if (!f) emu_fail(what);
     g_sched.fault = std::move(what);
-    to_scheduler(*f);
+    to_scheduler(*f, /*last=*/true);
     __builtin_unreachable();  // (a faulted fiber is never switched to again)
 }
 
 // Sets fiber f up to start fiber_main on its own stack at the next to_fiber(f).
 void start(Fiber& f) {
     f.done = false;
+#ifdef SR_EMU_ASAN
+    __asan_unpoison_memory_region(f.stack.get(), kStackBytes);
+#endif
 #ifdef SR_EMU_ASM_SWITCH
     // The frame sr_emu_switch pops: control words, r15 .. rbp (zeros), then fiber_main as the
     // return address, placed so that fiber_main starts with the stack alignment of a call.
