@@ -194,9 +194,9 @@ void misaligned(const void* p, unsigned bytes, const char* what) {
     char addr[32];
     std::snprintf(addr, sizeof addr, "%p", p);
     fiber_fault("misaligned " + std::to_string(bytes) + "-byte access to " + what + " (" + addr +
-             ") in block (" + std::to_string(b.x) + "," + std::to_string(b.y) + "," +
-             std::to_string(b.z) + "), thread (" + std::to_string(t.x) + "," +
-             std::to_string(t.y) + "," + std::to_string(t.z) + "): a GPU faults there");
+                ") in block (" + std::to_string(b.x) + "," + std::to_string(b.y) + "," +
+                std::to_string(b.z) + "), thread (" + std::to_string(t.x) + "," +
+                std::to_string(t.y) + "," + std::to_string(t.z) + "): a GPU faults there");
 }
 
 const uint3& thread_index() {

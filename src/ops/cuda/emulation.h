@@ -9,13 +9,14 @@
 // that runs until it returns or reaches __syncthreads(); when every thread of the block waits
 // at the barrier, all continue. So barriers, shared memory (an SR_SHARED array becomes a
 // static: one array, used by one block at a time) and the block-level reductions behave as on a
-// GPU, only sequentially. A block whose threads do not all reach the same barriers fails the launch
-// (undefined behaviour on a GPU). The order varies as a GPU's does: every other launch runs its
-// blocks last to first, every other round between barriers runs a block's threads last to first,
-// and shared memory, static and dynamic, starts each block as NaN; so a kernel that reads another
-// thread's shared value before the barrier, another block's output of the same launch, or shared
-// memory it never wrote gives results that differ from block to block and fails its comparison
-// with the CPU. A vector access at an address a GPU would fault on fails the launch. Not emulated: warp shuffles, atomics, cooperative groups, streams (work runs at
+// GPU, only sequentially. A block whose threads do not all reach the same barriers fails the
+// launch (undefined behaviour on a GPU). The order varies as a GPU's does: every other launch
+// runs its blocks last to first, every other round between barriers runs a block's threads last
+// to first, and shared memory, static and dynamic, starts each block as NaN; so a kernel that
+// reads another thread's shared value before the barrier, another block's output of the same
+// launch, or shared memory it never wrote gives results that differ from block to block and
+// fails its comparison with the CPU. A vector access at an address a GPU would fault on fails
+// the launch. Not emulated: warp shuffles, atomics, cooperative groups, streams (work runs at
 // once, in order). Pointers are host memory.
 #pragma once
 #ifndef SR_CUDA_EMULATION
