@@ -12,6 +12,7 @@
 #ifdef SR_CUDA_EMULATION
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -97,6 +98,17 @@ __global__ void load8_at(float* y, const float* x, int offset) {
     for (int j = 0; j < 8; ++j) y[threadIdx.x * 8 + j] = 2.f * v[j];
 }
 
+// The message of the failure of the launch(es) in f; a test failure if none fails.
+std::string launch_error(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    ADD_FAILURE() << "the launch did not fail";
+    return "";
+}
+
 TEST(CudaEmulation, EveryThreadRunsOnceWithItsIndices) {
     const int n = 3 * 16 * 2 * 8 - 5;  // the grid's last threads have nothing to do
     std::vector<int> out(n, 0);
@@ -168,14 +180,9 @@ TEST(CudaEmulation, StaticSharedMemoryStartsEachBlockAsNaN) {
 
 TEST(CudaEmulation, ABarrierNotEveryThreadReachesFails) {
     std::vector<float> x(64, 0.f);
-    try {
-        launch_kernel(divergent_barrier, 1, 64, 0, nullptr, x.data());
-        FAIL() << "the launch did not fail";
-    } catch (const std::exception& e) {
-        EXPECT_NE(std::string(e.what()).find("__syncthreads() reached by 63 of 64 threads"),
-                  std::string::npos)
-            << e.what();
-    }
+    const std::string e =
+        launch_error([&] { launch_kernel(divergent_barrier, 1, 64, 0, nullptr, x.data()); });
+    EXPECT_NE(e.find("__syncthreads() reached by 63 of 64 threads"), std::string::npos) << e;
 }
 
 // 48 KiB of dynamic shared memory is what a launch gets without raising the kernel's limit
@@ -186,12 +193,10 @@ TEST(CudaEmulation, MoreThan48KiBOfDynamicSharedMemoryFails) {
     std::vector<float> x(n, 1.f), y(n, 0.f);
     launch_kernel(reverse_blocks, 1, n, size_t(48) << 10, nullptr, y.data(), x.data());
     EXPECT_EQ(y[0], 1.f);
-    try {
+    const std::string e = launch_error([&] {
         launch_kernel(reverse_blocks, 1, n, (size_t(48) << 10) + 16, nullptr, y.data(), x.data());
-        FAIL() << "the launch did not fail";
-    } catch (const std::exception& e) {
-        EXPECT_NE(std::string(e.what()).find("above the 48 KiB"), std::string::npos) << e.what();
-    }
+    });
+    EXPECT_NE(e.find("above the 48 KiB"), std::string::npos) << e;
 }
 
 // A GPU faults on a 16-byte load from an address that is not a multiple of 16 (the host may
@@ -203,13 +208,9 @@ TEST(CudaEmulation, AMisalignedVectorAccessFails) {
     launch_kernel(load8_at, 1, 4, 0, nullptr, y.data(), x, 8);  // 32 bytes in: aligned
     EXPECT_EQ(y[0], 16.f);
     EXPECT_EQ(y[31], 78.f);
-    try {
-        launch_kernel(load8_at, 1, 4, 0, nullptr, y.data(), x, 2);  // 8 bytes in
-        FAIL() << "the launch did not fail";
-    } catch (const std::exception& e) {
-        EXPECT_NE(std::string(e.what()).find("misaligned 16-byte access"), std::string::npos)
-            << e.what();
-    }
+    const std::string e = launch_error(
+        [&] { launch_kernel(load8_at, 1, 4, 0, nullptr, y.data(), x, 2); });  // 8 bytes in
+    EXPECT_NE(e.find("misaligned 16-byte access"), std::string::npos) << e;
     std::fill(y.begin(), y.end(), 0.f);  // the emulator runs the next launch as usual
     launch_kernel(load8_at, 1, 4, 0, nullptr, y.data(), x, 0);
     EXPECT_EQ(y[31], 62.f);
