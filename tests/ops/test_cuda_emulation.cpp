@@ -5,6 +5,8 @@
 // every thread of a block reaches fails the launch, and the order of work varies (threads between
 // barriers, blocks of a launch) and shared memory, static and dynamic, starts each block as NaN,
 // so that kernels that depend on either show it; a misaligned vector access fails the launch.
+// Also the one kernel of the backend that no Backend op runs, so that BackendOps never checks it:
+// fill_uniform (the cuDNN wrapper's pseudo-random operands for checking its graph-API plans).
 // Compiled with the emulation's flags (tests/CMakeLists.txt); in builds without the CUDA
 // toolkit's headers the one test says it is skipped.
 #include <gtest/gtest.h>
@@ -12,6 +14,7 @@
 #ifdef SR_CUDA_EMULATION
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <numeric>
 #include <stdexcept>
@@ -19,7 +22,9 @@
 #include <vector>
 
 #include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/storage.cuh"
+#include "ops/storage_backend.h"  // unpack_storage
 
 namespace sr::cuda {
 namespace {
@@ -214,6 +219,51 @@ TEST(CudaEmulation, AMisalignedVectorAccessFails) {
     std::fill(y.begin(), y.end(), 0.f);  // the emulator runs the next launch as usual
     launch_kernel(load8_at, 1, 4, 0, nullptr, y.data(), x, 0);
     EXPECT_EQ(y[31], 62.f);
+}
+
+TEST(EmulatedKernels, FillUniformIsUniformRoundedAndRepeatable) {
+    const size_t n = 100003;  // not a multiple of a block
+    const float scale = 0.5f;
+    for (Storage s : {Storage::f32, Storage::f16, Storage::bf16}) {
+        SCOPED_TRACE(testing::Message() << "storage " << int(s));
+        auto fill = [&](uint32_t seed) {
+            std::vector<float> buf(n, -7.f);  // room for n values of any storage
+            fill_uniform(nullptr, s, buf.data(), n, seed, scale);
+            std::vector<float> v(n);
+            unpack_storage(v.data(), buf.data(), n, s);
+            return std::make_pair(buf, v);
+        };
+        const auto [raw, v] = fill(7);
+        double sum = 0, sumsq = 0;
+        size_t inner = 0;
+        for (float x : v) {
+            ASSERT_TRUE(std::isfinite(x));
+            ASSERT_GE(x, -scale);
+            ASSERT_LE(x, scale);
+            sum += x;
+            sumsq += double(x) * x;
+            inner += std::fabs(x) < scale / 2;
+        }
+        // uniform on [-scale, scale): mean 0, variance scale^2 / 3, half of it within scale / 2
+        // (standard errors about 5e-4, 2e-4 and 1.6e-3 at this n)
+        EXPECT_NEAR(sum / n, 0.0, 4e-3);
+        EXPECT_NEAR(sumsq / n, scale * scale / 3, 2e-3);
+        EXPECT_NEAR(double(inner) / n, 0.5, 1e-2);
+        // stored rounded to the format: packing the values again changes nothing
+        std::vector<float> again(n, -7.f);
+        pack_storage(again.data(), v.data(), n, s);
+        EXPECT_EQ(std::memcmp(again.data(), raw.data(), n * storage_bytes(s)), 0);
+        // the same seed gives the same values; another seed, others
+        EXPECT_EQ(fill(7).second, v);
+        const auto other = fill(8).second;
+        size_t same = 0;
+        for (size_t i = 0; i < n; ++i) same += other[i] == v[i];
+        EXPECT_LT(same, n / 100);
+        // consecutive values are unrelated (a counter-based hash could repeat its input's pattern)
+        double lag1 = 0;
+        for (size_t i = 1; i < n; ++i) lag1 += double(v[i]) * v[i - 1];
+        EXPECT_NEAR(lag1 / (n - 1) / (scale * scale / 3), 0.0, 0.02);
+    }
 }
 
 }  // namespace

@@ -96,6 +96,9 @@ void residual_add(cudaStream_t st, Storage s, float* y, const float* x, size_t n
 // dst (n values of s) = src (n fp32 values), rounded; and back (exact)
 void to_storage(cudaStream_t st, Storage s, float* dst, const float* src, size_t n);
 void from_storage(cudaStream_t st, Storage s, float* dst, const float* src, size_t n);
+// p (n values of s) = pseudo-random values, uniform in [-scale, scale) before rounding, the same
+// for the same (n, seed) on any GPU (a hash of the index and seed, no state)
+void fill_uniform(cudaStream_t st, Storage s, float* p, size_t n, uint32_t seed, float scale);
 
 // ---- max pooling, window k = stride k (pool.cu) --------------------------------------------
 void maxpool_forward(cudaStream_t st, Storage s, float* y, uint8_t* arg, const float* x, int N,

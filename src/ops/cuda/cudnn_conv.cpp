@@ -26,13 +26,15 @@
 // its own convolution descriptor, set to the math type its chosen algorithm was timed with.
 // With 16-bit storage each direction also gets a plan from cuDNN's graph API (cudnn_graph.h),
 // timed on the same buffers against the legacy algorithm (both with CUDA events, the best of 3
-// runs of 4 queued calls); the plan is used where it is more than 3% faster. fp32 storage keeps
-// the legacy path only (its math type, TF32 or FMA, is what the fp32 comparisons rely on).
+// runs of 4 queued calls); the plan is used where it is more than 3% faster and computes what
+// the legacy algorithm computes on pseudo-random operands (agrees_with_legacy). fp32 storage
+// keeps the legacy path only (its math type, TF32 or FMA, is what the fp32 comparisons rely on).
 // The bias (forward) and db (backward_weights) use the small kernels of batchnorm.cu. The
 // forward of a layer with at most 4 input channels (the whitening conv) is conv_small.cu's.
 #include "ops/cuda/cudnn_conv.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -45,11 +47,16 @@
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/cudnn_graph.h"
+#include "ops/storage_backend.h"  // unpack_storage
 
 namespace sr::cuda {
 
 namespace {
 constexpr size_t kWorkspaceLimit = size_t(512) << 20;  // per algorithm, bytes
+// A graph-API plan is checked against the legacy algorithm on this many bytes of results at each
+// end of the result tensor, and must agree within this fraction of the largest value.
+constexpr size_t kCheckBytes = size_t(1) << 20;
+constexpr double kPlanTolerance = 1.0 / 32;
 constexpr cudnnDataType_t kComputeType = CUDNN_DATA_FLOAT;  // accumulation, in every storage
 constexpr cudnnMathType_t kMathType = CUDNN_TENSOR_OP_MATH;  // TF32 allowed, no fp16 conversion
 
@@ -428,7 +435,7 @@ private:
                                         w, y, work, ws, &why);
             CUDA_CHECK(cudaGetLastError());  // a sticky error from a candidate shows here
             const float legacy_ms = time_on_stream(ctx_.stream, 3, 4, [&] { return legacy(dir); });
-            const bool take = plan && legacy_ms > 0.f && plan->milliseconds() < 0.97f * legacy_ms;
+            bool take = plan && legacy_ms > 0.f && plan->milliseconds() < 0.97f * legacy_ms;
             if (graph_log())
                 std::fprintf(stderr, "speedrun: cuDNN %s %s: graph API %s, legacy algorithm %.4f ms: %s\n",
                              direction_name(dir), describe(s).c_str(),
@@ -436,9 +443,78 @@ private:
                                                 plan->milliseconds(), plan->candidates()).c_str()
                                   : fmt::format("none ({})", why).c_str(),
                              legacy_ms, take ? "graph" : "legacy");
+            if (take && !agrees_with_legacy(dir, *plan, t, legacy)) take = false;
             if (take) graph_[int(dir)] = std::move(plan);
         }
         CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    }
+
+    // Whether a plan computes what the legacy algorithm computes: both run on the same
+    // pseudo-random operands (fill_uniform), and the first and last elements of their results
+    // (up to kCheckBytes at each end: the first and last images' maps, or the whole filter)
+    // must agree within kPlanTolerance of the largest legacy value. The two sum in different
+    // orders and each rounds its result to 16 bits once, so an honest pair differs by about one
+    // rounding step (2^-8 of a value in bf16); a plan that reads a layout or stride other than
+    // the one described differs by the size of the values. A plan that disagrees is not used,
+    // and the program says so. t's buffers are overwritten.
+    template <class Legacy>
+    bool agrees_with_legacy(ConvDirection dir, GraphConv& plan, TrialBuffers& t, Legacy& legacy) {
+        const ConvShape& s = shape;
+        const size_t eb = storage_bytes(storage_);
+        const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K,
+                     nw = weights();
+        // operands of about unit size in every result: x and dy uniform in [-1, 1), w scaled by
+        // 1/sqrt(its fan-in)
+        fill_uniform(ctx_.stream, storage_, static_cast<float*>(t.x->p), nx, 0x5eed0001u, 1.f);
+        fill_uniform(ctx_.stream, storage_, static_cast<float*>(t.y->p), ny, 0x5eed0002u, 1.f);
+        fill_uniform(ctx_.stream, storage_, static_cast<float*>(t.w->p), nw, 0x5eed0003u,
+                     1.f / std::sqrt(float(s.R * s.S * s.C)));
+        void* out = dir == ConvDirection::forward         ? t.y->p
+                    : dir == ConvDirection::backward_data ? t.x->p
+                                                          : t.w->p;
+        const size_t n = dir == ConvDirection::forward         ? ny
+                         : dir == ConvDirection::backward_data ? nx
+                                                               : nw;
+        const size_t k = std::min(n, kCheckBytes / eb);  // elements compared at each end
+        std::vector<float> ref(2 * k), got(2 * k);
+        std::vector<unsigned char> raw(2 * k * eb);
+        auto fetch = [&](std::vector<float>& dst) {  // the first k and the last k results
+            CUDA_CHECK(cudaMemcpyAsync(raw.data(), out, k * eb, cudaMemcpyDeviceToHost, ctx_.stream));
+            CUDA_CHECK(cudaMemcpyAsync(raw.data() + k * eb, static_cast<char*>(out) + (n - k) * eb,
+                                       k * eb, cudaMemcpyDeviceToHost, ctx_.stream));
+            CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+            unpack_storage(dst.data(), raw.data(), 2 * k, storage_);
+        };
+        const bool ran = legacy(dir);
+        if (ran) fetch(ref);
+        // the plan's result replaces the legacy one in the same buffer; its inputs are untouched
+        const bool plan_ran = ran && plan.run(ctx_.handle, t.x->p, t.w->p, t.y->p, t.work->p);
+        if (plan_ran) fetch(got);
+        CUDA_CHECK(cudaGetLastError());
+        double largest = 0, worst = 0;
+        bool finite = true;
+        for (size_t i = 0; i < 2 * k; ++i) {
+            finite = finite && std::isfinite(ref[i]) && std::isfinite(got[i]);
+            largest = std::max(largest, double(std::fabs(ref[i])));
+            worst = std::max(worst, double(std::fabs(got[i] - ref[i])));
+        }
+        // the next direction is timed on zeros again, as before this check
+        CUDA_CHECK(cudaMemsetAsync(t.x->p, 0, nx * eb, ctx_.stream));
+        CUDA_CHECK(cudaMemsetAsync(t.y->p, 0, ny * eb, ctx_.stream));
+        CUDA_CHECK(cudaMemsetAsync(t.w->p, 0, nw * eb, ctx_.stream));
+        const bool ok = plan_ran && finite && largest > 0 && worst <= kPlanTolerance * largest;
+        if (!ok || graph_log())
+            std::fprintf(stderr,
+                         "speedrun: cuDNN %s %s: graph-API plan (%s) against the legacy algorithm "
+                         "on random operands: %s; %s\n",
+                         direction_name(dir), describe(s).c_str(), plan.engine().c_str(),
+                         !ran        ? "the legacy algorithm did not run"
+                         : !plan_ran ? "the plan did not run"
+                                     : fmt::format("largest difference {:.3g} of values up to {:.3g}{}",
+                                                   worst, largest, finite ? "" : ", not finite")
+                                           .c_str(),
+                         ok ? "the plan is used" : "the legacy algorithm is used");
+        return ok;
     }
 
     [[noreturn]] void no_algorithm(const char* direction) {

@@ -1,6 +1,7 @@
 // storage.cu: the elementwise ops that exist because of the activation storage (storage.cuh):
-// the residual add over stored activations, and conversions between fp32 and the storage format
-// (the convolutions' weights and weight gradients, the linear layer's input and its gradient).
+// the residual add over stored activations, conversions between fp32 and the storage format
+// (the convolutions' weights and weight gradients, the linear layer's input and its gradient),
+// and a fill with pseudo-random values (the cuDNN wrapper's check of its graph-API plans).
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/storage.cuh"
@@ -34,7 +35,37 @@ __global__ void convert_kernel(D* dst, const S* src, size_t n) {
         store_act(dst, i, load_act(src, i));
 }
 
+// A 32-bit integer hash (the "lowbias32" mixer): consecutive inputs give unrelated outputs.
+__device__ __forceinline__ uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+template <class T>
+__global__ void fill_uniform_kernel(T* p, size_t n, uint32_t seed, float scale) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+         i += size_t(gridDim.x) * blockDim.x) {
+        const uint32_t h = mix32(uint32_t(i) ^ mix32(uint32_t(i >> 32) ^ seed));
+        const float u = float(h >> 8) * (1.f / 16777216.f);  // [0, 1) in steps of 2^-24
+        store_act(p, i, scale * (2.f * u - 1.f));
+    }
+}
+
 }  // namespace
+
+void fill_uniform(cudaStream_t st, Storage s, float* p, size_t n, uint32_t seed, float scale) {
+    if (n == 0) return;
+    with_storage(s, [&](auto* tag) {
+        using T = SR_ACT_T(tag);
+        launch_kernel(fill_uniform_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(p), n, seed,
+                      scale);
+    });
+    CUDA_CHECK_LAUNCH();
+}
 
 void residual_add(cudaStream_t st, Storage s, float* y, const float* x, size_t n) {
     if (n == 0) return;
