@@ -77,6 +77,10 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads, in
     }
     if (device != "auto") fail("--device must be auto, cpu or cuda (got '{}')", device);
     if (auto b = make_cuda_backend(cuda_device, &why, s)) return b;
+    // a GPU that is there but cannot be used (no code for it in this build, say) is worth a line;
+    // no GPU at all is the plain CPU case
+    if (cuda_device_count() > 0)
+        fmt::print(stderr, "speedrun: not using the GPU: {}; running on the CPU\n", why);
     return cpu();
 }
 

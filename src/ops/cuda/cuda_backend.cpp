@@ -34,6 +34,12 @@ void fail_at(const char* lib, const char* call, const char* file, int line, cons
 
 namespace {
 
+#ifdef SPEEDRUN_CUDA_ARCHS
+constexpr const char* kBuiltArchs = SPEEDRUN_CUDA_ARCHS;  // CMAKE_CUDA_ARCHITECTURES
+#else
+constexpr const char* kBuiltArchs = "the architectures CMake was given";
+#endif
+
 // CUDA events on the backend's stream: the GPU's own clock, as the field's timings use.
 class CudaTimer final : public DeviceTimer {
 public:
@@ -90,6 +96,12 @@ public:
         CUDA_CHECK(cudaSetDevice(device));
         cudaDeviceProp prop{};
         CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+        if (const cudaError_t e = cuda::kernel_image_status(); e != cudaSuccess)
+            fail("this build has no code for the {} (sm_{}{}: {}); it was compiled for {}. Rebuild "
+                 "on this machine (CMake adds the GPU it finds) or with "
+                 "-DCMAKE_CUDA_ARCHITECTURES={}{}-real if nvcc supports it",
+                 prop.name, prop.major, prop.minor, cudaGetErrorName(e), kBuiltArchs, prop.major,
+                 prop.minor);
         CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         try {
             cudnn_ = cuda::make_cudnn_context(stream_, tf32);

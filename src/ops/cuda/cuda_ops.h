@@ -96,6 +96,9 @@ void residual_add(cudaStream_t st, Storage s, float* y, const float* x, size_t n
 // dst (n values of s) = src (n fp32 values), rounded; and back (exact)
 void to_storage(cudaStream_t st, Storage s, float* dst, const float* src, size_t n);
 void from_storage(cudaStream_t st, Storage s, float* dst, const float* src, size_t n);
+// Whether this program holds code the current GPU can run: cudaSuccess, or the error a launch
+// would give (cudaErrorNoKernelImageForDevice where the build's architectures leave it out)
+cudaError_t kernel_image_status();
 // p (n values of s) = pseudo-random values, uniform in [-scale, scale) before rounding, the same
 // for the same (n, seed) on any GPU (a hash of the index and seed, no state)
 void fill_uniform(cudaStream_t st, Storage s, float* p, size_t n, uint32_t seed, float scale);

@@ -57,6 +57,17 @@ __global__ void fill_uniform_kernel(T* p, size_t n, uint32_t seed, float scale) 
 
 }  // namespace
 
+cudaError_t kernel_image_status() {
+#ifdef SR_CUDA_EMULATION
+    return cudaSuccess;  // the host runs every kernel
+#else
+    cudaFuncAttributes a{};
+    const cudaError_t e = cudaFuncGetAttributes(&a, fill_uniform_kernel<float>);
+    if (e != cudaSuccess) cudaGetLastError();  // (not sticky; clear it)
+    return e;
+#endif
+}
+
 void fill_uniform(cudaStream_t st, Storage s, float* p, size_t n, uint32_t seed, float scale) {
     if (n == 0) return;
     with_storage(s, [&](auto* tag) {
