@@ -102,6 +102,10 @@ public:
                  "-DCMAKE_CUDA_ARCHITECTURES={}{}-real if nvcc supports it",
                  prop.name, prop.major, prop.minor, cudaGetErrorName(e), kBuiltArchs, prop.major,
                  prop.minor);
+        if (storage == Storage::bf16 && prop.major < 8)
+            fail("bf16 storage needs a GPU of compute capability 8.0 or newer (cuDNN's bf16 "
+                 "convolutions); the {} is sm_{}{}: use --storage fp16 (or fp32)",
+                 prop.name, prop.major, prop.minor);
         CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         try {
             cudnn_ = cuda::make_cudnn_context(stream_, tf32);
