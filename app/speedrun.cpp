@@ -66,9 +66,10 @@ int main(int argc, char** argv) {
                     "Launch every op directly instead of replaying each epoch's recorded steps "
                     "(CUDA graphs, made by the first run)");
     train->add_option("--storage", ta.storage,
-                      "Activation storage: fp32, or fp16 / bf16 (mixed precision: 16-bit "
-                      "activations, fp32 math, weights, BN statistics and optimizer; on the CPU "
-                      "this runs the slow 16-bit reference)");
+                      "Activation storage: auto (the default: bf16 on a GPU of sm_80 or newer, fp16 "
+                      "on older ones, fp32 on the CPU), fp32, or fp16 / bf16 (mixed precision: "
+                      "16-bit activations, fp32 math, weights, BN statistics and optimizer; on "
+                      "the CPU this runs the slow 16-bit reference)");
     train->add_option("--emulate-precision", ta.emulate_precision,
                       "CPU: round what a mixed-precision GPU run would store (activations, "
                       "gradients, the weights the math reads) to fp16, bf16 or fp8 (E4M3 "
@@ -82,7 +83,7 @@ int main(int argc, char** argv) {
     bench->add_option("--steps", ba.steps, "Timed training steps")->capture_default_str();
     bench->add_option("--eval-images", ba.eval_images, "Images for the timed TTA inference (default: one batch)");
     bench->add_option("--json", ba.json, "Write the result as JSON");
-    bench->add_option("--storage", ba.storage, "Activation storage: fp32, fp16 or bf16 (as train)");
+    bench->add_option("--storage", ba.storage, "Activation storage: auto, fp32, fp16 or bf16 (as train)");
     bench->add_flag("--profile", ba.profile,
                     "Also time every op of the training step: time by op and kind, FLOP/s, bytes/s");
     bench->add_option("--roofline", ba.roofline,

@@ -306,6 +306,26 @@ TEST(Train, EmulatedPrecisionRunsAndSaysSo) {
     EXPECT_THROW(cmd_train(a), Error);
 }
 
+// --storage auto (the default): fp32 on the CPU, 16-bit on a GPU (bf16 where cuDNN has bf16
+// convolutions, from sm_80; fp16 before); explicit formats are kept; anything else is refused.
+TEST(Train, StorageAutoIsSixteenBitOnGpusAndFp32OnTheCpu) {
+    EXPECT_EQ(automatic_gpu_storage(90), Storage::bf16);   // H100
+    EXPECT_EQ(automatic_gpu_storage(80), Storage::bf16);   // A100
+    EXPECT_EQ(automatic_gpu_storage(89), Storage::bf16);   // L4
+    EXPECT_EQ(automatic_gpu_storage(120), Storage::bf16);  // Blackwell
+    EXPECT_EQ(automatic_gpu_storage(75), Storage::f16);    // T4
+    for (const char* s : {"", "auto"}) {
+        EXPECT_EQ(make_backend("cpu", 1, 0, s)->storage(), Storage::f32) << s;
+        if (cuda_device_count() == 0)  // auto finds no GPU here: the CPU, fp32
+            EXPECT_EQ(make_backend("auto", 1, 0, s)->storage(), Storage::f32) << s;
+    }
+    EXPECT_EQ(make_backend("cpu", 1, 0, "fp32")->storage(), Storage::f32);
+    EXPECT_EQ(make_backend("cpu", 1, 0, "bf16")->storage(), Storage::bf16);  // the CPU reference
+    EXPECT_EQ(make_backend("cpu", 1, 0, "fp16")->storage(), Storage::f16);
+    EXPECT_TRUE(test::contains(test::error_of([] { make_backend("cpu", 1, 0, "fp8"); }),
+                               "--storage fp8: unknown format (known: auto, fp32, fp16, bf16)"));
+}
+
 // --storage fp16/bf16 (16-bit activations, the CPU reference of ops/storage_backend.h) trains
 // exactly as --emulate-precision with the same format (fp32 containers): the data set, crops,
 // flips, cutout, whitening, the steps, lookahead/EMA and the TTA evaluation all hand activation

@@ -474,6 +474,8 @@ bool cuda_compiled();
 std::string cublas_load_error();
 // Number of CUDA devices this process can use (0 without CUDA, a driver or a GPU).
 int cuda_device_count();
+// Compute capability of CUDA device i as 10 major + minor (90 for an H100); 0 where there is none.
+int cuda_compute_capability(int device_index);
 
 // A typed buffer owned by a backend; released on destruction.
 template <typename T>

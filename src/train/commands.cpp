@@ -58,25 +58,34 @@ Recipe resolve_recipe(const CommonArgs& a) {
     return recipe_from_json(j);
 }
 
+Storage automatic_gpu_storage(int compute_capability) {
+    // 16-bit activations, as the peers train; bf16 where cuDNN has bf16 convolutions (sm_80 on)
+    return compute_capability >= 80 ? Storage::bf16 : Storage::f16;
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& device, int threads, int cuda_device,
                                       const std::string& storage) {
+    const bool automatic = storage.empty() || storage == "auto";
     Storage s = Storage::f32;
-    if (!storage.empty() && !parse_storage(storage, &s))
-        fail("--storage {}: unknown format (known: fp32, fp16, bf16)", storage);
+    if (!automatic && !parse_storage(storage, &s))
+        fail("--storage {}: unknown format (known: auto, fp32, fp16, bf16)", storage);
     // the CPU computes in fp32; 16-bit storage there is the reference wrapper (slow)
     auto cpu = [&]() -> std::unique_ptr<Backend> {
         if (s == Storage::f32) return make_cpu_backend(threads);
         return std::make_unique<StorageBackend>(make_cpu_backend(threads), s);
     };
+    auto gpu_storage = [&] {
+        return automatic ? automatic_gpu_storage(cuda_compute_capability(cuda_device)) : s;
+    };
     if (device == "cpu") return cpu();
     std::string why;
     if (device == "cuda") {
-        auto b = make_cuda_backend(cuda_device, &why, s);
+        auto b = make_cuda_backend(cuda_device, &why, gpu_storage());
         if (!b) fail("--device cuda: {}", why);
         return b;
     }
     if (device != "auto") fail("--device must be auto, cpu or cuda (got '{}')", device);
-    if (auto b = make_cuda_backend(cuda_device, &why, s)) return b;
+    if (auto b = make_cuda_backend(cuda_device, &why, gpu_storage())) return b;
     // a GPU that is there but cannot be used (no code for it in this build, say) is worth a line;
     // no GPU at all is the plain CPU case
     if (cuda_device_count() > 0)
@@ -207,6 +216,13 @@ std::atomic<bool> g_interrupt{false};
 extern "C" void on_signal(int) { g_interrupt.store(true); }
 }  // namespace
 
+// The storage to ask make_backend for: --emulate-precision rounds an fp32 run, so there the
+// automatic choice is fp32 (and the RoundingBackend then says if the device is not the CPU).
+static std::string emulation_storage(const std::string& storage, const std::string& emulate) {
+    if (emulate.empty() || !(storage.empty() || storage == "auto")) return storage;
+    return "fp32";
+}
+
 // --emulate-precision FMT: base (the CPU backend) behind a RoundingBackend
 // (ops/rounding_backend.h); nullptr when name is empty
 static std::unique_ptr<Backend> rounding_backend(Backend& base, const std::string& name) {
@@ -239,7 +255,8 @@ int cmd_train(const TrainArgs& a) {
     if (a.distributed && !a.comm) return cmd_train_distributed(a);  // comes back with comm set
     // a resumed run uses the recipe saved with it
     const Recipe r = resume ? resume->recipe : resolve_recipe(a);
-    auto base_backend = make_backend(a.device, a.threads, a.cuda_device, a.storage);
+    auto base_backend = make_backend(a.device, a.threads, a.cuda_device,
+                                     emulation_storage(a.storage, a.emulate_precision));
     const auto rounding = rounding_backend(*base_backend, a.emulate_precision);
     Backend* backend = rounding ? rounding.get() : base_backend.get();
     const auto tl = clock_type::now();
@@ -360,7 +377,7 @@ int cmd_train(const TrainArgs& a) {
 
 int cmd_eval(const EvalArgs& a) {
     const Checkpoint c = read_checkpoint(a.checkpoint);
-    auto base_backend = make_backend(a.device, a.threads, 0);
+    auto base_backend = make_backend(a.device, a.threads, 0, emulation_storage("", a.emulate_precision));
     const auto rounding = rounding_backend(*base_backend, a.emulate_precision);
     Backend* backend = rounding ? rounding.get() : base_backend.get();
     CommonArgs ca;

@@ -22,7 +22,7 @@ struct CommonArgs {
     // single-flag overrides (< 0 / empty: keep the recipe's)
     double epochs = -1;
     int batch_size = -1;
-    std::string storage;  // activation storage: fp32 | fp16 | bf16 (ops/backend.h, Storage)
+    std::string storage;  // activation storage: "" (auto) | auto | fp32 | fp16 | bf16 (make_backend)
     // CPU convolution algorithm: fastest | direct | winograd (ops/cpu/cpu_ops.h, ConvAlgorithm);
     // empty: fastest, or winograd with --deterministic
     std::string cpu_conv;
@@ -93,7 +93,10 @@ struct AccuracyStats {
 AccuracyStats accuracy_stats(const std::vector<double>& v);  // std: sample (n - 1)
 
 Recipe resolve_recipe(const CommonArgs& a);
-// storage: "", "fp32", "fp16" or "bf16" (--storage; on the CPU, 16-bit is ops/storage_backend.h)
+// storage (--storage): fp32, fp16 or bf16 (on the CPU, 16-bit is ops/storage_backend.h); "" or
+// "auto": 16-bit on a GPU, as the field trains (bf16 from sm_80 on, else fp16), fp32 on the CPU
+// --storage auto on a GPU of this compute capability (10 major + minor)
+Storage automatic_gpu_storage(int compute_capability);
 std::unique_ptr<Backend> make_backend(const std::string& device, int threads, int cuda_device = 0,
                                       const std::string& storage = "");
 Cifar10 load_data(const CommonArgs& a);

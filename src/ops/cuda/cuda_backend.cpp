@@ -369,6 +369,16 @@ int cuda_device_count() {
     return count;
 }
 
+int cuda_compute_capability(int device_index) {
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_index) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device_index) != cudaSuccess) {
+        cudaGetLastError();  // no such device: not an error here
+        return 0;
+    }
+    return 10 * major + minor;
+}
+
 std::unique_ptr<Backend> make_cuda_backend(int device_index, std::string* why_not,
                                            Storage storage, bool tf32) {
     auto no = [&](std::string reason) -> std::unique_ptr<Backend> {

@@ -5,6 +5,7 @@ namespace sr {
 
 bool cuda_compiled() { return false; }
 int cuda_device_count() { return 0; }
+int cuda_compute_capability(int) { return 0; }
 std::string cublas_load_error() { return "this build has no CUDA backend"; }
 
 std::unique_ptr<Backend> make_cuda_backend(int, std::string* why_not, Storage, bool) {
