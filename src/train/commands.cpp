@@ -670,18 +670,21 @@ int cmd_bench(const BenchArgs& a) {
         j["cpu_isa"] = peak.isa;
         j["train_share_of_peak"] = gflops / peak.gflops;
     }
-    // The GPU's measured matrix-multiply peak (TF32: what its fp32 convolutions run in).
+    // The GPU's measured matrix-multiply peak in the precision its convolutions run in: TF32
+    // with fp32 storage, FP16 with 16-bit storage (bf16's dense peak is FP16's).
     double peak_gflops = 0;
+    const char* peak_name = b.storage() == Storage::f32 ? "TF32" : "FP16";
     if (b.device() != Device::cpu) {
         const GemmPeak peak = b.measure_gemm_peak();
-        peak_gflops = peak.tf32_gflops;
+        peak_gflops = b.storage() == Storage::f32 ? peak.tf32_gflops : peak.fp16_gflops;
         if (peak_gflops > 0) {
             fmt::print("device peak   {:.0f} TFLOP/s TF32, {:.0f} TFLOP/s FP16 (cuBLAS 8192^3, measured): "
-                       "training reaches {:.1f}% of the TF32 figure, TTA inference {:.1f}%\n",
+                       "training reaches {:.1f}% of the {} figure, TTA inference {:.1f}%\n",
                        peak.tf32_gflops * 1e-3, peak.fp16_gflops * 1e-3, 100 * gflops / peak_gflops,
-                       100 * eval_gflops / peak_gflops);
+                       peak_name, 100 * eval_gflops / peak_gflops);
             j["device_peak_tf32_tflops"] = peak.tf32_gflops * 1e-3;
             j["device_peak_fp16_tflops"] = peak.fp16_gflops * 1e-3;
+            j["share_of_peak_of"] = peak_name;
             j["train_share_of_peak"] = gflops / peak_gflops;
             j["tta_share_of_peak"] = eval_gflops / peak_gflops;
         }
@@ -717,8 +720,8 @@ int cmd_bench(const BenchArgs& a) {
             j["graph_nodes_per_step"] = rec->node_count();
             j["graph_step_ms"] = t_graph * 1e3;
             if (peak_gflops > 0) {
-                fmt::print("              replayed step: {:.1f}% of the TF32 peak\n",
-                           100 * step_flop / t_graph * 1e-9 / peak_gflops);
+                fmt::print("              replayed step: {:.1f}% of the {} peak\n",
+                           100 * step_flop / t_graph * 1e-9 / peak_gflops, peak_name);
                 j["graph_step_share_of_peak"] = step_flop / t_graph * 1e-9 / peak_gflops;
             }
         } else {
