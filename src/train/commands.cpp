@@ -58,6 +58,11 @@ Recipe resolve_recipe(const CommonArgs& a) {
     return recipe_from_json(j);
 }
 
+// --storage "" or auto: chosen by the device (make_backend)
+static bool automatic_storage(const std::string& storage) {
+    return storage.empty() || storage == "auto";
+}
+
 Storage automatic_gpu_storage(int compute_capability) {
     // 16-bit activations, as the peers train; bf16 where cuDNN has bf16 convolutions (sm_80 on)
     return compute_capability >= 80 ? Storage::bf16 : Storage::f16;
@@ -65,7 +70,7 @@ Storage automatic_gpu_storage(int compute_capability) {
 
 std::unique_ptr<Backend> make_backend(const std::string& device, int threads, int cuda_device,
                                       const std::string& storage) {
-    const bool automatic = storage.empty() || storage == "auto";
+    const bool automatic = automatic_storage(storage);
     Storage s = Storage::f32;
     if (!automatic && !parse_storage(storage, &s))
         fail("--storage {}: unknown format (known: auto, fp32, fp16, bf16)", storage);
@@ -219,7 +224,7 @@ extern "C" void on_signal(int) { g_interrupt.store(true); }
 // The storage to ask make_backend for: --emulate-precision rounds an fp32 run, so there the
 // automatic choice is fp32 (and the RoundingBackend then says if the device is not the CPU).
 static std::string emulation_storage(const std::string& storage, const std::string& emulate) {
-    if (emulate.empty() || !(storage.empty() || storage == "auto")) return storage;
+    if (emulate.empty() || !automatic_storage(storage)) return storage;
     return "fp32";
 }
 

@@ -38,6 +38,7 @@
 #include <cstdio>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -469,12 +470,10 @@ private:
         fill_uniform(ctx_.stream, storage_, static_cast<float*>(t.y->p), ny, 0x5eed0002u, 1.f);
         fill_uniform(ctx_.stream, storage_, static_cast<float*>(t.w->p), nw, 0x5eed0003u,
                      1.f / std::sqrt(float(s.R * s.S * s.C)));
-        void* out = dir == ConvDirection::forward         ? t.y->p
-                    : dir == ConvDirection::backward_data ? t.x->p
-                                                          : t.w->p;
-        const size_t n = dir == ConvDirection::forward         ? ny
-                         : dir == ConvDirection::backward_data ? nx
-                                                               : nw;
+        // the direction's result: y (forward), x (dx), w (dw); n its elements
+        const auto [out, n] = dir == ConvDirection::forward         ? std::pair{t.y->p, ny}
+                              : dir == ConvDirection::backward_data ? std::pair{t.x->p, nx}
+                                                                    : std::pair{t.w->p, nw};
         const size_t k = std::min(n, kCheckBytes / eb);  // elements compared at each end
         std::vector<float> ref(2 * k), got(2 * k);
         std::vector<unsigned char> raw(2 * k * eb);
