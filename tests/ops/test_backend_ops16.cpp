@@ -359,48 +359,53 @@ TEST_P(StoredOps, BatchNorm) {
     bn_case(*this, 600, 512, 530);
 }
 
-// The sync-BN pieces: sums and statistics fp32, y and dx rounded.
+// The sync-BN pieces: sums and statistics fp32, y and dx rounded. C = 12 takes the reductions'
+// one-channel-per-thread kernels, C = 64 their 8-channels-per-thread ones.
 TEST_P(StoredOps, BatchNormSyncPieces) {
-    const int M = 1000, C = 12;
-    const size_t n = size_t(M) * C;
-    const int64_t count = 2 * int64_t(M);
-    const float scale = float(1.0 / double(count));
-    auto x = act_in(randn(n, 550, 1.5f, 1.f));
-    auto gamma = f32_in(uniform(C, 551, 0.5f, 1.5f));
-    auto beta = f32_in(randn(C, 552));
-    auto rmean = f32_in(randn(C, 553));
-    auto rvar = f32_in(uniform(C, 554, 0.5f, 2.f));
-    auto dy = act_in(randn(n, 555));
-    auto s1 = f32_out(2 * size_t(C));
-    for (int i = 0; i < 2; ++i) side(i).bn_stats(s1->p(i), x->p(i), nullptr, scale, M, C);
-    EXPECT_TRUE(same(*s1, "bn_stats sums", 1e-5 * rms_of(*s1), 1e-5));
-    auto s1r = f32_in(s1->floats(0, "sums"));  // "all-reduced": the same on both sides
-    auto s2 = f32_out(2 * size_t(C));
-    for (int i = 0; i < 2; ++i) side(i).bn_stats(s2->p(i), x->p(i), s1r->p(i), scale, M, C);
-    EXPECT_TRUE(same(*s2, "bn_stats centred sums", 1e-5 * rms_of(*s2), 1e-5));
-    auto s2r = f32_in(s2->floats(0, "sums"));
-    auto y = act_out(n), mean = f32_out(C), invstd = f32_out(C);
-    for (int i = 0; i < 2; ++i)
-        side(i).bn_apply(y->p(i), mean->p(i), invstd->p(i), rmean->p(i), rvar->p(i), x->p(i),
-                         gamma->p(i), beta->p(i), s2r->p(i), s1r->p(i), scale, count, M, C, 1e-5f, 0.4f);
-    EXPECT_TRUE(same(*y, "bn_apply y", 2e-5, 1e-5 + u));
-    EXPECT_TRUE(same(*mean, "bn_apply mean", 3e-6, 1e-6));
-    EXPECT_TRUE(same(*invstd, "bn_apply invstd", 0, 1e-5));
-    auto mean_in = f32_in(mean->floats(0, "mean"));
-    auto invstd_in = f32_in(invstd->floats(0, "invstd"));
-    auto bs = f32_out(2 * size_t(C)), dgamma = f32_out(C), dbeta = f32_out(C);
-    for (int i = 0; i < 2; ++i)
-        side(i).bn_backward_reduce(bs->p(i), dgamma->p(i), dbeta->p(i), dy->p(i), x->p(i),
-                                   mean_in->p(i), invstd_in->p(i), M, C);
-    const double sum_tol = 1e-5 * std::sqrt(double(M));
-    EXPECT_TRUE(same(*bs, "bn_backward_reduce sums", sum_tol, 1e-5));
-    EXPECT_TRUE(same(*dgamma, "bn_backward_reduce dgamma", sum_tol, 1e-5));
-    auto bsr = f32_in(bs->floats(0, "sums"));
-    auto dx = act_out(n);
-    for (int i = 0; i < 2; ++i)
-        side(i).bn_backward_apply(dx->p(i), dy->p(i), x->p(i), mean_in->p(i), invstd_in->p(i),
-                                  gamma->p(i), bsr->p(i), count, M, C);
-    EXPECT_TRUE(same(*dx, "bn_backward_apply dx", 1e-5, 1e-5 + u));
+    const int M = 1000;
+    for (int C : {12, 64}) {
+        SCOPED_TRACE(testing::Message() << "C = " << C);
+        const size_t n = size_t(M) * C;
+        const int64_t count = 2 * int64_t(M);
+        const float scale = float(1.0 / double(count));
+        auto x = act_in(randn(n, 550, 1.5f, 1.f));
+        auto gamma = f32_in(uniform(C, 551, 0.5f, 1.5f));
+        auto beta = f32_in(randn(C, 552));
+        auto rmean = f32_in(randn(C, 553));
+        auto rvar = f32_in(uniform(C, 554, 0.5f, 2.f));
+        auto dy = act_in(randn(n, 555));
+        auto s1 = f32_out(2 * size_t(C));
+        for (int i = 0; i < 2; ++i) side(i).bn_stats(s1->p(i), x->p(i), nullptr, scale, M, C);
+        EXPECT_TRUE(same(*s1, "bn_stats sums", 1e-5 * rms_of(*s1), 1e-5));
+        auto s1r = f32_in(s1->floats(0, "sums"));  // "all-reduced": the same on both sides
+        auto s2 = f32_out(2 * size_t(C));
+        for (int i = 0; i < 2; ++i) side(i).bn_stats(s2->p(i), x->p(i), s1r->p(i), scale, M, C);
+        EXPECT_TRUE(same(*s2, "bn_stats centred sums", 1e-5 * rms_of(*s2), 1e-5));
+        auto s2r = f32_in(s2->floats(0, "sums"));
+        auto y = act_out(n), mean = f32_out(C), invstd = f32_out(C);
+        for (int i = 0; i < 2; ++i)
+            side(i).bn_apply(y->p(i), mean->p(i), invstd->p(i), rmean->p(i), rvar->p(i), x->p(i),
+                             gamma->p(i), beta->p(i), s2r->p(i), s1r->p(i), scale, count, M, C,
+                             1e-5f, 0.4f);
+        EXPECT_TRUE(same(*y, "bn_apply y", 2e-5, 1e-5 + u));
+        EXPECT_TRUE(same(*mean, "bn_apply mean", 3e-6, 1e-6));
+        EXPECT_TRUE(same(*invstd, "bn_apply invstd", 0, 1e-5));
+        auto mean_in = f32_in(mean->floats(0, "mean"));
+        auto invstd_in = f32_in(invstd->floats(0, "invstd"));
+        auto bs = f32_out(2 * size_t(C)), dgamma = f32_out(C), dbeta = f32_out(C);
+        for (int i = 0; i < 2; ++i)
+            side(i).bn_backward_reduce(bs->p(i), dgamma->p(i), dbeta->p(i), dy->p(i), x->p(i),
+                                       mean_in->p(i), invstd_in->p(i), M, C);
+        const double sum_tol = 1e-5 * std::sqrt(double(M));
+        EXPECT_TRUE(same(*bs, "bn_backward_reduce sums", sum_tol, 1e-5));
+        EXPECT_TRUE(same(*dgamma, "bn_backward_reduce dgamma", sum_tol, 1e-5));
+        auto bsr = f32_in(bs->floats(0, "sums"));
+        auto dx = act_out(n);
+        for (int i = 0; i < 2; ++i)
+            side(i).bn_backward_apply(dx->p(i), dy->p(i), x->p(i), mean_in->p(i), invstd_in->p(i),
+                                      gamma->p(i), bsr->p(i), count, M, C);
+        EXPECT_TRUE(same(*dx, "bn_backward_apply dx", 1e-5, 1e-5 + u));
+    }
 }
 
 // ---- activations, residual add -----------------------------------------------------------------

@@ -5,8 +5,9 @@
 // every thread of a block reaches fails the launch, and the order of work varies (threads between
 // barriers, blocks of a launch) and shared memory, static and dynamic, starts each block as NaN,
 // so that kernels that depend on either show it; a misaligned vector access fails the launch.
-// Also the one kernel of the backend that no Backend op runs, so that BackendOps never checks it:
-// fill_uniform (the cuDNN wrapper's pseudo-random operands for checking its graph-API plans).
+// Also the kernels of the backend that no Backend op runs, so that BackendOps never checks them:
+// fill_uniform (the cuDNN wrapper's pseudo-random operands for checking its graph-API plans) and
+// the storage conversions to_storage / from_storage.
 // Compiled with the emulation's flags (tests/CMakeLists.txt); in builds without the CUDA
 // toolkit's headers the one test says it is skipped.
 #include <gtest/gtest.h>
@@ -14,8 +15,10 @@
 #ifdef SR_CUDA_EMULATION
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -24,7 +27,7 @@
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/storage.cuh"
-#include "ops/storage_backend.h"  // unpack_storage
+#include "ops/storage_backend.h"  // pack_storage, unpack_storage
 
 namespace sr::cuda {
 namespace {
@@ -263,6 +266,83 @@ TEST(EmulatedKernels, FillUniformIsUniformRoundedAndRepeatable) {
         double lag1 = 0;
         for (size_t i = 1; i < n; ++i) lag1 += double(v[i]) * v[i - 1];
         EXPECT_NEAR(lag1 / (n - 1) / (scale * scale / 3), 0.0, 0.02);
+    }
+}
+
+// to_storage and from_storage (storage.cu), the conversions the cuDNN wrapper makes of the weights
+// (a 16-bit copy before each forward and backward-data call; the 16-bit weight gradient widened)
+// and the linear layer of its 16-bit input: neither is a Backend op, so BackendOps never runs
+// them. They must equal the CPU reference's pack_storage and unpack_storage (ops/storage_backend.h)
+// bit for bit: widening on every one of the 65536 16-bit patterns, rounding on every 4099th fp32
+// pattern (about a million values of every exponent and sign) plus the edge cases below. A NaN
+// needs only to stay a NaN.
+TEST(EmulatedKernels, StorageConversionsEqualTheCpuPackingBitForBit) {
+    auto bits = [](float f) {
+        uint32_t u;
+        std::memcpy(&u, &f, 4);
+        return u;
+    };
+    auto from_bits = [](uint32_t u) {
+        float f;
+        std::memcpy(&f, &u, 4);
+        return f;
+    };
+    std::vector<float> src;
+    for (uint64_t u = 0; u <= 0xffffffffull; u += 4099) src.push_back(from_bits(uint32_t(u)));
+    const float edge[] = {0.f, -0.f, 1.f + 0x1p-11f, 1.f + 0x3p-11f, 1.f + 0x1p-8f, 1.f + 0x3p-8f,
+                          65504.f, 65519.f, 65520.f, -65520.f, 1e6f, -1e30f, 0x1p-24f, 0x1p-25f,
+                          0x1.8p-25f, -0x1p-26f, 1e-40f, -1e-45f, 3.3895313892515355e38f,
+                          3.4028235e38f, -3.4028235e38f, INFINITY, -INFINITY, NAN};
+    src.insert(src.end(), std::begin(edge), std::end(edge));
+    const size_t n = src.size();
+    for (Storage s : {Storage::f32, Storage::f16, Storage::bf16}) {
+        SCOPED_TRACE(testing::Message() << "storage " << int(s));
+        const size_t b = storage_bytes(s);
+        std::vector<float> gpu(n, -7.f), cpu(n, -7.f);  // room for n values of any storage
+        to_storage(nullptr, s, gpu.data(), src.data(), n);
+        pack_storage(cpu.data(), src.data(), n, s);
+        size_t mismatches = 0;
+        for (size_t i = 0; i < n; ++i) {
+            uint32_t g = 0, c = 0;
+            std::memcpy(&g, reinterpret_cast<const char*>(gpu.data()) + i * b, b);
+            std::memcpy(&c, reinterpret_cast<const char*>(cpu.data()) + i * b, b);
+            if (g == c) continue;
+            float gw, cw;  // a NaN on both sides counts as equal
+            unpack_storage(&gw, reinterpret_cast<const char*>(gpu.data()) + i * b, 1, s);
+            unpack_storage(&cw, reinterpret_cast<const char*>(cpu.data()) + i * b, 1, s);
+            if (std::isnan(gw) && std::isnan(cw)) continue;
+            if (++mismatches <= 5)
+                ADD_FAILURE() << "to_storage(" << src[i] << ", bits " << std::hex << bits(src[i])
+                              << "): " << g << " where the CPU packs " << c;
+        }
+        EXPECT_EQ(mismatches, 0u) << "of " << n << " values";
+        // the tail of the buffer beyond n values of s is untouched
+        if (b < 4) EXPECT_EQ(gpu[n - 1], -7.f);
+
+        // widening: every 16-bit pattern (fp32: the values above, back unchanged)
+        std::vector<float> packed(n, 0.f);
+        size_t m = n;
+        if (b == 2) {
+            m = 65536;
+            for (uint32_t u = 0; u < m; ++u) {
+                const uint16_t h = uint16_t(u);
+                std::memcpy(reinterpret_cast<char*>(packed.data()) + u * 2, &h, 2);
+            }
+        } else {
+            packed = src;
+        }
+        std::vector<float> wide(m, -7.f), ref(m, -7.f);
+        from_storage(nullptr, s, wide.data(), packed.data(), m);
+        unpack_storage(ref.data(), packed.data(), m, s);
+        mismatches = 0;
+        for (size_t i = 0; i < m; ++i) {
+            if (bits(wide[i]) == bits(ref[i]) || (std::isnan(wide[i]) && std::isnan(ref[i])))
+                continue;
+            if (++mismatches <= 5)
+                ADD_FAILURE() << "from_storage of pattern " << std::hex << i << ": "
+                              << bits(wide[i]) << " where the CPU unpacks " << bits(ref[i]);
+        }
+        EXPECT_EQ(mismatches, 0u) << "of " << m << " patterns";
     }
 }
 

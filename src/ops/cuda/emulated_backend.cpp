@@ -42,11 +42,12 @@ public:
 
 private:
     int rows() const { return shape.N * shape.P() * shape.Q(); }
+    // the weights' 16-bit copy, made by the kernel CudnnConv2d::stored_weights makes it with
     const float* stored(const float* w) {
         if (s_ == Storage::f32) return w;
         const size_t n = size_t(shape.K) * shape.R * shape.S * shape.C;
         w_.resize(n);
-        pack_storage(w_.data(), w, n, s_);
+        cuda::to_storage(nullptr, s_, w_.data(), w, n);
         return w_.data();
     }
 
