@@ -17,7 +17,7 @@ namespace {
 namespace fs = std::filesystem;
 
 TEST(Bench, EveryPresetRunsAProfiledStep) {
-    const std::string out = (fs::temp_directory_path() / "speedrun-test-bench.json").string();
+    const std::string out = test::temp_path("bench.json").string();
     for (const std::string& p : preset_names()) {
         SCOPED_TRACE(p);
         const Recipe r = load_recipe(p, "");
@@ -50,7 +50,7 @@ TEST(Bench, EveryPresetRunsAProfiledStep) {
 
 // --roofline: the profiled step on a GPU by the model of train/roofline.h, fp32 and 16-bit.
 TEST(Bench, RooflineEstimate) {
-    const std::string out = (fs::temp_directory_path() / "speedrun-test-bench-roofline.json").string();
+    const std::string out = test::temp_path("bench-roofline.json").string();
     BenchArgs a;
     a.preset = "hiverge";
     a.device = "cpu";

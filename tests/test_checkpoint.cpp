@@ -31,14 +31,14 @@ TrainOptions tiny_options(const std::string& ckpt) {
     return o;
 }
 
-std::string temp(const char* name) { return (fs::temp_directory_path() / name).string(); }
+std::string temp(const char* name) { return test::temp_path(name).string(); }
 
 // Runs r uninterrupted, then stopped after stop_step (expected to land at step steps_in_epoch of
 // epoch `epoch`) and resumed: the final checkpoints must be bit-identical.
 void resumed_run_is_bit_identical(const Recipe& r, int n_train, int stop_step, int epoch,
                                   int steps_in_epoch) {
     const Cifar10 data = make_synthetic_cifar10(n_train, 512, 4);
-    const std::string a = temp("speedrun-test-a.safetensors"), b = temp("speedrun-test-b.safetensors");
+    const std::string a = temp("a.safetensors"), b = temp("b.safetensors");
     auto backend = make_cpu_backend(2);
     RunResult full;
     {
@@ -116,7 +116,7 @@ TEST(Checkpoint, ResumedRunAroundTheLastPartialBatchIsBitIdentical) {
 // saved come first, as they were printed before the stop, then the ones run now.
 TEST(Checkpoint, ResumedRunPrintsWhereItStandsAndTheSavedEpochs) {
     const Cifar10 data = make_synthetic_cifar10(2048, 512, 4);
-    const std::string p = temp("speedrun-test-print.safetensors");
+    const std::string p = temp("print.safetensors");
     auto backend = make_cpu_backend(2);
     const Recipe r = tiny_recipe();
     {
@@ -152,7 +152,7 @@ TEST(Checkpoint, ResumedRunPrintsWhereItStandsAndTheSavedEpochs) {
 // the last finished epoch.
 TEST(Checkpoint, OlderCheckpointWithoutEpochTimeTakesItFromTheTotals) {
     const Cifar10 data = make_synthetic_cifar10(2048, 512, 4);
-    const std::string p = temp("speedrun-test-old.safetensors");
+    const std::string p = temp("old.safetensors");
     auto backend = make_cpu_backend(2);
     {
         TrainOptions o = tiny_options(p);
@@ -178,7 +178,7 @@ TEST(Checkpoint, WrongShapeAndMissingTensorsAreNamed) {
     const Cifar10 data = make_synthetic_cifar10(1024, 256, 5);
     Recipe r = tiny_recipe();
     r.epochs = 1;
-    const std::string p = temp("speedrun-test-shape.safetensors");
+    const std::string p = temp("shape.safetensors");
     auto backend = make_cpu_backend(2);
     {
         Trainer t(*backend, r, data, tiny_options(p));
@@ -208,7 +208,7 @@ TEST(Checkpoint, NonFiniteLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
     const Cifar10 data = make_synthetic_cifar10(2048, 256, 6);
     Recipe r = tiny_recipe();
     r.lr = 1e30;  // diverges within a few steps
-    const std::string p = temp("speedrun-test-nan.safetensors");
+    const std::string p = temp("nan.safetensors");
     fs::remove(p);
     auto backend = make_cpu_backend(2);
     TrainOptions o = tiny_options(p);
@@ -235,7 +235,7 @@ TEST(Checkpoint, NonFiniteLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
 TEST(Checkpoint, InterruptFlagSavesAndStops) {
     const Cifar10 data = make_synthetic_cifar10(1024, 256, 8);
     Recipe r = tiny_recipe();
-    const std::string p = temp("speedrun-test-int.safetensors");
+    const std::string p = temp("int.safetensors");
     auto backend = make_cpu_backend(2);
     std::atomic<bool> flag{true};  // as if SIGINT arrived during the first step
     TrainOptions o = tiny_options(p);

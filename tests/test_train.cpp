@@ -252,7 +252,7 @@ TEST(Train, BatchLargerThanTheSetIsAClearError) {
 
 TEST(Train, SummaryJsonHasTheFieldsUsersRead) {
     namespace fs = std::filesystem;
-    const fs::path out = fs::temp_directory_path() / "speedrun-test-summary.json";
+    const fs::path out = test::temp_path("summary.json");
     fs::remove(out);
     TrainArgs a;
     a.synthetic = true;
@@ -284,7 +284,7 @@ TEST(Train, SummaryJsonHasTheFieldsUsersRead) {
 // emulated run still learns, and an unknown format is a clear error.
 TEST(Train, EmulatedPrecisionRunsAndSaysSo) {
     namespace fs = std::filesystem;
-    const fs::path out = fs::temp_directory_path() / "speedrun-test-emulate.json";
+    const fs::path out = test::temp_path("emulate.json");
     fs::remove(out);
     TrainArgs a;
     a.synthetic = true;
@@ -333,7 +333,7 @@ TEST(Train, StorageAutoIsSixteenBitOnGpusAndFp32OnTheCpu) {
 // page24: ghost-BN slices, residual adds, cutout; hiverge: colour jitter, selective TTA.
 TEST(Train, SixteenBitStorageTrainsAsItsEmulation) {
     namespace fs = std::filesystem;
-    const fs::path out = fs::temp_directory_path() / "speedrun-test-storage.json";
+    const fs::path out = test::temp_path("storage.json");
     auto run = [&](const char* preset, const char* widths, const std::string& storage,
                    const std::string& emulate) {
         fs::remove(out);

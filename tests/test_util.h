@@ -1,6 +1,6 @@
 // test_util.h: helpers shared by the tests: seeded random vectors, max-difference checks with
-// the offending index in the message, the message of an expected sr::Error, and where the real
-// CIFAR-10 is (if present).
+// the offending index in the message, the message of an expected sr::Error, where the real
+// CIFAR-10 is (if present), and temporary paths of the test's own.
 #pragma once
 #include <cmath>
 #include <filesystem>
@@ -9,11 +9,21 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "core/error.h"
 #include "core/rng.h"
 
 namespace sr::test {
+
+// A path in the temporary directory that no other test uses at the same time: `ctest -j` runs
+// tests side by side, each in a process of its own, and two test runs may share a machine; a
+// fixed name let one test's checkpoint be overwritten by another's (Checkpoint.Resumed* under
+// ctest -j2). The process id goes in front of the name.
+inline std::filesystem::path temp_path(const std::string& name) {
+    return std::filesystem::temp_directory_path() /
+           ("speedrun-" + std::to_string(::getpid()) + "-" + name);
+}
 
 inline std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.f) {
     Rng r(seed);
