@@ -2,6 +2,10 @@
 // schedule, optimizer hyperparameters, lookahead decay), and config validation.
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
 
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
@@ -44,6 +48,38 @@ TEST(Recipe, ConfigErrorsNameTheKey) {
     EXPECT_TRUE(test::contains(test::error_of([&] { recipe_from_json(j); }), "opt.lerning_rate"));
     EXPECT_THROW(preset_json("no-such-preset"), Error);
     EXPECT_THROW(load_recipe("airbench94", "/nonexistent/config.json"), Error);
+}
+
+// --config FILE: a JSON merge patch over the preset (RFC 7386): the keys it names change, every
+// other key keeps the preset's value, null removes a key (its default applies). A file that is
+// not JSON, a value of the wrong type and an unknown key are errors naming the file or the key.
+TEST(Recipe, ConfigFileIsMergedOverThePreset) {
+    const std::string path = test::temp_path("config.json").string();
+    auto write = [&](const std::string& text) { std::ofstream(path) << text; };
+    write(R"({"opt": {"lr": 9.0, "epochs": 5}, "net": {"widths": [32, 64, 64]},
+              "eval": {"tta_level": null}})");
+    const Recipe base = load_recipe("airbench94", ""), r = load_recipe("airbench94", path);
+    EXPECT_DOUBLE_EQ(r.lr, 9.0);
+    EXPECT_DOUBLE_EQ(r.epochs, 5.0);
+    EXPECT_EQ(r.net.widths, (std::vector<int>{32, 64, 64}));
+    EXPECT_DOUBLE_EQ(r.momentum, base.momentum);  // a sibling of the patched keys
+    EXPECT_EQ(r.batch_size, base.batch_size);
+    EXPECT_EQ(r.net.whiten_kernel, base.net.whiten_kernel);
+    EXPECT_EQ(r.json.at("eval").count("tta_level"), 0u);
+    EXPECT_EQ(r.tta_level, Recipe().tta_level);  // the default, as if the preset had no value
+
+    write(R"({"opt": {"lr": 9.0,}})");
+    std::string why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, path)) << why;
+    EXPECT_TRUE(test::contains(why, "not valid JSON")) << why;
+    write(R"({"opt": {"lr": "fast"}})");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "opt.lr")) << why;
+    EXPECT_TRUE(test::contains(why, "wrong type")) << why;
+    write(R"({"aug": {"fliip": true}})");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "aug.fliip")) << why;
+    std::filesystem::remove(path);
 }
 
 TEST(Recipe, OverridesApply) {

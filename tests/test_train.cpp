@@ -187,6 +187,65 @@ TEST(Train, KeepingTheLastPartialBatchTrainsOnEveryImage) {
     EXPECT_NE(kept, dropped);
 }
 
+// --log: one JSON object per line, an "epoch" line for every epoch and a "run" line for every
+// run, appended (a second trainer on the same file keeps the first one's lines); the warm-up run
+// writes nothing. The values are those the run returns.
+TEST(Train, JsonlLogHasALinePerEpochAndPerRunAndAppends) {
+    const Cifar10 data = make_synthetic_cifar10(1024, 256, 8);
+    auto b = make_cpu_backend(2);
+    Recipe r = load_recipe("airbench94", "");
+    r.net.widths = {8, 16, 16};
+    r.batch_size = 256;
+    r.epochs = 2;
+    TrainOptions o;
+    o.quiet = true;
+    o.progress = false;
+    o.eval_each_epoch = true;
+    const std::filesystem::path log = test::temp_path("log/train.jsonl");  // parent made
+    std::filesystem::remove_all(log.parent_path());
+    o.log_path = log.string();
+    std::vector<RunResult> runs;
+    {
+        Trainer t(*b, r, data, o);
+        t.run(1, true);  // warm-up: not logged
+        runs.push_back(t.run(5));
+    }
+    {
+        Trainer t(*b, r, data, o);
+        runs.push_back(t.run(6));
+    }
+    std::ifstream f(log);
+    ASSERT_TRUE(f) << log;
+    std::vector<nlohmann::json> lines;
+    for (std::string line; std::getline(f, line);) {
+        ASSERT_NO_THROW(lines.push_back(nlohmann::json::parse(line))) << line;
+        ASSERT_TRUE(lines.back().is_object()) << line;
+    }
+    ASSERT_EQ(lines.size(), 2u * (2 + 1)) << "2 epochs and a run line, for each of 2 runs";
+    size_t k = 0;
+    for (const RunResult& res : runs) {
+        SCOPED_TRACE(testing::Message() << "seed " << res.seed);
+        ASSERT_EQ(res.epochs.size(), 2u);
+        for (const EpochStats& e : res.epochs) {
+            const nlohmann::json& j = lines[k++];
+            EXPECT_EQ(j.at("event"), "epoch");
+            EXPECT_EQ(j.at("seed"), res.seed);
+            EXPECT_EQ(j.at("epoch"), e.epoch);
+            EXPECT_EQ(j.at("train_loss").get<double>(), e.train_loss);
+            EXPECT_EQ(j.at("test_acc").get<double>(), e.test_acc);
+            EXPECT_EQ(j.at("total_seconds").get<double>(), e.total_seconds);
+        }
+        const nlohmann::json& j = lines[k++];
+        EXPECT_EQ(j.at("event"), "run");
+        EXPECT_EQ(j.at("seed"), res.seed);
+        EXPECT_EQ(j.at("test_accuracy_tta").get<double>(), res.test_accuracy_tta);
+        EXPECT_EQ(j.at("test_accuracy").get<double>(), res.test_accuracy);
+        EXPECT_EQ(j.at("steps"), res.steps);
+        EXPECT_EQ(j.at("train_seconds").get<double>(), res.train_seconds);
+    }
+    std::filesystem::remove_all(log.parent_path());
+}
+
 // Selective TTA: with every image selected it is the full TTA, with none it is the plain view;
 // the same seed on the CPU gives the same weights, so the three trainers can be compared.
 TEST(Train, SelectiveTtaBetweenPlainAndFull) {

@@ -3,6 +3,7 @@
 // frexp/nearbyint rounding), per-tensor scaling for FP8, and the backend rounding what it should.
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "core/error.h"
@@ -122,6 +123,50 @@ TEST(RoundingBackend, ConvolutionComputesWithRoundedWeightsAndStoresRounded) {
     rb.gelu_forward(g.data(), x.data(), nx);
     for (float v : g) ASSERT_EQ(v, round_to(v, rb.precision().forward));
     EXPECT_EQ(emulated_precision("fp4"), nullptr);
+}
+
+// Every activation, forward and backward: the plain CPU op's result rounded once, the forward to
+// the forward format and the gradient to the backward one (fp8: E4M3 and E5M2, each scaled per
+// tensor, so a swapped pair or a missing rounding shows). SiLU is the hiverge recipe's.
+TEST(RoundingBackend, EveryActivationRoundsItsOutputToItsFormat) {
+    auto cpu = make_cpu_backend(2);
+    const EmulatedPrecision& p = *emulated_precision("fp8");
+    ASSERT_NE(p.forward.max, p.backward.max);
+    RoundingBackend rb(*cpu, p);
+    const size_t n = 4099;
+    const auto x = test::randn(n, 41, 2.f);  // (not representable: ReLU's output changes too)
+    const auto dy = test::randn(n, 42, 0.01f);
+    const float alpha = 0.3f;
+    using Fwd = std::function<void(Backend&, float*)>;
+    using Bwd = std::function<void(Backend&, float*)>;
+    const struct {
+        const char* name;
+        Fwd f;
+        Bwd b;
+    } acts[] = {
+        {"gelu", [&](Backend& b, float* y) { b.gelu_forward(y, x.data(), n); },
+         [&](Backend& b, float* dx) { b.gelu_backward(dx, dy.data(), x.data(), n); }},
+        {"silu", [&](Backend& b, float* y) { b.silu_forward(y, x.data(), n); },
+         [&](Backend& b, float* dx) { b.silu_backward(dx, dy.data(), x.data(), n); }},
+        {"relu", [&](Backend& b, float* y) { b.relu_forward(y, x.data(), n); },
+         [&](Backend& b, float* dx) { b.relu_backward(dx, dy.data(), x.data(), n); }},
+        {"celu", [&](Backend& b, float* y) { b.celu_forward(y, x.data(), n, alpha); },
+         [&](Backend& b, float* dx) { b.celu_backward(dx, dy.data(), x.data(), n, alpha); }},
+    };
+    for (const auto& a : acts) {
+        SCOPED_TRACE(a.name);
+        std::vector<float> y(n), ref(n), dx(n), dref(n);
+        a.f(rb, y.data());
+        a.f(*cpu, ref.data());
+        EXPECT_NE(y, ref) << "the forward is rounded";
+        round_tensor(ref.data(), n, p.forward);
+        EXPECT_EQ(y, ref);
+        a.b(rb, dx.data());
+        a.b(*cpu, dref.data());
+        EXPECT_NE(dx, dref) << "the gradient is rounded";
+        round_tensor(dref.data(), n, p.backward);
+        EXPECT_EQ(dx, dref);
+    }
 }
 
 // fp8-conv: the convolutions multiply E4M3 copies of x and w and an E5M2 copy of dy (each scaled
