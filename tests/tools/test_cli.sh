@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# test_cli.sh: the `speedrun` program as a user runs it. The unit tests call the commands'
+# functions; this checks the command line in front of them (app/speedrun.cpp): every subcommand
+# on a small synthetic set that `speedrun data` writes, the files each promises (summary, log,
+# DAWNBench TSV, plot, checkpoint, ONNX model, SVG diagram, bench JSON), that `eval` of the
+# checkpoint gives the accuracy the run reported, that an interrupted run exits with 130 and
+# `--resume` ends where an uninterrupted run ends, and that bad input stops with exit status 1
+# and a "speedrun: error:" line naming what is wrong.
+# Usage: test_cli.sh SPEEDRUN PRESETS_DIR   (ctest `cli`)
+set -euo pipefail
+B=$(realpath "$1")
+presets=$(realpath "$2")
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+cd "$t"
+
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+contains() {  # contains FILE TEXT
+    grep -qF -- "$2" "$1" || { echo "--- $1:" >&2; cat "$1" >&2; fail "$1 lacks '$2'"; }
+}
+json() {  # json FILE EXPR: prints EXPR of the parsed file (j)
+    /usr/bin/python3 -c "import json, sys; j = json.load(open(sys.argv[1])); print($2)" "$1"
+}
+# expect_error TEXT -- COMMAND...: exits with 1 and says "speedrun: error: ...TEXT..."
+expect_error() {
+    local text=$1
+    shift 2
+    local rc=0
+    "$@" > out.txt 2> err.txt || rc=$?
+    [ "$rc" = 1 ] || { cat err.txt >&2; fail "$* exited with $rc, not 1"; }
+    contains err.txt "speedrun: error: "
+    contains err.txt "$text"
+}
+
+# -- presets, describe
+"$B" presets > presets.txt
+for f in "$presets"/*.json; do
+    n=$(basename "$f" .json)
+    grep -q "^$n " presets.txt || fail "speedrun presets does not list $n"
+done
+"$B" describe --preset airbench94 > describe.txt
+contains describe.txt "forward FLOPs/image   0.236 GFLOP"  # airbench94: ~0.24 GFLOP (the peers')
+contains describe.txt "one full run          0.360 PFLOP"
+if command -v dot > /dev/null; then
+    "$B" describe --svg net.svg > /dev/null
+    head -c 200 net.svg | grep -q "<?xml" || fail "net.svg is not SVG"
+    grep -q "<svg" net.svg || fail "net.svg is not SVG"
+else
+    echo "note: graphviz (dot) not installed: describe --svg not checked"
+fi
+
+# -- data: a synthetic set in CIFAR-10's binary format, read back and checked
+"$B" data --write-synthetic syn --seed 3 > data-write.txt
+contains data-write.txt "to syn"
+for f in data_batch_1 data_batch_2 data_batch_3 data_batch_4 data_batch_5 test_batch; do
+    [ "$(stat -c %s syn/$f.bin)" = 30730000 ] || fail "syn/$f.bin is not 10,000 records of 3,073 bytes"
+done
+"$B" data --data syn --no-download > data.txt
+contains data.txt "50000 train, 10000 test images"
+contains data.txt "train classes [5000 5000 5000 5000 5000 5000 5000 5000 5000 5000]"
+
+# -- train: a tiny run with every output; a config file and --set over the preset
+tiny=(--data syn --no-download --device cpu --threads 2 --set 'net.widths=[8,16,16]'
+      --batch-size 256 --epochs 2 --subset 1024 --test-subset 256)
+echo '{"opt": {"lr": 10.0}}' > cfg.json
+"$B" train "${tiny[@]}" --config cfg.json --summary-json s.json --log l.jsonl \
+    --dawnbench db.tsv --plot p.png --checkpoint c.safetensors > train.txt
+[ "$(json s.json 'j["recipe"]["opt"]["lr"]')" = 10.0 ] || fail "--config: opt.lr is not 10"
+[ "$(json s.json 'j["recipe"]["net"]["widths"]')" = "[8, 16, 16]" ] || fail "--set net.widths not applied"
+[ "$(json s.json 'len(j["runs"]), j["n_train"], j["n_test"]')" = "1 1024 256" ] || fail "summary counts"
+acc=$(json s.json '"%.4f" % j["runs"][0]["test_accuracy_tta"]')
+contains train.txt "TTA accuracy mean $acc"
+[ "$(wc -l < l.jsonl)" = 3 ] || fail "l.jsonl: not 2 epoch lines and a run line"
+/usr/bin/python3 -c "import json, sys; [json.loads(l) for l in open(sys.argv[1])]" l.jsonl \
+    || fail "l.jsonl: a line is not a JSON object"
+head -1 db.tsv | grep -qP '^epoch\thours\ttop1Accuracy$' || fail "db.tsv header"
+[ "$(wc -l < db.tsv)" = 3 ] || fail "db.tsv: not a header and 2 epochs"
+if command -v gnuplot > /dev/null; then
+    [ "$(head -c 4 p.png | od -An -c | tr -d ' ')" = '211PNG' ] || fail "p.png is not a PNG"
+else
+    echo "note: gnuplot not installed: --plot not checked"
+fi
+
+# -- eval of the checkpoint: the accuracy the run reported (same weights, same test images)
+"$B" eval --checkpoint c.safetensors --data syn --no-download --device cpu --threads 2 \
+    --test-subset 256 > eval.txt
+contains eval.txt "$acc with TTA level 2 (256 images"
+
+# -- predict: a 32x32 PNG written here
+/usr/bin/python3 - << 'EOF'
+import struct, zlib
+def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+raw = b"".join(b"\0" + b"".join(bytes((x * 8, y * 8, 128)) for x in range(32)) for y in range(32))
+png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 32, 32, 8, 2, 0, 0, 0))
+       + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+open("img.png", "wb").write(png)
+EOF
+"$B" predict --checkpoint c.safetensors --device cpu --threads 2 --top 3 img.png > predict.txt
+grep -qE '^img\.png +[a-z]+ +0\.[0-9]{4} ' predict.txt || { cat predict.txt >&2; fail "predict: no class for img.png"; }
+
+# -- export: an ONNX model, or the message that this build has no ONNX
+rc=0
+"$B" export --checkpoint c.safetensors --onnx m.onnx > export.txt 2> export-err.txt || rc=$?
+if [ "$rc" = 0 ]; then
+    [ -s m.onnx ] || fail "export said it wrote m.onnx"
+    contains export.txt "wrote m.onnx"
+else
+    contains export-err.txt "built without ONNX"
+fi
+
+# -- bench: one timed step, as JSON
+"$B" bench --data syn --no-download --device cpu --threads 2 --set 'net.widths=[8,16,16]' \
+    --batch-size 64 --steps 1 --json b.json > bench.txt
+[ "$(json b.json 'j["batch_size"], j["train_images_per_second"] > 0')" = "64 True" ] || fail "b.json"
+
+# -- interrupted and resumed: exit 130 with the checkpoint saved; the resumed run ends as the
+#    uninterrupted one (--deterministic: bit-identical on the CPU)
+"$B" train "${tiny[@]}" --deterministic --summary-json full.json > full.txt
+rc=0
+"$B" train "${tiny[@]}" --deterministic --checkpoint r.safetensors --stop-after-step 5 \
+    > stop.txt 2> stop-err.txt || rc=$?
+[ "$rc" = 130 ] || fail "--stop-after-step: exit status $rc, not 130"
+contains stop-err.txt "interrupted"
+"$B" train "${tiny[@]}" --deterministic --resume r.safetensors --summary-json resumed.json > resumed.txt
+[ "$(json resumed.json 'j["runs"][0]["test_accuracy_tta"]')" = \
+  "$(json full.json 'j["runs"][0]["test_accuracy_tta"]')" ] || fail "the resumed run ends elsewhere"
+
+# -- bad input: exit status 1 and a message naming the cause
+expect_error "unknown preset 'nope'" -- "$B" train --preset nope
+expect_error "/nonexistent" -- "$B" train --data /nonexistent --no-download
+expect_error "--storage fp12" -- "$B" train "${tiny[@]}" --storage fp12
+echo '{"opt": {"lr": 10.0,}}' > broken.json
+expect_error "broken.json: not valid JSON" -- "$B" train "${tiny[@]}" --config broken.json
+expect_error "opt.lerning_rate" -- "$B" train "${tiny[@]}" --set opt.lerning_rate=1
+expect_error "s.json" -- "$B" eval --checkpoint s.json --data syn --no-download
+expect_error "nothere.png: no such file" -- "$B" predict --checkpoint c.safetensors nothere.png
+expect_error "--resume continues one run" -- "$B" train "${tiny[@]}" --resume r.safetensors --runs 2
+head -c 1000 syn/test_batch.bin > short.bin && mkdir -p short && cp syn/data_batch_*.bin short/ \
+    && mv short.bin short/test_batch.bin
+expect_error "test_batch.bin" -- "$B" data --data short --no-download
+rc=0
+"$B" train --frobnicate > out.txt 2> err.txt || rc=$?
+[ "$rc" != 0 ] || fail "an unknown flag was accepted"
+contains err.txt "--frobnicate"
+echo "cli: all checks passed"
