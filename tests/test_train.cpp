@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <utility>
+#include <vector>
 
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
@@ -15,6 +17,24 @@
 
 namespace sr {
 namespace {
+
+// The set-up of the short runs below: a preset at reduced widths in batches of 256, and options
+// that print nothing.
+Recipe small_recipe(const char* preset, std::vector<int> widths, double epochs) {
+    Recipe r = load_recipe(preset, "");
+    r.net.widths = std::move(widths);
+    r.batch_size = 256;
+    r.epochs = epochs;
+    return r;
+}
+
+TrainOptions quiet_options(bool eval_each_epoch) {
+    TrainOptions o;
+    o.quiet = true;
+    o.progress = false;
+    o.eval_each_epoch = eval_each_epoch;
+    return o;
+}
 
 TEST(Train, RealRecipeLearnsInAFractionOfAnEpoch) {
     const std::string dir = test::real_cifar_dir();
@@ -157,14 +177,8 @@ INSTANTIATE_TEST_SUITE_P(Train, PresetLearns, ::testing::Values("muon94", "hiver
 TEST(Train, KeepingTheLastPartialBatchTrainsOnEveryImage) {
     const Cifar10 data = make_synthetic_cifar10(1000, 200, 6);
     auto b = make_cpu_backend(2);
-    Recipe r = load_recipe("myrtle-reg", "");
-    r.net.widths = {8, 8, 16, 16};
-    r.batch_size = 256;
-    r.epochs = 2;
-    TrainOptions o;
-    o.quiet = true;
-    o.progress = false;
-    o.eval_each_epoch = false;
+    Recipe r = small_recipe("myrtle-reg", {8, 8, 16, 16}, 2);
+    const TrainOptions o = quiet_options(false);
     auto run = [&](bool drop_last, int images_per_epoch, std::vector<float>& weights) {
         r.drop_last = drop_last;
         Trainer t(*b, r, data, o);
@@ -193,14 +207,8 @@ TEST(Train, KeepingTheLastPartialBatchTrainsOnEveryImage) {
 TEST(Train, JsonlLogHasALinePerEpochAndPerRunAndAppends) {
     const Cifar10 data = make_synthetic_cifar10(1024, 256, 8);
     auto b = make_cpu_backend(2);
-    Recipe r = load_recipe("airbench94", "");
-    r.net.widths = {8, 16, 16};
-    r.batch_size = 256;
-    r.epochs = 2;
-    TrainOptions o;
-    o.quiet = true;
-    o.progress = false;
-    o.eval_each_epoch = true;
+    const Recipe r = small_recipe("airbench94", {8, 16, 16}, 2);
+    TrainOptions o = quiet_options(true);
     const std::filesystem::path log = test::temp_path("log/train.jsonl");  // parent made
     std::filesystem::remove_all(log.parent_path());
     o.log_path = log.string();
@@ -251,19 +259,13 @@ TEST(Train, JsonlLogHasALinePerEpochAndPerRunAndAppends) {
 TEST(Train, SelectiveTtaBetweenPlainAndFull) {
     auto b = make_cpu_backend(2);
     const Cifar10 data = make_synthetic_cifar10(2048, 600, 5);
-    TrainOptions o;
-    o.progress = false;
-    o.quiet = true;
-    o.eval_each_epoch = false;
+    const TrainOptions o = quiet_options(false);
     struct Eval {
         double plain_acc, tta_acc;
         std::vector<float> plain, tta;  // logits (600, 10)
     };
     auto evaluate = [&](double select) {
-        Recipe r = load_recipe("hiverge", "");
-        r.net.widths = {8, 16, 16};
-        r.batch_size = 256;
-        r.epochs = 1;
+        Recipe r = small_recipe("hiverge", {8, 16, 16}, 1);
         r.whiten_images = 512;
         r.tta_select = select;
         Trainer t(*b, r, data, o);

@@ -42,7 +42,7 @@ public:
 
 private:
     int rows() const { return shape.N * shape.P() * shape.Q(); }
-    // the weights' 16-bit copy, made by the kernel CudnnConv2d::stored_weights makes it with
+    // the weights' 16-bit copy, made with the kernel that CudnnConv2d::stored_weights uses
     const float* stored(const float* w) {
         if (s_ == Storage::f32) return w;
         const size_t n = size_t(shape.K) * shape.R * shape.S * shape.C;
