@@ -23,19 +23,14 @@ __device__ __forceinline__ float act_value(ActKind a, float v, float alpha) {
     }
 }
 
-__device__ __forceinline__ float act_grad(ActKind a, float v, float alpha) {
-    switch (a) {
-        case ActKind::gelu: {
-            const float cdf = 0.5f * (1.f + erff(v * kInvSqrt2));
-            return cdf + v * (kInvSqrt2Pi * expf(-0.5f * v * v));
-        }
-        case ActKind::silu: {
-            const float s = 1.f / (1.f + expf(-v));
-            return s * (1.f + v * (1.f - s));
-        }
-        case ActKind::relu: return v > 0.f ? 1.f : 0.f;
-        default: return v > 0.f ? 1.f : expf(v / alpha);  // celu
+// the derivative of the smooth activations (ReLU and CELU are handled by act_chain itself)
+__device__ __forceinline__ float smooth_act_grad(ActKind a, float v) {
+    if (a == ActKind::silu) {
+        const float s = 1.f / (1.f + expf(-v));
+        return s * (1.f + v * (1.f - s));
     }
+    const float cdf = 0.5f * (1.f + erff(v * kInvSqrt2));  // gelu
+    return cdf + v * (kInvSqrt2Pi * expf(-0.5f * v * v));
 }
 
 // dy * act'(v), as the backward ops compute it (ReLU and CELU pass dy itself where v > 0, and
@@ -44,7 +39,7 @@ __device__ __forceinline__ float act_chain(ActKind a, float dy, float v, float a
     switch (a) {
         case ActKind::relu: return v > 0.f ? dy : 0.f;
         case ActKind::celu: return v > 0.f ? dy : dy * expf(v / alpha);
-        default: return dy * act_grad(a, v, alpha);
+        default: return dy * smooth_act_grad(a, v);  // gelu, silu
     }
 }
 
