@@ -303,6 +303,18 @@ GroupedGemm::GroupedGemm(CublasContext& ctx, const std::vector<GemmItem>& items,
     alpha_.resize(size_.size());
     beta_.resize(size_.size());
     if (n == 0) return;
+    // cuBLAS's FAST compute types want the matrices 16-byte aligned where a column's bytes are a
+    // multiple of 16 (cublasGemmGroupedBatchedEx's documentation); a misaligned operand would be a
+    // sticky fault, not a refusal. Muon's stacked filters are aligned for every shape of the
+    // presets, but not for any shape (27 3x3 filters over 3 channels would misalign the next).
+    const bool misaligned = std::any_of(host.begin(), host.end(), [](const void* p) {
+        return reinterpret_cast<uintptr_t>(p) % 16 != 0;
+    });
+    if (tf32_ && misaligned) {
+        std::fprintf(stderr, "speedrun: cuda: a grouped gemm's operand is not 16-byte aligned; "
+                     "those products run in fp32\n");
+        tf32_ = false;
+    }
     // On the backend's stream, not the legacy default one: that stream is non-blocking, so a
     // plain cudaMemcpy is unordered with the zero-fill CudaBackend::alloc queued on it for this
     // very buffer, which could land after the copy and leave null pointers for cuBLAS. The

@@ -13,7 +13,8 @@
 // format NHWC, which cuDNN reads as K,R,S,C = our OHWI), cross-correlation, ConvShape::stride, symmetric
 // zero padding. Math type CUDNN_TENSOR_OP_MATH (kMathType): on fp32 data cuDNN may round the
 // inputs to TF32 on tensor cores (about 1e-3 relative per product), which is what PyTorch does by
-// default for convolutions (torch.backends.cudnn.allow_tf32 = True sets exactly this math type).
+// default for convolutions (torch.backends.cudnn.allow_tf32 = True; PyTorch sets
+// CUDNN_DEFAULT_MATH for fp32 data, which on sm_80 and newer allows TF32 as this one does).
 // A context made with tf32 = false uses CUDNN_FMA_MATH instead (plain fp32, for comparisons
 // with the CPU: tests/test_backend_network.cpp). Not CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: that
 // one also lets cuDNN convert fp32 data to fp16, whose range (6e-8 .. 65504) can flush small
@@ -22,7 +23,8 @@
 //
 // Algorithms are chosen once per shape: cudnnFind*AlgorithmEx times every algorithm on scratch
 // buffers of the real size; if that fails (out of memory, say), cudnnGet*_v7 heuristics decide.
-// Either way only algorithms needing at most kWorkspaceLimit bytes are taken. Each direction has
+// Either way only algorithms needing at most kWorkspaceLimit bytes are taken, deterministic
+// ones that are not FFT or Winograd transforms first (cudnn_pick.h). Each direction has
 // its own convolution descriptor, set to the math type its chosen algorithm was timed with.
 // With 16-bit storage each direction also gets a plan from cuDNN's graph API (cudnn_graph.h),
 // timed on the same buffers against the legacy algorithm (both with CUDA events, the best of 3
@@ -48,6 +50,7 @@
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/cudnn_graph.h"
+#include "ops/cuda/cudnn_pick.h"
 #include "ops/storage_backend.h"  // unpack_storage
 
 namespace sr::cuda {
@@ -192,15 +195,10 @@ struct TrialBuffers {
     bool ok() const { return work.has_value(); }
 };
 
-// The first (fastest) result that ran and fits the limit; -1 if none. With CUDNN_FMA_MATH only
-// results of that math type (the searches may also report tensor-core ones).
+// The result of a search or the heuristics that a direction takes (cudnn_pick.h).
 template <class Perf>
 int pick(const Perf* perf, int n, cudnnMathType_t math) {
-    for (int i = 0; i < n; ++i)
-        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kWorkspaceLimit &&
-            (math != CUDNN_FMA_MATH || perf[i].mathType == CUDNN_FMA_MATH))
-            return i;
-    return -1;
+    return pick_algorithm(perf, n, math, kWorkspaceLimit);
 }
 
 // ---- the convolution -----------------------------------------------------------------------
@@ -382,9 +380,19 @@ private:
 
     // The direction's graph plan on (x, w, y) as GraphConv::run takes them; false when there is
     // none or an operand's alignment rules it out (the legacy algorithm then runs).
+    // The direction's graph-API plan, where it has one and it runs; a plan that cuDNN refuses to
+    // execute is dropped, with a line saying so, and the legacy algorithm takes over for good.
     bool run_graph(ConvDirection dir, const void* x, const void* w, const void* y) {
-        const auto& g = graph_[int(dir)];
-        return g && g->run(ctx_.handle, x, w, y, ctx_.workspace);
+        auto& g = graph_[int(dir)];
+        if (!g) return false;
+        std::string failure;
+        if (g->run(ctx_.handle, x, w, y, ctx_.workspace, &failure)) return true;
+        if (!failure.empty()) {
+            std::fprintf(stderr, "speedrun: cuDNN %s: %s; the legacy algorithm takes over\n",
+                         describe(shape).c_str(), failure.c_str());
+            g.reset();
+        }
+        return false;
     }
 
     // For each direction: the fastest graph-API plan (cudnn_graph.h) against the legacy
@@ -487,7 +495,9 @@ private:
         const bool ran = legacy(dir);
         if (ran) fetch(ref);
         // the plan's result replaces the legacy one in the same buffer; its inputs are untouched
-        const bool plan_ran = ran && plan.run(ctx_.handle, t.x->p, t.w->p, t.y->p, t.work->p);
+        std::string plan_failure;
+        const bool plan_ran =
+            ran && plan.run(ctx_.handle, t.x->p, t.w->p, t.y->p, t.work->p, &plan_failure);
         if (plan_ran) fetch(got);
         CUDA_CHECK(cudaGetLastError());
         double largest = 0, worst = 0;
@@ -508,7 +518,9 @@ private:
                          "on random operands: %s; %s\n",
                          direction_name(dir), describe(s).c_str(), plan.engine().c_str(),
                          !ran        ? "the legacy algorithm did not run"
-                         : !plan_ran ? "the plan did not run"
+                         : !plan_ran ? fmt::format("the plan did not run{}{}",
+                                                   plan_failure.empty() ? "" : ": ", plan_failure)
+                                           .c_str()
                                      : fmt::format("largest difference {:.3g} of values up to {:.3g}{}",
                                                    worst, largest, finite ? "" : ", not finite")
                                            .c_str(),

@@ -344,14 +344,13 @@ GraphConv::~GraphConv() {
 }
 
 bool GraphConv::run(cudnnHandle_t handle, const void* x, const void* w, const void* y,
-                    void* workspace) {
+                    void* workspace, std::string* failure) {
     if (!aligned(x) || !aligned(w) || !aligned(y)) return false;
     const cudnnStatus_t s = execute(handle, plan_, x, w, y, workspace);
-    if (s != CUDNN_STATUS_SUCCESS)
-        fail_at("cuDNN", "cudnnBackendExecute", __FILE__, __LINE__,
-                fmt::format("{} ({} {}): {}", direction_name(dir_), engine_, "plan",
-                            cudnnGetErrorString(s)).c_str());
-    return true;
+    if (s == CUDNN_STATUS_SUCCESS) return true;
+    *failure = fmt::format("cudnnBackendExecute: {} ({} plan): {}", direction_name(dir_), engine_,
+                           cudnnGetErrorString(s));
+    return false;
 }
 
 }  // namespace sr::cuda

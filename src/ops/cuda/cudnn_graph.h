@@ -67,10 +67,12 @@ public:
     GraphConv& operator=(const GraphConv&) = delete;
 
     // Runs the plan on the handle's stream: forward y = conv(x, w); backward_data x = dx from
-    // y = dy and w; backward_filter w = dw from x and y = dy. False (nothing launched) when an
-    // operand is not aligned as the plan was built for (kAlignment); the caller then takes the
-    // legacy path.
-    bool run(cudnnHandle_t handle, const void* x, const void* w, const void* y, void* workspace);
+    // y = dy and w; backward_filter w = dw from x and y = dy. False when the plan did not run,
+    // and the caller then takes the legacy path: an operand not aligned as the plan was built
+    // for (kAlignment), or cudnnBackendExecute refusing (*failure says why; the tuning ran the
+    // plan, so that would be a context it did not see, such as a stream capture).
+    bool run(cudnnHandle_t handle, const void* x, const void* w, const void* y, void* workspace,
+             std::string* failure);
 
     static constexpr int64_t kAlignment = 16;  // bytes, every operand
 
