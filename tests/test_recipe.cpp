@@ -52,7 +52,8 @@ TEST(Recipe, ConfigErrorsNameTheKey) {
 
 // --config FILE: a JSON merge patch over the preset (RFC 7386): the keys it names change, every
 // other key keeps the preset's value, null removes a key (its default applies). A file that is
-// not JSON, a value of the wrong type and an unknown key are errors naming the file or the key.
+// not JSON, a value of the wrong type (saying which type it must be) and an unknown key are
+// errors naming the file and the key.
 TEST(Recipe, ConfigFileIsMergedOverThePreset) {
     const std::string path = test::temp_path("config.json").string();
     auto write = [&](const std::string& text) { std::ofstream(path) << text; };
@@ -74,11 +75,34 @@ TEST(Recipe, ConfigFileIsMergedOverThePreset) {
     EXPECT_TRUE(test::contains(why, "not valid JSON")) << why;
     write(R"({"opt": {"lr": "fast"}})");
     why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "opt.lr")) << why;
-    EXPECT_TRUE(test::contains(why, "wrong type")) << why;
+    EXPECT_TRUE(test::contains(why, path + " (merged over preset airbench94)")) << why;
+    EXPECT_TRUE(test::contains(why, "'opt.lr' must be a number (got \"fast\")")) << why;
     write(R"({"aug": {"fliip": true}})");
     why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, path)) << why;
     EXPECT_TRUE(test::contains(why, "aug.fliip")) << why;
+    // an integer key takes 256 or 256.0, but not 1.5 (JSON's conversion would make it 1)
+    write(R"({"opt": {"batch_size": 256.0}, "net": {"widths": [16, 32.0, 32]}})");
+    EXPECT_EQ(load_recipe("airbench94", path).batch_size, 256);
+    write(R"({"opt": {"batch_size": 1.5}})");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "'opt.batch_size' must be an integer (got 1.5)")) << why;
+    write(R"({"net": {"widths": [16, 32.5, 32]}})");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "'net.widths' must be a list of integers")) << why;
+    write(R"({"opt": {"lr": true}})");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "'opt.lr' must be a number (got true)")) << why;
+    write(R"({"aug": {"flip": "no"}})");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "'aug.flip' must be true or false (got \"no\")")) << why;
+    write("[1, 2]");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, path + ": a config file must be a JSON object")) << why;
+    std::filesystem::remove(path);
+    std::filesystem::create_directories(path);
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, path + ": is a directory")) << why;
     std::filesystem::remove(path);
 }
 

@@ -1,9 +1,13 @@
 // recipe.cpp: presets (embedded presets/*.json), config merging and strict validation.
 #include "train/recipe.h"
 
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -40,6 +44,30 @@ const char* activation_name(Activation a) {
 
 namespace {
 
+// What a value of type T is called in an error message.
+template <typename T> struct TypeName { static constexpr const char* text = "a number"; };
+template <typename E, size_t N> struct TypeName<std::array<E, N>> {
+    static constexpr const char* text = "a list of numbers of the preset's length";
+};
+template <> struct TypeName<std::vector<std::array<double, 2>>> {
+    static constexpr const char* text = "a list of [x, y] pairs";
+};
+template <> struct TypeName<bool> { static constexpr const char* text = "true or false"; };
+template <> struct TypeName<int> { static constexpr const char* text = "an integer"; };
+template <> struct TypeName<std::string> { static constexpr const char* text = "a string"; };
+template <> struct TypeName<std::vector<int>> { static constexpr const char* text = "a list of integers"; };
+template <> struct TypeName<std::vector<float>> { static constexpr const char* text = "a list of numbers"; };
+template <> struct TypeName<std::vector<double>> { static constexpr const char* text = "a list of numbers"; };
+
+// A number that an integer key may take: an integer, or a float with an integral value (1.5 is
+// refused, not cut to 1, as JSON's own conversion would).
+bool integral(const nlohmann::json& v) {
+    if (v.is_number_integer()) return true;
+    if (!v.is_number_float()) return false;
+    const double d = v.get<double>();
+    return std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 2147483648.0;
+}
+
 // Reads j[section][key] into out if present, checking the type; marks the key as used.
 struct Reader {
     const nlohmann::json& root;
@@ -49,11 +77,22 @@ struct Reader {
         const auto& s = root.at(section);
         if (!s.is_object()) fail("config: '{}' must be an object", section);
         if (!s.contains(key)) return;
+        const auto& v = s.at(key);
+        bool ok = true;  // (JSON's own conversions would take true as 1 and 1.5 as 1)
+        if constexpr (std::is_same_v<T, int>) ok = integral(v);
+        if constexpr (std::is_floating_point_v<T>) ok = v.is_number();
+        if constexpr (std::is_same_v<T, std::vector<int>>)
+            ok = v.is_array() && std::all_of(v.begin(), v.end(), integral);
+        if constexpr (std::is_same_v<T, std::vector<double>> || std::is_same_v<T, std::array<float, 3>> ||
+                      std::is_same_v<T, std::array<double, 3>>)
+            ok = v.is_array() && std::all_of(v.begin(), v.end(), [](const auto& e) { return e.is_number(); });
         try {
-            out = s.at(key).get<T>();
+            if (ok) out = v.get<T>();
         } catch (const nlohmann::json::exception&) {
-            fail("config: '{}.{}' has the wrong type ({})", section, key, s.at(key).dump());
+            ok = false;
         }
+        if (!ok)
+            fail("config: '{}.{}' must be {} (got {})", section, key, TypeName<T>::text, v.dump());
     }
 };
 
@@ -256,6 +295,7 @@ Recipe recipe_from_json(const nlohmann::json& j) {
          "eval.tta_weights must be \"airbench\" or \"equal\"");
     need(r.tta_select >= 0 && r.tta_select <= 1, "eval.tta_select must be in [0, 1]");
     need(r.epochs > 0, "opt.epochs must be > 0");
+    need(r.epochs <= 10000, "opt.epochs must be at most 10000");
     need(r.batch_size > 0, "opt.batch_size must be > 0");
     need(r.drop_last || r.cutmix == 0,
          "opt.drop_last false with aug.cutmix: cutmix pairs images inside full batches only");
@@ -346,18 +386,25 @@ double tta_forwards_per_image(const Recipe& r) {
 
 Recipe load_recipe(const std::string& preset, const std::string& config_path) {
     nlohmann::json j = preset_json(preset);
-    if (!config_path.empty()) {
-        std::ifstream f(config_path);
-        if (!f) fail("{}: cannot open the config file", config_path);
-        nlohmann::json patch;
-        try {
-            patch = nlohmann::json::parse(f);
-        } catch (const nlohmann::json::parse_error& e) {
-            fail("{}: not valid JSON ({})", config_path, e.what());
-        }
-        j.merge_patch(patch);
+    if (config_path.empty()) return recipe_from_json(j);
+    std::error_code ec;
+    if (std::filesystem::is_directory(config_path, ec))
+        fail("{}: is a directory, not a config file", config_path);
+    std::ifstream f(config_path);
+    if (!f) fail("{}: cannot open the config file", config_path);
+    nlohmann::json patch;
+    try {
+        patch = nlohmann::json::parse(f);
+    } catch (const nlohmann::json::exception& e) {
+        fail("{}: not valid JSON ({})", config_path, e.what());
     }
-    return recipe_from_json(j);
+    if (!patch.is_object()) fail("{}: a config file must be a JSON object", config_path);
+    j.merge_patch(patch);
+    try {
+        return recipe_from_json(j);
+    } catch (const Error& e) {  // the preset is valid: the file made it wrong
+        fail("{} (merged over preset {}): {}", config_path, preset, e.what());
+    }
 }
 
 void apply_override(nlohmann::json& j, const std::string& assignment) {
