@@ -73,6 +73,17 @@ void resumed_run_is_bit_identical(const Recipe& r, int n_train, int stop_step, i
         EXPECT_EQ(resumed.epochs[i].train_loss, full.epochs[i].train_loss);
         EXPECT_EQ(resumed.epochs[i].train_acc, full.epochs[i].train_acc);
     }
+    // the finished run's checkpoint keeps the steps' seconds without the final TTA evaluation, so
+    // that a resume of it, which evaluates again, counts one evaluation and not two
+    EXPECT_EQ(ca.state.timed, full.epochs.back().total_seconds);
+    EXPECT_LT(ca.state.timed, full.train_seconds);
+    {
+        Trainer t(*backend, ca.recipe, data, tiny_options(a));
+        const RunResult again = t.run(0, false, &ca);
+        EXPECT_EQ(again.test_accuracy_tta, full.test_accuracy_tta);
+        EXPECT_EQ(again.epochs.back().total_seconds, ca.state.timed);
+        EXPECT_GT(again.train_seconds, ca.state.timed);
+    }
     // the interrupted epoch's seconds include its steps before the stop: each epoch's seconds
     // are the step between its total and the previous one's, the resumed epoch too
     EXPECT_GT(half.state.epoch_timed, 0.0);

@@ -30,7 +30,7 @@ struct RunState {
     std::array<uint64_t, 4> rng_epoch_start{};  // host RNG before this epoch's draws
     std::vector<uint8_t> base_flip;
     float epoch_stats[2] = {0, 0};  // loss sum, correct count of this epoch so far
-    double timed = 0;               // timed seconds so far
+    double timed = 0;               // timed seconds so far (a finished run: without its TTA)
     double epoch_timed = 0;         // of which in the epoch in progress (its steps so far)
     int n_train = 0;
     nlohmann::json epochs = nlohmann::json::array();  // finished epochs (EpochStats as JSON)

@@ -587,12 +587,14 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     if (r_.ema_every > 0)  // the run ends with the EMA weights (those evaluated and saved)
         b_.copy(net_.params.get(), net_.ema.get(), net_.size() * sizeof(float));
     res.test_accuracy_tta = root ? evaluate(r_.tta_level) : 0.0;
-    timed += timer->stop_seconds();
+    const double tta_s = timer->stop_seconds();
+    const double timed_steps = timed;  // what the finished checkpoint keeps: a resume of it
+    timed += tta_s;                    // evaluates again and adds that evaluation's time
     res.test_accuracy = (o_.eval_each_epoch && !res.epochs.empty()) ? res.epochs.back().test_acc
                                                                      : (root ? evaluate(0) : 0.0);
     res.train_seconds = timed;
     res.recording_failed = graphs_why_;
-    save(step, n_epochs, 0, {}, timed, 0);  // the finished run (its weights are the final EMA)
+    save(step, n_epochs, 0, {}, timed_steps, 0);  // the finished run (weights: the final EMA)
     res.images_per_second = res.step_seconds > 0 ? double(images_done) / res.step_seconds : 0;
     if (print) {
         fmt::print("{:>5} | {:>5} | {:>10} | {:>9} | {:>8.4f} | {:>8} | {:>8.2f}   (TTA level {}; "
