@@ -1,8 +1,10 @@
 // speedrun: the command-line front end. It parses flags (CLI11) into the argument structs of
 // train/commands.h and calls the command; it holds no other logic. Errors the user can cause
 // arrive as sr::Error and are printed as "speedrun: error: ..." with exit status 1.
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -21,18 +23,40 @@ bool run_dist_commands();
 
 namespace {
 
+// Values that must be positive and finite (a negative or NaN --epochs would otherwise read as
+// "not given"), or at least zero.
+const CLI::Validator kPositive(
+    [](std::string& v) -> std::string {
+        double x = 0;
+        if (!CLI::detail::lexical_cast(v, x) || !(x > 0) || !std::isfinite(x))
+            return "must be a positive number (got " + v + ")";
+        return "";
+    },
+    "> 0");
+const CLI::Validator kNonNegative(
+    [](std::string& v) -> std::string {
+        double x = 0;
+        if (!CLI::detail::lexical_cast(v, x) || !(x >= 0) || !std::isfinite(x))
+            return "must be >= 0 (got " + v + ")";
+        return "";
+    },
+    ">= 0");
+
 void add_common(CLI::App* c, sr::CommonArgs& a) {
     c->add_option("--preset", a.preset, "Recipe preset (see `speedrun presets`)")->capture_default_str();
     c->add_option("--config", a.config, "JSON file merged over the preset");
     c->add_option("--set", a.sets, "Override one recipe value: key.path=value (e.g. opt.lr=10)");
     c->add_option("--device", a.device, "auto | cpu | cuda (auto: the GPU when there is one)")->capture_default_str();
-    c->add_option("--threads", a.threads, "CPU threads (0 = all cores)")->capture_default_str();
+    c->add_option("--threads", a.threads, "CPU threads (0 = all cores)")
+        ->capture_default_str()
+        ->check(kNonNegative);
     c->add_option("--data", a.data, "CIFAR-10 binary directory (default: $CIFAR10_DIR, "
-                                    "../shared/data/cifar-10-batches-bin, the user cache, else download)");
+                                    "../shared/data/cifar-10-batches-bin from the current "
+                                    "directory, the user cache, else download)");
     c->add_flag("--synthetic", a.synthetic, "Use a small synthetic CIFAR-shaped set");
-    c->add_flag("!--no-download", a.download, "Never download CIFAR-10");
-    c->add_option("--epochs", a.epochs, "Override the recipe's epochs");
-    c->add_option("--batch-size", a.batch_size, "Override the recipe's batch size");
+    c->add_flag_callback("--no-download", [&a] { a.download = false; }, "Never download CIFAR-10");
+    c->add_option("--epochs", a.epochs, "Override the recipe's epochs")->check(kPositive);
+    c->add_option("--batch-size", a.batch_size, "Override the recipe's batch size")->check(kPositive);
     c->add_option("--cpu-conv", a.cpu_conv,
                   "CPU convolutions: fastest (default: each shape timed once, direct vs Winograd), "
                   "direct, or winograd (oneDNN's F(4x4,3x3) where it applies; the default with --deterministic)");
@@ -48,9 +72,13 @@ int main(int argc, char** argv) {
     auto* train = app.add_subcommand("train", "Train a preset (default airbench94) and report accuracy");
     add_common(train, ta);
     train->add_option("--seed", ta.seed, "Seed of the first run")->capture_default_str();
-    train->add_option("--runs", ta.runs, "Number of runs (seeds seed, seed+1, ...)")->capture_default_str();
-    train->add_option("--subset", ta.subset, "Train on the first N training images (0 = all)");
-    train->add_option("--test-subset", ta.test_subset, "Evaluate on the first N test images (0 = all)");
+    train->add_option("--runs", ta.runs, "Number of runs (seeds seed, seed+1, ...)")
+        ->capture_default_str()
+        ->check(kPositive);
+    train->add_option("--subset", ta.subset, "Train on the first N training images (0 = all)")
+        ->check(kNonNegative);
+    train->add_option("--test-subset", ta.test_subset, "Evaluate on the first N test images (0 = all)")
+        ->check(kNonNegative);
     train->add_option("--summary-json", ta.summary_json, "Write the runs and statistics as JSON");
     train->add_option("--log", ta.log, "Append a JSONL log (one line per epoch and per run)");
     train->add_flag("--no-epoch-eval", ta.no_epoch_eval, "Skip the untimed test evaluation after each epoch");
@@ -80,8 +108,9 @@ int main(int argc, char** argv) {
     sr::BenchArgs ba;
     auto* bench = app.add_subcommand("bench", "Time training steps and TTA inference; GFLOP/s and share of peak");
     add_common(bench, ba);
-    bench->add_option("--steps", ba.steps, "Timed training steps")->capture_default_str();
-    bench->add_option("--eval-images", ba.eval_images, "Images for the timed TTA inference (default: one batch)");
+    bench->add_option("--steps", ba.steps, "Timed training steps")->capture_default_str()->check(kPositive);
+    bench->add_option("--eval-images", ba.eval_images, "Images for the timed TTA inference (default: one batch)")
+        ->check(kNonNegative);
     bench->add_option("--json", ba.json, "Write the result as JSON");
     bench->add_option("--storage", ba.storage, "Activation storage: auto, fp32, fp16 or bf16 (as train)");
     bench->add_flag("--profile", ba.profile,
@@ -93,7 +122,7 @@ int main(int argc, char** argv) {
     sr::DataArgs da;
     auto* data = app.add_subcommand("data", "Find, check and describe CIFAR-10 (or write a synthetic set)");
     data->add_option("--data", da.data, "CIFAR-10 binary directory");
-    data->add_flag("!--no-download", da.download, "Never download CIFAR-10");
+    data->add_flag_callback("--no-download", [&da] { da.download = false; }, "Never download CIFAR-10");
     data->add_option("--write-synthetic", da.write_synthetic,
                      "Write a full-size synthetic set (50,000 + 10,000) in the binary format to DIR");
     data->add_option("--seed", da.seed, "Synthetic seed")->capture_default_str();
@@ -108,7 +137,7 @@ int main(int argc, char** argv) {
     eval->add_option("--emulate-precision", ea.emulate_precision,
                      "CPU: evaluate with the rounding of a format of train's --emulate-precision "
                      "(e.g. weights trained under fp8-conv, evaluated in bf16 or fp32)");
-    eval->add_flag("!--no-download", ea.download, "Never download CIFAR-10");
+    eval->add_flag_callback("--no-download", [&ea] { ea.download = false; }, "Never download CIFAR-10");
 
     sr::PredictArgs pa;
     auto* predict = app.add_subcommand("predict", "Classify PNG files with a checkpoint: class, probability, top K");
@@ -144,7 +173,31 @@ int main(int argc, char** argv) {
 
     sr::app::add_dist_commands(app, ta, add_common);
 
-    CLI11_PARSE(app, argc, argv);
+    // Command-line errors as every other user error: "speedrun: error: ..." and exit status 1
+    // (CLI11's own codes are 100 and more); --help and --version as CLI11 prints them.
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        std::string what = e.what();
+        // a mistyped command reads as "A subcommand is required" or as an extra argument
+        if (argc > 1 && argv[1][0] != '-') {
+            std::string known;
+            bool found = false;
+            for (const CLI::App* c : app.get_subcommands({})) {
+                known += (known.empty() ? "" : ", ") + c->get_name();
+                found = found || c->check_name(argv[1]);
+            }
+            if (!found) what = fmt::format("unknown command '{}' (commands: {})", argv[1], known);
+        }
+        fmt::print(stderr, "speedrun: error: {}\nRun with --help for more information.\n", what);
+        return 1;
+    }
     try {
         if (train->parsed()) return sr::cmd_train(ta);
         if (bench->parsed()) return sr::cmd_bench(ba);

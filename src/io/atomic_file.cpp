@@ -1,7 +1,9 @@
 // atomic_file.cpp: see atomic_file.h.
 #include "io/atomic_file.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -35,6 +37,35 @@ void make_parent(const std::string& path) {
     }
 }
 }  // namespace
+
+void check_output_path(const std::string& path, const char* flag) {
+    std::error_code ec;
+    if (fs::is_directory(path, ec)) fail("{} {}: is a directory", flag, path);
+    const fs::path parent = fs::path(path).parent_path();
+    try {
+        make_parent(path);
+    } catch (const Error& e) {
+        fail("{} {}", flag, e.what());
+    }
+    const std::string dir = parent.empty() ? std::string(".") : parent.string();
+    if (::access(dir.c_str(), W_OK) != 0)
+        fail("{} {}: cannot write in {}: {}", flag, path, dir, std::strerror(errno));
+    if (fs::exists(path, ec) && ::access(path.c_str(), W_OK) != 0)
+        fail("{} {}: {}", flag, path, std::strerror(errno));
+}
+
+bool program_on_path(const std::string& name) {
+    const char* env = std::getenv("PATH");
+    std::string paths = env ? env : "/usr/local/bin:/usr/bin:/bin";
+    size_t start = 0;
+    while (start <= paths.size()) {
+        const size_t end = std::min(paths.find(':', start), paths.size());
+        const std::string dir = end > start ? paths.substr(start, end - start) : ".";
+        if (::access((fs::path(dir) / name).c_str(), X_OK) == 0) return true;
+        start = end + 1;
+    }
+    return false;
+}
 
 void write_file_atomic(const std::string& path, const std::string& content) {
     make_parent(path);

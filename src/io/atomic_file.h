@@ -10,6 +10,15 @@ namespace sr {
 
 void write_file_atomic(const std::string& path, const std::string& content);
 
+// Before long work whose results go to path (--checkpoint, --summary-json, ...): fails, naming
+// the flag and the path, unless a file can be written there: its directory exists (created here
+// if missing, as the writers would) and is writable, path is not a directory, and an existing
+// file at path is writable. So a bad path stops a run at its start, not after it.
+void check_output_path(const std::string& path, const char* flag);
+
+// Whether an executable of this name is on $PATH (gnuplot, dot).
+bool program_on_path(const std::string& name);
+
 // write() all n bytes to fd (retrying short writes and EINTR); errors name path.
 void write_all(int fd, const char* p, size_t n, const std::string& path);
 

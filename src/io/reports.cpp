@@ -1,11 +1,14 @@
 // reports.cpp: see reports.h.
 #include "io/reports.h"
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 
 #include <fmt/format.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/error.h"
@@ -29,14 +32,25 @@ void run_tool(const std::string& cmd, const std::string& input, const char* what
     if (!p) fail("cannot start {} ({})", what, cmd);
     std::fwrite(input.data(), 1, input.size(), p);
     const int rc = ::pclose(p);
+    if (rc == -1) fail("{}: {}", what, std::strerror(errno));
+    if (WIFEXITED(rc) && WEXITSTATUS(rc) == 127)
+        fail("{} was not found: is it installed? (tools/install-deps installs it)", what);
     if (rc != 0)
-        fail("{} failed (exit status {}): is it installed? (tools/install-deps installs it)", what, rc);
+        fail("{} failed ({} {})", what, WIFEXITED(rc) ? "exit status" : "signal",
+             WIFEXITED(rc) ? WEXITSTATUS(rc) : WTERMSIG(rc));
 }
 }  // namespace
 
 void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, const std::string& title) {
     const fs::path dir = fs::temp_directory_path() / fmt::format("speedrun-plot-{}", ::getpid());
     fs::create_directories(dir);
+    struct RemoveDir {  // the data files go, whether gnuplot succeeds or not
+        fs::path d;
+        ~RemoveDir() {
+            std::error_code ec;
+            fs::remove_all(d, ec);
+        }
+    } remove_dir{dir};
     std::string plot_acc, plot_loss;
     for (size_t i = 0; i < runs.size(); ++i) {
         std::string data;
@@ -61,7 +75,6 @@ void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, 
     std::error_code ec;
     fs::rename(tmp_png, png_path, ec);
     if (ec) fail("{}: cannot write the plot: {}", png_path, ec.message());
-    fs::remove_all(dir, ec);
 }
 
 namespace {

@@ -82,7 +82,9 @@ uint64_t check_prelude(const std::string& who, uint64_t n, const uint8_t* first8
              "length)",
              who, n);
     const uint64_t hn = load_u64_le(first8);
-    if (hn > n - 8) fail("{}: header length {} is larger than the file ({} bytes)", who, hn, n);
+    if (hn > n - 8)
+        fail("{}: not a safetensors file, or a truncated one: header length {} is larger than the "
+             "file ({} bytes)", who, hn, n);
     if (hn > kSafetensorsMaxHeader)
         fail("{}: header length {} is over the limit of {} bytes (100 MiB)", who, hn, kSafetensorsMaxHeader);
     return hn;

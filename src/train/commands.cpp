@@ -55,7 +55,12 @@ Recipe resolve_recipe(const CommonArgs& a) {
     for (const auto& s : a.sets) apply_override(j, s);
     if (a.epochs >= 0) j["opt"]["epochs"] = a.epochs;
     if (a.batch_size >= 0) j["opt"]["batch_size"] = a.batch_size;
-    return recipe_from_json(j);
+    if (a.sets.empty()) return recipe_from_json(j);
+    try {
+        return recipe_from_json(j);
+    } catch (const Error& e) {  // the preset and --config passed alone: a --set made it wrong
+        fail("--set {}: {}", fmt::join(a.sets, " --set "), e.what());
+    }
 }
 
 // --storage "" or auto: chosen by the device (make_backend)
@@ -249,8 +254,33 @@ int cmd_train(const TrainArgs& a) {
         if (a.runs != 1) fail("--resume continues one run: drop --runs");
         resume = std::make_unique<Checkpoint>(read_checkpoint(a.resume));
     }
+    // what the run writes, checked before it starts, so that a bad path does not cost the run
+    for (const auto& [path, flag] : {std::pair{a.checkpoint, "--checkpoint"},
+                                     {a.summary_json, "--summary-json"}, {a.log, "--log"},
+                                     {a.plot, "--plot"}, {a.dawnbench, "--dawnbench"}})
+        if (!path.empty()) check_output_path(path, flag);
+    if (a.no_epoch_eval && !a.plot.empty())
+        fail("--plot draws each epoch's test accuracy: not with --no-epoch-eval");
+    if (a.no_epoch_eval && !a.dawnbench.empty())
+        fail("--dawnbench logs each epoch's test accuracy: not with --no-epoch-eval");
+    if (!a.plot.empty() && !program_on_path("gnuplot"))
+        fail("--plot needs gnuplot, which is not on the PATH (tools/install-deps installs it)");
+    if (resume) {  // the recipe is the checkpoint's; say which flags that leaves unused
+        std::vector<std::string> unused;
+        if (a.preset != CommonArgs{}.preset) unused.push_back("--preset");
+        if (!a.config.empty()) unused.push_back("--config");
+        if (!a.sets.empty()) unused.push_back("--set");
+        if (a.epochs >= 0) unused.push_back("--epochs");
+        if (a.batch_size >= 0) unused.push_back("--batch-size");
+        if (!unused.empty())
+            fmt::print(stderr, "speedrun: note: --resume continues the recipe saved in {}; {} "
+                       "not used\n", a.resume, fmt::join(unused, ", "));
+    }
     if (a.deterministic) {
-        if (a.device != "cpu") fail("--deterministic is for --device cpu (GPU convolutions pick algorithms by speed)");
+        // auto is the CPU where there is no GPU
+        if (a.device == "cuda" || (a.device == "auto" && cuda_device_count() > 0))
+            fail("--deterministic is for the CPU (GPU convolutions pick algorithms by speed): "
+                 "add --device cpu");
         omp_set_dynamic(0);
         // the same convolution paths in every process (not the faster ones timed here)
         cpu::set_conv_data_grad(cpu::ConvDataGrad::library);
@@ -339,15 +369,6 @@ int cmd_train(const TrainArgs& a) {
         fmt::print("         recording the epochs as CUDA graphs failed ({}); those epochs and all "
                    "later ones ran op by op\n",
                    results.back().recording_failed);
-    if (!a.dawnbench.empty()) {
-        write_file_atomic(a.dawnbench, dawnbench_tsv(results.front()));
-        fmt::print("DAWNBench log written to {}\n", a.dawnbench);
-    }
-    if (!a.plot.empty()) {
-        plot_runs(a.plot, results, fmt::format("{} on {} ({})", r.name, backend->name(), data.source));
-        fmt::print("plot written to {}\n", a.plot);
-    }
-
     if (!a.summary_json.empty()) {
         nlohmann::json runs = nlohmann::json::array();
         for (const auto& rr : results) {
@@ -376,6 +397,15 @@ int cmd_train(const TrainArgs& a) {
             {"recipe", recipe_to_json(r)}};
         write_file_atomic(a.summary_json, j.dump(2) + "\n");
         fmt::print("summary written to {}\n", a.summary_json);
+    }
+    // (after the summary: a plot that fails leaves the numbers written)
+    if (!a.dawnbench.empty()) {
+        write_file_atomic(a.dawnbench, dawnbench_tsv(results.front()));
+        fmt::print("DAWNBench log written to {}\n", a.dawnbench);
+    }
+    if (!a.plot.empty()) {
+        plot_runs(a.plot, results, fmt::format("{} on {} ({})", r.name, backend->name(), data.source));
+        fmt::print("plot written to {}\n", a.plot);
     }
     return 0;
 }
@@ -671,6 +701,9 @@ int cmd_bench(const BenchArgs& a) {
                    "reaches {:.0f}% of it, TTA inference {:.0f}%\n",
                    peak.gflops, peak.isa, peak.threads, 100 * gflops / peak.gflops,
                    100 * eval_gflops / peak.gflops);
+        if (std::max(gflops, eval_gflops) > peak.gflops)
+            fmt::print("              (above 100%: the FLOPs counted are a direct convolution's; "
+                       "oneDNN's Winograd convolutions do about a quarter of the multiplications)\n");
         j["cpu_peak_gflops"] = peak.gflops;
         j["cpu_isa"] = peak.isa;
         j["train_share_of_peak"] = gflops / peak.gflops;
@@ -765,7 +798,15 @@ int cmd_data(const DataArgs& a) {
         // full size: the reader accepts only complete 10,000-record files, as CIFAR-10's are
         const Cifar10 s = make_synthetic_cifar10(5 * kCifarPerFile, kCifarPerFile, a.seed);
         namespace fs = std::filesystem;
-        fs::create_directories(a.write_synthetic);
+        std::error_code ec;
+        fs::create_directories(a.write_synthetic, ec);
+        if (ec) fail("--write-synthetic {}: cannot create the directory: {}", a.write_synthetic, ec.message());
+        // never over a data set (a CIFAR-10 directory given by mistake would become synthetic)
+        for (const char* name : {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
+                                 "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"})
+            if (fs::exists(fs::path(a.write_synthetic) / name, ec))
+                fail("--write-synthetic {}: the directory already holds {}; give a new or empty one",
+                     a.write_synthetic, name);
         for (int f = 0; f < 5; ++f) {
             write_cifar_file(fmt::format("{}/data_batch_{}.bin", a.write_synthetic, f + 1), s.train,
                              f * kCifarPerFile, kCifarPerFile);

@@ -127,7 +127,9 @@ rc=0
     > stop.txt 2> stop-err.txt || rc=$?
 [ "$rc" = 130 ] || fail "--stop-after-step: exit status $rc, not 130"
 contains stop-err.txt "interrupted"
-"$B" train "${tiny[@]}" --deterministic --resume r.safetensors --summary-json resumed.json > resumed.txt
+"$B" train "${tiny[@]}" --deterministic --resume r.safetensors --summary-json resumed.json \
+    > resumed.txt 2> resumed-err.txt
+contains resumed-err.txt "--resume continues the recipe saved in r.safetensors; --set, --epochs, --batch-size not used"
 [ "$(json resumed.json 'j["runs"][0]["test_accuracy_tta"]')" = \
   "$(json full.json 'j["runs"][0]["test_accuracy_tta"]')" ] || fail "the resumed run ends elsewhere"
 
@@ -144,8 +146,35 @@ expect_error "--resume continues one run" -- "$B" train "${tiny[@]}" --resume r.
 head -c 1000 syn/test_batch.bin > short.bin && mkdir -p short && cp syn/data_batch_*.bin short/ \
     && mv short.bin short/test_batch.bin
 expect_error "test_batch.bin" -- "$B" data --data short --no-download
-rc=0
-"$B" train --frobnicate > out.txt 2> err.txt || rc=$?
-[ "$rc" != 0 ] || fail "an unknown flag was accepted"
-contains err.txt "--frobnicate"
+expect_error "--frobnicate" -- "$B" train --frobnicate
+expect_error "unknown command 'trian' (commands: train, " -- "$B" trian
+expect_error "--epochs: must be a positive number (got -1)" -- "$B" train --epochs -1
+expect_error "--batch-size: must be a positive number (got nan)" -- "$B" describe --batch-size nan
+expect_error "'opt.batch_size' must be an integer (got 1.5)" -- "$B" describe --set opt.batch_size=1.5
+expect_error "opt.epochs must be at most 10000" -- "$B" describe --epochs 1e9
+mkdir -p cfgdir
+expect_error "cfgdir: is a directory, not a config file" -- "$B" describe --config cfgdir
+echo '{"opt": {"lrr": 1}}' > typo.json
+expect_error "typo.json (merged over preset airbench94): config: unknown key 'opt.lrr'" -- \
+    "$B" describe --config typo.json
+expect_error "the directory already holds data_batch_1.bin" -- "$B" data --write-synthetic syn
+# outputs that cannot be written stop the run before it trains, not after
+touch afile
+for flag in --checkpoint --summary-json --log --dawnbench; do
+    expect_error "$flag afile/x: cannot create directory afile" -- "$B" train "${tiny[@]}" $flag afile/x
+    if grep -q "train_loss" out.txt; then fail "$flag afile/x: the run trained first"; fi
+done
+expect_error "--summary-json cfgdir: is a directory" -- "$B" train "${tiny[@]}" --summary-json cfgdir
+expect_error "--plot draws each epoch's test accuracy: not with --no-epoch-eval" -- \
+    "$B" train "${tiny[@]}" --no-epoch-eval --plot q.png
+expect_error "--dawnbench logs each epoch's test accuracy" -- \
+    "$B" train "${tiny[@]}" --no-epoch-eval --dawnbench q.tsv
+expect_error "not a safetensors file" -- "$B" eval --checkpoint img.png --data syn --no-download
+# --deterministic with the automatic device: the CPU, where there is no GPU
+if ! command -v nvidia-smi > /dev/null; then
+    auto=()
+    for x in "${tiny[@]}"; do [ "$x" = --device ] || [ "$x" = cpu ] || auto+=("$x"); done
+    "$B" train "${auto[@]}" --deterministic > det.txt
+    contains det.txt "TTA accuracy mean"
+fi
 echo "cli: all checks passed"
