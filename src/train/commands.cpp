@@ -119,7 +119,24 @@ static void set_cpu_conv(const std::string& name, bool deterministic) {
     }
 }
 
+// A command that does not read the data (or use a device): the common flags it was given
+// anyway, named in one line, so that nobody thinks they took effect.
+static void note_unused(const CommonArgs& a, const char* command, const char* why, bool device) {
+    const CommonArgs d;
+    std::vector<std::string> unused;
+    if (!a.data.empty()) unused.push_back("--data");
+    if (a.synthetic) unused.push_back("--synthetic");
+    if (a.download != d.download) unused.push_back("--no-download");
+    if (device && a.device != d.device) unused.push_back("--device");
+    if (device && a.threads != d.threads) unused.push_back("--threads");
+    if (device && !a.cpu_conv.empty()) unused.push_back("--cpu-conv");
+    if (!unused.empty())
+        fmt::print(stderr, "speedrun: note: {} {}; {} not used\n", command, why,
+                   fmt::join(unused, ", "));
+}
+
 Cifar10 load_data(const CommonArgs& a) {
+    if (a.synthetic && !a.data.empty()) fail("--synthetic and --data {}: choose one", a.data);
     if (a.synthetic) return make_synthetic_cifar10(10000, 2000, 1);
     return load_cifar10(a.data, a.download);
 }
@@ -435,6 +452,7 @@ int cmd_eval(const EvalArgs& a) {
 }
 
 int cmd_describe(const DescribeArgs& a) {
+    note_unused(a, "describe", "reads no data and runs on no device", true);
     const Recipe r = resolve_recipe(a);
     auto b = make_cpu_backend(1);
     Network net(*b, r.net);
@@ -542,6 +560,7 @@ static nlohmann::json profile_training_step(ProfilingBackend& prof, int steps,
 
 int cmd_bench(const BenchArgs& a) {
     if (a.steps < 1) fail("--steps must be >= 1 (got {})", a.steps);
+    note_unused(a, "bench", "times the ops on random inputs", false);
     const Recipe r = resolve_recipe(a);
     set_cpu_conv(a.cpu_conv, false);
     auto backend = make_backend(a.device, a.threads, 0, a.storage);
@@ -795,6 +814,7 @@ int cmd_bench(const BenchArgs& a) {
 
 int cmd_data(const DataArgs& a) {
     if (!a.write_synthetic.empty()) {
+        if (!a.data.empty()) fail("--write-synthetic {} and --data {}: choose one", a.write_synthetic, a.data);
         // full size: the reader accepts only complete 10,000-record files, as CIFAR-10's are
         const Cifar10 s = make_synthetic_cifar10(5 * kCifarPerFile, kCifarPerFile, a.seed);
         namespace fs = std::filesystem;

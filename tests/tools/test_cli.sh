@@ -158,6 +158,9 @@ echo '{"opt": {"lrr": 1}}' > typo.json
 expect_error "typo.json (merged over preset airbench94): config: unknown key 'opt.lrr'" -- \
     "$B" describe --config typo.json
 expect_error "the directory already holds data_batch_1.bin" -- "$B" data --write-synthetic syn
+expect_error "--synthetic and --data syn: choose one" -- "$B" train "${tiny[@]}" --synthetic
+"$B" describe --device cuda --data syn > /dev/null 2> describe-err.txt
+contains describe-err.txt "describe reads no data and runs on no device; --data, --device not used"
 # outputs that cannot be written stop the run before it trains, not after
 touch afile
 for flag in --checkpoint --summary-json --log --dawnbench; do
