@@ -4,8 +4,9 @@
 // The calls follow cuDNN's backend API: tensor, convolution and operation descriptors, an
 // operation graph of that one operation, engine configurations from the heuristics
 // (CUDNN_ATTR_ENGINEHEUR_RESULTS), an execution plan per configuration, and a variant pack (the
-// device pointers by unique id, and the workspace) per execution. Failures while tuning are
-// not fatal: they end that candidate, or the whole attempt, and the legacy path stays.
+// device pointers by unique id, and the workspace) per set of operands, made once and kept.
+// Failures while tuning are not fatal: they end that candidate, or the whole attempt, and the
+// legacy path stays; a plan that fails to execute later is dropped for the legacy algorithm.
 #include "ops/cuda/cudnn_graph.h"
 
 #include <algorithm>
@@ -210,24 +211,42 @@ bool acceptable(const Desc& cfg, int64_t* index) {
     return true;
 }
 
-cudnnStatus_t execute(cudnnHandle_t handle, cudnnBackendDescriptor_t plan, const void* x,
-                      const void* w, const void* y, void* workspace) {
-    cudnnBackendDescriptor_t pack = nullptr;
-    cudnnStatus_t s = cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack);
+// A finalized variant pack: the operands' device pointers by unique id, and the workspace. It
+// names no plan, so one serves every plan of the operation; *pack is null when it failed.
+cudnnStatus_t make_pack(const void* x, const void* w, const void* y, void* workspace,
+                        cudnnBackendDescriptor_t* pack) {
+    *pack = nullptr;
+    cudnnBackendDescriptor_t p = nullptr;
+    cudnnStatus_t s = cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &p);
     if (s != CUDNN_STATUS_SUCCESS) return s;
     void* ptrs[3] = {const_cast<void*>(x), const_cast<void*>(w), const_cast<void*>(y)};
     const int64_t uids[3] = {kX, kW, kY};
-    if ((s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR,
+    if ((s = cudnnBackendSetAttribute(p, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR,
                                       3, ptrs)) == CUDNN_STATUS_SUCCESS &&
-        (s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3,
+        (s = cudnnBackendSetAttribute(p, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3,
                                       uids)) == CUDNN_STATUS_SUCCESS &&
-        (s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1,
+        (s = cudnnBackendSetAttribute(p, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1,
                                       &workspace)) == CUDNN_STATUS_SUCCESS &&
-        (s = cudnnBackendFinalize(pack)) == CUDNN_STATUS_SUCCESS)
-        s = cudnnBackendExecute(handle, plan, pack);
-    cudnnBackendDestroyDescriptor(pack);
+        (s = cudnnBackendFinalize(p)) == CUDNN_STATUS_SUCCESS) {
+        *pack = p;
+        return s;
+    }
+    cudnnBackendDestroyDescriptor(p);
     return s;
 }
+
+// The pack, owned: destroyed with it.
+struct Pack {
+    cudnnBackendDescriptor_t d = nullptr;
+    cudnnStatus_t status;
+    Pack(const void* x, const void* w, const void* y, void* workspace)
+        : status(make_pack(x, w, y, workspace, &d)) {}
+    ~Pack() {
+        if (d) cudnnBackendDestroyDescriptor(d);
+    }
+    Pack(const Pack&) = delete;
+    Pack& operator=(const Pack&) = delete;
+};
 
 bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % GraphConv::kAlignment == 0; }
 
@@ -275,6 +294,8 @@ std::unique_ptr<GraphConv> GraphConv::tune(cudnnHandle_t handle, cudaStream_t st
             return nullptr;
         }
 
+        const Pack pack(x, w, y, workspace);
+        check(pack.status, "variant pack");
         std::unique_ptr<GraphConv> best;
         size_t best_cfg = 0;
         int timed = 0, refused = 0, too_big = 0;
@@ -300,8 +321,10 @@ std::unique_ptr<GraphConv> GraphConv::tune(cudnnHandle_t handle, cudaStream_t st
                 ++too_big;
                 continue;
             }
+            // (one pack for every call timed: the host time of making one is not the plan's, and
+            // run() keeps its packs; the legacy calls timed against these make none either)
             const float ms = time_on_stream(st, kTimedReps, kQueued, [&] {
-                return execute(handle, plan.d, x, w, y, workspace) == CUDNN_STATUS_SUCCESS;
+                return cudnnBackendExecute(handle, plan.d, pack.d) == CUDNN_STATUS_SUCCESS;
             });
             if (ms < 0.f) {
                 // a failed launch may leave an error to clear; a sticky one shows in the caller's
@@ -338,6 +361,7 @@ std::unique_ptr<GraphConv> GraphConv::tune(cudnnHandle_t handle, cudaStream_t st
 }
 
 GraphConv::~GraphConv() {
+    for (const CachedPack& p : packs_) cudnnBackendDestroyDescriptor(p.pack);
     if (plan_) cudnnBackendDestroyDescriptor(plan_);
     for (cudnnBackendDescriptor_t d : sources_)  // the plan first, then what it was built from
         if (d) cudnnBackendDestroyDescriptor(d);
@@ -346,7 +370,22 @@ GraphConv::~GraphConv() {
 bool GraphConv::run(cudnnHandle_t handle, const void* x, const void* w, const void* y,
                     void* workspace, std::string* failure) {
     if (!aligned(x) || !aligned(w) || !aligned(y)) return false;
-    const cudnnStatus_t s = execute(handle, plan_, x, w, y, workspace);
+    // the operands' pack, made once per set of pointers (a training step passes the same ones
+    // each time; evaluation and the plan check others); a few are kept, the oldest replaced
+    cudnnBackendDescriptor_t pack = nullptr;
+    for (const CachedPack& p : packs_)
+        if (p.x == x && p.w == w && p.y == y && p.workspace == workspace) pack = p.pack;
+    cudnnStatus_t s = CUDNN_STATUS_SUCCESS;
+    if (!pack && (s = make_pack(x, w, y, workspace, &pack)) == CUDNN_STATUS_SUCCESS) {
+        if (packs_.size() == kMaxPacks) {
+            cudnnBackendDestroyDescriptor(packs_[next_pack_].pack);
+            packs_[next_pack_] = {x, w, y, workspace, pack};
+            next_pack_ = (next_pack_ + 1) % kMaxPacks;
+        } else {
+            packs_.push_back({x, w, y, workspace, pack});
+        }
+    }
+    if (s == CUDNN_STATUS_SUCCESS) s = cudnnBackendExecute(handle, plan_, pack);
     if (s == CUDNN_STATUS_SUCCESS) return true;
     *failure = fmt::format("cudnnBackendExecute: {} ({} plan): {}", direction_name(dir_), engine_,
                            cudnnGetErrorString(s));

@@ -89,6 +89,15 @@ private:
     // and its tensors), kept alive with it and destroyed after it: cuDNN's backend API does not
     // say that a finalized plan no longer refers to them (cudnn-frontend keeps them too).
     std::vector<cudnnBackendDescriptor_t> sources_;
+    // variant packs (the operands' pointers and the workspace) made by run(), at most kMaxPacks
+    struct CachedPack {
+        const void *x, *w, *y;
+        void* workspace;
+        cudnnBackendDescriptor_t pack;
+    };
+    static constexpr size_t kMaxPacks = 8;
+    std::vector<CachedPack> packs_;
+    size_t next_pack_ = 0;  // the one replaced next when all are taken
     size_t workspace_bytes_ = 0;
     float ms_ = 0.f;
     std::string engine_;
