@@ -328,11 +328,13 @@ int cmd_train(const TrainArgs& a) {
     o.stop_after_step = a.stop_after_step;
     o.record_epochs = !a.no_graphs;
     o.interrupt = &g_interrupt;
-    std::signal(SIGINT, on_signal);  // finish the step, save, exit non-zero
-    std::signal(SIGTERM, on_signal);
     const auto tu = clock_type::now();
     Trainer trainer(*backend, r, data, o);
     const double upload_s = since(tu);
+    // from here on Ctrl-C finishes the step, saves and exits non-zero; during set-up (tens of
+    // seconds of convolution timing on a CPU) there is nothing to save, so it stops the program
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
     print_recipe(r, *backend, data, a, trainer.n_train(), trainer.n_test());
     fmt::print("data loading  {:.2f} s from disk; set-up {:.2f} s (buffers, conv plans, upload); "
                "neither is in the timed region\n\n",
