@@ -66,8 +66,10 @@ contains data.txt "train classes [5000 5000 5000 5000 5000 5000 5000 5000 5000 5
 tiny=(--data syn --no-download --device cpu --threads 2 --set 'net.widths=[8,16,16]'
       --batch-size 256 --epochs 2 --subset 1024 --test-subset 256)
 echo '{"opt": {"lr": 10.0}}' > cfg.json
+plot=()  # (without gnuplot, --plot is refused before the run)
+if command -v gnuplot > /dev/null; then plot=(--plot p.png); fi
 "$B" train "${tiny[@]}" --config cfg.json --summary-json s.json --log l.jsonl \
-    --dawnbench db.tsv --plot p.png --checkpoint c.safetensors > train.txt
+    --dawnbench db.tsv "${plot[@]}" --checkpoint c.safetensors > train.txt
 [ "$(json s.json 'j["recipe"]["opt"]["lr"]')" = 10.0 ] || fail "--config: opt.lr is not 10"
 [ "$(json s.json 'j["recipe"]["net"]["widths"]')" = "[8, 16, 16]" ] || fail "--set net.widths not applied"
 [ "$(json s.json 'len(j["runs"]), j["n_train"], j["n_test"]')" = "1 1024 256" ] || fail "summary counts"
@@ -115,7 +117,7 @@ else
 fi
 
 # -- bench: one timed step, as JSON
-"$B" bench --data syn --no-download --device cpu --threads 2 --set 'net.widths=[8,16,16]' \
+"$B" bench --device cpu --threads 2 --set 'net.widths=[8,16,16]' \
     --batch-size 64 --steps 1 --json b.json > bench.txt
 [ "$(json b.json 'j["batch_size"], j["train_images_per_second"] > 0')" = "64 True" ] || fail "b.json"
 
@@ -168,6 +170,9 @@ for flag in --checkpoint --summary-json --log --dawnbench; do
     if grep -q "train_loss" out.txt; then fail "$flag afile/x: the run trained first"; fi
 done
 expect_error "--summary-json cfgdir: is a directory" -- "$B" train "${tiny[@]}" --summary-json cfgdir
+if ! command -v gnuplot > /dev/null; then
+    expect_error "--plot needs gnuplot" -- "$B" train "${tiny[@]}" --plot q.png
+fi
 expect_error "--plot draws each epoch's test accuracy: not with --no-epoch-eval" -- \
     "$B" train "${tiny[@]}" --no-epoch-eval --plot q.png
 expect_error "--dawnbench logs each epoch's test accuracy" -- \

@@ -378,10 +378,10 @@ private:
         return true;
     }
 
-    // The direction's graph plan on (x, w, y) as GraphConv::run takes them; false when there is
-    // none or an operand's alignment rules it out (the legacy algorithm then runs).
-    // The direction's graph-API plan, where it has one and it runs; a plan that cuDNN refuses to
-    // execute is dropped, with a line saying so, and the legacy algorithm takes over for good.
+    // The direction's graph-API plan on (x, w, y) as GraphConv::run takes them; false when there
+    // is none or an operand's alignment rules it out, and the legacy algorithm then runs. A plan
+    // that cuDNN refuses to execute is dropped, with a line saying so, and the legacy algorithm
+    // takes over for good.
     bool run_graph(ConvDirection dir, const void* x, const void* w, const void* y) {
         auto& g = graph_[int(dir)];
         if (!g) return false;
