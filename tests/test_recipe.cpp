@@ -106,6 +106,22 @@ TEST(Recipe, ConfigFileIsMergedOverThePreset) {
     std::filesystem::remove(path);
 }
 
+// docs/recipe-keys.md is the user's reference of the recipe: it must name every key the reader
+// accepts, as `section.key`, in a table row of its own.
+TEST(Recipe, EveryKeyIsDescribedInTheDocs) {
+    std::ifstream f(std::string(SPEEDRUN_SOURCE_DIR) + "/docs/recipe-keys.md");
+    ASSERT_TRUE(f) << "docs/recipe-keys.md is missing";
+    const std::string doc((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    int keys = 0;
+    for (const auto& [section, names] : recipe_keys())
+        for (const auto& name : names) {
+            ++keys;
+            EXPECT_TRUE(test::contains(doc, "| `" + section + "." + name + "` |"))
+                << section << "." << name << " is not described in docs/recipe-keys.md";
+        }
+    EXPECT_GT(keys, 70);
+}
+
 TEST(Recipe, OverridesApply) {
     auto j = preset_json("airbench94");
     apply_override(j, "opt.lr=10.5");

@@ -96,7 +96,9 @@ struct Reader {
     }
 };
 
-void check_known(const nlohmann::json& j) {
+}  // namespace
+
+const std::map<std::string, std::vector<std::string>>& recipe_keys() {
     static const std::map<std::string, std::vector<std::string>> known = {
         {"data", {"mean", "std"}},
         {"net", {"arch", "widths", "whiten_kernel", "bn_eps", "bn_momentum", "bn_train_scale",
@@ -116,6 +118,13 @@ void check_known(const nlohmann::json& j) {
                  "brightness", "contrast"}},
         {"eval", {"tta_level", "tta_weights", "tta_select"}},
     };
+    return known;
+}
+
+namespace {
+
+void check_known(const nlohmann::json& j) {
+    const auto& known = recipe_keys();
     for (const auto& [k, v] : j.items()) {
         if (k == "name" || k == "description" || k == "source" || k == "published") continue;
         auto it = known.find(k);

@@ -3,6 +3,7 @@
 // flags over that. No code branches on a preset's name.
 #pragma once
 #include <array>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -137,6 +138,8 @@ const char* activation_name(Activation a);
 
 // Names of the built-in presets, and the JSON of one (throws sr::Error on an unknown name).
 std::vector<std::string> preset_names();
+// Every key a recipe may have, by section (docs/recipe-keys.md describes each).
+const std::map<std::string, std::vector<std::string>>& recipe_keys();
 nlohmann::json preset_json(const std::string& name);
 
 // Validates and converts; unknown keys and out-of-range values are errors naming the key.
