@@ -816,13 +816,16 @@ int cmd_bench(const BenchArgs& a) {
 
 int cmd_data(const DataArgs& a) {
     if (!a.write_synthetic.empty()) {
-        if (!a.data.empty()) fail("--write-synthetic {} and --data {}: choose one", a.write_synthetic, a.data);
+        if (!a.data.empty())
+            fail("--write-synthetic {} and --data {}: choose one", a.write_synthetic, a.data);
         // full size: the reader accepts only complete 10,000-record files, as CIFAR-10's are
         const Cifar10 s = make_synthetic_cifar10(5 * kCifarPerFile, kCifarPerFile, a.seed);
         namespace fs = std::filesystem;
         std::error_code ec;
         fs::create_directories(a.write_synthetic, ec);
-        if (ec) fail("--write-synthetic {}: cannot create the directory: {}", a.write_synthetic, ec.message());
+        if (ec)
+            fail("--write-synthetic {}: cannot create the directory: {}", a.write_synthetic,
+                 ec.message());
         // never over a data set (a CIFAR-10 directory given by mistake would become synthetic)
         for (const char* name : {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
                                  "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"})

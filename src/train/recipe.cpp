@@ -55,9 +55,15 @@ template <> struct TypeName<std::vector<std::array<double, 2>>> {
 template <> struct TypeName<bool> { static constexpr const char* text = "true or false"; };
 template <> struct TypeName<int> { static constexpr const char* text = "an integer"; };
 template <> struct TypeName<std::string> { static constexpr const char* text = "a string"; };
-template <> struct TypeName<std::vector<int>> { static constexpr const char* text = "a list of integers"; };
-template <> struct TypeName<std::vector<float>> { static constexpr const char* text = "a list of numbers"; };
-template <> struct TypeName<std::vector<double>> { static constexpr const char* text = "a list of numbers"; };
+template <> struct TypeName<std::vector<int>> {
+    static constexpr const char* text = "a list of integers";
+};
+template <> struct TypeName<std::vector<float>> {
+    static constexpr const char* text = "a list of numbers";
+};
+template <> struct TypeName<std::vector<double>> {
+    static constexpr const char* text = "a list of numbers";
+};
 
 // A number that an integer key may take: an integer, or a float with an integral value (1.5 is
 // refused, not cut to 1, as JSON's own conversion would).
@@ -83,9 +89,11 @@ struct Reader {
         if constexpr (std::is_floating_point_v<T>) ok = v.is_number();
         if constexpr (std::is_same_v<T, std::vector<int>>)
             ok = v.is_array() && std::all_of(v.begin(), v.end(), integral);
-        if constexpr (std::is_same_v<T, std::vector<double>> || std::is_same_v<T, std::array<float, 3>> ||
+        if constexpr (std::is_same_v<T, std::vector<double>> ||
+                      std::is_same_v<T, std::array<float, 3>> ||
                       std::is_same_v<T, std::array<double, 3>>)
-            ok = v.is_array() && std::all_of(v.begin(), v.end(), [](const auto& e) { return e.is_number(); });
+            ok = v.is_array() &&
+                 std::all_of(v.begin(), v.end(), [](const auto& e) { return e.is_number(); });
         try {
             if (ok) out = v.get<T>();
         } catch (const nlohmann::json::exception&) {

@@ -51,14 +51,22 @@ TEST(CudnnPick, ResultsThatFailedOrNeedTooMuchWorkspaceAreSkipped) {
     EXPECT_EQ(pick(r), 2);
 }
 
-TEST(CudnnPick, FmaMathTakesOnlyResultsTimedWithIt) {
-    const std::vector<Filter> r = {
-        result<Filter>(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, true, 0, CUDNN_STATUS_SUCCESS,
-                       CUDNN_TENSOR_OP_MATH),
-        result<Filter>(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, true, 0, CUDNN_STATUS_SUCCESS,
-                       CUDNN_FMA_MATH)};
-    EXPECT_EQ(pick(r, CUDNN_FMA_MATH), 1);
+// Under CUDNN_FMA_MATH (plain fp32): results timed with FMA, else those a search reports as
+// DEFAULT (an algorithm without a tensor-core form), never tensor-core ones; whichever is taken
+// runs with FMA, since DEFAULT lets fp32 data use TF32 on sm_80 and newer.
+TEST(CudnnPick, FmaMathTakesOnlyResultsTimedWithoutTensorCores) {
+    auto timed = [](cudnnMathType_t m) {
+        return result<Filter>(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, true, 0, CUDNN_STATUS_SUCCESS, m);
+    };
+    const std::vector<Filter> r = {timed(CUDNN_TENSOR_OP_MATH), timed(CUDNN_DEFAULT_MATH),
+                                   timed(CUDNN_FMA_MATH)};
+    EXPECT_EQ(pick(r, CUDNN_FMA_MATH), 2);
+    EXPECT_EQ(pick({r[0], r[1]}, CUDNN_FMA_MATH), 1);
+    EXPECT_EQ(pick({r[0]}, CUDNN_FMA_MATH), -1);
     EXPECT_EQ(pick(r, CUDNN_TENSOR_OP_MATH), 0);
+    EXPECT_EQ(cuda::fma_math_for(CUDNN_FMA_MATH, CUDNN_DEFAULT_MATH), CUDNN_FMA_MATH);
+    EXPECT_EQ(cuda::fma_math_for(CUDNN_TENSOR_OP_MATH, CUDNN_DEFAULT_MATH), CUDNN_DEFAULT_MATH);
+    EXPECT_EQ(cuda::fma_math_for(CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH), CUDNN_TENSOR_OP_MATH);
 }
 
 TEST(CudnnPick, TransformsAreTakenOnlyWhereNothingElseRuns) {

@@ -344,14 +344,16 @@ private:
                                                                work, ws));
             if ((i = pick(fp, n, ctx_.math)) < 0) return false;
             fwd_algo_ = fp[i].algo;
-            CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d, fp[i].mathType));
+            CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d,
+                                                   fma_math_for(ctx_.math, fp[i].mathType)));
 
             cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
             CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
                 ctx_.handle, w_.d, w, y_.d, y, bwd_data_.d, x_.d, x, kMax, &n, dp, work, ws));
             if ((i = pick(dp, n, ctx_.math)) < 0) return false;
             bwd_data_algo_ = dp[i].algo;
-            CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, dp[i].mathType));
+            CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d,
+                                                   fma_math_for(ctx_.math, dp[i].mathType)));
 
             cudnnConvolutionBwdFilterAlgoPerf_t wp[kMax];
             CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
@@ -359,7 +361,8 @@ private:
                 ws));
             if ((i = pick(wp, n, ctx_.math)) < 0) return false;
             bwd_filter_algo_ = wp[i].algo;
-            CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d, wp[i].mathType));
+            CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d,
+                                                   fma_math_for(ctx_.math, wp[i].mathType)));
         } catch (const std::exception& e) {
             // Out of memory for the trial buffers is not sticky: fall back to the heuristics,
             // saying why. A sticky error (an earlier kernel's fault) would fail every later call,
@@ -543,7 +546,8 @@ private:
                                                            kMax, &n, fp));
         if ((i = pick(fp, n, ctx_.math)) < 0) no_algorithm("forward");
         fwd_algo_ = fp[i].algo;
-        CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d, fp[i].mathType));
+        CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d,
+                                               fma_math_for(ctx_.math, fp[i].mathType)));
 
         cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
         CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, ctx_.math));
@@ -551,7 +555,8 @@ private:
                                                                 bwd_data_.d, x_.d, kMax, &n, dp));
         if ((i = pick(dp, n, ctx_.math)) < 0) no_algorithm("backward-data");
         bwd_data_algo_ = dp[i].algo;
-        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, dp[i].mathType));
+        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d,
+                                               fma_math_for(ctx_.math, dp[i].mathType)));
 
         cudnnConvolutionBwdFilterAlgoPerf_t wp[kMax];
         CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d, ctx_.math));
@@ -559,7 +564,8 @@ private:
             ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, kMax, &n, wp));
         if ((i = pick(wp, n, ctx_.math)) < 0) no_algorithm("backward-filter");
         bwd_filter_algo_ = wp[i].algo;
-        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d, wp[i].mathType));
+        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d,
+                                               fma_math_for(ctx_.math, wp[i].mathType)));
     }
 
     CudnnContext& ctx_;
