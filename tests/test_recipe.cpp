@@ -96,6 +96,18 @@ TEST(Recipe, ConfigFileIsMergedOverThePreset) {
     write(R"({"aug": {"flip": "no"}})");
     why = test::error_of([&] { load_recipe("airbench94", path); });
     EXPECT_TRUE(test::contains(why, "'aug.flip' must be true or false (got \"no\")")) << why;
+    write(R"({"opt": {"batch_size": 4294968320}})");  // 2^32 + 1024: read as an int, 1024
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "'opt.batch_size' must be an integer")) << why;
+    write(R"({"data": {"mean": [0.5, 0.5, 0.5, 9]}})");  // the 4th would be ignored
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "'data.mean' must be a list of 3 numbers")) << why;
+    write(R"({"schedule": {"knots": [[0, 1], [5, 1, 7]]}})");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "'schedule.knots' must be a list of [x, y] pairs")) << why;
+    write(R"({"name": 5})");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "'name' must be a string (got 5)")) << why;
     write("[1, 2]");
     why = test::error_of([&] { load_recipe("airbench94", path); });
     EXPECT_TRUE(test::contains(why, path + ": a config file must be a JSON object")) << why;
@@ -130,6 +142,12 @@ TEST(Recipe, OverridesApply) {
     EXPECT_DOUBLE_EQ(r.lr, 10.5);
     EXPECT_EQ(r.net.widths[1], 64);
     EXPECT_THROW(apply_override(j, "novalue"), Error);
+    // null removes the key, so that its default applies (as in a --config file)
+    apply_override(j, "eval.tta_level=null");
+    EXPECT_EQ(j.at("eval").count("tta_level"), 0u);
+    EXPECT_EQ(recipe_from_json(j).tta_level, Recipe().tta_level);
+    apply_override(j, "eval.tta_level=null");  // a key that is not there: nothing to remove
+    EXPECT_EQ(recipe_from_json(j).tta_level, Recipe().tta_level);
 }
 
 }  // namespace

@@ -47,7 +47,7 @@ namespace {
 // What a value of type T is called in an error message.
 template <typename T> struct TypeName { static constexpr const char* text = "a number"; };
 template <typename E, size_t N> struct TypeName<std::array<E, N>> {
-    static constexpr const char* text = "a list of numbers of the preset's length";
+    static constexpr const char* text = N == 3 ? "a list of 3 numbers" : "a list of numbers";
 };
 template <> struct TypeName<std::vector<std::array<double, 2>>> {
     static constexpr const char* text = "a list of [x, y] pairs";
@@ -68,11 +68,18 @@ template <> struct TypeName<std::vector<double>> {
 // A number that an integer key may take: an integer, or a float with an integral value (1.5 is
 // refused, not cut to 1, as JSON's own conversion would).
 bool integral(const nlohmann::json& v) {
-    if (v.is_number_integer()) return true;
-    if (!v.is_number_float()) return false;
-    const double d = v.get<double>();
+    if (!v.is_number() || v.is_boolean()) return false;
+    const double d = v.get<double>();  // (an integer beyond int's range would wrap)
     return std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 2147483648.0;
 }
+
+bool numbers(const nlohmann::json& v, size_t n = 0) {  // a list of numbers (n of them, if n > 0)
+    return v.is_array() && (n == 0 || v.size() == n) &&
+           std::all_of(v.begin(), v.end(), [](const auto& e) { return e.is_number(); });
+}
+
+template <typename T> struct IsArray : std::false_type {};
+template <typename E, size_t N> struct IsArray<std::array<E, N>> : std::true_type {};
 
 // Reads j[section][key] into out if present, checking the type; marks the key as used.
 struct Reader {
@@ -89,11 +96,11 @@ struct Reader {
         if constexpr (std::is_floating_point_v<T>) ok = v.is_number();
         if constexpr (std::is_same_v<T, std::vector<int>>)
             ok = v.is_array() && std::all_of(v.begin(), v.end(), integral);
-        if constexpr (std::is_same_v<T, std::vector<double>> ||
-                      std::is_same_v<T, std::array<float, 3>> ||
-                      std::is_same_v<T, std::array<double, 3>>)
+        if constexpr (std::is_same_v<T, std::vector<double>>) ok = numbers(v);
+        if constexpr (IsArray<T>::value) ok = numbers(v, std::tuple_size_v<T>);  // no extras
+        if constexpr (std::is_same_v<T, std::vector<std::array<double, 2>>>)
             ok = v.is_array() &&
-                 std::all_of(v.begin(), v.end(), [](const auto& e) { return e.is_number(); });
+                 std::all_of(v.begin(), v.end(), [](const auto& e) { return numbers(e, 2); });
         try {
             if (ok) out = v.get<T>();
         } catch (const nlohmann::json::exception&) {
@@ -151,6 +158,9 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     check_known(j);
     Recipe r;
     r.json = j;
+    for (const char* key : {"name", "description", "source", "published"})
+        if (j.contains(key) && !j.at(key).is_string())
+            fail("config: '{}' must be a string (got {})", key, j.at(key).dump());
     r.name = j.value("name", "custom");
     r.description = j.value("description", "");
     r.source = j.value("source", "");
@@ -436,7 +446,13 @@ void apply_override(nlohmann::json& j, const std::string& assignment) {
     }
     std::string ptr = "/" + path;
     std::replace(ptr.begin(), ptr.end(), '.', '/');
-    j[nlohmann::json::json_pointer(ptr)] = v;
+    const nlohmann::json::json_pointer at(ptr);
+    if (!v.is_null()) {
+        j[at] = v;
+        return;
+    }
+    // null removes the key, so that its default applies (as null in a --config file)
+    if (j.contains(at)) j[at.parent_pointer()].erase(at.back());
 }
 
 }  // namespace sr
