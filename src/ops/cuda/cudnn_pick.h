@@ -1,6 +1,6 @@
 // cudnn_pick.h: which of cuDNN's legacy algorithms a convolution direction takes, from the
 // results that cudnnFind*AlgorithmEx (timed, fastest first) or cudnnGet*_v7 (ranked) return.
-// Internal to the cuDNN wrapper (cudnn_conv.cpp; tests/ops/test_cudnn_graph.cpp checks the rule
+// Internal to the cuDNN wrapper (cudnn_conv.cpp; tests/ops/test_cudnn_pick.cpp checks the rule
 // on made-up results, which needs cudnn.h but no GPU).
 //
 // The rule is the graph-API path's (cudnn_graph.h) where it can be. Usable: a result that ran,
