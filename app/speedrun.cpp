@@ -23,24 +23,21 @@ bool run_dist_commands();
 
 namespace {
 
-// Values that must be positive and finite (a negative or NaN --epochs would otherwise read as
-// "not given"), or at least zero.
-const CLI::Validator kPositive(
-    [](std::string& v) -> std::string {
-        double x = 0;
-        if (!CLI::detail::lexical_cast(v, x) || !(x > 0) || !std::isfinite(x))
-            return "must be a positive number (got " + v + ")";
-        return "";
-    },
-    "> 0");
-const CLI::Validator kNonNegative(
-    [](std::string& v) -> std::string {
-        double x = 0;
-        if (!CLI::detail::lexical_cast(v, x) || !(x >= 0) || !std::isfinite(x))
-            return "must be >= 0 (got " + v + ")";
-        return "";
-    },
-    ">= 0");
+// Values that must be finite and positive (a negative or NaN --epochs would otherwise read as
+// "not given"), or finite and at least zero.
+CLI::Validator finite_number(bool zero_allowed) {
+    return CLI::Validator(
+        [zero_allowed](std::string& v) -> std::string {
+            double x = 0;
+            const bool ok = CLI::detail::lexical_cast(v, x) && std::isfinite(x) &&
+                            (zero_allowed ? x >= 0 : x > 0);
+            if (ok) return "";
+            return (zero_allowed ? "must be >= 0 (got " : "must be a positive number (got ") + v + ")";
+        },
+        zero_allowed ? ">= 0" : "> 0");
+}
+const CLI::Validator kPositive = finite_number(false);
+const CLI::Validator kNonNegative = finite_number(true);
 
 void add_common(CLI::App* c, sr::CommonArgs& a) {
     c->add_option("--preset", a.preset, "Recipe preset (see `speedrun presets`)")->capture_default_str();

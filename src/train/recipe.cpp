@@ -58,9 +58,6 @@ template <> struct TypeName<std::string> { static constexpr const char* text = "
 template <> struct TypeName<std::vector<int>> {
     static constexpr const char* text = "a list of integers";
 };
-template <> struct TypeName<std::vector<float>> {
-    static constexpr const char* text = "a list of numbers";
-};
 template <> struct TypeName<std::vector<double>> {
     static constexpr const char* text = "a list of numbers";
 };
