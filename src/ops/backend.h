@@ -80,6 +80,14 @@ public:
     // dw (K,R,S,C) = correlation of x and dy; db (K) = sum of dy over N,P,Q if db != nullptr.
     // dw == nullptr: db only (a layer whose weights are frozen: the whitening conv; x unused).
     virtual void backward_weights(float* dw, float* db, const float* dy, const float* x) = 0;
+    // Both gradients of one dy: backward_weights(dw, db, dy, x), then backward_data(dx, dy, w)
+    // unless dx == nullptr, with the same results. A backend may share work between the two (the
+    // CPU's Winograd path puts dy into its blocked layout once); decorators that time or record
+    // each direction (ops/forwarding_backend.h) keep the two calls.
+    virtual void backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w) {
+        backward_weights(dw, db, dy, x);
+        if (dx) backward_data(dx, dy, w);
+    }
 
     const ConvShape shape;
 };

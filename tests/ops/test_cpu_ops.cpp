@@ -156,6 +156,18 @@ TEST_P(ConvOneDnn, MatchesNaive) {
         std::fill(dw.begin(), dw.end(), 7.f);
         conv->backward_weights(dw.data(), nullptr, dy.data(), x.data());
         EXPECT_TRUE(all_close(dw, dw_ref, 1e-3, 1e-4));
+        // both gradients in one call (Winograd: dy reordered once) are those of the two calls,
+        // bit for bit; without dx only the weights' are written
+        conv->backward_weights(dw.data(), db.data(), dy.data(), x.data());
+        conv->backward_data(dx.data(), dy.data(), w.data());
+        std::vector<float> dx2(nx, 5.f), dw2(nw, 5.f), db2(s.K, 5.f);
+        conv->backward(dx2.data(), dw2.data(), db2.data(), dy.data(), x.data(), w.data());
+        EXPECT_EQ(dx2, dx);
+        EXPECT_EQ(dw2, dw);
+        EXPECT_EQ(db2, db);
+        std::fill(dw2.begin(), dw2.end(), 5.f);
+        conv->backward(nullptr, dw2.data(), nullptr, dy.data(), x.data(), w.data());
+        EXPECT_TRUE(all_close(dw2, dw_ref, 1e-3, 1e-4));
     }
     // the forced modes take the path they name wherever it applies (not to strided convs;
     // Winograd only where oneDNN has it: the 3x3 same-padded cases with channels it blocks)
