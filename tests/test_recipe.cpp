@@ -81,6 +81,22 @@ TEST(Recipe, ConfigFileIsMergedOverThePreset) {
     why = test::error_of([&] { load_recipe("airbench94", path); });
     EXPECT_TRUE(test::contains(why, path)) << why;
     EXPECT_TRUE(test::contains(why, "aug.fliip")) << why;
+    // a near miss names the key meant: a typo within the section, the right key in another
+    // section, a mistyped section; a name nothing resembles gets no guess
+    EXPECT_TRUE(test::contains(why, "did you mean 'aug.flip'?")) << why;
+    EXPECT_TRUE(test::contains(why, "docs/recipe-keys.md")) << why;
+    write(R"({"opt": {"tta_level": 1}})");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "unknown key 'opt.tta_level'; did you mean 'eval.tta_level'?")) << why;
+    write(R"({"aug": {"lr": 1}})");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "did you mean 'muon.lr' or 'opt.lr'?")) << why;
+    write(R"({"shedule": {"peak": 0.2}})");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "unknown section 'shedule'; did you mean 'schedule'?")) << why;
+    write(R"({"opt": {"zzzzzz": 1}})");
+    why = test::error_of([&] { load_recipe("airbench94", path); });
+    EXPECT_TRUE(test::contains(why, "unknown key 'opt.zzzzzz' (every key")) << why;
     // an integer key takes 256 or 256.0, but not 1.5 (JSON's conversion would make it 1)
     write(R"({"opt": {"batch_size": 256.0}, "net": {"widths": [16, 32.0, 32]}})");
     EXPECT_EQ(load_recipe("airbench94", path).batch_size, 256);

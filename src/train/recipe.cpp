@@ -9,6 +9,9 @@
 #include <sstream>
 #include <type_traits>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include "core/error.h"
 
 namespace sr {
@@ -135,16 +138,62 @@ const std::map<std::string, std::vector<std::string>>& recipe_keys() {
 
 namespace {
 
+// Levenshtein distance of two short names (a key mistyped by a letter or two is 1-2 away).
+size_t edit_distance(const std::string& a, const std::string& b) {
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= b.size(); ++j) {
+            const size_t up = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            diag = up;
+        }
+    }
+    return row[b.size()];
+}
+
+// The nearest of `names` within a third of the name's length (at least 1, at most 3 edits), or
+// "" where none is that close; ties go to the first listed.
+std::string nearest(const std::string& name, const std::vector<std::string>& names) {
+    const size_t limit = std::clamp<size_t>(name.size() / 3, 1, 3);
+    const std::string* best = nullptr;
+    size_t best_d = limit + 1;
+    for (const std::string& n : names) {
+        const size_t d = edit_distance(name, n);
+        if (d < best_d) best = &n, best_d = d;
+    }
+    return best ? *best : "";
+}
+
 void check_known(const nlohmann::json& j) {
     const auto& known = recipe_keys();
+    const std::string see = " (every key: docs/recipe-keys.md)";
     for (const auto& [k, v] : j.items()) {
         if (k == "name" || k == "description" || k == "source" || k == "published") continue;
         auto it = known.find(k);
-        if (it == known.end()) fail("config: unknown section '{}'", k);
+        if (it == known.end()) {
+            std::vector<std::string> sections;
+            for (const auto& [name, _] : known) sections.push_back(name);
+            const std::string near = nearest(k, sections);
+            fail("config: unknown section '{}'{}{}", k,
+                 near.empty() ? "" : fmt::format("; did you mean '{}'?", near), see);
+        }
         if (!v.is_object()) fail("config: '{}' must be an object", k);
         for (const auto& [kk, _] : v.items())
-            if (std::find(it->second.begin(), it->second.end(), kk) == it->second.end())
-                fail("config: unknown key '{}.{}'", k, kk);
+            if (std::find(it->second.begin(), it->second.end(), kk) == it->second.end()) {
+                // a key of this section, else the same name in another section
+                const std::string near = nearest(kk, it->second);
+                std::string hint = near.empty() ? "" : fmt::format("; did you mean '{}.{}'?", k, near);
+                std::vector<std::string> elsewhere;
+                for (const auto& [other, keys] : known)
+                    if (std::find(keys.begin(), keys.end(), kk) != keys.end())
+                        elsewhere.push_back(fmt::format("'{}.{}'", other, kk));
+                if (hint.empty() && !elsewhere.empty())
+                    hint = fmt::format("; did you mean {}?", fmt::join(elsewhere, " or "));
+                fail("config: unknown key '{}.{}'{}{}", k, kk, hint, see);
+            }
     }
 }
 
