@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/version.h"
 #include "train/commands.h"
 
 // Subcommands defined in other files of app/ (each returns true if it ran a command).
@@ -64,6 +65,8 @@ void add_common(CLI::App* c, sr::CommonArgs& a) {
 int main(int argc, char** argv) {
     CLI::App app{"speedrun: train a ResNet on CIFAR-10 to 94% as fast as possible (CPU or CUDA)"};
     app.require_subcommand(1);
+    app.set_version_flag("--version", [] { return sr::build_description(); },
+                         "Print the version, source commit and what this build includes, and exit");
 
     sr::TrainArgs ta;
     auto* train = app.add_subcommand("train", "Train a preset (default airbench94) and report accuracy");

@@ -14,6 +14,7 @@
 #include "ops/storage_backend.h"
 #include "train/roofline.h"
 #include "core/error.h"
+#include "core/version.h"
 #include "dist/dist_commands.h"
 #include "io/reports.h"
 #include "ops/cpu/cpu_ops.h"
@@ -405,6 +406,7 @@ int cmd_train(const TrainArgs& a) {
                             {"recording_failed", rr.recording_failed}, {"epochs", epochs}});
         }
         nlohmann::json j = {
+            {"program", build_json()},
             {"preset", r.name}, {"device", backend->name()}, {"data", data.source},
             {"n_train", trainer.n_train()}, {"n_test", trainer.n_test()}, {"runs", runs},
             {"accuracy_mean", s.mean}, {"accuracy_std", s.std}, {"accuracy_min", s.min},
@@ -699,7 +701,7 @@ int cmd_bench(const BenchArgs& a) {
                step * 1e3, t_fwd / a.steps * 1e3, t_bwd / a.steps * 1e3, t_opt / a.steps * 1e3, a.steps);
     fmt::print("              {:.0f} images/s, {:.1f} GFLOP/s\n", B / step, gflops);
     fmt::print("TTA inference {:.0f} images/s ({} views each), {:.1f} GFLOP/s\n", eval_ips, views, eval_gflops);
-    nlohmann::json j = {{"preset", r.name}, {"device", b.name()}, {"batch_size", B},
+    nlohmann::json j = {{"program", build_json()}, {"preset", r.name}, {"device", b.name()}, {"batch_size", B},
                         {"gflop_per_image_forward", fwd_flop * 1e-9},
                         {"step_ms", step * 1e3}, {"forward_ms", t_fwd / a.steps * 1e3},
                         {"backward_ms", t_bwd / a.steps * 1e3}, {"optimizer_ms", t_opt / a.steps * 1e3},

@@ -6,10 +6,11 @@
 # checkpoint gives the accuracy the run reported, that an interrupted run exits with 130 and
 # `--resume` ends where an uninterrupted run ends, and that bad input stops with exit status 1
 # and a "speedrun: error:" line naming what is wrong.
-# Usage: test_cli.sh SPEEDRUN PRESETS_DIR   (ctest `cli`)
+# Usage: test_cli.sh SPEEDRUN PRESETS_DIR VERSION   (ctest `cli`)
 set -euo pipefail
 B=$(realpath "$1")
 presets=$(realpath "$2")
+version=$3
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 cd "$t"
@@ -77,6 +78,19 @@ acc=$(sed -n 's/.*TTA accuracy mean \([0-9.]*\) .*/\1/p' train.txt)  # as the pr
 [ -n "$acc" ] || fail "train printed no TTA accuracy"
 [ "$(json s.json "abs(j['runs'][0]['test_accuracy_tta'] - $acc) <= 5e-5")" = True ] \
     || fail "the summary's TTA accuracy is not the printed $acc"
+# --version: the project's version, the source commit at build time (the clone's HEAD, where the
+# sources are a git clone) and what the build includes; the summary records the same
+"$B" --version > version.txt
+contains version.txt "speedrun $version (git "
+contains version.txt "CUDA backend: "
+rev=$(sed -n 's/^speedrun [^ ]* (git \(.*\))$/\1/p' version.txt)
+[ "$(json s.json 'j["program"]["version"], j["program"]["git"]')" = "$version $rev" ] \
+    || fail "the summary's program is not $version $rev"
+if head=$(git -C "$presets/.." rev-parse --short=12 HEAD 2> /dev/null); then
+    [ "${rev%-dirty}" = "$head" ] || fail "--version says git $rev, the sources are at $head"
+else
+    echo "note: the sources are not a git clone: the commit --version names not checked"
+fi
 [ "$(wc -l < l.jsonl)" = 3 ] || fail "l.jsonl: not 2 epoch lines and a run line"
 /usr/bin/python3 -c "import json, sys; [json.loads(l) for l in open(sys.argv[1])]" l.jsonl \
     || fail "l.jsonl: a line is not a JSON object"
