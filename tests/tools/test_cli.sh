@@ -86,7 +86,7 @@ contains version.txt "CUDA backend: "
 rev=$(sed -n 's/^speedrun [^ ]* (git \(.*\))$/\1/p' version.txt)
 [ "$(json s.json 'j["program"]["version"], j["program"]["git"]')" = "$version $rev" ] \
     || fail "the summary's program is not $version $rev"
-if head=$(git -C "$presets/.." rev-parse --short=12 HEAD 2> /dev/null); then
+if [ -e "$presets/../.git" ] && head=$(git -C "$presets/.." rev-parse --short=12 HEAD 2> /dev/null); then
     [ "${rev%-dirty}" = "$head" ] || fail "--version says git $rev, the sources are at $head"
 else
     echo "note: the sources are not a git clone: the commit --version names not checked"
