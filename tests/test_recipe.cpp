@@ -57,6 +57,11 @@ TEST(Recipe, ConfigErrorsNameTheKey) {
 TEST(Recipe, ConfigFileIsMergedOverThePreset) {
     const std::string path = test::temp_path("config.json").string();
     auto write = [&](const std::string& text) { std::ofstream(path) << text; };
+    // the error that loading the preset with this config file gives
+    auto error_for = [&](const std::string& text) {
+        write(text);
+        return test::error_of([&] { load_recipe("airbench94", path); });
+    };
     write(R"({"opt": {"lr": 9.0, "epochs": 5}, "net": {"widths": [32, 64, 64]},
               "eval": {"tta_level": null}})");
     const Recipe base = load_recipe("airbench94", ""), r = load_recipe("airbench94", path);
@@ -69,61 +74,43 @@ TEST(Recipe, ConfigFileIsMergedOverThePreset) {
     EXPECT_EQ(r.json.at("eval").count("tta_level"), 0u);
     EXPECT_EQ(r.tta_level, Recipe().tta_level);  // the default, as if the preset had no value
 
-    write(R"({"opt": {"lr": 9.0,}})");
-    std::string why = test::error_of([&] { load_recipe("airbench94", path); });
+    std::string why = error_for(R"({"opt": {"lr": 9.0,}})");
     EXPECT_TRUE(test::contains(why, path)) << why;
     EXPECT_TRUE(test::contains(why, "not valid JSON")) << why;
-    write(R"({"opt": {"lr": "fast"}})");
-    why = test::error_of([&] { load_recipe("airbench94", path); });
+    why = error_for(R"({"opt": {"lr": "fast"}})");
     EXPECT_TRUE(test::contains(why, path + " (merged over preset airbench94)")) << why;
     EXPECT_TRUE(test::contains(why, "'opt.lr' must be a number (got \"fast\")")) << why;
-    write(R"({"aug": {"fliip": true}})");
-    why = test::error_of([&] { load_recipe("airbench94", path); });
+    why = error_for(R"({"aug": {"fliip": true}})");
     EXPECT_TRUE(test::contains(why, path)) << why;
     EXPECT_TRUE(test::contains(why, "aug.fliip")) << why;
     // a near miss names the key meant: a typo within the section, the right key in another
     // section, a mistyped section; a name nothing resembles gets no guess
     EXPECT_TRUE(test::contains(why, "did you mean 'aug.flip'?")) << why;
     EXPECT_TRUE(test::contains(why, "docs/recipe-keys.md")) << why;
-    write(R"({"opt": {"tta_level": 1}})");
-    why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "unknown key 'opt.tta_level'; did you mean 'eval.tta_level'?")) << why;
-    write(R"({"aug": {"lr": 1}})");
-    why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "did you mean 'muon.lr' or 'opt.lr'?")) << why;
-    write(R"({"shedule": {"peak": 0.2}})");
-    why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "unknown section 'shedule'; did you mean 'schedule'?")) << why;
-    write(R"({"opt": {"zzzzzz": 1}})");
-    why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "unknown key 'opt.zzzzzz' (every key")) << why;
-    // an integer key takes 256 or 256.0, but not 1.5 (JSON's conversion would make it 1)
+    // a config file and a part of the error it must give
+    const std::pair<const char*, const char*> cases[] = {
+        {R"({"opt": {"tta_level": 1}})", "unknown key 'opt.tta_level'; did you mean 'eval.tta_level'?"},
+        {R"({"aug": {"lr": 1}})", "did you mean 'muon.lr' or 'opt.lr'?"},
+        {R"({"shedule": {"peak": 0.2}})", "unknown section 'shedule'; did you mean 'schedule'?"},
+        {R"({"opt": {"zzzzzz": 1}})", "unknown key 'opt.zzzzzz' (every key"},
+        // an integer key takes 256 or 256.0 (below), but not 1.5 (JSON's conversion makes it 1)
+        {R"({"opt": {"batch_size": 1.5}})", "'opt.batch_size' must be an integer (got 1.5)"},
+        {R"({"net": {"widths": [16, 32.5, 32]}})", "'net.widths' must be a list of integers"},
+        {R"({"opt": {"lr": true}})", "'opt.lr' must be a number (got true)"},
+        {R"({"aug": {"flip": "no"}})", "'aug.flip' must be true or false (got \"no\")"},
+        // 2^32 + 1024: read as an int, 1024
+        {R"({"opt": {"batch_size": 4294968320}})", "'opt.batch_size' must be an integer"},
+        // the 4th would be ignored
+        {R"({"data": {"mean": [0.5, 0.5, 0.5, 9]}})", "'data.mean' must be a list of 3 numbers"},
+        {R"({"schedule": {"knots": [[0, 1], [5, 1, 7]]}})", "'schedule.knots' must be a list of [x, y] pairs"},
+        {R"({"name": 5})", "'name' must be a string (got 5)"},
+    };
+    for (const auto& [config, text] : cases) {
+        why = error_for(config);
+        EXPECT_TRUE(test::contains(why, text)) << config << ": " << why;
+    }
     write(R"({"opt": {"batch_size": 256.0}, "net": {"widths": [16, 32.0, 32]}})");
     EXPECT_EQ(load_recipe("airbench94", path).batch_size, 256);
-    write(R"({"opt": {"batch_size": 1.5}})");
-    why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "'opt.batch_size' must be an integer (got 1.5)")) << why;
-    write(R"({"net": {"widths": [16, 32.5, 32]}})");
-    why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "'net.widths' must be a list of integers")) << why;
-    write(R"({"opt": {"lr": true}})");
-    why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "'opt.lr' must be a number (got true)")) << why;
-    write(R"({"aug": {"flip": "no"}})");
-    why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "'aug.flip' must be true or false (got \"no\")")) << why;
-    write(R"({"opt": {"batch_size": 4294968320}})");  // 2^32 + 1024: read as an int, 1024
-    why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "'opt.batch_size' must be an integer")) << why;
-    write(R"({"data": {"mean": [0.5, 0.5, 0.5, 9]}})");  // the 4th would be ignored
-    why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "'data.mean' must be a list of 3 numbers")) << why;
-    write(R"({"schedule": {"knots": [[0, 1], [5, 1, 7]]}})");
-    why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "'schedule.knots' must be a list of [x, y] pairs")) << why;
-    write(R"({"name": 5})");
-    why = test::error_of([&] { load_recipe("airbench94", path); });
-    EXPECT_TRUE(test::contains(why, "'name' must be a string (got 5)")) << why;
     write("[1, 2]");
     why = test::error_of([&] { load_recipe("airbench94", path); });
     EXPECT_TRUE(test::contains(why, path + ": a config file must be a JSON object")) << why;

@@ -379,15 +379,8 @@ struct CpuConv2d::Impl {
 
     void backward_data(float* dx, const float* dy, const float* w, const ConvShape& s) {
         if (winograd) {
-            Primitives& p = *wino;
-            memory wm = weights_for(p.bwd_data_pd.weights_desc(), w, p.w_bwd, "wino bwd_data");
-            relayout(y_md, dy, p.y_md, ws.a.data(), "y to blocked");
-            p.bwd_data.execute(strm, {{DNNL_ARG_DIFF_SRC, mem(p.x_md, ws.b.data())},
-                                      {DNNL_ARG_WEIGHTS, wm},
-                                      {DNNL_ARG_DIFF_DST, mem(p.y_md, ws.a.data())},
-                                      {DNNL_ARG_SCRATCHPAD, scratchpad(p.bwd_data_pd.scratchpad_desc())}});
-            relayout(p.x_md, ws.b.data(), x_md, dx, "x from blocked");
-            strm.wait();
+            relayout(y_md, dy, wino->y_md, ws.a.data(), "y to blocked");
+            winograd_data_grad(dx, ws.b.data(), ws.a.data(), w);
         } else if (transposed) {
             backward_data_transposed(dx, dy, w, s);
         } else {
@@ -415,17 +408,21 @@ struct CpuConv2d::Impl {
             backward_data(dx, dy, w, s);
             return;
         }
-        Primitives& p = *wino;
-        relayout(x_md, x, p.x_md, ws.a.data(), "x to blocked");
-        relayout(y_md, dy, p.y_md, ws.b.data(), "y to blocked");
+        relayout(x_md, x, wino->x_md, ws.a.data(), "x to blocked");
+        relayout(y_md, dy, wino->y_md, ws.b.data(), "y to blocked");
         weights_grad(dw, db, ws.b.data(), ws.a.data());
-        // blocked x is spent: ws.a takes the blocked dx
+        winograd_data_grad(dx, ws.a.data(), ws.b.data(), w);  // the blocked x is spent
+    }
+
+    // Winograd's data gradient of the blocked dy (dya) into dx, through the blocked dxa.
+    void winograd_data_grad(float* dx, float* dxa, const float* dya, const float* w) {
+        Primitives& p = *wino;
         memory wm = weights_for(p.bwd_data_pd.weights_desc(), w, p.w_bwd, "wino bwd_data");
-        p.bwd_data.execute(strm, {{DNNL_ARG_DIFF_SRC, mem(p.x_md, ws.a.data())},
+        p.bwd_data.execute(strm, {{DNNL_ARG_DIFF_SRC, mem(p.x_md, dxa)},
                                   {DNNL_ARG_WEIGHTS, wm},
-                                  {DNNL_ARG_DIFF_DST, mem(p.y_md, ws.b.data())},
+                                  {DNNL_ARG_DIFF_DST, mem(p.y_md, dya)},
                                   {DNNL_ARG_SCRATCHPAD, scratchpad(p.bwd_data_pd.scratchpad_desc())}});
-        relayout(p.x_md, ws.a.data(), x_md, dx, "x from blocked");
+        relayout(p.x_md, dxa, x_md, dx, "x from blocked");
         strm.wait();
     }
 
