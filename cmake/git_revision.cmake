@@ -9,9 +9,11 @@ if(GIT_FOUND AND EXISTS "${DIR}/.git")
                   OUTPUT_VARIABLE head OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE rc)
   if(rc EQUAL 0 AND head)
     set(rev "${head}")
-    execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${DIR}" diff-index --quiet HEAD --
-                    RESULT_VARIABLE dirty ERROR_QUIET)
-    if(NOT dirty EQUAL 0)
+    # (status refreshes the index's file times first: diff-index alone calls a touched but
+    # unchanged file dirty)
+    execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${DIR}" status --porcelain --untracked-files=no
+                    OUTPUT_VARIABLE changes ERROR_QUIET RESULT_VARIABLE rc)
+    if(NOT rc EQUAL 0 OR changes)
       string(APPEND rev "-dirty")
     endif()
   endif()

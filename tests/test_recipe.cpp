@@ -91,6 +91,7 @@ TEST(Recipe, ConfigFileIsMergedOverThePreset) {
     const std::pair<const char*, const char*> cases[] = {
         {R"({"opt": {"tta_level": 1}})", "unknown key 'opt.tta_level'; did you mean 'eval.tta_level'?"},
         {R"({"aug": {"lr": 1}})", "did you mean 'muon.lr' or 'opt.lr'?"},
+        {R"({"opt": {"bn_momentum": 0.6}})", "did you mean 'net.bn_momentum'?"},
         {R"({"shedule": {"peak": 0.2}})", "unknown section 'shedule'; did you mean 'schedule'?"},
         {R"({"opt": {"zzzzzz": 1}})", "unknown key 'opt.zzzzzz' (every key"},
         // an integer key takes 256 or 256.0 (below), but not 1.5 (JSON's conversion makes it 1)

@@ -2,7 +2,7 @@
 // the commit from the file that cmake/git_revision.cmake writes at each build.
 #include "core/version.h"
 
-#include <oneapi/dnnl/dnnl.hpp>
+#include <oneapi/dnnl/dnnl.h>
 #include <fmt/format.h>
 
 #ifndef SPEEDRUN_VERSION

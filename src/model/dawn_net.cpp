@@ -154,17 +154,17 @@ void Workspace::backward_dawn(const float* dlogits) {
         const BlockSpec& s = *k.spec;
         const int M1 = N_ * s.H * s.H, M2 = N_ * s.Ho() * s.Ho();
         // branch: conv2 <- act <- BN2 <- conv1
-        k.conv2->backward(ta, G + s.w2, nullptr, d, k.a2.get(), P + s.w2);
-        grad_ready(G + s.w2, size_t(s.cout) * 9 * s.cout);
+        k.conv2->backward(ta, G + s.w2, nullptr, d, k.a2.get(), P + s.w2,
+                          [&] { grad_ready(G + s.w2, size_t(s.cout) * 9 * s.cout); });
         act_backward(tb, ta, k.n2.get(), size_t(M2) * s.cout);
         bn_layer_backward(ta, G + s.bn2_w, G + s.bn2_b, tb, k.c1.get(), k.mean2.get(),
                           k.istd2.get(), P + s.bn2_w, M2, s.cout);
-        k.conv1->backward(tb, G + s.w1, nullptr, ta, k.a1.get(), P + s.w1);  // d(a1) through the branch
-        grad_ready(G + s.w1, size_t(s.cout) * 9 * s.cin);
+        k.conv1->backward(tb, G + s.w1, nullptr, ta, k.a1.get(), P + s.w1,  // d(a1) through the branch
+                          [&] { grad_ready(G + s.w1, size_t(s.cout) * 9 * s.cin); });
         // + the shortcut's share of d(a1)
         if (s.projection) {
-            k.conv3->backward(ta, G + s.w3, nullptr, d, k.a1.get(), P + s.w3);
-            grad_ready(G + s.w3, size_t(s.cout) * s.cin);
+            k.conv3->backward(ta, G + s.w3, nullptr, d, k.a1.get(), P + s.w3,
+                              [&] { grad_ready(G + s.w3, size_t(s.cout) * s.cin); });
             b_.residual_add(tb, ta, size_t(M1) * s.cin);
         } else {
             b_.residual_add(tb, d, size_t(M1) * s.cin);

@@ -563,16 +563,16 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
             bn_layer_backward(G.d_p.get(), Gd.bn_w[gi][2], Gd.bn_b[gi][2], G.d_res.get(), G.c3.get(),
                               G.mean3.get(), G.istd3.get(), P.bn_w[gi][2], M, G.cout);
             G.conv3->backward(G.d_g.get(), Gd.conv_w[gi][2], nullptr, G.d_p.get(), G.g2.get(),
-                              P.conv_w[gi][2]);  // and d(g2)
-            grad_ready(Gd.conv_w[gi][2], size_t(G.cout) * 9 * G.cout);
+                              P.conv_w[gi][2],  // and d(g2)
+                              [&] { grad_ready(Gd.conv_w[gi][2], size_t(G.cout) * 9 * G.cout); });
         }
         // d_g holds dL/d(g2)
         bn_act_layer_backward(G.d_p.get(), Gd.bn_w[gi][1], Gd.bn_b[gi][1], G.d_g.get(), G.d_n.get(),
                               G.c2.get(), G.n2.get(), G.mean2.get(), G.istd2.get(), P.bn_w[gi][1],
                               P.bn_b[gi][1], M, G.cout);
         G.conv2->backward(G.d_g.get(), Gd.conv_w[gi][1], nullptr, G.d_p.get(), G.g1.get(),
-                          P.conv_w[gi][1]);  // and d(g1)
-        grad_ready(Gd.conv_w[gi][1], size_t(G.cout) * 9 * G.cout);
+                          P.conv_w[gi][1],  // and d(g1)
+                          [&] { grad_ready(Gd.conv_w[gi][1], size_t(G.cout) * 9 * G.cout); });
         if (G.conv3) b_.residual_add(G.d_g.get(), G.d_res.get(), m);          // + the residual's
         if (bn_fused()) {  // act -> BN -> pool backward as one op, into d_big (d_p: scratch)
             const bool scale = c.bn_train_scale;
@@ -591,8 +591,8 @@ void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
         const float* group_in = gi > 0 ? grp_[gi - 1].out() : a0_.get();
         // and the group input's gradient, where one is wanted
         float* d_in = gi > 0 ? grp_[gi - 1].d_g.get() : with_whiten_bias ? d_a0_.get() : nullptr;
-        G.conv1->backward(d_in, Gd.conv_w[gi][0], nullptr, G.d_big.get(), group_in, P.conv_w[gi][0]);
-        grad_ready(Gd.conv_w[gi][0], size_t(G.cout) * 9 * G.cin);
+        G.conv1->backward(d_in, Gd.conv_w[gi][0], nullptr, G.d_big.get(), group_in, P.conv_w[gi][0],
+                          [&] { grad_ready(Gd.conv_w[gi][0], size_t(G.cout) * 9 * G.cin); });
         if (gi == 0 && with_whiten_bias) {
             b_.gelu_backward(d_z0_.get(), d_a0_.get(), z0_.get(), d_z0_.size());
             whiten_->backward_weights(nullptr, Gd.whiten_b, d_z0_.get(), x_);  // (weights frozen)

@@ -145,8 +145,8 @@ void Workspace::unit_backward(Unit& u, const float* dout, bool want_din) {
         b_.maxpool_backward(d_c, cur, u.arg.get(), N_, s.H, s.H, C, 2);
         cur = d_c;
     }
-    u.conv->backward(want_din ? u.din.get() : nullptr, G + s.w, nullptr, cur, u.in, P + s.w);
-    grad_ready(G + s.w, size_t(C) * s.k * s.k * s.cin);
+    u.conv->backward(want_din ? u.din.get() : nullptr, G + s.w, nullptr, cur, u.in, P + s.w,
+                     [&] { grad_ready(G + s.w, size_t(C) * s.k * s.k * s.cin); });
 }
 
 const float* Workspace::forward_resnet9(const float* x, bool train) {

@@ -24,6 +24,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/function_ref.h"
+
 namespace sr {
 
 enum class Device { cpu, cuda };
@@ -80,12 +82,15 @@ public:
     // dw (K,R,S,C) = correlation of x and dy; db (K) = sum of dy over N,P,Q if db != nullptr.
     // dw == nullptr: db only (a layer whose weights are frozen: the whitening conv; x unused).
     virtual void backward_weights(float* dw, float* db, const float* dy, const float* x) = 0;
-    // Both gradients of one dy: backward_weights(dw, db, dy, x), then backward_data(dx, dy, w)
-    // unless dx == nullptr, with the same results. A backend may share work between the two (the
-    // CPU's Winograd path puts dy into its blocked layout once); decorators that time or record
-    // each direction (ops/forwarding_backend.h) keep the two calls.
-    virtual void backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w) {
+    // Both gradients of one dy: backward_weights(dw, db, dy, x), then dw_ready() where given (dw
+    // and db are final: a data-parallel run starts reducing them), then backward_data(dx, dy, w)
+    // unless dx == nullptr; the same results as those calls. A backend may share work between the
+    // two (the CPU's Winograd path puts dy into its blocked layout once); decorators that time or
+    // record each direction (ops/forwarding_backend.h) keep the two calls.
+    virtual void backward(float* dx, float* dw, float* db, const float* dy, const float* x,
+                          const float* w, FunctionRef<void()> dw_ready = {}) {
         backward_weights(dw, db, dy, x);
+        if (dw_ready) dw_ready();
         if (dx) backward_data(dx, dy, w);
     }
 

@@ -184,14 +184,17 @@ void check_known(const nlohmann::json& j) {
         for (const auto& [kk, _] : v.items())
             if (std::find(it->second.begin(), it->second.end(), kk) == it->second.end()) {
                 // a key of this section, else the same name in another section
-                const std::string near = nearest(kk, it->second);
-                std::string hint = near.empty() ? "" : fmt::format("; did you mean '{}.{}'?", k, near);
+                // the same name in other sections first (opt.bn_momentum: net.bn_momentum, not
+                // opt.momentum), else the nearest key of this section
                 std::vector<std::string> elsewhere;
                 for (const auto& [other, keys] : known)
                     if (std::find(keys.begin(), keys.end(), kk) != keys.end())
                         elsewhere.push_back(fmt::format("'{}.{}'", other, kk));
-                if (hint.empty() && !elsewhere.empty())
-                    hint = fmt::format("; did you mean {}?", fmt::join(elsewhere, " or "));
+                const std::string near = nearest(kk, it->second);
+                std::string hint = !elsewhere.empty()
+                                       ? fmt::format("; did you mean {}?", fmt::join(elsewhere, " or "))
+                                   : near.empty() ? ""
+                                                  : fmt::format("; did you mean '{}.{}'?", k, near);
                 fail("config: unknown key '{}.{}'{}{}", k, kk, hint, see);
             }
     }

@@ -168,6 +168,19 @@ TEST_P(ConvOneDnn, MatchesNaive) {
         std::fill(dw2.begin(), dw2.end(), 5.f);
         conv->backward(nullptr, dw2.data(), nullptr, dy.data(), x.data(), w.data());
         EXPECT_TRUE(all_close(dw2, dw_ref, 1e-3, 1e-4));
+        // dw_ready comes when dw is final and before dx is written (a data-parallel run starts
+        // reducing dw there)
+        std::fill(dx2.begin(), dx2.end(), 5.f);
+        std::fill(dw2.begin(), dw2.end(), 5.f);
+        std::vector<float> dw_at_ready;
+        bool dx_unwritten = false;
+        conv->backward(dx2.data(), dw2.data(), nullptr, dy.data(), x.data(), w.data(), [&] {
+            dw_at_ready = dw2;
+            dx_unwritten = std::all_of(dx2.begin(), dx2.end(), [](float v) { return v == 5.f; });
+        });
+        EXPECT_EQ(dw_at_ready, dw2);
+        EXPECT_TRUE(dx_unwritten);
+        EXPECT_EQ(dx2, dx);
     }
     // the forced modes take the path they name wherever it applies (not to strided convs;
     // Winograd only where oneDNN has it: the 3x3 same-padded cases with channels it blocks)

@@ -78,16 +78,18 @@ acc=$(sed -n 's/.*TTA accuracy mean \([0-9.]*\) .*/\1/p' train.txt)  # as the pr
 [ -n "$acc" ] || fail "train printed no TTA accuracy"
 [ "$(json s.json "abs(j['runs'][0]['test_accuracy_tta'] - $acc) <= 5e-5")" = True ] \
     || fail "the summary's TTA accuracy is not the printed $acc"
-# --version: the project's version, the source commit at build time (the clone's HEAD, where the
-# sources are a git clone) and what the build includes; the summary records the same
+# --version: the project's version, the source commit at build time (HEAD or an earlier commit of
+# the clone, where the sources are a git clone: a commit since the build is not in the binary) and
+# what the build includes; the summary records the same
 "$B" --version > version.txt
 contains version.txt "speedrun $version (git "
 contains version.txt "CUDA backend: "
 rev=$(sed -n 's/^speedrun [^ ]* (git \(.*\))$/\1/p' version.txt)
 [ "$(json s.json 'j["program"]["version"], j["program"]["git"]')" = "$version $rev" ] \
     || fail "the summary's program is not $version $rev"
-if [ -e "$presets/../.git" ] && head=$(git -C "$presets/.." rev-parse --short=12 HEAD 2> /dev/null); then
-    [ "${rev%-dirty}" = "$head" ] || fail "--version says git $rev, the sources are at $head"
+if [ -e "$presets/../.git" ] && git -C "$presets/.." rev-parse HEAD > /dev/null 2>&1; then
+    git -C "$presets/.." merge-base --is-ancestor "${rev%-dirty}" HEAD \
+        || fail "--version says git $rev, not a commit of the clone's history"
 else
     echo "note: the sources are not a git clone: the commit --version names not checked"
 fi

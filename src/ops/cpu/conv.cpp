@@ -398,19 +398,15 @@ struct CpuConv2d::Impl {
         weights_grad(dw, db, dy, x);
     }
 
-    // Both gradients of one dy. Winograd: dy goes into its blocked layout once for both
+    // Both gradients of one dy with Winograd: dy goes into its blocked layout once for both
     // primitives (each reorder of a 15x15x256 dy at batch 1024 moves 236 MB: about 18 ms here);
     // the results are bit for bit those of the two calls.
-    void backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
-                  const ConvShape& s) {
-        if (!winograd) {
-            backward_weights(dw, db, dy, x);
-            backward_data(dx, dy, w, s);
-            return;
-        }
+    void winograd_backward(float* dx, float* dw, float* db, const float* dy, const float* x,
+                           const float* w, FunctionRef<void()> dw_ready) {
         relayout(x_md, x, wino->x_md, ws.a.data(), "x to blocked");
         relayout(y_md, dy, wino->y_md, ws.b.data(), "y to blocked");
         weights_grad(dw, db, ws.b.data(), ws.a.data());
+        if (dw_ready) dw_ready();
         winograd_data_grad(dx, ws.a.data(), ws.b.data(), w);  // the blocked x is spent
     }
 
@@ -500,8 +496,8 @@ struct CpuConv2d::Impl {
         });
     }
 
-    // Whether this conv computes with Winograd (ConvAlgorithm); "fastest" times a forward, a
-    // backward-data and a backward-weights call of both paths (the reorders included) on
+    // Whether this conv computes with Winograd (ConvAlgorithm); "fastest" times a forward and a
+    // backward (both gradients, as training calls it) of both paths (the reorders included) on
     // scratch buffers the first time a shape is seen. Chosen before the data gradient's path, so
     // the direct path is timed with the library's dx (a lean towards Winograd, the fixed rule).
     void choose_algorithm(const ConvShape& s) {
@@ -515,10 +511,14 @@ struct CpuConv2d::Impl {
             std::vector<float> x(size_t(s.N) * s.H * s.W * s.C, 0.01f),
                 y(size_t(s.N) * s.P() * s.Q() * s.K, 0.01f), w(size_t(s.K) * s.R * s.S * s.C, 0.01f),
                 bias(size_t(s.K));
-            auto step = [&] {
+            auto step = [&] {  // (dx into x and dw into w: only the time counts)
                 forward(y.data(), x.data(), w.data(), nullptr);
-                backward_data(x.data(), y.data(), w.data(), s);
-                backward_weights(w.data(), bias.data(), y.data(), x.data());
+                if (winograd) {
+                    winograd_backward(x.data(), w.data(), bias.data(), y.data(), x.data(), w.data(), {});
+                } else {
+                    backward_weights(w.data(), bias.data(), y.data(), x.data());
+                    backward_data(x.data(), y.data(), w.data(), s);
+                }
             };
             const TimedChoice c = choose_by_timing(
                 [&] { winograd = true; return best_time(step, 1); },
@@ -562,9 +562,9 @@ void CpuConv2d::backward_data(float* dx, const float* dy, const float* w) {
 }
 
 void CpuConv2d::backward(float* dx, float* dw, float* db, const float* dy, const float* x,
-                         const float* w) {
-    if (dw && dx) return impl_->backward(dx, dw, db, dy, x, w, shape);
-    Conv2d::backward(dx, dw, db, dy, x, w);
+                         const float* w, FunctionRef<void()> dw_ready) {
+    if (dw && dx && impl_->winograd) return impl_->winograd_backward(dx, dw, db, dy, x, w, dw_ready);
+    Conv2d::backward(dx, dw, db, dy, x, w, dw_ready);
 }
 
 void CpuConv2d::backward_weights(float* dw, float* db, const float* dy, const float* x) {

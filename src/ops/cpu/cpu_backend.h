@@ -59,8 +59,8 @@ public:
     void backward_data(float* dx, const float* dy, const float* w) override;
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override;
     // Winograd: dy is reordered into the blocked layout once for both gradients
-    void backward(float* dx, float* dw, float* db, const float* dy, const float* x,
-                  const float* w) override;
+    void backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
+                  FunctionRef<void()> dw_ready = {}) override;
     // true when dx is computed as a forward convolution (cpu_ops.h, ConvDataGrad)
     bool data_grad_transposed() const;
     // true when this conv computes with oneDNN's Winograd kernels (cpu_ops.h, ConvAlgorithm)
