@@ -335,6 +335,9 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     const int first_epoch = resume ? resume->state.epoch : 0;
     if (resume) rng.set_state(resume->state.rng_epoch_start.data());
     for (int epoch = first_epoch; epoch < n_epochs && step < total; ++epoch) {
+        // timed from here: the epoch's random draws on the host are part of its work (the peers
+        // draw on the GPU inside their timers)
+        timer->start();
         std::array<uint64_t, 4> rng0;
         std::copy(rng.state(), rng.state() + 4, rng0.begin());
         const int skip = (resume && epoch == first_epoch) ? resume->state.steps_in_epoch : 0;
@@ -390,7 +393,6 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                 jit_gain[j] = float((rng.uniform() * 2 - 1) * r_.contrast + 1);
             }
         const auto te = clock_type::now();  // host clock: progress bar only
-        timer->start();
         b_.upload(ep_idx_.get(), idx.data(), idx.size() * sizeof(int32_t));
         b_.upload(ep_labels_.get(), lab.data(), lab.size() * sizeof(int32_t));
         b_.upload(ep_shifts_.get(), shifts.data(), shifts.size());
