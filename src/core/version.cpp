@@ -25,7 +25,7 @@ std::string onednn_version() {
 
 std::string cuda_text() {
 #ifdef SPEEDRUN_HAVE_CUDA
-    return fmt::format("on (nvcc {}, GPU code for {})", SPEEDRUN_CUDA_COMPILER_VERSION, SPEEDRUN_CUDA_ARCHS_TEXT);
+    return fmt::format("on (nvcc {}, GPU code for {})", SPEEDRUN_CUDA_COMPILER_VERSION, SPEEDRUN_CUDA_ARCHS);
 #else
     return "off (built without a CUDA toolkit with cuDNN)";
 #endif

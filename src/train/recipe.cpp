@@ -167,11 +167,14 @@ std::string nearest(const std::string& name, const std::vector<std::string>& nam
     return best ? *best : "";
 }
 
+// The recipe's free-text keys (strings, outside the sections).
+constexpr const char* kTextKeys[] = {"name", "description", "source", "published"};
+
 void check_known(const nlohmann::json& j) {
     const auto& known = recipe_keys();
     const std::string see = " (every key: docs/recipe-keys.md)";
     for (const auto& [k, v] : j.items()) {
-        if (k == "name" || k == "description" || k == "source" || k == "published") continue;
+        if (std::find(std::begin(kTextKeys), std::end(kTextKeys), k) != std::end(kTextKeys)) continue;
         auto it = known.find(k);
         if (it == known.end()) {
             std::vector<std::string> sections;
@@ -183,19 +186,17 @@ void check_known(const nlohmann::json& j) {
         if (!v.is_object()) fail("config: '{}' must be an object", k);
         for (const auto& [kk, _] : v.items())
             if (std::find(it->second.begin(), it->second.end(), kk) == it->second.end()) {
-                // a key of this section, else the same name in another section
                 // the same name in other sections first (opt.bn_momentum: net.bn_momentum, not
                 // opt.momentum), else the nearest key of this section
-                std::vector<std::string> elsewhere;
+                std::vector<std::string> meant;
                 for (const auto& [other, keys] : known)
                     if (std::find(keys.begin(), keys.end(), kk) != keys.end())
-                        elsewhere.push_back(fmt::format("'{}.{}'", other, kk));
-                const std::string near = nearest(kk, it->second);
-                std::string hint = !elsewhere.empty()
-                                       ? fmt::format("; did you mean {}?", fmt::join(elsewhere, " or "))
-                                   : near.empty() ? ""
-                                                  : fmt::format("; did you mean '{}.{}'?", k, near);
-                fail("config: unknown key '{}.{}'{}{}", k, kk, hint, see);
+                        meant.push_back(fmt::format("'{}.{}'", other, kk));
+                if (meant.empty())
+                    if (const std::string near = nearest(kk, it->second); !near.empty())
+                        meant.push_back(fmt::format("'{}.{}'", k, near));
+                fail("config: unknown key '{}.{}'{}{}", k, kk,
+                     meant.empty() ? "" : fmt::format("; did you mean {}?", fmt::join(meant, " or ")), see);
             }
     }
 }
@@ -207,7 +208,7 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     check_known(j);
     Recipe r;
     r.json = j;
-    for (const char* key : {"name", "description", "source", "published"})
+    for (const char* key : kTextKeys)
         if (j.contains(key) && !j.at(key).is_string())
             fail("config: '{}' must be a string (got {})", key, j.at(key).dump());
     r.name = j.value("name", "custom");
