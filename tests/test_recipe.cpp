@@ -39,6 +39,40 @@ TEST(Recipe, Airbench94DerivedQuantities) {
     EXPECT_EQ(r.tta_level, 2);
 }
 
+// The evaluation batch makes the final evaluation's forwards as few as the peers' (every batch
+// is full, so a size that does not divide the test set pays for the overlap).
+TEST(Recipe, EvalBatchMakesTheFewestForwards) {
+    const Recipe a = load_recipe("airbench94", ""), h = load_recipe("hiverge", "");
+    // airbench94: 6 views; batches of 1024 made 10,240 forwards a view, 1000 make 10,000
+    EXPECT_EQ(eval_forwards(a, 10000, 1024), 61440);
+    EXPECT_EQ(eval_batch_size(a, 10000, 1024), 1000);
+    EXPECT_EQ(eval_forwards(a, 10000, 1000), 60000);
+    // hiverge: a plain pass, then 6 views of the 2,500 least confident; batches of its training
+    // batch 1536 made 7 x 1536 + 2 x 1536 x 6 = 29,184, the peer 10,000 + 2,500 x 6 = 25,000
+    ASSERT_EQ(h.batch_size, 1536);
+    EXPECT_EQ(tta_selected(h, 10000), 2500);
+    EXPECT_EQ(eval_forwards(h, 10000, 1536), 29184);
+    EXPECT_EQ(eval_batch_size(h, 10000, 1536), 1250);
+    EXPECT_EQ(eval_forwards(h, 10000, 1250), 25000);
+    EXPECT_DOUBLE_EQ(eval_forwards(h, 10000, 1250) / 10000.0, tta_forwards_per_image(h));
+    // a test set smaller than the batch is one batch; a prime one the least overlap (1010)
+    EXPECT_EQ(eval_batch_size(a, 256, 1024), 256);
+    EXPECT_EQ(eval_batch_size(a, 1009, 512), 505);
+    EXPECT_EQ(eval_forwards(a, 1009, 505), 6 * 1010);
+    // no size below half the training batch (tiny batches run slowly)
+    EXPECT_GE(eval_batch_size(a, 1031, 1024), 512);
+    // selective TTA with too few images to select any: the plain pass alone
+    Recipe few = h;
+    few.tta_select = 1e-9;
+    EXPECT_EQ(tta_selected(few, 600), 0);
+    EXPECT_EQ(eval_forwards(few, 600, 200), 600);
+    // TTA level 0: one view, every image
+    Recipe plain = a;
+    plain.tta_level = 0;
+    EXPECT_EQ(tta_selected(plain, 10000), 10000);
+    EXPECT_EQ(eval_forwards(plain, 10000, 1000), 10000);
+}
+
 TEST(Recipe, ConfigErrorsNameTheKey) {
     auto j = preset_json("airbench94");
     j["opt"]["epochs"] = -1;

@@ -78,7 +78,7 @@ void Workspace::init_dawn() {
         k.istd2 = DeviceBuffer<float>(b_, s.cout);
         biggest = std::max({biggest, in, out});
     }
-    d_last_ = DeviceBuffer<float>(b_, biggest);
+    d_last_ = grad_buffer(biggest);
     t1_ = DeviceBuffer<float>(b_, biggest);
     t2_ = DeviceBuffer<float>(b_, biggest);
     const BlockSpec& last = net_.blocks().back();
@@ -88,10 +88,10 @@ void Workspace::init_dawn() {
     Hf_ = last.Ho();
     const int C = c.widths[3];
     feat_ = DeviceBuffer<float>(b_, size_t(N_) * 2 * C);
-    d_feat_ = DeviceBuffer<float>(b_, size_t(N_) * 2 * C);
+    d_feat_ = grad_buffer(size_t(N_) * 2 * C);
     feat_arg_ = DeviceBuffer<uint8_t>(b_, size_t(N_) * C);
     logits_ = DeviceBuffer<float>(b_, size_t(N_) * c.num_classes);
-    dlogits_ = DeviceBuffer<float>(b_, size_t(N_) * c.num_classes);
+    dlogits_ = grad_buffer(size_t(N_) * c.num_classes);
     // the head bias is added (and its gradient summed) as a rank-1 product with a column of ones
     ones_ = DeviceBuffer<float>(b_, size_t(N_));
     std::vector<float> one(size_t(N_), 1.f);

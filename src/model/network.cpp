@@ -335,7 +335,8 @@ void Network::init_whitening(const float* x, int N, float eps, bool center, int 
 
 // ---- workspace: forward and backward ------------------------------------------------------
 
-Workspace::Workspace(Network& net, int batch) : net_(net), b_(net.backend), N_(batch) {
+Workspace::Workspace(Network& net, int batch, bool trains)
+    : net_(net), b_(net.backend), N_(batch), trains_(trains) {
     const NetConfig& c = net.config();
     if (c.arch == Arch::resnet9) {
         init_resnet9();
@@ -351,8 +352,8 @@ Workspace::Workspace(Network& net, int batch) : net_(net), b_(net.backend), N_(b
     const size_t n0 = size_t(N_) * H * H * cw;
     z0_ = DeviceBuffer<float>(b_, n0);
     a0_ = DeviceBuffer<float>(b_, n0);
-    d_z0_ = DeviceBuffer<float>(b_, n0);
-    d_a0_ = DeviceBuffer<float>(b_, n0);
+    d_z0_ = grad_buffer(n0);
+    d_a0_ = grad_buffer(n0);
     int cin = cw;
     for (int gi = 0; gi < 3; ++gi) {
         Group& G = grp_[gi];
@@ -364,14 +365,15 @@ Workspace::Workspace(Network& net, int batch) : net_(net), b_(net.backend), N_(b
         G.conv2 = b_.make_conv({N_, G.Hp, G.Hp, G.cout, G.cout, 3, 3, 1});
         const size_t big = size_t(N_) * H * H * G.cout, small = size_t(N_) * G.Hp * G.Hp * G.cout;
         G.c1 = DeviceBuffer<float>(b_, big);
-        G.d_big = DeviceBuffer<float>(b_, std::max(big, size_t(N_) * H * H * cin));
-        for (auto* buf : {&G.p, &G.n1, &G.g1, &G.c2, &G.n2, &G.g2, &G.d_p, &G.d_n, &G.d_g})
-            *buf = DeviceBuffer<float>(b_, small);
+        G.d_big = grad_buffer(std::max(big, size_t(N_) * H * H * cin));
+        for (auto* buf : {&G.p, &G.n1, &G.g1, &G.c2, &G.n2, &G.g2}) *buf = DeviceBuffer<float>(b_, small);
+        for (auto* buf : {&G.d_p, &G.d_n, &G.d_g}) *buf = grad_buffer(small);
         G.arg = DeviceBuffer<uint8_t>(b_, small);
         for (auto* buf : {&G.mean1, &G.istd1, &G.mean2, &G.istd2}) *buf = DeviceBuffer<float>(b_, G.cout);
         if (c.group_convs == 3) {
             G.conv3 = b_.make_conv({N_, G.Hp, G.Hp, G.cout, G.cout, 3, 3, 1});
-            for (auto* buf : {&G.c3, &G.s3, &G.g3, &G.d_res}) *buf = DeviceBuffer<float>(b_, small);
+            for (auto* buf : {&G.c3, &G.s3, &G.g3}) *buf = DeviceBuffer<float>(b_, small);
+            G.d_res = grad_buffer(small);
             for (auto* buf : {&G.mean3, &G.istd3}) *buf = DeviceBuffer<float>(b_, G.cout);
         }
         cin = G.cout;
@@ -380,10 +382,10 @@ Workspace::Workspace(Network& net, int batch) : net_(net), b_(net.backend), N_(b
     Hf_ = H / c.final_pool;
     SR_CHECK(Hf_ == 1);  // the head is linear over channels: the final pool must leave 1x1
     feat_ = DeviceBuffer<float>(b_, size_t(N_) * cin);
-    d_feat_ = DeviceBuffer<float>(b_, size_t(N_) * cin);
+    d_feat_ = grad_buffer(size_t(N_) * cin);
     feat_arg_ = DeviceBuffer<uint8_t>(b_, size_t(N_) * cin);
     logits_ = DeviceBuffer<float>(b_, size_t(N_) * c.num_classes);
-    dlogits_ = DeviceBuffer<float>(b_, size_t(N_) * c.num_classes);
+    dlogits_ = grad_buffer(size_t(N_) * c.num_classes);
     bn_sums_ = DeviceBuffer<float>(b_, 4 * size_t(*std::max_element(c.widths.begin(), c.widths.end())));
 }
 
@@ -543,6 +545,7 @@ const float* Workspace::forward(const float* x, bool train) {
 
 void Workspace::backward(const float* dlogits, bool with_whiten_bias) {
     const NetConfig& c = net_.config();
+    SR_CHECK(trains_);  // a forward-only workspace has no gradient buffers
     if (c.arch == Arch::resnet9) return backward_resnet9(dlogits);
     if (c.arch == Arch::dawn) return backward_dawn(dlogits);
     Params& P = net_.p;

@@ -201,8 +201,11 @@ public:
 // with several workspaces (training batch, evaluation batch).
 class Workspace {
 public:
-    Workspace(Network& net, int batch);
+    // trains = false: forward only (evaluation), without the gradient buffers (about 40% of a
+    // training workspace's memory); backward() is then an error.
+    Workspace(Network& net, int batch, bool trains = true);
     int batch() const { return N_; }
+    bool trains() const { return trains_; }
     // Hooks for data-parallel training (not owned; nullptr = none). Set on a training workspace.
     void set_hooks(WorkspaceHooks* h) { hooks_ = h; }
 
@@ -230,6 +233,11 @@ private:
     Network& net_;
     Backend& b_;
     int N_;
+    bool trains_;
+    // a buffer of n floats that only backward() uses: none in a forward-only workspace
+    DeviceBuffer<float> grad_buffer(size_t n) {
+        return trains_ ? DeviceBuffer<float>(b_, n) : DeviceBuffer<float>();
+    }
     const float* x_ = nullptr;
     std::unique_ptr<Conv2d> whiten_;
     DeviceBuffer<float> z0_, a0_, d_z0_, d_a0_;

@@ -42,7 +42,7 @@ void Workspace::init_resnet9() {
         }
         u.n = DeviceBuffer<float>(b_, u.bn_rows * s.cout);
         u.a = DeviceBuffer<float>(b_, u.bn_rows * s.cout);
-        if (i > 0) u.din = DeviceBuffer<float>(b_, full * s.cin);  // the first unit needs none
+        if (i > 0) u.din = grad_buffer(full * s.cin);  // the first unit needs none
         u.mean = DeviceBuffer<float>(b_, size_t(S) * s.cout);
         u.istd = DeviceBuffer<float>(b_, size_t(S) * s.cout);
         biggest = std::max(biggest, full * std::max(s.cin, s.cout));
@@ -52,8 +52,8 @@ void Workspace::init_resnet9() {
     t1_ = DeviceBuffer<float>(b_, biggest);
     t2_ = DeviceBuffer<float>(b_, biggest);
     if (S > 1) {
-        dg_split_ = DeviceBuffer<float>(b_, size_t(S) * maxc);
-        db_split_ = DeviceBuffer<float>(b_, size_t(S) * maxc);
+        dg_split_ = grad_buffer(size_t(S) * maxc);
+        db_split_ = grad_buffer(size_t(S) * maxc);
     }
     const UnitSpec& last = net_.units().back();
     const int side = last.Ho(), C = c.widths[3];
@@ -61,12 +61,12 @@ void Workspace::init_resnet9() {
         fail("resnet9: the final max pool {} leaves {}x{} (the head needs 1x1)", c.final_pool,
              side / c.final_pool, side / c.final_pool);
     Hf_ = side;
-    d_last_ = DeviceBuffer<float>(b_, size_t(N_) * side * side * C);
+    d_last_ = grad_buffer(size_t(N_) * side * side * C);
     feat_ = DeviceBuffer<float>(b_, size_t(N_) * C);
-    d_feat_ = DeviceBuffer<float>(b_, size_t(N_) * C);
+    d_feat_ = grad_buffer(size_t(N_) * C);
     feat_arg_ = DeviceBuffer<uint8_t>(b_, size_t(N_) * C);
     logits_ = DeviceBuffer<float>(b_, size_t(N_) * c.num_classes);
-    dlogits_ = DeviceBuffer<float>(b_, size_t(N_) * c.num_classes);
+    dlogits_ = grad_buffer(size_t(N_) * c.num_classes);
 }
 
 const float* Workspace::unit_forward(Unit& u, const float* in, bool train) {

@@ -469,7 +469,8 @@ int cmd_describe(const DescribeArgs& a) {
                    group_names[int(t.group)]);
     const double f = net.flops_per_image_forward();
     const long images = images_in_run(50000, r.batch_size, r.epochs, r.drop_last);
-    const double views = tta_forwards_per_image(r);
+    // the final evaluation's forwards as Trainer::evaluate makes them, whole batches included
+    const double views = double(eval_forwards(r, 10000, eval_batch_size(r, 10000, r.batch_size))) / 10000;
     fmt::print("\nlearnable parameters  {}\n", net.learnable_count());
     fmt::print("forward FLOPs/image   {:.3f} GFLOP (convolutions and head; multiply-add = 2)\n", f * 1e-9);
     fmt::print("one full run          {:.3f} PFLOP ({} steps: {} training images x 3 x forward, + TTA {:g} forwards x 10,000)\n",

@@ -28,7 +28,7 @@ std::vector<float> predict_probabilities(Network& net, const Recipe& r, const st
     // eval-mode BN makes every image independent of the others in its batch, so the last chunk is
     // filled up with zeros and those rows are dropped
     const int B = std::min(n, 256);
-    Workspace ws(net, B);
+    Workspace ws(net, B, false);  // forward only
     DeviceBuffer<uint8_t> u8(b, size_t(B) * px);
     DeviceBuffer<float> pad(b, size_t(B) * (side + 2) * (side + 2) * 3), x(b, size_t(B) * px),
         acc(b, size_t(B) * O), zeros(b, size_t(B) * O);

@@ -461,6 +461,29 @@ double tta_forwards_per_image(const Recipe& r) {
     return 1.0 + r.tta_select * v;
 }
 
+int tta_selected(const Recipe& r, int n) {
+    if (r.tta_level == 0 || r.tta_select <= 0) return n;
+    return std::min(n, int(double(n) * r.tta_select));
+}
+
+long eval_forwards(const Recipe& r, int n, int b) {
+    SR_CHECK(b > 0 && b <= n);
+    auto padded = [b](int m) { return long(m + b - 1) / b * b; };  // whole batches
+    const long views = long(tta_views(r, r.tta_level).size());
+    const int k = tta_selected(r, n);
+    if (k >= n) return padded(n) * views;
+    return padded(n) + (k > 0 ? padded(std::max(k, b)) * views : 0);  // plain pass, then the k
+}
+
+int eval_batch_size(const Recipe& r, int n, int batch) {
+    SR_CHECK(n > 0 && batch > 0);
+    const int hi = std::min(batch, n), lo = std::min(hi, (batch + 1) / 2);
+    int best = hi;
+    for (int b = hi - 1; b >= lo; --b)
+        if (eval_forwards(r, n, b) < eval_forwards(r, n, best)) best = b;
+    return best;
+}
+
 Recipe load_recipe(const std::string& preset, const std::string& config_path) {
     nlohmann::json j = preset_json(preset);
     if (config_path.empty()) return recipe_from_json(j);

@@ -133,6 +133,17 @@ std::vector<TtaView> tta_views(const Recipe& r, int level);
 // Forward passes per test image of the recipe's final evaluation: the views of its TTA level, or
 // with selective TTA 1 plain pass plus the views for the selected share.
 double tta_forwards_per_image(const Recipe& r);
+// How many of n test images get the TTA views: n, or with selective TTA the least confident share.
+int tta_selected(const Recipe& r, int n);
+// Image forwards of the final evaluation of n test images in batches of b, as Trainer::evaluate
+// makes them: every batch full (the last overlaps the one before it; so b <= n), and selective
+// TTA's chosen images padded to at least one batch.
+long eval_forwards(const Recipe& r, int n, int b);
+// The evaluation batch for n test images: of the sizes from half the training batch up to it
+// (at most n), the one whose final evaluation makes the fewest forwards, the largest of equals.
+// airbench94 (batch 1024): 1000, 10 batches of the 10,000 test images; hiverge (1536, TTA for
+// the 2,500 least confident): 1250, 25,000 forwards as the peer's batches of 2,000.
+int eval_batch_size(const Recipe& r, int n, int batch);
 
 const char* activation_name(Activation a);
 

@@ -59,7 +59,7 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
       n_train_(checked_train_count(r, data, o)),
       n_test_(o.test_subset > 0 ? std::min(o.test_subset, data.test.n) : data.test.n),
       batch_(r.batch_size),
-      eval_batch_(std::min(r.batch_size, n_test_)),
+      eval_batch_(o.eval_batch > 0 ? std::min(o.eval_batch, n_test_) : eval_batch_size(r, n_test_, r.batch_size)),
       net_(b, r.net),
       opt_(net_, r),
       ws_train_(std::make_unique<Workspace>(net_, local_batch(r, o))) {
@@ -75,7 +75,7 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
     if (eval_batch_ == ws_train_->batch()) {
         ws_eval_ = ws_train_.get();
     } else {
-        ws_eval_own_ = std::make_unique<Workspace>(net_, eval_batch_);
+        ws_eval_own_ = std::make_unique<Workspace>(net_, eval_batch_, false);  // forward only
         ws_eval_ = ws_eval_own_.get();
     }
     const int side = r.net.image_side, pad = r.translate;
@@ -134,8 +134,8 @@ double Trainer::evaluate(int level) {
             b_.download(host + size_t(first) * O, logits_acc_.get(), size_t(Be) * O * sizeof(float));
         }
     };
-    const int k = int(double(n_test_) * r_.tta_select);
-    if (level == 0 || r_.tta_select <= 0 || k >= n_test_) {
+    const int k = tta_selected(r_, n_test_);
+    if (level == 0 || k >= n_test_) {
         infer(views, nullptr, n_test_, host_logits_.data());
     } else {
         // selective TTA: plain logits for all, then the k least confident (max softmax) again

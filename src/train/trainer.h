@@ -21,6 +21,9 @@ namespace sr {
 struct TrainOptions {
     int subset = 0;             // train on the first N training images (0 = all)
     int test_subset = 0;        // evaluate on the first N test images (0 = all)
+    // images per evaluation batch; 0 = eval_batch_size() (recipe.h): the fewest forwards. The
+    // logits of one image depend on the batch size only through the convolution algorithms.
+    int eval_batch = 0;
     bool eval_each_epoch = true;  // untimed test accuracy after every epoch
     bool progress = true;       // live progress bar on stderr when it is a terminal
     bool quiet = false;         // no per-epoch table

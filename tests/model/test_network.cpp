@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "model/network.h"
+#include "train/recipe.h"
 #include "test_util.h"
 
 namespace sr {
@@ -234,6 +235,35 @@ TEST(Network, WhiteningDecorrelatesPatches) {
         }
     // the second half is the negation of the first
     for (int i = 0; i < 12 * 12; ++i) EXPECT_EQ(w[12 * 12 + i], -w[i]);
+}
+
+// A forward-only workspace (evaluation) computes what a training one computes, in either BN mode,
+// for every network family; it has no gradient buffers, so its backward is refused.
+TEST(Network, ForwardOnlyWorkspaceGivesTheSameLogits) {
+    auto b = make_cpu_backend(2);
+    for (const char* preset : {"airbench96", "hiverge", "tricks10", "myrtle-baseline"}) {
+        SCOPED_TRACE(preset);
+        const Recipe r = load_recipe(preset, "");
+        Network net(*b, r.net);
+        Rng rng(3);
+        net.init(rng);
+        const int N = 32, O = r.net.num_classes;  // (tricks10: ghost BN in 16 slices)
+        std::vector<float> x(size_t(N) * r.net.image_side * r.net.image_side * 3);
+        for (auto& v : x) v = rng.normal();
+        DeviceBuffer<float> xd(*b, x.size());
+        b->upload(xd.get(), x.data(), x.size() * sizeof(float));
+        Workspace trains(net, N), forward_only(net, N, false);
+        EXPECT_TRUE(trains.trains());
+        EXPECT_FALSE(forward_only.trains());
+        for (bool train_mode : {false, true}) {
+            std::vector<float> a(size_t(N) * O), c(a.size());
+            b->download(a.data(), trains.forward(xd.get(), train_mode), a.size() * sizeof(float));
+            b->download(c.data(), forward_only.forward(xd.get(), train_mode), c.size() * sizeof(float));
+            EXPECT_EQ(a, c) << (train_mode ? "batch statistics" : "running statistics");
+            EXPECT_NE(a, std::vector<float>(a.size(), 0.f));
+        }
+        EXPECT_NE(test::error_of([&] { forward_only.backward(forward_only.logits(), true); }), "");
+    }
 }
 
 }  // namespace
