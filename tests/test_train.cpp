@@ -6,11 +6,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <utility>
 #include <vector>
 
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/forwarding_backend.h"
 #include "train/commands.h"
 #include "train/trainer.h"
 #include "test_util.h"
@@ -304,6 +306,65 @@ TEST(Train, SelectiveTtaBetweenPlainAndFull) {
     EXPECT_GT(moved, 0) << "the TTA views should change some prediction";
     std::printf("[ result ] plain %.4f, selective(0.5) %.4f, full TTA %.4f; TTA moved %d of 600 predictions\n",
                 all.plain_acc, half.tta_acc, all.tta_acc, moved);
+}
+
+// Cutmix (hlb-CIFAR10 mixes its whole augmented training set before batching): each image's
+// partner is another image of the whole set, as that image is cropped and flipped this epoch,
+// every image a partner once, and the mixed label is the partner's. The last, smaller batch
+// (opt.drop_last false) has partners too.
+TEST(Train, CutmixPartnerIsAnImageOfTheEpochAsAugmented) {
+    struct Spy : ForwardingBackend {
+        using ForwardingBackend::ForwardingBackend;
+        std::vector<std::vector<float>> rows, partners;  // each row before cutmix, and its partner
+        std::vector<int32_t> labels, labels2;
+        void run_op(const char*, const std::function<std::string()>&, double, double,
+                    std::function<void()> f) override {
+            f();
+        }
+        void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B,
+                    int H, int W, int C, int size) override {
+            const size_t px = size_t(H) * W * C;
+            for (int i = 0; i < B; ++i) {
+                rows.emplace_back(x + i * px, x + (i + 1) * px);
+                partners.emplace_back(src + partner[i] * px, src + (partner[i] + 1) * px);
+            }
+            ForwardingBackend::cutmix(x, src, partner, pos, B, H, W, C, size);
+        }
+        void cross_entropy_mixed(float* dlogits, float* stats, const float* logits, const int32_t* y,
+                                 const int32_t* y2, float mix, int N, int O, float smoothing) override {
+            labels.insert(labels.end(), y, y + N);
+            labels2.insert(labels2.end(), y2, y2 + N);
+            ForwardingBackend::cross_entropy_mixed(dlogits, stats, logits, y, y2, mix, N, O, smoothing);
+        }
+    };
+    auto cpu = make_cpu_backend(2);
+    Spy b(*cpu);
+    const int n = 1100, B = 256;  // 4 full batches and one of 76
+    const Cifar10 data = make_synthetic_cifar10(n, 100, 7);
+    Recipe r = small_recipe("hlb", {8, 16, 16}, 2);
+    r.whiten_images = 512;
+    r.drop_last = false;
+    r.cutmix_from_epoch = 1;  // the second epoch only
+    Trainer t(b, r, data, quiet_options(false));
+    t.run(5);
+    ASSERT_EQ(b.rows.size(), size_t(n));
+    ASSERT_EQ(b.labels.size(), size_t(n));
+    std::map<std::vector<float>, int> where;  // an augmented image -> its position in the epoch
+    for (int j = 0; j < n; ++j) where[b.rows[j]] = j;
+    ASSERT_EQ(where.size(), size_t(n));
+    std::vector<int> partner_of(n, -1), times(n, 0);
+    int other_batch = 0;
+    for (int j = 0; j < n; ++j) {
+        const auto it = where.find(b.partners[j]);
+        ASSERT_NE(it, where.end()) << "position " << j << ": the partner is no image of the epoch as augmented";
+        const int q = it->second;
+        ++times[q];
+        EXPECT_EQ(b.labels2[j], b.labels[q]) << "position " << j;
+        other_batch += q / B != j / B;
+    }
+    EXPECT_EQ(std::count(times.begin(), times.end(), 1), n) << "every image is a partner once";
+    // from the whole set: about 1 - 256/1100 of the partners are in another batch
+    EXPECT_GT(other_batch, n / 2);
 }
 
 TEST(Train, BatchLargerThanTheSetIsAClearError) {

@@ -374,8 +374,6 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     need(r.epochs > 0, "opt.epochs must be > 0");
     need(r.epochs <= 10000, "opt.epochs must be at most 10000");
     need(r.batch_size > 0, "opt.batch_size must be > 0");
-    need(r.drop_last || r.cutmix == 0,
-         "opt.drop_last false with aug.cutmix: cutmix pairs images inside full batches only");
     need(r.drop_last || r.net.ghost_splits == 1,
          "opt.drop_last false with net.ghost_splits > 1: the last, smaller batch need not split evenly");
     need(r.lr > 0, "opt.lr must be > 0");

@@ -103,9 +103,10 @@ struct Recipe {
     // after crop and flip; 0 = off
     int cutout = 0;
     // cutmix (hlb-CIFAR10): from epoch cutmix_from_epoch on (epochs e >= it), a cutmix x cutmix
-    // square of each training image := the same square of another image of its batch (a random
-    // permutation of the batch), corner uniform inside the image, after crop and flip; the target
-    // mixes the two labels by area (size^2 / 32^2). 0 = off
+    // square of each training image := the same square of another training image (a random
+    // permutation of the whole set), cropped and flipped as that image is this epoch, corner
+    // uniform inside the image, after crop and flip (and cutout, colour jitter: the partner gets
+    // neither); the target mixes the two labels by area (size^2 / 32^2). 0 = off
     int cutmix = 0;
     double cutmix_from_epoch = 0;
     // colour jitter per image and epoch, after crop and flip (hiverge): x = (x + U(-brightness,

@@ -103,6 +103,12 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
         ep_cutmix_ = DeviceBuffer<uint8_t>(b, size_t(2) * n_train_);
         ep_partner_ = DeviceBuffer<int32_t>(b, n_train_);
         ep_labels2_ = DeviceBuffer<int32_t>(b, n_train_);
+        ep_partner_shifts_ = DeviceBuffer<int8_t>(b, size_t(2) * n_train_);
+        ep_partner_flips_ = DeviceBuffer<uint8_t>(b, n_train_);
+        std::vector<int32_t> rows(size_t(ws_train_->batch()));
+        std::iota(rows.begin(), rows.end(), 0);
+        rows_ = DeviceBuffer<int32_t>(b, rows.size());
+        b.upload(rows_.get(), rows.data(), rows.size() * sizeof(int32_t));
         cutmix_src_ = DeviceBuffer<float>(b, size_t(ws_train_->batch()) * side * side * 3);
     }
     if (r.brightness > 0 || r.contrast > 0) ep_jitter_ = DeviceBuffer<float>(b, size_t(2) * n_train_);
@@ -269,7 +275,10 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     std::vector<uint8_t> flips(n_train_);
     std::vector<uint8_t> cut(r_.cutout > 0 ? size_t(2) * n_train_ : 0);
     std::vector<uint8_t> mix_pos(r_.cutmix > 0 ? size_t(2) * n_train_ : 0);
-    std::vector<int32_t> partner(r_.cutmix > 0 ? n_train_ : 0), lab2(r_.cutmix > 0 ? n_train_ : 0);
+    const size_t n_mix = r_.cutmix > 0 ? size_t(n_train_) : 0;
+    std::vector<int32_t> partner_at(n_mix), partner(n_mix), lab2(n_mix);
+    std::vector<int8_t> partner_shifts(2 * n_mix);
+    std::vector<uint8_t> partner_flips(n_mix);
     const float mix = float(r_.cutmix * r_.cutmix) / float(side * side);  // the label share by area
     // lookahead starting late (hlb-CIFAR10): the first event step of epoch start_epoch or later
     // only snapshots the weights; 0 = the lookahead state is the initial weights (airbench)
@@ -373,20 +382,26 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                 cut[2 * size_t(j)] = uint8_t(rng.below(uint32_t(side - r_.cutout + 1)));
                 cut[2 * size_t(j) + 1] = uint8_t(rng.below(uint32_t(side - r_.cutout + 1)));
             }
-        // cutmix from epoch cutmix_from_epoch on: a partner inside the same (local) batch from a
-        // random permutation of it, and the square's corner (drawn only when on, as above)
+        // cutmix from epoch cutmix_from_epoch on: position j's partner is the image at position
+        // q[j] of this epoch, q a random permutation of the whole training set, cropped and
+        // flipped as it is this epoch (hlb-CIFAR10 mixes its whole augmented training set before
+        // batching); and the square's corner (drawn only when on, as above)
         const bool cutmix = r_.cutmix > 0 && epoch >= r_.cutmix_from_epoch;
-        if (cutmix)
-            for (int j0 = 0; j0 + Bfull <= n_train_; j0 += Bfull) {
-                int32_t* q = partner.data() + j0;
-                std::iota(q, q + Bfull, 0);
-                for (int i = Bfull - 1; i > 0; --i) std::swap(q[i], q[rng.below(uint32_t(i + 1))]);
-                for (int i = 0; i < Bfull; ++i) {
-                    lab2[j0 + i] = lab[j0 + q[i]];
-                    mix_pos[2 * size_t(j0 + i)] = uint8_t(rng.below(uint32_t(side - r_.cutmix + 1)));
-                    mix_pos[2 * size_t(j0 + i) + 1] = uint8_t(rng.below(uint32_t(side - r_.cutmix + 1)));
-                }
+        if (cutmix) {
+            std::iota(partner_at.begin(), partner_at.end(), 0);
+            for (int i = n_train_ - 1; i > 0; --i)
+                std::swap(partner_at[i], partner_at[rng.below(uint32_t(i + 1))]);
+            for (int j = 0; j < n_train_; ++j) {
+                const int q = partner_at[j];
+                partner[j] = idx[q];
+                partner_shifts[2 * size_t(j)] = shifts[2 * size_t(q)];
+                partner_shifts[2 * size_t(j) + 1] = shifts[2 * size_t(q) + 1];
+                partner_flips[j] = flips[q];
+                lab2[j] = lab[q];
+                mix_pos[2 * size_t(j)] = uint8_t(rng.below(uint32_t(side - r_.cutmix + 1)));
+                mix_pos[2 * size_t(j) + 1] = uint8_t(rng.below(uint32_t(side - r_.cutmix + 1)));
             }
+        }
         if (jitter)  // drawn only when on, so other recipes keep their random stream
             for (int j = 0; j < n_train_; ++j) {
                 jit_shift[j] = float((rng.uniform() * 2 - 1) * r_.brightness);
@@ -401,6 +416,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         if (cutmix) {
             b_.upload(ep_cutmix_.get(), mix_pos.data(), mix_pos.size());
             b_.upload(ep_partner_.get(), partner.data(), partner.size() * sizeof(int32_t));
+            b_.upload(ep_partner_shifts_.get(), partner_shifts.data(), partner_shifts.size());
+            b_.upload(ep_partner_flips_.get(), partner_flips.data(), partner_flips.size());
             b_.upload(ep_labels2_.get(), lab2.data(), lab2.size() * sizeof(int32_t));
         }
         if (jitter) {
@@ -447,10 +464,11 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             if (r_.cutout > 0)
                 b_.cutout(batch_x_.get(), ep_cutout_.get() + 2 * at, Bl, side, side, 3, r_.cutout);
             if (cutmix) {
-                const size_t bytes = size_t(Bl) * side * side * 3 * sizeof(float);
-                b_.copy(cutmix_src_.get(), batch_x_.get(), bytes);
-                b_.cutmix(batch_x_.get(), cutmix_src_.get(), ep_partner_.get() + at,
-                          ep_cutmix_.get() + 2 * at, Bl, side, side, 3, r_.cutmix);
+                b_.gather_crops(cutmix_src_.get(), train_pad_.get(), side, side, pad, Bl,
+                                ep_partner_.get() + at, 0, ep_partner_shifts_.get() + 2 * at, 0, 0,
+                                ep_partner_flips_.get() + at, 0);
+                b_.cutmix(batch_x_.get(), cutmix_src_.get(), rows_.get(), ep_cutmix_.get() + 2 * at,
+                          Bl, side, side, 3, r_.cutmix);
             }
             const bool whiten_bias = step < whiten_steps;
             const float* logits = ws.forward(batch_x_.get(), true);

@@ -106,8 +106,13 @@ private:
     DeviceBuffer<uint8_t> ep_flips_;
     DeviceBuffer<uint8_t> ep_cutout_;  // cutout corners of the epoch: (row, column) per image
     DeviceBuffer<uint8_t> ep_cutmix_;  // cutmix corners of the epoch: (row, column) per image
-    DeviceBuffer<int32_t> ep_partner_, ep_labels2_;  // cutmix partner (in its batch), its label
-    DeviceBuffer<float> cutmix_src_;   // the batch before cutmix (the partners' pixels)
+    // cutmix partner of each position of the epoch: its image, its crop offsets, its mirror (as
+    // that image is augmented this epoch) and its label
+    DeviceBuffer<int32_t> ep_partner_, ep_labels2_;
+    DeviceBuffer<int8_t> ep_partner_shifts_;
+    DeviceBuffer<uint8_t> ep_partner_flips_;
+    DeviceBuffer<int32_t> rows_;       // 0, 1, ..., batch - 1: row b of cutmix_src_ mixes into row b
+    DeviceBuffer<float> cutmix_src_;   // the batch's partners, cropped and flipped
     DeviceBuffer<float> ep_jitter_;  // colour jitter of the epoch: shifts (n), then gains (n)
     DeviceBuffer<float> hold_;       // the training weights while the EMA is evaluated
     std::vector<float> host_logits_;
