@@ -70,7 +70,8 @@ std::string build_description() {
 nlohmann::json build_json() {
     return {{"version", program_version()}, {"git", git_revision()},
             {"build_type", SPEEDRUN_BUILD_TYPE}, {"compiler", __VERSION__},
-            {"cuda", cuda_text()}, {"onednn", onednn_version()}};
+            {"cuda", cuda_text()}, {"onednn", onednn_version()}, {"mpi", kMpi}, {"nccl", kNccl},
+            {"onnx_export", kOnnx}};
 }
 
 }  // namespace sr

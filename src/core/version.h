@@ -15,7 +15,8 @@ const char* git_revision();     // the source commit at build time, "-dirty" if 
 // not (CUDA with its toolkit and GPU architectures, MPI, NCCL, ONNX), oneDNN's version.
 std::string build_description();
 
-// {"version", "git", "build_type", "compiler", "cuda", "onednn"}: the same in a JSON object.
+// {"version", "git", "build_type", "compiler", "cuda", "onednn", "mpi", "nccl", "onnx_export"}:
+// the same in a JSON object (the last three true or false).
 nlohmann::json build_json();
 
 }  // namespace sr

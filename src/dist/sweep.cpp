@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/version.h"
 #include "dist/dist_commands.h"
 #include "io/atomic_file.h"
 
@@ -343,6 +344,7 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
                                      {"world", comm.world()},
                                      {"host", host},
                                      {"device", backend->name()},
+                                     {"git", git_revision()},
                                      {"finished", utc_now()}});
         fmt::print(
             "[rank {}/{}] job {}/{} done: seed {}{}{}: accuracy {:.4f} (TTA; {:.4f} without) "
@@ -389,7 +391,8 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
         "per hour\n",
         finished, jobs.size(), results, pending.size(), wall, comm.world(),
         comm.world() == 1 ? "" : "s", per_hour);
-    const nlohmann::json j = {{"preset", recipes[0].name},
+    const nlohmann::json j = {{"program", build_json()},  // (this invocation's build)
+                              {"preset", recipes[0].name},
                               {"results", results},
                               {"runs_per_setting", a.runs},
                               {"seeds", seeds},

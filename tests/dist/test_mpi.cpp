@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "core/version.h"
 #include "dist/sweep.h"
 
 namespace sr {
@@ -320,6 +321,12 @@ TEST(Sweep, OneProcessRunsEveryJob) {
     EXPECT_NE(out.find("0 finished already (skipped), 4 to run on single process"),
               std::string::npos)
         << out;
+    // the summary names the build (as train's does), each line the commit that ran it
+    const auto summary = nlohmann::json::parse(slurp((dir / "r.summary.json").string()));
+    EXPECT_EQ(summary["program"]["version"], program_version());
+    const auto git = summary["program"]["git"].get<std::string>();
+    EXPECT_FALSE(git.empty());
+    for (const auto& l : read_results(results).lines) EXPECT_EQ(l["git"], git);
     rc = run(cmd + kTiny, log);  // again: nothing to do, the same summary
     out = slurp(log);
     ASSERT_EQ(rc, 0) << out;

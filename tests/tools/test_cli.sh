@@ -87,6 +87,10 @@ contains version.txt "CUDA backend: "
 rev=$(sed -n 's/^speedrun [^ ]* (git \(.*\))$/\1/p' version.txt)
 [ "$(json s.json 'j["program"]["version"], j["program"]["git"]')" = "$version $rev" ] \
     || fail "the summary's program is not $version $rev"
+parts=$(sed -n 's/^MPI: \(on\|off\), NCCL: \(on\|off\), ONNX export: \(on\|off\)$/\1 \2 \3/p' version.txt)
+[ -n "$parts" ] || fail "--version has no 'MPI: .., NCCL: .., ONNX export: ..' line"
+[ "$(json s.json '" ".join("on" if j["program"][k] else "off" for k in ("mpi", "nccl", "onnx_export"))')" = "$parts" ] \
+    || fail "the summary's program does not say MPI, NCCL, ONNX export: $parts"
 if [ -e "$presets/../.git" ] && git -C "$presets/.." rev-parse HEAD > /dev/null 2>&1; then
     git -C "$presets/.." merge-base --is-ancestor "${rev%-dirty}" HEAD \
         || fail "--version says git $rev, not a commit of the clone's history"
