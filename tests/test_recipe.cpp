@@ -127,6 +127,9 @@ TEST(Recipe, ConfigFileIsMergedOverThePreset) {
         {R"({"aug": {"lr": 1}})", "did you mean 'muon.lr' or 'opt.lr'?"},
         {R"({"opt": {"bn_momentum": 0.6}})", "did you mean 'net.bn_momentum'?"},
         {R"({"shedule": {"peak": 0.2}})", "unknown section 'shedule'; did you mean 'schedule'?"},
+        // a key without its section (--set lr=0.1)
+        {R"({"lr": 0.1})", "unknown section 'lr'; did you mean 'muon.lr' or 'opt.lr'?"},
+        {R"({"batch_size": 512})", "unknown section 'batch_size'; did you mean 'opt.batch_size'?"},
         {R"({"opt": {"zzzzzz": 1}})", "unknown key 'opt.zzzzzz' (every key"},
         // an integer key takes 256 or 256.0 (below), but not 1.5 (JSON's conversion makes it 1)
         {R"({"opt": {"batch_size": 1.5}})", "'opt.batch_size' must be an integer (got 1.5)"},

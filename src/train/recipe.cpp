@@ -177,11 +177,19 @@ void check_known(const nlohmann::json& j) {
         if (std::find(std::begin(kTextKeys), std::end(kTextKeys), k) != std::end(kTextKeys)) continue;
         auto it = known.find(k);
         if (it == known.end()) {
-            std::vector<std::string> sections;
-            for (const auto& [name, _] : known) sections.push_back(name);
-            const std::string near = nearest(k, sections);
+            // a key without its section (--set lr=...: 'opt.lr' or 'muon.lr'), else the nearest
+            // section
+            std::vector<std::string> sections, meant;
+            for (const auto& [name, keys] : known) {
+                sections.push_back(name);
+                if (std::find(keys.begin(), keys.end(), k) != keys.end())
+                    meant.push_back(fmt::format("'{}.{}'", name, k));
+            }
+            if (meant.empty())
+                if (const std::string near = nearest(k, sections); !near.empty())
+                    meant.push_back(fmt::format("'{}'", near));
             fail("config: unknown section '{}'{}{}", k,
-                 near.empty() ? "" : fmt::format("; did you mean '{}'?", near), see);
+                 meant.empty() ? "" : fmt::format("; did you mean {}?", fmt::join(meant, " or ")), see);
         }
         if (!v.is_object()) fail("config: '{}' must be an object", k);
         for (const auto& [kk, _] : v.items())
