@@ -5,6 +5,8 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <memory>
+#include <numeric>
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -626,18 +628,27 @@ int cmd_bench(const BenchArgs& a) {
     const double step_flop = 3.0 * fwd_flop * B;  // forward + backward data + backward weights
     const double gflops = step_flop / step * 1e-9;
 
-    // TTA inference (level of the recipe): 6 views at level 2
-    const int views = r.tta_level == 2 ? 6 : (r.tta_level == 1 ? 2 : 1);
-    const int n_eval = a.eval_images > 0 ? a.eval_images : B;
-    const int chunks = std::max(1, n_eval / B);
+    // TTA inference (level of the recipe: 6 views at level 2) in the batches of the final
+    // evaluation (eval_batch_size: those of 10,000 test images with the fewest forwards), in a
+    // forward-only workspace as the trainer's where that is not the training batch
+    const int views = int(tta_views(r, r.tta_level).size());
+    const int Be = eval_batch_size(r, 10000, B);
+    std::unique_ptr<Workspace> ws_eval_own = Be == B ? nullptr : std::make_unique<Workspace>(net, Be, false);
+    Workspace& ws_eval = ws_eval_own ? *ws_eval_own : ws;
+    const int n_eval = a.eval_images > 0 ? a.eval_images : Be;
+    const int chunks = std::max(1, n_eval / Be);
+    ws_eval.forward(xd.get(), false);  // (a first call of a new workspace's convolutions)
     b.synchronize();
     auto te = clock_type::now();
     for (int c = 0; c < chunks; ++c)
-        for (int v = 0; v < views; ++v) ws.forward(xd.get(), false);
+        for (int v = 0; v < views; ++v) ws_eval.forward(xd.get(), false);
     b.synchronize();
     const double t_eval = since(te);
-    const double eval_ips = double(chunks) * B / t_eval;
-    const double eval_gflops = double(chunks) * B * views * fwd_flop / t_eval * 1e-9;
+    const double eval_ips = double(chunks) * Be / t_eval;  // images given every view
+    const double eval_gflops = double(chunks) * Be * views * fwd_flop / t_eval * 1e-9;
+    // the final evaluation's seconds: its forwards (selective TTA: one plain pass for all, the
+    // views for a share) at the rate measured
+    const double t_final_eval = double(eval_forwards(r, 10000, Be)) / (eval_ips * views);
 
     // data and augmentation of one training batch, as the trainer does it before each step:
     // crops at random shifts (with flips) from the padded images, then the recipe's colour
@@ -645,7 +656,8 @@ int cmd_bench(const BenchArgs& a) {
     const int pad = r.translate, Hp = side + 2 * pad;
     const bool jitter = r.brightness > 0 || r.contrast > 0;
     std::vector<uint8_t> raw(size_t(B) * side * side * 3), flips(static_cast<size_t>(B)), pos(size_t(2) * B);
-    std::vector<int32_t> idx(static_cast<size_t>(B)), partner(static_cast<size_t>(B));
+    std::vector<int32_t> idx(static_cast<size_t>(B)), partner(static_cast<size_t>(B)), rows(static_cast<size_t>(B));
+    std::iota(rows.begin(), rows.end(), 0);
     std::vector<int8_t> shifts(size_t(2) * B);
     std::vector<float> jit(size_t(2) * B);
     for (auto& v : raw) v = uint8_t(rng.below(256));
@@ -661,7 +673,7 @@ int cmd_bench(const BenchArgs& a) {
         jit[size_t(B + i)] = float(1 + rng.uniform() * 0.2 - 0.1);
     }
     DeviceBuffer<uint8_t> raw_d(b, raw.size()), flips_d(b, flips.size()), pos_d(b, pos.size());
-    DeviceBuffer<int32_t> idx_d(b, idx.size()), partner_d(b, partner.size());
+    DeviceBuffer<int32_t> idx_d(b, idx.size()), partner_d(b, partner.size()), rows_d(b, rows.size());
     DeviceBuffer<int8_t> shifts_d(b, shifts.size());
     DeviceBuffer<float> jit_d(b, jit.size()), padded(b, size_t(B) * Hp * Hp * 3),
         batch(b, size_t(B) * side * side * 3), mix_src(b, r.cutmix > 0 ? batch.size() : 1);
@@ -670,6 +682,7 @@ int cmd_bench(const BenchArgs& a) {
     b.upload(pos_d.get(), pos.data(), pos.size());
     b.upload(idx_d.get(), idx.data(), idx.size() * sizeof(int32_t));
     b.upload(partner_d.get(), partner.data(), partner.size() * sizeof(int32_t));
+    b.upload(rows_d.get(), rows.data(), rows.size() * sizeof(int32_t));
     b.upload(shifts_d.get(), shifts.data(), shifts.size());
     b.upload(jit_d.get(), jit.data(), jit.size() * sizeof(float));
     b.normalize_pad(padded.get(), raw_d.get(), B, side, side, r.mean.data(), r.std.data(), pad);
@@ -678,9 +691,10 @@ int cmd_bench(const BenchArgs& a) {
                        0, 0, flips_d.get(), 0);
         if (jitter) b.brightness_contrast(batch.get(), jit_d.get(), jit_d.get() + B, B, size_t(side) * side * 3);
         if (r.cutout > 0) b.cutout(batch.get(), pos_d.get(), B, side, side, 3, r.cutout);
-        if (r.cutmix > 0) {
-            b.copy(mix_src.get(), batch.get(), batch.size() * sizeof(float));
-            b.cutmix(batch.get(), mix_src.get(), partner_d.get(), pos_d.get(), B, side, side, 3, r.cutmix);
+        if (r.cutmix > 0) {  // the partners' crops, then row b's square into row b (trainer.cpp)
+            b.gather_crops(mix_src.get(), padded.get(), side, side, pad, B, partner_d.get(), 0,
+                           shifts_d.get(), 0, 0, flips_d.get(), 0);
+            b.cutmix(batch.get(), mix_src.get(), rows_d.get(), pos_d.get(), B, side, side, 3, r.cutmix);
         }
     };
     data_step();  // warm-up
@@ -701,7 +715,8 @@ int cmd_bench(const BenchArgs& a) {
                "over {} steps\n",
                step * 1e3, t_fwd / a.steps * 1e3, t_bwd / a.steps * 1e3, t_opt / a.steps * 1e3, a.steps);
     fmt::print("              {:.0f} images/s, {:.1f} GFLOP/s\n", B / step, gflops);
-    fmt::print("TTA inference {:.0f} images/s ({} views each), {:.1f} GFLOP/s\n", eval_ips, views, eval_gflops);
+    fmt::print("TTA inference {:.0f} images/s ({} views each, batches of {}), {:.1f} GFLOP/s\n", eval_ips,
+               views, Be, eval_gflops);
     nlohmann::json j = {{"program", build_json()}, {"preset", r.name}, {"device", b.name()}, {"batch_size", B},
                         {"gflop_per_image_forward", fwd_flop * 1e-9},
                         {"step_ms", step * 1e3}, {"forward_ms", t_fwd / a.steps * 1e3},
@@ -709,13 +724,12 @@ int cmd_bench(const BenchArgs& a) {
                         {"data_ms", t_data * 1e3},
                         {"train_images_per_second", B / step}, {"train_gflops", gflops},
                         {"tta_images_per_second", eval_ips}, {"tta_views", views},
+                        {"eval_batch_size", Be}, {"final_eval_seconds", t_final_eval},
                         {"peak_device_bytes", b.peak_bytes()}};
     const int total = total_steps(50000, B, r.epochs, r.drop_last);
-    // the final evaluation: eval_ips counts images given every view; selective TTA gives the views
-    // to a share of them and one plain pass to all. A drop_last=false epoch's smaller last step
-    // is counted by its images.
+    // (a drop_last=false epoch's smaller last step is counted by its images)
     const double est = double(images_in_run(50000, B, r.epochs, r.drop_last)) / B * (step + t_data) +
-                       10000.0 / eval_ips * tta_forwards_per_image(r) / views;
+                       t_final_eval;
     fmt::print("estimate      full run ({} steps with their data + TTA on 10,000 images): {:.1f} s\n",
                total, est);
     j["full_run_estimate_seconds"] = est;
@@ -803,7 +817,7 @@ int cmd_bench(const BenchArgs& a) {
         // The full run: its steps, and the final TTA evaluation at the ratio to a step measured
         // here (an assumption: forward-only work scales as the training step does).
         const double steps_in_run = double(images_in_run(50000, B, r.epochs, r.drop_last)) / B;
-        const double tta_per_step = (10000.0 / eval_ips * tta_forwards_per_image(r) / views) / (step + t_data);
+        const double tta_per_step = t_final_eval / (step + t_data);
         const double f32 = (steps_in_run + tta_per_step) * roof_step.first;
         const double f16 = (steps_in_run + tta_per_step) * roof_step.second;
         fmt::print("              full run on an {}: {:.0f} steps + TTA (as {:.1f} steps): "

@@ -461,12 +461,6 @@ std::vector<TtaView> tta_views(const Recipe& r, int level) {
             {1, 1, 0, .125f}, {1, 1, 1, .125f}};
 }
 
-double tta_forwards_per_image(const Recipe& r) {
-    const double v = double(tta_views(r, r.tta_level).size());
-    if (r.tta_level == 0 || r.tta_select <= 0 || r.tta_select >= 1) return v;
-    return 1.0 + r.tta_select * v;
-}
-
 int tta_selected(const Recipe& r, int n) {
     if (r.tta_level == 0 || r.tta_select <= 0) return n;
     return std::min(n, int(double(n) * r.tta_select));

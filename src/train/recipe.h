@@ -131,9 +131,6 @@ struct TtaView {
 // The views of TTA level `level` under the recipe's eval.tta_weights (the logits are their
 // weighted sum). Used by evaluation and by `predict`, so both see the same views.
 std::vector<TtaView> tta_views(const Recipe& r, int level);
-// Forward passes per test image of the recipe's final evaluation: the views of its TTA level, or
-// with selective TTA 1 plain pass plus the views for the selected share.
-double tta_forwards_per_image(const Recipe& r);
 // How many of n test images get the TTA views: n, or with selective TTA the least confident share.
 int tta_selected(const Recipe& r, int n);
 // Image forwards of the final evaluation of n test images in batches of b, as Trainer::evaluate
