@@ -84,7 +84,9 @@ public:
     PerfList(Backend& b, Buffers& m) : b_(b), m_(m) {}
     std::vector<Case> cases;
 
-    // forward, backward data (unless first: the network input needs none), backward weights
+    // forward, backward data (unless first: the network input needs none), backward weights, and
+    // both gradients in one call as training makes them (Conv2d::backward: the CPU's Winograd
+    // path reorders dy once for the two)
     void conv(const ConvShape& s, const std::string& layer, bool input_layer = false) {
         auto c = std::shared_ptr<Conv2d>(b_.make_conv(s));
         const size_t nx = size_t(s.N) * s.H * s.W * s.C, nw = size_t(s.K) * s.R * s.S * s.C,
@@ -98,6 +100,9 @@ public:
             cases.push_back({"conv bwd data " + shape, layer, f, by, [=] { c->backward_data(dx, y, w); }});
         cases.push_back({"conv bwd weights " + shape, layer, f, by,
                          [=] { c->backward_weights(dw, nullptr, y, x); }});
+        if (!input_layer)
+            cases.push_back({"conv bwd both " + shape, layer, 2 * f, by + kF * double(nx + nw),
+                             [=] { c->backward(dx, dw, nullptr, y, x, w); }});
     }
     void bn(int M, int C, const std::string& layer) {
         const size_t n = size_t(M) * C;
