@@ -310,13 +310,15 @@ TEST(Train, SelectiveTtaBetweenPlainAndFull) {
 
 // Cutmix (hlb-CIFAR10 mixes its whole augmented training set before batching): each image's
 // partner is another image of the whole set, as that image is cropped and flipped this epoch,
-// every image a partner once, and the mixed label is the partner's. The last, smaller batch
-// (opt.drop_last false) has partners too.
+// every image a partner once, and the mixed label is the partner's. The square's corner takes
+// hlb's positions (make_random_square_masks: 30 per axis for size 3, 28 for size 4). The last,
+// smaller batch (opt.drop_last false) has partners too.
 TEST(Train, CutmixPartnerIsAnImageOfTheEpochAsAugmented) {
     struct Spy : ForwardingBackend {
         using ForwardingBackend::ForwardingBackend;
         std::vector<std::vector<float>> rows, partners;  // each row before cutmix, and its partner
         std::vector<int32_t> labels, labels2;
+        int max_corner = -1;
         void run_op(const char*, const std::function<std::string()>&, double, double,
                     std::function<void()> f) override {
             f();
@@ -327,6 +329,7 @@ TEST(Train, CutmixPartnerIsAnImageOfTheEpochAsAugmented) {
             for (int i = 0; i < B; ++i) {
                 rows.emplace_back(x + i * px, x + (i + 1) * px);
                 partners.emplace_back(src + partner[i] * px, src + (partner[i] + 1) * px);
+                max_corner = std::max({max_corner, int(pos[2 * i]), int(pos[2 * i + 1])});
             }
             ForwardingBackend::cutmix(x, src, partner, pos, B, H, W, C, size);
         }
@@ -338,33 +341,39 @@ TEST(Train, CutmixPartnerIsAnImageOfTheEpochAsAugmented) {
         }
     };
     auto cpu = make_cpu_backend(2);
-    Spy b(*cpu);
     const int n = 1100, B = 256;  // 4 full batches and one of 76
     const Cifar10 data = make_synthetic_cifar10(n, 100, 7);
-    Recipe r = small_recipe("hlb", {8, 16, 16}, 2);
-    r.whiten_images = 512;
-    r.drop_last = false;
-    r.cutmix_from_epoch = 1;  // the second epoch only
-    Trainer t(b, r, data, quiet_options(false));
-    t.run(5);
-    ASSERT_EQ(b.rows.size(), size_t(n));
-    ASSERT_EQ(b.labels.size(), size_t(n));
-    std::map<std::vector<float>, int> where;  // an augmented image -> its position in the epoch
-    for (int j = 0; j < n; ++j) where[b.rows[j]] = j;
-    ASSERT_EQ(where.size(), size_t(n));
-    std::vector<int> partner_of(n, -1), times(n, 0);
-    int other_batch = 0;
-    for (int j = 0; j < n; ++j) {
-        const auto it = where.find(b.partners[j]);
-        ASSERT_NE(it, where.end()) << "position " << j << ": the partner is no image of the epoch as augmented";
-        const int q = it->second;
-        ++times[q];
-        EXPECT_EQ(b.labels2[j], b.labels[q]) << "position " << j;
-        other_batch += q / B != j / B;
+    for (int size : {3, 4}) {
+        SCOPED_TRACE(size);
+        Spy b(*cpu);
+        Recipe r = small_recipe("hlb", {8, 16, 16}, 2);
+        r.whiten_images = 512;
+        r.drop_last = false;
+        r.cutmix = size;
+        r.cutmix_from_epoch = 1;  // the second epoch only
+        Trainer t(b, r, data, quiet_options(false));
+        t.run(5);
+        ASSERT_EQ(b.rows.size(), size_t(n));
+        ASSERT_EQ(b.labels.size(), size_t(n));
+        // 2,200 corners: the last position is drawn (a miss has probability (1 - 1/28)^2200)
+        EXPECT_EQ(b.max_corner, size == 3 ? 29 : 27);
+        std::map<std::vector<float>, int> where;  // an augmented image -> its position in the epoch
+        for (int j = 0; j < n; ++j) where[b.rows[j]] = j;
+        ASSERT_EQ(where.size(), size_t(n));
+        std::vector<int> times(n, 0);
+        int other_batch = 0;
+        for (int j = 0; j < n; ++j) {
+            const auto it = where.find(b.partners[j]);
+            ASSERT_NE(it, where.end()) << "position " << j << ": the partner is no image of the epoch as augmented";
+            const int q = it->second;
+            ++times[q];
+            EXPECT_EQ(b.labels2[j], b.labels[q]) << "position " << j;
+            other_batch += q / B != j / B;
+        }
+        EXPECT_EQ(std::count(times.begin(), times.end(), 1), n) << "every image is a partner once";
+        // from the whole set: about 1 - 256/1100 of the partners are in another batch
+        EXPECT_GT(other_batch, n / 2);
     }
-    EXPECT_EQ(std::count(times.begin(), times.end(), 1), n) << "every image is a partner once";
-    // from the whole set: about 1 - 256/1100 of the partners are in another batch
-    EXPECT_GT(other_batch, n / 2);
 }
 
 TEST(Train, BatchLargerThanTheSetIsAClearError) {

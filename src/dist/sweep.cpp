@@ -17,6 +17,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include "core/error.h"
@@ -157,6 +158,7 @@ nlohmann::json summarize_setting(const SweepSetting& s, const std::string& fp,
     std::set<uint64_t> seen;
     std::vector<double> acc, acc0, secs;
     std::vector<uint64_t> got;
+    std::set<std::string> builds;  // the commits that ran them ("unknown": a line without one)
     int n94 = 0;
     for (const auto& l : lines) {
         if (l.value("fingerprint", std::string()) != fp || !l.contains("seed") ||
@@ -165,6 +167,8 @@ nlohmann::json summarize_setting(const SweepSetting& s, const std::string& fp,
         const uint64_t seed = l["seed"].get<uint64_t>();
         if (!wanted.count(seed) || !seen.insert(seed).second) continue;
         got.push_back(seed);
+        builds.insert(l.contains("git") && l["git"].is_string() ? l["git"].get<std::string>()
+                                                                : std::string("unknown"));
         acc.push_back(l.value("test_accuracy_tta", 0.0));
         acc0.push_back(l.value("test_accuracy", 0.0));
         secs.push_back(l.value("train_seconds", 0.0));
@@ -188,7 +192,8 @@ nlohmann::json summarize_setting(const SweepSetting& s, const std::string& fp,
             {"train_seconds_mean", t.mean},
             {"train_seconds_std", t.std},
             {"train_seconds_min", t.min},
-            {"train_seconds_max", t.max}};
+            {"train_seconds_max", t.max},
+            {"git", builds}};
 }
 
 // ---- the command --------------------------------------------------------------------------------
@@ -383,6 +388,9 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
             row["accuracy_max"].get<double>(), 100 * row["share_at_least_94"].get<double>(),
             row["train_seconds_mean"].get<double>(), row["train_seconds_std"].get<double>(),
             row["train_seconds_min"].get<double>(), row["train_seconds_max"].get<double>());
+        if (row["git"].size() > 1)  // (a results file added to by several builds)
+            fmt::print("{:<{}}   note: runs of {} builds: git {}\n", "", width, row["git"].size(),
+                       fmt::join(row["git"].get<std::vector<std::string>>(), ", "));
         rows.push_back(std::move(row));
     }
     const double per_hour = wall > 0 ? 3600.0 * double(pending.size()) / wall : 0.0;

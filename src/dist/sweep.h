@@ -41,7 +41,8 @@ struct ResultsFile {
 // The lines of path (none if it does not exist).
 ResultsFile read_results(const std::string& path);
 
-// The statistics of one setting over its finished runs (one per seed; later duplicates ignored).
+// The statistics of one setting over its finished runs (one per seed; later duplicates ignored),
+// and under "git" the commits that ran them (a results file may collect several builds' runs).
 nlohmann::json summarize_setting(const SweepSetting& s, const std::string& fp,
                                  const std::vector<nlohmann::json>& lines,
                                  const std::vector<uint64_t>& seeds);

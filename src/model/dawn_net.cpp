@@ -79,8 +79,8 @@ void Workspace::init_dawn() {
         biggest = std::max({biggest, in, out});
     }
     d_last_ = grad_buffer(biggest);
-    t1_ = DeviceBuffer<float>(b_, biggest);
-    t2_ = DeviceBuffer<float>(b_, biggest);
+    t1_ = grad_buffer(biggest);  // (backward scratch)
+    t2_ = grad_buffer(biggest);
     const BlockSpec& last = net_.blocks().back();
     if (last.Ho() != c.final_pool)
         fail("dawn: the head pools the whole {}x{} map: net.final_pool must be {} (got {})", last.Ho(),

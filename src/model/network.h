@@ -201,8 +201,9 @@ public:
 // with several workspaces (training batch, evaluation batch).
 class Workspace {
 public:
-    // trains = false: forward only (evaluation), without the gradient buffers (about 40% of a
-    // training workspace's memory); backward() is then an error.
+    // trains = false: forward only (evaluation), without the gradient buffers and backward
+    // scratch (airbench networks: about 40% of a training workspace's memory; resnet9 and dawn,
+    // which keep every activation, less); backward() is then an error.
     Workspace(Network& net, int batch, bool trains = true);
     int batch() const { return N_; }
     bool trains() const { return trains_; }

@@ -49,8 +49,8 @@ void Workspace::init_resnet9() {
         maxc = std::max(maxc, s.cout);
         if (s.role == 2) sums_.emplace_back(b_, half * s.cout);  // (res units do not pool)
     }
-    t1_ = DeviceBuffer<float>(b_, biggest);
-    t2_ = DeviceBuffer<float>(b_, biggest);
+    t1_ = grad_buffer(biggest);  // (backward scratch)
+    t2_ = grad_buffer(biggest);
     if (S > 1) {
         dg_split_ = grad_buffer(size_t(S) * maxc);
         db_split_ = grad_buffer(size_t(S) * maxc);

@@ -185,11 +185,12 @@ void check_known(const nlohmann::json& j) {
                 if (std::find(keys.begin(), keys.end(), k) != keys.end())
                     meant.push_back(fmt::format("'{}.{}'", name, k));
             }
-            if (meant.empty())
-                if (const std::string near = nearest(k, sections); !near.empty())
-                    meant.push_back(fmt::format("'{}'", near));
+            if (!meant.empty())
+                fail("config: '{}' is a key without its section; did you mean {}?{}", k,
+                     fmt::join(meant, " or "), see);
+            const std::string near = nearest(k, sections);
             fail("config: unknown section '{}'{}{}", k,
-                 meant.empty() ? "" : fmt::format("; did you mean {}?", fmt::join(meant, " or ")), see);
+                 near.empty() ? "" : fmt::format("; did you mean '{}'?", near), see);
         }
         if (!v.is_object()) fail("config: '{}' must be an object", k);
         for (const auto& [kk, _] : v.items())
@@ -481,6 +482,10 @@ int eval_batch_size(const Recipe& r, int n, int batch) {
     int best = hi;
     for (int b = hi - 1; b >= lo; --b)
         if (eval_forwards(r, n, b) < eval_forwards(r, n, best)) best = b;
+    // the training batch's workspace serves evaluation too unless another size saves more than
+    // kEvalBatchSaving of the forwards (a second workspace costs memory and set-up)
+    if (double(eval_forwards(r, n, hi)) <= (1 + kEvalBatchSaving) * double(eval_forwards(r, n, best)))
+        return hi;
     return best;
 }
 

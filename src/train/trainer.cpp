@@ -391,6 +391,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             std::iota(partner_at.begin(), partner_at.end(), 0);
             for (int i = n_train_ - 1; i > 0; --i)
                 std::swap(partner_at[i], partner_at[rng.below(uint32_t(i + 1))]);
+            // (hlb's corners: side - size + 1 per axis for an odd size, one fewer for an even one)
+            const uint32_t corners = uint32_t(std::max(1, side - r_.cutmix + r_.cutmix % 2));
             for (int j = 0; j < n_train_; ++j) {
                 const int q = partner_at[j];
                 partner[j] = idx[q];
@@ -398,8 +400,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                 partner_shifts[2 * size_t(j) + 1] = shifts[2 * size_t(q) + 1];
                 partner_flips[j] = flips[q];
                 lab2[j] = lab[q];
-                mix_pos[2 * size_t(j)] = uint8_t(rng.below(uint32_t(side - r_.cutmix + 1)));
-                mix_pos[2 * size_t(j) + 1] = uint8_t(rng.below(uint32_t(side - r_.cutmix + 1)));
+                mix_pos[2 * size_t(j)] = uint8_t(rng.below(corners));
+                mix_pos[2 * size_t(j) + 1] = uint8_t(rng.below(corners));
             }
         }
         if (jitter)  // drawn only when on, so other recipes keep their random stream

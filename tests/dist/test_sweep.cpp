@@ -126,7 +126,8 @@ TEST(Sweep, SummaryTakesEachSeedOnceAndOnlyThisSetting) {
          {"seed", 1u},
          {"test_accuracy_tta", 0.95},
          {"test_accuracy", 0.94},
-         {"train_seconds", 12.0}},
+         {"train_seconds", 12.0},
+         {"git", "abc123"}},
         {{"fingerprint", "f1"},
          {"seed", 1u},
          {"test_accuracy_tta", 0.10},
@@ -151,6 +152,8 @@ TEST(Sweep, SummaryTakesEachSeedOnceAndOnlyThisSetting) {
     EXPECT_NEAR(j["share_at_least_94"].get<double>(), 0.5, 1e-12);
     EXPECT_NEAR(j["train_seconds_mean"].get<double>(), 11.0, 1e-12);
     EXPECT_EQ(j["seeds"], (std::vector<uint64_t>{0, 1}));
+    // the commits of the runs taken (seed 0's line names none: an older build's)
+    EXPECT_EQ(j["git"], (std::vector<std::string>{"abc123", "unknown"}));
 }
 
 }  // namespace
