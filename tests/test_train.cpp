@@ -12,9 +12,9 @@
 
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
-#include "ops/forwarding_backend.h"
 #include "train/commands.h"
 #include "train/trainer.h"
+#include "cutmix_spy.h"
 #include "test_util.h"
 
 namespace sr {
@@ -314,38 +314,12 @@ TEST(Train, SelectiveTtaBetweenPlainAndFull) {
 // hlb's positions (make_random_square_masks: 30 per axis for size 3, 28 for size 4). The last,
 // smaller batch (opt.drop_last false) has partners too.
 TEST(Train, CutmixPartnerIsAnImageOfTheEpochAsAugmented) {
-    struct Spy : ForwardingBackend {
-        using ForwardingBackend::ForwardingBackend;
-        std::vector<std::vector<float>> rows, partners;  // each row before cutmix, and its partner
-        std::vector<int32_t> labels, labels2;
-        int max_corner = -1;
-        void run_op(const char*, const std::function<std::string()>&, double, double,
-                    std::function<void()> f) override {
-            f();
-        }
-        void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B,
-                    int H, int W, int C, int size) override {
-            const size_t px = size_t(H) * W * C;
-            for (int i = 0; i < B; ++i) {
-                rows.emplace_back(x + i * px, x + (i + 1) * px);
-                partners.emplace_back(src + partner[i] * px, src + (partner[i] + 1) * px);
-                max_corner = std::max({max_corner, int(pos[2 * i]), int(pos[2 * i + 1])});
-            }
-            ForwardingBackend::cutmix(x, src, partner, pos, B, H, W, C, size);
-        }
-        void cross_entropy_mixed(float* dlogits, float* stats, const float* logits, const int32_t* y,
-                                 const int32_t* y2, float mix, int N, int O, float smoothing) override {
-            labels.insert(labels.end(), y, y + N);
-            labels2.insert(labels2.end(), y2, y2 + N);
-            ForwardingBackend::cross_entropy_mixed(dlogits, stats, logits, y, y2, mix, N, O, smoothing);
-        }
-    };
     auto cpu = make_cpu_backend(2);
     const int n = 1100, B = 256;  // 4 full batches and one of 76
     const Cifar10 data = make_synthetic_cifar10(n, 100, 7);
     for (int size : {3, 4}) {
         SCOPED_TRACE(size);
-        Spy b(*cpu);
+        test::CutmixSpy b(*cpu);
         Recipe r = small_recipe("hlb", {8, 16, 16}, 2);
         r.whiten_images = 512;
         r.drop_last = false;
@@ -353,12 +327,12 @@ TEST(Train, CutmixPartnerIsAnImageOfTheEpochAsAugmented) {
         r.cutmix_from_epoch = 1;  // the second epoch only
         Trainer t(b, r, data, quiet_options(false));
         t.run(5);
-        ASSERT_EQ(b.rows.size(), size_t(n));
+        ASSERT_EQ(b.before.size(), size_t(n));
         ASSERT_EQ(b.labels.size(), size_t(n));
         // 2,200 corners: the last position is drawn (a miss has probability (1 - 1/28)^2200)
         EXPECT_EQ(b.max_corner, size == 3 ? 29 : 27);
         std::map<std::vector<float>, int> where;  // an augmented image -> its position in the epoch
-        for (int j = 0; j < n; ++j) where[b.rows[j]] = j;
+        for (int j = 0; j < n; ++j) where[b.before[j]] = j;
         ASSERT_EQ(where.size(), size_t(n));
         std::vector<int> times(n, 0);
         int other_batch = 0;

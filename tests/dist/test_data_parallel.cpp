@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <memory>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 #include "dist/data_parallel.h"
 #include "dist/thread_comm.h"
 #include "optim/optimizer.h"
+#include "cutmix_spy.h"
 #include "test_util.h"
 #include "train/recipe.h"
 #include "train/trainer.h"
@@ -240,6 +242,59 @@ TEST(DataParallel, KeepingThePartialBatchIsRefused) {
     r.drop_last = true;  // (1000 = 3 x 256 + 232: the rest is dropped, as before)
     Trainer ok(*b, r, data, TrainOptions{});
     EXPECT_EQ(ok.n_train(), 1000);
+}
+
+// Cutmix over ranks: each rank mixes its slice of every batch exactly as one process mixes those
+// rows (the partners are drawn over the whole set by global position, and every rank makes the
+// same draws), so the batches the network sees are the same, row for row, bit for bit.
+TEST(DataParallel, CutmixRanksMixTheirSlicesAsOneProcess) {
+    const Cifar10 data = make_synthetic_cifar10(1024, 100, 3);
+    Recipe r = load_recipe("hlb", "");
+    r.net.widths = {8, 16, 16};
+    r.batch_size = 256;
+    r.epochs = 1;
+    r.cutmix_from_epoch = 0;
+    r.whiten_images = 512;
+    TrainOptions o;
+    o.quiet = true;
+    o.progress = false;
+    o.eval_each_epoch = false;
+    auto cpu = make_cpu_backend(1);
+    test::CutmixSpy one(*cpu);
+    Trainer(one, r, data, o).run(4);
+    ASSERT_EQ(one.after.size(), 1024u);
+    constexpr int K = 2, Bl = 128;
+    std::vector<std::unique_ptr<Backend>> cpus;
+    std::vector<std::unique_ptr<test::CutmixSpy>> spies;
+    for (int k = 0; k < K; ++k) {
+        cpus.push_back(make_cpu_backend(1));
+        spies.push_back(std::make_unique<test::CutmixSpy>(*cpus.back()));
+    }
+    test::ThreadGroup g(K);
+    std::vector<std::string> errors(K);
+    std::vector<std::thread> threads;
+    for (int k = 0; k < K; ++k)
+        threads.emplace_back([&, k] {
+            try {
+                test::ThreadGroup::Comm comm(g, k);
+                TrainOptions ok = o;
+                ok.comm = &comm;
+                Trainer(*spies[size_t(k)], r, data, ok).run(4);
+            } catch (const std::exception& e) {
+                errors[size_t(k)] = e.what();
+            }
+        });
+    for (auto& t : threads) t.join();
+    for (int k = 0; k < K; ++k) {
+        ASSERT_EQ(errors[size_t(k)], "") << "rank " << k;
+        const test::CutmixSpy& s = *spies[size_t(k)];
+        ASSERT_EQ(s.after.size(), 512u) << "rank " << k;
+        for (size_t i = 0; i < s.after.size(); ++i) {
+            const size_t step = i / Bl, row = step * 256 + size_t(k) * Bl + i % Bl;
+            EXPECT_EQ(s.after[i], one.after[row]) << "rank " << k << ", step " << step << ", row " << i % Bl;
+            EXPECT_EQ(s.labels2[i], one.labels2[row]) << "rank " << k << ", row " << i;
+        }
+    }
 }
 
 }  // namespace
