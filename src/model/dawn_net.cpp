@@ -54,7 +54,7 @@ void Workspace::init_dawn() {
     head_off_ = net_.tensor("head.weight").offset;
     head_b_off_ = net_.tensor("head.bias").offset;
     prep_off_ = net_.tensor("prep.conv.weight").offset;
-    prep_ = b_.make_conv({N_, side, side, 3, c.widths[0], 3, 3, 1});
+    prep_ = make_conv({N_, side, side, 3, c.widths[0], 3, 3, 1});
     prep_out_ = DeviceBuffer<float>(b_, size_t(N_) * side * side * c.widths[0]);
     size_t biggest = prep_out_.size();
     blocks_.resize(net_.blocks().size());
@@ -63,10 +63,10 @@ void Workspace::init_dawn() {
         Block& k = blocks_[i];
         k.spec = &s;
         const size_t in = size_t(N_) * s.H * s.H * s.cin, out = size_t(N_) * s.Ho() * s.Ho() * s.cout;
-        k.conv1 = b_.make_conv({N_, s.H, s.H, s.cin, s.cout, 3, 3, 1, s.stride});
-        k.conv2 = b_.make_conv({N_, s.Ho(), s.Ho(), s.cout, s.cout, 3, 3, 1});
+        k.conv1 = make_conv({N_, s.H, s.H, s.cin, s.cout, 3, 3, 1, s.stride});
+        k.conv2 = make_conv({N_, s.Ho(), s.Ho(), s.cout, s.cout, 3, 3, 1});
         if (s.projection) {
-            k.conv3 = b_.make_conv({N_, s.H, s.H, s.cin, s.cout, 1, 1, 0, s.stride});
+            k.conv3 = make_conv({N_, s.H, s.H, s.cin, s.cout, 1, 1, 0, s.stride});
             k.sc = DeviceBuffer<float>(b_, out);
         }
         k.n1 = DeviceBuffer<float>(b_, in);

@@ -348,7 +348,7 @@ Workspace::Workspace(Network& net, int batch, bool trains)
     }
     const int k = c.whiten_kernel, cw = c.whiten_width();
     int H = c.image_side - k + 1;
-    whiten_ = b_.make_conv({N_, c.image_side, c.image_side, 3, cw, k, k, 0});
+    whiten_ = make_conv({N_, c.image_side, c.image_side, 3, cw, k, k, 0});
     const size_t n0 = size_t(N_) * H * H * cw;
     z0_ = DeviceBuffer<float>(b_, n0);
     a0_ = DeviceBuffer<float>(b_, n0);
@@ -361,8 +361,8 @@ Workspace::Workspace(Network& net, int batch, bool trains)
         G.cout = c.widths[gi];
         G.H = H;
         G.Hp = H / 2;
-        G.conv1 = b_.make_conv({N_, H, H, cin, G.cout, 3, 3, 1});
-        G.conv2 = b_.make_conv({N_, G.Hp, G.Hp, G.cout, G.cout, 3, 3, 1});
+        G.conv1 = make_conv({N_, H, H, cin, G.cout, 3, 3, 1});
+        G.conv2 = make_conv({N_, G.Hp, G.Hp, G.cout, G.cout, 3, 3, 1});
         const size_t big = size_t(N_) * H * H * G.cout, small = size_t(N_) * G.Hp * G.Hp * G.cout;
         G.c1 = DeviceBuffer<float>(b_, big);
         G.d_big = grad_buffer(std::max(big, size_t(N_) * H * H * cin));
@@ -371,7 +371,7 @@ Workspace::Workspace(Network& net, int batch, bool trains)
         G.arg = DeviceBuffer<uint8_t>(b_, small);
         for (auto* buf : {&G.mean1, &G.istd1, &G.mean2, &G.istd2}) *buf = DeviceBuffer<float>(b_, G.cout);
         if (c.group_convs == 3) {
-            G.conv3 = b_.make_conv({N_, G.Hp, G.Hp, G.cout, G.cout, 3, 3, 1});
+            G.conv3 = make_conv({N_, G.Hp, G.Hp, G.cout, G.cout, 3, 3, 1});
             for (auto* buf : {&G.c3, &G.s3, &G.g3}) *buf = DeviceBuffer<float>(b_, small);
             G.d_res = grad_buffer(small);
             for (auto* buf : {&G.mean3, &G.istd3}) *buf = DeviceBuffer<float>(b_, G.cout);

@@ -239,6 +239,11 @@ private:
     DeviceBuffer<float> grad_buffer(size_t n) {
         return trains_ ? DeviceBuffer<float>(b_, n) : DeviceBuffer<float>();
     }
+    // a convolution of this workspace (forward only where the workspace is)
+    std::unique_ptr<Conv2d> make_conv(ConvShape s) {
+        s.forward_only = !trains_;
+        return b_.make_conv(s);
+    }
     const float* x_ = nullptr;
     std::unique_ptr<Conv2d> whiten_;
     DeviceBuffer<float> z0_, a0_, d_z0_, d_a0_;

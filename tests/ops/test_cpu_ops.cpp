@@ -142,6 +142,18 @@ TEST_P(ConvOneDnn, MatchesNaive) {
         cpu::conv2d_forward_naive(y_ref.data(), x.data(), w.data(), bias.data(), s);
         // tolerance: fp32 sums of up to C*R*S = 576 products; oneDNN reorders the sum
         EXPECT_TRUE(all_close(y, y_ref, 1e-4, 1e-4));
+        {  // an evaluation workspace's conv (forward only, its path chosen by forward time under
+           // "fastest"): the same forward; a forced mode applies to it too
+            ConvShape sf = s;
+            sf.forward_only = true;
+            auto fconv = b->make_conv(sf);
+            if (GetParam().algorithm != cpu::ConvAlgorithm::fastest)
+                EXPECT_EQ(dynamic_cast<cpu::CpuConv2d&>(*fconv).winograd(),
+                          dynamic_cast<cpu::CpuConv2d&>(*conv).winograd());
+            std::vector<float> yf(ny, 7.f);
+            fconv->forward(yf.data(), x.data(), w.data(), bias.data());
+            EXPECT_TRUE(all_close(yf, y_ref, 1e-4, 1e-4));
+        }
         conv->forward(y.data(), x.data(), w.data(), nullptr);
         cpu::conv2d_forward_naive(y_ref.data(), x.data(), w.data(), nullptr, s);
         EXPECT_TRUE(all_close(y, y_ref, 1e-4, 1e-4));

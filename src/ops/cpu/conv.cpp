@@ -145,13 +145,13 @@ std::mutex g_mode_mutex;
 ConvDataGrad g_mode = ConvDataGrad::fastest;
 ConvAlgorithm g_algorithm = ConvAlgorithm::fastest;
 // "fastest": the choices per shape (N, H, W, C, K, R, stride), made once per process
-using ShapeKey = std::tuple<int, int, int, int, int, int, int>;
+using ShapeKey = std::tuple<int, int, int, int, int, int, int, bool>;
 std::map<ShapeKey, bool> g_transposed_faster, g_winograd_faster;
 
 // A "fastest" choice: measured the first time a shape is seen in the process, then remembered
 // (the caller holds g_mode_mutex).
 bool timed_once(std::map<ShapeKey, bool>& cache, const ConvShape& s, const std::function<bool()>& measure) {
-    const ShapeKey key = {s.N, s.H, s.W, s.C, s.K, s.R, s.stride};
+    const ShapeKey key = {s.N, s.H, s.W, s.C, s.K, s.R, s.stride, s.forward_only};
     if (auto it = cache.find(key); it != cache.end()) return it->second;
     return cache[key] = measure();
 }
@@ -478,6 +478,7 @@ struct CpuConv2d::Impl {
     // on scratch buffers the first time a shape is seen.
     void choose_data_grad(const ConvShape& s) {
         if (tfwd_pd.get(true) == nullptr) return;  // not a stride-1 same-padded conv
+        if (s.forward_only) return;                 // (no data gradient is asked for)
         std::lock_guard<std::mutex> lock(g_mode_mutex);
         // a conv that computes with Winograd (chosen before this) never takes the direct path's
         // dx: no timing (it faulted in and timed two batch-sized buffers per shape)
@@ -497,8 +498,8 @@ struct CpuConv2d::Impl {
     }
 
     // Whether this conv computes with Winograd (ConvAlgorithm); "fastest" times a forward and a
-    // backward (both gradients, as training calls it) of both paths (the reorders included) on
-    // scratch buffers the first time a shape is seen. Chosen before the data gradient's path, so
+    // backward (both gradients, as training calls it; a forward-only conv the forward alone) of
+    // both paths (the reorders included) on scratch buffers the first time a shape is seen. Chosen before the data gradient's path, so
     // the direct path is timed with the library's dx (a lean towards Winograd, the fixed rule).
     void choose_algorithm(const ConvShape& s) {
         if (!wino) return;
@@ -513,6 +514,7 @@ struct CpuConv2d::Impl {
                 bias(size_t(s.K));
             auto step = [&] {  // (dx into x and dw into w: only the time counts)
                 forward(y.data(), x.data(), w.data(), nullptr);
+                if (s.forward_only) return;  // an evaluation workspace's conv: the forward alone
                 if (winograd) {
                     winograd_backward(x.data(), w.data(), bias.data(), y.data(), x.data(), w.data(), {});
                 } else {

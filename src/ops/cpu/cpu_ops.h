@@ -42,8 +42,8 @@ void set_conv_data_grad(ConvDataGrad mode);
 // same-padded convs whose channel counts it can block), which do about half the multiplications
 // but take a blocked activation layout: each call reorders its activations into the backend's
 // ConvWorkspace and back. "fastest" (the default) times a forward and a backward (both
-// gradients, as training calls them) of each once per shape and process when a conv is made and
-// keeps the faster (within a margin: choose_by_timing below). "winograd" takes it wherever it exists (a
+// gradients, as training calls them; for a ConvShape::forward_only conv the forward alone) of
+// each once per shape and process when a conv is made and keeps the faster (within a margin: choose_by_timing below). "winograd" takes it wherever it exists (a
 // fixed rule: what --deterministic uses, so a resumed run computes the same way). Winograd's
 // transforms round differently from the direct sums (tests/ops compare both with the plain loops
 // at the same tolerances). Applies to convs made after the call.
