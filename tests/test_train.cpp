@@ -350,6 +350,31 @@ TEST(Train, CutmixPartnerIsAnImageOfTheEpochAsAugmented) {
     }
 }
 
+// An evaluation-only trainer (`speedrun eval`) holds no training set on the device, evaluates the
+// same weights to the same logits as the trainer that trained them, and refuses to train.
+TEST(Train, EvaluateOnlyTrainerEvaluatesAsTheTrainingOne) {
+    auto b = make_cpu_backend(2);
+    const Cifar10 data = make_synthetic_cifar10(2048, 300, 9);
+    Recipe r = small_recipe("airbench94", {8, 16, 16}, 1);
+    r.whiten_images = 512;
+    Trainer t(*b, r, data, quiet_options(false));
+    t.run(2);
+    const double acc = t.evaluate(2);
+    TrainOptions o = quiet_options(false);
+    o.evaluate_only = true;
+    auto be = make_cpu_backend(2), bt = make_cpu_backend(2);  // (each counts its own memory)
+    Trainer e(*be, r, data, o);
+    std::vector<float> w(t.network().size());
+    b->download(w.data(), t.network().params.get(), w.size() * sizeof(float));
+    be->upload(e.network().params.get(), w.data(), w.size() * sizeof(float));
+    EXPECT_EQ(e.evaluate(2), acc);
+    EXPECT_EQ(e.last_logits(), t.last_logits());
+    EXPECT_NE(test::error_of([&] { e.run(2); }), "");
+    // a training trainer holds at least the 2,048 training images padded to 40 x 40 in fp32 more
+    Trainer again(*bt, r, data, quiet_options(false));
+    EXPECT_GE(bt->peak_bytes(), be->peak_bytes() + size_t(2048) * 40 * 40 * 3 * sizeof(float));
+}
+
 TEST(Train, BatchLargerThanTheSetIsAClearError) {
     auto b = make_cpu_backend(1);
     Recipe r = load_recipe("airbench94", "");

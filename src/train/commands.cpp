@@ -444,7 +444,8 @@ int cmd_eval(const EvalArgs& a) {
     const Cifar10 data = load_data(ca);
     TrainOptions o;
     o.test_subset = a.test_subset;
-    o.subset = c.state.n_train;  // the trainer needs a training set to exist; it is not used
+    o.subset = c.state.n_train;  // (the trainer checks the training set's size; nothing more)
+    o.evaluate_only = true;
     Recipe r = c.recipe;
     r.batch_size = std::min(r.batch_size, std::min(data.train.n, o.subset));
     Trainer t(*backend, r, data, o);

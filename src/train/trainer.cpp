@@ -62,6 +62,8 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
       eval_batch_(o.eval_batch > 0 ? std::min(o.eval_batch, n_test_) : eval_batch_size(r, n_test_, r.batch_size)),
       net_(b, r.net),
       opt_(net_, r),
+      // (a training workspace even for evaluate_only: where it evaluates, its convolutions must
+      // be the training run's, which a forward-only one may choose differently on the CPU)
       ws_train_(std::make_unique<Workspace>(net_, local_batch(r, o))) {
     const int rest = r.drop_last ? 0 : n_train_ % batch_;  // the epoch's last, smaller batch
     if (rest > 0 && o.comm && o.comm->world() > 1)  // (before any collective call)
@@ -71,7 +73,7 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
         dp_ = std::make_unique<DataParallel>(net_, *o.comm, DataParallel::Options{o.sync_bn});
         ws_train_->set_hooks(dp_.get());
     }
-    if (rest > 0) ws_tail_ = std::make_unique<Workspace>(net_, rest);
+    if (rest > 0 && !o.evaluate_only) ws_tail_ = std::make_unique<Workspace>(net_, rest);
     if (eval_batch_ == ws_train_->batch()) {
         ws_eval_ = ws_train_.get();
     } else {
@@ -79,22 +81,25 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
         ws_eval_ = ws_eval_own_.get();
     }
     const int side = r.net.image_side, pad = r.translate;
-    // data loading (untimed): raw uint8 images and labels onto the device
-    train_labels_.assign(data.train.labels.begin(), data.train.labels.begin() + n_train_);
+    // data loading (untimed): raw uint8 images and labels onto the device; the test set first,
+    // and all an evaluation needs
     test_labels_.assign(data.test.labels.begin(), data.test.labels.begin() + n_test_);
-    train_u8_ = DeviceBuffer<uint8_t>(b, size_t(n_train_) * kCifarPixels);
     test_u8_ = DeviceBuffer<uint8_t>(b, size_t(n_test_) * kCifarPixels);
-    b.upload(train_u8_.get(), data.train.images.data(), train_u8_.size());
     b.upload(test_u8_.get(), data.test.images.data(), test_u8_.size());
-    train_pad_ = DeviceBuffer<float>(b, size_t(n_train_) * (side + 2 * pad) * (side + 2 * pad) * 3);
     test_pad_ = DeviceBuffer<float>(b, size_t(n_test_) * (side + 2) * (side + 2) * 3);
-    batch_x_ = DeviceBuffer<float>(b, size_t(std::max(batch_, std::min(r.whiten_images, n_train_))) * side * side * 3);
     eval_x_ = DeviceBuffer<float>(b, size_t(eval_batch_) * side * side * 3);
     logits_acc_ = DeviceBuffer<float>(b, size_t(eval_batch_) * r.net.num_classes);
     zeros_ = DeviceBuffer<float>(b, size_t(eval_batch_) * r.net.num_classes);
+    if (r.tta_select > 0) sel_idx_ = DeviceBuffer<int32_t>(b, size_t(std::max(n_test_, eval_batch_)));
+    host_logits_.resize(size_t(n_test_) * r.net.num_classes);
+    if (o.evaluate_only) return;  // (no training set on the device, no training buffers)
+    train_labels_.assign(data.train.labels.begin(), data.train.labels.begin() + n_train_);
+    train_u8_ = DeviceBuffer<uint8_t>(b, size_t(n_train_) * kCifarPixels);
+    b.upload(train_u8_.get(), data.train.images.data(), train_u8_.size());
+    train_pad_ = DeviceBuffer<float>(b, size_t(n_train_) * (side + 2 * pad) * (side + 2 * pad) * 3);
+    batch_x_ = DeviceBuffer<float>(b, size_t(std::max(batch_, std::min(r.whiten_images, n_train_))) * side * side * 3);
     stats_ = DeviceBuffer<float>(b, 2);
     ep_idx_ = DeviceBuffer<int32_t>(b, n_train_);
-    if (r.tta_select > 0) sel_idx_ = DeviceBuffer<int32_t>(b, size_t(std::max(n_test_, eval_batch_)));
     ep_labels_ = DeviceBuffer<int32_t>(b, n_train_);
     ep_shifts_ = DeviceBuffer<int8_t>(b, size_t(2) * n_train_);
     ep_flips_ = DeviceBuffer<uint8_t>(b, n_train_);
@@ -113,7 +118,6 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
     }
     if (r.brightness > 0 || r.contrast > 0) ep_jitter_ = DeviceBuffer<float>(b, size_t(2) * n_train_);
     if (r.ema_every > 0) hold_ = DeviceBuffer<float>(b, net_.size());
-    host_logits_.resize(size_t(n_test_) * r.net.num_classes);
     if (!o.log_path.empty() && (!o.comm || o.comm->root())) log_ = std::make_unique<JsonlLog>(o.log_path);
 }
 
@@ -199,6 +203,7 @@ EpochStats epoch_from_json(const nlohmann::json& j) {
 }  // namespace
 
 RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
+    SR_CHECK(!o_.evaluate_only);  // (made without a training set or training buffers)
     if (resume) {
         seed = resume->state.seed;
         if (resume->state.n_train != n_train_)

@@ -24,6 +24,9 @@ struct TrainOptions {
     // images per evaluation batch; 0 = eval_batch_size() (recipe.h): the fewest forwards. The
     // logits of one image depend on the batch size only through the convolution algorithms.
     int eval_batch = 0;
+    // evaluation only (`speedrun eval`): no training set or per-epoch buffers on the device, and
+    // run() is an error
+    bool evaluate_only = false;
     bool eval_each_epoch = true;  // untimed test accuracy after every epoch
     bool progress = true;       // live progress bar on stderr when it is a terminal
     bool quiet = false;         // no per-epoch table
