@@ -62,7 +62,8 @@ struct ConvShape {
     int pad = 1;                     // zero padding on every side
     int stride = 1;                  // the same in both directions
     // only forward() will be called (an evaluation workspace): a backend may set up, time and
-    // hold memory for the forward alone (the CPU: the Winograd-or-direct choice by forward time)
+    // hold memory for the forward alone (the CPU: the Winograd-or-direct choice by forward time;
+    // CUDA: no backward algorithms, workspace or gradient buffer, and backward calls refused)
     bool forward_only = false;
     int P() const { return (H + 2 * pad - R) / stride + 1; }  // output height
     int Q() const { return (W + 2 * pad - S) / stride + 1; }  // output width

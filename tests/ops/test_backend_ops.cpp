@@ -28,6 +28,7 @@
 
 #include <gtest/gtest.h>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "ops/backend.h"
 #include "ops/backend_ops_util.h"
@@ -325,6 +326,37 @@ TEST_P(BackendOps, ConvStride2) {
     conv_case(*this, s, 460);
     s.H = 9, s.W = 9, s.R = 3, s.S = 3, s.pad = 1;  // odd side: the last row and column are unread
     conv_case(*this, s, 470);
+}
+
+// A forward-only conv (an evaluation workspace's; CUDA sets up no backward for it) computes the
+// forward of a training one, with and without bias, at the tolerance of conv_case; on the GPU its
+// backward calls are refused with an error rather than run without an algorithm.
+TEST_P(BackendOps, ConvForwardOnly) {
+    ConvShape s;
+    s.N = 8, s.H = 15, s.W = 15, s.C = 64, s.K = 32, s.R = 3, s.S = 3, s.pad = 1;
+    const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K;
+    const size_t nw = size_t(s.K) * s.R * s.S * s.C;
+    auto x = in(randn(nx, 520));
+    auto w = in(randn(nw, 521, 1.f / std::sqrt(float(s.C * s.R * s.S))));
+    auto bias = in(randn(s.K, 522));
+    auto cc = cpu_->make_conv(s);  // the reference: a training conv
+    ConvShape f = s;
+    f.forward_only = true;
+    auto gc = gpu_->make_conv(f);
+    ASSERT_TRUE(cc && gc);
+    for (bool with_bias : {true, false}) {
+        SCOPED_TRACE(with_bias ? "with bias" : "without bias");
+        auto y = out<float>(ny);
+        cc->forward(y.cp(), x.cp(), w.cp(), with_bias ? bias.cp() : nullptr);
+        gc->forward(y.gp(), x.gp(), w.gp(), with_bias ? bias.gp() : nullptr);
+        EXPECT_TRUE(same(y, "forward-only conv y", 1e-2 * rms(y.c.get("rms")) + 1e-6, 1e-2));
+    }
+    if (emulated()) return;  // (the emulation runs the CPU's conv, which the workspace guards)
+    auto dx = out<float>(nx);
+    auto dy = in(randn(ny, 523));
+    auto dw = out<float>(nw);
+    EXPECT_THROW(gc->backward_data(dx.gp(), dy.gp(), w.gp()), Error);
+    EXPECT_THROW(gc->backward_weights(dw.gp(), nullptr, dy.gp(), x.gp()), Error);
 }
 
 // ---- batch norm ------------------------------------------------------------------------------

@@ -231,10 +231,12 @@ public:
         size_t a = 0, b = 0, c = 0;
         CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(ctx_.handle, x_.d, w_.d, fwd_.d, y_.d,
                                                             fwd_algo_, &a));
-        CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
-            ctx_.handle, w_.d, y_.d, bwd_data_.d, x_.d, bwd_data_algo_, &b));
-        CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
-            ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, bwd_filter_algo_, &c));
+        if (!s.forward_only) {
+            CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
+                ctx_.handle, w_.d, y_.d, bwd_data_.d, x_.d, bwd_data_algo_, &b));
+            CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, bwd_filter_algo_, &c));
+        }
         if (storage != Storage::f32 && graph_api_enabled()) {
             try {
                 tune_graph_plans();
@@ -250,16 +252,17 @@ public:
         for (const auto& g : graph_)
             if (g) a = std::max(a, g->workspace_bytes());
         // db reuses the workspace as scratch for its channel reduction.
-        const size_t bias = bn_scratch_bytes(s.N * s.P() * s.Q(), s.K);
+        const size_t bias = s.forward_only ? 0 : bn_scratch_bytes(s.N * s.P() * s.Q(), s.K);
         ctx_.reserve(std::max({a, b, c, bias, size_t(256)}));
         if (storage != Storage::f32) {
-            // 16-bit copies of the weights and of their gradient, in one allocation made last
-            // (nothing above can throw past it and leak it); each copy 256-byte aligned
+            // 16-bit copies of the weights and (unless forward-only) of their gradient, in one
+            // allocation made last (nothing above can throw past it and leak it); each copy
+            // 256-byte aligned
             const size_t bytes = (weights() * storage_bytes(storage) + 255) / 256 * 256;
             void* p = nullptr;
-            CUDA_CHECK(cudaMalloc(&p, 2 * bytes));
+            CUDA_CHECK(cudaMalloc(&p, s.forward_only ? bytes : 2 * bytes));
             w16_ = static_cast<float*>(p);
-            dw16_ = reinterpret_cast<float*>(static_cast<char*>(p) + bytes);
+            if (!s.forward_only) dw16_ = reinterpret_cast<float*>(static_cast<char*>(p) + bytes);
         }
     }
 
@@ -283,6 +286,7 @@ public:
     }
 
     void backward_data(float* dx, const float* dy, const float* w) override {
+        refuse_if_forward_only("backward_data");
         const float one = 1.f, zero = 0.f;
         w = stored_weights(w);
         if (!run_graph(ConvDirection::backward_data, dx, w, dy))
@@ -292,6 +296,7 @@ public:
     }
 
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
+        refuse_if_forward_only("backward_weights");
         if (!dw) {  // the bias gradient alone
             if (db)
                 channel_sum(ctx_.stream, storage_, ctx_.workspace, db, dy,
@@ -321,6 +326,15 @@ private:
         return w16_;
     }
 
+    // A forward-only convolution (an evaluation workspace's) has no backward algorithms, no
+    // workspace reserved for them and no 16-bit gradient buffer.
+    void refuse_if_forward_only(const char* call) const {
+        if (shape.forward_only)
+            fail_at("check", call, __FILE__, __LINE__,
+                    fmt::format("{} was set up forward-only (ConvShape::forward_only)",
+                                describe(shape)).c_str());
+    }
+
     static void check_shape(const ConvShape& s) {
         CUDA_ASSERT(s.N > 0 && s.H > 0 && s.W > 0 && s.C > 0 && s.K > 0);
         CUDA_ASSERT(s.R > 0 && s.S > 0 && s.pad >= 0 && s.stride >= 1 && s.P() > 0 && s.Q() > 0);
@@ -346,6 +360,7 @@ private:
             fwd_algo_ = fp[i].algo;
             CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d,
                                                    fma_math_for(ctx_.math, fp[i].mathType)));
+            if (shape.forward_only) return true;
 
             cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
             CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
@@ -411,10 +426,12 @@ private:
         size_t legacy_ws[3] = {0, 0, 0};
         CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(ctx_.handle, x_.d, w_.d, fwd_.d, y_.d,
                                                             fwd_algo_, &legacy_ws[0]));
-        CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
-            ctx_.handle, w_.d, y_.d, bwd_data_.d, x_.d, bwd_data_algo_, &legacy_ws[1]));
-        CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
-            ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, bwd_filter_algo_, &legacy_ws[2]));
+        if (!s.forward_only) {
+            CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
+                ctx_.handle, w_.d, y_.d, bwd_data_.d, x_.d, bwd_data_algo_, &legacy_ws[1]));
+            CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, bwd_filter_algo_, &legacy_ws[2]));
+        }
         if (std::max({legacy_ws[0], legacy_ws[1], legacy_ws[2]}) > ws) return;
         const float one = 1.f, zero = 0.f;
         auto legacy = [&](ConvDirection dir) {
@@ -442,6 +459,7 @@ private:
             // a forward that conv_small computes (few input channels) never reaches cuDNN
             if (dir == ConvDirection::forward && conv_small_applies(s, static_cast<float*>(y)))
                 continue;
+            if (dir != ConvDirection::forward && s.forward_only) continue;  // never called
             std::string why;
             auto plan = GraphConv::tune(ctx_.handle, ctx_.stream, dir, s, data_type(storage_), x,
                                         w, y, work, ws, &why);
@@ -548,6 +566,7 @@ private:
         fwd_algo_ = fp[i].algo;
         CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d,
                                                fma_math_for(ctx_.math, fp[i].mathType)));
+        if (shape.forward_only) return;
 
         cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
         CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, ctx_.math));

@@ -27,6 +27,7 @@ CudnnContextPtr make_cudnn_context(cudaStream_t st, bool tf32 = true);
 // accumulation), picks the forward / backward-data / backward-filter algorithms once (timed
 // with cudnnFind*Ex, falling back to the heuristics), and grows the context's workspace to what
 // they need. Weights and their gradients stay fp32 at the interface (see cudnn_conv.cpp).
+// A ConvShape::forward_only shape gets the forward alone; its backward calls throw.
 std::unique_ptr<Conv2d> make_cudnn_conv(CudnnContext& ctx, const ConvShape& s,
                                         Storage storage = Storage::f32);
 
