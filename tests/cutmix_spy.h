@@ -22,15 +22,15 @@ struct CutmixSpy : ForwardingBackend {
                 std::function<void()> f) override {
         f();
     }
-    void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B,
-                int H, int W, int C, int size) override {
+    void cutmix(float* x, const float* src, const uint8_t* pos, int B, int H, int W, int C,
+                int size) override {
         const size_t px = size_t(H) * W * C;
         for (int i = 0; i < B; ++i) {
             before.emplace_back(x + i * px, x + (i + 1) * px);
-            partners.emplace_back(src + partner[i] * px, src + (partner[i] + 1) * px);
+            partners.emplace_back(src + i * px, src + (i + 1) * px);
             max_corner = std::max({max_corner, int(pos[2 * i]), int(pos[2 * i + 1])});
         }
-        ForwardingBackend::cutmix(x, src, partner, pos, B, H, W, C, size);
+        ForwardingBackend::cutmix(x, src, pos, B, H, W, C, size);
         for (int i = 0; i < B; ++i) after.emplace_back(x + i * px, x + (i + 1) * px);
     }
     void cross_entropy_mixed(float* dlogits, float* stats, const float* logits, const int32_t* y,

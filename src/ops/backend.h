@@ -452,11 +452,11 @@ public:
     // top-left corner (pos[2b], pos[2b+1]) (row, column; clipped at the image's edge) := 0.
     virtual void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) = 0;
     // Cutmix (hlb-CIFAR10): for each of the B images of x (B,H,W,C), the size x size square with
-    // top-left corner (pos[2b], pos[2b+1]) (clipped at the edge) := the same square of image
-    // partner[b] of src (x != src; the trainer gathers the partners' crops into src, row b
-    // for row b).
-    virtual void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos,
-                        int B, int H, int W, int C, int size) = 0;
+    // top-left corner (pos[2b], pos[2b+1]) (clipped at the edge) := the same square of image b
+    // of src (B,H,W,C; x != src): the trainer gathers each image's partner, cropped and flipped
+    // as that epoch augments it, into row b of src first.
+    virtual void cutmix(float* x, const float* src, const uint8_t* pos, int B, int H, int W,
+                        int C, int size) = 0;
     // Uncentred covariance of all k x k patches (stride 1, valid) of N images (N,H,W,C):
     // cov_host (D,D), D = C*k*k, with patch vector order (c, r, s) as PyTorch's unfold.
     // cov = sum(patch patch^T) / number_of_patches, accumulated in double. mean_host (D), when

@@ -415,10 +415,10 @@ void ForwardingBackend::cutout(float* x, const uint8_t* pos, int B, int H, int W
     run_op(kAug, [&] { return fmt::format("cutout {}x{} B{}", size, size, B); }, 0,
             kF * B * size * size * C, [=, this] { in_.cutout(x, pos, B, H, W, C, size); });
 }
-void ForwardingBackend::cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos,
-                              int B, int H, int W, int C, int size) {
+void ForwardingBackend::cutmix(float* x, const float* src, const uint8_t* pos, int B, int H,
+                               int W, int C, int size) {
     run_op(kAug, [&] { return fmt::format("cutmix {}x{} B{}", size, size, B); }, 0,
-            2 * kF * B * size * size * C, [=, this] { in_.cutmix(x, src, partner, pos, B, H, W, C, size); });
+            2 * kF * B * size * size * C, [=, this] { in_.cutmix(x, src, pos, B, H, W, C, size); });
 }
 void ForwardingBackend::patch_covariance(double* cov_host, double* mean_host, const float* x, int N,
                                         int H, int W, int C, int k) {

@@ -159,8 +159,8 @@ public:
     void brightness_contrast(float* x, const float* shift, const float* gain, int B,
                              size_t per_image) override;
     void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) override;
-    void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B,
-                int H, int W, int C, int size) override;
+    void cutmix(float* x, const float* src, const uint8_t* pos, int B, int H, int W, int C,
+                int size) override;
     void patch_covariance(double* cov_host, double* mean_host, const float* x, int N, int H,
                           int W, int C, int k) override;
 

@@ -384,12 +384,12 @@ void StorageBackend::cutout(float* x, const uint8_t* pos, int B, int H, int W, i
     in_.cutout(xs, pos, B, H, W, C, size);
     out(x, xs, n);
 }
-void StorageBackend::cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos,
-                            int B, int H, int W, int C, int size) {
+void StorageBackend::cutmix(float* x, const float* src, const uint8_t* pos, int B, int H, int W,
+                            int C, int size) {
     const size_t n = size_t(B) * H * W * C;
     float* xs = scratch(kOut0, n);
     unpack_storage(xs, x, n, s_);
-    in_.cutmix(xs, in(kIn0, src, n), partner, pos, B, H, W, C, size);
+    in_.cutmix(xs, in(kIn0, src, n), pos, B, H, W, C, size);
     out(x, xs, n);
 }
 void StorageBackend::patch_covariance(double* cov_host, double* mean_host, const float* x, int N,

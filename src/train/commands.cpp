@@ -657,8 +657,7 @@ int cmd_bench(const BenchArgs& a) {
     const int pad = r.translate, Hp = side + 2 * pad;
     const bool jitter = r.brightness > 0 || r.contrast > 0;
     std::vector<uint8_t> raw(size_t(B) * side * side * 3), flips(static_cast<size_t>(B)), pos(size_t(2) * B);
-    std::vector<int32_t> idx(static_cast<size_t>(B)), partner(static_cast<size_t>(B)), rows(static_cast<size_t>(B));
-    std::iota(rows.begin(), rows.end(), 0);
+    std::vector<int32_t> idx(static_cast<size_t>(B)), partner(static_cast<size_t>(B));
     std::vector<int8_t> shifts(size_t(2) * B);
     std::vector<float> jit(size_t(2) * B);
     for (auto& v : raw) v = uint8_t(rng.below(256));
@@ -674,7 +673,7 @@ int cmd_bench(const BenchArgs& a) {
         jit[size_t(B + i)] = float(1 + rng.uniform() * 0.2 - 0.1);
     }
     DeviceBuffer<uint8_t> raw_d(b, raw.size()), flips_d(b, flips.size()), pos_d(b, pos.size());
-    DeviceBuffer<int32_t> idx_d(b, idx.size()), partner_d(b, partner.size()), rows_d(b, rows.size());
+    DeviceBuffer<int32_t> idx_d(b, idx.size()), partner_d(b, partner.size());
     DeviceBuffer<int8_t> shifts_d(b, shifts.size());
     DeviceBuffer<float> jit_d(b, jit.size()), padded(b, size_t(B) * Hp * Hp * 3),
         batch(b, size_t(B) * side * side * 3), mix_src(b, r.cutmix > 0 ? batch.size() : 1);
@@ -683,7 +682,6 @@ int cmd_bench(const BenchArgs& a) {
     b.upload(pos_d.get(), pos.data(), pos.size());
     b.upload(idx_d.get(), idx.data(), idx.size() * sizeof(int32_t));
     b.upload(partner_d.get(), partner.data(), partner.size() * sizeof(int32_t));
-    b.upload(rows_d.get(), rows.data(), rows.size() * sizeof(int32_t));
     b.upload(shifts_d.get(), shifts.data(), shifts.size());
     b.upload(jit_d.get(), jit.data(), jit.size() * sizeof(float));
     b.normalize_pad(padded.get(), raw_d.get(), B, side, side, r.mean.data(), r.std.data(), pad);
@@ -695,7 +693,7 @@ int cmd_bench(const BenchArgs& a) {
         if (r.cutmix > 0) {  // the partners' crops, then row b's square into row b (trainer.cpp)
             b.gather_crops(mix_src.get(), padded.get(), side, side, pad, B, partner_d.get(), 0,
                            shifts_d.get(), 0, 0, flips_d.get(), 0);
-            b.cutmix(batch.get(), mix_src.get(), rows_d.get(), pos_d.get(), B, side, side, 3, r.cutmix);
+            b.cutmix(batch.get(), mix_src.get(), pos_d.get(), B, side, side, 3, r.cutmix);
         }
     };
     data_step();  // warm-up

@@ -110,10 +110,6 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
         ep_labels2_ = DeviceBuffer<int32_t>(b, n_train_);
         ep_partner_shifts_ = DeviceBuffer<int8_t>(b, size_t(2) * n_train_);
         ep_partner_flips_ = DeviceBuffer<uint8_t>(b, n_train_);
-        std::vector<int32_t> rows(size_t(ws_train_->batch()));
-        std::iota(rows.begin(), rows.end(), 0);
-        rows_ = DeviceBuffer<int32_t>(b, rows.size());
-        b.upload(rows_.get(), rows.data(), rows.size() * sizeof(int32_t));
         cutmix_src_ = DeviceBuffer<float>(b, size_t(ws_train_->batch()) * side * side * 3);
     }
     if (r.brightness > 0 || r.contrast > 0) ep_jitter_ = DeviceBuffer<float>(b, size_t(2) * n_train_);
@@ -474,8 +470,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                 b_.gather_crops(cutmix_src_.get(), train_pad_.get(), side, side, pad, Bl,
                                 ep_partner_.get() + at, 0, ep_partner_shifts_.get() + 2 * at, 0, 0,
                                 ep_partner_flips_.get() + at, 0);
-                b_.cutmix(batch_x_.get(), cutmix_src_.get(), rows_.get(), ep_cutmix_.get() + 2 * at,
-                          Bl, side, side, 3, r_.cutmix);
+                b_.cutmix(batch_x_.get(), cutmix_src_.get(), ep_cutmix_.get() + 2 * at, Bl, side,
+                          side, 3, r_.cutmix);
             }
             const bool whiten_bias = step < whiten_steps;
             const float* logits = ws.forward(batch_x_.get(), true);

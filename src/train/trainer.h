@@ -114,7 +114,6 @@ private:
     DeviceBuffer<int32_t> ep_partner_, ep_labels2_;
     DeviceBuffer<int8_t> ep_partner_shifts_;
     DeviceBuffer<uint8_t> ep_partner_flips_;
-    DeviceBuffer<int32_t> rows_;       // 0, 1, ..., batch - 1: row b of cutmix_src_ mixes into row b
     DeviceBuffer<float> cutmix_src_;   // the batch's partners, cropped and flipped
     DeviceBuffer<float> ep_jitter_;  // colour jitter of the epoch: shifts (n), then gains (n)
     DeviceBuffer<float> hold_;       // the training weights while the EMA is evaluated

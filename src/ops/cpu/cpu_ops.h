@@ -167,8 +167,7 @@ void gather_crops_16(uint16_t* out, const uint16_t* src, int H, int W, int pad, 
                      const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
                      const uint8_t* flips, int flip);
 void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size);
-void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B, int H,
-            int W, int C, int size);
+void cutmix(float* x, const float* src, const uint8_t* pos, int B, int H, int W, int C, int size);
 void brightness_contrast(float* x, const float* shift, const float* gain, int B,
                          size_t per_image);
 void patch_covariance(double* cov, double* mean, const float* x, int N, int H, int W, int C,

@@ -41,13 +41,12 @@ void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) 
     }
 }
 
-void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B, int H,
-            int W, int C, int size) {
+void cutmix(float* x, const float* src, const uint8_t* pos, int B, int H, int W, int C, int size) {
 #pragma omp parallel for schedule(static) if (B > 64)
     for (int b = 0; b < B; ++b) {
         const int y0 = pos[2 * b], x0 = pos[2 * b + 1];
         const int y1 = std::min(H, y0 + size), x1 = std::min(W, x0 + size);
-        const float* other = src + size_t(partner[b]) * H * W * C;
+        const float* other = src + size_t(b) * H * W * C;
         for (int y = y0; y < y1; ++y) {
             const size_t row = (size_t(y) * W + x0) * C, len = size_t(x1 - x0) * C;
             if (x1 > x0) std::copy_n(other + row, len, x + size_t(b) * H * W * C + row);

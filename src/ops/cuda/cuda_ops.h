@@ -149,8 +149,8 @@ void gather_crops(cudaStream_t st, Storage s, float* out, const float* src, int 
                   const int32_t* idx, int first, const int8_t* shifts, int sy, int sx,
                   const uint8_t* flips, int flip);
 void cutout(cudaStream_t st, Storage s, float* x, const uint8_t* pos, int B, int H, int W, int C, int size);
-void cutmix(cudaStream_t st, Storage s, float* x, const float* src, const int32_t* partner, const uint8_t* pos,
-            int B, int H, int W, int C, int size);
+void cutmix(cudaStream_t st, Storage s, float* x, const float* src, const uint8_t* pos, int B, int H,
+            int W, int C, int size);
 void brightness_contrast(cudaStream_t st, Storage s, float* x, const float* shift, const float* gain, int B,
                          size_t per_image);
 

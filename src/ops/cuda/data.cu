@@ -103,29 +103,31 @@ __global__ void cutout_kernel(T* x, const uint8_t* pos, int B, int H, int W, int
     }
 }
 
-// the same squares: x[b] square := src[partner[b]] square
+// the same squares: x[b] square := src[b] square
 template <class T>
-__global__ void cutmix_kernel(T* x, const T* src, const int32_t* partner,
-                              const uint8_t* pos, int B, int H, int W, int C, int size, size_t n) {
+__global__ void cutmix_kernel(T* x, const T* src, const uint8_t* pos, int B, int H, int W, int C,
+                              int size, size_t n) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
         int b;
         size_t at;
-        if (square_element(i, pos, H, W, C, size, b, at))
-            x[size_t(b) * H * W * C + at] = src[size_t(partner[b]) * H * W * C + at];
+        if (square_element(i, pos, H, W, C, size, b, at)) {
+            const size_t k = size_t(b) * H * W * C + at;
+            x[k] = src[k];
+        }
     }
 }
 
 }  // namespace
 
-void cutmix(cudaStream_t st, Storage s, float* x, const float* src, const int32_t* partner,
-            const uint8_t* pos, int B, int H, int W, int C, int size) {
+void cutmix(cudaStream_t st, Storage s, float* x, const float* src, const uint8_t* pos, int B,
+            int H, int W, int C, int size) {
     const size_t n = size_t(B) * size * size * C;
     if (n == 0) return;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
         launch_kernel(cutmix_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(x), as_act<T>(src),
-                      partner, pos, B, H, W, C, size, n);
+                      pos, B, H, W, C, size, n);
     });
     CUDA_CHECK_LAUNCH();
 }

@@ -208,9 +208,9 @@ public:
     void cutout(float* x, const uint8_t* pos, int B, int H, int W, int C, int size) override {
         cuda::cutout(st(), sto(), x, pos, B, H, W, C, size);
     }
-    void cutmix(float* x, const float* src, const int32_t* partner, const uint8_t* pos, int B,
-                int H, int W, int C, int size) override {
-        cuda::cutmix(st(), sto(), x, src, partner, pos, B, H, W, C, size);
+    void cutmix(float* x, const float* src, const uint8_t* pos, int B, int H, int W, int C,
+                int size) override {
+        cuda::cutmix(st(), sto(), x, src, pos, B, H, W, C, size);
     }
     void brightness_contrast(float* x, const float* shift, const float* gain, int B,
                              size_t per_image) override {
