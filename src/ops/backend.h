@@ -63,7 +63,8 @@ struct ConvShape {
     int stride = 1;                  // the same in both directions
     // only forward() will be called (an evaluation workspace): a backend may set up, time and
     // hold memory for the forward alone (the CPU: the Winograd-or-direct choice by forward time;
-    // CUDA: no backward algorithms, workspace or gradient buffer, and backward calls refused)
+    // CUDA: no backward algorithms, workspace or gradient buffer); every backend refuses
+    // backward calls on it (Conv2d::refuse_if_forward_only)
     bool forward_only = false;
     int P() const { return (H + 2 * pad - R) / stride + 1; }  // output height
     int Q() const { return (W + 2 * pad - S) / stride + 1; }  // output width
@@ -99,6 +100,12 @@ public:
     }
 
     const ConvShape shape;
+
+protected:
+    // Throws sr::Error naming the call and the shape when shape.forward_only: every backend's
+    // backward_data, backward_weights and backward start with it, so that a backward call on
+    // an evaluation workspace's conv fails alike on the CPU and on a GPU (ops/backend.cpp).
+    void refuse_if_forward_only(const char* call) const;
 };
 
 // Elapsed time of the work queued between start() and stop(), measured as the field measures it:

@@ -28,10 +28,10 @@
 
 #include <gtest/gtest.h>
 
-#include "core/error.h"
 #include "core/rng.h"
 #include "ops/backend.h"
 #include "ops/backend_ops_util.h"
+#include "test_util.h"
 #ifdef SPEEDRUN_HAVE_CUDA_EMULATION
 #include "ops/cuda/emulated_backend.h"
 #endif
@@ -329,8 +329,8 @@ TEST_P(BackendOps, ConvStride2) {
 }
 
 // A forward-only conv (an evaluation workspace's; CUDA sets up no backward for it) computes the
-// forward of a training one, with and without bias, at the tolerance of conv_case; on the GPU its
-// backward calls are refused with an error rather than run without an algorithm.
+// forward of a training one, with and without bias, at the tolerance of conv_case; its backward
+// calls are refused with an error on both sides, rather than run without an algorithm.
 TEST_P(BackendOps, ConvForwardOnly) {
     ConvShape s;
     s.N = 8, s.H = 15, s.W = 15, s.C = 64, s.K = 32, s.R = 3, s.S = 3, s.pad = 1;
@@ -351,12 +351,19 @@ TEST_P(BackendOps, ConvForwardOnly) {
         gc->forward(y.gp(), x.gp(), w.gp(), with_bias ? bias.gp() : nullptr);
         EXPECT_TRUE(same(y, "forward-only conv y", 1e-2 * rms(y.c.get("rms")) + 1e-6, 1e-2));
     }
-    if (emulated()) return;  // (the emulation runs the CPU's conv, which the workspace guards)
+    auto cf = cpu_->make_conv(f);
     auto dx = out<float>(nx);
     auto dy = in(randn(ny, 523));
     auto dw = out<float>(nw);
-    EXPECT_THROW(gc->backward_data(dx.gp(), dy.gp(), w.gp()), Error);
-    EXPECT_THROW(gc->backward_weights(dw.gp(), nullptr, dy.gp(), x.gp()), Error);
+    auto db = out<float>(s.K);
+    const std::string refused = "set up forward-only";
+    EXPECT_TRUE(test::contains(test::error_of([&] { gc->backward_data(dx.gp(), dy.gp(), w.gp()); }), refused));
+    EXPECT_TRUE(test::contains(test::error_of([&] { gc->backward_weights(dw.gp(), nullptr, dy.gp(), x.gp()); }), refused));
+    EXPECT_TRUE(test::contains(test::error_of([&] { gc->backward_weights(nullptr, db.gp(), dy.gp(), nullptr); }), refused));
+    EXPECT_TRUE(test::contains(test::error_of([&] { gc->backward(dx.gp(), dw.gp(), db.gp(), dy.gp(), x.gp(), w.gp()); }), refused));
+    EXPECT_TRUE(test::contains(test::error_of([&] { cf->backward_data(dx.cp(), dy.cp(), w.cp()); }), refused));
+    EXPECT_TRUE(test::contains(test::error_of([&] { cf->backward(dx.cp(), dw.cp(), db.cp(), dy.cp(), x.cp(), w.cp()); }), refused));
+    EXPECT_TRUE(test::contains(test::error_of([&] { cf->backward_weights(nullptr, db.cp(), dy.cp(), nullptr); }), refused));
 }
 
 // ---- batch norm ------------------------------------------------------------------------------

@@ -35,6 +35,7 @@
 #include "ops/backend.h"
 #include "ops/backend_ops_util.h"
 #include "ops/storage_backend.h"
+#include "test_util.h"
 #ifdef SPEEDRUN_HAVE_CUDA_EMULATION
 #include "ops/cuda/emulated_backend.h"
 #endif
@@ -291,6 +292,44 @@ TEST_P(StoredOps, Convolution) {
     conv_case(*this, s, 125);
     s.N = 4, s.H = 16, s.W = 16, s.C = 32, s.K = 48, s.R = 3, s.S = 3, s.pad = 1, s.stride = 2;
     conv_case(*this, s, 130);
+}
+
+// A forward-only conv in 16-bit storage (on CUDA: the forward's algorithm and plan alone, no
+// 16-bit gradient buffer; the few-channel shapes take conv_small and tune nothing) against a
+// training conv of the reference, with and without bias; backward calls are refused.
+void conv_forward_only_case(StoredOps& f, const ConvShape& s, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "forward-only conv N=" << s.N << " H=" << s.H << " C="
+                                    << s.C << " K=" << s.K << " R=" << s.R);
+    const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K;
+    const size_t nw = size_t(s.K) * s.R * s.S * s.C;
+    auto x = f.act_in(randn(nx, seed));
+    auto w = f.f32_in(randn(nw, seed + 1, 1.f / std::sqrt(float(s.C * s.R * s.S))));
+    auto bias = f.f32_in(randn(s.K, seed + 2));
+    ConvShape fo = s;
+    fo.forward_only = true;
+    std::unique_ptr<Conv2d> conv[2] = {f.side(0).make_conv(s), f.side(1).make_conv(fo)};
+    ASSERT_TRUE(conv[0] && conv[1]);
+    for (bool with_bias : {true, false}) {
+        auto y = f.act_out(ny);
+        for (int i = 0; i < 2; ++i)
+            conv[i]->forward(y->p(i), x->p(i), w->p(i), with_bias ? bias->p(i) : nullptr);
+        EXPECT_TRUE(f.same(*y, with_bias ? "forward-only conv y (bias)" : "forward-only conv y",
+                           1e-2 * f.rms_of(*y), 1e-2 + 2 * f.u));
+    }
+    auto dx = f.act_out(nx);
+    auto dy = f.act_in(randn(ny, seed + 3));
+    EXPECT_TRUE(test::contains(test::error_of([&] { conv[1]->backward_data(dx->p(1), dy->p(1), w->p(1)); }),
+                               "set up forward-only"));
+}
+
+TEST_P(StoredOps, ConvolutionForwardOnly) {
+    ConvShape s;
+    s.N = 8, s.H = 15, s.W = 15, s.C = 64, s.K = 64, s.R = 3, s.S = 3, s.pad = 1;  // cuDNN's
+    conv_forward_only_case(*this, s, 140);
+    s.N = 4, s.H = 32, s.W = 32, s.C = 3, s.K = 24, s.R = 2, s.S = 2, s.pad = 0;  // whitening
+    conv_forward_only_case(*this, s, 150);
+    s.N = 3, s.H = 9, s.W = 8, s.C = 3, s.K = 16, s.R = 3, s.S = 3, s.pad = 1;  // prep, 3 -> 16
+    conv_forward_only_case(*this, s, 160);
 }
 
 // ---- batch norm ------------------------------------------------------------------------------

@@ -31,6 +31,8 @@
 // runs of 4 queued calls); the plan is used where it is more than 3% faster and computes what
 // the legacy algorithm computes on pseudo-random operands (agrees_with_legacy). fp32 storage
 // keeps the legacy path only (its math type, TF32 or FMA, is what the fp32 comparisons rely on).
+// A ConvShape::forward_only conv (an evaluation workspace's) searches, tunes and reserves for the
+// forward alone and holds no 16-bit gradient buffer.
 // The bias (forward) and db (backward_weights) use the small kernels of batchnorm.cu. The
 // forward of a layer with at most 4 input channels (the whitening conv) is conv_small.cu's.
 #include "ops/cuda/cudnn_conv.h"
@@ -326,15 +328,6 @@ private:
         return w16_;
     }
 
-    // A forward-only convolution (an evaluation workspace's) has no backward algorithms, no
-    // workspace reserved for them and no 16-bit gradient buffer.
-    void refuse_if_forward_only(const char* call) const {
-        if (shape.forward_only)
-            fail_at("check", call, __FILE__, __LINE__,
-                    fmt::format("{} was set up forward-only (ConvShape::forward_only)",
-                                describe(shape)).c_str());
-    }
-
     static void check_shape(const ConvShape& s) {
         CUDA_ASSERT(s.N > 0 && s.H > 0 && s.W > 0 && s.C > 0 && s.K > 0);
         CUDA_ASSERT(s.R > 0 && s.S > 0 && s.pad >= 0 && s.stride >= 1 && s.P() > 0 && s.Q() > 0);
@@ -419,6 +412,8 @@ private:
     // the legacy path, saying why.
     void tune_graph_plans() {
         const ConvShape& s = shape;
+        // a forward-only conv whose forward is conv_small's has nothing to tune
+        if (s.forward_only && conv_small_applies(s, nullptr)) return;
         TrialBuffers t(s, storage_bytes(storage_), ctx_.stream);
         if (!t.ok()) return;
         void *x = t.x->p, *y = t.y->p, *w = t.w->p, *work = t.work->p;
@@ -590,7 +585,8 @@ private:
     CudnnContext& ctx_;
     Storage storage_;
     float* w16_ = nullptr;   // 16-bit storage: the weights' copy in the storage format
-    float* dw16_ = nullptr;  // and cuDNN's weight gradient in it (same allocation as w16_)
+    float* dw16_ = nullptr;  // and cuDNN's weight gradient in it (same allocation as w16_;
+                             // none for a forward-only conv)
     TensorDesc x_, y_;
     FilterDesc w_;
     ConvDesc fwd_, bwd_data_, bwd_filter_;

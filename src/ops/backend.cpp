@@ -1,0 +1,16 @@
+// backend.cpp: the few out-of-line pieces of backend.h.
+#include "ops/backend.h"
+
+#include "core/error.h"
+
+namespace sr {
+
+void Conv2d::refuse_if_forward_only(const char* call) const {
+    const ConvShape& s = shape;
+    if (s.forward_only)
+        fail("{} of conv {}x{} stride {} {}->{} at {}x{} N{}: it was set up forward-only "
+             "(ConvShape::forward_only, an evaluation workspace's), with no backward path",
+             call, s.R, s.S, s.stride, s.C, s.K, s.H, s.W, s.N);
+}
+
+}  // namespace sr
