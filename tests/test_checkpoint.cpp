@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/version.h"
 #include "optim/schedule.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -156,6 +157,70 @@ TEST(Checkpoint, ResumedRunPrintsWhereItStandsAndTheSavedEpochs) {
     EXPECT_NE(at2, std::string::npos) << out;
     EXPECT_LT(at0, at1);
     EXPECT_LT(at1, at2);
+    fs::remove(p);
+}
+
+// A checkpoint names the builds that ran its steps. Resumed by the same build the list stays one
+// entry, silently; by another (here: a checkpoint edited to name another commit) the note says
+// which two, and the result and later checkpoints list both; a checkpoint from before the record
+// starts the list with "unknown".
+TEST(Checkpoint, RecordsTheBuildsThatRanItsSteps) {
+    const Cifar10 data = make_synthetic_cifar10(2048, 512, 4);
+    const std::string p = temp("builds.safetensors");
+    auto backend = make_cpu_backend(2);
+    const Recipe r = tiny_recipe();
+    auto stop_at = [&](int step) {
+        TrainOptions o = tiny_options(p);
+        o.stop_after_step = step;
+        Trainer t(*backend, r, data, o);
+        EXPECT_THROW(t.run(7), Interrupted);
+    };
+    // resumes p, stopping after step `stop` (-1: to the end); the result in res, stderr in err
+    auto resume = [&](int stop, std::string& err, RunResult& res) {
+        const Checkpoint c = read_checkpoint(p);
+        TrainOptions o = tiny_options(p);
+        o.quiet = false;
+        o.progress = false;
+        o.stop_after_step = stop;
+        Trainer t(*backend, c.recipe, data, o);
+        testing::internal::CaptureStderr();
+        testing::internal::CaptureStdout();
+        try {
+            res = t.run(0, false, &c);
+        } catch (const Interrupted&) {
+        }
+        testing::internal::GetCapturedStdout();
+        err = testing::internal::GetCapturedStderr();
+    };
+    auto set_builds = [&](const nlohmann::json* builds) {  // null: as a checkpoint before the record
+        StFile f = read_safetensors(p);
+        auto state = nlohmann::json::parse(f.metadata.at("state"));
+        if (builds) state["builds"] = *builds; else state.erase("builds");
+        f.metadata["state"] = state.dump();
+        write_safetensors(p, f);
+    };
+    const std::string me = git_revision();
+    stop_at(5);
+    EXPECT_EQ(read_checkpoint(p).state.builds, std::vector<std::string>{me});
+    std::string err;
+    RunResult res;
+    resume(11, err, res);  // the same build
+    EXPECT_EQ(read_checkpoint(p).state.builds, std::vector<std::string>{me});
+    EXPECT_FALSE(test::contains(err, "ran on build")) << err;
+
+    const nlohmann::json other = {"0123abc"};
+    set_builds(&other);
+    resume(-1, err, res);
+    EXPECT_TRUE(test::contains(err, fmt::format("the steps so far ran on build 0123abc, this is {}", me))) << err;
+    EXPECT_EQ(res.builds, (std::vector<std::string>{"0123abc", me}));
+    EXPECT_EQ(read_checkpoint(p).state.builds, (std::vector<std::string>{"0123abc", me}));
+
+    stop_at(5);
+    set_builds(nullptr);
+    EXPECT_TRUE(read_checkpoint(p).state.builds.empty());
+    resume(-1, err, res);
+    EXPECT_TRUE(test::contains(err, fmt::format("ran on build unknown, this is {}", me))) << err;
+    EXPECT_EQ(res.builds, (std::vector<std::string>{"unknown", me}));
     fs::remove(p);
 }
 

@@ -32,7 +32,8 @@ void save_checkpoint(const std::string& path, const Network& net, const Recipe& 
                                   {"steps_in_epoch", st.steps_in_epoch},
                                   {"epoch_stats", {st.epoch_stats[0], st.epoch_stats[1]}},
                                   {"timed", st.timed}, {"epoch_timed", st.epoch_timed},
-                                  {"n_train", st.n_train}, {"epochs", st.epochs}};
+                                  {"n_train", st.n_train}, {"epochs", st.epochs},
+                                  {"builds", st.builds}};
     f.metadata["format"] = kFormat;
     f.metadata["version"] = std::to_string(kVersion);
     f.metadata["recipe"] = recipe_to_json(r).dump();
@@ -70,6 +71,7 @@ Checkpoint read_checkpoint(const std::string& path) {
         st.epoch_timed = s.contains("epoch_timed") ? s.at("epoch_timed").get<double>() : std::max(0.0, since_last);
         st.n_train = s.at("n_train").get<int>();
         st.epochs = s.at("epochs");
+        if (s.contains("builds")) st.builds = s.at("builds").get<std::vector<std::string>>();
         if (st.step < 0 || st.epoch < 0 || st.steps_in_epoch < 0 || st.n_train <= 0)
             fail("checkpoint {}: run state has negative counts", path);
     } catch (const nlohmann::json::exception& e) {

@@ -7,7 +7,7 @@
 //   state.rng                U64  the host RNG at the start of the current epoch
 // and metadata: format/version, the resolved recipe (JSON), and the run state (JSON: seed, step,
 // epoch, steps done in the epoch, the epoch's running loss/accuracy sums, timed seconds so far,
-// the finished epochs' statistics, the training-set size).
+// the finished epochs' statistics, the training-set size, the builds that ran its steps).
 #pragma once
 #include <array>
 #include <string>
@@ -34,6 +34,11 @@ struct RunState {
     double epoch_timed = 0;         // of which in the epoch in progress (its steps so far)
     int n_train = 0;
     nlohmann::json epochs = nlohmann::json::array();  // finished epochs (EpochStats as JSON)
+    // The source commits (git_revision()) of the programs that ran the steps so far, in order,
+    // one entry per stretch; empty in checkpoints written before this was recorded. A run
+    // continued by another build need not repeat an uninterrupted run of either: arithmetic and
+    // random draws may differ between them (cutmix's partners changed in 9681a69, say).
+    std::vector<std::string> builds;
 };
 
 struct Checkpoint {

@@ -6,7 +6,6 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
-#include <numeric>
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -405,7 +404,8 @@ int cmd_train(const TrainArgs& a) {
                             {"train_seconds", rr.train_seconds}, {"step_seconds", rr.step_seconds},
                             {"images_per_second", rr.images_per_second}, {"steps", rr.steps},
                             {"replayed_epochs", rr.replayed_epochs},
-                            {"recording_failed", rr.recording_failed}, {"epochs", epochs}});
+                            {"recording_failed", rr.recording_failed}, {"builds", rr.builds},
+                            {"epochs", epochs}});
         }
         nlohmann::json j = {
             {"program", build_json()},

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/version.h"
 #include "optim/schedule.h"
 
 namespace sr {
@@ -214,6 +215,12 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     const bool bar = print && o_.progress && isatty(2);
     Rng rng(seed);
     RunResult res;
+    // the builds that ran this run's steps: a resumed checkpoint's ("unknown" where it predates
+    // the record), then this one
+    if (resume) res.builds = resume->state.builds.empty() ? std::vector<std::string>{"unknown"}
+                                                           : resume->state.builds;
+    const bool other_build = resume && res.builds.back() != git_revision();
+    if (!resume || other_build) res.builds.push_back(git_revision());
     res.seed = seed;
 
     if (resume) {  // weights, optimizer and lookahead state as saved
@@ -300,6 +307,11 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                        "timed before{}\n",
                        st.step, total, st.epoch, st.steps_in_epoch, st.timed,
                        res.epochs.empty() ? "" : "; the epochs before it as saved:");
+            if (other_build)
+                fmt::print(stderr, "speedrun: note: the steps so far ran on build {}, this is {}; "
+                           "where the two differ in arithmetic or random draws, the run will not "
+                           "repeat an uninterrupted run of either\n",
+                           res.builds[res.builds.size() - 2], res.builds.back());
         }
         fmt::print("{:>5} | {:>5} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8}\n", "epoch", "steps",
                    "train_loss", "train_acc", "test_acc", "epoch_s", "total_s");
@@ -326,6 +338,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         st.epoch_timed = epoch_timed;
         st.n_train = n_train_;
         for (const auto& e : res.epochs) st.epochs.push_back(epoch_json(e));
+        st.builds = res.builds;
         save_checkpoint(o_.checkpoint_path, net_, r_, st);
     };
 
