@@ -1,6 +1,6 @@
 // network.h: the networks as static graphs (like llm.c's GPT-2): one arena of parameters, one
 // of gradients, one per optimizer state, each allocated once; hand-written forward and backward
-// as straight-line calls into ops/backend.h. Two families (NetConfig::arch):
+// as straight-line calls into ops/backend.h. Three families (NetConfig::arch):
 //
 // airbench (airbench94/95, muon94, hiverge):
 //   x (N,32,32,3) -> whiten conv k x k valid (3 -> 2*3*k*k, bias, frozen weights) -> GELU

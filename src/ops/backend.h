@@ -13,8 +13,9 @@
 //   Linear weights are (out, in), row-major, as PyTorch.
 // - Every pointer argument is device memory of this backend unless the name ends in _host.
 // - Outputs come first, then inputs, then saved statistics, then sizes.
-// - Gradients are ASSIGNED (=), never accumulated: every parameter and activation is used
-//   exactly once in the static network, so nothing needs +=. Zeroing is never required.
+// - Gradients are ASSIGNED (=), never accumulated: every backward op writes its outputs with =.
+//   Where an activation feeds two branches (the residual networks), the network adds the second
+//   gradient explicitly (residual_add). Zeroing is never required.
 // - Ops may run asynchronously (CUDA stream). Host reads go through download(), which waits.
 #pragma once
 #include <cstddef>
@@ -103,7 +104,8 @@ public:
 
 protected:
     // Throws sr::Error naming the call and the shape when shape.forward_only: every backend's
-    // backward_data, backward_weights and backward start with it, so that a backward call on
+    // backward_data and backward_weights (and the CPU's combined backward) start with it, so
+    // that a backward call on
     // an evaluation workspace's conv fails alike on the CPU and on a GPU (ops/backend.cpp).
     void refuse_if_forward_only(const char* call) const;
 };

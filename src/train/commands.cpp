@@ -630,7 +630,8 @@ int cmd_bench(const BenchArgs& a) {
     const double gflops = step_flop / step * 1e-9;
 
     // TTA inference (level of the recipe: 6 views at level 2) in the batches of the final
-    // evaluation (eval_batch_size: those of 10,000 test images with the fewest forwards), in a
+    // evaluation (eval_batch_size over 10,000 test images: the training batch unless another
+    // saves over 5% of the forwards), in a
     // forward-only workspace as the trainer's where that is not the training batch
     const int views = int(tta_views(r, r.tta_level).size());
     const int Be = eval_batch_size(r, 10000, B);

@@ -21,7 +21,8 @@ namespace sr {
 struct TrainOptions {
     int subset = 0;             // train on the first N training images (0 = all)
     int test_subset = 0;        // evaluate on the first N test images (0 = all)
-    // images per evaluation batch; 0 = eval_batch_size() (recipe.h): the fewest forwards. The
+    // images per evaluation batch; 0 = eval_batch_size() (recipe.h): the training batch unless a
+    // size from half of it up makes over 5% fewer forwards (hiverge 1250, myrtle-reg 625). The
     // logits of one image depend on the batch size only through the convolution algorithms.
     int eval_batch = 0;
     // evaluation only (`speedrun eval`): no training set or per-epoch buffers on the device, and
