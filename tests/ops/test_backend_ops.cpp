@@ -942,7 +942,7 @@ void mixed_loss_case(BackendOps& f, int N, int O, float smoothing, float mix, ui
 TEST_P(BackendOps, CrossEntropyMixed) { mixed_loss_case(*this, 1000, 10, 0.2f, 9.f / 1024, 1130); }
 TEST_P(BackendOps, CrossEntropyMixedHalf) { mixed_loss_case(*this, 37, 10, 0.f, 0.5f, 1140); }
 
-// Cutmix copies values: exact, with squares clipped at the edges.
+// Cutmix copies values: exact, with squares clipped at the edges; the source is left alone.
 TEST_P(BackendOps, Cutmix) {
     const int B = 37, H = 32, W = 32, C = 3, size = 5;
     auto src = in(randn(size_t(B) * H * W * C, 1230));
@@ -956,6 +956,7 @@ TEST_P(BackendOps, Cutmix) {
     cpu_->cutmix(x.cp(), src.cp(), pos.cp(), B, H, W, C, size);
     gpu_->cutmix(x.gp(), src.gp(), pos.gp(), B, H, W, C, size);
     EXPECT_TRUE(same(x, "cutmix x", 0, 0));
+    EXPECT_EQ(src.g.get("cutmix src"), randn(size_t(B) * H * W * C, 1230)) << "the source changed";
 }
 
 TEST_P(BackendOps, CrossEntropy) { loss_case(*this, 37, 10, 0.2f, 1100); }
