@@ -112,6 +112,8 @@ fi
 "$B" eval --checkpoint c.safetensors --data syn --no-download --device cpu --threads 2 \
     --test-subset 256 > eval.txt
 contains eval.txt "$acc with TTA level 2 (256 images"
+contains eval.txt "; trained by build $rev)"
+[ "$(json s.json 'j["runs"][0]["builds"]')" = "['$rev']" ] || fail "the summary's run builds are not ['$rev']"
 
 # -- predict: a 32x32 PNG written here
 /usr/bin/python3 - << 'EOF'
