@@ -188,6 +188,10 @@ TEST(Checkpoint, RecordsTheBuildsThatRanItsSteps) {
         try {
             res = t.run(0, false, &c);
         } catch (const Interrupted&) {
+        } catch (...) {  // (release the captures, so that the failure is reported)
+            testing::internal::GetCapturedStdout();
+            testing::internal::GetCapturedStderr();
+            throw;
         }
         testing::internal::GetCapturedStdout();
         err = testing::internal::GetCapturedStderr();
@@ -211,16 +215,29 @@ TEST(Checkpoint, RecordsTheBuildsThatRanItsSteps) {
     const nlohmann::json other = {"0123abc"};
     set_builds(&other);
     resume(-1, err, res);
-    EXPECT_TRUE(test::contains(err, fmt::format("the steps so far ran on build 0123abc, this is {}", me))) << err;
+    EXPECT_TRUE(test::contains(err, fmt::format("the steps so far ran on build 0123abc, this is build {}", me))) << err;
     EXPECT_EQ(res.builds, (std::vector<std::string>{"0123abc", me}));
     EXPECT_EQ(read_checkpoint(p).state.builds, (std::vector<std::string>{"0123abc", me}));
+
+    // the run has finished: resumed by yet another build, which runs no step, it adds nothing
+    const nlohmann::json third = {"fedcba9"};
+    set_builds(&third);
+    resume(-1, err, res);
+    EXPECT_FALSE(test::contains(err, "ran on")) << err;
+    EXPECT_EQ(res.builds, std::vector<std::string>{"fedcba9"});
 
     stop_at(5);
     set_builds(nullptr);
     EXPECT_TRUE(read_checkpoint(p).state.builds.empty());
     resume(-1, err, res);
-    EXPECT_TRUE(test::contains(err, fmt::format("ran on build unknown, this is {}", me))) << err;
-    EXPECT_EQ(res.builds, (std::vector<std::string>{"unknown", me}));
+    EXPECT_TRUE(test::contains(err, fmt::format("ran on a build the checkpoint does not name (it "
+                                                "predates that record), this is build {}", me))) << err;
+    EXPECT_EQ(res.builds, (std::vector<std::string>{kBuildsUnrecorded, me}));
+
+    const nlohmann::json bad = {"0123abc", 7};
+    set_builds(&bad);
+    EXPECT_TRUE(test::contains(test::error_of([&] { read_checkpoint(p); }),
+                               "'builds' is not a list of strings"));
     fs::remove(p);
 }
 

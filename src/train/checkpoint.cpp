@@ -71,9 +71,15 @@ Checkpoint read_checkpoint(const std::string& path) {
         st.epoch_timed = s.contains("epoch_timed") ? s.at("epoch_timed").get<double>() : std::max(0.0, since_last);
         st.n_train = s.at("n_train").get<int>();
         st.epochs = s.at("epochs");
-        if (s.contains("builds")) st.builds = s.at("builds").get<std::vector<std::string>>();
+        if (s.contains("builds")) {
+            const auto& b = s.at("builds");
+            bool strings = b.is_array();
+            for (const auto& e : b) strings = strings && e.is_string();
+            if (!strings) fail("run state's 'builds' is not a list of strings: {}", b.dump());
+            st.builds = b.get<std::vector<std::string>>();
+        }
         if (st.step < 0 || st.epoch < 0 || st.steps_in_epoch < 0 || st.n_train <= 0)
-            fail("checkpoint {}: run state has negative counts", path);
+            fail("run state has negative counts");
     } catch (const nlohmann::json::exception& e) {
         fail("checkpoint {}: bad metadata ({})", path, e.what());
     } catch (const Error& e) {

@@ -34,12 +34,16 @@ struct RunState {
     double epoch_timed = 0;         // of which in the epoch in progress (its steps so far)
     int n_train = 0;
     nlohmann::json epochs = nlohmann::json::array();  // finished epochs (EpochStats as JSON)
-    // The source commits (git_revision()) of the programs that ran the steps so far, in order,
-    // one entry per stretch; empty in checkpoints written before this was recorded. A run
+    // The source commits (git_revision()) of the programs that ran the steps so far, in order:
+    // a new entry where a resumed run ran steps on another build. Empty in checkpoints written
+    // before this was recorded (a run resumed from one starts with kBuildsUnrecorded). A run
     // continued by another build need not repeat an uninterrupted run of either: arithmetic and
     // random draws may differ between them (cutmix's partners changed in 9681a69, say).
     std::vector<std::string> builds;
 };
+
+// The builds entry that stands for the steps of a checkpoint that predates RunState::builds.
+inline constexpr const char* kBuildsUnrecorded = "unrecorded";
 
 struct Checkpoint {
     Recipe recipe;

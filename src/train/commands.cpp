@@ -452,9 +452,11 @@ int cmd_eval(const EvalArgs& a) {
     load_network(c, t.network(), false);
     if (rounding) fmt::print("device {}\n", backend->name());
     const double acc = t.evaluate(0), acc_tta = t.evaluate(r.tta_level);
-    fmt::print("checkpoint {} (preset {}, seed {}, step {}; trained by build {})\n", a.checkpoint, r.name,
-               c.state.seed, c.state.step,
-               c.state.builds.empty() ? std::string("unknown") : fmt::format("{}", fmt::join(c.state.builds, " then ")));
+    fmt::print("checkpoint {} (preset {}, seed {}, step {}; {})\n", a.checkpoint, r.name, c.state.seed,
+               c.state.step,
+               c.state.builds.empty()
+                   ? std::string("written before checkpoints named their builds")
+                   : fmt::format("trained by build {}", fmt::join(c.state.builds, " then ")));
     fmt::print("test accuracy {:.4f} without TTA, {:.4f} with TTA level {} ({} images, {})\n", acc, acc_tta,
                r.tta_level, t.n_test(), data.source);
     return 0;

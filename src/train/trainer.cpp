@@ -215,12 +215,6 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     const bool bar = print && o_.progress && isatty(2);
     Rng rng(seed);
     RunResult res;
-    // the builds that ran this run's steps: a resumed checkpoint's ("unknown" where it predates
-    // the record), then this one
-    if (resume) res.builds = resume->state.builds.empty() ? std::vector<std::string>{"unknown"}
-                                                           : resume->state.builds;
-    const bool other_build = resume && res.builds.back() != git_revision();
-    if (!resume || other_build) res.builds.push_back(git_revision());
     res.seed = seed;
 
     if (resume) {  // weights, optimizer and lookahead state as saved
@@ -236,6 +230,12 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
 
     const int spe = steps_per_epoch(n_train_, B, r_.drop_last);
     const int total = total_steps(n_train_, B, r_.epochs, r_.drop_last);
+    // the builds that ran this run's steps: a resumed checkpoint's (kBuildsUnrecorded where it
+    // predates the record), then this one where it runs steps and is another build
+    if (resume) res.builds = resume->state.builds.empty() ? std::vector<std::string>{kBuildsUnrecorded}
+                                                           : resume->state.builds;
+    const bool other_build = resume && resume->state.step < total && res.builds.back() != git_revision();
+    if (!resume || other_build) res.builds.push_back(git_revision());
     const int n_epochs = int(std::ceil(r_.epochs - 1e-9));
     const int whiten_steps = int(std::ceil(double(spe) * r_.whiten_bias_epochs - 1e-9));
     const bool jitter = r_.brightness > 0 || r_.contrast > 0;
@@ -307,11 +307,16 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                        "timed before{}\n",
                        st.step, total, st.epoch, st.steps_in_epoch, st.timed,
                        res.epochs.empty() ? "" : "; the epochs before it as saved:");
-            if (other_build)
-                fmt::print(stderr, "speedrun: note: the steps so far ran on build {}, this is {}; "
+            if (other_build) {
+                const std::string& before = res.builds[res.builds.size() - 2];
+                fmt::print(stderr, "speedrun: note: the steps so far ran on {}, this is build {}; "
                            "where the two differ in arithmetic or random draws, the run will not "
                            "repeat an uninterrupted run of either\n",
-                           res.builds[res.builds.size() - 2], res.builds.back());
+                           before == kBuildsUnrecorded
+                               ? std::string("a build the checkpoint does not name (it predates that record)")
+                               : "build " + before,
+                           res.builds.back());
+            }
         }
         fmt::print("{:>5} | {:>5} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8}\n", "epoch", "steps",
                    "train_loss", "train_acc", "test_acc", "epoch_s", "total_s");

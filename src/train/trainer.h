@@ -73,8 +73,8 @@ struct RunResult {
     // Its steps and all later ones then run directly; correct, only without the replay's speed.
     std::string recording_failed;
     std::vector<EpochStats> epochs;
-    // The builds that ran this run's steps (RunState::builds): this one's git_revision(), after
-    // those a resumed checkpoint names.
+    // The builds that ran this run's steps (RunState::builds): those a resumed checkpoint names,
+    // then this one's git_revision() where it differs and runs steps.
     std::vector<std::string> builds;
 };
 
