@@ -93,8 +93,7 @@ __device__ bool square_element(size_t i, const uint8_t* pos, int H, int W, int C
 
 // one thread per element of the B size x size squares (those outside the image skip)
 template <class T>
-__global__ void cutout_kernel(T* x, const uint8_t* pos, int B, int H, int W, int C, int size,
-                              size_t n) {
+__global__ void cutout_kernel(T* x, const uint8_t* pos, int H, int W, int C, int size, size_t n) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
         int b;
@@ -105,8 +104,8 @@ __global__ void cutout_kernel(T* x, const uint8_t* pos, int B, int H, int W, int
 
 // the same squares: x[b] square := src[b] square
 template <class T>
-__global__ void cutmix_kernel(T* x, const T* src, const uint8_t* pos, int B, int H, int W, int C,
-                              int size, size_t n) {
+__global__ void cutmix_kernel(T* x, const T* src, const uint8_t* pos, int H, int W, int C, int size,
+                              size_t n) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
          i += size_t(gridDim.x) * blockDim.x) {
         int b;
@@ -127,7 +126,7 @@ void cutmix(cudaStream_t st, Storage s, float* x, const float* src, const uint8_
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
         launch_kernel(cutmix_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(x), as_act<T>(src),
-                      pos, B, H, W, C, size, n);
+                      pos, H, W, C, size, n);
     });
     CUDA_CHECK_LAUNCH();
 }
@@ -138,7 +137,7 @@ void cutout(cudaStream_t st, Storage s, float* x, const uint8_t* pos, int B, int
     if (n == 0) return;
     with_storage(s, [&](auto* tag) {
         using T = SR_ACT_T(tag);
-        launch_kernel(cutout_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(x), pos, B, H, W, C,
+        launch_kernel(cutout_kernel<T>, grid_size(n), kBlock, 0, st, as_act<T>(x), pos, H, W, C,
                       size, n);
     });
     CUDA_CHECK_LAUNCH();
