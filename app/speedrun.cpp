@@ -56,7 +56,7 @@ void add_common(CLI::App* c, sr::CommonArgs& a) {
     c->add_option("--epochs", a.epochs, "Override the recipe's epochs")->check(kPositive);
     c->add_option("--batch-size", a.batch_size, "Override the recipe's batch size")->check(kPositive);
     c->add_option("--cpu-conv", a.cpu_conv,
-                  "CPU convolutions: fastest (default: each shape timed once, direct vs Winograd), "
+                  "CPU convolutions: fastest (default: Winograd unless direct is timed >10% faster twice), "
                   "direct, or winograd (oneDNN's F(4x4,3x3) where it applies; the default with --deterministic)");
 }
 
