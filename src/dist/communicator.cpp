@@ -2,6 +2,7 @@
 // launcher's environment, and run_on_all_ranks (see communicator.h).
 #include "dist/communicator.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
@@ -106,6 +107,12 @@ std::unique_ptr<Communicator> make_process_communicator(const std::string& what)
         "(tools/install-deps) and rebuild (CMake then says `MPI ON`)",
         what, l.launcher, l.rank, l.size > 0 ? fmt::format(" of {}", l.size) : std::string());
 #endif
+}
+
+int count_ranks(Communicator& comm, bool yes) {
+    float n = yes ? 1.f : 0.f;  // (exact: a sum of at most 2^24 ones)
+    comm.allreduce_sum(&n, 1);
+    return int(std::lround(n));
 }
 
 int run_on_all_ranks(Communicator& comm, const std::function<int()>& body) {

@@ -40,6 +40,9 @@ public:
     [[noreturn]] virtual void abort(int status) = 0;
 };
 
+// How many ranks pass yes = true: a collective (every rank calls it, in the same order).
+int count_ranks(Communicator& comm, bool yes);
+
 // Rank 0 of 1.
 std::unique_ptr<Communicator> make_single_communicator();
 

@@ -3,6 +3,7 @@
 #include "dist/data_parallel.h"
 
 #include <algorithm>
+#include <cstdint>
 
 #include <fmt/format.h>
 
@@ -83,22 +84,40 @@ bool is_learnable(ParamGroup g) {
 
 }  // namespace
 
+std::pair<int, int> ranks_sharing_a_device(Communicator& comm, const std::string& device_id) {
+    // Each rank puts a 48-bit hash of its id (FNV-1a; + 1, so that 0 means "another rank's slot")
+    // in its own slot; the sum over the ranks gathers them, exactly (one term per slot).
+    uint64_t h = 1469598103934665603ull;
+    for (const unsigned char ch : device_id) h = (h ^ ch) * 1099511628211ull;
+    std::vector<double> ids(size_t(comm.world()), 0.0);
+    ids[size_t(comm.rank())] = double(h & ((uint64_t(1) << 48) - 1)) + 1.0;
+    comm.allreduce_sum(ids.data(), ids.size());
+    for (size_t i = 0; i < ids.size(); ++i)
+        for (size_t j = i + 1; j < ids.size(); ++j)
+            if (ids[i] == ids[j]) return {int(i), int(j)};
+    return {-1, -1};
+}
+
 std::unique_ptr<DeviceReducer> make_device_reducer(Backend& b, Communicator& comm, bool staged) {
     if (comm.world() == 1) return std::make_unique<NoReducer>();
-    if (staged) return std::make_unique<StagedReducer>(b, comm);
-    if (b.device() == Device::cpu) return std::make_unique<HostReducer>(comm);
+    enum Kind { host, staged_host, nccl };
+    Kind kind = staged ? staged_host : b.device() == Device::cpu ? host : staged_host;
 #if SPEEDRUN_HAVE_NCCL
-    if (!env_switch("SPEEDRUN_NO_NCCL", false)) {
-        const int gpus = cuda_device_count();
-        if (comm.local_world() > gpus)
-            fail(
-                "data parallel: {} ranks on this host share {} GPU{}, and NCCL needs a GPU of its "
-                "own for each: start at most {} rank{} per host (or set SPEEDRUN_NO_NCCL=1 to sum "
-                "through host memory instead)",
-                comm.local_world(), gpus, gpus == 1 ? "" : "s", gpus, gpus == 1 ? "" : "s");
-        return make_nccl_reducer(b, comm);
-    }
+    if (kind == staged_host && !staged && !env_switch("SPEEDRUN_NO_NCCL", false)) kind = nccl;
 #endif
+    // the ranks' choices, counted (host and staged sums meet: both are the communicator's)
+    const int with_nccl = count_ranks(comm, kind == nccl);
+    if (with_nccl > 0 && with_nccl < comm.world())
+        fail(
+            "data parallel: {} of {} ranks would sum gradients through NCCL and the others through "
+            "host memory, which do not meet (this rank: {}). Give every rank the same device and "
+            "the same SPEEDRUN_NO_NCCL (mpirun passes a variable to other hosts only with "
+            "-x SPEEDRUN_NO_NCCL)",
+            with_nccl, comm.world(), kind == nccl ? "NCCL" : b.device() == Device::cpu ? "CPU" : "host copies");
+#if SPEEDRUN_HAVE_NCCL
+    if (kind == nccl) return make_nccl_reducer(b, comm);
+#endif
+    if (kind == host) return std::make_unique<HostReducer>(comm);
     return std::make_unique<StagedReducer>(b, comm);
 }
 

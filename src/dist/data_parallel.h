@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dist/communicator.h"
@@ -46,8 +47,17 @@ public:
 // The reducer for this backend: NCCL for CUDA memory when compiled (and not disabled by
 // SPEEDRUN_NO_NCCL=1), else the communicator on host memory (staged for CUDA memory). staged:
 // through host copies whatever the memory (what a CUDA build without NCCL does; for tests).
+// Every rank must choose the same kind (NCCL and host sums do not meet): ranks that disagree
+// (SPEEDRUN_NO_NCCL set on some hosts only, --device auto on hosts with and without GPUs) are an
+// error on every rank, not a hang.
 std::unique_ptr<DeviceReducer> make_device_reducer(Backend& b, Communicator& comm,
                                                    bool staged = false);
+
+// Two ranks of the job whose device ids (e.g. a GPU's UUID) are equal, as {lower, higher}, or
+// {-1, -1} when every rank's differs. A collective. NCCL needs a GPU of its own for each rank;
+// comparing ids, not counts, accepts launchers that show each rank only its own GPU (Slurm's
+// --gpus-per-task=1) and refuses two ranks on one GPU however it is numbered.
+std::pair<int, int> ranks_sharing_a_device(Communicator& comm, const std::string& device_id);
 
 class DataParallel final : public WorkspaceHooks {
 public:

@@ -23,7 +23,7 @@ RankPlacement place_rank(const Communicator& comm, const std::string& device, in
         p.threads = threads;
         p.text = fmt::format(
             "GPU {} of {}{}", p.cuda_device, gpus,
-            comm.local_world() > gpus ? " (more ranks than GPUs on this host: shared)" : "");
+            comm.local_world() > gpus ? " (more ranks on this host than GPUs this rank sees)" : "");
         return p;
     }
     if (device == "cuda") {

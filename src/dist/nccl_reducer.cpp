@@ -11,6 +11,9 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <exception>
+#include <string>
+
 #include <fmt/format.h>
 
 #include "core/error.h"
@@ -34,10 +37,23 @@ public:
         : compute_(static_cast<cudaStream_t>(b.native_stream())) {
         if (b.device() != Device::cuda || !compute_)
             fail("NCCL: the backend '{}' has no CUDA stream", b.name());
+        // the backend made its device current on this thread
+        int device = 0;
+        CUDA_CALL(cudaGetDevice(&device));
+        cudaDeviceProp prop{};
+        CUDA_CALL(cudaGetDeviceProperties(&prop, device));
+        std::string uuid;
+        for (const char ch : prop.uuid.bytes) uuid += fmt::format("{:02x}", static_cast<unsigned char>(ch));
+        const auto [a, c] = ranks_sharing_a_device(comm, uuid);
+        if (a >= 0)
+            fail(
+                "data parallel: ranks {} and {} run on the same GPU, and NCCL needs a GPU of its own "
+                "for each rank: start at most one rank per GPU (this rank sees {} GPU{}), or set "
+                "SPEEDRUN_NO_NCCL=1 on every rank to sum through host memory instead",
+                a, c, cuda_device_count(), cuda_device_count() == 1 ? "" : "s");
         ncclUniqueId id{};
         if (comm.root()) NCCL_CALL(ncclGetUniqueId(&id));
         comm.broadcast(&id, sizeof id, 0);
-        // the backend made its device current on this thread
         NCCL_CALL(ncclCommInitRank(&nccl_, comm.world(), id, comm.rank()));
         CUDA_CALL(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
         CUDA_CALL(cudaEventCreateWithFlags(&to_side_, cudaEventDisableTiming));
@@ -48,6 +64,11 @@ public:
                             (v % 10000) / 100, v % 100, comm.world());
     }
     ~NcclReducer() override {
+        // Unwound by an error on this rank: leave the communicator to the job's abort
+        // (run_on_all_ranks). ncclCommDestroy is a collective of the host's ranks, so calling it
+        // here would wait for ranks that are still training, and the abort that ends them, with
+        // the error's message, would never come.
+        if (std::uncaught_exceptions() > 0) return;
         cudaStreamSynchronize(side_);
         ncclCommDestroy(nccl_);
         cudaEventDestroy(to_side_);

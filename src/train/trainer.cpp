@@ -456,8 +456,13 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         }
         // Saves and stops (interrupt or stop_after_step), or saves a periodic checkpoint.
         auto stop_or_save = [&] {
-            const bool stop = (o_.interrupt && o_.interrupt->load()) ||
-                              (o_.stop_after_step >= 0 && step >= o_.stop_after_step);
+            bool stop = (o_.interrupt && o_.interrupt->load()) ||
+                        (o_.stop_after_step >= 0 && step >= o_.stop_after_step);
+            // Every rank stops after the same step. A signal reaches the ranks at different
+            // moments (and a GPU rank's host loop runs ahead of its device), so a rank deciding
+            // alone would leave the others waiting in the next step's gradient sum, rank 0's
+            // checkpoint included. One flag summed over the ranks: host memory, no device wait.
+            if (dp_ && dp_->comm().world() > 1) stop = count_ranks(dp_->comm(), stop) > 0;
             if (stop || (o_.checkpoint_every > 0 && step % o_.checkpoint_every == 0 && step < total)) {
                 epoch_time += timer->stop_seconds();
                 save(step, epoch, steps_here, rng0, timed + epoch_time, epoch_time);

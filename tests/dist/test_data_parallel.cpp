@@ -5,7 +5,12 @@
 // would. The loss is summed over the batch, so the full batch's gradient is the SUM of the
 // slices' gradients (data_parallel.h); the optimizer step is the recipe's.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
 #include <string>
 #include <memory>
 #include <thread>
@@ -294,6 +299,81 @@ TEST(DataParallel, CutmixRanksMixTheirSlicesAsOneProcess) {
             EXPECT_EQ(s.after[i], one.after[row]) << "rank " << k << ", step " << step << ", row " << i % Bl;
             EXPECT_EQ(s.labels2[i], one.labels2[row]) << "rank " << k << ", row " << i;
         }
+    }
+}
+
+// Ctrl-C or SIGTERM reaches the ranks at different moments. Here only rank 1 sees it (from its
+// first step on): every rank must still stop after the same step, or rank 0 would wait forever
+// in the next step's gradient sum (and never save its checkpoint). A rank that decides alone
+// hangs this test, so a watchdog ends the program with a message after 120 s.
+TEST(DataParallel, AnInterruptSeenByOneRankStopsEveryRankAfterTheSameStep) {
+    const Cifar10 data = make_synthetic_cifar10(1024, 100, 3);
+    Recipe r = tiny_recipe(256);
+    r.epochs = 1;
+    r.whiten_images = 512;
+    TrainOptions o;
+    o.quiet = true;
+    o.progress = false;
+    o.eval_each_epoch = false;
+    constexpr int K = 2;
+    std::atomic<bool> flags[K] = {false, true};  // rank 1 "got the signal"
+    test::ThreadGroup g(K);
+    std::vector<std::string> stopped(K);
+    std::vector<std::thread> threads;
+    std::promise<void> done;
+    std::atomic<int> left{K};
+    for (int k = 0; k < K; ++k)
+        threads.emplace_back([&, k] {
+            try {
+                test::ThreadGroup::Comm comm(g, k);
+                auto b = make_cpu_backend(1);
+                TrainOptions ok = o;
+                ok.comm = &comm;
+                ok.interrupt = &flags[k];
+                Trainer(*b, r, data, ok).run(3);
+                stopped[size_t(k)] = "(ran to the end)";
+            } catch (const Interrupted& e) {
+                stopped[size_t(k)] = e.what();
+            } catch (const std::exception& e) {
+                stopped[size_t(k)] = std::string("error: ") + e.what();
+            }
+            if (--left == 0) done.set_value();
+        });
+    if (done.get_future().wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
+        std::fprintf(stderr, "DataParallel.AnInterruptSeenByOneRankStopsEveryRankAfterTheSameStep: "
+                             "a rank still runs 120 s after the other stopped (rank 0: '%s', rank 1: "
+                             "'%s'): the ranks did not stop after the same step\n",
+                     stopped[0].c_str(), stopped[1].c_str());
+        std::fflush(stderr);
+        std::_Exit(1);
+    }
+    for (auto& t : threads) t.join();
+    for (int k = 0; k < K; ++k)
+        EXPECT_TRUE(test::contains(stopped[size_t(k)], "stopped after step 1 of 4")) << "rank " << k << ": " << stopped[size_t(k)];
+}
+
+// The collectives behind those choices: a count of the ranks that say yes, and two ranks that
+// name the same device.
+TEST(DataParallel, RanksCountTheirAnswersAndFindASharedDevice) {
+    constexpr int K = 3;
+    test::ThreadGroup g(K);
+    const char* ids_distinct[K] = {"GPU-0a", "GPU-1b", "GPU-2c"};
+    const char* ids_shared[K] = {"GPU-0a", "GPU-1b", "GPU-0a"};
+    std::vector<int> yes(K);
+    std::vector<std::pair<int, int>> distinct(K), shared(K);
+    std::vector<std::thread> threads;
+    for (int k = 0; k < K; ++k)
+        threads.emplace_back([&, k] {
+            test::ThreadGroup::Comm comm(g, k);
+            yes[size_t(k)] = count_ranks(comm, k != 1);
+            distinct[size_t(k)] = ranks_sharing_a_device(comm, ids_distinct[k]);
+            shared[size_t(k)] = ranks_sharing_a_device(comm, ids_shared[k]);
+        });
+    for (auto& t : threads) t.join();
+    for (int k = 0; k < K; ++k) {
+        EXPECT_EQ(yes[size_t(k)], 2) << "rank " << k;
+        EXPECT_EQ(distinct[size_t(k)], std::make_pair(-1, -1)) << "rank " << k;
+        EXPECT_EQ(shared[size_t(k)], std::make_pair(0, 2)) << "rank " << k;
     }
 }
 
