@@ -194,9 +194,13 @@ void DataParallel::broadcast_params(int root) {
     if (comm_.world() == 1) return;
     Backend& b = net_.backend;
     host_.resize(net_.size());
-    b.download(host_.data(), net_.params.get(), host_.size() * sizeof(float));
-    comm_.broadcast(host_.data(), host_.size() * sizeof(float), root);
-    b.upload(net_.params.get(), host_.data(), host_.size() * sizeof(float));
+    // the weights, and the lookahead/EMA state, which each rank took from its own weights
+    // before (equal only where every rank's init computes the same bits: not across GPU models)
+    for (float* p : {net_.params.get(), net_.ema.get()}) {
+        b.download(host_.data(), p, host_.size() * sizeof(float));
+        comm_.broadcast(host_.data(), host_.size() * sizeof(float), root);
+        b.upload(p, host_.data(), host_.size() * sizeof(float));
+    }
 }
 
 void DataParallel::allreduce(float* p, size_t n) { reducer_->allreduce(p, n); }

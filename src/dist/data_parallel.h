@@ -81,7 +81,8 @@ public:
     // After the backward pass: starts what is left and waits; net.grads then holds, for every
     // tensor whose gradient backward computed, the sum over the ranks.
     void finish_step();
-    // net.params := rank root's (all ranks start a run from the same weights).
+    // net.params and net.ema := rank root's (all ranks start a run from the same weights and
+    // lookahead state).
     void broadcast_params(int root = 0);
     // n floats of this backend's memory := their sum over the ranks (e.g. epoch statistics).
     void allreduce(float* p, size_t n);
