@@ -12,9 +12,10 @@
 
 namespace sr {
 
-#if SPEEDRUN_HAVE_NCCL
-std::unique_ptr<DeviceReducer> make_nccl_reducer(Backend& b,
-                                                 Communicator& comm);  // nccl_reducer.cpp
+#if !SPEEDRUN_HAVE_NCCL
+std::unique_ptr<DeviceReducer> make_nccl_reducer(Backend&, Communicator&) {  // (nccl_reducer.cpp)
+    fail("this build has no NCCL (CMake finds it in CUDA builds that also found MPI)");
+}
 #endif
 
 namespace {

@@ -53,6 +53,11 @@ public:
 std::unique_ptr<DeviceReducer> make_device_reducer(Backend& b, Communicator& comm,
                                                    bool staged = false);
 
+// NCCL's reducer itself, whatever the number of ranks (with one its sums are copies): for a
+// test that runs it on one GPU. Fails in builds without NCCL and for a backend without a CUDA
+// stream.
+std::unique_ptr<DeviceReducer> make_nccl_reducer(Backend& b, Communicator& comm);
+
 // Two ranks of the job whose device ids (e.g. a GPU's UUID) are equal, as {lower, higher}, or
 // {-1, -1} when every rank's differs. A collective. NCCL needs a GPU of its own for each rank;
 // comparing ids, not counts, accepts launchers that show each rank only its own GPU (Slurm's

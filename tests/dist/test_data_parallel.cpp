@@ -407,5 +407,36 @@ TEST(DataParallel, RanksStartFromRankZerosWeightsAndLookaheadState) {
     EXPECT_EQ(ema[1], ema[0]);
 }
 
+// NCCL's reducer on one GPU (one rank: its sums are copies). No CPU test reaches it: its set-up
+// (the unique id, the GPU check, the communicator), its side stream's order against the
+// backend's stream and its teardown. A backend op queued after wait_all() must see the sum, and
+// the sum must not start before the upload queued ahead of it. Skipped without NCCL or a GPU
+// (tools/gpu-check runs it on the device machine).
+TEST(DataParallel, NcclReducerOneRankOnCuda) {
+    if (!nccl_compiled()) GTEST_SKIP() << "this build has no NCCL";
+    std::string why;
+    auto b = make_cuda_backend(0, &why);
+    if (!b) GTEST_SKIP() << "no CUDA device: " << why;
+    auto comm = make_single_communicator();
+    {
+        auto reducer = make_nccl_reducer(*b, *comm);
+        EXPECT_TRUE(test::contains(reducer->name(), "NCCL")) << reducer->name();
+        const size_t n = size_t(1) << 22;  // 16 MiB: long enough for a misordered copy to show
+        const std::vector<float> host = test::randn(n, 7);
+        std::vector<float> back(n);
+        DeviceBuffer<float> p(*b, n);
+        b->upload(p.get(), host.data(), n * sizeof(float));
+        b->scale(p.get(), 3.f, n);
+        reducer->start(p.get(), n);
+        reducer->wait_all();
+        b->scale(p.get(), 0.5f, n);
+        reducer->allreduce(p.get(), n);
+        b->download(back.data(), p.get(), n * sizeof(float));
+        size_t bad = 0;
+        for (size_t i = 0; i < n; ++i) bad += back[i] != host[i] * 3.f * 0.5f;
+        EXPECT_EQ(bad, 0u) << "of " << n << " values; first: " << back[0] << " for " << host[0] * 1.5f;
+    }  // the teardown (ncclCommDestroy) must return
+}
+
 }  // namespace
 }  // namespace sr
