@@ -11,11 +11,14 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <chrono>
 #include <exception>
 #include <string>
+#include <thread>
 
 #include <fmt/format.h>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "dist/data_parallel.h"
 
@@ -58,21 +61,28 @@ public:
         CUDA_CALL(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
         CUDA_CALL(cudaEventCreateWithFlags(&to_side_, cudaEventDisableTiming));
         CUDA_CALL(cudaEventCreateWithFlags(&to_compute_, cudaEventDisableTiming));
+        CUDA_CALL(cudaEventCreateWithFlags(&settled_, cudaEventDisableTiming));
+        timeout_s_ = env_count("SPEEDRUN_NCCL_TIMEOUT_S", 300);
         int v = 0;
         ncclGetVersion(&v);
         name_ = fmt::format("NCCL {}.{}.{} on a second stream ({} ranks)", v / 10000,
                             (v % 10000) / 100, v % 100, comm.world());
     }
     ~NcclReducer() override {
-        // Unwound by an error on this rank: leave the communicator to the job's abort
-        // (run_on_all_ranks). ncclCommDestroy is a collective of the host's ranks, so calling it
-        // here would wait for ranks that are still training, and the abort that ends them, with
-        // the error's message, would never come.
-        if (std::uncaught_exceptions() > 0) return;
+        // Unwound by an error on this rank: abort the communicator (local; it also stops sums
+        // still spinning on the GPU, which the buffers' release would wait for) and leave the
+        // rest to the job's abort (run_on_all_ranks). ncclCommDestroy is a collective of the
+        // host's ranks: here it would wait for ranks that are still training, and the abort that
+        // ends them, with the error's message, would never come.
+        if (std::uncaught_exceptions() > 0) {
+            if (nccl_) ncclCommAbort(nccl_);
+            return;
+        }
         cudaStreamSynchronize(side_);
-        ncclCommDestroy(nccl_);
+        if (nccl_) ncclCommDestroy(nccl_);
         cudaEventDestroy(to_side_);
         cudaEventDestroy(to_compute_);
+        cudaEventDestroy(settled_);
         cudaStreamDestroy(side_);
     }
     std::string name() const override { return name_; }
@@ -93,10 +103,36 @@ public:
         start(p, n);
         wait_all();
     }
+    // NCCL reports a failed peer or network only through ncclCommGetAsyncError, and its kernels
+    // wait for a rank that is gone forever: poll both, and give up after the time limit.
+    void settle() override {
+        CUDA_CALL(cudaEventRecord(settled_, compute_));
+        const auto t0 = std::chrono::steady_clock::now();
+        for (;;) {
+            const cudaError_t e = cudaEventQuery(settled_);
+            if (e == cudaSuccess) return;
+            if (e != cudaErrorNotReady) CUDA_CALL(e);
+            ncclResult_t async = ncclSuccess;
+            NCCL_CALL(ncclCommGetAsyncError(nccl_, &async));
+            const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            if (async != ncclSuccess || waited > timeout_s_) {
+                const std::string why = async != ncclSuccess
+                    ? fmt::format("a sum over the ranks failed: {} ({})", ncclGetErrorString(async),
+                                  ncclGetLastError(nccl_))
+                    : fmt::format("the GPU waited {:.0f} s for a sum over the ranks (SPEEDRUN_NCCL_TIMEOUT_S): "
+                                  "a rank has stopped or cannot be reached", waited);
+                ncclCommAbort(nccl_);
+                nccl_ = nullptr;
+                fail("NCCL: {}", why);
+            }
+            std::this_thread::sleep_for(std::chrono::microseconds(100));
+        }
+    }
 
 private:
     cudaStream_t compute_ = nullptr, side_ = nullptr;
-    cudaEvent_t to_side_ = nullptr, to_compute_ = nullptr;
+    cudaEvent_t to_side_ = nullptr, to_compute_ = nullptr, settled_ = nullptr;
+    int timeout_s_ = 300;
     ncclComm_t nccl_ = nullptr;
     bool pending_ = false;
     std::string name_;

@@ -592,7 +592,10 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         // recorded now, so that the next run (after a warm-up: the timed one) replays it too
         if (direct && recordable && graphs_why_.empty() && (size_t(epoch) >= graphs_.size() || !graphs_[epoch]))
             record_epoch();
-        if (dp_) dp_->allreduce(stats_.get(), 2);  // loss and correct count of the global batches
+        if (dp_) {
+            dp_->allreduce(stats_.get(), 2);  // loss and correct count of the global batches
+            dp_->settle();  // (NCCL: a failed rank is an error here, not a wait without end)
+        }
         const double epoch_s = epoch_time + timer->stop_seconds();
         check_finite(step, epoch);
         timed += epoch_s;
