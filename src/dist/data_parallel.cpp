@@ -106,7 +106,13 @@ std::unique_ptr<DeviceReducer> make_device_reducer(Backend& b, Communicator& com
 #if SPEEDRUN_HAVE_NCCL
     if (kind == staged_host && !staged && !env_switch("SPEEDRUN_NO_NCCL", false)) kind = nccl;
 #endif
-    // the ranks' choices, counted (host and staged sums meet: both are the communicator's)
+    // the ranks' choices, counted. A GPU rank next to CPU ranks would also differ in its warm-up
+    // run and storage, so the collectives after this one would not meet either.
+    const int on_gpu = count_ranks(comm, b.device() == Device::cuda);
+    if (on_gpu > 0 && on_gpu < comm.world())
+        fail("data parallel: {} of {} ranks train on a GPU and the others on the CPU (this rank: {}); "
+             "give every rank the same device (--device cuda or --device cpu)",
+             on_gpu, comm.world(), b.device() == Device::cuda ? "GPU" : "CPU");
     const int with_nccl = count_ranks(comm, kind == nccl);
     if (with_nccl > 0 && with_nccl < comm.world())
         fail(

@@ -51,9 +51,9 @@ public:
 // The reducer for this backend: NCCL for CUDA memory when compiled (and not disabled by
 // SPEEDRUN_NO_NCCL=1), else the communicator on host memory (staged for CUDA memory). staged:
 // through host copies whatever the memory (what a CUDA build without NCCL does; for tests).
-// Every rank must choose the same kind (NCCL and host sums do not meet): ranks that disagree
-// (SPEEDRUN_NO_NCCL set on some hosts only, --device auto on hosts with and without GPUs) are an
-// error on every rank, not a hang.
+// Every rank must have the same device and choose the same kind (NCCL and host sums do not
+// meet): ranks that disagree (--device auto on hosts with and without GPUs, SPEEDRUN_NO_NCCL set
+// on some hosts only) are an error on every rank, not a hang.
 std::unique_ptr<DeviceReducer> make_device_reducer(Backend& b, Communicator& comm,
                                                    bool staged = false);
 

@@ -19,6 +19,7 @@
 
 #include "dist/data_parallel.h"
 #include "dist/thread_comm.h"
+#include "ops/forwarding_backend.h"
 #include "optim/optimizer.h"
 #include "cutmix_spy.h"
 #include "test_util.h"
@@ -437,6 +438,35 @@ TEST(DataParallel, NcclReducerOneRankOnCuda) {
         for (size_t i = 0; i < n; ++i) bad += back[i] != host[i] * 3.f * 0.5f;
         EXPECT_EQ(bad, 0u) << "of " << n << " values; first: " << back[0] << " for " << host[0] * 1.5f;
     }  // the teardown (ncclCommDestroy) must return
+}
+
+// A CPU backend that says it is a GPU: a rank on "a GPU" next to a CPU rank, without a GPU.
+class SaysCuda final : public ForwardingBackend {
+public:
+    using ForwardingBackend::ForwardingBackend;
+    Device device() const override { return Device::cuda; }
+    void run_op(const char*, const std::function<std::string()>&, double, double,
+                std::function<void()> f) override { f(); }
+};
+
+// A GPU rank next to a CPU rank (--device auto on hosts with and without GPUs) would not meet the
+// others in its collectives (warm-up run, reducer): every rank refuses, naming the split.
+TEST(DataParallel, RanksOnDifferentDevicesAreRefusedOnEveryRank) {
+    constexpr int K = 2;
+    test::ThreadGroup g(K);
+    std::vector<std::string> errors(K);
+    std::vector<std::thread> threads;
+    for (int k = 0; k < K; ++k)
+        threads.emplace_back([&, k] {
+            test::ThreadGroup::Comm comm(g, k);
+            auto cpu = make_cpu_backend(1);
+            SaysCuda gpu(*cpu);
+            Backend& b = k == 1 ? static_cast<Backend&>(gpu) : *cpu;
+            errors[size_t(k)] = test::error_of([&] { make_device_reducer(b, comm); });
+        });
+    for (auto& t : threads) t.join();
+    for (int k = 0; k < K; ++k)
+        EXPECT_TRUE(test::contains(errors[size_t(k)], "1 of 2 ranks train on a GPU")) << "rank " << k << ": " << errors[size_t(k)];
 }
 
 }  // namespace
