@@ -58,7 +58,11 @@ public:
         if (comm.root()) NCCL_CALL(ncclGetUniqueId(&id));
         comm.broadcast(&id, sizeof id, 0);
         NCCL_CALL(ncclCommInitRank(&nccl_, comm.world(), id, comm.rank()));
-        CUDA_CALL(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+        // the sums' stream at the highest priority (as PyTorch DDP's): a bucket's kernels then
+        // start as soon as they may, not behind the backward convolutions queued meanwhile
+        int least = 0, greatest = 0;
+        CUDA_CALL(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+        CUDA_CALL(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, greatest));
         CUDA_CALL(cudaEventCreateWithFlags(&to_side_, cudaEventDisableTiming));
         CUDA_CALL(cudaEventCreateWithFlags(&to_compute_, cudaEventDisableTiming));
         CUDA_CALL(cudaEventCreateWithFlags(&settled_, cudaEventDisableTiming));
