@@ -4,7 +4,8 @@
 //   - a 2-rank sweep of 4 jobs writes 4 lines and the summary;
 //   - a rank killed (SIGKILL) mid-sweep: a restart with the same file runs only what is missing;
 //   - `dist-check --sync-bn`: a 2-rank data-parallel step equals one process on the full batch;
-//   - `train --distributed --sync-bn` trains, and only rank 0 prints.
+//   - `train --distributed --sync-bn` trains, and only rank 0 prints;
+//   - SIGINT to one rank of `train --distributed` stops both after the same step, and saves.
 // Without MPI in the build they are skipped (saying so), except the one-process sweep.
 #include <signal.h>
 #include <sys/wait.h>
@@ -303,6 +304,40 @@ TEST(Mpi, TrainDistributedOnlyRankZeroReports) {
     ASSERT_EQ(ep.size(), 2u);
     EXPECT_LT(ep[1]["train_loss"].get<double>(), ep[0]["train_loss"].get<double>()) << out;
     EXPECT_GT(j["runs"][0]["test_accuracy_tta"].get<double>(), 0.05);
+    fs::remove_all(dir);
+}
+
+// SIGINT to one rank only (a signal reaches the ranks at different moments): every rank stops
+// after the same step, and rank 0 saves the checkpoint. Before, the signalled rank stopped alone
+// and the job hung (checked): rank 0 waited in the next step's gradient sum, nothing saved.
+TEST(Mpi, TrainDistributedSigintToOneRankStopsEveryRankAndSaves) {
+    SKIP_WITHOUT_MPI();
+    const fs::path dir = temp_dir("distsigint");
+    const std::string log = (dir / "log").string(), ckpt = (dir / "run.safetensors").string();
+    // 200 epochs of 8 steps: far longer than the test waits
+    const Child c = spawn(mpirun(2) + std::vector<std::string>{SPEEDRUN_BINARY, "train", "--distributed",
+                                                               "--epochs", "200", "--checkpoint", ckpt} +
+                              kTiny,
+                          log);
+    const auto deadline = std::chrono::steady_clock::now() + 120s;
+    while (slurp(log).find("\n    1 |") == std::string::npos && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(20ms);
+    ASSERT_NE(slurp(log).find("\n    1 |"), std::string::npos) << "training did not start in 120 s:\n" << slurp(log);
+    const auto ranks = children_of(c.pid);
+    ASSERT_EQ(ranks.size(), 2u) << "rank processes under mpirun";
+    ::kill(ranks.back(), SIGINT);
+    const int rc = wait_for(c, 60s);
+    const std::string out = slurp(log);
+    ASSERT_NE(rc, -1000) << "still running 60 s after the signal:\n" << out;
+    const std::string stop = "interrupted: stopped after step ";
+    std::vector<std::string> steps;  // each rank's "S of T"
+    for (size_t at = 0; (at = out.find(stop, at)) != std::string::npos; ++at)
+        steps.push_back(out.substr(at + stop.size(), out.find(';', at) - at - stop.size()));
+    ASSERT_EQ(steps.size(), 2u) << "both ranks stop:\n" << out;
+    EXPECT_EQ(steps[0], steps[1]) << "after the same step:\n" << out;
+    EXPECT_NE(out.find("; resume with --resume"), std::string::npos) << out;
+    EXPECT_TRUE(fs::exists(ckpt)) << out;
+    std::printf("[ result ] exit status %d; both ranks stopped after step %s\n", rc, steps[0].c_str());
     fs::remove_all(dir);
 }
 
