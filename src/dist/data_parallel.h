@@ -42,10 +42,6 @@ public:
     virtual void wait_all() = 0;
     // p := the sum, in place, before the backend's next op.
     virtual void allreduce(float* p, size_t n) = 0;
-    // Returns once the backend's queued work (and the sums in it) is done: where the host waits
-    // anyway (the end of an epoch). NCCL's fails there on a peer's or the network's error, or after
-    // SPEEDRUN_NCCL_TIMEOUT_S seconds (300), instead of waiting forever.
-    virtual void settle() {}
 };
 
 // The reducer for this backend: NCCL for CUDA memory when compiled (and not disabled by
@@ -95,7 +91,6 @@ public:
     void broadcast_params(int root = 0);
     // n floats of this backend's memory := their sum over the ranks (e.g. epoch statistics).
     void allreduce(float* p, size_t n);
-    void settle() { reducer_->settle(); }  // DeviceReducer::settle
 
     // WorkspaceHooks
     int bn_group() const override { return sync_bn_ ? comm_.world() : 1; }

@@ -23,7 +23,7 @@ RankPlacement place_rank(const Communicator& comm, const std::string& device, in
         p.threads = threads;
         p.text = fmt::format(
             "GPU {} of {}{}", p.cuda_device, gpus,
-            comm.local_world() > gpus ? " (more ranks on this host than GPUs this rank sees)" : "");
+            comm.local_world() > gpus && gpus > 1 ? " (more ranks on this host than GPUs: shared)" : "");
         return p;
     }
     if (device == "cuda") {

@@ -7,18 +7,26 @@
 // start(): the side stream waits for what the backend's stream has queued so far (an event),
 // then sums there while the backend goes on with the rest of backward; wait_all(): the backend's
 // stream waits for the side stream. The host never blocks.
+//
+// NCCL reports a failed peer or network only through ncclCommGetAsyncError, while its kernels
+// wait for the lost rank forever and the host soon blocks behind them (a full launch queue, the
+// next host collective). So a watchdog thread polls it (as PyTorch's does) and, on an error,
+// prints it and ends this process, which makes the launcher end the job.
 #if SPEEDRUN_HAVE_NCCL
 #include <cuda_runtime.h>
 #include <nccl.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <mutex>
 #include <string>
 #include <thread>
 
 #include <fmt/format.h>
 
-#include "core/env.h"
 #include "core/error.h"
 #include "dist/data_parallel.h"
 
@@ -65,12 +73,11 @@ public:
         CUDA_CALL(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, greatest));
         CUDA_CALL(cudaEventCreateWithFlags(&to_side_, cudaEventDisableTiming));
         CUDA_CALL(cudaEventCreateWithFlags(&to_compute_, cudaEventDisableTiming));
-        CUDA_CALL(cudaEventCreateWithFlags(&settled_, cudaEventDisableTiming));
-        timeout_s_ = env_count("SPEEDRUN_NCCL_TIMEOUT_S", 300);
         int v = 0;
         ncclGetVersion(&v);
         name_ = fmt::format("NCCL {}.{}.{} on a second stream ({} ranks)", v / 10000,
                             (v % 10000) / 100, v % 100, comm.world());
+        watchdog_ = std::thread([this, rank = comm.rank(), world = comm.world()] { watch(rank, world); });
     }
     ~NcclReducer() override {
         // Unwound by an error on this rank: abort the communicator (local; it also stops sums
@@ -78,15 +85,20 @@ public:
         // rest to the job's abort (run_on_all_ranks). ncclCommDestroy is a collective of the
         // host's ranks: here it would wait for ranks that are still training, and the abort that
         // ends them, with the error's message, would never come.
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            closing_ = true;
+        }
+        wake_.notify_all();
+        watchdog_.join();
         if (std::uncaught_exceptions() > 0) {
-            if (nccl_) ncclCommAbort(nccl_);
+            ncclCommAbort(nccl_);
             return;
         }
         cudaStreamSynchronize(side_);
-        if (nccl_) ncclCommDestroy(nccl_);
+        ncclCommDestroy(nccl_);
         cudaEventDestroy(to_side_);
         cudaEventDestroy(to_compute_);
-        cudaEventDestroy(settled_);
         cudaStreamDestroy(side_);
     }
     std::string name() const override { return name_; }
@@ -107,39 +119,37 @@ public:
         start(p, n);
         wait_all();
     }
-    // NCCL reports a failed peer or network only through ncclCommGetAsyncError, and its kernels
-    // wait for a rank that is gone forever: poll both, and give up after the time limit.
-    void settle() override {
-        CUDA_CALL(cudaEventRecord(settled_, compute_));
-        const auto t0 = std::chrono::steady_clock::now();
-        for (;;) {
-            const cudaError_t e = cudaEventQuery(settled_);
-            if (e == cudaSuccess) return;
-            if (e != cudaErrorNotReady) CUDA_CALL(e);
+private:
+    // (the watchdog thread) every 100 ms until closing_
+    void watch(int rank, int world) {
+        std::unique_lock<std::mutex> lock(mu_);
+        while (!wake_.wait_for(lock, std::chrono::milliseconds(100), [this] { return closing_; })) {
             ncclResult_t async = ncclSuccess;
-            NCCL_CALL(ncclCommGetAsyncError(nccl_, &async));
-            const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            if (async != ncclSuccess || waited > timeout_s_) {
-                const std::string why = async != ncclSuccess
-                    ? fmt::format("a sum over the ranks failed: {} ({})", ncclGetErrorString(async),
-                                  ncclGetLastError(nccl_))
-                    : fmt::format("the GPU waited {:.0f} s for a sum over the ranks (SPEEDRUN_NCCL_TIMEOUT_S): "
-                                  "a rank has stopped or cannot be reached", waited);
-                ncclCommAbort(nccl_);
-                nccl_ = nullptr;
-                fail("NCCL: {}", why);
-            }
-            std::this_thread::sleep_for(std::chrono::microseconds(100));
+            if (ncclCommGetAsyncError(nccl_, &async) != ncclSuccess || async == ncclSuccess ||
+                async == ncclInProgress)
+                continue;
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 13, 0)
+            const char* detail = ncclGetLastError(nccl_);
+#else
+            const char* detail = "";
+#endif
+            std::fprintf(stderr, "speedrun: error (rank %d of %d): NCCL: a sum over the ranks failed: %s%s%s%s\n",
+                         rank, world, ncclGetErrorString(async), detail && *detail ? " (" : "",
+                         detail ? detail : "", detail && *detail ? ")" : "");
+            std::fflush(stderr);
+            std::_Exit(1);  // (the sums this rank waits for will not come; the launcher ends the job)
         }
     }
 
-private:
     cudaStream_t compute_ = nullptr, side_ = nullptr;
-    cudaEvent_t to_side_ = nullptr, to_compute_ = nullptr, settled_ = nullptr;
-    int timeout_s_ = 300;
+    cudaEvent_t to_side_ = nullptr, to_compute_ = nullptr;
     ncclComm_t nccl_ = nullptr;
     bool pending_ = false;
     std::string name_;
+    std::mutex mu_;
+    std::condition_variable wake_;
+    bool closing_ = false;
+    std::thread watchdog_;
 };
 
 }  // namespace

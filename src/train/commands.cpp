@@ -346,7 +346,13 @@ int cmd_train(const TrainArgs& a) {
     for (int w = 0; w < warmups; ++w) {
         fmt::print("warm-up run (untimed)...\n");
         std::fflush(stdout);
-        trainer.run(a.seed + 1000003ull * (w + 1), true);
+        try {
+            trainer.run(a.seed + 1000003ull * (w + 1), true);
+        } catch (const Interrupted&) {
+            std::fflush(stdout);
+            fmt::print(stderr, "\nspeedrun: interrupted during the warm-up run (nothing saved)\n");
+            return 130;
+        }
     }
     std::vector<RunResult> results;
     std::vector<double> acc, acc_tta, secs;

@@ -207,6 +207,25 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             fail("--resume: the checkpoint was trained on {} images, this run has {} (use the same "
                  "--subset)", resume->state.n_train, n_train_);
     }
+    if (dp_ && dp_->comm().world() > 1) {
+        // Each rank reads --resume from its own file system and only rank 0 writes checkpoints,
+        // so a rank that read another (stale) file would run other steps than the rest and their
+        // collectives would not meet. Rank 0's starting point, compared on every rank.
+        const uint64_t mine[4] = {resume ? 1u : 0u, seed, resume ? uint64_t(resume->state.step) : 0,
+                                  resume ? uint64_t(resume->state.steps_in_epoch) : 0};
+        uint64_t root_start[4];
+        std::copy(mine, mine + 4, root_start);
+        dp_->comm().broadcast(root_start, sizeof root_start, 0);
+        const bool differs = !std::equal(mine, mine + 4, root_start);
+        const int n = count_ranks(dp_->comm(), differs);
+        if (n > 0)
+            fail("--distributed: {} of {} ranks would start at another step or seed than rank 0 (this "
+                 "rank {}: {}); with --resume every rank must read the checkpoint rank 0 wrote (put it "
+                 "on a file system all hosts share)",
+                 n, dp_->comm().world(), dp_->comm().rank(),
+                 resume ? fmt::format("step {} of seed {}", resume->state.step, seed)
+                        : fmt::format("a fresh run of seed {}", seed));
+    }
     const int side = r_.net.image_side, pad = r_.translate, B = batch_, O = r_.net.num_classes;
     // data parallel: this rank trains on Bl images of every global batch of B, from `first` on
     const int Bfull = ws_train_->batch(), first = dp_ ? dp_->comm().rank() * Bfull : 0;
@@ -456,13 +475,17 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         }
         // Saves and stops (interrupt or stop_after_step), or saves a periodic checkpoint.
         auto stop_or_save = [&] {
-            bool stop = (o_.interrupt && o_.interrupt->load()) ||
-                        (o_.stop_after_step >= 0 && step >= o_.stop_after_step);
+            bool interrupted = o_.interrupt && o_.interrupt->load();
             // Every rank stops after the same step. A signal reaches the ranks at different
             // moments (and a GPU rank's host loop runs ahead of its device), so a rank deciding
             // alone would leave the others waiting in the next step's gradient sum, rank 0's
-            // checkpoint included. One flag summed over the ranks: host memory, no device wait.
-            if (dp_ && dp_->comm().world() > 1) stop = count_ranks(dp_->comm(), stop) > 0;
+            // checkpoint included. One flag summed over the ranks (host memory, no device wait),
+            // after every step on the CPU and every 8th on a GPU, where a step takes milliseconds
+            // and the host's time per step counts.
+            if (dp_ && dp_->comm().world() > 1)
+                interrupted = step % (b_.device() == Device::cpu ? 1 : 8) == 0 &&
+                              count_ranks(dp_->comm(), interrupted) > 0;
+            const bool stop = interrupted || (o_.stop_after_step >= 0 && step >= o_.stop_after_step);
             if (stop || (o_.checkpoint_every > 0 && step % o_.checkpoint_every == 0 && step < total)) {
                 epoch_time += timer->stop_seconds();
                 save(step, epoch, steps_here, rng0, timed + epoch_time, epoch_time);
@@ -592,10 +615,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         // recorded now, so that the next run (after a warm-up: the timed one) replays it too
         if (direct && recordable && graphs_why_.empty() && (size_t(epoch) >= graphs_.size() || !graphs_[epoch]))
             record_epoch();
-        if (dp_) {
-            dp_->allreduce(stats_.get(), 2);  // loss and correct count of the global batches
-            dp_->settle();  // (NCCL: a failed rank is an error here, not a wait without end)
-        }
+        if (dp_) dp_->allreduce(stats_.get(), 2);  // loss and correct count of the global batches
         const double epoch_s = epoch_time + timer->stop_seconds();
         check_finite(step, epoch);
         timed += epoch_s;

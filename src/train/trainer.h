@@ -101,7 +101,6 @@ private:
     Optimizer opt_;
     std::unique_ptr<Workspace> ws_train_;  // this rank's slice of the batch (all of it alone)
     std::unique_ptr<Workspace> ws_tail_;   // opt.drop_last false: the epoch's last, smaller batch
-    std::unique_ptr<DataParallel> dp_;     // with TrainOptions::comm
     std::unique_ptr<Workspace> ws_eval_own_;
     Workspace* ws_eval_;
     std::vector<int32_t> train_labels_, test_labels_;
@@ -128,6 +127,9 @@ private:
     std::vector<std::unique_ptr<Recording>> graphs_;
     std::string graphs_why_;  // why recording failed, "" if it has not (RunResult::recording_failed)
     bool stepped_ = false;  // a training step has run directly (so none is recorded before)
+    // With TrainOptions::comm. Declared last, so destroyed first: on an error NCCL's reducer
+    // aborts its sums before the buffers' release waits for the device to finish them.
+    std::unique_ptr<DataParallel> dp_;
 };
 
 }  // namespace sr

@@ -10,10 +10,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <future>
 #include <string>
 #include <memory>
 #include <thread>
+
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -23,6 +26,7 @@
 #include "optim/optimizer.h"
 #include "cutmix_spy.h"
 #include "test_util.h"
+#include "train/checkpoint.h"
 #include "train/recipe.h"
 #include "train/trainer.h"
 #include "core/error.h"
@@ -408,11 +412,11 @@ TEST(DataParallel, RanksStartFromRankZerosWeightsAndLookaheadState) {
     EXPECT_EQ(ema[1], ema[0]);
 }
 
-// NCCL's reducer on one GPU (one rank: its sums are copies). No CPU test reaches it: its set-up
-// (the unique id, the GPU check, the communicator), its side stream's order against the
-// backend's stream and its teardown. A backend op queued after wait_all() must see the sum, and
-// the sum must not start before the upload queued ahead of it. Skipped without NCCL or a GPU
-// (tools/gpu-check runs it on the device machine).
+// NCCL's reducer on one GPU (one rank: its sums leave the values as they are). No CPU test
+// reaches it: its set-up (the unique id, the GPU check, the communicator, the watchdog), calls
+// through its side stream between the backend's ops, and its teardown. (With one rank a sum moves
+// no data, so a misordered stream would not show here; `mpirun -np 2 speedrun dist-check --device
+// cuda` on two GPUs checks that.) Skipped without NCCL or a GPU (tools/gpu-check runs it).
 TEST(DataParallel, NcclReducerOneRankOnCuda) {
     if (!nccl_compiled()) GTEST_SKIP() << "this build has no NCCL";
     std::string why;
@@ -422,7 +426,7 @@ TEST(DataParallel, NcclReducerOneRankOnCuda) {
     {
         auto reducer = make_nccl_reducer(*b, *comm);
         EXPECT_TRUE(test::contains(reducer->name(), "NCCL")) << reducer->name();
-        const size_t n = size_t(1) << 22;  // 16 MiB: long enough for a misordered copy to show
+        const size_t n = size_t(1) << 22;
         const std::vector<float> host = test::randn(n, 7);
         std::vector<float> back(n);
         DeviceBuffer<float> p(*b, n);
@@ -432,7 +436,6 @@ TEST(DataParallel, NcclReducerOneRankOnCuda) {
         reducer->wait_all();
         b->scale(p.get(), 0.5f, n);
         reducer->allreduce(p.get(), n);
-        reducer->settle();  // (no peer to fail: returns when the queue is done)
         b->download(back.data(), p.get(), n * sizeof(float));
         size_t bad = 0;
         for (size_t i = 0; i < n; ++i) bad += back[i] != host[i] * 3.f * 0.5f;
@@ -467,6 +470,47 @@ TEST(DataParallel, RanksOnDifferentDevicesAreRefusedOnEveryRank) {
     for (auto& t : threads) t.join();
     for (int k = 0; k < K; ++k)
         EXPECT_TRUE(test::contains(errors[size_t(k)], "1 of 2 ranks train on a GPU")) << "rank " << k << ": " << errors[size_t(k)];
+}
+
+// --resume is read by every rank from its own file system, and only rank 0 writes checkpoints: a
+// rank that read another file (here: none, next to rank 0's checkpoint) would run other steps,
+// and the collectives would not meet. Every rank refuses instead, naming the split.
+TEST(DataParallel, RanksResumingFromDifferentPointsAreRefusedOnEveryRank) {
+    const Cifar10 data = make_synthetic_cifar10(1024, 100, 3);
+    Recipe r = tiny_recipe(256);
+    r.epochs = 1;
+    r.whiten_images = 512;
+    TrainOptions o;
+    o.quiet = true;
+    o.progress = false;
+    o.eval_each_epoch = false;
+    const std::string ckpt = (std::filesystem::temp_directory_path() /
+                              ("speedrun-dp-resume-" + std::to_string(::getpid()) + ".safetensors")).string();
+    {
+        auto b = make_cpu_backend(1);
+        TrainOptions one = o;
+        one.checkpoint_path = ckpt;
+        one.stop_after_step = 2;
+        EXPECT_THROW(Trainer(*b, r, data, one).run(3), Interrupted);
+    }
+    const Checkpoint saved = read_checkpoint(ckpt);
+    constexpr int K = 2;
+    test::ThreadGroup g(K);
+    std::vector<std::string> errors(K);
+    std::vector<std::thread> threads;
+    for (int k = 0; k < K; ++k)
+        threads.emplace_back([&, k] {
+            test::ThreadGroup::Comm comm(g, k);
+            auto b = make_cpu_backend(1);
+            TrainOptions ok = o;
+            ok.comm = &comm;
+            errors[size_t(k)] = test::error_of([&] { Trainer(*b, r, data, ok).run(3, false, k == 0 ? &saved : nullptr); });
+        });
+    for (auto& t : threads) t.join();
+    std::filesystem::remove(ckpt);
+    for (int k = 0; k < K; ++k)
+        EXPECT_TRUE(test::contains(errors[size_t(k)], "1 of 2 ranks would start at another step or seed than rank 0"))
+            << "rank " << k << ": " << errors[size_t(k)];
 }
 
 }  // namespace
