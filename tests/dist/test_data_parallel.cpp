@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <string>
 #include <memory>
@@ -307,19 +308,38 @@ TEST(DataParallel, CutmixRanksMixTheirSlicesAsOneProcess) {
     }
 }
 
+// One epoch of 4 steps of 256 images of the synthetic set, quietly: the trainer-level runs below.
+struct TinyRun {
+    Cifar10 data = make_synthetic_cifar10(1024, 100, 3);
+    Recipe r = tiny_recipe(256);
+    TrainOptions o;
+    TinyRun() {
+        r.epochs = 1;
+        r.whiten_images = 512;
+        o.quiet = true;
+        o.progress = false;
+        o.eval_each_epoch = false;
+    }
+};
+
+// body(comm, k) on K ranks, each a thread; returns when all are done.
+void on_ranks(int K, const std::function<void(Communicator&, int)>& body) {
+    test::ThreadGroup g(K);
+    std::vector<std::thread> threads;
+    for (int k = 0; k < K; ++k)
+        threads.emplace_back([&, k] {
+            test::ThreadGroup::Comm comm(g, k);
+            body(comm, k);
+        });
+    for (auto& t : threads) t.join();
+}
+
 // Ctrl-C or SIGTERM reaches the ranks at different moments. Here only rank 1 sees it (from its
 // first step on): every rank must still stop after the same step, or rank 0 would wait forever
 // in the next step's gradient sum (and never save its checkpoint). A rank that decides alone
 // hangs this test, so a watchdog ends the program with a message after 120 s.
 TEST(DataParallel, AnInterruptSeenByOneRankStopsEveryRankAfterTheSameStep) {
-    const Cifar10 data = make_synthetic_cifar10(1024, 100, 3);
-    Recipe r = tiny_recipe(256);
-    r.epochs = 1;
-    r.whiten_images = 512;
-    TrainOptions o;
-    o.quiet = true;
-    o.progress = false;
-    o.eval_each_epoch = false;
+    const TinyRun run;
     constexpr int K = 2;
     std::atomic<bool> flags[K] = {false, true};  // rank 1 "got the signal"
     test::ThreadGroup g(K);
@@ -332,10 +352,10 @@ TEST(DataParallel, AnInterruptSeenByOneRankStopsEveryRankAfterTheSameStep) {
             try {
                 test::ThreadGroup::Comm comm(g, k);
                 auto b = make_cpu_backend(1);
-                TrainOptions ok = o;
+                TrainOptions ok = run.o;
                 ok.comm = &comm;
                 ok.interrupt = &flags[k];
-                Trainer(*b, r, data, ok).run(3);
+                Trainer(*b, run.r, run.data, ok).run(3);
                 stopped[size_t(k)] = "(ran to the end)";
             } catch (const Interrupted& e) {
                 stopped[size_t(k)] = e.what();
@@ -361,20 +381,15 @@ TEST(DataParallel, AnInterruptSeenByOneRankStopsEveryRankAfterTheSameStep) {
 // name the same device.
 TEST(DataParallel, RanksCountTheirAnswersAndFindASharedDevice) {
     constexpr int K = 3;
-    test::ThreadGroup g(K);
     const char* ids_distinct[K] = {"GPU-0a", "GPU-1b", "GPU-2c"};
     const char* ids_shared[K] = {"GPU-0a", "GPU-1b", "GPU-0a"};
     std::vector<int> yes(K);
     std::vector<std::pair<int, int>> distinct(K), shared(K);
-    std::vector<std::thread> threads;
-    for (int k = 0; k < K; ++k)
-        threads.emplace_back([&, k] {
-            test::ThreadGroup::Comm comm(g, k);
-            yes[size_t(k)] = count_ranks(comm, k != 1);
-            distinct[size_t(k)] = ranks_sharing_a_device(comm, ids_distinct[k]);
-            shared[size_t(k)] = ranks_sharing_a_device(comm, ids_shared[k]);
-        });
-    for (auto& t : threads) t.join();
+    on_ranks(K, [&](Communicator& comm, int k) {
+        yes[size_t(k)] = count_ranks(comm, k != 1);
+        distinct[size_t(k)] = ranks_sharing_a_device(comm, ids_distinct[k]);
+        shared[size_t(k)] = ranks_sharing_a_device(comm, ids_shared[k]);
+    });
     for (int k = 0; k < K; ++k) {
         EXPECT_EQ(yes[size_t(k)], 2) << "rank " << k;
         EXPECT_EQ(distinct[size_t(k)], std::make_pair(-1, -1)) << "rank " << k;
@@ -388,25 +403,20 @@ TEST(DataParallel, RanksCountTheirAnswersAndFindASharedDevice) {
 TEST(DataParallel, RanksStartFromRankZerosWeightsAndLookaheadState) {
     constexpr int K = 2;
     const Recipe r = tiny_recipe(64);
-    test::ThreadGroup g(K);
     std::vector<std::vector<float>> params(K), ema(K);
-    std::vector<std::thread> threads;
-    for (int k = 0; k < K; ++k)
-        threads.emplace_back([&, k] {
-            test::ThreadGroup::Comm comm(g, k);
-            auto b = make_cpu_backend(1);
-            Network net(*b, r.net);
-            Rng rng(100 + uint64_t(k));
-            net.init(rng);
-            Optimizer(net, r).reset_ema();
-            net.init(rng);  // the weights move on after the lookahead state was taken
-            DataParallel(net, comm, {}).broadcast_params();
-            params[size_t(k)].resize(net.size());
-            ema[size_t(k)].resize(net.size());
-            b->download(params[size_t(k)].data(), net.params.get(), net.size() * sizeof(float));
-            b->download(ema[size_t(k)].data(), net.ema.get(), net.size() * sizeof(float));
-        });
-    for (auto& t : threads) t.join();
+    on_ranks(K, [&](Communicator& comm, int k) {
+        auto b = make_cpu_backend(1);
+        Network net(*b, r.net);
+        Rng rng(100 + uint64_t(k));
+        net.init(rng);
+        Optimizer(net, r).reset_ema();
+        net.init(rng);  // the weights move on after the lookahead state was taken
+        DataParallel(net, comm, {}).broadcast_params();
+        params[size_t(k)].resize(net.size());
+        ema[size_t(k)].resize(net.size());
+        b->download(params[size_t(k)].data(), net.params.get(), net.size() * sizeof(float));
+        b->download(ema[size_t(k)].data(), net.ema.get(), net.size() * sizeof(float));
+    });
     ASSERT_NE(params[0], ema[0]);  // (the two states differ, so each is checked on its own)
     EXPECT_EQ(params[1], params[0]);
     EXPECT_EQ(ema[1], ema[0]);
@@ -455,20 +465,14 @@ public:
 // A GPU rank next to a CPU rank (--device auto on hosts with and without GPUs) would not meet the
 // others in its collectives (warm-up run, reducer): every rank refuses, naming the split.
 TEST(DataParallel, RanksOnDifferentDevicesAreRefusedOnEveryRank) {
-    constexpr int K = 2;
-    test::ThreadGroup g(K);
-    std::vector<std::string> errors(K);
-    std::vector<std::thread> threads;
-    for (int k = 0; k < K; ++k)
-        threads.emplace_back([&, k] {
-            test::ThreadGroup::Comm comm(g, k);
-            auto cpu = make_cpu_backend(1);
-            SaysCuda gpu(*cpu);
-            Backend& b = k == 1 ? static_cast<Backend&>(gpu) : *cpu;
-            errors[size_t(k)] = test::error_of([&] { make_device_reducer(b, comm); });
-        });
-    for (auto& t : threads) t.join();
-    for (int k = 0; k < K; ++k)
+    std::vector<std::string> errors(2);
+    on_ranks(2, [&](Communicator& comm, int k) {
+        auto cpu = make_cpu_backend(1);
+        SaysCuda gpu(*cpu);
+        Backend& b = k == 1 ? static_cast<Backend&>(gpu) : *cpu;
+        errors[size_t(k)] = test::error_of([&] { make_device_reducer(b, comm); });
+    });
+    for (int k = 0; k < 2; ++k)
         EXPECT_TRUE(test::contains(errors[size_t(k)], "1 of 2 ranks train on a GPU")) << "rank " << k << ": " << errors[size_t(k)];
 }
 
@@ -476,39 +480,27 @@ TEST(DataParallel, RanksOnDifferentDevicesAreRefusedOnEveryRank) {
 // rank that read another file (here: none, next to rank 0's checkpoint) would run other steps,
 // and the collectives would not meet. Every rank refuses instead, naming the split.
 TEST(DataParallel, RanksResumingFromDifferentPointsAreRefusedOnEveryRank) {
-    const Cifar10 data = make_synthetic_cifar10(1024, 100, 3);
-    Recipe r = tiny_recipe(256);
-    r.epochs = 1;
-    r.whiten_images = 512;
-    TrainOptions o;
-    o.quiet = true;
-    o.progress = false;
-    o.eval_each_epoch = false;
+    const TinyRun run;
     const std::string ckpt = (std::filesystem::temp_directory_path() /
                               ("speedrun-dp-resume-" + std::to_string(::getpid()) + ".safetensors")).string();
     {
         auto b = make_cpu_backend(1);
-        TrainOptions one = o;
+        TrainOptions one = run.o;
         one.checkpoint_path = ckpt;
         one.stop_after_step = 2;
-        EXPECT_THROW(Trainer(*b, r, data, one).run(3), Interrupted);
+        EXPECT_THROW(Trainer(*b, run.r, run.data, one).run(3), Interrupted);
     }
     const Checkpoint saved = read_checkpoint(ckpt);
-    constexpr int K = 2;
-    test::ThreadGroup g(K);
-    std::vector<std::string> errors(K);
-    std::vector<std::thread> threads;
-    for (int k = 0; k < K; ++k)
-        threads.emplace_back([&, k] {
-            test::ThreadGroup::Comm comm(g, k);
-            auto b = make_cpu_backend(1);
-            TrainOptions ok = o;
-            ok.comm = &comm;
-            errors[size_t(k)] = test::error_of([&] { Trainer(*b, r, data, ok).run(3, false, k == 0 ? &saved : nullptr); });
-        });
-    for (auto& t : threads) t.join();
+    std::vector<std::string> errors(2);
+    on_ranks(2, [&](Communicator& comm, int k) {
+        auto b = make_cpu_backend(1);
+        TrainOptions ok = run.o;
+        ok.comm = &comm;
+        errors[size_t(k)] = test::error_of(
+            [&] { Trainer(*b, run.r, run.data, ok).run(3, false, k == 0 ? &saved : nullptr); });
+    });
     std::filesystem::remove(ckpt);
-    for (int k = 0; k < K; ++k)
+    for (int k = 0; k < 2; ++k)
         EXPECT_TRUE(test::contains(errors[size_t(k)], "1 of 2 ranks would start at another step or seed than rank 0"))
             << "rank " << k << ": " << errors[size_t(k)];
 }
