@@ -203,6 +203,19 @@ TEST(Train, KeepingTheLastPartialBatchTrainsOnEveryImage) {
     EXPECT_NE(kept, dropped);
 }
 
+// --stop-after-step stops the timed run, not the warm-up run before it (a GPU run warms up by
+// default: it stopped there, saved nothing, and the run it was meant for never started).
+TEST(Train, APlannedStopIsTheTimedRunsNotTheWarmUps) {
+    const Cifar10 data = make_synthetic_cifar10(1024, 256, 8);
+    auto b = make_cpu_backend(2);
+    const Recipe r = small_recipe("airbench94", {8, 16, 16}, 1);
+    TrainOptions o = quiet_options(false);
+    o.stop_after_step = 1;
+    Trainer t(*b, r, data, o);
+    EXPECT_NO_THROW(t.run(1, true));
+    EXPECT_TRUE(test::contains(test::error_of([&] { t.run(2); }), "stopped after step 1 of 4"));
+}
+
 // --log: one JSON object per line, an "epoch" line for every epoch and a "run" line for every
 // run, appended (a second trainer on the same file keeps the first one's lines); the warm-up run
 // writes nothing. The values are those the run returns.

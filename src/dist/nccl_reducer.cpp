@@ -125,10 +125,9 @@ private:
         std::unique_lock<std::mutex> lock(mu_);
         while (!wake_.wait_for(lock, std::chrono::milliseconds(100), [this] { return closing_; })) {
             ncclResult_t async = ncclSuccess;
-            if (ncclCommGetAsyncError(nccl_, &async) != ncclSuccess || async == ncclSuccess ||
-                async == ncclInProgress)
-                continue;
-#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 13, 0)
+            if (ncclCommGetAsyncError(nccl_, &async) != ncclSuccess || async == ncclSuccess) continue;
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
+            if (async == ncclInProgress) continue;  // (nonblocking communicators only; not ours)
             const char* detail = ncclGetLastError(nccl_);
 #else
             const char* detail = "";

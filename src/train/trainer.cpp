@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/version.h"
+#include "dist/sweep.h"
 #include "optim/schedule.h"
 
 namespace sr {
@@ -211,15 +212,17 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         // Each rank reads --resume from its own file system and only rank 0 writes checkpoints,
         // so a rank that read another (stale) file would run other steps than the rest and their
         // collectives would not meet. Rank 0's starting point, compared on every rank.
-        const uint64_t mine[4] = {resume ? 1u : 0u, seed, resume ? uint64_t(resume->state.step) : 0,
-                                  resume ? uint64_t(resume->state.steps_in_epoch) : 0};
-        uint64_t root_start[4];
-        std::copy(mine, mine + 4, root_start);
+        // (the recipe too: a resumed rank's comes from its checkpoint)
+        const uint64_t mine[5] = {resume ? 1u : 0u, seed, resume ? uint64_t(resume->state.step) : 0,
+                                  resume ? uint64_t(resume->state.steps_in_epoch) : 0,
+                                  std::stoull(fingerprint(recipe_to_json(r_).dump()), nullptr, 16)};
+        uint64_t root_start[5];
+        std::copy(mine, mine + 5, root_start);
         dp_->comm().broadcast(root_start, sizeof root_start, 0);
-        const bool differs = !std::equal(mine, mine + 4, root_start);
+        const bool differs = !std::equal(mine, mine + 5, root_start);
         const int n = count_ranks(dp_->comm(), differs);
         if (n > 0)
-            fail("--distributed: {} of {} ranks would start at another step or seed than rank 0 (this "
+            fail("--distributed: {} of {} ranks would start at another step, seed or recipe than rank 0 (this "
                  "rank {}: {}); with --resume every rank must read the checkpoint rank 0 wrote (put it "
                  "on a file system all hosts share)",
                  n, dp_->comm().world(), dp_->comm().rank(),
@@ -485,7 +488,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             if (dp_ && dp_->comm().world() > 1)
                 interrupted = step % (b_.device() == Device::cpu ? 1 : 8) == 0 &&
                               count_ranks(dp_->comm(), interrupted) > 0;
-            const bool stop = interrupted || (o_.stop_after_step >= 0 && step >= o_.stop_after_step);
+            // (a planned stop is the timed run's: a warm-up run before it goes to its end)
+            const bool stop = interrupted || (!warmup && o_.stop_after_step >= 0 && step >= o_.stop_after_step);
             if (stop || (o_.checkpoint_every > 0 && step % o_.checkpoint_every == 0 && step < total)) {
                 epoch_time += timer->stop_seconds();
                 save(step, epoch, steps_here, rng0, timed + epoch_time, epoch_time);

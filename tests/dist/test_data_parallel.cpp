@@ -322,57 +322,55 @@ struct TinyRun {
     }
 };
 
-// body(comm, k) on K ranks, each a thread; returns when all are done.
+// body(comm, k) on K ranks, each a thread; returns when all are done. A collective that some
+// rank never reaches would leave the others waiting forever, so after 120 s a watchdog ends the
+// test program with a message naming the test, instead of a hang until ctest's time limit.
 void on_ranks(int K, const std::function<void(Communicator&, int)>& body) {
     test::ThreadGroup g(K);
     std::vector<std::thread> threads;
+    std::promise<void> done;
+    std::atomic<int> left{K};
     for (int k = 0; k < K; ++k)
         threads.emplace_back([&, k] {
-            test::ThreadGroup::Comm comm(g, k);
-            body(comm, k);
+            {
+                test::ThreadGroup::Comm comm(g, k);
+                body(comm, k);
+            }
+            if (--left == 0) done.set_value();
         });
+    if (done.get_future().wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
+        const auto* t = ::testing::UnitTest::GetInstance()->current_test_info();
+        std::fprintf(stderr, "%s.%s: a rank still runs 120 s after the others ended: the ranks' "
+                             "collectives did not meet\n", t->test_suite_name(), t->name());
+        std::fflush(stderr);
+        std::_Exit(1);
+    }
     for (auto& t : threads) t.join();
 }
 
 // Ctrl-C or SIGTERM reaches the ranks at different moments. Here only rank 1 sees it (from its
 // first step on): every rank must still stop after the same step, or rank 0 would wait forever
 // in the next step's gradient sum (and never save its checkpoint). A rank that decides alone
-// hangs this test, so a watchdog ends the program with a message after 120 s.
+// hangs this test until on_ranks' watchdog ends it (checked).
 TEST(DataParallel, AnInterruptSeenByOneRankStopsEveryRankAfterTheSameStep) {
     const TinyRun run;
     constexpr int K = 2;
     std::atomic<bool> flags[K] = {false, true};  // rank 1 "got the signal"
-    test::ThreadGroup g(K);
     std::vector<std::string> stopped(K);
-    std::vector<std::thread> threads;
-    std::promise<void> done;
-    std::atomic<int> left{K};
-    for (int k = 0; k < K; ++k)
-        threads.emplace_back([&, k] {
-            try {
-                test::ThreadGroup::Comm comm(g, k);
-                auto b = make_cpu_backend(1);
-                TrainOptions ok = run.o;
-                ok.comm = &comm;
-                ok.interrupt = &flags[k];
-                Trainer(*b, run.r, run.data, ok).run(3);
-                stopped[size_t(k)] = "(ran to the end)";
-            } catch (const Interrupted& e) {
-                stopped[size_t(k)] = e.what();
-            } catch (const std::exception& e) {
-                stopped[size_t(k)] = std::string("error: ") + e.what();
-            }
-            if (--left == 0) done.set_value();
-        });
-    if (done.get_future().wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
-        std::fprintf(stderr, "DataParallel.AnInterruptSeenByOneRankStopsEveryRankAfterTheSameStep: "
-                             "a rank still runs 120 s after the other stopped (rank 0: '%s', rank 1: "
-                             "'%s'): the ranks did not stop after the same step\n",
-                     stopped[0].c_str(), stopped[1].c_str());
-        std::fflush(stderr);
-        std::_Exit(1);
-    }
-    for (auto& t : threads) t.join();
+    on_ranks(K, [&](Communicator& comm, int k) {
+        try {
+            auto b = make_cpu_backend(1);
+            TrainOptions ok = run.o;
+            ok.comm = &comm;
+            ok.interrupt = &flags[k];
+            Trainer(*b, run.r, run.data, ok).run(3);
+            stopped[size_t(k)] = "(ran to the end)";
+        } catch (const Interrupted& e) {
+            stopped[size_t(k)] = e.what();
+        } catch (const std::exception& e) {
+            stopped[size_t(k)] = std::string("error: ") + e.what();
+        }
+    });
     for (int k = 0; k < K; ++k)
         EXPECT_TRUE(test::contains(stopped[size_t(k)], "stopped after step 1 of 4")) << "rank " << k << ": " << stopped[size_t(k)];
 }
@@ -501,7 +499,7 @@ TEST(DataParallel, RanksResumingFromDifferentPointsAreRefusedOnEveryRank) {
     });
     std::filesystem::remove(ckpt);
     for (int k = 0; k < 2; ++k)
-        EXPECT_TRUE(test::contains(errors[size_t(k)], "1 of 2 ranks would start at another step or seed than rank 0"))
+        EXPECT_TRUE(test::contains(errors[size_t(k)], "1 of 2 ranks would start at another step, seed or recipe than rank 0"))
             << "rank " << k << ": " << errors[size_t(k)];
 }
 

@@ -319,6 +319,10 @@ TEST(Mpi, TrainDistributedSigintToOneRankStopsEveryRankAndSaves) {
                                                                "--epochs", "200", "--checkpoint", ckpt} +
                               kTiny,
                           log);
+    struct EndJob {  // (an ASSERT below returns before wait_for: the 200 epochs must not run on)
+        pid_t pid;
+        ~EndJob() { ::kill(-pid, SIGKILL); }
+    } end_job{c.pid};
     const auto deadline = std::chrono::steady_clock::now() + 120s;
     while (slurp(log).find("\n    1 |") == std::string::npos && std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(20ms);
