@@ -9,6 +9,7 @@
 
 #include "core/env.h"
 #include "core/error.h"
+#include "dist/sweep.h"
 
 namespace sr {
 
@@ -86,12 +87,10 @@ bool is_learnable(ParamGroup g) {
 }  // namespace
 
 std::pair<int, int> ranks_sharing_a_device(Communicator& comm, const std::string& device_id) {
-    // Each rank puts a 48-bit hash of its id (FNV-1a; + 1, so that 0 means "another rank's slot")
-    // in its own slot; the sum over the ranks gathers them, exactly (one term per slot).
-    uint64_t h = 1469598103934665603ull;
-    for (const unsigned char ch : device_id) h = (h ^ ch) * 1099511628211ull;
+    // Each rank puts a 48-bit hash of its id (+ 1, so that 0 means "another rank's slot") in its
+    // own slot; the sum over the ranks gathers them, exactly (one term per slot).
     std::vector<double> ids(size_t(comm.world()), 0.0);
-    ids[size_t(comm.rank())] = double(h & ((uint64_t(1) << 48) - 1)) + 1.0;
+    ids[size_t(comm.rank())] = double(fnv1a64(device_id) & ((uint64_t(1) << 48) - 1)) + 1.0;
     comm.allreduce_sum(ids.data(), ids.size());
     for (size_t i = 0; i < ids.size(); ++i)
         for (size_t j = i + 1; j < ids.size(); ++j)

@@ -87,14 +87,16 @@ std::vector<SweepSetting> grid_settings(const std::vector<std::string>& grid) {
     return settings;
 }
 
-std::string fingerprint(const std::string& text) {
+uint64_t fnv1a64(const std::string& text) {
     uint64_t h = 14695981039346656037ull;  // FNV-1a offset basis
     for (unsigned char c : text) {
         h ^= c;
         h *= 1099511628211ull;
     }
-    return fmt::format("{:016x}", h);
+    return h;
 }
+
+std::string fingerprint(const std::string& text) { return fmt::format("{:016x}", fnv1a64(text)); }
 
 // ---- results file -------------------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ std::vector<std::string> split_grid_values(const std::string& values);
 // when there are no axes. A malformed axis is an error naming it.
 std::vector<SweepSetting> grid_settings(const std::vector<std::string>& grid);
 
-// 16 hex digits of FNV-1a-64 over text (stable across builds and machines).
+// FNV-1a-64 over text (stable across builds and machines), and the same as 16 hex digits.
+uint64_t fnv1a64(const std::string& text);
 std::string fingerprint(const std::string& text);
 
 // Appends j as one line: opens with O_APPEND, takes an exclusive fcntl lock on the file, writes

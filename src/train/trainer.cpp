@@ -215,7 +215,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         // (the recipe too: a resumed rank's comes from its checkpoint)
         const uint64_t mine[5] = {resume ? 1u : 0u, seed, resume ? uint64_t(resume->state.step) : 0,
                                   resume ? uint64_t(resume->state.steps_in_epoch) : 0,
-                                  std::stoull(fingerprint(recipe_to_json(r_).dump()), nullptr, 16)};
+                                  fnv1a64(recipe_to_json(r_).dump())};
         uint64_t root_start[5];
         std::copy(mine, mine + 5, root_start);
         dp_->comm().broadcast(root_start, sizeof root_start, 0);
