@@ -20,7 +20,7 @@ bool env_switch(const char* name, bool fallback) {
          v);
 }
 
-int env_count(const char* name, int fallback) {
+int env_count(const char* name, int fallback, int least) {
     const char* v = std::getenv(name);
     if (!v || !*v) return fallback;
     long long x = 0;
@@ -31,8 +31,8 @@ int env_count(const char* name, int fallback) {
         }
         x = x * 10 + (*c - '0');
     }
-    if (x < 1 || x > INT_MAX)
-        fail("environment variable {}='{}': expected a count, 1 to {}", name, v, INT_MAX);
+    if (x < least || x > INT_MAX)
+        fail("environment variable {}='{}': expected a count, {} to {}", name, v, least, INT_MAX);
     return int(x);
 }
 

@@ -11,7 +11,14 @@
 // NCCL reports a failed peer or network only through ncclCommGetAsyncError, while its kernels
 // wait for the lost rank forever and the host soon blocks behind them (a full launch queue, the
 // next host collective). So a watchdog thread polls it (as PyTorch's does) and, on an error,
-// prints it and ends this process, which makes the launcher end the job.
+// prints it and ends this process, which makes the launcher end the job. A rank that is lost
+// without an error (killed on the same host, where NCCL uses shared memory or NVLink and sees no
+// broken connection; stopped; hung) leaves the others' sums waiting with none; so the watchdog
+// also ends this rank when a sum has not finished SPEEDRUN_NCCL_TIMEOUT seconds (600 unless set;
+// 0: never) after it was queued, as PyTorch's does after its 10-minute timeout. Each sum is
+// followed by an event on the side stream; the watchdog queries the oldest one not seen done.
+// A healthy sum waits at most for the slowest rank to reach it (rank 0 evaluating or saving at an
+// epoch's end): seconds, far below the limit.
 #if SPEEDRUN_HAVE_NCCL
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -20,13 +27,16 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <exception>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "dist/data_parallel.h"
 
@@ -51,6 +61,7 @@ public:
         // the backend made its device current on this thread
         int device = 0;
         CUDA_CALL(cudaGetDevice(&device));
+        timeout_s_ = env_count("SPEEDRUN_NCCL_TIMEOUT", 600, 0);
         cudaDeviceProp prop{};
         CUDA_CALL(cudaGetDeviceProperties(&prop, device));
         std::string uuid;
@@ -77,7 +88,15 @@ public:
         ncclGetVersion(&v);
         name_ = fmt::format("NCCL {}.{}.{} on a second stream ({} ranks)", v / 10000,
                             (v % 10000) / 100, v % 100, comm.world());
-        watchdog_ = std::thread([this, rank = comm.rank(), world = comm.world()] { watch(rank, world); });
+        for (int i = 0; i < 8; ++i) {
+            cudaEvent_t e = nullptr;
+            CUDA_CALL(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+            spare_.push_back(e);
+        }
+        watchdog_ = std::thread([this, device, rank = comm.rank(), world = comm.world()] {
+            cudaSetDevice(device);  // (the events' device, current on the thread that queries them)
+            watch(rank, world);
+        });
     }
     ~NcclReducer() override {
         // Unwound by an error on this rank: abort the communicator (local; it also stops sums
@@ -97,6 +116,8 @@ public:
         }
         cudaStreamSynchronize(side_);
         ncclCommDestroy(nccl_);
+        for (const Queued& q : queued_) cudaEventDestroy(q.done);
+        for (cudaEvent_t e : spare_) cudaEventDestroy(e);
         cudaEventDestroy(to_side_);
         cudaEventDestroy(to_compute_);
         cudaStreamDestroy(side_);
@@ -108,6 +129,22 @@ public:
         CUDA_CALL(cudaStreamWaitEvent(side_, to_side_, 0));
         NCCL_CALL(ncclAllReduce(p, p, n, ncclFloat, ncclSum, nccl_, side_));
         pending_ = true;
+        if (timeout_s_ == 0) return;
+        std::lock_guard<std::mutex> lock(mu_);
+        // the sums seen done go back to the spares (so a few events serve a whole run)
+        while (!queued_.empty() && cudaEventQuery(queued_.front().done) == cudaSuccess) {
+            spare_.push_back(queued_.front().done);
+            queued_.pop_front();
+        }
+        cudaEvent_t done = nullptr;
+        if (spare_.empty()) {
+            CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+        } else {
+            done = spare_.back();
+            spare_.pop_back();
+        }
+        CUDA_CALL(cudaEventRecord(done, side_));
+        queued_.push_back({done, std::chrono::steady_clock::now()});
     }
     void wait_all() override {
         if (!pending_) return;
@@ -124,6 +161,7 @@ private:
     void watch(int rank, int world) {
         std::unique_lock<std::mutex> lock(mu_);
         while (!wake_.wait_for(lock, std::chrono::milliseconds(100), [this] { return closing_; })) {
+            if (timeout_s_ > 0) stalled(rank, world);
             ncclResult_t async = ncclSuccess;
             if (ncclCommGetAsyncError(nccl_, &async) != ncclSuccess || async == ncclSuccess) continue;
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
@@ -140,6 +178,37 @@ private:
         }
     }
 
+    // (the watchdog thread, holding mu_) ends this rank when the oldest sum not seen done was
+    // queued more than timeout_s_ ago and still has not finished
+    void stalled(int rank, int world) {
+        while (!queued_.empty()) {
+            const cudaError_t e = cudaEventQuery(queued_.front().done);
+            if (e == cudaSuccess) {
+                spare_.push_back(queued_.front().done);
+                queued_.pop_front();
+                continue;
+            }
+            const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                                queued_.front().at).count();
+            if (e == cudaErrorNotReady && waited > timeout_s_) {
+                std::fprintf(stderr,
+                             "speedrun: error (rank %d of %d): NCCL: a sum over the ranks has not "
+                             "finished %.0f s after it was queued: another rank is lost, stopped or "
+                             "hung; ending this rank (SPEEDRUN_NCCL_TIMEOUT sets the limit in "
+                             "seconds, 0 for none)\n",
+                             rank, world, waited);
+                std::fflush(stderr);
+                std::_Exit(1);
+            }
+            return;
+        }
+    }
+
+    struct Queued {
+        cudaEvent_t done;                             // recorded on side_ after the sum
+        std::chrono::steady_clock::time_point at;     // when start() queued it
+    };
+
     cudaStream_t compute_ = nullptr, side_ = nullptr;
     cudaEvent_t to_side_ = nullptr, to_compute_ = nullptr;
     ncclComm_t nccl_ = nullptr;
@@ -148,6 +217,9 @@ private:
     std::mutex mu_;
     std::condition_variable wake_;
     bool closing_ = false;
+    int timeout_s_ = 600;
+    std::deque<Queued> queued_;       // (mu_) sums not seen done, oldest first
+    std::vector<cudaEvent_t> spare_;  // (mu_) events free for the next sum
     std::thread watchdog_;
 };
 

@@ -82,3 +82,20 @@ TEST(EnvCount, AnythingButACountIsAnErrorNamingTheVariable) {
         }
     }
 }
+
+// A count that may be 0 (SPEEDRUN_NCCL_TIMEOUT=0: no time limit): 0 is read, a sign still is not.
+TEST(EnvCount, ALeastOfZeroAcceptsZero) {
+    Unset guard;
+    ::setenv(kName, "0", 1);
+    EXPECT_EQ(sr::env_count(kName, 600, 0), 0);
+    ::setenv(kName, "30", 1);
+    EXPECT_EQ(sr::env_count(kName, 600, 0), 30);
+    for (const char* bad : {"-1", "", "x"}) {
+        ::setenv(kName, bad, 1);
+        if (!*bad) {
+            EXPECT_EQ(sr::env_count(kName, 600, 0), 600);  // empty: the default
+            continue;
+        }
+        EXPECT_THROW(sr::env_count(kName, 600, 0), sr::Error) << bad;
+    }
+}

@@ -20,6 +20,9 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#if SPEEDRUN_HAVE_NCCL
+#include <cuda_runtime.h>  // (a host function on the backend's stream: a rank that stops)
+#endif
 
 #include "dist/data_parallel.h"
 #include "dist/thread_comm.h"
@@ -449,6 +452,50 @@ TEST(DataParallel, NcclReducerOneRankOnCuda) {
         for (size_t i = 0; i < n; ++i) bad += back[i] != host[i] * 3.f * 0.5f;
         EXPECT_EQ(bad, 0u) << "of " << n << " values; first: " << back[0] << " for " << host[0] * 1.5f;
     }  // the teardown (ncclCommDestroy) must return
+}
+
+#if SPEEDRUN_HAVE_NCCL
+// A rank that never reaches a sum (lost on the same host, stopped, hung), as one GPU can show it:
+// a host function on the backend's stream holds back what follows it, so the sum queued after it
+// cannot start. With SPEEDRUN_NCCL_TIMEOUT=1 the watchdog ends the process after about a second,
+// with its message (exit status 1); with 0 (no limit) the same stall of 3 s ends normally. Each
+// runs in a child process (gtest's death tests, re-executed: CUDA does not survive a fork).
+void stall_a_sum(int hold_s) {
+    auto b = make_cuda_backend(0, nullptr);
+    auto comm = make_single_communicator();
+    auto reducer = make_nccl_reducer(*b, *comm);
+    DeviceBuffer<float> p(*b, 1024);
+    static int hold = 0;
+    hold = hold_s;
+    cudaLaunchHostFunc(static_cast<cudaStream_t>(b->native_stream()),
+                       [](void*) { std::this_thread::sleep_for(std::chrono::seconds(hold)); }, nullptr);
+    reducer->start(p.get(), 1024);
+    reducer->wait_all();
+    b->synchronize();
+}
+#endif
+
+TEST(DataParallelDeathTest, NcclReducerEndsARankWhoseSumStallsOnCuda) {
+#if SPEEDRUN_HAVE_NCCL
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(
+        {
+            ::setenv("SPEEDRUN_NCCL_TIMEOUT", "1", 1);
+            stall_a_sum(30);
+            std::exit(0);  // (not reached: the watchdog ends the process while the sum waits)
+        },
+        ::testing::ExitedWithCode(1), "a sum over the ranks has not finished [0-9]+ s after it was queued");
+    EXPECT_EXIT(
+        {
+            ::setenv("SPEEDRUN_NCCL_TIMEOUT", "0", 1);
+            stall_a_sum(3);
+            std::exit(0);
+        },
+        ::testing::ExitedWithCode(0), "");
+#else
+    GTEST_SKIP() << "this build has no NCCL";
+#endif
 }
 
 // A CPU backend that says it is a GPU: a rank on "a GPU" next to a CPU rank, without a GPU.
