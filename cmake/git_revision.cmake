@@ -1,6 +1,7 @@
 # Writes OUT: a C++ file defining sr::git_revision(), the commit of the source tree DIR at build
-# time ("<12 hex digits>", "-dirty" when tracked files differ from it, "unknown" without git or
-# outside a clone). Run at every build (CMakeLists.txt: target speedrun_revision); the file is
+# time ("<12 hex digits>"; when tracked files differ from it, "-dirty." and 8 hex digits of the
+# SHA-1 of those differences, so that two changed trees of one commit are told apart; "unknown"
+# without git or outside a clone). Run at every build (CMakeLists.txt: target speedrun_revision); the file is
 # rewritten only when the text changes, so an unchanged tree recompiles nothing.
 set(rev "unknown")
 find_package(Git QUIET)
@@ -14,7 +15,14 @@ if(GIT_FOUND AND EXISTS "${DIR}/.git")
     execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${DIR}" status --porcelain --untracked-files=no
                     OUTPUT_VARIABLE changes ERROR_QUIET RESULT_VARIABLE rc)
     if(NOT rc EQUAL 0 OR changes)
-      string(APPEND rev "-dirty")
+      # (the diff as git writes it whatever the user's settings: prefixes, colour, external tools)
+      execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${DIR}" -c diff.noprefix=false
+                              -c diff.mnemonicPrefix=false -c diff.relative=false
+                              diff --no-color --no-ext-diff --no-textconv --binary HEAD
+                      OUTPUT_VARIABLE diff ERROR_QUIET RESULT_VARIABLE rc)
+      string(SHA1 hash "${diff}")
+      string(SUBSTRING "${hash}" 0 8 hash)
+      string(APPEND rev "-dirty.${hash}")
     endif()
   endif()
 endif()

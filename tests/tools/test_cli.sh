@@ -92,7 +92,7 @@ parts=$(sed -n 's/^MPI: \(on\|off\), NCCL: \(on\|off\), ONNX export: \(on\|off\)
 [ "$(json s.json '" ".join("on" if j["program"][k] else "off" for k in ("mpi", "nccl", "onnx_export"))')" = "$parts" ] \
     || fail "the summary's program does not say MPI, NCCL, ONNX export: $parts"
 if [ -e "$presets/../.git" ] && git -C "$presets/.." rev-parse HEAD > /dev/null 2>&1; then
-    git -C "$presets/.." merge-base --is-ancestor "${rev%-dirty}" HEAD \
+    git -C "$presets/.." merge-base --is-ancestor "${rev%%-dirty*}" HEAD \
         || fail "--version says git $rev, not a commit of the clone's history"
 else
     echo "note: the sources are not a git clone: the commit --version names not checked"

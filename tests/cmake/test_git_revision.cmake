@@ -1,0 +1,71 @@
+# test_git_revision.cmake (cmake -P, with -DWORK=<an empty scratch folder>): the build's name for
+# its sources (cmake/git_revision.cmake) on a throwaway git repository: a clean tree is its
+# commit; a changed tree is "<commit>-dirty.<8 hex>", where the hex differs between two different
+# changes of one commit and is the same for the same change; back to clean, the commit again.
+cmake_minimum_required(VERSION 3.25)
+find_package(Git QUIET)
+if(NOT GIT_FOUND)
+  message(STATUS "SKIP: no git here")
+  return()
+endif()
+set(script ${CMAKE_CURRENT_LIST_DIR}/../../cmake/git_revision.cmake)
+set(repo ${WORK}/repo)
+file(REMOVE_RECURSE ${repo})
+file(MAKE_DIRECTORY ${repo})
+function(git)
+  execute_process(COMMAND "${GIT_EXECUTABLE}" -C ${repo} -c user.name=test -c user.email=test@example.org
+                          -c commit.gpgsign=false ${ARGN} RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "git ${ARGN}: ${err}")
+  endif()
+endfunction()
+# the revision the script writes for the repository as it is now
+function(revision out)
+  execute_process(COMMAND ${CMAKE_COMMAND} -DOUT=${WORK}/rev.cpp -DDIR=${repo} -P ${script}
+                  RESULT_VARIABLE rc)
+  file(READ ${WORK}/rev.cpp text)
+  if(NOT rc EQUAL 0 OR NOT text MATCHES "return \"([^\"]*)\"")
+    message(FATAL_ERROR "the script failed or wrote no revision: ${text}")
+  endif()
+  set(${out} "${CMAKE_MATCH_1}" PARENT_SCOPE)
+endfunction()
+
+git(init -q)
+file(WRITE ${repo}/a.txt "one\n")
+git(add a.txt)
+git(commit -q -m first)
+execute_process(COMMAND "${GIT_EXECUTABLE}" -C ${repo} rev-parse --short=12 HEAD
+                OUTPUT_VARIABLE head OUTPUT_STRIP_TRAILING_WHITESPACE)
+
+revision(clean)
+if(NOT clean STREQUAL head)
+  message(SEND_ERROR "clean tree: '${clean}', expected the commit '${head}'")
+endif()
+
+file(WRITE ${repo}/a.txt "two\n")
+revision(change1)
+file(WRITE ${repo}/a.txt "three\n")
+revision(change2)
+file(WRITE ${repo}/a.txt "two\n")
+revision(change1_again)
+file(WRITE ${repo}/untracked.txt "not in git\n")  # untracked files do not count
+revision(change1_untracked)
+foreach(r change1 change2)
+  if(NOT ${r} MATCHES "^${head}-dirty\\.[0-9a-f]+$")
+    message(SEND_ERROR "${r}: '${${r}}' is not '${head}-dirty.<hex>'")
+  endif()
+endforeach()
+if(change1 STREQUAL change2)
+  message(SEND_ERROR "two different changes of one commit have one name: '${change1}'")
+endif()
+if(NOT change1_again STREQUAL change1 OR NOT change1_untracked STREQUAL change1)
+  message(SEND_ERROR "the same change named '${change1}', then '${change1_again}', then '${change1_untracked}'")
+endif()
+
+file(WRITE ${repo}/a.txt "one\n")
+revision(back)
+if(NOT back STREQUAL head)
+  message(SEND_ERROR "the change undone: '${back}', expected '${head}'")
+endif()
+message(STATUS "clean ${clean}; changes ${change1}, ${change2}")
+file(REMOVE_RECURSE ${WORK})
