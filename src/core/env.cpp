@@ -24,14 +24,15 @@ int env_count(const char* name, int fallback, int least) {
     const char* v = std::getenv(name);
     if (!v || !*v) return fallback;
     long long x = 0;
+    bool digits = true;
     for (const char* c = v; *c; ++c) {
         if (*c < '0' || *c > '9' || x > INT_MAX) {
-            x = -1;
+            digits = false;
             break;
         }
         x = x * 10 + (*c - '0');
     }
-    if (x < least || x > INT_MAX)
+    if (!digits || x < least || x > INT_MAX)
         fail("environment variable {}='{}': expected a count, {} to {}", name, v, least, INT_MAX);
     return int(x);
 }

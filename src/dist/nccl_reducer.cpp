@@ -18,7 +18,8 @@
 // 0: never) after it was queued, as PyTorch's does after its 10-minute timeout. Each sum is
 // followed by an event on the side stream; the watchdog queries the oldest one not seen done.
 // A healthy sum waits at most for the slowest rank to reach it (rank 0 evaluating or saving at an
-// epoch's end): seconds, far below the limit.
+// epoch's end): seconds, far below the limit. A pause of this whole process (SIGSTOP, a suspended
+// job) does not count. MPI's host collectives are not timed here.
 #if SPEEDRUN_HAVE_NCCL
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -88,7 +89,7 @@ public:
         ncclGetVersion(&v);
         name_ = fmt::format("NCCL {}.{}.{} on a second stream ({} ranks)", v / 10000,
                             (v % 10000) / 100, v % 100, comm.world());
-        for (int i = 0; i < 8; ++i) {
+        for (int i = 0; timeout_s_ > 0 && i < 64; ++i) {  // (the watchdog recycles them every 100 ms)
             cudaEvent_t e = nullptr;
             CUDA_CALL(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
             spare_.push_back(e);
@@ -130,21 +131,23 @@ public:
         NCCL_CALL(ncclAllReduce(p, p, n, ncclFloat, ncclSum, nccl_, side_));
         pending_ = true;
         if (timeout_s_ == 0) return;
-        std::lock_guard<std::mutex> lock(mu_);
-        // the sums seen done go back to the spares (so a few events serve a whole run)
-        while (!queued_.empty() && cudaEventQuery(queued_.front().done) == cudaSuccess) {
-            spare_.push_back(queued_.front().done);
-            queued_.pop_front();
-        }
+        // No CUDA call under mu_ (a full launch queue during a stall blocks cudaEventRecord, and
+        // the watchdog must still get mu_) and no event query on this thread (a not-ready query
+        // may stay as the thread's last error, which the next kernel launch's check would read):
+        // the watchdog alone queries and recycles.
         cudaEvent_t done = nullptr;
-        if (spare_.empty()) {
-            CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-        } else {
-            done = spare_.back();
-            spare_.pop_back();
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (!spare_.empty()) {
+                done = spare_.back();
+                spare_.pop_back();
+            }
         }
+        if (!done) CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
         CUDA_CALL(cudaEventRecord(done, side_));
-        queued_.push_back({done, std::chrono::steady_clock::now()});
+        const auto at = std::chrono::steady_clock::now();
+        std::lock_guard<std::mutex> lock(mu_);
+        queued_.push_back({done, at});
     }
     void wait_all() override {
         if (!pending_) return;
@@ -159,43 +162,67 @@ public:
 private:
     // (the watchdog thread) every 100 ms until closing_
     void watch(int rank, int world) {
+        auto last = std::chrono::steady_clock::now();
         std::unique_lock<std::mutex> lock(mu_);
         while (!wake_.wait_for(lock, std::chrono::milliseconds(100), [this] { return closing_; })) {
-            if (timeout_s_ > 0) stalled(rank, world);
+            lock.unlock();
+            // a gap of seconds between polls is the process stopped (SIGSTOP, a suspended job),
+            // not a sum waiting: the queued sums' clocks skip it
+            const auto now = std::chrono::steady_clock::now();
+            const auto gap = now - last;
+            last = now;
+            if (timeout_s_ > 0)
+                stalled(rank, world, gap > std::chrono::seconds(5) ? gap : std::chrono::steady_clock::duration{});
             ncclResult_t async = ncclSuccess;
-            if (ncclCommGetAsyncError(nccl_, &async) != ncclSuccess || async == ncclSuccess) continue;
+            if (ncclCommGetAsyncError(nccl_, &async) == ncclSuccess && async != ncclSuccess
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
-            if (async == ncclInProgress) continue;  // (nonblocking communicators only; not ours)
-            const char* detail = ncclGetLastError(nccl_);
-#else
-            const char* detail = "";
+                && async != ncclInProgress  // (nonblocking communicators only; not ours)
 #endif
-            std::fprintf(stderr, "speedrun: error (rank %d of %d): NCCL: a sum over the ranks failed: %s%s%s%s\n",
-                         rank, world, ncclGetErrorString(async), detail && *detail ? " (" : "",
-                         detail ? detail : "", detail && *detail ? ")" : "");
-            std::fflush(stderr);
-            std::_Exit(1);  // (the sums this rank waits for will not come; the launcher ends the job)
+            ) {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
+                const char* detail = ncclGetLastError(nccl_);
+#else
+                const char* detail = "";
+#endif
+                std::fprintf(stderr, "speedrun: error (rank %d of %d): NCCL: a sum over the ranks failed: %s%s%s%s\n",
+                             rank, world, ncclGetErrorString(async), detail && *detail ? " (" : "",
+                             detail ? detail : "", detail && *detail ? ")" : "");
+                std::fflush(stderr);
+                std::_Exit(1);  // (the sums this rank waits for will not come; the launcher ends the job)
+            }
+            lock.lock();
         }
     }
 
-    // (the watchdog thread, holding mu_) ends this rank when the oldest sum not seen done was
-    // queued more than timeout_s_ ago and still has not finished
-    void stalled(int rank, int world) {
-        while (!queued_.empty()) {
-            const cudaError_t e = cudaEventQuery(queued_.front().done);
+    // (the watchdog thread) recycles the sums seen done; ends this rank when the oldest one not
+    // done was queued more than timeout_s_ ago (less `paused`, added to every queued sum's time).
+    // Only this thread pops queued_, so its front stays what was read while mu_ is released.
+    void stalled(int rank, int world, std::chrono::steady_clock::duration paused) {
+        while (true) {
+            Queued q{};
+            {
+                std::lock_guard<std::mutex> lock(mu_);
+                if (paused.count() > 0)
+                    for (Queued& x : queued_) x.at += paused;
+                paused = {};
+                if (queued_.empty()) return;
+                q = queued_.front();
+            }
+            const cudaError_t e = cudaEventQuery(q.done);
             if (e == cudaSuccess) {
-                spare_.push_back(queued_.front().done);
+                std::lock_guard<std::mutex> lock(mu_);
                 queued_.pop_front();
+                spare_.push_back(q.done);
                 continue;
             }
-            const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                                                queued_.front().at).count();
+            (void)cudaGetLastError();  // (a not-ready query may stay as this thread's last error)
+            const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - q.at).count();
             if (e == cudaErrorNotReady && waited > timeout_s_) {
                 std::fprintf(stderr,
                              "speedrun: error (rank %d of %d): NCCL: a sum over the ranks has not "
                              "finished %.0f s after it was queued: another rank is lost, stopped or "
-                             "hung; ending this rank (SPEEDRUN_NCCL_TIMEOUT sets the limit in "
-                             "seconds, 0 for none)\n",
+                             "hung (or this rank's GPU is); ending this rank (SPEEDRUN_NCCL_TIMEOUT "
+                             "sets the limit in seconds, 0 for none)\n",
                              rank, world, waited);
                 std::fflush(stderr);
                 std::_Exit(1);
@@ -218,7 +245,7 @@ private:
     std::condition_variable wake_;
     bool closing_ = false;
     int timeout_s_ = 600;
-    std::deque<Queued> queued_;       // (mu_) sums not seen done, oldest first
+    std::deque<Queued> queued_;       // (mu_) sums not seen done, oldest first; the watchdog pops
     std::vector<cudaEvent_t> spare_;  // (mu_) events free for the next sum
     std::thread watchdog_;
 };

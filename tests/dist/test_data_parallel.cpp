@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -456,43 +457,65 @@ TEST(DataParallel, NcclReducerOneRankOnCuda) {
 
 #if SPEEDRUN_HAVE_NCCL
 // A rank that never reaches a sum (lost on the same host, stopped, hung), as one GPU can show it:
-// a host function on the backend's stream holds back what follows it, so the sum queued after it
-// cannot start. With SPEEDRUN_NCCL_TIMEOUT=1 the watchdog ends the process after about a second,
-// with its message (exit status 1); with 0 (no limit) the same stall of 3 s ends normally. Each
-// runs in a child process (gtest's death tests, re-executed: CUDA does not survive a fork).
-void stall_a_sum(int hold_s) {
+// a host function on the backend's stream holds back what follows it for hold_s seconds, so the
+// sums queued after it cannot start. Then a kernel of the backend's (its launch check reads the
+// thread's last CUDA error, which the reducer must leave alone) and the end of the stall.
+void stall_sums(int hold_s, int sums) {
     auto b = make_cuda_backend(0, nullptr);
     auto comm = make_single_communicator();
     auto reducer = make_nccl_reducer(*b, *comm);
-    DeviceBuffer<float> p(*b, 1024);
-    static int hold = 0;
-    hold = hold_s;
-    cudaLaunchHostFunc(static_cast<cudaStream_t>(b->native_stream()),
-                       [](void*) { std::this_thread::sleep_for(std::chrono::seconds(hold)); }, nullptr);
-    reducer->start(p.get(), 1024);
+    const size_t n = 1024;
+    DeviceBuffer<float> p(*b, n);
+    static_assert(sizeof(void*) >= sizeof(intptr_t));
+    const cudaError_t e = cudaLaunchHostFunc(
+        static_cast<cudaStream_t>(b->native_stream()),
+        [](void* s) { std::this_thread::sleep_for(std::chrono::seconds(reinterpret_cast<intptr_t>(s))); },
+        reinterpret_cast<void*>(intptr_t(hold_s)));
+    if (e != cudaSuccess) {
+        std::fprintf(stderr, "cudaLaunchHostFunc failed: %s\n", cudaGetErrorString(e));
+        std::_Exit(3);
+    }
+    for (int i = 0; i < sums; ++i) {
+        reducer->start(p.get(), n);
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));  // (the watchdog polls meanwhile)
+    }
+    b->scale(p.get(), 2.f, n);  // throws if a CUDA error was left for its launch check
     reducer->wait_all();
     b->synchronize();
 }
 #endif
 
+// The watchdog's time limit (SPEEDRUN_NCCL_TIMEOUT): with 1 s, a sum held back for 30 s ends the
+// process after about a second, with its message (exit status 1); with the default (600 s) three
+// sums held back for 3 s, and a kernel launched meanwhile, end normally; with 0 (no limit) too.
+// Each case runs in a child process (gtest's death tests, re-executed: CUDA does not survive a fork).
 TEST(DataParallelDeathTest, NcclReducerEndsARankWhoseSumStallsOnCuda) {
 #if SPEEDRUN_HAVE_NCCL
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    const std::string style = GTEST_FLAG_GET(death_test_style);
     GTEST_FLAG_SET(death_test_style, "threadsafe");
     EXPECT_EXIT(
         {
             ::setenv("SPEEDRUN_NCCL_TIMEOUT", "1", 1);
-            stall_a_sum(30);
+            stall_sums(30, 1);
             std::exit(0);  // (not reached: the watchdog ends the process while the sum waits)
         },
         ::testing::ExitedWithCode(1), "a sum over the ranks has not finished [0-9]+ s after it was queued");
     EXPECT_EXIT(
         {
-            ::setenv("SPEEDRUN_NCCL_TIMEOUT", "0", 1);
-            stall_a_sum(3);
+            ::unsetenv("SPEEDRUN_NCCL_TIMEOUT");
+            stall_sums(3, 3);
             std::exit(0);
         },
         ::testing::ExitedWithCode(0), "");
+    EXPECT_EXIT(
+        {
+            ::setenv("SPEEDRUN_NCCL_TIMEOUT", "0", 1);
+            stall_sums(3, 1);
+            std::exit(0);
+        },
+        ::testing::ExitedWithCode(0), "");
+    GTEST_FLAG_SET(death_test_style, style);
 #else
     GTEST_SKIP() << "this build has no NCCL";
 #endif
