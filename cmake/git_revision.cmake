@@ -1,8 +1,16 @@
 # Writes OUT: a C++ file defining sr::git_revision(), the commit of the source tree DIR at build
-# time ("<12 hex digits>"; when tracked files differ from it, "-dirty." and 8 hex digits of the
-# SHA-1 of those differences, so that two changed trees of one commit are told apart; "unknown"
-# without git or outside a clone). Run at every build (CMakeLists.txt: target speedrun_revision); the file is
-# rewritten only when the text changes, so an unchanged tree recompiles nothing.
+# time: "<12 hex digits>"; when the files that make the program (kSources below: CMakeLists.txt,
+# cmake/, src/, app/, presets/) differ from it, "-dirty." and 8 hex digits of the SHA-1 of those
+# differences, so that two changed trees of one commit are told apart, and an edit of the docs or
+# tests alone leaves the name (and the binary) as the commit's; "-dirty" alone when git could not
+# write the differences; "unknown" without git or outside a clone. Run at every build
+# (CMakeLists.txt: target speedrun_revision); the file is rewritten only when the text changes,
+# so an unchanged tree recompiles nothing.
+#
+# The differences are git's plumbing diff (diff-index: full blob ids, no renames, no colour, no
+# external or text-converting tools) with the few settings that still reach it pinned, so that
+# the name of a change does not depend on the user's git settings or the clone's size.
+set(kSources CMakeLists.txt cmake src app presets)
 set(rev "unknown")
 find_package(Git QUIET)
 if(GIT_FOUND AND EXISTS "${DIR}/.git")
@@ -13,16 +21,23 @@ if(GIT_FOUND AND EXISTS "${DIR}/.git")
     # (status refreshes the index's file times first: diff-index alone calls a touched but
     # unchanged file dirty)
     execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${DIR}" status --porcelain --untracked-files=no
+                            -- ${kSources}
                     OUTPUT_VARIABLE changes ERROR_QUIET RESULT_VARIABLE rc)
     if(NOT rc EQUAL 0 OR changes)
-      # (the diff as git writes it whatever the user's settings: prefixes, colour, external tools)
-      execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${DIR}" -c diff.noprefix=false
-                              -c diff.mnemonicPrefix=false -c diff.relative=false
-                              diff --no-color --no-ext-diff --no-textconv --binary HEAD
-                      OUTPUT_VARIABLE diff ERROR_QUIET RESULT_VARIABLE rc)
-      string(SHA1 hash "${diff}")
-      string(SUBSTRING "${hash}" 0 8 hash)
-      string(APPEND rev "-dirty.${hash}")
+      set(diff_file "${OUT}.diff")
+      execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${DIR}" -c core.quotePath=true
+                              -c diff.suppressBlankEmpty=false -c core.attributesFile=/dev/null
+                              diff-index -p --binary --full-index --no-renames --no-color
+                              --no-ext-diff --no-textconv HEAD -- ${kSources}
+                      OUTPUT_FILE "${diff_file}" ERROR_QUIET RESULT_VARIABLE diff_rc)
+      if(diff_rc EQUAL 0)
+        file(SHA1 "${diff_file}" hash)  # (the bytes as git wrote them)
+        string(SUBSTRING "${hash}" 0 8 hash)
+        string(APPEND rev "-dirty.${hash}")
+      else()
+        string(APPEND rev "-dirty")
+      endif()
+      file(REMOVE "${diff_file}")
     endif()
   endif()
 endif()

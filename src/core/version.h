@@ -9,7 +9,7 @@
 namespace sr {
 
 const char* program_version();  // the project's version (CMakeLists.txt), e.g. "0.1.0"
-const char* git_revision();     // the source commit at build time, "-dirty.<hash of the change>" if changed; or "unknown"
+const char* git_revision();     // the source commit at build time, "-dirty.<hash of the change>" if its sources changed; or "unknown"
 
 // Several lines: version and commit, compiler and build type, and each optional part built in or
 // not (CUDA with its toolkit and GPU architectures, MPI, NCCL, ONNX), oneDNN's version.
