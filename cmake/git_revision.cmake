@@ -1,15 +1,17 @@
 # Writes OUT: a C++ file defining sr::git_revision(), the commit of the source tree DIR at build
 # time: "<12 hex digits>"; when the files that make the program (kSources below: CMakeLists.txt,
-# cmake/, src/, app/, presets/) differ from it, "-dirty." and 8 hex digits of the SHA-1 of those
+# cmake/, src/, app/, presets/) differ from it, "-dirty." and 8 hex digits of a SHA-1 of those
 # differences, so that two changed trees of one commit are told apart, and an edit of the docs or
 # tests alone leaves the name (and the binary) as the commit's; "-dirty" alone when git could not
 # write the differences; "unknown" without git or outside a clone. Run at every build
 # (CMakeLists.txt: target speedrun_revision); the file is rewritten only when the text changes,
 # so an unchanged tree recompiles nothing.
 #
-# The differences are git's plumbing diff (diff-index: full blob ids, no renames, no colour, no
-# external or text-converting tools) with the few settings that still reach it pinned, so that
-# the name of a change does not depend on the user's git settings or the clone's size.
+# The differences: git's plumbing diff of the tracked files (diff-index: full blob ids, no
+# renames, no colour, no external or text-converting tools; the settings known to change it
+# pinned, so that a change's name does not follow the user's diff settings or the clone's size),
+# and each untracked, not ignored file under kSources with its SHA-1 (the build globs src/ and
+# app/, so a new file there is compiled though git does not track it).
 set(kSources CMakeLists.txt cmake src app presets)
 set(rev "unknown")
 find_package(Git QUIET)
@@ -20,18 +22,34 @@ if(GIT_FOUND AND EXISTS "${DIR}/.git")
     set(rev "${head}")
     # (status refreshes the index's file times first: diff-index alone calls a touched but
     # unchanged file dirty)
-    execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${DIR}" status --porcelain --untracked-files=no
+    execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${DIR}" status --porcelain --untracked-files=all
                             -- ${kSources}
                     OUTPUT_VARIABLE changes ERROR_QUIET RESULT_VARIABLE rc)
     if(NOT rc EQUAL 0 OR changes)
+      get_filename_component(out_dir "${OUT}" DIRECTORY)
+      file(MAKE_DIRECTORY "${out_dir}")  # (a new build folder may not have it yet)
       set(diff_file "${OUT}.diff")
       execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${DIR}" -c core.quotePath=true
                               -c diff.suppressBlankEmpty=false -c core.attributesFile=/dev/null
                               diff-index -p --binary --full-index --no-renames --no-color
                               --no-ext-diff --no-textconv HEAD -- ${kSources}
                       OUTPUT_FILE "${diff_file}" ERROR_QUIET RESULT_VARIABLE diff_rc)
-      if(diff_rc EQUAL 0)
+      execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${DIR}" -c core.quotePath=true
+                              ls-files --others --exclude-standard -- ${kSources}
+                      OUTPUT_VARIABLE untracked ERROR_QUIET RESULT_VARIABLE ls_rc)
+      if(diff_rc EQUAL 0 AND ls_rc EQUAL 0 AND EXISTS "${diff_file}")
         file(SHA1 "${diff_file}" hash)  # (the bytes as git wrote them)
+        set(listing "${hash}\n")
+        string(REPLACE "\n" ";" untracked "${untracked}")
+        foreach(path IN LISTS untracked)
+          if(path AND EXISTS "${DIR}/${path}" AND NOT IS_DIRECTORY "${DIR}/${path}")
+            file(SHA1 "${DIR}/${path}" file_hash)
+            string(APPEND listing "${path} ${file_hash}\n")
+          elseif(path)
+            string(APPEND listing "${path}\n")
+          endif()
+        endforeach()
+        string(SHA1 hash "${listing}")
         string(SUBSTRING "${hash}" 0 8 hash)
         string(APPEND rev "-dirty.${hash}")
       else()

@@ -162,15 +162,15 @@ public:
 private:
     // (the watchdog thread) every 100 ms until closing_
     void watch(int rank, int world) {
-        auto last = std::chrono::steady_clock::now();
         std::unique_lock<std::mutex> lock(mu_);
-        while (!wake_.wait_for(lock, std::chrono::milliseconds(100), [this] { return closing_; })) {
+        while (true) {
+            const auto asleep = std::chrono::steady_clock::now();
+            if (wake_.wait_for(lock, std::chrono::milliseconds(100), [this] { return closing_; })) break;
             lock.unlock();
-            // a gap of seconds between polls is the process stopped (SIGSTOP, a suspended job),
-            // not a sum waiting: the queued sums' clocks skip it
-            const auto now = std::chrono::steady_clock::now();
-            const auto gap = now - last;
-            last = now;
+            // a 100 ms sleep that took seconds is the process stopped (SIGSTOP, a suspended job),
+            // not a sum waiting: the queued sums' clocks skip it (only the sleep counts, not time
+            // this thread spent in a CUDA or NCCL call, which must not defer the limit)
+            const auto gap = std::chrono::steady_clock::now() - asleep;
             if (timeout_s_ > 0)
                 stalled(rank, world, gap > std::chrono::seconds(5) ? gap : std::chrono::steady_clock::duration{});
             ncclResult_t async = ncclSuccess;

@@ -2,8 +2,10 @@
 # sources (cmake/git_revision.cmake) on a throwaway git repository:
 #   - a clean tree is its commit; a changed source is "<commit>-dirty.<8 hex>";
 #   - two different changes of one commit have different names; the same change has the same
-#     name again, staged or not, with an untracked file beside it, and under other git settings
-#     (prefixes, context, abbreviation, renames, colour);
+#     name again, staged or not, with an untracked file outside the sources, written into a
+#     folder that does not exist yet, and under other git settings (prefixes, context,
+#     abbreviation, renames, colour);
+#   - a new untracked file under the sources (compiled: the build globs src/) changes the name;
 #   - a change outside the program's sources (docs) leaves the commit's name; undone, the commit.
 cmake_minimum_required(VERSION 3.25)
 find_package(Git QUIET)
@@ -26,11 +28,15 @@ function(git)
     message(FATAL_ERROR "git ${ARGN}: ${err}")
   endif()
 endfunction()
-# the revision the script writes for the repository as it is now
+# the revision the script writes for the repository as it is now (into ARGV1, else WORK/rev.cpp)
 function(revision out)
-  execute_process(COMMAND ${CMAKE_COMMAND} -DOUT=${WORK}/rev.cpp -DDIR=${repo} -P ${script}
+  set(file ${WORK}/rev.cpp)
+  if(ARGC GREATER 1)
+    set(file ${ARGV1})
+  endif()
+  execute_process(COMMAND ${CMAKE_COMMAND} -DOUT=${file} -DDIR=${repo} -P ${script}
                   RESULT_VARIABLE rc)
-  file(READ ${WORK}/rev.cpp text)
+  file(READ ${file} text)
   if(NOT rc EQUAL 0 OR NOT text MATCHES "return \"([^\"]*)\"")
     message(FATAL_ERROR "the script failed or wrote no revision: ${text}")
   endif()
@@ -73,9 +79,17 @@ expect_same("the same change again" "${again}" "${change1}")
 git(add src/a.cpp)
 revision(staged)
 expect_same("the same change, staged" "${staged}" "${change1}")
-file(WRITE ${repo}/src/untracked.cpp "not in git\n")
+file(WRITE ${repo}/notes.txt "not in git, not a source\n")
 revision(untracked)
-expect_same("the same change beside an untracked file" "${untracked}" "${change1}")
+expect_same("the same change beside an untracked file outside the sources" "${untracked}" "${change1}")
+revision(new_folder ${WORK}/not/yet/there/rev.cpp)
+expect_same("the same change, written into a new folder" "${new_folder}" "${change1}")
+file(WRITE ${repo}/src/new.cpp "not in git, but compiled\n")
+revision(untracked_source)
+if(untracked_source STREQUAL change1 OR NOT untracked_source MATCHES "^${head}-dirty\\.")
+  message(SEND_ERROR "a new untracked source: '${untracked_source}', expected a dirty name other than '${change1}'")
+endif()
+file(REMOVE ${repo}/src/new.cpp)
 # the user's settings (here the repository's own config) do not rename a change
 foreach(setting "diff.noprefix true" "diff.mnemonicPrefix true" "diff.context 1" "core.abbrev 20"
                 "diff.renames false" "color.ui always" "diff.algorithm patience")

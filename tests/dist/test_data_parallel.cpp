@@ -461,7 +461,12 @@ TEST(DataParallel, NcclReducerOneRankOnCuda) {
 // sums queued after it cannot start. Then a kernel of the backend's (its launch check reads the
 // thread's last CUDA error, which the reducer must leave alone) and the end of the stall.
 void stall_sums(int hold_s, int sums) {
-    auto b = make_cuda_backend(0, nullptr);
+    std::string why;
+    auto b = make_cuda_backend(0, &why);
+    if (!b) {
+        std::fprintf(stderr, "no CUDA backend: %s\n", why.c_str());
+        std::_Exit(4);
+    }
     auto comm = make_single_communicator();
     auto reducer = make_nccl_reducer(*b, *comm);
     const size_t n = 1024;
@@ -487,7 +492,8 @@ void stall_sums(int hold_s, int sums) {
 
 // The watchdog's time limit (SPEEDRUN_NCCL_TIMEOUT): with 1 s, a sum held back for 30 s ends the
 // process after about a second, with its message (exit status 1); with the default (600 s) three
-// sums held back for 3 s, and a kernel launched meanwhile, end normally; with 0 (no limit) too.
+// sums held back for 3 s, and a kernel launched meanwhile, end normally; with 0 (no limit) one
+// held-back sum does too.
 // Each case runs in a child process (gtest's death tests, re-executed: CUDA does not survive a fork).
 TEST(DataParallelDeathTest, NcclReducerEndsARankWhoseSumStallsOnCuda) {
 #if SPEEDRUN_HAVE_NCCL
