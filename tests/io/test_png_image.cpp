@@ -24,10 +24,20 @@ namespace sr {
 namespace {
 namespace fs = std::filesystem;
 
+// This process's folder for the files the tests write; removed, with whatever a failed test left
+// in it, when the process ends (ctest runs each test in a process of its own, and each left an
+// empty folder in /tmp behind).
 fs::path temp_dir() {
-    const fs::path d = fs::temp_directory_path() / ("speedrun-png-" + std::to_string(::getpid()));
-    fs::create_directories(d);
-    return d;
+    struct Folder {
+        fs::path path = fs::temp_directory_path() / ("speedrun-png-" + std::to_string(::getpid()));
+        Folder() { fs::create_directories(path); }
+        ~Folder() {
+            std::error_code ec;
+            fs::remove_all(path, ec);
+        }
+    };
+    static const Folder folder;
+    return folder.path;
 }
 
 // A source image as the test knows it: real RGB values in [0,255] and alpha in [0,1].
@@ -194,7 +204,8 @@ void expect_error(const std::string& path, const std::string& what) {
 }
 
 TEST(PngImageErrors, BadFilesNameThePathAndTheFault) {
-    const fs::path d = temp_dir();
+    const fs::path d = temp_dir() / "errors";
+    fs::create_directories(d);
     auto [file, src] = make_case(64, 48, PNG_COLOR_TYPE_RGB, 8, false, 9);
     const std::string good = (d / "good.png").string();
     ASSERT_TRUE(test::write_png_file(good, file));
