@@ -38,6 +38,30 @@ public:
     virtual void broadcast(void* data, size_t bytes, int root) = 0;
     // Ends every rank of the job at once with this exit status (after the caller printed why).
     [[noreturn]] virtual void abort(int status) = 0;
+    // While on, a rank that has waited in one of these collectives (a blocking one, or a started
+    // sum not yet done) for more than SPEEDRUN_MPI_TIMEOUT seconds (1800 unless set, PyTorch's
+    // limit for its host collectives; 0: none) ends itself with a message, and the launcher then
+    // ends the job: a rank lost without an error (stopped, hung) no longer leaves the others
+    // waiting forever. A pause of this whole process (SIGSTOP, a suspended job) does not count.
+    // For stretches where every rank runs the same steps (training: LimitedWaits); start-up, a
+    // sweep's ranks and rank 0's final evaluation wait for each other legitimately.
+    virtual void limit_waits(bool on) { (void)on; }
+};
+
+// The collectives of its lifetime are time-limited (Communicator::limit_waits); none when null.
+class LimitedWaits {
+public:
+    explicit LimitedWaits(Communicator* c) : c_(c) {
+        if (c_) c_->limit_waits(true);
+    }
+    ~LimitedWaits() {
+        if (c_) c_->limit_waits(false);
+    }
+    LimitedWaits(const LimitedWaits&) = delete;
+    LimitedWaits& operator=(const LimitedWaits&) = delete;
+
+private:
+    Communicator* c_;
 };
 
 // How many ranks pass yes = true: a collective (every rank calls it, in the same order).

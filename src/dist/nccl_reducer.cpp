@@ -19,7 +19,7 @@
 // followed by an event on the side stream; the watchdog queries the oldest one not seen done.
 // A healthy sum waits at most for the slowest rank to reach it (rank 0 evaluating or saving at an
 // epoch's end): seconds, far below the limit. A pause of this whole process (SIGSTOP, a suspended
-// job) does not count. MPI's host collectives are not timed here.
+// job) does not count. MPI's host collectives have a limit of their own (Communicator::limit_waits).
 #if SPEEDRUN_HAVE_NCCL
 #include <cuda_runtime.h>
 #include <nccl.h>

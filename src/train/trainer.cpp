@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <numeric>
+#include <optional>
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -280,6 +281,10 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     }
     if (dp_) dp_->broadcast_params();  // every rank starts from rank 0's weights, bit for bit
     timed += timer->stop_seconds();
+    // from here to the last step the ranks run in step: a collective that waits longer than
+    // SPEEDRUN_MPI_TIMEOUT means a rank stopped or hung, and ends the job (communicator.h)
+    std::optional<LimitedWaits> limited;
+    if (dp_) limited.emplace(&dp_->comm());
 
     // alternating flip: a random half at the start, then every image flips each epoch
     std::vector<uint8_t> base_flip(size_t(n_train_), 0);
@@ -655,6 +660,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                         {"test_acc", es.test_acc}, {"epoch_seconds", epoch_s}, {"total_seconds", timed}});
     }
 
+    limited.reset();  // (the other ranks wait for rank 0's evaluation at the next start)
     // the final test-time-augmented evaluation is part of the timed region
     timer->start();
     if (r_.ema_every > 0)  // the run ends with the EMA weights (those evaluated and saved)

@@ -5,7 +5,9 @@
 //   - a rank killed (SIGKILL) mid-sweep: a restart with the same file runs only what is missing;
 //   - `dist-check --sync-bn`: a 2-rank data-parallel step equals one process on the full batch;
 //   - `train --distributed --sync-bn` trains, and only rank 0 prints;
-//   - SIGINT to one rank of `train --distributed` stops both after the same step, and saves.
+//   - SIGINT to one rank of `train --distributed` stops both after the same step, and saves;
+//   - SIGSTOP to one rank ends the job after SPEEDRUN_MPI_TIMEOUT seconds, with a message; a
+//     pause of both ranks longer than that, or one rank's with no limit, does not.
 // Without MPI in the build they are skipped (saying so), except the one-process sweep.
 #include <signal.h>
 #include <sys/wait.h>
@@ -343,6 +345,83 @@ TEST(Mpi, TrainDistributedSigintToOneRankStopsEveryRankAndSaves) {
     EXPECT_TRUE(fs::exists(ckpt)) << out;
     std::printf("[ result ] exit status %d; both ranks stopped after step %s\n", rc, steps[0].c_str());
     fs::remove_all(dir);
+}
+
+// A data-parallel job of 200 epochs (far longer than a test waits) with SPEEDRUN_MPI_TIMEOUT set;
+// returns once epoch 1 is printed (training goes on), or fails.
+struct DistJob {
+    fs::path dir;
+    std::string log;
+    Child c;
+    ~DistJob() { ::kill(-c.pid, SIGKILL); }  // (an ASSERT returns before wait_for)
+};
+void start_dist_job(DistJob& job, const std::string& name, const std::string& limit, int epochs = 200) {
+    job.dir = temp_dir(name);
+    job.log = (job.dir / "log").string();
+    job.c = spawn(mpirun(2) + std::vector<std::string>{"-x", "SPEEDRUN_MPI_TIMEOUT=" + limit, SPEEDRUN_BINARY,
+                                                       "train", "--distributed", "--epochs",
+                                                       std::to_string(epochs)} +
+                      kTiny,
+                  job.log);
+    const auto deadline = std::chrono::steady_clock::now() + 120s;
+    while (slurp(job.log).find("\n    1 |") == std::string::npos && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(20ms);
+    ASSERT_NE(slurp(job.log).find("\n    1 |"), std::string::npos)
+        << "training did not start in 120 s:\n" << slurp(job.log);
+}
+
+const char* const kWaitedTooLong = "MPI: a collective over the ranks has waited ";
+
+// One rank stopped (SIGSTOP: alive, so the launcher sees nothing wrong) left the other waiting in
+// its next collective forever. With a 2 s limit the waiting rank ends itself, saying why, and the
+// launcher ends the job.
+TEST(Mpi, TrainDistributedEndsWhenARankStops) {
+    SKIP_WITHOUT_MPI();
+    DistJob job;
+    ASSERT_NO_FATAL_FAILURE(start_dist_job(job, "diststop", "2"));
+    const auto ranks = children_of(job.c.pid);
+    ASSERT_EQ(ranks.size(), 2u) << "rank processes under mpirun";
+    const auto stopped = std::chrono::steady_clock::now();
+    ::kill(ranks.back(), SIGSTOP);
+    const int rc = wait_for(job.c, 60s);
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+    const std::string out = slurp(job.log);
+    ASSERT_NE(rc, -1000) << "still running 60 s after a rank stopped:\n" << out;
+    EXPECT_NE(rc, 0) << out;
+    EXPECT_NE(out.find(kWaitedTooLong), std::string::npos) << out;
+    EXPECT_NE(out.find("SPEEDRUN_MPI_TIMEOUT"), std::string::npos) << out;
+    EXPECT_GE(took, 2.0) << "ended before the limit:\n" << out;
+    std::printf("[ result ] exit status %d, %.1f s after the rank stopped\n", rc, took);
+    fs::remove_all(job.dir);
+}
+
+// What must not end a job: the whole job paused (both ranks stopped, as a suspended Slurm job is)
+// for longer than the limit, and a limit of 0 (none) with one rank stopped for a while.
+void expect_pause_survived(const std::string& name, const std::string& limit, bool every_rank) {
+    DistJob job;
+    ASSERT_NO_FATAL_FAILURE(start_dist_job(job, name, limit, 8));
+    const auto ranks = children_of(job.c.pid);
+    ASSERT_EQ(ranks.size(), 2u) << "rank processes under mpirun";
+    for (size_t i = every_rank ? 0 : 1; i < ranks.size(); ++i) ::kill(ranks[i], SIGSTOP);
+    std::this_thread::sleep_for(7s);
+    for (pid_t r : ranks) ::kill(r, SIGCONT);
+    const int rc = wait_for(job.c, 120s);
+    const std::string out = slurp(job.log);
+    ASSERT_NE(rc, -1000) << "still running 120 s later:\n" << out;
+    EXPECT_EQ(rc, 0) << out;
+    EXPECT_EQ(out.find(kWaitedTooLong), std::string::npos) << out;
+    EXPECT_NE(out.find("summary: n="), std::string::npos) << "the run ends as usual:\n" << out;
+    fs::remove_all(job.dir);
+}
+
+TEST(Mpi, TrainDistributedGoesOnAfterTheWholeJobWasPaused) {
+    SKIP_WITHOUT_MPI();
+    expect_pause_survived("distpause", "3", true);
+}
+
+TEST(Mpi, TrainDistributedWithoutLimitWaitsForAStoppedRank) {
+    SKIP_WITHOUT_MPI();
+    expect_pause_survived("distnolimit", "0", false);
 }
 
 // Without mpirun, sweep runs the jobs one after another in one process, with the same output.
