@@ -84,12 +84,17 @@ int main(int argc, char** argv) {
     train->add_flag("--no-epoch-eval", ta.no_epoch_eval, "Skip the untimed test evaluation after each epoch");
     train->add_option("--plot", ta.plot, "PNG of test accuracy and train loss per epoch (gnuplot)");
     train->add_option("--dawnbench", ta.dawnbench, "DAWNBench logs.tsv of the first run");
-    train->add_option("--checkpoint", ta.checkpoint, "Save a checkpoint (safetensors) at the end and when interrupted");
+    train->add_option("--checkpoint", ta.checkpoint,
+                      "Save a checkpoint (safetensors) at the end and when interrupted (--runs N: "
+                      "one per run, FILE with .seed<S> before its extension)");
     train->add_option("--checkpoint-every", ta.checkpoint_every, "Also save every N steps (0 = only at the end)");
     train->add_option("--resume", ta.resume, "Continue the run saved in this checkpoint (and keep saving to it)");
     train->add_flag("--deterministic", ta.deterministic, "CPU: no dynamic threading, so a resumed run is bit-identical");
-    train->add_option("--stop-after-step", ta.stop_after_step, "Stop after N steps as if interrupted (saves the checkpoint)");
-    train->add_option("--warmup", ta.warmup, "Untimed warm-up runs (default: 1 on a GPU, 0 on the CPU)");
+    train->add_option("--stop-after-step", ta.stop_after_step,
+                      "Stop after N steps as if interrupted (saves the checkpoint; needs --checkpoint)")
+        ->check(kPositive);
+    train->add_option("--warmup", ta.warmup, "Untimed warm-up runs (default: 1 on a GPU, 0 on the CPU)")
+        ->check(kNonNegative);
     train->add_flag("--no-graphs", ta.no_graphs,
                     "Launch every op directly instead of replaying each epoch's recorded steps "
                     "(CUDA graphs, made by the first run)");
@@ -132,7 +137,7 @@ int main(int argc, char** argv) {
     eval->add_option("--checkpoint", ea.checkpoint, "Checkpoint file (safetensors)")->required();
     eval->add_option("--data", ea.data, "CIFAR-10 binary directory");
     eval->add_option("--device", ea.device, "auto | cpu | cuda")->capture_default_str();
-    eval->add_option("--threads", ea.threads, "CPU threads (0 = all cores)");
+    eval->add_option("--threads", ea.threads, "CPU threads (0 = all cores)")->check(kNonNegative);
     eval->add_option("--test-subset", ea.test_subset, "Evaluate on the first N test images (0 = all)");
     eval->add_option("--emulate-precision", ea.emulate_precision,
                      "CPU: evaluate with the rounding of a format of train's --emulate-precision "
@@ -152,7 +157,7 @@ int main(int argc, char** argv) {
     predict->add_option("--checkpoint", pa.checkpoint, "Checkpoint file (safetensors)")->required();
     predict->add_option("images", pa.images, "PNG files")->required();
     predict->add_option("--device", pa.device, "auto | cpu | cuda")->capture_default_str();
-    predict->add_option("--threads", pa.threads, "CPU threads (0 = all cores)");
+    predict->add_option("--threads", pa.threads, "CPU threads (0 = all cores)")->check(kNonNegative);
     predict->add_option("--top", pa.top, "Classes listed per file, most likely first")->capture_default_str();
 
     sr::ExportArgs xa;

@@ -210,7 +210,7 @@ int read_checked(const std::string& path, bool expect_full, std::vector<uint8_t>
              expect_full ? fmt::format(", {} of them", kCifarPerFile) : "");
     if (expect_full && size != full)
         fail("{}: size {} bytes is not {} records of {} bytes ({})", path, size, kCifarPerFile, kCifarRecord,
-             size % kCifarRecord ? std::string("truncated?")
+             size % kCifarRecord ? std::string(size < full ? "truncated?" : "too large")
                                  : fmt::format("it holds {} records", size / kCifarRecord));
     if (size % kCifarRecord)
         fail("{}: size {} bytes is not a whole number of {}-byte records (truncated?)", path, size,

@@ -240,8 +240,19 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
     for (const SweepSetting& s : settings) {
         CommonArgs c = a;
         c.sets.insert(c.sets.end(), s.overrides.begin(), s.overrides.end());
-        recipes.push_back(resolve_recipe(c));
+        try {
+            recipes.push_back(resolve_recipe(c));
+        } catch (const Error& e) {  // a grid value is read as a --set: say which flag gave it
+            std::string m = e.what();
+            for (const std::string& o : s.overrides)
+                if (const size_t at = m.find("--set " + o); at != std::string::npos)
+                    m.replace(at, 5, "--grid");
+            fail("{}", m);
+        }
     }
+    // what the sweep writes, checked before it starts (results lines are appended by every rank)
+    check_output_path(results, "--results");
+    if (comm.root()) check_output_path(summary, "--summary-json");
     const RankPlacement pl = place_rank(comm, a.device, a.threads);
     auto backend = make_backend(pl.device, pl.threads, pl.cuda_device);
     const Cifar10 data = load_data(a);
@@ -295,9 +306,10 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
         if (int(i % size_t(comm.world())) == comm.rank()) mine.push_back(pending[i]);
     if (comm.root()) {
         fmt::print(
-            "sweep         preset {}; {} setting{} x {} seed{} ({}..{}) = {} jobs; results {}\n",
+            "sweep         preset {}; {} setting{} x {} seed{} ({}..{}) = {} job{}; results {}\n",
             recipes[0].name, settings.size(), settings.size() == 1 ? "" : "s", a.runs,
-            a.runs == 1 ? "" : "s", seeds.front(), seeds.back(), jobs.size(), results);
+            a.runs == 1 ? "" : "s", seeds.front(), seeds.back(), jobs.size(),
+            jobs.size() == 1 ? "" : "s", results);
         fmt::print("              {} finished already (skipped), {} to run on {}\n",
                    jobs.size() - pending.size(), pending.size(), comm.name());
         std::fflush(stdout);
@@ -397,9 +409,9 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
     }
     const double per_hour = wall > 0 ? 3600.0 * double(pending.size()) / wall : 0.0;
     fmt::print(
-        "\n{} of {} jobs in {}; this invocation ran {} in {:.1f} s on {} rank{}: {:.1f} runs "
+        "\n{} of {} job{} in {}; this invocation ran {} in {:.1f} s on {} rank{}: {:.1f} runs "
         "per hour\n",
-        finished, jobs.size(), results, pending.size(), wall, comm.world(),
+        finished, jobs.size(), jobs.size() == 1 ? "" : "s", results, pending.size(), wall, comm.world(),
         comm.world() == 1 ? "" : "s", per_hour);
     const nlohmann::json j = {{"program", build_json()},  // (this invocation's build)
                               {"preset", recipes[0].name},

@@ -41,15 +41,21 @@ void make_parent(const std::string& path) {
 void check_output_path(const std::string& path, const char* flag) {
     std::error_code ec;
     if (fs::is_directory(path, ec)) fail("{} {}: is a directory", flag, path);
-    const fs::path parent = fs::path(path).parent_path();
-    try {
-        make_parent(path);
-    } catch (const Error& e) {
-        fail("{} {}", flag, e.what());
-    }
-    const std::string dir = parent.empty() ? std::string(".") : parent.string();
-    if (::access(dir.c_str(), W_OK) != 0)
-        fail("{} {}: cannot write in {}: {}", flag, path, dir, std::strerror(errno));
+    // the nearest folder that exists: the writers create the missing ones below it
+    fs::path dir = fs::path(path).parent_path();
+    if (dir.empty()) dir = ".";
+    while (!fs::exists(dir, ec) && dir.has_relative_path() && dir.has_parent_path() &&
+           dir.parent_path() != dir)
+        dir = dir.parent_path();
+    if (!fs::exists(dir, ec)) fail("{} {}: {} does not exist", flag, path, dir.string());
+    if (!fs::is_directory(dir, ec)) fail("{} {}: {} is not a directory", flag, path, dir.string());
+    // A file made and removed there, as the writers make their temporary files: access(W_OK)
+    // says yes to root almost everywhere (/proc, a read-only mount's permissions), this does not.
+    const fs::path probe = dir / (".speedrun-probe." + std::to_string(::getpid()));
+    const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) fail("{} {}: cannot write in {}: {}", flag, path, dir.string(), std::strerror(errno));
+    ::close(fd);
+    ::unlink(probe.c_str());
     if (fs::exists(path, ec) && ::access(path.c_str(), W_OK) != 0)
         fail("{} {}: {}", flag, path, std::strerror(errno));
 }

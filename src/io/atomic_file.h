@@ -11,9 +11,10 @@ namespace sr {
 void write_file_atomic(const std::string& path, const std::string& content);
 
 // Before long work whose results go to path (--checkpoint, --summary-json, ...): fails, naming
-// the flag and the path, unless a file can be written there: its directory exists (created here
-// if missing, as the writers would) and is writable, path is not a directory, and an existing
-// file at path is writable. So a bad path stops a run at its start, not after it.
+// the flag and the path, unless a file can be written there: path is not a directory, a file can
+// be made (and is, and removed again) in its folder or, where that is missing (the writers make
+// it), in the nearest folder above it that exists, and an existing file at path is writable. So a
+// bad path stops a run at its start, not after it; nothing is left behind.
 void check_output_path(const std::string& path, const char* flag);
 
 // Whether an executable of this name is on $PATH (gnuplot, dot).

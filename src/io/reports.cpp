@@ -1,7 +1,9 @@
 // reports.cpp: see reports.h.
 #include "io/reports.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -52,10 +54,25 @@ void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, 
         }
     } remove_dir{dir};
     std::string plot_acc, plot_loss;
+    // each axis's range of values: where it is one value (a 1-epoch run) the range is given, else
+    // gnuplot warns on stderr that it widens an empty range
+    struct Range {
+        double lo = INFINITY, hi = -INFINITY;
+        void add(double v) {
+            if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
+        }
+        std::string set(const char* axis, double half) const {
+            return lo == hi ? fmt::format("set {}range [{}:{}]\n", axis, lo - half, hi + half) : "";
+        }
+    } xs, accs, losses;
     for (size_t i = 0; i < runs.size(); ++i) {
         std::string data;
-        for (const auto& e : runs[i].epochs)
+        for (const auto& e : runs[i].epochs) {
             data += fmt::format("{} {} {}\n", e.epoch + 1, e.test_acc >= 0 ? 100 * e.test_acc : NAN, e.train_loss);
+            xs.add(e.epoch + 1);
+            if (e.test_acc >= 0) accs.add(100 * e.test_acc);
+            losses.add(e.train_loss);
+        }
         const std::string f = (dir / fmt::format("run{}.dat", i)).string();
         write_file_atomic(f, data);
         plot_acc += fmt::format("{}'{}' using 1:2 with linespoints lw 2 title 'test acc, seed {}'",
@@ -69,8 +86,9 @@ void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, 
         "set xlabel 'epoch'\nset ylabel 'test accuracy (%)'\nset y2label 'train loss'\n"
         "set ytics nomirror\nset y2tics\nset grid\nset key bottom right\n"
         "set arrow from graph 0, first 94 to graph 1, first 94 nohead dt 3\n"
-        "plot {}{}\n",
-        tmp_png, title, plot_acc, plot_loss);
+        "{}{}{}plot {}{}\n",
+        tmp_png, title, xs.set("x", 0.5), accs.set("y", 1.0),
+        losses.set("y2", std::max(0.05, 0.05 * std::abs(losses.lo))), plot_acc, plot_loss);
     run_tool("gnuplot", script, "gnuplot");
     std::error_code ec;
     fs::rename(tmp_png, png_path, ec);
@@ -207,7 +225,11 @@ std::string network_dot(const NetConfig& c) {
 }
 
 void write_svg(const std::string& svg_path, const std::string& dot) {
-    run_tool(fmt::format("dot -Tsvg -o '{}.tmp'", svg_path), dot, "graphviz (dot)");
+    try {
+        run_tool(fmt::format("dot -Tsvg -o '{}.tmp'", svg_path), dot, "graphviz (dot)");
+    } catch (const Error& e) {
+        fail("{}: {}", svg_path, e.what());
+    }
     std::error_code ec;
     fs::rename(svg_path + ".tmp", svg_path, ec);
     if (ec) fail("{}: cannot write the diagram: {}", svg_path, ec.message());

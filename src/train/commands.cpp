@@ -144,10 +144,12 @@ Cifar10 load_data(const CommonArgs& a) {
 }
 
 int cmd_presets() {
+    size_t w = 0;  // the widest name, and a space
+    for (const auto& name : preset_names()) w = std::max(w, name.size() + 1);
     for (const auto& name : preset_names()) {
         const Recipe r = recipe_from_json(preset_json(name));
-        fmt::print("{:<14} {}\n{:<14} source: {}\n{:<14} published: {}\n", name, r.description, "",
-                   r.source, "", r.published);
+        fmt::print("{:<{}} {}\n{:<{}} source: {}\n{:<{}} published: {}\n", name, w, r.description, "", w,
+                   r.source, "", w, r.published);
     }
     return 0;
 }
@@ -264,20 +266,30 @@ static std::unique_ptr<Backend> rounding_backend(Backend& base, const std::strin
     return std::make_unique<RoundingBackend>(base, *p);
 }
 
+std::string checkpoint_of_seed(const std::string& path, uint64_t seed) {
+    const std::filesystem::path p(path);
+    return (p.parent_path() / fmt::format("{}.seed{}{}", p.stem().string(), seed, p.extension().string())).string();
+}
+
 int cmd_train(const TrainArgs& a) {
     if (a.runs < 1) fail("--runs must be >= 1");
     if (a.checkpoint_every < 0) fail("--checkpoint-every must be >= 0");
     if (a.checkpoint_every > 0 && a.checkpoint.empty()) fail("--checkpoint-every needs --checkpoint FILE");
+    if (a.stop_after_step >= 0 && a.checkpoint.empty())
+        fail("--stop-after-step stops as if interrupted, to resume later: it needs --checkpoint FILE");
     std::unique_ptr<Checkpoint> resume;
     if (!a.resume.empty()) {
         if (a.runs != 1) fail("--resume continues one run: drop --runs");
         resume = std::make_unique<Checkpoint>(read_checkpoint(a.resume));
     }
-    // what the run writes, checked before it starts, so that a bad path does not cost the run
+    // what the run writes, checked before it starts, so that a bad path does not cost the run;
+    // with several runs each saves its own checkpoint (FILE with the seed before the extension)
     for (const auto& [path, flag] : {std::pair{a.checkpoint, "--checkpoint"},
                                      {a.summary_json, "--summary-json"}, {a.log, "--log"},
                                      {a.plot, "--plot"}, {a.dawnbench, "--dawnbench"}})
         if (!path.empty()) check_output_path(path, flag);
+    if (a.runs > 1 && !a.checkpoint.empty())
+        for (int i = 0; i < a.runs; ++i) check_output_path(checkpoint_of_seed(a.checkpoint, a.seed + i), "--checkpoint");
     if (a.no_epoch_eval && !a.plot.empty())
         fail("--plot draws each epoch's test accuracy: not with --no-epoch-eval");
     if (a.no_epoch_eval && !a.dawnbench.empty())
@@ -358,6 +370,7 @@ int cmd_train(const TrainArgs& a) {
     std::vector<double> acc, acc_tta, secs;
     for (int i = 0; i < a.runs; ++i) {
         if (a.runs > 1) fmt::print("run {} of {} (seed {})\n", i + 1, a.runs, a.seed + i);
+        if (a.runs > 1 && !a.checkpoint.empty()) trainer.set_checkpoint_path(checkpoint_of_seed(a.checkpoint, a.seed + i));
         try {
             results.push_back(trainer.run(a.seed + i, false, resume.get()));
         } catch (const Interrupted& e) {
@@ -471,6 +484,10 @@ int cmd_eval(const EvalArgs& a) {
 int cmd_describe(const DescribeArgs& a) {
     note_unused(a, "describe", "reads no data and runs on no device", true);
     const Recipe r = resolve_recipe(a);
+    if (!a.svg.empty()) check_output_path(a.svg, "--svg");
+    // (the figures are those of a full run: 50,000 training images)
+    if (r.batch_size > 50000)
+        fail("batch size {} is larger than CIFAR-10's training set (50,000 images)", r.batch_size);
     auto b = make_cpu_backend(1);
     Network net(*b, r.net);
     fmt::print("preset {}: {}\n  source: {}\n  published: {}\n\n", r.name, r.description, r.source, r.published);
@@ -578,6 +595,7 @@ static nlohmann::json profile_training_step(ProfilingBackend& prof, int steps,
 
 int cmd_bench(const BenchArgs& a) {
     if (a.steps < 1) fail("--steps must be >= 1 (got {})", a.steps);
+    if (!a.json.empty()) check_output_path(a.json, "--json");
     note_unused(a, "bench", "times the ops on random inputs", false);
     const Recipe r = resolve_recipe(a);
     set_cpu_conv(a.cpu_conv, false);

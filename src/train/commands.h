@@ -111,6 +111,10 @@ extern const char* const kCifarClassNames[10];
 std::vector<float> predict_probabilities(Network& net, const Recipe& r, const std::vector<uint8_t>& images, int n);
 
 int cmd_train(const TrainArgs& a);
+// Where run `seed` of `train --runs N --checkpoint FILE` (N > 1) saves: FILE with ".seed<S>"
+// before its extension (run.safetensors -> run.seed3.safetensors), so that no run's weights
+// overwrite another's.
+std::string checkpoint_of_seed(const std::string& path, uint64_t seed);
 int cmd_eval(const EvalArgs& a);
 int cmd_bench(const BenchArgs& a);
 int cmd_data(const DataArgs& a);

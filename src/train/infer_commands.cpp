@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 #include "io/onnx_export.h"
 #include "io/png_image.h"
 #include "train/commands.h"
@@ -116,6 +117,7 @@ int cmd_export(const ExportArgs& a) {
     if (!onnx_export_available())  // say so before reading anything
         fail("export --onnx: this speedrun was built without ONNX (install libonnx-dev and "
              "libprotobuf-dev, e.g. with tools/install-deps, and run cmake again)");
+    check_output_path(a.onnx, "--onnx");
     const Checkpoint c = read_checkpoint(a.checkpoint);
     auto backend = make_cpu_backend(1);
     Network net(*backend, c.recipe.net);

@@ -386,6 +386,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     };
 
     int step = resume ? resume->state.step : 0;
+    int evaluated_epoch = -1;  // the last epoch evaluated in this process (not restored)
     long images_done = 0;  // trained on in this process (a resumed run: since the resume)
     const int first_epoch = resume ? resume->state.epoch : 0;
     if (resume) rng.set_state(resume->state.rng_epoch_start.data());
@@ -646,6 +647,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         if (o_.eval_each_epoch && root) {  // untimed
             const auto tv = clock_type::now();
             es.test_acc = evaluate_current(0);
+            evaluated_epoch = epoch;
             b_.synchronize();
             es.eval_seconds = seconds_since(tv);
         }
@@ -669,8 +671,10 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     const double tta_s = timer->stop_seconds();
     const double timed_steps = timed;  // what the finished checkpoint keeps: a resume of it
     timed += tta_s;                    // evaluates again and adds that evaluation's time
-    res.test_accuracy = (o_.eval_each_epoch && !res.epochs.empty()) ? res.epochs.back().test_acc
-                                                                     : (root ? evaluate(0) : 0.0);
+    // (a restored epoch's accuracy may be of another --test-subset: evaluated again)
+    res.test_accuracy = (!res.epochs.empty() && res.epochs.back().epoch == evaluated_epoch)
+                            ? res.epochs.back().test_acc
+                            : (root ? evaluate(0) : 0.0);
     res.train_seconds = timed;
     res.recording_failed = graphs_why_;
     save(step, n_epochs, 0, {}, timed_steps, 0);  // the finished run (weights: the final EMA)
@@ -680,6 +684,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                    "without TTA {:.4f})\n",
                    "eval", step, "", "", res.test_accuracy_tta, "", timed, r_.tta_level,
                    res.test_accuracy);
+        if (!o_.checkpoint_path.empty()) fmt::print("checkpoint written to {}\n", o_.checkpoint_path);
         std::fflush(stdout);
     }
     if (!warmup && log_)

@@ -90,6 +90,8 @@ public:
     const std::vector<float>& last_logits() const { return host_logits_; }
     Network& network() { return net_; }
     int n_train() const { return n_train_; }
+    // Where the next runs save their checkpoints (Options::checkpoint_path until set).
+    void set_checkpoint_path(const std::string& path) { o_.checkpoint_path = path; }
     int n_test() const { return n_test_; }
 
 private:

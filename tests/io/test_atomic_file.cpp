@@ -15,20 +15,33 @@ namespace fs = std::filesystem;
 TEST(AtomicFile, OutputPathsAreCheckedBeforeTheWork) {
     const fs::path dir = test::temp_path("outputs");
     fs::remove_all(dir);
-    // a missing directory is made, as the writers would make it; the file itself is not
+    // missing folders are fine (the writers make them) and are not made by the check, so a run
+    // that stops early leaves none behind; nor is the file made
     const fs::path nested = dir / "a" / "b" / "summary.json";
     check_output_path(nested.string(), "--summary-json");
-    EXPECT_TRUE(fs::is_directory(nested.parent_path()));
-    EXPECT_FALSE(fs::exists(nested));
+    EXPECT_FALSE(fs::exists(dir));
     check_output_path("relative-name.json", "--log");  // the current directory
+    EXPECT_FALSE(fs::exists("relative-name.json"));
     // a directory where the file should be, and a file where a directory should be
+    fs::create_directories(dir);
     std::string why = test::error_of([&] { check_output_path(dir.string(), "--checkpoint"); });
     EXPECT_TRUE(test::contains(why, "--checkpoint " + dir.string() + ": is a directory")) << why;
     const fs::path file = dir / "plain";
     std::ofstream(file) << "x";
-    why = test::error_of([&] { check_output_path((file / "c.safetensors").string(), "--checkpoint"); });
-    EXPECT_TRUE(test::contains(why, "--checkpoint")) << why;
-    EXPECT_TRUE(test::contains(why, "cannot create directory " + file.string())) << why;
+    why = test::error_of([&] { check_output_path((file / "sub" / "c.safetensors").string(), "--checkpoint"); });
+    EXPECT_TRUE(test::contains(why, "--checkpoint " + (file / "sub" / "c.safetensors").string())) << why;
+    EXPECT_TRUE(test::contains(why, file.string() + " is not a directory")) << why;
+    // a folder where no file can be made although access() says it can for root: /proc
+    if (fs::is_directory("/proc/self")) {
+        why = test::error_of([&] { check_output_path("/proc/speedrun-summary.json", "--summary-json"); });
+        EXPECT_TRUE(test::contains(why, "--summary-json /proc/speedrun-summary.json: cannot write in /proc"))
+            << why;
+    }
+    // the probe file is gone again
+    check_output_path((dir / "s.json").string(), "--summary-json");
+    size_t entries = 0;
+    for (const auto& e : fs::directory_iterator(dir)) entries += e.path() != file;
+    EXPECT_EQ(entries, 0u);
     fs::remove_all(dir);
 }
 

@@ -157,6 +157,29 @@ contains resumed-err.txt "--resume continues the recipe saved in r.safetensors; 
 [ "$(json resumed.json 'j["runs"][0]["test_accuracy_tta"]')" = \
   "$(json full.json 'j["runs"][0]["test_accuracy_tta"]')" ] || fail "the resumed run ends elsewhere"
 
+# -- a finished checkpoint resumed on fewer test images: both accuracies are of those images
+#    (the one without TTA was the saved last epoch's, on the run's 256)
+"$B" train "${tiny[@]:0:${#tiny[@]}-2}" --resume c.safetensors --test-subset 128 > resume128.txt 2> /dev/null  # (tiny ends with --test-subset 256)
+"$B" eval --checkpoint c.safetensors --data syn --no-download --device cpu --threads 2 \
+    --test-subset 128 > eval128.txt
+no_tta=$(sed -n 's/^test accuracy \([0-9.]*\) without TTA, .*(128 images.*/\1/p' eval128.txt)
+[ -n "$no_tta" ] || { cat eval128.txt >&2; fail "eval --test-subset 128 printed no accuracy"; }
+contains resume128.txt "without TTA $no_tta)"
+
+# -- several runs with --checkpoint: one file per run, named by its seed
+one_epoch=("${tiny[@]}")
+for i in "${!one_epoch[@]}"; do [ "${one_epoch[$i]}" = --epochs ] && one_epoch[$((i + 1))]=1; done
+"$B" train "${one_epoch[@]}" --runs 2 --seed 7 --checkpoint runs.safetensors > runs.txt
+[ -s runs.seed7.safetensors ] && [ -s runs.seed8.safetensors ] && [ ! -e runs.safetensors ] \
+    || { ls >&2; fail "--runs 2 --checkpoint runs.safetensors: not runs.seed7/8.safetensors"; }
+contains runs.txt "checkpoint written to runs.seed8.safetensors"
+"$B" eval --checkpoint runs.seed7.safetensors --data syn --no-download --device cpu --threads 2 > eval7.txt
+contains eval7.txt "seed 7"
+
+# -- presets: the descriptions, sources and published figures start in one column
+cols=$(awk '/^ / {print index($0, $1)} /^[^ ]/ {match($0, /^[^ ]+ +/); print RLENGTH + 1}' presets.txt | sort -u | wc -l)
+[ "$cols" = 1 ] || { cat presets.txt >&2; fail "speedrun presets: the columns do not line up"; }
+
 # -- bad input: exit status 1 and a message naming the cause
 expect_error "unknown preset 'nope'" -- "$B" train --preset nope
 expect_error "/nonexistent" -- "$B" train --data /nonexistent --no-download
@@ -176,6 +199,12 @@ expect_error "--epochs: must be a positive number (got -1)" -- "$B" train --epoc
 expect_error "--batch-size: must be a positive number (got nan)" -- "$B" describe --batch-size nan
 expect_error "'opt.batch_size' must be an integer (got 1.5)" -- "$B" describe --set opt.batch_size=1.5
 expect_error "opt.epochs must be at most 10000" -- "$B" describe --epochs 1e9
+expect_error "batch size 50001 is larger than CIFAR-10's training set" -- "$B" describe --batch-size 50001
+expect_error "--grid opt.lr=x" -- "$B" sweep "${tiny[@]}" --grid opt.lr=1,x
+expect_error "--stop-after-step stops as if interrupted, to resume later: it needs --checkpoint FILE" -- \
+    "$B" train "${tiny[@]}" --stop-after-step 3
+expect_error "--warmup: must be" -- "$B" train "${tiny[@]}" --warmup -5
+expect_error "--threads: must be" -- "$B" eval --checkpoint c.safetensors --threads -3
 mkdir -p cfgdir
 expect_error "cfgdir: is a directory, not a config file" -- "$B" describe --config cfgdir
 echo '{"opt": {"lrr": 1}}' > typo.json
@@ -188,10 +217,23 @@ contains describe-err.txt "describe reads no data and runs on no device; --data,
 # outputs that cannot be written stop the run before it trains, not after
 touch afile
 for flag in --checkpoint --summary-json --log --dawnbench; do
-    expect_error "$flag afile/x: cannot create directory afile" -- "$B" train "${tiny[@]}" $flag afile/x
+    expect_error "$flag afile/x: afile is not a directory" -- "$B" train "${tiny[@]}" $flag afile/x
     if grep -q "train_loss" out.txt; then fail "$flag afile/x: the run trained first"; fi
 done
 expect_error "--summary-json cfgdir: is a directory" -- "$B" train "${tiny[@]}" --summary-json cfgdir
+expect_error "--summary-json /proc/s.json: cannot write in /proc" -- "$B" train "${tiny[@]}" --summary-json /proc/s.json
+# ... and those of the other commands that write files, before their work
+expect_error "--summary-json cfgdir: is a directory" -- "$B" sweep "${tiny[@]}" --runs 1 --summary-json cfgdir
+if grep -q "jobs\? in" out.txt; then fail "sweep --summary-json cfgdir: the sweep ran first"; fi
+expect_error "--results afile/r.jsonl: afile is not a directory" -- "$B" sweep "${tiny[@]}" --runs 1 --results afile/r.jsonl
+expect_error "--json cfgdir: is a directory" -- "$B" bench --device cpu --threads 2 --set 'net.widths=[8,16,16]' \
+    --batch-size 64 --steps 1 --json cfgdir
+if grep -q "train step" out.txt; then fail "bench --json cfgdir: the bench ran first"; fi
+expect_error "--svg afile/n.svg: afile is not a directory" -- "$B" describe --svg afile/n.svg
+if [ -s m.onnx ]; then
+    expect_error "--onnx cfgdir: is a directory" -- "$B" export --checkpoint c.safetensors --onnx cfgdir
+fi
+[ -z "$(find . /proc -maxdepth 1 -name '.speedrun-probe*' 2> /dev/null)" ] || fail "the output checks left files behind"
 if ! command -v gnuplot > /dev/null; then
     expect_error "--plot needs gnuplot" -- "$B" train "${tiny[@]}" --plot q.png
 fi
