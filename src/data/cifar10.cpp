@@ -95,6 +95,14 @@ bool has_all_six(const fs::path& dir) {
     return true;
 }
 
+// For a message on file f missing in dir: where dir holds the archive's folder with the files
+// (the folder above the data, a common slip), "; DIR/cifar-10-batches-bin has them".
+std::string folder_inside(const std::string& dir, const char* f) {
+    std::error_code ec;
+    const fs::path inside = fs::path(dir) / "cifar-10-batches-bin";
+    return fs::is_regular_file(inside / f, ec) ? fmt::format("; {} has them", inside.string()) : "";
+}
+
 // A directory named by the user (--data or $CIFAR10_DIR) must hold all six files.
 void require_all_six(const std::string& dir, const char* from) {
     std::error_code ec;
@@ -104,8 +112,8 @@ void require_all_six(const std::string& dir, const char* from) {
         const fs::path p = fs::path(dir) / f;
         if (!fs::is_regular_file(p, ec))
             fail("{}: missing (looked for CIFAR-10 in {}, from {}; it needs data_batch_1..5.bin and "
-                 "test_batch.bin)",
-                 p.string(), dir, from);
+                 "test_batch.bin{})",
+                 p.string(), dir, from, folder_inside(dir, f));
     }
 }
 
@@ -299,8 +307,9 @@ Cifar10 load_cifar10_dir(const std::string& dir) {
     std::error_code ec;
     for (const char* f : kBatchFiles) {
         const fs::path p = fs::path(dir) / f;
-        if (!fs::exists(p, ec)) fail("{}: missing (CIFAR-10 in {} needs data_batch_1..5.bin and test_batch.bin)",
-                                     p.string(), dir);
+        if (!fs::exists(p, ec))
+            fail("{}: missing (CIFAR-10 in {} needs data_batch_1..5.bin and test_batch.bin{})", p.string(),
+                 dir, folder_inside(dir, f));
     }
     // the five training files go straight into one buffer, through one reused read buffer
     Cifar10 d;

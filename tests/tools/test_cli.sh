@@ -193,6 +193,8 @@ expect_error "--resume continues one run" -- "$B" train "${tiny[@]}" --resume r.
 head -c 1000 syn/test_batch.bin > short.bin && mkdir -p short && cp syn/data_batch_*.bin short/ \
     && mv short.bin short/test_batch.bin
 expect_error "test_batch.bin" -- "$B" data --data short --no-download
+mkdir -p above && ln -s ../syn above/cifar-10-batches-bin
+expect_error "; above/cifar-10-batches-bin has them" -- "$B" data --data above --no-download
 expect_error "--frobnicate" -- "$B" train --frobnicate
 expect_error "unknown command 'trian' (commands: train, " -- "$B" trian
 expect_error "--epochs: must be a positive number (got -1)" -- "$B" train --epochs -1
