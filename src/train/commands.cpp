@@ -329,6 +329,12 @@ int cmd_train(const TrainArgs& a) {
     const Cifar10 data = load_data(a);
     const double load_s = since(tl);
     if (data.synthetic) fmt::print("note: training on SYNTHETIC data ({}), not CIFAR-10\n", data.source);
+    if (resume && a.subset >= 0) {  // (the trainer checks it too, after the set-up's tens of seconds)
+        const int n = a.subset > 0 ? std::min(a.subset, data.train.n) : data.train.n;
+        if (resume->state.n_train != n)
+            fail("--resume: the checkpoint was trained on {} images, this run has {} (use the same "
+                 "--subset)", resume->state.n_train, n);
+    }
 
     TrainOptions o;
     o.subset = a.subset;

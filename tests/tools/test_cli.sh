@@ -166,6 +166,12 @@ no_tta=$(sed -n 's/^test accuracy \([0-9.]*\) without TTA, .*(128 images.*/\1/p'
 [ -n "$no_tta" ] || { cat eval128.txt >&2; fail "eval --test-subset 128 printed no accuracy"; }
 contains resume128.txt "without TTA $no_tta)"
 
+# another --subset than the checkpoint's is refused before the set-up
+more=("${tiny[@]}")
+for i in "${!more[@]}"; do [ "${more[$i]}" = --subset ] && more[$((i + 1))]=2048; done
+expect_error "the checkpoint was trained on 1024 images, this run has 2048" -- "$B" train "${more[@]}" --resume c.safetensors
+if grep -q "set-up" out.txt; then fail "--resume with another --subset: refused only after the set-up"; fi
+
 # -- several runs with --checkpoint: one file per run, named by its seed
 one_epoch=("${tiny[@]}")
 for i in "${!one_epoch[@]}"; do [ "${one_epoch[$i]}" = --epochs ] && one_epoch[$((i + 1))]=1; done
