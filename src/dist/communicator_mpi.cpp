@@ -51,6 +51,7 @@ constexpr size_t kMaxCount = size_t(1) << 30;
 class MpiCommunicator final : public Communicator {
 public:
     MpiCommunicator() {
+        limit_s_ = env_count("SPEEDRUN_MPI_TIMEOUT", 1800, 0);  // (a bad value fails before MPI starts)
         int inited = 0;
         MPI_Initialized(&inited);
         if (!inited) {
@@ -59,7 +60,6 @@ public:
                 fail("MPI: MPI_Init_thread failed (is this process started by mpirun or srun?)");
             owns_ = true;
         }
-        limit_s_ = env_count("SPEEDRUN_MPI_TIMEOUT", 1800, 0);
         MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
         MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
         MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_));

@@ -509,7 +509,7 @@ int cmd_describe(const DescribeArgs& a) {
     const double views = double(eval_forwards(r, 10000, eval_batch_size(r, 10000, r.batch_size))) / 10000;
     fmt::print("\nlearnable parameters  {}\n", net.learnable_count());
     fmt::print("forward FLOPs/image   {:.3f} GFLOP (convolutions and head; multiply-add = 2)\n", f * 1e-9);
-    fmt::print("one full run          {:.3f} PFLOP ({} steps: {} training images x 3 x forward, + TTA {:g} forwards x 10,000)\n",
+    fmt::print("one full run          {:.3f} PFLOP ({} steps: {} training images x 3 x forward, + TTA {:g} forwards per test image, whole batches counted, x 10,000)\n",
                (3.0 * f * double(images) + f * views * 10000.0) * 1e-15,
                total_steps(50000, r.batch_size, r.epochs, r.drop_last), images, views);
     if (!a.svg.empty()) {
