@@ -44,7 +44,8 @@ public:
     // ends the job: a rank lost without an error (stopped, hung) no longer leaves the others
     // waiting forever. A pause of this whole process (SIGSTOP, a suspended job) does not count.
     // For stretches where every rank runs the same steps (training: LimitedWaits); start-up, a
-    // sweep's ranks and rank 0's final evaluation wait for each other legitimately.
+    // sweep's ranks and what rank 0 does alone (evaluating, saving) wait for each other
+    // legitimately, and the trainer takes the limit off there.
     virtual void limit_waits(bool on) { (void)on; }
 };
 

@@ -8,7 +8,8 @@
 // limit_waits is on, the main thread notes when its oldest wait began (a blocking collective, or
 // the first started sum not yet done), and a watchdog thread, which makes no MPI call, ends the
 // rank when that is more than the limit ago. It wakes every 100 ms; a wake-up that came seconds
-// late is this process paused (SIGSTOP, a suspended job), and the pause does not count.
+// late (a quarter of the limit where that is less, 0.3 s at least) is this process paused
+// (SIGSTOP, a suspended job), and the pause does not count.
 #if SPEEDRUN_HAVE_MPI
 #include <algorithm>
 #include <atomic>
@@ -178,19 +179,26 @@ private:
     // (the watchdog thread) every 100 ms until closing_; no MPI call here (FUNNELED)
     void watch() {
         using namespace std::chrono;
+        // a wake-up this much later than the 100 ms asked is this process paused, not the wait
+        // going on (seconds; less for a limit of a few seconds)
+        const nanoseconds late = std::clamp(duration_cast<nanoseconds>(duration<double>(limit_s_ / 4.0)),
+                                            nanoseconds(milliseconds(300)), nanoseconds(seconds(5)));
         std::unique_lock<std::mutex> lock(mu_);
-        int64_t seen = 0;         // the wait last looked at
-        nanoseconds paused{0};    // of it, the time this process was paused
+        int64_t seen = 0;       // the wait last looked at
+        nanoseconds paused{0};  // of it, the time this process was paused
+        int64_t last = now_ns();  // the previous wake-up (the gap between two covers any stop)
         while (true) {
-            const int64_t asleep = now_ns();
             if (wake_.wait_for(lock, milliseconds(100), [this] { return closing_; })) break;
             const int64_t now = now_ns(), since = since_.load();
+            const nanoseconds gap(now - last);
+            last = now;
+            if (!limited_.load() || since == 0) {
+                seen = 0, paused = {};
+                continue;
+            }
             if (since != seen) seen = since, paused = {};
-            // a 100 ms sleep that took seconds is the process stopped, not the wait going on;
-            // the wait began before the stop (it is not counted: at most the gap's last 100 ms)
-            const nanoseconds gap(now - asleep);
-            if (since != 0 && gap > seconds(5)) paused += std::min(gap, nanoseconds(now - since));
-            if (since == 0) continue;
+            // the part of a late wake-up after the wait began (at most all of it)
+            if (gap > late + milliseconds(100)) paused += std::min(gap, nanoseconds(now - since));
             const double waited = duration<double>(nanoseconds(now - since) - paused).count();
             if (waited > limit_s_) {
                 std::fprintf(stderr,

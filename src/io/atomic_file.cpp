@@ -41,24 +41,31 @@ void make_parent(const std::string& path) {
 void check_output_path(const std::string& path, const char* flag) {
     std::error_code ec;
     if (fs::is_directory(path, ec)) fail("{} {}: is a directory", flag, path);
-    // the nearest folder that exists: the writers create the missing ones below it
+    if (!path.empty() && path.back() == '/') fail("{} {}: names a folder, not a file", flag, path);
+    // the nearest folder that exists: the writers create the missing ones below it (a relative
+    // path's first folder missing: the current directory)
     fs::path dir = fs::path(path).parent_path();
     if (dir.empty()) dir = ".";
-    while (!fs::exists(dir, ec) && dir.has_relative_path() && dir.has_parent_path() &&
-           dir.parent_path() != dir)
-        dir = dir.parent_path();
+    while (!fs::exists(dir, ec)) {
+        const fs::path up = dir.parent_path();
+        if (up == dir) break;
+        dir = up.empty() ? fs::path(".") : up;
+    }
     if (!fs::exists(dir, ec)) fail("{} {}: {} does not exist", flag, path, dir.string());
     if (!fs::is_directory(dir, ec)) fail("{} {}: {} is not a directory", flag, path, dir.string());
     // A file made and removed there, as the writers make their temporary files: access(W_OK)
     // says yes to root almost everywhere (/proc, a read-only mount's permissions), this does not.
-    const fs::path probe = dir / (".speedrun-probe." + std::to_string(::getpid()));
-    const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    // mkstemp: a new name, O_EXCL (no one else's file or link is opened or removed).
+    std::string probe = (dir / ".speedrun-probe.XXXXXX").string();
+    const int fd = ::mkstemp(probe.data());
     if (fd < 0) fail("{} {}: cannot write in {}: {}", flag, path, dir.string(), std::strerror(errno));
     ::close(fd);
     ::unlink(probe.c_str());
     if (fs::exists(path, ec) && ::access(path.c_str(), W_OK) != 0)
         fail("{} {}: {}", flag, path, std::strerror(errno));
 }
+
+void make_parent_folders(const std::string& path) { make_parent(path); }
 
 bool program_on_path(const std::string& name) {
     const char* env = std::getenv("PATH");

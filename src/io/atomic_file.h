@@ -17,6 +17,10 @@ void write_file_atomic(const std::string& path, const std::string& content);
 // bad path stops a run at its start, not after it; nothing is left behind.
 void check_output_path(const std::string& path, const char* flag);
 
+// Makes the folders above path that are missing (for writers other than write_file_atomic:
+// gnuplot, graphviz).
+void make_parent_folders(const std::string& path);
+
 // Whether an executable of this name is on $PATH (gnuplot, dot).
 bool program_on_path(const std::string& name);
 

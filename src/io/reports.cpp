@@ -81,6 +81,7 @@ void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, 
                                  f, runs[i].seed);
     }
     const std::string tmp_png = png_path + ".tmp.png";
+    make_parent_folders(png_path);  // (gnuplot does not make them)
     const std::string script = fmt::format(
         "set terminal pngcairo size 900,560\nset output '{}'\nset title \"{}\"\n"
         "set xlabel 'epoch'\nset ylabel 'test accuracy (%)'\nset y2label 'train loss'\n"
@@ -225,6 +226,7 @@ std::string network_dot(const NetConfig& c) {
 }
 
 void write_svg(const std::string& svg_path, const std::string& dot) {
+    make_parent_folders(svg_path);  // (dot does not make them)
     try {
         run_tool(fmt::format("dot -Tsvg -o '{}.tmp'", svg_path), dot, "graphviz (dot)");
     } catch (const Error& e) {

@@ -274,8 +274,10 @@ std::string checkpoint_of_seed(const std::string& path, uint64_t seed) {
 int cmd_train(const TrainArgs& a) {
     if (a.runs < 1) fail("--runs must be >= 1");
     if (a.checkpoint_every < 0) fail("--checkpoint-every must be >= 0");
-    if (a.checkpoint_every > 0 && a.checkpoint.empty()) fail("--checkpoint-every needs --checkpoint FILE");
-    if (a.stop_after_step >= 0 && a.checkpoint.empty())
+    // (a resumed run saves to its --resume file unless --checkpoint names another)
+    const bool saves = !a.checkpoint.empty() || !a.resume.empty();
+    if (a.checkpoint_every > 0 && !saves) fail("--checkpoint-every needs --checkpoint FILE");
+    if (a.stop_after_step >= 0 && !saves)
         fail("--stop-after-step stops as if interrupted, to resume later: it needs --checkpoint FILE");
     std::unique_ptr<Checkpoint> resume;
     if (!a.resume.empty()) {
@@ -284,10 +286,12 @@ int cmd_train(const TrainArgs& a) {
     }
     // what the run writes, checked before it starts, so that a bad path does not cost the run;
     // with several runs each saves its own checkpoint (FILE with the seed before the extension)
-    for (const auto& [path, flag] : {std::pair{a.checkpoint, "--checkpoint"},
+    for (const auto& [path, flag] : {std::pair{a.runs > 1 ? std::string() : a.checkpoint, "--checkpoint"},
                                      {a.summary_json, "--summary-json"}, {a.log, "--log"},
                                      {a.plot, "--plot"}, {a.dawnbench, "--dawnbench"}})
         if (!path.empty()) check_output_path(path, flag);
+    if (!a.checkpoint.empty() && a.checkpoint.back() == '/')
+        fail("--checkpoint {}: names a folder, not a file", a.checkpoint);
     if (a.runs > 1 && !a.checkpoint.empty())
         for (int i = 0; i < a.runs; ++i) check_output_path(checkpoint_of_seed(a.checkpoint, a.seed + i), "--checkpoint");
     if (a.no_epoch_eval && !a.plot.empty())

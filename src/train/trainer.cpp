@@ -282,9 +282,17 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     if (dp_) dp_->broadcast_params();  // every rank starts from rank 0's weights, bit for bit
     timed += timer->stop_seconds();
     // from here to the last step the ranks run in step: a collective that waits longer than
-    // SPEEDRUN_MPI_TIMEOUT means a rank stopped or hung, and ends the job (communicator.h)
+    // SPEEDRUN_MPI_TIMEOUT means a rank stopped or hung, and ends the job (communicator.h).
+    // What rank 0 does alone (an epoch's evaluation and log, a periodic checkpoint) the others
+    // wait for in a barrier without the limit, not in the next gradient sum.
     std::optional<LimitedWaits> limited;
-    if (dp_) limited.emplace(&dp_->comm());
+    if (dp_ && dp_->comm().world() > 1) limited.emplace(&dp_->comm());
+    auto wait_for_root = [&] {
+        if (!limited) return;
+        limited.reset();
+        dp_->comm().barrier();
+        limited.emplace(&dp_->comm());
+    };
 
     // alternating flip: a random half at the start, then every image flips each epoch
     std::vector<uint8_t> base_flip(size_t(n_train_), 0);
@@ -505,6 +513,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                         : fmt::format("stopped after step {} of {}; resume with --resume {}", step, total,
                                       o_.checkpoint_path));
                 }
+                wait_for_root();  // (rank 0 saved; untimed)
                 timer->start();
             }
         };
@@ -660,6 +669,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             log_->write({{"event", "epoch"}, {"seed", seed}, {"epoch", epoch}, {"steps", step},
                         {"train_loss", es.train_loss}, {"train_acc", es.train_acc},
                         {"test_acc", es.test_acc}, {"epoch_seconds", epoch_s}, {"total_seconds", timed}});
+        wait_for_root();  // (rank 0 evaluated and logged; untimed)
     }
 
     limited.reset();  // (the other ranks wait for rank 0's evaluation at the next start)

@@ -379,6 +379,51 @@ TEST(DataParallel, AnInterruptSeenByOneRankStopsEveryRankAfterTheSameStep) {
         EXPECT_TRUE(test::contains(stopped[size_t(k)], "stopped after step 1 of 4")) << "rank " << k << ": " << stopped[size_t(k)];
 }
 
+// A backend whose inference-mode batch norms take 0.2 s each: an evaluation of seconds.
+class SlowEvaluation final : public ForwardingBackend {
+public:
+    using ForwardingBackend::ForwardingBackend;
+    void run_op(const char*, const std::function<std::string()>&, double, double,
+                std::function<void()> f) override { f(); }
+    void bn_forward_eval(float* y, const float* x, const float* rm, const float* rv, const float* g,
+                         const float* b, int M, int C, float eps) override {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        ForwardingBackend::bn_forward_eval(y, x, rm, rv, g, b, M, C, eps);
+    }
+    void bn_act_forward_eval(float* z, const float* x, const float* rm, const float* rv, const float* g,
+                             const float* b, int M, int C, float eps, ActKind act, float alpha) override {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        ForwardingBackend::bn_act_forward_eval(z, x, rm, rv, g, b, M, C, eps, act, alpha);
+    }
+};
+
+// Rank 0 evaluates each epoch alone. The other ranks wait for it in a barrier with the time limit
+// off (SPEEDRUN_MPI_TIMEOUT, communicator.h), not in the next epoch's first gradient sum under
+// it, where a slow evaluation or checkpoint would read as a lost rank. Without that barrier rank 1
+// waits out rank 0's evaluation (seconds) under the limit (checked).
+TEST(DataParallel, RanksWaitForRankZerosEvaluationWithoutTheTimeLimit) {
+    TinyRun run;
+    run.r.epochs = 2;
+    run.r.tta_level = 0;  // (the final evaluation, untimed anyway: one view)
+    run.o.eval_each_epoch = true;
+    constexpr int K = 2;
+    std::vector<double> longest(K);
+    on_ranks(K, [&](Communicator& comm, int k) {
+        auto cpu = make_cpu_backend(1);
+        SlowEvaluation slow(*cpu);
+        Backend& b = k == 0 ? static_cast<Backend&>(slow) : *cpu;
+        TrainOptions ok = run.o;
+        ok.comm = &comm;
+        const RunResult res = Trainer(b, run.r, run.data, ok).run(3);
+        if (k == 0) EXPECT_EQ(res.epochs.size(), 2u);
+        if (k == 0) EXPECT_GE(res.epochs.back().eval_seconds, 1.0) << "the evaluation was not slow";
+        longest[size_t(k)] = static_cast<test::ThreadGroup::Comm&>(comm).longest_limited_wait();
+    });
+    for (int k = 0; k < K; ++k)
+        EXPECT_LT(longest[size_t(k)], 0.6) << "rank " << k << " waited " << longest[size_t(k)]
+                                            << " s in a collective under the time limit";
+}
+
 // The collectives behind those choices: a count of the ranks that say yes, and two ranks that
 // name the same device.
 TEST(DataParallel, RanksCountTheirAnswersAndFindASharedDevice) {

@@ -22,6 +22,13 @@ TEST(AtomicFile, OutputPathsAreCheckedBeforeTheWork) {
     EXPECT_FALSE(fs::exists(dir));
     check_output_path("relative-name.json", "--log");  // the current directory
     EXPECT_FALSE(fs::exists("relative-name.json"));
+    // a relative path whose first folder is missing: the current directory is where it goes
+    const std::string rel = "speedrun-rel-" + std::to_string(::getpid());
+    check_output_path(rel + "/a/summary.json", "--summary-json");
+    EXPECT_FALSE(fs::exists(rel));
+    // a name that ends in a slash is a folder's
+    std::string why0 = test::error_of([&] { check_output_path(rel + "/", "--checkpoint"); });
+    EXPECT_TRUE(test::contains(why0, "--checkpoint " + rel + "/: names a folder, not a file")) << why0;
     // a directory where the file should be, and a file where a directory should be
     fs::create_directories(dir);
     std::string why = test::error_of([&] { check_output_path(dir.string(), "--checkpoint"); });

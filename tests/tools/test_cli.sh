@@ -46,9 +46,9 @@ done
 contains describe.txt "forward FLOPs/image   0.236 GFLOP"  # airbench94: ~0.24 GFLOP (the peers')
 contains describe.txt "one full run          0.360 PFLOP"
 if command -v dot > /dev/null; then
-    "$B" describe --svg net.svg > /dev/null
-    head -c 200 net.svg | grep -q "<?xml" || fail "net.svg is not SVG"
-    grep -q "<svg" net.svg || fail "net.svg is not SVG"
+    "$B" describe --svg diagrams/net.svg > /dev/null  # (a folder to be made)
+    head -c 200 diagrams/net.svg | grep -q "<?xml" || fail "net.svg is not SVG"
+    grep -q "<svg" diagrams/net.svg || fail "net.svg is not SVG"
 else
     echo "note: graphviz (dot) not installed: describe --svg not checked"
 fi
@@ -68,7 +68,7 @@ tiny=(--data syn --no-download --device cpu --threads 2 --set 'net.widths=[8,16,
       --batch-size 256 --epochs 2 --subset 1024 --test-subset 256)
 echo '{"opt": {"lr": 10.0}}' > cfg.json
 plot=()  # (without gnuplot, --plot is refused before the run)
-if command -v gnuplot > /dev/null; then plot=(--plot p.png); fi
+if command -v gnuplot > /dev/null; then plot=(--plot plots/p.png); fi  # (a folder to be made)
 "$B" train "${tiny[@]}" --config cfg.json --summary-json s.json --log l.jsonl \
     --dawnbench db.tsv "${plot[@]}" --checkpoint c.safetensors > train.txt
 [ "$(json s.json 'j["recipe"]["opt"]["lr"]')" = 10.0 ] || fail "--config: opt.lr is not 10"
@@ -103,7 +103,7 @@ fi
 head -1 db.tsv | grep -qP '^epoch\thours\ttop1Accuracy$' || fail "db.tsv header"
 [ "$(wc -l < db.tsv)" = 3 ] || fail "db.tsv: not a header and 2 epochs"
 if command -v gnuplot > /dev/null; then
-    [ "$(head -c 4 p.png | od -An -c | tr -d ' ')" = '211PNG' ] || fail "p.png is not a PNG"
+    [ "$(head -c 4 plots/p.png | od -An -c | tr -d ' ')" = '211PNG' ] || fail "plots/p.png is not a PNG"
 else
     echo "note: gnuplot not installed: --plot not checked"
 fi
@@ -154,6 +154,9 @@ contains stop-err.txt "interrupted"
 "$B" train "${tiny[@]}" --deterministic --resume r.safetensors --summary-json resumed.json \
     > resumed.txt 2> resumed-err.txt
 contains resumed-err.txt "--resume continues the recipe saved in r.safetensors; --set, --epochs, --batch-size not used"
+# (--stop-after-step with --resume alone: the resumed run saves to its file)
+"$B" train "${tiny[@]}" --deterministic --resume r.safetensors --stop-after-step 3 > /dev/null 2> resume-stop-err.txt || true
+if grep -q "needs --checkpoint" resume-stop-err.txt; then fail "--resume FILE --stop-after-step refused"; fi
 [ "$(json resumed.json 'j["runs"][0]["test_accuracy_tta"]')" = \
   "$(json full.json 'j["runs"][0]["test_accuracy_tta"]')" ] || fail "the resumed run ends elsewhere"
 
