@@ -44,14 +44,19 @@ void check_output_path(const std::string& path, const char* flag) {
     if (!path.empty() && path.back() == '/') fail("{} {}: names a folder, not a file", flag, path);
     // the nearest folder that exists: the writers create the missing ones below it (a relative
     // path's first folder missing: the current directory)
+    // (an entry that is there in any form ends the walk, a dangling link too; an error other than
+    // "not there" is reported, not walked past)
     fs::path dir = fs::path(path).parent_path();
     if (dir.empty()) dir = ".";
-    while (!fs::exists(dir, ec)) {
+    while (true) {
+        const fs::file_status st = fs::symlink_status(dir, ec);
+        if (ec && ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory)
+            fail("{} {}: {}: {}", flag, path, dir.string(), ec.message());
+        if (fs::exists(st)) break;
         const fs::path up = dir.parent_path();
-        if (up == dir) break;
+        if (dir == "." || up == dir) fail("{} {}: {} does not exist", flag, path, dir.string());
         dir = up.empty() ? fs::path(".") : up;
     }
-    if (!fs::exists(dir, ec)) fail("{} {}: {} does not exist", flag, path, dir.string());
     if (!fs::is_directory(dir, ec)) fail("{} {}: {} is not a directory", flag, path, dir.string());
     // A file made and removed there, as the writers make their temporary files: access(W_OK)
     // says yes to root almost everywhere (/proc, a read-only mount's permissions), this does not.

@@ -290,6 +290,7 @@ int cmd_train(const TrainArgs& a) {
                                      {a.summary_json, "--summary-json"}, {a.log, "--log"},
                                      {a.plot, "--plot"}, {a.dawnbench, "--dawnbench"}})
         if (!path.empty()) check_output_path(path, flag);
+    if (a.checkpoint.empty() && !a.resume.empty()) check_output_path(a.resume, "--resume");  // (saved to)
     if (!a.checkpoint.empty() && a.checkpoint.back() == '/')
         fail("--checkpoint {}: names a folder, not a file", a.checkpoint);
     if (a.runs > 1 && !a.checkpoint.empty())

@@ -44,6 +44,13 @@ TEST(AtomicFile, OutputPathsAreCheckedBeforeTheWork) {
         EXPECT_TRUE(test::contains(why, "--summary-json /proc/speedrun-summary.json: cannot write in /proc"))
             << why;
     }
+    // a dangling link in the folder chain stops the check (it did walk past it to ".")
+    const fs::path dangling = dir / "dangling";
+    fs::create_symlink(dir / "no-such-folder", dangling);
+    why = test::error_of([&] { check_output_path((dangling / "x.json").string(), "--log"); });
+    EXPECT_TRUE(test::contains(why, "--log " + (dangling / "x.json").string() + ": " + dangling.string()))
+        << why;
+    fs::remove(dangling);
     // the probe file is gone again
     check_output_path((dir / "s.json").string(), "--summary-json");
     size_t entries = 0;
