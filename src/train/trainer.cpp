@@ -365,7 +365,14 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     // state of its start, and the steps already done are skipped).
     auto save = [&](int step_now, int epoch, int done_in_epoch, const std::array<uint64_t, 4>& rng0,
                     double timed_now, double epoch_timed) {
-        if (o_.checkpoint_path.empty() || !root || warmup) return;
+        if (o_.checkpoint_path.empty() || warmup) return;
+        // Mid-epoch each rank holds the sums of its own slices (they are added up at the epoch's
+        // end): the checkpoint keeps the global batches' (a collective: every rank saves at the
+        // same steps), and on resume rank 0 alone starts from them.
+        float stats[2];
+        b_.download(stats, stats_.get(), sizeof stats);
+        if (dp_ && dp_->comm().world() > 1 && done_in_epoch > 0) dp_->comm().allreduce_sum(stats, 2);
+        if (!root) return;
         RunState st;
         st.seed = seed;
         st.step = step_now;
@@ -373,7 +380,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         st.steps_in_epoch = done_in_epoch;
         st.rng_epoch_start = rng0;
         st.base_flip = base_flip;
-        b_.download(st.epoch_stats, stats_.get(), sizeof st.epoch_stats);
+        std::copy(stats, stats + 2, st.epoch_stats);
         st.timed = timed_now;
         st.epoch_timed = epoch_timed;
         st.n_train = n_train_;
@@ -482,7 +489,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             b_.upload(ep_jitter_.get() + n_train_, jit_gain.data(), jit_gain.size() * sizeof(float));
         }
         const float zero2[2] = {0.f, 0.f};
-        b_.upload(stats_.get(), skip ? resume->state.epoch_stats : zero2, sizeof zero2);
+        b_.upload(stats_.get(), skip && root ? resume->state.epoch_stats : zero2, sizeof zero2);
 
         int steps_here = skip;
         double epoch_time = 0;

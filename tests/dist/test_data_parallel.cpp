@@ -379,6 +379,50 @@ TEST(DataParallel, AnInterruptSeenByOneRankStopsEveryRankAfterTheSameStep) {
         EXPECT_TRUE(test::contains(stopped[size_t(k)], "stopped after step 1 of 4")) << "rank " << k << ": " << stopped[size_t(k)];
 }
 
+// Stopped mid-epoch and resumed on two ranks, the epoch's train loss and accuracy are those of
+// the global batches, as without the stop. Each rank held its own slices' sums; the checkpoint
+// kept rank 0's, and on resume every rank started from them, so rank 0's first steps counted
+// twice and rank 1's not at all (checked: the accuracy differed).
+TEST(DataParallel, AnEpochResumedOnTwoRanksCountsEveryImageOnce) {
+    TinyRun run;  // 4 steps of 256 (128 a rank)
+    const std::string ckpt = (std::filesystem::temp_directory_path() /
+                              ("speedrun-dp-stats-" + std::to_string(::getpid()) + ".safetensors")).string();
+    constexpr int K = 2;
+    std::vector<RunResult> whole(K), resumed(K);
+    on_ranks(K, [&](Communicator& comm, int k) {
+        auto b = make_cpu_backend(1);
+        TrainOptions ok = run.o;
+        ok.comm = &comm;
+        whole[size_t(k)] = Trainer(*b, run.r, run.data, ok).run(3);
+    });
+    on_ranks(K, [&](Communicator& comm, int k) {
+        auto b = make_cpu_backend(1);
+        TrainOptions ok = run.o;
+        ok.comm = &comm;
+        ok.checkpoint_path = ckpt;
+        ok.stop_after_step = 2;
+        try {
+            Trainer(*b, run.r, run.data, ok).run(3);
+        } catch (const Interrupted&) {
+        }
+    });
+    const Checkpoint saved = read_checkpoint(ckpt);
+    ASSERT_EQ(saved.state.steps_in_epoch, 2);
+    on_ranks(K, [&](Communicator& comm, int k) {
+        auto b = make_cpu_backend(1);
+        TrainOptions ok = run.o;
+        ok.comm = &comm;
+        ok.checkpoint_path = ckpt;
+        resumed[size_t(k)] = Trainer(*b, run.r, run.data, ok).run(3, false, &saved);
+    });
+    std::filesystem::remove(ckpt);
+    ASSERT_EQ(whole[0].epochs.size(), 1u);
+    ASSERT_EQ(resumed[0].epochs.size(), 1u);
+    const EpochStats &w = whole[0].epochs[0], &r = resumed[0].epochs[0];
+    EXPECT_NEAR(r.train_loss, w.train_loss, 1e-5 * std::abs(w.train_loss));
+    EXPECT_NEAR(r.train_acc, w.train_acc, 1e-6);  // (a count over 1024 images)
+}
+
 // A backend whose inference-mode batch norms take 0.4 s each: an evaluation of seconds.
 class SlowEvaluation final : public ForwardingBackend {
 public:
