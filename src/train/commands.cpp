@@ -334,12 +334,8 @@ int cmd_train(const TrainArgs& a) {
     const Cifar10 data = load_data(a);
     const double load_s = since(tl);
     if (data.synthetic) fmt::print("note: training on SYNTHETIC data ({}), not CIFAR-10\n", data.source);
-    if (resume && a.subset >= 0) {  // (the trainer checks it too, after the set-up's tens of seconds)
-        const int n = a.subset > 0 ? std::min(a.subset, data.train.n) : data.train.n;
-        if (resume->state.n_train != n)
-            fail("--resume: the checkpoint was trained on {} images, this run has {} (use the same "
-                 "--subset)", resume->state.n_train, n);
-    }
+    // (the trainer checks it too, but after the set-up's tens of seconds)
+    if (resume && a.subset >= 0) check_resume_images(*resume, train_images(a.subset, data.train.n));
 
     TrainOptions o;
     o.subset = a.subset;
@@ -387,6 +383,15 @@ int cmd_train(const TrainArgs& a) {
         } catch (const Interrupted& e) {
             std::fflush(stdout);
             fmt::print(stderr, "\nspeedrun: interrupted: {}\n", e.what());
+            if (i + 1 < a.runs) {  // (--resume continues this one run only)
+                const int left = a.runs - i - 1;
+                const uint64_t next = a.seed + i + 1;
+                const auto span = [&](uint64_t first) {
+                    return left == 1 ? fmt::format(" {}", first) : fmt::format("s {}-{}", first, first + left - 1);
+                };
+                fmt::print(stderr, "speedrun: run{} of {} (seed{}) did not start; to train {}: --seed {} --runs {}\n",
+                           span(uint64_t(i) + 2), a.runs, span(next), left == 1 ? "it" : "them", next, left);
+            }
             return 130;
         }
         acc.push_back(results.back().test_accuracy);
@@ -427,7 +432,7 @@ int cmd_train(const TrainArgs& a) {
             for (const auto& e : rr.epochs)
                 epochs.push_back({{"epoch", e.epoch}, {"steps", e.steps}, {"train_loss", e.train_loss},
                                   {"train_acc", e.train_acc}, {"test_acc", e.test_acc},
-                                  {"epoch_seconds", e.epoch_seconds}, {"total_seconds", e.total_seconds},
+                                  {"test_images", e.test_images}, {"epoch_seconds", e.epoch_seconds}, {"total_seconds", e.total_seconds},
                                   {"eval_seconds", e.eval_seconds}});
             runs.push_back({{"seed", rr.seed}, {"test_accuracy", rr.test_accuracy},
                             {"test_accuracy_tta", rr.test_accuracy_tta},

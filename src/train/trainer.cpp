@@ -23,7 +23,7 @@ namespace {
 int checked_train_count(const Recipe& r, const Cifar10& data, const TrainOptions& o) {
     if (o.subset < 0) fail("--subset must be >= 0 (got {})", o.subset);
     if (o.test_subset < 0) fail("--test-subset must be >= 0 (got {})", o.test_subset);
-    const int n = o.subset > 0 ? std::min(o.subset, data.train.n) : data.train.n;
+    const int n = train_images(o.subset, data.train.n);
     if (r.batch_size > n)
         fail("batch size {} is larger than the training set ({} images)", r.batch_size, n);
     if (data.test.n <= 0) fail("the test set is empty");
@@ -54,6 +54,12 @@ void progress_bar(int epoch, int done, int total, double loss, double secs) {
 }
 
 }  // namespace
+
+void check_resume_images(const Checkpoint& resume, int n_train) {
+    if (resume.state.n_train != n_train)
+        fail("--resume: the checkpoint was trained on {} images, this run has {} (use the same "
+             "--subset)", resume.state.n_train, n_train);
+}
 
 Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOptions& o)
     : b_(b),
@@ -185,7 +191,8 @@ namespace {
 nlohmann::json epoch_json(const EpochStats& e) {
     return {{"epoch", e.epoch}, {"steps", e.steps}, {"train_loss", e.train_loss},
             {"train_acc", e.train_acc}, {"test_acc", e.test_acc}, {"epoch_seconds", e.epoch_seconds},
-            {"total_seconds", e.total_seconds}, {"eval_seconds", e.eval_seconds}};
+            {"total_seconds", e.total_seconds}, {"eval_seconds", e.eval_seconds},
+            {"test_images", e.test_images}};
 }
 EpochStats epoch_from_json(const nlohmann::json& j) {
     EpochStats e;
@@ -197,6 +204,7 @@ EpochStats epoch_from_json(const nlohmann::json& j) {
     e.epoch_seconds = j.at("epoch_seconds");
     e.total_seconds = j.at("total_seconds");
     e.eval_seconds = j.at("eval_seconds");
+    e.test_images = j.value("test_images", 0);  // (not in checkpoints written before it was kept)
     return e;
 }
 }  // namespace
@@ -205,9 +213,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     SR_CHECK(!o_.evaluate_only);  // (made without a training set or training buffers)
     if (resume) {
         seed = resume->state.seed;
-        if (resume->state.n_train != n_train_)
-            fail("--resume: the checkpoint was trained on {} images, this run has {} (use the same "
-                 "--subset)", resume->state.n_train, n_train_);
+        check_resume_images(*resume, n_train_);
     }
     if (dp_ && dp_->comm().world() > 1) {
         // Each rank reads --resume from its own file system and only rank 0 writes checkpoints,
@@ -358,6 +364,13 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         fmt::print("{:-<5}-+-{:-<5}-+-{:-<10}-+-{:-<9}-+-{:-<8}-+-{:-<8}-+-{:-<8}\n", "", "", "",
                    "", "", "", "");
         for (const EpochStats& e : res.epochs) print_row(e);  // (a resumed run's saved epochs)
+        int other = 0, images = 0;  // saved epochs evaluated on another number of test images
+        for (const EpochStats& e : res.epochs)
+            if (e.test_images > 0 && e.test_images != n_test_) ++other, images = e.test_images;
+        if (other > 0)
+            fmt::print("(the {} saved epoch{} above measured test_acc on {} test images, the run's "
+                       "--test-subset then; this one evaluates on {})\n",
+                       other, other == 1 ? "" : "s", images, n_test_);
         std::fflush(stdout);
     }
 
@@ -663,6 +676,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         if (o_.eval_each_epoch && root) {  // untimed
             const auto tv = clock_type::now();
             es.test_acc = evaluate_current(0);
+            es.test_images = n_test_;
             evaluated_epoch = epoch;
             b_.synchronize();
             es.eval_seconds = seconds_since(tv);
@@ -675,7 +689,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         if (!warmup && log_)
             log_->write({{"event", "epoch"}, {"seed", seed}, {"epoch", epoch}, {"steps", step},
                         {"train_loss", es.train_loss}, {"train_acc", es.train_acc},
-                        {"test_acc", es.test_acc}, {"epoch_seconds", epoch_s}, {"total_seconds", timed}});
+                        {"test_acc", es.test_acc}, {"test_images", es.test_images},
+                        {"epoch_seconds", epoch_s}, {"total_seconds", timed}});
         wait_for_root();  // (rank 0 evaluated and logged; untimed)
     }
 

@@ -2,6 +2,7 @@
 // region (normalise/pad, whitening init, every training step, the final TTA evaluation), with
 // per-epoch statistics and evaluation (untimed) in between.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -49,6 +50,13 @@ struct TrainOptions {
     const std::atomic<bool>* interrupt = nullptr;  // set by SIGINT/SIGTERM: save and stop
 };
 
+// The training images a run uses: the first `subset` of `available` (0: all of them).
+inline int train_images(int subset, int available) {
+    return subset > 0 ? std::min(subset, available) : available;
+}
+// A resumed run must train on the images its checkpoint was trained on.
+void check_resume_images(const Checkpoint& resume, int n_train);
+
 // Thrown when a run stops early (interrupt or stop_after_step) after saving its checkpoint.
 struct Interrupted : Error {
     using Error::Error;
@@ -57,6 +65,7 @@ struct Interrupted : Error {
 struct EpochStats {
     int epoch = 0, steps = 0;
     double train_loss = 0, train_acc = 0, test_acc = -1;  // test_acc < 0: not evaluated
+    int test_images = 0;  // what test_acc was measured on (0: not evaluated, or not recorded)
     double epoch_seconds = 0, total_seconds = 0;
     double eval_seconds = 0;  // the untimed per-epoch evaluation
 };

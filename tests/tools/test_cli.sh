@@ -171,6 +171,12 @@ contains resume-stop-err.txt "stopped after step 6 of 8; resume with --resume r5
 no_tta=$(sed -n 's/^test accuracy \([0-9.]*\) without TTA, .*(128 images.*/\1/p' eval128.txt)
 [ -n "$no_tta" ] || { cat eval128.txt >&2; fail "eval --test-subset 128 printed no accuracy"; }
 contains resume128.txt "without TTA $no_tta)"
+# the saved epochs' figures are of the run's 256 images: said, and kept in the summary
+contains resume128.txt "saved epochs above measured test_acc on 256 test images, the run's --test-subset then; this one evaluates on 128"
+"$B" train "${tiny[@]}" --resume c.safetensors --summary-json resumed256.json > resume256.txt 2> /dev/null
+if grep -q "test images, the run's --test-subset then" resume256.txt; then fail "a resume on the same test images says they differ"; fi
+[ "$(json resumed256.json '{e["test_images"] for e in j["runs"][0]["epochs"]}')" = "{256}" ] \
+    || fail "the summary's epochs do not say they were measured on 256 test images"
 
 # another --subset than the checkpoint's is refused before the set-up
 more=("${tiny[@]}")
@@ -187,6 +193,12 @@ for i in "${!one_epoch[@]}"; do [ "${one_epoch[$i]}" = --epochs ] && one_epoch[$
 contains runs.txt "checkpoint written to runs.seed8.safetensors"
 "$B" eval --checkpoint runs.seed7.safetensors --data syn --no-download --device cpu --threads 2 > eval7.txt
 contains eval7.txt "seed 7"
+# interrupted in the first of three runs: the runs that did not start are named, with the flags
+rc=0
+"$B" train "${one_epoch[@]}" --runs 3 --seed 7 --checkpoint three.safetensors --stop-after-step 2 \
+    > /dev/null 2> three-err.txt || rc=$?
+[ "$rc" = 130 ] || { cat three-err.txt >&2; fail "--runs 3 --stop-after-step 2: exit status $rc, not 130"; }
+contains three-err.txt "runs 2-3 of 3 (seeds 8-9) did not start; to train them: --seed 8 --runs 2"
 
 # -- presets: the descriptions, sources and published figures start in one column
 cols=$(awk '/^ / {print index($0, $1)} /^[^ ]/ {match($0, /^[^ ]+ +/); print RLENGTH + 1}' presets.txt | sort -u | wc -l)
