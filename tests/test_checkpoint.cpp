@@ -1,6 +1,7 @@
 // test_checkpoint.cpp: checkpoints and resume. An interrupted and resumed run is bit-identical to
 // an uninterrupted one on the CPU; bad checkpoints and a diverging run stop with clear messages.
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 
 #include "core/error.h"
@@ -307,21 +308,33 @@ TEST(Checkpoint, NonFiniteLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
     TrainOptions o = tiny_options(p);
     o.checkpoint_every = 1;
     Trainer t(*backend, r, data, o);
+    int diverged = 0;
     try {
         t.run(3);
         FAIL() << "a diverged run finished";
     } catch (const Error& e) {
         const std::string m = e.what();
-        EXPECT_NE(m.find("at step"), std::string::npos) << m;
-        EXPECT_NE(m.find("last good checkpoint"), std::string::npos) << m;
+        ASSERT_EQ(std::sscanf(m.c_str() + m.find("at step"), "at step %d", &diverged), 1) << m;
+        EXPECT_TRUE(test::contains(m, fmt::format("the last good checkpoint is {} (step {})", p, diverged - 1))) << m;
     }
-    // whatever was saved holds finite weights only
-    if (fs::exists(p)) {
-        const Checkpoint c = read_checkpoint(p);
-        for (const auto& [name, tensor] : c.file.tensors)
-            if (tensor.dtype == DType::F32)
-                for (float v : tensor_values<float>(name, tensor)) ASSERT_TRUE(std::isfinite(v)) << name;
-    }
+    ASSERT_GE(diverged, 2) << "lr 1e30 should take a step or more to give a non-finite loss";
+    // the checkpoint of the step before, with finite weights only
+    ASSERT_TRUE(fs::exists(p));
+    const Checkpoint c = read_checkpoint(p);
+    EXPECT_EQ(c.state.step, diverged - 1);
+    for (const auto& [name, tensor] : c.file.tensors)
+        if (tensor.dtype == DType::F32)
+            for (float v : tensor_values<float>(name, tensor)) ASSERT_TRUE(std::isfinite(v)) << name;
+    fs::remove(p);
+
+    // diverged before any save: the message says that nothing of this run was saved (a file left
+    // there by another run is not its last good checkpoint)
+    write_file_atomic(p, "not this run's");
+    TrainOptions rare = tiny_options(p);
+    rare.checkpoint_every = 1000;
+    Trainer t2(*backend, r, data, rare);
+    const std::string m = test::error_of([&] { t2.run(3); });
+    EXPECT_TRUE(test::contains(m, "no checkpoint of this run was saved before it")) << m;
     fs::remove(p);
 }
 

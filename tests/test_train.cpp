@@ -176,18 +176,63 @@ INSTANTIATE_TEST_SUITE_P(Train, PresetLearns, ::testing::Values("muon94", "hiver
 // opt.drop_last false (the Myrtle presets): an epoch of 1,000 images at batch 256 is 3 full
 // steps and one of 232, and its train accuracy counts all 1,000 images; with drop_last it is 3
 // steps over 768 images, and the weights end up elsewhere.
+namespace {
+// Keeps each training loss call's rows, where its sums go, and the rows it counts as correct.
+struct LossSpy : ForwardingBackend {
+    using ForwardingBackend::ForwardingBackend;
+    struct Call {
+        int n;
+        const float* stats;
+        int correct;
+        double loss;  // stats[0] added by the call
+    };
+    std::vector<Call> calls;
+    void run_op(const char*, const std::function<std::string()>&, double, double,
+                std::function<void()> f) override {
+        f();
+    }
+    void cross_entropy(float* dlogits, float* stats, const float* logits, const int32_t* labels,
+                       int N, int O, float smoothing) override {
+        int correct = 0;  // (the CPU's: host memory)
+        for (int i = 0; i < N; ++i)
+            correct += int(std::max_element(logits + size_t(i) * O, logits + size_t(i + 1) * O) -
+                           (logits + size_t(i) * O)) == labels[i];
+        const float before = stats[0];
+        ForwardingBackend::cross_entropy(dlogits, stats, logits, labels, N, O, smoothing);
+        calls.push_back({N, stats, correct, double(stats[0]) - before});
+    }
+};
+}  // namespace
+
 TEST(Train, KeepingTheLastPartialBatchTrainsOnEveryImage) {
     const Cifar10 data = make_synthetic_cifar10(1000, 200, 6);
-    auto b = make_cpu_backend(2);
+    auto cpu = make_cpu_backend(2);
     Recipe r = small_recipe("myrtle-reg", {8, 8, 16, 16}, 2);
     const TrainOptions o = quiet_options(false);
     auto run = [&](bool drop_last, int images_per_epoch, std::vector<float>& weights) {
         r.drop_last = drop_last;
-        Trainer t(*b, r, data, o);
+        LossSpy b(*cpu);
+        Trainer t(b, r, data, o);
         const RunResult res = t.run(3);
         EXPECT_EQ(res.steps, drop_last ? 6 : 8);
         EXPECT_EQ(t.network().config().arch, Arch::dawn);
         EXPECT_EQ(res.epochs.size(), 2u);
+        // every step's loss adds its rows to the one sum the epoch's figures are made of
+        const size_t spe = drop_last ? 3 : 4;
+        ASSERT_EQ(b.calls.size(), 2 * spe);
+        for (size_t e = 0; e < res.epochs.size(); ++e) {
+            int rows = 0, correct = 0;
+            double loss = 0;
+            for (size_t k = e * spe; k < (e + 1) * spe; ++k) {
+                EXPECT_EQ(b.calls[k].stats, b.calls[0].stats) << "step " << k;
+                rows += b.calls[k].n, correct += b.calls[k].correct, loss += b.calls[k].loss;
+            }
+            EXPECT_EQ(rows, images_per_epoch);
+            if (!drop_last) EXPECT_EQ(b.calls[e * spe + 3].n, 232);
+            const EpochStats& es = res.epochs[e];
+            EXPECT_NEAR(es.train_acc * images_per_epoch, correct, 1e-6) << "epoch " << e;
+            EXPECT_NEAR(es.train_loss, loss / images_per_epoch, 1e-5 * loss / images_per_epoch) << "epoch " << e;
+        }
         for (const EpochStats& e : res.epochs) {
             const double correct = e.train_acc * images_per_epoch;  // a whole number of images
             EXPECT_NEAR(correct, std::round(correct), 1e-6) << "epoch " << e.epoch;

@@ -376,6 +376,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
 
     // Saves where the run stands (mid-epoch is fine: the epoch's draws are remade from the RNG
     // state of its start, and the steps already done are skipped).
+    int saved_step = resume ? resume->state.step : -1;  // of the checkpoint this run saved last
     auto save = [&](int step_now, int epoch, int done_in_epoch, const std::array<uint64_t, 4>& rng0,
                     double timed_now, double epoch_timed) {
         if (o_.checkpoint_path.empty() || warmup) return;
@@ -400,6 +401,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         for (const auto& e : res.epochs) st.epochs.push_back(epoch_json(e));
         st.builds = res.builds;
         save_checkpoint(o_.checkpoint_path, net_, r_, st);
+        saved_step = step_now;
     };
 
     // Stops the run at a non-finite loss, keeping the last checkpoint written (none is written
@@ -410,7 +412,10 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         if (!std::isfinite(st[0]))
             fail("the training loss became {} at step {} (epoch {}); stopped{}", st[0], step_now, epoch,
                  o_.checkpoint_path.empty() ? std::string()
-                                            : "; the last good checkpoint is " + o_.checkpoint_path);
+                 : saved_step >= 0
+                     ? fmt::format("; the last good checkpoint is {} (step {})", o_.checkpoint_path, saved_step)
+                     : fmt::format("; no checkpoint of this run was saved before it ({} not written)",
+                                   o_.checkpoint_path));
     };
 
     int step = resume ? resume->state.step : 0;

@@ -377,6 +377,14 @@ TEST(Cifar10Find, CacheDirectoryIsSearchedLast) {
     write_six(tmp, 2, 60);
     for (const char* f : kSix) fs::copy_file(tmp / f, cache.path / "speedrun" / "cifar-10-batches-bin" / f);
     EXPECT_EQ(find_cifar10_dir(""), (cache.path / "speedrun" / "cifar-10-batches-bin").string());
+    // a filled cache comes after ../shared/data and $CIFAR10_DIR
+    fs::create_directories(work.path / "shared" / "data" / "cifar-10-batches-bin");
+    for (const char* f : kSix) fs::copy_file(tmp / f, work.path / "shared" / "data" / "cifar-10-batches-bin" / f);
+    EXPECT_EQ(find_cifar10_dir(""), "../shared/data/cifar-10-batches-bin");
+    TempDir env_dir;
+    write_six(env_dir, 2, 61);
+    EnvGuard e2("CIFAR10_DIR", env_dir.str());
+    EXPECT_EQ(find_cifar10_dir(""), env_dir.str());
 }
 
 TEST(Cifar10Find, NotFoundAndNoDownloadSaysHowToProvideTheData) {

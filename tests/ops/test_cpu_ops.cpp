@@ -358,8 +358,12 @@ TEST(CpuOps, BatchNormForwardStatisticsAndRunningUpdate) {
     }
     std::vector<float> ye(x.size());
     cpu::bn_forward_eval(ye.data(), x.data(), rm.data(), rv.data(), gamma.data(), beta.data(), M, C, 1e-5f);
-    for (int c = 0; c < C; ++c)
-        EXPECT_NEAR(ye[c], (x[c] - rm[c]) / std::sqrt(rv[c] + 1e-5) * gamma[c] + beta[c], 1e-5);
+    for (int i = 0; i < M; ++i)  // every row (each with the running statistics of its channel)
+        for (int c = 0; c < C; ++c) {
+            const size_t k = size_t(i) * C + c;
+            ASSERT_NEAR(ye[k], (x[k] - rm[c]) / std::sqrt(rv[c] + 1e-5) * gamma[c] + beta[c], 1e-5)
+                << "row " << i << " channel " << c;
+        }
 }
 
 TEST(CpuOps, BatchNormGradientsMatchFiniteDifferences) {

@@ -128,13 +128,15 @@ EOF
 "$B" predict --checkpoint c.safetensors --device cpu --threads 2 --top 3 img.png > predict.txt
 grep -qE '^img\.png +[a-z]+ +[01]\.[0-9]{4} ' predict.txt || { cat predict.txt >&2; fail "predict: no class for img.png"; }
 
-# -- export: an ONNX model, or the message that this build has no ONNX
+# -- export: an ONNX model where --version says the build has ONNX export, else the message
 rc=0
 "$B" export --checkpoint c.safetensors --onnx m.onnx > export.txt 2> export-err.txt || rc=$?
-if [ "$rc" = 0 ]; then
+if [ "${parts##* }" = on ]; then
+    [ "$rc" = 0 ] || { cat export-err.txt >&2; fail "export: exit status $rc in a build with ONNX export"; }
     [ -s m.onnx ] || fail "export said it wrote m.onnx"
     contains export.txt "wrote m.onnx"
 else
+    [ "$rc" = 1 ] || fail "export: exit status $rc in a build without ONNX export, not 1"
     contains export-err.txt "built without ONNX"
 fi
 
@@ -155,11 +157,13 @@ cp r.safetensors r5.safetensors
 "$B" train "${tiny[@]}" --deterministic --resume r.safetensors --summary-json resumed.json \
     > resumed.txt 2> resumed-err.txt
 contains resumed-err.txt "--resume continues the recipe saved in r.safetensors; --set, --epochs, --batch-size not used"
+contains resumed.txt "resumed       at step 5 of 8"  # (a run that started again from step 0 would end alike)
 # --stop-after-step with --resume alone: the resumed run stops again, saving to its file
 rc=0
-"$B" train "${tiny[@]}" --deterministic --resume r5.safetensors --stop-after-step 6 > /dev/null 2> resume-stop-err.txt || rc=$?
+"$B" train "${tiny[@]}" --deterministic --resume r5.safetensors --stop-after-step 6 > resume-stop.txt 2> resume-stop-err.txt || rc=$?
 [ "$rc" = 130 ] || { cat resume-stop-err.txt >&2; fail "--resume r5.safetensors --stop-after-step 6: exit status $rc, not 130"; }
 contains resume-stop-err.txt "stopped after step 6 of 8; resume with --resume r5.safetensors"
+contains resume-stop.txt "resumed       at step 5 of 8"
 [ "$(json resumed.json 'j["runs"][0]["test_accuracy_tta"]')" = \
   "$(json full.json 'j["runs"][0]["test_accuracy_tta"]')" ] || fail "the resumed run ends elsewhere"
 
