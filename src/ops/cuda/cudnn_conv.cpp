@@ -475,8 +475,8 @@ private:
     }
 
     // Whether a plan computes what the legacy algorithm computes: both run on the same
-    // pseudo-random operands (fill_uniform), and the first and last elements of their results
-    // (up to kCheckBytes at each end: the first and last images' maps, or the whole filter)
+    // pseudo-random operands (fill_uniform), and three windows of their results (up to
+    // kCheckBytes each: the first, middle and last images' maps, or the whole filter)
     // must agree within kPlanTolerance of the largest legacy value. The two sum in different
     // orders and each rounds its result to 16 bits once, so an honest pair differs by about one
     // rounding step (2^-8 of a value in bf16); a plan that reads a layout or stride other than
@@ -498,19 +498,25 @@ private:
         const auto [out, n] = dir == ConvDirection::forward         ? std::pair{t.y->p, ny}
                               : dir == ConvDirection::backward_data ? std::pair{t.x->p, nx}
                                                                     : std::pair{t.w->p, nw};
-        const size_t k = std::min(n, kCheckBytes / eb);  // elements compared at each end
-        std::vector<float> ref(2 * k), got(2 * k);
-        std::vector<unsigned char> raw(2 * k * eb);
-        auto fetch = [&](std::vector<float>& dst) {  // the first k and the last k results
-            CUDA_CHECK(cudaMemcpyAsync(raw.data(), out, k * eb, cudaMemcpyDeviceToHost, ctx_.stream));
-            CUDA_CHECK(cudaMemcpyAsync(raw.data() + k * eb, static_cast<char*>(out) + (n - k) * eb,
-                                       k * eb, cudaMemcpyDeviceToHost, ctx_.stream));
+        const size_t k = std::min(n, kCheckBytes / eb);  // elements compared in each window
+        const size_t at[3] = {0, (n - k) / 2, n - k};    // the first, middle and last k
+        std::vector<float> ref(3 * k), got(3 * k);
+        std::vector<unsigned char> raw(3 * k * eb);
+        auto fetch = [&](std::vector<float>& dst) {
+            for (int i = 0; i < 3; ++i)
+                CUDA_CHECK(cudaMemcpyAsync(raw.data() + i * k * eb, static_cast<char*>(out) + at[i] * eb,
+                                           k * eb, cudaMemcpyDeviceToHost, ctx_.stream));
             CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-            unpack_storage(dst.data(), raw.data(), 2 * k, storage_);
+            unpack_storage(dst.data(), raw.data(), 3 * k, storage_);
         };
         const bool ran = legacy(dir);
         if (ran) fetch(ref);
-        // the plan's result replaces the legacy one in the same buffer; its inputs are untouched
+        // the plan's result replaces the legacy one in the same buffer; its inputs are untouched.
+        // The buffer is first filled with 0xFF bytes (NaN in fp16 and bf16), so an element the
+        // plan does not write (a plan that writes elsewhere, or only part of the result) is not
+        // finite, instead of still holding the legacy value. (The plan's beta is 0, so it must
+        // not read the buffer; an engine that did would fail the check safely: legacy is used.)
+        if (ran) CUDA_CHECK(cudaMemsetAsync(out, 0xFF, n * eb, ctx_.stream));
         std::string plan_failure;
         const bool plan_ran =
             ran && plan.run(ctx_.handle, t.x->p, t.w->p, t.y->p, t.work->p, &plan_failure);
@@ -518,7 +524,7 @@ private:
         CUDA_CHECK(cudaGetLastError());
         double largest = 0, worst = 0;
         bool finite = true;
-        for (size_t i = 0; i < 2 * k; ++i) {
+        for (size_t i = 0; i < 3 * k; ++i) {
             finite = finite && std::isfinite(ref[i]) && std::isfinite(got[i]);
             largest = std::max(largest, double(std::fabs(ref[i])));
             worst = std::max(worst, double(std::fabs(got[i] - ref[i])));
@@ -546,7 +552,7 @@ private:
 
     [[noreturn]] void no_algorithm(const char* direction) {
         fail_at("cuDNN", direction, __FILE__, __LINE__,
-                "no algorithm for this shape fits the workspace limit");
+                fmt::format("no algorithm for {} fits the workspace limit", describe(shape)).c_str());
     }
 
     // cuDNN's heuristics, ranked best first: the first that fits the limit.
