@@ -24,6 +24,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -437,22 +438,24 @@ TEST_P(BackendOps, BatchNormTrainForwardLargeOffset) {
     bn_train_case(*this, 64 * 31 * 31, 8, true, 520, 50.f, 0.1f, 5e-4);
 }
 
+// C = 5 takes the one-element kernel on CUDA, C = 24 the 8-channel one (bn_eval8)
 TEST_P(BackendOps, BatchNormEvalForward) {
-    const int M = 147, C = 5;
-    const size_t n = size_t(M) * C;
-    auto x = in(randn(n, 600, 2.f, 1.f));
-    auto gamma = in(uniform(C, 601, 0.5f, 1.5f));
-    auto beta = in(randn(C, 602));
-    auto rmean = in(randn(C, 603));
-    auto rvar = in(uniform(C, 604, 0.5f, 2.f));
-    for (bool with_gamma : {true, false}) {
-        auto y = out<float>(n);
-        cpu_->bn_forward_eval(y.cp(), x.cp(), rmean.cp(), rvar.cp(), with_gamma ? gamma.cp() : nullptr,
-                              beta.cp(), M, C, 1e-5f);
-        gpu_->bn_forward_eval(y.gp(), x.gp(), rmean.gp(), rvar.gp(), with_gamma ? gamma.gp() : nullptr,
-                              beta.gp(), M, C, 1e-5f);
-        // elementwise fp32, a few roundings of O(1) values: 1e-5
-        EXPECT_TRUE(same(y, "bn eval y", 1e-5, 1e-5)) << "gamma " << with_gamma;
+    for (const auto [M, C] : {std::pair{147, 5}, std::pair{147 * 7, 24}}) {
+        const size_t n = size_t(M) * C;
+        auto x = in(randn(n, 600, 2.f, 1.f));
+        auto gamma = in(uniform(C, 601, 0.5f, 1.5f));
+        auto beta = in(randn(C, 602));
+        auto rmean = in(randn(C, 603));
+        auto rvar = in(uniform(C, 604, 0.5f, 2.f));
+        for (bool with_gamma : {true, false}) {
+            auto y = out<float>(n);
+            cpu_->bn_forward_eval(y.cp(), x.cp(), rmean.cp(), rvar.cp(), with_gamma ? gamma.cp() : nullptr,
+                                  beta.cp(), M, C, 1e-5f);
+            gpu_->bn_forward_eval(y.gp(), x.gp(), rmean.gp(), rvar.gp(), with_gamma ? gamma.gp() : nullptr,
+                                  beta.gp(), M, C, 1e-5f);
+            // elementwise fp32, a few roundings of O(1) values: 1e-5
+            EXPECT_TRUE(same(y, "bn eval y", 1e-5, 1e-5)) << "C " << C << " gamma " << with_gamma;
+        }
     }
 }
 
