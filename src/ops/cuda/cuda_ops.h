@@ -102,6 +102,9 @@ cudaError_t kernel_image_status();
 // p (n values of s) = pseudo-random values, uniform in [-scale, scale) before rounding, the same
 // for the same (n, seed) on any GPU (a hash of the index and seed, no state)
 void fill_uniform(cudaStream_t st, Storage s, float* p, size_t n, uint32_t seed, float scale);
+// Keeps the stream busy for about `cycles` GPU clock ticks (one thread spinning): work queued
+// behind it then starts back to back, so a timing of it measures the GPU, not the host's calls
+void hold_stream(cudaStream_t st, long long cycles);
 
 // ---- max pooling, window k = stride k (pool.cu) --------------------------------------------
 void maxpool_forward(cudaStream_t st, Storage s, float* y, uint8_t* arg, const float* x, int N,

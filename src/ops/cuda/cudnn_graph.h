@@ -27,6 +27,7 @@
 #include <cudnn.h>
 
 #include "ops/backend.h"
+#include "ops/cuda/cuda_ops.h"
 
 namespace sr::cuda {
 
@@ -114,6 +115,10 @@ float time_on_stream(cudaStream_t st, int reps, int inner, F&& f) {
     float best = -1.f;
     if (f()) {
         for (int i = 0; i < reps; ++i) {
+            // the stream held busy (about 0.25 ms at 2 GHz) while the host queues the calls, so
+            // that the GPU runs them back to back as in a replayed epoch: without it, calls shorter
+            // than their host submission (the small convolutions) were timed at the host's pace
+            hold_stream(st, 500000);
             cudaEventRecord(a, st);
             bool ok = true;
             for (int k = 0; k < inner && ok; ++k) ok = f();

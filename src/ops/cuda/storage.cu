@@ -55,7 +55,23 @@ __global__ void fill_uniform_kernel(T* p, size_t n, uint32_t seed, float scale) 
     }
 }
 
+// One thread that spins for `cycles` clock ticks (timing: see hold_stream)
+__global__ void hold_kernel(long long cycles) {
+#ifdef SR_CUDA_EMULATION
+    (void)cycles;  // (the host emulation has no clock to spin on; nothing times it)
+#else
+    const long long start = clock64();
+    while (clock64() - start < cycles) {
+    }
+#endif
+}
+
 }  // namespace
+
+void hold_stream(cudaStream_t st, long long cycles) {
+    launch_kernel(hold_kernel, 1, 1, 0, st, cycles);
+    CUDA_CHECK_LAUNCH();
+}
 
 cudaError_t kernel_image_status() {
 #ifdef SR_CUDA_EMULATION
