@@ -2,6 +2,7 @@
 // tools/make_golden*.py script wrote, loading its parameters into a network, uploading its input
 // batch, slicing one tensor out of a copy of an arena, and the first pass's checks.
 #pragma once
+#include <cmath>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -45,6 +46,27 @@ inline void expect_tensors(const Network& net, const std::vector<float>& now, co
         SCOPED_TRACE(what + ": " + name);
         auto r = vals.get<std::vector<float>>();
         EXPECT_TRUE(test::all_close(part(net, now, name), r, rel * max_abs(r) + 1e-7, rel));
+    }
+}
+
+// The step's change of every tensor of `ref_after` (ref_after - ref_before) against ours (now -
+// before, slices of arena copies): within rel of the change's largest magnitude, plus 4 float
+// ulps of the tensor's largest value (the two sides' subtractions round), and rel relative.
+// expect_tensors alone, scaled by a tensor's values, cannot see an update much smaller than them
+// (a BN scale's, a head's): a tensor left as it was would pass.
+inline void expect_updates(const Network& net, const std::vector<float>& before, const std::vector<float>& now,
+                           const nlohmann::json& ref_before, const nlohmann::json& ref_after,
+                           const std::string& what, double rel) {
+    for (const auto& [name, vals] : ref_after.items()) {
+        SCOPED_TRACE(what + " (the step's change): " + name);
+        const auto ra = vals.get<std::vector<float>>(), rb = ref_before.at(name).get<std::vector<float>>();
+        const auto a = part(net, now, name), b = part(net, before, name);
+        ASSERT_EQ(ra.size(), rb.size());
+        ASSERT_EQ(a.size(), ra.size());
+        std::vector<float> dref(ra.size()), dnow(ra.size());
+        for (size_t i = 0; i < ra.size(); ++i) dref[i] = ra[i] - rb[i], dnow[i] = a[i] - b[i];
+        const double ulp = std::ldexp(max_abs(ra), -23);
+        EXPECT_TRUE(test::all_close(dnow, dref, rel * max_abs(dref) + 4 * ulp, rel));
     }
 }
 

@@ -42,7 +42,9 @@ TEST(GoldenDawn, MatchesPyTorchDawnNet) {
     Optimizer opt(net, r);
     std::vector<float> now, g(net.size());
     const int spe = j["batches_per_epoch"], total = int(r.epochs) * spe;
+    std::vector<float> before;
     for (int step = 0; step < 2; ++step) {
+        net.download(before);
         const float* logits = ws.forward(in.xd.get(), true);
         b->cross_entropy(ws.dlogits(), in.st.get(), logits, in.yd.get(), N, 10, r.label_smoothing);
         ws.backward(ws.dlogits(), false);
@@ -54,6 +56,8 @@ TEST(GoldenDawn, MatchesPyTorchDawnNet) {
         opt.step(step, total, 0, spe);
         net.download(now);
         expect_tensors(net, now, j["after_step" + std::to_string(step)], "after step " + std::to_string(step), 1e-4);
+        golden::expect_updates(net, before, now, step == 0 ? j["params"] : j["after_step0"],
+                               j["after_step" + std::to_string(step)], "step " + std::to_string(step), 1e-3);
     }
     std::vector<float> lg(size_t(N) * 10);
     b->download(lg.data(), ws.forward(in.xd.get(), false), lg.size() * 4);
