@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# tools/gpu-data end to end on a stand-in CIFAR-10 (six files of the real size, zeros and a
-# pattern, so that xz is quick): pack, join the pieces in order, compare byte for byte; a damaged
-# part, a missing part and a file of the wrong size are each refused with a message naming it.
+# tools/gpu-data end to end on a stand-in CIFAR-10 (six files of the real size: 1 MB of random
+# bytes each, which xz cannot shrink, then zeros, so that xz is quick), cut into pieces of 2.5 MB
+# (GPU_DATA_PIECE_BYTES) so that there are several: pack; join the pieces out of order, nothing
+# unpacked while one is missing; compare byte for byte. A damaged part, a piece without its
+# manifest and a file of the wrong size are each refused with a message naming it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 tool=$root/tools/gpu-data
@@ -12,22 +14,34 @@ command -v xz >/dev/null || { echo "SKIPPED: no xz (apt-get install xz-utils)"; 
 
 mkdir -p "$t/src"
 for f in data_batch_1 data_batch_2 data_batch_3 data_batch_4 data_batch_5 test_batch; do
-  head -c 30730000 /dev/zero >"$t/src/$f.bin"
+  { head -c 1000000 /dev/urandom; head -c 29730000 /dev/zero; } >"$t/src/$f.bin"
 done
 printf 'label and pixels' | dd of="$t/src/test_batch.bin" conv=notrunc status=none
 (cd "$t/src" && sha256sum ./*.bin >SHA256SUMS)
 
-"$tool" pack "$t/src" "$t/pk" 2>"$t/pack.log" || { cat "$t/pack.log"; fail "pack"; }
+GPU_DATA_PIECE_BYTES=2500000 "$tool" pack "$t/src" "$t/pk" 2>"$t/pack.log" || { cat "$t/pack.log"; fail "pack"; }
 [ -f "$t/pk/c1/manifest" ] && [ -x "$t/pk/c1/gpu-data" ] || fail "no piece c1 with manifest and script"
-for c in "$t"/pk/c*; do bash "$c/gpu-data" join "$c" "$t/got" 2>>"$t/join.log" || { cat "$t/join.log"; fail "join $c"; }; done
-grep -q "checked" "$t/join.log" || fail "join did not say the data was checked"
+n=$(ls -d "$t"/pk/c* | wc -l)
+[ "$n" -ge 3 ] || { cat "$t/pack.log"; fail "6 MB of random bytes in pieces of 2.5 MB: $n pieces, not 3 or more"; }
+# the last piece first, then the others but the second: nothing is unpacked yet
+order=("$n" $(seq 1 $((n - 1)) | grep -vx 2) 2)
+for i in "${order[@]}"; do
+  c=$t/pk/c$i
+  bash "$c/gpu-data" join "$c" "$t/got" 2>>"$t/join.log" || { cat "$t/join.log"; fail "join $c"; }
+  if [ "$i" != 2 ]; then
+    ! ls "$t/got"/*.bin >/dev/null 2>&1 || fail "files were unpacked before every part was there (after c$i)"
+    ! grep -q "checked" "$t/join.log" || fail "join said 'checked' before every part was there"
+  fi
+done
+grep -q "checked" "$t/join.log" || { cat "$t/join.log"; fail "join did not say the data was checked"; }
 for f in "$t"/src/*.bin; do cmp -s "$f" "$t/got/$(basename "$f")" || fail "$(basename "$f") differs after the round trip"; done
 [ ! -d "$t/got/.parts" ] || fail "the parts were left behind"
 
-# a damaged part: the joined sha256 differs
-cp -r "$t/pk/c1" "$t/bad"
-printf 'X' | dd of="$t/bad/part1" bs=1 seek=100 conv=notrunc status=none
-if bash "$tool" join "$t/bad" "$t/got2" 2>"$t/bad.log"; then fail "a damaged part was accepted"; fi
+# a damaged part: the joined sha256 differs (said when the last part comes)
+cp -r "$t/pk" "$t/bad"
+printf 'X' | dd of="$t/bad/c1/part1" bs=1 seek=100 conv=notrunc status=none
+for i in $(seq 1 $((n - 1))); do bash "$tool" join "$t/bad/c$i" "$t/got2" 2>>"$t/bad.log" || fail "join $i of the damaged set"; done
+if bash "$tool" join "$t/bad/c$n" "$t/got2" 2>>"$t/bad.log"; then fail "a damaged part was accepted"; fi
 grep -q "damaged" "$t/bad.log" || { cat "$t/bad.log"; fail "no message for the damaged part"; }
 
 # a piece without its manifest
