@@ -2,7 +2,8 @@
 # tools/gpu-data end to end on a stand-in CIFAR-10 (six files of the real size: 1 MB of random
 # bytes each, which xz cannot shrink, then zeros, so that xz is quick), cut into pieces of 2.5 MB
 # (GPU_DATA_PIECE_BYTES) so that there are several: pack; join the pieces out of order, nothing
-# unpacked while one is missing; compare byte for byte. A damaged part, a piece without its
+# unpacked while one is missing, the missing ones named; compare byte for byte; with --in-order,
+# a piece whose earlier parts are not there is refused. A damaged part, a piece without its
 # manifest and a file of the wrong size are each refused with a message naming it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,7 +25,9 @@ GPU_DATA_PIECE_BYTES=2500000 "$tool" pack "$t/src" "$t/pk" 2>"$t/pack.log" || { 
 n=$(ls -d "$t"/pk/c* | wc -l)
 [ "$n" -ge 3 ] || { cat "$t/pack.log"; fail "6 MB of random bytes in pieces of 2.5 MB: $n pieces, not 3 or more"; }
 # the last piece first, then the others but the second: nothing is unpacked yet
-order=("$n" $(seq 1 $((n - 1)) | grep -vx 2) 2)
+order=("$n" 1)
+for i in $(seq 3 $((n - 1))); do order+=("$i"); done
+order+=(2)
 for i in "${order[@]}"; do
   c=$t/pk/c$i
   bash "$c/gpu-data" join "$c" "$t/got" 2>>"$t/join.log" || { cat "$t/join.log"; fail "join $c"; }
@@ -34,6 +37,16 @@ for i in "${order[@]}"; do
   fi
 done
 grep -q "checked" "$t/join.log" || { cat "$t/join.log"; fail "join did not say the data was checked"; }
+grep -q "1 of $n parts in $t/got/.parts (missing: part1 part2" "$t/join.log" || { cat "$t/join.log"; fail "join did not name the missing parts"; }
+
+# --in-order (the device calls): a later piece on a machine without the earlier ones (a fresh
+# machine: the last one went cold) is refused, saying so; in order, the pieces join
+if bash "$tool" join --in-order "$t/pk/c2" "$t/cold" 2>"$t/cold.log"; then fail "--in-order accepted c2 without c1"; fi
+grep -q "part1 is missing in $t/cold/.parts before part2" "$t/cold.log" || { cat "$t/cold.log"; fail "no message for the missing earlier part"; }
+for i in $(seq 1 "$n"); do
+  bash "$tool" join --in-order "$t/pk/c$i" "$t/inorder" 2>>"$t/inorder.log" || { cat "$t/inorder.log"; fail "--in-order join of c$i"; }
+done
+cmp -s "$t/src/test_batch.bin" "$t/inorder/test_batch.bin" || fail "--in-order: test_batch.bin differs"
 for f in "$t"/src/*.bin; do cmp -s "$f" "$t/got/$(basename "$f")" || fail "$(basename "$f") differs after the round trip"; done
 [ ! -d "$t/got/.parts" ] || fail "the parts were left behind"
 
