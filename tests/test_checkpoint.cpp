@@ -327,14 +327,14 @@ TEST(Checkpoint, NonFiniteLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
             for (float v : tensor_values<float>(name, tensor)) ASSERT_TRUE(std::isfinite(v)) << name;
     fs::remove(p);
 
-    // diverged before any save: the message says that nothing of this run was saved (a file left
+    // diverged before any save: the message says that this process saved nothing (a file left
     // there by another run is not its last good checkpoint)
     write_file_atomic(p, "not this run's");
     TrainOptions rare = tiny_options(p);
     rare.checkpoint_every = 1000;
     Trainer t2(*backend, r, data, rare);
     const std::string m = test::error_of([&] { t2.run(3); });
-    EXPECT_TRUE(test::contains(m, "no checkpoint of this run was saved before it")) << m;
+    EXPECT_TRUE(test::contains(m, "this process saved no checkpoint before it (" + p + " was not written by it)")) << m;
     fs::remove(p);
 }
 

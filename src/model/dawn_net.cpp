@@ -54,7 +54,9 @@ void Workspace::init_dawn() {
     head_off_ = net_.tensor("head.weight").offset;
     head_b_off_ = net_.tensor("head.bias").offset;
     prep_off_ = net_.tensor("prep.conv.weight").offset;
-    prep_ = make_conv({N_, side, side, 3, c.widths[0], 3, 3, 1});
+    ConvShape ps{N_, side, side, 3, c.widths[0], 3, 3, 1};
+    ps.no_input_grad = true;  // (the images)
+    prep_ = make_conv(ps);
     prep_out_ = DeviceBuffer<float>(b_, size_t(N_) * side * side * c.widths[0]);
     size_t biggest = prep_out_.size();
     blocks_.resize(net_.blocks().size());

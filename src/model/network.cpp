@@ -348,7 +348,9 @@ Workspace::Workspace(Network& net, int batch, bool trains)
     }
     const int k = c.whiten_kernel, cw = c.whiten_width();
     int H = c.image_side - k + 1;
-    whiten_ = make_conv({N_, c.image_side, c.image_side, 3, cw, k, k, 0});
+    ConvShape whiten_shape{N_, c.image_side, c.image_side, 3, cw, k, k, 0};
+    whiten_shape.no_input_grad = whiten_shape.frozen_weights = true;  // (the images; frozen filters, a trained bias)
+    whiten_ = make_conv(whiten_shape);
     const size_t n0 = size_t(N_) * H * H * cw;
     z0_ = DeviceBuffer<float>(b_, n0);
     a0_ = DeviceBuffer<float>(b_, n0);

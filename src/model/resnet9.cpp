@@ -21,7 +21,9 @@ void Workspace::init_resnet9() {
     head_off_ = net_.tensor("head.weight").offset;
     if (k > 0) {
         whiten_off_ = net_.tensor("whiten.weight").offset;
-        whiten_ = make_conv({N_, c.image_side, c.image_side, 3, c.whiten_width(), k, k, k / 2});
+        ConvShape ws{N_, c.image_side, c.image_side, 3, c.whiten_width(), k, k, k / 2};
+        ws.no_input_grad = ws.frozen_weights = true;  // (the images; frozen filters, no bias)
+        whiten_ = make_conv(ws);
         z0_ = DeviceBuffer<float>(b_, size_t(N_) * c.image_side * c.image_side * c.whiten_width());
     }
     size_t biggest = 0;
@@ -34,7 +36,9 @@ void Workspace::init_resnet9() {
         u.pool_after = s.pool && !c.pool_before_norm;
         const size_t full = size_t(N_) * s.H * s.H, half = size_t(N_) * s.Ho() * s.Ho();
         u.bn_rows = s.pool && c.pool_before_norm ? half : full;
-        u.conv = make_conv({N_, s.H, s.H, s.cin, s.cout, s.k, s.k, s.k / 2});
+        ConvShape cs{N_, s.H, s.H, s.cin, s.cout, s.k, s.k, s.k / 2};
+        cs.no_input_grad = i == 0;  // (the first unit's input is the images or the frozen whitening's)
+        u.conv = make_conv(cs);
         u.c = DeviceBuffer<float>(b_, full * s.cout);
         if (s.pool) {
             u.p = DeviceBuffer<float>(b_, half * s.cout);

@@ -13,4 +13,14 @@ void Conv2d::refuse_if_forward_only(const char* call) const {
              call, s.R, s.S, s.stride, s.C, s.K, s.H, s.W, s.N);
 }
 
+void Conv2d::refuse_unplanned(const char* call, bool dx, bool dw) const {
+    refuse_if_forward_only(call);
+    const ConvShape& s = shape;
+    if ((dx && s.no_input_grad) || (dw && s.frozen_weights))
+        fail("{} of conv {}x{} stride {} {}->{} at {}x{} N{}: it was set up without {} (ConvShape::{})",
+             call, s.R, s.S, s.stride, s.C, s.K, s.H, s.W, s.N,
+             dx && s.no_input_grad ? "the input's gradient" : "the weights' gradient",
+             dx && s.no_input_grad ? "no_input_grad" : "frozen_weights");
+}
+
 }  // namespace sr

@@ -67,6 +67,15 @@ struct ConvShape {
     // CUDA: no backward algorithms, workspace or gradient buffer); every backend refuses
     // backward calls on it (Conv2d::refuse_if_forward_only)
     bool forward_only = false;
+    // Backward paths the network never takes, so that a backend need not set them up (CUDA: no
+    // algorithm search, graph plan or workspace for them): no_input_grad, backward_data is never
+    // called (the network's first convolution: its input is the images); frozen_weights,
+    // backward_weights only ever computes db (dw == nullptr: the whitening conv). Every backend
+    // refuses the calls left out (Conv2d::refuse_unplanned).
+    bool no_input_grad = false;
+    bool frozen_weights = false;
+    bool computes_dx() const { return !forward_only && !no_input_grad; }
+    bool computes_dw() const { return !forward_only && !frozen_weights; }
     int P() const { return (H + 2 * pad - R) / stride + 1; }  // output height
     int Q() const { return (W + 2 * pad - S) / stride + 1; }  // output width
     double flops_forward() const { return 2.0 * N * P() * Q() * K * C * R * S; }
@@ -108,6 +117,9 @@ protected:
     // that a backward call on
     // an evaluation workspace's conv fails alike on the CPU and on a GPU (ops/backend.cpp).
     void refuse_if_forward_only(const char* call) const;
+    // The same, and for a call computing dx (dx) or dw (dw) that the shape left out
+    // (ConvShape::no_input_grad, frozen_weights): every backend's backward calls start with it.
+    void refuse_unplanned(const char* call, bool dx, bool dw) const;
 };
 
 // Elapsed time of the work queued between start() and stop(), measured as the field measures it:

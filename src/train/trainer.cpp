@@ -376,7 +376,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
 
     // Saves where the run stands (mid-epoch is fine: the epoch's draws are remade from the RNG
     // state of its start, and the steps already done are skipped).
-    int saved_step = resume ? resume->state.step : -1;  // of the checkpoint this run saved last
+    int saved_step = -1;  // of the checkpoint this process saved last
     auto save = [&](int step_now, int epoch, int done_in_epoch, const std::array<uint64_t, 4>& rng0,
                     double timed_now, double epoch_timed) {
         if (o_.checkpoint_path.empty() || warmup) return;
@@ -414,8 +414,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                  o_.checkpoint_path.empty() ? std::string()
                  : saved_step >= 0
                      ? fmt::format("; the last good checkpoint is {} (step {})", o_.checkpoint_path, saved_step)
-                     : fmt::format("; no checkpoint of this run was saved before it ({} not written)",
-                                   o_.checkpoint_path));
+                     : fmt::format("; this process saved no checkpoint before it ({} was not written "
+                                   "by it)", o_.checkpoint_path));
     };
 
     int step = resume ? resume->state.step : 0;

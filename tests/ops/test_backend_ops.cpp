@@ -367,6 +367,52 @@ TEST_P(BackendOps, ConvForwardOnly) {
     EXPECT_TRUE(test::contains(test::error_of([&] { cf->backward_weights(nullptr, db.cp(), dy.cp(), nullptr); }), refused));
 }
 
+// The whitening conv's shape (3 -> 24, 2x2, no padding): set up without the input's or the
+// weights' gradient (ConvShape::no_input_grad, frozen_weights), it computes the forward and the
+// bias gradient as a full conv does, and every backend refuses the gradients left out.
+TEST_P(BackendOps, ConvWithoutInputOrWeightGradients) {
+    ConvShape s;
+    s.N = 8, s.H = 32, s.W = 32, s.C = 3, s.K = 24, s.R = 2, s.S = 2, s.pad = 0;
+    const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K;
+    const size_t nw = size_t(s.K) * s.R * s.S * s.C;
+    auto x = in(randn(nx, 530));
+    auto w = in(randn(nw, 531, 1.f / std::sqrt(float(s.C * s.R * s.S))));
+    auto bias = in(randn(s.K, 532));
+    auto dy = in(randn(ny, 533));
+    ConvShape f = s;
+    f.no_input_grad = f.frozen_weights = true;
+    auto cc = cpu_->make_conv(s);  // the reference: a full training conv
+    auto gc = gpu_->make_conv(f);
+    auto cf = cpu_->make_conv(f);
+    ASSERT_TRUE(cc && gc && cf);
+    auto y = out<float>(ny), y2 = out<float>(ny);
+    cc->forward(y.cp(), x.cp(), w.cp(), bias.cp());
+    gc->forward(y.gp(), x.gp(), w.gp(), bias.gp());
+    EXPECT_TRUE(same(y, "whitening-shaped conv y", 1e-2 * rms(y.c.get("rms")) + 1e-6, 1e-2));
+    auto db = out<float>(s.K);
+    cc->backward_weights(nullptr, db.cp(), dy.cp(), x.cp());
+    gc->backward_weights(nullptr, db.gp(), dy.gp(), nullptr);
+    EXPECT_TRUE(same(db, "whitening-shaped conv db", 1e-5 * rms(db.c.get("db")) + 1e-6, 1e-5));
+    cf->forward(y2.cp(), x.cp(), w.cp(), bias.cp());  // (the CPU's own, bit for bit)
+    EXPECT_EQ(y2.c.get("y2"), y.c.get("y"));
+    auto dx = out<float>(nx);
+    auto dw = out<float>(nw);
+    for (Conv2d* c : {gc.get(), cf.get()}) {
+        const bool g = c == gc.get();
+        auto p = [&](auto& t) { return g ? t.gp() : t.cp(); };
+        SCOPED_TRACE(g ? "the backend under test" : "the CPU");
+        EXPECT_TRUE(test::contains(test::error_of([&] { c->backward_data(p(dx), p(dy), p(w)); }),
+                                   "set up without the input's gradient (ConvShape::no_input_grad)"));
+        EXPECT_TRUE(test::contains(test::error_of([&] { c->backward_weights(p(dw), p(db), p(dy), p(x)); }),
+                                   "set up without the weights' gradient (ConvShape::frozen_weights)"));
+        EXPECT_TRUE(test::contains(test::error_of([&] { c->backward(nullptr, p(dw), p(db), p(dy), p(x), p(w)); }),
+                                   "frozen_weights"));
+        EXPECT_TRUE(test::contains(test::error_of([&] { c->backward(p(dx), nullptr, p(db), p(dy), p(x), p(w)); }),
+                                   "no_input_grad"));
+        EXPECT_NO_THROW(c->backward(nullptr, nullptr, p(db), p(dy), p(x), p(w)));  // (db alone)
+    }
+}
+
 // ---- batch norm ------------------------------------------------------------------------------
 
 // Tolerance of the forward: the CPU sums in double, the GPU in fp32 partials of <= 512 values

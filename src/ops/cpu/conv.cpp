@@ -560,19 +560,19 @@ void CpuConv2d::forward(float* y, const float* x, const float* w, const float* b
 }
 
 void CpuConv2d::backward_data(float* dx, const float* dy, const float* w) {
-    refuse_if_forward_only("backward_data");
+    refuse_unplanned("backward_data", true, false);
     impl_->backward_data(dx, dy, w, shape);
 }
 
 void CpuConv2d::backward(float* dx, float* dw, float* db, const float* dy, const float* x,
                          const float* w, FunctionRef<void()> dw_ready) {
-    refuse_if_forward_only("backward");
+    refuse_unplanned("backward", dx != nullptr, dw != nullptr);
     if (dw && dx && impl_->winograd) return impl_->winograd_backward(dx, dw, db, dy, x, w, dw_ready);
     Conv2d::backward(dx, dw, db, dy, x, w, dw_ready);
 }
 
 void CpuConv2d::backward_weights(float* dw, float* db, const float* dy, const float* x) {
-    refuse_if_forward_only("backward_weights");
+    refuse_unplanned("backward_weights", false, dw != nullptr);
     if (dw) return impl_->backward_weights(dw, db, dy, x);
     // the bias gradient alone (the frozen whitening conv): the reference's own sums
     if (db) conv2d_bias_grad(db, dy, size_t(shape.N) * shape.P() * shape.Q(), shape.K);

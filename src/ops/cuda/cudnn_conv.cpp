@@ -32,7 +32,9 @@
 // the legacy algorithm computes on pseudo-random operands (agrees_with_legacy). fp32 storage
 // keeps the legacy path only (its math type, TF32 or FMA, is what the fp32 comparisons rely on).
 // A ConvShape::forward_only conv (an evaluation workspace's) searches, tunes and reserves for the
-// forward alone and holds no 16-bit gradient buffer.
+// forward alone and holds no 16-bit gradient buffer; likewise a conv without the input's
+// gradient (no_input_grad: the network's first) or the weights' (frozen_weights: the whitening
+// conv) leaves out that direction.
 // The bias (forward) and db (backward_weights) use the small kernels of batchnorm.cu. The
 // forward of a layer with at most 4 input channels (the whitening conv) is conv_small.cu's.
 #include "ops/cuda/cudnn_conv.h"
@@ -233,12 +235,12 @@ public:
         size_t a = 0, b = 0, c = 0;
         CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(ctx_.handle, x_.d, w_.d, fwd_.d, y_.d,
                                                             fwd_algo_, &a));
-        if (!s.forward_only) {
+        if (s.computes_dx())
             CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
                 ctx_.handle, w_.d, y_.d, bwd_data_.d, x_.d, bwd_data_algo_, &b));
+        if (s.computes_dw())
             CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
                 ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, bwd_filter_algo_, &c));
-        }
         if (storage != Storage::f32 && graph_api_enabled()) {
             try {
                 tune_graph_plans();
@@ -257,14 +259,14 @@ public:
         const size_t bias = s.forward_only ? 0 : bn_scratch_bytes(s.N * s.P() * s.Q(), s.K);
         ctx_.reserve(std::max({a, b, c, bias, size_t(256)}));
         if (storage != Storage::f32) {
-            // 16-bit copies of the weights and (unless forward-only) of their gradient, in one
+            // 16-bit copies of the weights and (where computed) of their gradient, in one
             // allocation made last (nothing above can throw past it and leak it); each copy
             // 256-byte aligned
             const size_t bytes = (weights() * storage_bytes(storage) + 255) / 256 * 256;
             void* p = nullptr;
-            CUDA_CHECK(cudaMalloc(&p, s.forward_only ? bytes : 2 * bytes));
+            CUDA_CHECK(cudaMalloc(&p, s.computes_dw() ? 2 * bytes : bytes));
             w16_ = static_cast<float*>(p);
-            if (!s.forward_only) dw16_ = reinterpret_cast<float*>(static_cast<char*>(p) + bytes);
+            if (s.computes_dw()) dw16_ = reinterpret_cast<float*>(static_cast<char*>(p) + bytes);
         }
     }
 
@@ -288,7 +290,7 @@ public:
     }
 
     void backward_data(float* dx, const float* dy, const float* w) override {
-        refuse_if_forward_only("backward_data");
+        refuse_unplanned("backward_data", true, false);
         const float one = 1.f, zero = 0.f;
         w = stored_weights(w);
         if (!run_graph(ConvDirection::backward_data, dx, w, dy))
@@ -298,7 +300,7 @@ public:
     }
 
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
-        refuse_if_forward_only("backward_weights");
+        refuse_unplanned("backward_weights", false, dw != nullptr);
         if (!dw) {  // the bias gradient alone
             if (db)
                 channel_sum(ctx_.stream, storage_, ctx_.workspace, db, dy,
@@ -353,15 +355,16 @@ private:
             fwd_algo_ = fp[i].algo;
             CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d,
                                                    fma_math_for(ctx_.math, fp[i].mathType)));
-            if (shape.forward_only) return true;
-
-            cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
-            CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
-                ctx_.handle, w_.d, w, y_.d, y, bwd_data_.d, x_.d, x, kMax, &n, dp, work, ws));
-            if ((i = pick(dp, n, ctx_.math)) < 0) return false;
-            bwd_data_algo_ = dp[i].algo;
-            CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d,
-                                                   fma_math_for(ctx_.math, dp[i].mathType)));
+            if (shape.computes_dx()) {
+                cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
+                CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
+                    ctx_.handle, w_.d, w, y_.d, y, bwd_data_.d, x_.d, x, kMax, &n, dp, work, ws));
+                if ((i = pick(dp, n, ctx_.math)) < 0) return false;
+                bwd_data_algo_ = dp[i].algo;
+                CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d,
+                                                       fma_math_for(ctx_.math, dp[i].mathType)));
+            }
+            if (!shape.computes_dw()) return true;
 
             cudnnConvolutionBwdFilterAlgoPerf_t wp[kMax];
             CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
@@ -413,7 +416,7 @@ private:
     void tune_graph_plans() {
         const ConvShape& s = shape;
         // a forward-only conv whose forward is conv_small's has nothing to tune
-        if (s.forward_only && conv_small_applies(s, nullptr)) return;
+        if (!s.computes_dx() && !s.computes_dw() && conv_small_applies(s, nullptr)) return;
         TrialBuffers t(s, storage_bytes(storage_), ctx_.stream);
         if (!t.ok()) return;
         void *x = t.x->p, *y = t.y->p, *w = t.w->p, *work = t.work->p;
@@ -421,12 +424,12 @@ private:
         size_t legacy_ws[3] = {0, 0, 0};
         CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(ctx_.handle, x_.d, w_.d, fwd_.d, y_.d,
                                                             fwd_algo_, &legacy_ws[0]));
-        if (!s.forward_only) {
+        if (s.computes_dx())
             CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
                 ctx_.handle, w_.d, y_.d, bwd_data_.d, x_.d, bwd_data_algo_, &legacy_ws[1]));
+        if (s.computes_dw())
             CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
                 ctx_.handle, x_.d, y_.d, bwd_filter_.d, w_.d, bwd_filter_algo_, &legacy_ws[2]));
-        }
         if (std::max({legacy_ws[0], legacy_ws[1], legacy_ws[2]}) > ws) return;
         const float one = 1.f, zero = 0.f;
         auto legacy = [&](ConvDirection dir) {
@@ -454,7 +457,9 @@ private:
             // a forward that conv_small computes (few input channels) never reaches cuDNN
             if (dir == ConvDirection::forward && conv_small_applies(s, static_cast<float*>(y)))
                 continue;
-            if (dir != ConvDirection::forward && s.forward_only) continue;  // never called
+            if ((dir == ConvDirection::backward_data && !s.computes_dx()) ||
+                (dir == ConvDirection::backward_filter && !s.computes_dw()))
+                continue;  // never called
             std::string why;
             auto plan = GraphConv::tune(ctx_.handle, ctx_.stream, dir, s, data_type(storage_), x,
                                         w, y, work, ws, &why);
@@ -567,16 +572,17 @@ private:
         fwd_algo_ = fp[i].algo;
         CUDNN_CHECK(cudnnSetConvolutionMathType(fwd_.d,
                                                fma_math_for(ctx_.math, fp[i].mathType)));
-        if (shape.forward_only) return;
-
-        cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
-        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, ctx_.math));
-        CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(ctx_.handle, w_.d, y_.d,
-                                                                bwd_data_.d, x_.d, kMax, &n, dp));
-        if ((i = pick(dp, n, ctx_.math)) < 0) no_algorithm("backward-data");
-        bwd_data_algo_ = dp[i].algo;
-        CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d,
-                                               fma_math_for(ctx_.math, dp[i].mathType)));
+        if (shape.computes_dx()) {
+            cudnnConvolutionBwdDataAlgoPerf_t dp[kMax];
+            CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d, ctx_.math));
+            CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(ctx_.handle, w_.d, y_.d,
+                                                                    bwd_data_.d, x_.d, kMax, &n, dp));
+            if ((i = pick(dp, n, ctx_.math)) < 0) no_algorithm("backward-data");
+            bwd_data_algo_ = dp[i].algo;
+            CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_data_.d,
+                                                   fma_math_for(ctx_.math, dp[i].mathType)));
+        }
+        if (!shape.computes_dw()) return;
 
         cudnnConvolutionBwdFilterAlgoPerf_t wp[kMax];
         CUDNN_CHECK(cudnnSetConvolutionMathType(bwd_filter_.d, ctx_.math));
@@ -592,7 +598,7 @@ private:
     Storage storage_;
     float* w16_ = nullptr;   // 16-bit storage: the weights' copy in the storage format
     float* dw16_ = nullptr;  // and cuDNN's weight gradient in it (same allocation as w16_;
-                             // none for a forward-only conv)
+                             // none where the weights get no gradient)
     TensorDesc x_, y_;
     FilterDesc w_;
     ConvDesc fwd_, bwd_data_, bwd_filter_;

@@ -30,11 +30,11 @@ public:
         if (bias) cuda::add_channel_bias(nullptr, s_, y, bias, rows(), shape.K);
     }
     void backward_data(float* dx, const float* dy, const float* w) override {
-        refuse_if_forward_only("backward_data");
+        refuse_unplanned("backward_data", true, false);
         inner_->backward_data(dx, dy, w);
     }
     void backward_weights(float* dw, float* db, const float* dy, const float* x) override {
-        refuse_if_forward_only("backward_weights");
+        refuse_unplanned("backward_weights", false, dw != nullptr);
         if (dw) inner_->backward_weights(dw, nullptr, dy, x);
         if (db) {
             scratch_.resize(cuda::bn_scratch_bytes(rows(), shape.K) / sizeof(float) + 1);
