@@ -3,9 +3,11 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include "core/error.h"
 #include "core/version.h"
+#include "ops/forwarding_backend.h"
 #include "optim/schedule.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -315,7 +317,8 @@ TEST(Checkpoint, NonFiniteLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
     } catch (const Error& e) {
         const std::string m = e.what();
         ASSERT_EQ(std::sscanf(m.c_str() + m.find("at step"), "at step %d", &diverged), 1) << m;
-        EXPECT_TRUE(test::contains(m, fmt::format("the last good checkpoint is {} (step {})", p, diverged - 1))) << m;
+        EXPECT_TRUE(test::contains(m, fmt::format("the last checkpoint, with finite losses up to its step, is {} (step {})",
+                                                  p, diverged - 1))) << m;
     }
     ASSERT_GE(diverged, 2) << "lr 1e30 should take a step or more to give a non-finite loss";
     // the checkpoint of the step before, with finite weights only
@@ -335,6 +338,45 @@ TEST(Checkpoint, NonFiniteLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
     Trainer t2(*backend, r, data, rare);
     const std::string m = test::error_of([&] { t2.run(3); });
     EXPECT_TRUE(test::contains(m, "this process saved no checkpoint before it (" + p + " was not written by it)")) << m;
+    fs::remove(p);
+}
+
+// On a GPU the loss is read at the epoch's end, not after every step, so a periodic save could
+// come after it became non-finite: the save reads it and stops instead. A decorator that says it
+// is a GPU takes that path on the CPU.
+struct SaysItIsAGpu : ForwardingBackend {
+    using ForwardingBackend::ForwardingBackend;
+    Device device() const override { return Device::cuda; }
+    void run_op(const char*, const std::function<std::string()>&, double, double,
+                std::function<void()> f) override {
+        f();
+    }
+};
+
+TEST(Checkpoint, NonFiniteLossOnAGpuIsNotSaved) {
+    const Cifar10 data = make_synthetic_cifar10(2048, 256, 6);
+    Recipe r = tiny_recipe();
+    r.lr = 1e30;
+    const std::string p = temp("nan-gpu.safetensors");
+    fs::remove(p);
+    auto cpu = make_cpu_backend(2);
+    SaysItIsAGpu gpu(*cpu);
+    TrainOptions o = tiny_options(p);
+    o.checkpoint_every = 1;
+    Trainer t(gpu, r, data, o);
+    int by = 0;
+    const std::string m = test::error_of([&] { t.run(3); });
+    ASSERT_NE(m.find("by step"), std::string::npos) << m;
+    ASSERT_EQ(std::sscanf(m.c_str() + m.find("by step"), "by step %d", &by), 1) << m;
+    ASSERT_GE(by, 2) << m;
+    EXPECT_TRUE(test::contains(m, fmt::format("is {} (step {})", p, by - 1))) << m;
+    ASSERT_TRUE(fs::exists(p));
+    const Checkpoint c = read_checkpoint(p);
+    EXPECT_EQ(c.state.step, by - 1);
+    EXPECT_TRUE(std::isfinite(c.state.epoch_stats[0]));
+    for (const auto& [name, tensor] : c.file.tensors)
+        if (tensor.dtype == DType::F32)
+            for (float v : tensor_values<float>(name, tensor)) ASSERT_TRUE(std::isfinite(v)) << name;
     fs::remove(p);
 }
 

@@ -374,9 +374,25 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         std::fflush(stdout);
     }
 
-    // Saves where the run stands (mid-epoch is fine: the epoch's draws are remade from the RNG
-    // state of its start, and the steps already done are skipped).
+    // Stops the run at a non-finite loss `loss` (the epoch's sum so far), seen at step step_now
+    // (on a GPU, read at the epoch's end or at a save: somewhere in the steps before it). The
+    // last checkpoint this process saved (every rank keeps the step: only rank 0 writes) had a
+    // finite loss up to its step; its weights are finite, but they may be what the next step's
+    // forward turned non-finite.
     int saved_step = -1;  // of the checkpoint this process saved last
+    auto diverged = [&](float loss, int step_now, int epoch) {
+        fail("the training loss became {} {} step {} (epoch {}); stopped{}", loss,
+             b_.device() == Device::cpu ? "at" : "by", step_now, epoch,
+             o_.checkpoint_path.empty() ? std::string()
+             : saved_step >= 0
+                 ? fmt::format("; the last checkpoint, with finite losses up to its step, is {} (step {})",
+                               o_.checkpoint_path, saved_step)
+                 : fmt::format("; this process saved no checkpoint before it ({} was not written "
+                               "by it)", o_.checkpoint_path));
+    };
+
+    // Saves where the run stands (mid-epoch is fine: the epoch's draws are remade from the RNG
+    // state of its start, and the steps already done are skipped). Not from a diverged state.
     auto save = [&](int step_now, int epoch, int done_in_epoch, const std::array<uint64_t, 4>& rng0,
                     double timed_now, double epoch_timed) {
         if (o_.checkpoint_path.empty() || warmup) return;
@@ -386,6 +402,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         float stats[2];
         b_.download(stats, stats_.get(), sizeof stats);
         if (dp_ && dp_->comm().world() > 1 && done_in_epoch > 0) dp_->comm().allreduce_sum(stats, 2);
+        if (!std::isfinite(stats[0])) diverged(stats[0], step_now, epoch);
+        saved_step = step_now;
         if (!root) return;
         RunState st;
         st.seed = seed;
@@ -401,21 +419,13 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         for (const auto& e : res.epochs) st.epochs.push_back(epoch_json(e));
         st.builds = res.builds;
         save_checkpoint(o_.checkpoint_path, net_, r_, st);
-        saved_step = step_now;
     };
 
-    // Stops the run at a non-finite loss, keeping the last checkpoint written (none is written
-    // from a diverged state).
+    // Stops the run at a non-finite loss (the CPU: after every step; a GPU: at each epoch's end).
     auto check_finite = [&](int step_now, int epoch) {
         float st[2];
         b_.download(st, stats_.get(), sizeof st);
-        if (!std::isfinite(st[0]))
-            fail("the training loss became {} at step {} (epoch {}); stopped{}", st[0], step_now, epoch,
-                 o_.checkpoint_path.empty() ? std::string()
-                 : saved_step >= 0
-                     ? fmt::format("; the last good checkpoint is {} (step {})", o_.checkpoint_path, saved_step)
-                     : fmt::format("; this process saved no checkpoint before it ({} was not written "
-                                   "by it)", o_.checkpoint_path));
+        if (!std::isfinite(st[0])) diverged(st[0], step_now, epoch);
     };
 
     int step = resume ? resume->state.step : 0;

@@ -47,6 +47,9 @@ for i in $(seq 1 "$n"); do
   bash "$tool" join --in-order "$t/pk/c$i" "$t/inorder" 2>>"$t/inorder.log" || { cat "$t/inorder.log"; fail "--in-order join of c$i"; }
 done
 cmp -s "$t/src/test_batch.bin" "$t/inorder/test_batch.bin" || fail "--in-order: test_batch.bin differs"
+# a call repeated on the same machine after the join: no false "went cold"
+bash "$tool" join --in-order "$t/pk/c$n" "$t/inorder" 2>"$t/again.log" || { cat "$t/again.log"; fail "a repeated last join was refused"; }
+grep -q "joined and checked before" "$t/again.log" || { cat "$t/again.log"; fail "a repeated last join did not say the data is there"; }
 for f in "$t"/src/*.bin; do cmp -s "$f" "$t/got/$(basename "$f")" || fail "$(basename "$f") differs after the round trip"; done
 [ ! -d "$t/got/.parts" ] || fail "the parts were left behind"
 
