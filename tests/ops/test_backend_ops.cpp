@@ -332,14 +332,23 @@ TEST_P(BackendOps, ConvStride2) {
 // A forward-only conv (an evaluation workspace's; CUDA sets up no backward for it) computes the
 // forward of a training one, with and without bias, at the tolerance of conv_case; its backward
 // calls are refused with an error on both sides, rather than run without an algorithm.
+// A conv's sizes and operands on both sides (seed .. seed + 3): x, w scaled by 1/sqrt(fan-in),
+// bias, dy.
+struct ConvOperands {
+    size_t nx, ny, nw;
+    Twin<float> x, w, bias, dy;
+};
+ConvOperands conv_operands(BackendOps& f, const ConvShape& s, uint64_t seed) {
+    const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K;
+    const size_t nw = size_t(s.K) * s.R * s.S * s.C;
+    return {nx, ny, nw, f.in(randn(nx, seed)), f.in(randn(nw, seed + 1, 1.f / std::sqrt(float(s.C * s.R * s.S)))),
+            f.in(randn(s.K, seed + 2)), f.in(randn(ny, seed + 3))};
+}
+
 TEST_P(BackendOps, ConvForwardOnly) {
     ConvShape s;
     s.N = 8, s.H = 15, s.W = 15, s.C = 64, s.K = 32, s.R = 3, s.S = 3, s.pad = 1;
-    const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K;
-    const size_t nw = size_t(s.K) * s.R * s.S * s.C;
-    auto x = in(randn(nx, 520));
-    auto w = in(randn(nw, 521, 1.f / std::sqrt(float(s.C * s.R * s.S))));
-    auto bias = in(randn(s.K, 522));
+    auto [nx, ny, nw, x, w, bias, dy] = conv_operands(*this, s, 520);
     auto cc = cpu_->make_conv(s);  // the reference: a training conv
     ConvShape f = s;
     f.forward_only = true;
@@ -354,7 +363,6 @@ TEST_P(BackendOps, ConvForwardOnly) {
     }
     auto cf = cpu_->make_conv(f);
     auto dx = out<float>(nx);
-    auto dy = in(randn(ny, 523));
     auto dw = out<float>(nw);
     auto db = out<float>(s.K);
     const std::string refused = "set up forward-only";
@@ -373,12 +381,7 @@ TEST_P(BackendOps, ConvForwardOnly) {
 TEST_P(BackendOps, ConvWithoutInputOrWeightGradients) {
     ConvShape s;
     s.N = 8, s.H = 32, s.W = 32, s.C = 3, s.K = 24, s.R = 2, s.S = 2, s.pad = 0;
-    const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K;
-    const size_t nw = size_t(s.K) * s.R * s.S * s.C;
-    auto x = in(randn(nx, 530));
-    auto w = in(randn(nw, 531, 1.f / std::sqrt(float(s.C * s.R * s.S))));
-    auto bias = in(randn(s.K, 532));
-    auto dy = in(randn(ny, 533));
+    auto [nx, ny, nw, x, w, bias, dy] = conv_operands(*this, s, 530);
     ConvShape f = s;
     f.no_input_grad = f.frozen_weights = true;
     auto cc = cpu_->make_conv(s);  // the reference: a full training conv

@@ -294,11 +294,25 @@ __global__ void bn_dx(T* dx, const T* dy, const T* x, const float* mean,
     }
 }
 
+// How bn_normalize8 scales a centred value of channel c: by the batch's invstd (training, as
+// bn_normalize) or by 1 / sqrt(running variance + eps) (eval, as bn_eval): the same arithmetic
+// per element as the one-element kernel, so the same results.
+struct TimesInvStd {
+    const float* invstd;
+    __device__ float operator()(float d, int c) const { return d * invstd[c]; }
+};
+struct OverRunningStd {
+    const float* var;
+    float eps;
+    __device__ float operator()(float d, int c) const { return d / sqrtf(var[c] + eps); }
+};
+
 // The two kernels above, 8 channels per thread (C a multiple of 8, 16-byte aligned tensors),
 // with 32-bit indices: the same arithmetic per element; one 16-byte access per tensor and one
-// channel index per 8 elements instead of a 64-bit division per element.
-template <class T>
-__global__ void bn_normalize8(T* y, const T* x, const float* mean, const float* invstd,
+// channel index per 8 elements instead of a 64-bit division per element. (The eval form matters
+// too: the final TTA evaluation, inside the timed region, runs every BN through it.)
+template <class T, class Scale>
+__global__ void bn_normalize8(T* y, const T* x, const float* mean, Scale scale,
                               const float* gamma, const float* beta, unsigned n8, int C8,
                               MaybeAct act) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += gridDim.x * blockDim.x) {
@@ -310,29 +324,7 @@ __global__ void bn_normalize8(T* y, const T* x, const float* mean, const float* 
             const int c = c0 + j;
             const float g = gamma ? gamma[c] : 1.f;
             const float b = beta ? beta[c] : 0.f;
-            v[j] = act.value((v[j] - mean[c]) * invstd[c] * g + b);
-        }
-        store_act8(y, size_t(i) * 8, v);
-    }
-}
-
-// bn_eval, 8 channels per thread: the same arithmetic per element (so the same results), with
-// bn_normalize8's 16-byte accesses. (The final TTA evaluation, inside the timed region, runs
-// every BN of the network through it.)
-template <class T>
-__global__ void bn_eval8(T* y, const T* x, const float* rmean, const float* rvar,
-                         const float* gamma, const float* beta, unsigned n8, int C8, float eps,
-                         MaybeAct act) {
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += gridDim.x * blockDim.x) {
-        const int c0 = int(i % unsigned(C8)) * 8;
-        float v[8];
-        load_act8(x, size_t(i) * 8, v);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int c = c0 + j;
-            const float g = gamma ? gamma[c] : 1.f;
-            const float b = beta ? beta[c] : 0.f;
-            v[j] = act.value((v[j] - rmean[c]) / sqrtf(rvar[c] + eps) * g + b);
+            v[j] = act.value(scale(v[j] - mean[c], c) * g + b);
         }
         store_act8(y, size_t(i) * 8, v);
     }
@@ -381,7 +373,8 @@ template <class T>
 void launch_normalize(cudaStream_t st, T* y, const T* x, const float* mean, const float* invstd,
                       const float* gamma, const float* beta, size_t n, int C, MaybeAct act) {
     if (eight_wide(n, C, y, x))
-        launch_kernel(bn_normalize8<T>, grid_size(n / 8), kBlock, 0, st, y, x, mean, invstd, gamma,
+        launch_kernel(bn_normalize8<T, TimesInvStd>, grid_size(n / 8), kBlock, 0, st, y, x, mean,
+                      TimesInvStd{invstd}, gamma,
                       beta, unsigned(n / 8), C / 8, act);
     else
         launch_kernel(bn_normalize<T>, grid_size(n), kBlock, 0, st, y, x, mean, invstd, gamma, beta,
@@ -779,8 +772,9 @@ void bn_eval_maybe_act(cudaStream_t st, T* y, const T* x, const float* running_m
     CUDA_ASSERT(M > 0 && C > 0);
     const size_t n = size_t(M) * C;
     if (eight_wide(n, C, y, x))
-        launch_kernel(bn_eval8<T>, grid_size(n / 8), kBlock, 0, st, y, x, running_mean, running_var,
-                      gamma, beta, unsigned(n / 8), C / 8, eps, act);
+        launch_kernel(bn_normalize8<T, OverRunningStd>, grid_size(n / 8), kBlock, 0, st, y, x,
+                      running_mean, OverRunningStd{running_var, eps}, gamma, beta, unsigned(n / 8),
+                      C / 8, act);
     else
         launch_kernel(bn_eval<T>, grid_size(n), kBlock, 0, st, y, x, running_mean, running_var,
                       gamma, beta, n, C, eps, act);
