@@ -5,17 +5,12 @@
 
 namespace sr {
 
-void Conv2d::refuse_if_forward_only(const char* call) const {
+void Conv2d::refuse_unplanned(const char* call, bool dx, bool dw) const {
     const ConvShape& s = shape;
     if (s.forward_only)
         fail("{} of conv {}x{} stride {} {}->{} at {}x{} N{}: it was set up forward-only "
              "(ConvShape::forward_only, an evaluation workspace's), with no backward path",
              call, s.R, s.S, s.stride, s.C, s.K, s.H, s.W, s.N);
-}
-
-void Conv2d::refuse_unplanned(const char* call, bool dx, bool dw) const {
-    refuse_if_forward_only(call);
-    const ConvShape& s = shape;
     if ((dx && s.no_input_grad) || (dw && s.frozen_weights))
         fail("{} of conv {}x{} stride {} {}->{} at {}x{} N{}: it was set up without {} (ConvShape::{})",
              call, s.R, s.S, s.stride, s.C, s.K, s.H, s.W, s.N,

@@ -65,7 +65,7 @@ struct ConvShape {
     // only forward() will be called (an evaluation workspace): a backend may set up, time and
     // hold memory for the forward alone (the CPU: the Winograd-or-direct choice by forward time;
     // CUDA: no backward algorithms, workspace or gradient buffer); every backend refuses
-    // backward calls on it (Conv2d::refuse_if_forward_only)
+    // backward calls on it (Conv2d::refuse_unplanned)
     bool forward_only = false;
     // Backward paths the network never takes, so that a backend need not set them up (CUDA: no
     // algorithm search, graph plan or workspace for them): no_input_grad, backward_data is never
@@ -112,13 +112,11 @@ public:
     const ConvShape shape;
 
 protected:
-    // Throws sr::Error naming the call and the shape when shape.forward_only: every backend's
+    // Throws sr::Error naming the call and the shape for a backward call the shape left out:
+    // any on a forward-only conv (an evaluation workspace's), one computing dx (dx) or dw (dw)
+    // on a conv set up without it (ConvShape::no_input_grad, frozen_weights). Every backend's
     // backward_data and backward_weights (and the CPU's combined backward) start with it, so
-    // that a backward call on
-    // an evaluation workspace's conv fails alike on the CPU and on a GPU (ops/backend.cpp).
-    void refuse_if_forward_only(const char* call) const;
-    // The same, and for a call computing dx (dx) or dw (dw) that the shape left out
-    // (ConvShape::no_input_grad, frozen_weights): every backend's backward calls start with it.
+    // that such a call fails alike on the CPU and on a GPU (ops/backend.cpp).
     void refuse_unplanned(const char* call, bool dx, bool dw) const;
 };
 

@@ -429,11 +429,7 @@ int cmd_train(const TrainArgs& a) {
         nlohmann::json runs = nlohmann::json::array();
         for (const auto& rr : results) {
             nlohmann::json epochs = nlohmann::json::array();
-            for (const auto& e : rr.epochs)
-                epochs.push_back({{"epoch", e.epoch}, {"steps", e.steps}, {"train_loss", e.train_loss},
-                                  {"train_acc", e.train_acc}, {"test_acc", e.test_acc},
-                                  {"test_images", e.test_images}, {"epoch_seconds", e.epoch_seconds}, {"total_seconds", e.total_seconds},
-                                  {"eval_seconds", e.eval_seconds}});
+            for (const auto& e : rr.epochs) epochs.push_back(epoch_json(e));
             runs.push_back({{"seed", rr.seed}, {"test_accuracy", rr.test_accuracy},
                             {"test_accuracy_tta", rr.test_accuracy_tta},
                             {"train_seconds", rr.train_seconds}, {"step_seconds", rr.step_seconds},

@@ -187,13 +187,14 @@ double Trainer::evaluate(int level) {
     return double(correct) / n_test_;
 }
 
-namespace {
 nlohmann::json epoch_json(const EpochStats& e) {
     return {{"epoch", e.epoch}, {"steps", e.steps}, {"train_loss", e.train_loss},
             {"train_acc", e.train_acc}, {"test_acc", e.test_acc}, {"epoch_seconds", e.epoch_seconds},
             {"total_seconds", e.total_seconds}, {"eval_seconds", e.eval_seconds},
             {"test_images", e.test_images}};
 }
+
+namespace {
 EpochStats epoch_from_json(const nlohmann::json& j) {
     EpochStats e;
     e.epoch = j.at("epoch");

@@ -70,6 +70,9 @@ struct EpochStats {
     double eval_seconds = 0;  // the untimed per-epoch evaluation
 };
 
+// An epoch's figures as JSON (checkpoints' RunState::epochs, the summary's runs[].epochs).
+nlohmann::json epoch_json(const EpochStats& e);
+
 struct RunResult {
     uint64_t seed = 0;
     double test_accuracy = 0, test_accuracy_tta = 0;
