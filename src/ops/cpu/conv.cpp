@@ -144,14 +144,15 @@ using dt = memory::data_type;
 std::mutex g_mode_mutex;
 ConvDataGrad g_mode = ConvDataGrad::fastest;
 ConvAlgorithm g_algorithm = ConvAlgorithm::fastest;
-// "fastest": the choices per shape (N, H, W, C, K, R, stride), made once per process
-using ShapeKey = std::tuple<int, int, int, int, int, int, int, bool>;
+// "fastest": the choices per shape (N, H, W, C, K, R, stride) and the gradients it computes (dx,
+// dw: a step that skips one is timed without it), made once per process
+using ShapeKey = std::tuple<int, int, int, int, int, int, int, bool, bool>;
 std::map<ShapeKey, bool> g_transposed_faster, g_winograd_faster;
 
 // A "fastest" choice: measured the first time a shape is seen in the process, then remembered
 // (the caller holds g_mode_mutex).
 bool timed_once(std::map<ShapeKey, bool>& cache, const ConvShape& s, const std::function<bool()>& measure) {
-    const ShapeKey key = {s.N, s.H, s.W, s.C, s.K, s.R, s.stride, s.forward_only};
+    const ShapeKey key = {s.N, s.H, s.W, s.C, s.K, s.R, s.stride, s.computes_dx(), s.computes_dw()};
     if (auto it = cache.find(key); it != cache.end()) return it->second;
     return cache[key] = measure();
 }
@@ -478,7 +479,7 @@ struct CpuConv2d::Impl {
     // on scratch buffers the first time a shape is seen.
     void choose_data_grad(const ConvShape& s) {
         if (tfwd_pd.get(true) == nullptr) return;  // not a stride-1 same-padded conv
-        if (s.forward_only) return;                 // (no data gradient is asked for)
+        if (!s.computes_dx()) return;               // (no data gradient is asked for)
         std::lock_guard<std::mutex> lock(g_mode_mutex);
         // a conv that computes with Winograd (chosen before this) never takes the direct path's
         // dx: no timing (it faulted in and timed two batch-sized buffers per shape)
@@ -497,10 +498,11 @@ struct CpuConv2d::Impl {
         });
     }
 
-    // Whether this conv computes with Winograd (ConvAlgorithm); "fastest" times a forward and a
-    // backward (both gradients, as training calls it; a forward-only conv the forward alone) of
-    // both paths (the reorders included) on scratch buffers the first time a shape is seen. Chosen before the data gradient's path, so
-    // the direct path is timed with the library's dx (a lean towards Winograd, the fixed rule).
+    // Whether this conv computes with Winograd (ConvAlgorithm); "fastest" times a forward and the
+    // gradients training asks of this conv (both, dw alone, or none) on both paths (the reorders
+    // included) on scratch buffers the first time a shape is seen. Chosen before the data
+    // gradient's path, so the direct path is timed with the library's dx (a lean towards
+    // Winograd, the fixed rule).
     void choose_algorithm(const ConvShape& s) {
         if (!wino) return;
         std::lock_guard<std::mutex> lock(g_mode_mutex);
@@ -512,15 +514,16 @@ struct CpuConv2d::Impl {
             std::vector<float> x(size_t(s.N) * s.H * s.W * s.C, 0.01f),
                 y(size_t(s.N) * s.P() * s.Q() * s.K, 0.01f), w(size_t(s.K) * s.R * s.S * s.C, 0.01f),
                 bias(size_t(s.K));
+            // the gradients this conv computes: none for an evaluation workspace's conv, dw alone
+            // for the first conv of a network (the images need no gradient)
             auto step = [&] {  // (dx into x and dw into w: only the time counts)
                 forward(y.data(), x.data(), w.data(), nullptr);
-                if (s.forward_only) return;  // an evaluation workspace's conv: the forward alone
-                if (winograd) {
+                if (s.computes_dx() && s.computes_dw() && winograd) {
                     winograd_backward(x.data(), w.data(), bias.data(), y.data(), x.data(), w.data(), {});
-                } else {
-                    backward_weights(w.data(), bias.data(), y.data(), x.data());
-                    backward_data(x.data(), y.data(), w.data(), s);
+                    return;
                 }
+                if (s.computes_dw()) backward_weights(w.data(), bias.data(), y.data(), x.data());
+                if (s.computes_dx()) backward_data(x.data(), y.data(), w.data(), s);
             };
             const TimedChoice c = choose_by_timing(
                 [&] { winograd = true; return best_time(step, 1); },
