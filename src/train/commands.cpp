@@ -374,7 +374,83 @@ int cmd_train(const TrainArgs& a) {
         }
     }
     std::vector<RunResult> results;
-    std::vector<double> acc, acc_tta, secs;
+    // The finished runs' summary: printed, then written to --summary-json, --dawnbench (the first
+    // run) and --plot. An interrupted --runs N reports the runs that finished before it, marked,
+    // so that hours of finished runs are not lost with the one cut off.
+    auto report = [&](bool interrupted) {
+        std::vector<double> acc, acc_tta, secs;
+        for (const RunResult& rr : results) {
+            acc.push_back(rr.test_accuracy);
+            acc_tta.push_back(rr.test_accuracy_tta);
+            secs.push_back(rr.train_seconds);
+        }
+        const AccuracyStats s = accuracy_stats(acc_tta), s0 = accuracy_stats(acc), t = accuracy_stats(secs);
+        int n94 = 0;
+        for (double x : acc_tta) n94 += x >= 0.94;
+        if (interrupted)
+            fmt::print("summary of the {} finished run{} of {} (interrupted):\n", s.n, s.n == 1 ? "" : "s", a.runs);
+        fmt::print("summary: n={}  TTA accuracy mean {:.4f} std {:.4f} min {:.4f} max {:.4f}  "
+                   "(without TTA mean {:.4f});  >= 94%: {} of {}\n",
+                   s.n, s.mean, s.std, s.min, s.max, s0.mean, n94, s.n);
+        double eval_s = 0;
+        int eval_n = 0;
+        for (const auto& rr : results)
+            for (const auto& e : rr.epochs)
+                if (e.test_acc >= 0) eval_s += e.eval_seconds, ++eval_n;
+        struct rusage ru {};
+        getrusage(RUSAGE_SELF, &ru);
+        const double rss_mib = ru.ru_maxrss / 1024.0;
+        fmt::print("         seconds per run mean {:.3f} std {:.3f} min {:.3f} max {:.3f};  peak memory: "
+                   "device {:.0f} MiB, host RSS {:.0f} MiB;  eval per epoch {:.2f} s (untimed)\n",
+                   t.mean, t.std, t.min, t.max, backend->peak_bytes() / 1048576.0, rss_mib,
+                   eval_n ? eval_s / eval_n : 0.0);
+        if (!results.empty() && results.back().replayed_epochs > 0)
+            fmt::print("         the last run replayed {} of its {} epochs as recorded steps (CUDA graphs; "
+                       "--no-graphs launches every op)\n",
+                       results.back().replayed_epochs, results.back().epochs.size());
+        if (!results.empty() && !results.back().recording_failed.empty())
+            fmt::print("         recording the epochs as CUDA graphs failed ({}); those epochs and all "
+                       "later ones ran op by op\n",
+                       results.back().recording_failed);
+        if (!a.summary_json.empty()) {
+            nlohmann::json runs = nlohmann::json::array();
+            for (const auto& rr : results) {
+                nlohmann::json epochs = nlohmann::json::array();
+                for (const auto& e : rr.epochs) epochs.push_back(epoch_json(e));
+                runs.push_back({{"seed", rr.seed}, {"test_accuracy", rr.test_accuracy},
+                                {"test_accuracy_tta", rr.test_accuracy_tta},
+                                {"train_seconds", rr.train_seconds}, {"step_seconds", rr.step_seconds},
+                                {"images_per_second", rr.images_per_second}, {"steps", rr.steps},
+                                {"replayed_epochs", rr.replayed_epochs},
+                                {"recording_failed", rr.recording_failed}, {"builds", rr.builds},
+                                {"epochs", epochs}});
+            }
+            nlohmann::json j = {
+                {"program", build_json()},
+                {"preset", r.name}, {"device", backend->name()}, {"data", data.source},
+                {"n_train", trainer.n_train()}, {"n_test", trainer.n_test()}, {"runs", runs},
+                {"accuracy_mean", s.mean}, {"accuracy_std", s.std}, {"accuracy_min", s.min},
+                {"accuracy_max", s.max}, {"accuracy_no_tta_mean", s0.mean},
+                {"share_at_least_94", s.n ? double(n94) / s.n : 0.0},
+                {"train_seconds_mean", t.mean}, {"train_seconds_std", t.std},
+                {"data_load_seconds", load_s}, {"peak_device_bytes", backend->peak_bytes()},
+                {"peak_host_rss_mib", rss_mib},
+                // (an interrupted --runs N: the finished runs, fewer than asked for)
+                {"runs_requested", a.runs}, {"interrupted", interrupted},
+                {"recipe", recipe_to_json(r)}};
+            write_file_atomic(a.summary_json, j.dump(2) + "\n");
+            fmt::print("summary written to {}\n", a.summary_json);
+        }
+        // (after the summary: a plot that fails leaves the numbers written)
+        if (!a.dawnbench.empty()) {
+            write_file_atomic(a.dawnbench, dawnbench_tsv(results.front()));
+            fmt::print("DAWNBench log written to {}\n", a.dawnbench);
+        }
+        if (!a.plot.empty()) {
+            plot_runs(a.plot, results, fmt::format("{} on {} ({})", r.name, backend->name(), data.source));
+            fmt::print("plot written to {}\n", a.plot);
+        }
+    };
     for (int i = 0; i < a.runs; ++i) {
         if (a.runs > 1) fmt::print("run {} of {} (seed {})\n", i + 1, a.runs, a.seed + i);
         if (a.runs > 1 && !a.checkpoint.empty()) trainer.set_checkpoint_path(checkpoint_of_seed(a.checkpoint, a.seed + i));
@@ -389,78 +465,25 @@ int cmd_train(const TrainArgs& a) {
                 const auto span = [&](uint64_t first) {
                     return left == 1 ? fmt::format(" {}", first) : fmt::format("s {}-{}", first, first + left - 1);
                 };
-                fmt::print(stderr, "speedrun: run{} of {} (seed{}) did not start; to train {}: --seed {} --runs {}\n",
-                           span(uint64_t(i) + 2), a.runs, span(next), left == 1 ? "it" : "them", next, left);
+                // (one run saves to --checkpoint's FILE itself, not to FILE.seed<S>)
+                const std::string keep = a.checkpoint.empty() || left > 1
+                    ? std::string() : " --checkpoint " + checkpoint_of_seed(a.checkpoint, next);
+                fmt::print(stderr, "speedrun: run{} of {} (seed{}) did not start; to train {}: --seed {} --runs {}{}\n",
+                           span(uint64_t(i) + 2), a.runs, span(next), left == 1 ? "it" : "them", next, left,
+                           keep);
+            }
+            if (!results.empty()) {
+                try {
+                    report(true);
+                } catch (const std::exception& x) {  // (still the interrupted run's status)
+                    fmt::print(stderr, "speedrun: {}\n", x.what());
+                }
             }
             return 130;
         }
-        acc.push_back(results.back().test_accuracy);
-        acc_tta.push_back(results.back().test_accuracy_tta);
-        secs.push_back(results.back().train_seconds);
         fmt::print("\n");
     }
-    const AccuracyStats s = accuracy_stats(acc_tta), s0 = accuracy_stats(acc), t = accuracy_stats(secs);
-    int n94 = 0;
-    for (double x : acc_tta) n94 += x >= 0.94;
-    fmt::print("summary: n={}  TTA accuracy mean {:.4f} std {:.4f} min {:.4f} max {:.4f}  "
-               "(without TTA mean {:.4f});  >= 94%: {} of {}\n",
-               s.n, s.mean, s.std, s.min, s.max, s0.mean, n94, s.n);
-    double eval_s = 0;
-    int eval_n = 0;
-    for (const auto& rr : results)
-        for (const auto& e : rr.epochs)
-            if (e.test_acc >= 0) eval_s += e.eval_seconds, ++eval_n;
-    struct rusage ru {};
-    getrusage(RUSAGE_SELF, &ru);
-    const double rss_mib = ru.ru_maxrss / 1024.0;
-    fmt::print("         seconds per run mean {:.3f} std {:.3f} min {:.3f} max {:.3f};  peak memory: "
-               "device {:.0f} MiB, host RSS {:.0f} MiB;  eval per epoch {:.2f} s (untimed)\n",
-               t.mean, t.std, t.min, t.max, backend->peak_bytes() / 1048576.0, rss_mib,
-               eval_n ? eval_s / eval_n : 0.0);
-    if (!results.empty() && results.back().replayed_epochs > 0)
-        fmt::print("         the last run replayed {} of its {} epochs as recorded steps (CUDA graphs; "
-                   "--no-graphs launches every op)\n",
-                   results.back().replayed_epochs, results.back().epochs.size());
-    if (!results.empty() && !results.back().recording_failed.empty())
-        fmt::print("         recording the epochs as CUDA graphs failed ({}); those epochs and all "
-                   "later ones ran op by op\n",
-                   results.back().recording_failed);
-    if (!a.summary_json.empty()) {
-        nlohmann::json runs = nlohmann::json::array();
-        for (const auto& rr : results) {
-            nlohmann::json epochs = nlohmann::json::array();
-            for (const auto& e : rr.epochs) epochs.push_back(epoch_json(e));
-            runs.push_back({{"seed", rr.seed}, {"test_accuracy", rr.test_accuracy},
-                            {"test_accuracy_tta", rr.test_accuracy_tta},
-                            {"train_seconds", rr.train_seconds}, {"step_seconds", rr.step_seconds},
-                            {"images_per_second", rr.images_per_second}, {"steps", rr.steps},
-                            {"replayed_epochs", rr.replayed_epochs},
-                            {"recording_failed", rr.recording_failed}, {"builds", rr.builds},
-                            {"epochs", epochs}});
-        }
-        nlohmann::json j = {
-            {"program", build_json()},
-            {"preset", r.name}, {"device", backend->name()}, {"data", data.source},
-            {"n_train", trainer.n_train()}, {"n_test", trainer.n_test()}, {"runs", runs},
-            {"accuracy_mean", s.mean}, {"accuracy_std", s.std}, {"accuracy_min", s.min},
-            {"accuracy_max", s.max}, {"accuracy_no_tta_mean", s0.mean},
-            {"share_at_least_94", s.n ? double(n94) / s.n : 0.0},
-            {"train_seconds_mean", t.mean}, {"train_seconds_std", t.std},
-            {"data_load_seconds", load_s}, {"peak_device_bytes", backend->peak_bytes()},
-            {"peak_host_rss_mib", rss_mib},
-            {"recipe", recipe_to_json(r)}};
-        write_file_atomic(a.summary_json, j.dump(2) + "\n");
-        fmt::print("summary written to {}\n", a.summary_json);
-    }
-    // (after the summary: a plot that fails leaves the numbers written)
-    if (!a.dawnbench.empty()) {
-        write_file_atomic(a.dawnbench, dawnbench_tsv(results.front()));
-        fmt::print("DAWNBench log written to {}\n", a.dawnbench);
-    }
-    if (!a.plot.empty()) {
-        plot_runs(a.plot, results, fmt::format("{} on {} ({})", r.name, backend->name(), data.source));
-        fmt::print("plot written to {}\n", a.plot);
-    }
+    report(false);
     return 0;
 }
 

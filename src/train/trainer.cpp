@@ -365,13 +365,18 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         fmt::print("{:-<5}-+-{:-<5}-+-{:-<10}-+-{:-<9}-+-{:-<8}-+-{:-<8}-+-{:-<8}\n", "", "", "",
                    "", "", "", "");
         for (const EpochStats& e : res.epochs) print_row(e);  // (a resumed run's saved epochs)
-        int other = 0, images = 0;  // saved epochs evaluated on another number of test images
+        int other = 0;  // saved epochs evaluated on another number of test images
+        std::vector<int> images;  // (each count once, in the order met: resumed more than once)
         for (const EpochStats& e : res.epochs)
-            if (e.test_images > 0 && e.test_images != n_test_) ++other, images = e.test_images;
+            if (e.test_images > 0 && e.test_images != n_test_) {
+                ++other;
+                if (std::find(images.begin(), images.end(), e.test_images) == images.end())
+                    images.push_back(e.test_images);
+            }
         if (other > 0)
             fmt::print("(the {} saved epoch{} above measured test_acc on {} test images, the run's "
                        "--test-subset then; this one evaluates on {})\n",
-                       other, other == 1 ? "" : "s", images, n_test_);
+                       other, other == 1 ? "" : "s", fmt::join(images, " then "), n_test_);
         std::fflush(stdout);
     }
 

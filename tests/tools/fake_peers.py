@@ -14,12 +14,15 @@ $FAKE_PEERS_MODE ("hlb=fail,hiverge=hang:2,...") makes a peer misbehave: fail (a
 exit 1, no run), garbage (exit 0, nothing parsable), hang:K (K runs, then sleeps), crash:K (K
 runs, then exit 1). $FAKE_PRESETS: the presets the fake speedrun knows (default
 airbench94,hiverge); $FAKE_SPEEDRUN_NO_PRESETS=1: its `presets` subcommand fails;
-$FAKE_RECORDING_FAILED=WHY: its runs say their CUDA-graph recording failed (WHY).
+$FAKE_RECORDING_FAILED=WHY: its runs say their CUDA-graph recording failed (WHY);
+$FAKE_SPEEDRUN_MODE=hang:K: K runs finish, then it waits for SIGTERM, writes their summary
+marked interrupted and exits 130.
 """
 import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -274,8 +277,25 @@ def main_speedrun(argv):
         return 1
     acc, secs = ours_values(a.preset, a.runs)
     failed = os.environ.get("FAKE_RECORDING_FAILED", "")  # why recording the epochs failed
-    for i in range(a.runs):
+    # $FAKE_SPEEDRUN_MODE "hang:K": K runs finish, then the next one hangs until SIGTERM (or
+    # SIGINT), which writes the K runs' summary marked interrupted and exits 130, as speedrun does
+    mode = os.environ.get("FAKE_SPEEDRUN_MODE", "")
+    finished = int(mode.split(":")[1]) if mode.startswith("hang:") else a.runs
+    for i in range(min(finished + 1, a.runs)):
         out("run %d of %d (seed %d)" % (i + 1, a.runs, i))
+    if finished < a.runs:
+        def cut(signum, frame):
+            write_summary(a, acc[:finished], secs[:finished], failed, True)
+            sys.exit(130)
+        signal.signal(signal.SIGTERM, cut)
+        signal.signal(signal.SIGINT, cut)
+        while True:
+            time.sleep(1)
+    write_summary(a, acc, secs, failed, False)
+    return 0
+
+
+def write_summary(a, acc, secs, failed, interrupted):
     am, asd = mean_std(acc)
     sm, ssd = mean_std(secs)
     j = {"preset": a.preset, "device": "cuda: NVIDIA H100 80GB HBM3 (fake)", "data": a.data,
@@ -284,16 +304,16 @@ def main_speedrun(argv):
                    "train_seconds": secs[i], "step_seconds": secs[i] / 97,
                    "images_per_second": 50000 * 10 / secs[i], "steps": 97,
                    "replayed_epochs": 0 if failed else 10, "recording_failed": failed,
-                   "epochs": []} for i in range(a.runs)],
+                   "epochs": []} for i in range(len(acc))],
          "accuracy_mean": am, "accuracy_std": asd, "accuracy_min": min(acc),
          "accuracy_max": max(acc), "accuracy_no_tta_mean": am - 0.007,
-         "share_at_least_94": sum(x >= 0.94 for x in acc) / a.runs,
+         "share_at_least_94": sum(x >= 0.94 for x in acc) / len(acc),
          "train_seconds_mean": sm, "train_seconds_std": ssd, "data_load_seconds": 0.1,
-         "peak_device_bytes": 1 << 30, "peak_host_rss_mib": 500.0, "recipe": {}}
+         "peak_device_bytes": 1 << 30, "peak_host_rss_mib": 500.0,
+         "runs_requested": a.runs, "interrupted": interrupted, "recipe": {}}
     with open(a.summary_json, "w") as f:
         json.dump(j, f, indent=2)
     out("summary written to %s" % a.summary_json)
-    return 0
 
 
 def main_nvidia_smi(argv):

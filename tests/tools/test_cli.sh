@@ -203,6 +203,28 @@ rc=0
     > /dev/null 2> three-err.txt || rc=$?
 [ "$rc" = 130 ] || { cat three-err.txt >&2; fail "--runs 3 --stop-after-step 2: exit status $rc, not 130"; }
 contains three-err.txt "runs 2-3 of 3 (seeds 8-9) did not start; to train them: --seed 8 --runs 2"
+# one run left: --runs 1 would save to FILE itself, so the advice names the file of its seed
+rc=0
+"$B" train "${one_epoch[@]}" --runs 2 --seed 7 --checkpoint two.safetensors --stop-after-step 2 \
+    > /dev/null 2> two-err.txt || rc=$?
+[ "$rc" = 130 ] || { cat two-err.txt >&2; fail "--runs 2 --stop-after-step 2: exit status $rc, not 130"; }
+contains two-err.txt "run 2 of 2 (seed 8) did not start; to train it: --seed 8 --runs 1 --checkpoint two.seed8.safetensors"
+# interrupted (SIGINT) after the first of three runs finished: the finished runs' summary is
+# printed and written, marked as interrupted; the exit status is still 130
+"$B" train "${one_epoch[@]}" --runs 3 --seed 7 --summary-json cut.json > cut.txt 2> cut-err.txt &
+pid=$!
+for _ in $(seq 1200); do grep -q "run 2 of 3" cut.txt && break; sleep 0.05; done
+kill -INT "$pid"
+rc=0
+wait "$pid" || rc=$?
+[ "$rc" = 130 ] || { cat cut.txt cut-err.txt >&2; fail "--runs 3 interrupted in run 2 or 3: exit status $rc, not 130"; }
+done_runs=$(json cut.json 'len(j["runs"])')
+case "$done_runs" in 1|2) ;; *) cat cut.txt >&2; fail "interrupted --runs 3: $done_runs runs in the summary, not the 1 or 2 finished";; esac
+[ "$(json cut.json '(j["interrupted"], j["runs_requested"], j["runs"][0]["seed"])')" = "(True, 3, 7)" ] \
+    || fail "interrupted --runs 3: the summary does not say it was cut off after seed 7"
+contains cut.txt "summary of the $done_runs finished run"
+contains cut.txt "of 3 (interrupted):"
+[ "$(json full.json 'j["interrupted"]')" = False ] || fail "a finished run's summary says it was interrupted"
 
 # -- presets: the descriptions, sources and published figures start in one column
 cols=$(awk '/^ / {print index($0, $1)} /^[^ ]/ {match($0, /^[^ ]+ +/); print RLENGTH + 1}' presets.txt | sort -u | wc -l)

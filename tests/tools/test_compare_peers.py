@@ -300,6 +300,15 @@ def failures_are_reported():
     check(r["status"] == "partial" and r["n"] == 3 and "exit status 1" in r["error"],
           "muon %r" % r)
     check(recs["ours:airbench94"]["status"] == "ok", "ours still measured")
+    # ours cut off at its budget after 2 of 4 runs: speedrun writes the finished runs' summary,
+    # and they count (partial), as a peer's finished runs do
+    out3 = os.path.join(TMP, "ours-cut")
+    tool("--out", out3, "--presets", "airbench94", "--runs", "4", "--budget", "2",
+         "--peers-list", "", env={"FAKE_SPEEDRUN_MODE": "hang:2"}, expect=1)
+    r = by_entry(out3)["ours:airbench94"]
+    check(r["status"] == "partial" and r["n"] == 2 and r["timed_out"]
+          and "cut off at its budget of 2 s after 2 finished run(s) of 4" in r["error"], "ours %r" % r)
+    check(close(r["acc_mean"], mean(fake_peers.ours_values("airbench94", 2)[0])), "ours partial mean")
     for s in ("peer:hlb: FAILED: peer hlb exit status 1", "peer:airbench94: FAILED",
               "printed nothing parsable", "peer:hiverge: PARTIAL", "RuntimeError: CUDA error"):
         check(s in stderr, "%r not in stderr:\n%s" % (s, stderr))
