@@ -181,6 +181,13 @@ contains resume128.txt "saved epochs above measured test_acc on 256 test images,
 if grep -q "test images, the run's --test-subset then" resume256.txt; then fail "a resume on the same test images says they differ"; fi
 [ "$(json resumed256.json '{e["test_images"] for e in j["runs"][0]["epochs"]}')" = "{256}" ] \
     || fail "the summary's epochs do not say they were measured on 256 test images"
+# resumed twice, on 256 then 128 test images, then on 64: the note names both earlier counts
+three=("${tiny[@]:0:${#tiny[@]}-2}")
+for i in "${!three[@]}"; do [ "${three[$i]}" = --epochs ] && three[$((i + 1))]=3; done
+"$B" train "${three[@]}" --test-subset 256 --checkpoint m.safetensors --stop-after-step 5 > /dev/null 2>&1 || true
+"$B" train "${three[@]}" --test-subset 128 --resume m.safetensors --stop-after-step 9 > /dev/null 2>&1 || true
+"$B" train "${three[@]}" --test-subset 64 --resume m.safetensors > resume64.txt 2> /dev/null
+contains resume64.txt "the 2 saved epochs above measured test_acc on 256 then 128 test images"
 
 # another --subset than the checkpoint's is refused before the set-up
 more=("${tiny[@]}")
