@@ -87,11 +87,13 @@ int main(int argc, char** argv) {
     train->add_option("--checkpoint", ta.checkpoint,
                       "Save a checkpoint (safetensors) at the end and when interrupted (--runs N: "
                       "one per run, FILE with .seed<S> before its extension)");
-    train->add_option("--checkpoint-every", ta.checkpoint_every, "Also save every N steps (0 = only at the end)");
+    train->add_option("--checkpoint-every", ta.checkpoint_every, "Also save every N steps (0 = only at the end; on a GPU the "
+                      "epochs then run op by op, without CUDA-graph replay)");
     train->add_option("--resume", ta.resume, "Continue the run saved in this checkpoint (and keep saving to it)");
     train->add_flag("--deterministic", ta.deterministic, "CPU: no dynamic threading, so a resumed run is bit-identical");
     train->add_option("--stop-after-step", ta.stop_after_step,
-                      "Stop after N steps as if interrupted (saves the checkpoint; needs --checkpoint)")
+                      "Stop after N steps as if interrupted (saves the checkpoint; needs --checkpoint "
+                      "or --resume)")
         ->check(kPositive);
     train->add_option("--warmup", ta.warmup, "Untimed warm-up runs (default: 1 on a GPU, 0 on the CPU)")
         ->check(kNonNegative);

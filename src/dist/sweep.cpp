@@ -253,6 +253,7 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
     // what the sweep writes, checked before it starts (results lines are appended by every rank)
     check_output_path(results, "--results");
     if (comm.root()) check_output_path(summary, "--summary-json");
+    set_cpu_conv(a.cpu_conv, false);
     const RankPlacement pl = place_rank(comm, a.device, a.threads);
     auto backend = make_backend(pl.device, pl.threads, pl.cuda_device);
     const Cifar10 data = load_data(a);

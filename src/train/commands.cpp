@@ -106,7 +106,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads, in
 }
 
 // --cpu-conv (and --deterministic, which needs a path that does not depend on timing)
-static void set_cpu_conv(const std::string& name, bool deterministic) {
+void set_cpu_conv(const std::string& name, bool deterministic) {
     if (name.empty()) {
         cpu::set_conv_algorithm(deterministic ? cpu::ConvAlgorithm::winograd : cpu::ConvAlgorithm::fastest);
     } else if (name == "fastest") {
@@ -123,7 +123,7 @@ static void set_cpu_conv(const std::string& name, bool deterministic) {
 
 // A command that does not read the data (or use a device): the common flags it was given
 // anyway, named in one line, so that nobody thinks they took effect.
-static void note_unused(const CommonArgs& a, const char* command, const char* why, bool device) {
+void note_unused(const CommonArgs& a, const char* command, const char* why, bool device) {
     const CommonArgs d;
     std::vector<std::string> unused;
     if (!a.data.empty()) unused.push_back("--data");
@@ -357,6 +357,12 @@ int cmd_train(const TrainArgs& a) {
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     print_recipe(r, *backend, data, a, trainer.n_train(), trainer.n_test());
+    // (the trainer records an epoch only where nothing between its steps needs the host)
+    if (backend->device() == Device::cuda && !a.no_graphs &&
+        (a.checkpoint_every > 0 || a.stop_after_step >= 0 || a.distributed))
+        fmt::print(stderr, "speedrun: note: {} launches every op (no CUDA-graph replay of the epochs): "
+                   "time runs without it\n",
+                   a.distributed ? "--distributed" : a.checkpoint_every > 0 ? "--checkpoint-every" : "--stop-after-step");
     fmt::print("data loading  {:.2f} s from disk; set-up {:.2f} s (buffers, conv plans, upload); "
                "neither is in the timed region\n\n",
                load_s, upload_s);

@@ -100,6 +100,11 @@ Storage automatic_gpu_storage(int compute_capability);
 std::unique_ptr<Backend> make_backend(const std::string& device, int threads, int cuda_device = 0,
                                       const std::string& storage = "");
 Cifar10 load_data(const CommonArgs& a);
+// --cpu-conv's choice for this process (with --deterministic: winograd unless named, not fastest)
+void set_cpu_conv(const std::string& name, bool deterministic);
+// A command that does not read the data (nor, when `device`, use a device): a note on stderr
+// naming the common flags it was given anyway
+void note_unused(const CommonArgs& a, const char* command, const char* why, bool device);
 
 // The CIFAR-10 class names in label order (airplane ... truck).
 extern const char* const kCifarClassNames[10];

@@ -237,6 +237,19 @@ contains cut.txt "of 3 (interrupted):"
 cols=$(awk '/^ / {print index($0, $1)} /^[^ ]/ {match($0, /^[^ ]+ +/); print RLENGTH + 1}' presets.txt | sort -u | wc -l)
 [ "$cols" = 1 ] || { cat presets.txt >&2; fail "speedrun presets: the columns do not line up"; }
 
+# -- dist-check and sweep take --cpu-conv (a named algorithm times nothing); dist-check trains on
+#    random batches and says that --data is not used
+small=(--device cpu --threads 2 --set 'net.widths=[16,32,32]' --batch-size 64)
+SPEEDRUN_CPU_CONV_LOG=1 "$B" dist-check "${small[@]}" --data syn > dc.txt 2> dc-err.txt
+contains dc-err.txt "dist-check trains on seeded random batches; --data not used"
+contains dc-err.txt "algorithm:"  # (timed: the default, fastest)
+SPEEDRUN_CPU_CONV_LOG=1 "$B" dist-check "${small[@]}" --cpu-conv direct > dc.txt 2> dc-err.txt
+if grep -q "algorithm:" dc-err.txt; then fail "dist-check --cpu-conv direct still timed the algorithms"; fi
+SPEEDRUN_CPU_CONV_LOG=1 "$B" sweep "${small[@]}" --data syn --no-download --subset 256 --test-subset 64 \
+    --epochs 1 --runs 1 --cpu-conv direct --results sw.jsonl > sw.txt 2> sw-err.txt
+[ -s sw.jsonl ] || { cat sw.txt sw-err.txt >&2; fail "sweep --cpu-conv direct wrote no results"; }
+if grep -q "algorithm:" sw-err.txt; then fail "sweep --cpu-conv direct still timed the algorithms"; fi
+
 # -- bad input: exit status 1 and a message naming the cause
 expect_error "unknown preset 'nope'" -- "$B" train --preset nope
 expect_error "/nonexistent" -- "$B" train --data /nonexistent --no-download

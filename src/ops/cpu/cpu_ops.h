@@ -41,9 +41,11 @@ void set_conv_data_grad(ConvDataGrad mode);
 // NHWC tensors, or "winograd", oneDNN's F(4x4, 3x3) Winograd kernels (AVX-512 CPUs; 3x3 stride-1
 // same-padded convs whose channel counts it can block), which do about half the multiplications
 // but take a blocked activation layout: each call reorders its activations into the backend's
-// ConvWorkspace and back. "fastest" (the default) times a forward and a backward (both
-// gradients, as training calls them; for a ConvShape::forward_only conv the forward alone) of
-// each once per shape and process when a conv is made and keeps the faster (within a margin: choose_by_timing below). "winograd" takes it wherever it exists (a
+// ConvWorkspace and back. "fastest" (the default) times a forward and the gradients training
+// asks of the conv (ConvShape::computes_dx / computes_dw: both, dw alone for a network's first
+// conv, none for a forward-only one) on each once per shape, gradients and process when a conv
+// is made and keeps the faster (within a margin: choose_by_timing below). "winograd" takes it
+// wherever it exists (a
 // fixed rule: what --deterministic uses, so a resumed run computes the same way). Winograd's
 // transforms round differently from the direct sums (tests/ops compare both with the plain loops
 // at the same tolerances). Applies to convs made after the call.
