@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/network.h"
+#include "optim/optimizer.h"
 #include "test_util.h"
 
 namespace sr::golden {
@@ -120,6 +122,37 @@ inline void expect_first_pass(Backend& b, const Network& net, const Batch& in, c
         SCOPED_TRACE("gradient of " + name);
         auto ref = vals.get<std::vector<float>>();
         EXPECT_TRUE(test::all_close(part(net, grads, name), ref, 1e-3 * max_abs(ref) + 1e-7, 1e-3));
+    }
+}
+
+// Two training steps on the reference's batch (summed cross-entropy with label_smoothing, then
+// opt.step(step, total, 0, spe)), checked as the golden tests of a plain optimizer check them:
+// after the first forward and backward expect_first_pass and the running statistics
+// (j["after_forward"]); after each step every tensor of j["after_step<k>"] and its change.
+// at_step(step, before): the test's own checks of that step, after those (before: the arena as
+// the step found it).
+inline void expect_two_steps(Backend& b, Network& net, Workspace& ws, const Batch& in, Optimizer& opt,
+                             float label_smoothing, int total, int spe, const nlohmann::json& j,
+                             const std::function<void(int, const std::vector<float>&)>& at_step = {}) {
+    const int N = int(in.labels.size());
+    std::vector<float> now, before, g;
+    for (int step = 0; step < 2; ++step) {
+        const std::string k = std::to_string(step);
+        net.download(before);
+        const float* logits = ws.forward(in.xd.get(), true);
+        b.cross_entropy(ws.dlogits(), in.st.get(), logits, in.yd.get(), N, 10, label_smoothing);
+        ws.backward(ws.dlogits(), false);
+        if (step == 0) {
+            expect_first_pass(b, net, in, logits, j, 1e-5, g);
+            net.download(now);
+            expect_tensors(net, now, j["after_forward"], "running statistic", 1e-5);
+        }
+        opt.step(step, total, 0, spe);
+        net.download(now);
+        expect_tensors(net, now, j["after_step" + k], "after step " + k, 1e-4);
+        expect_updates(net, before, now, step == 0 ? j["params"] : j["after_step0"], j["after_step" + k],
+                       "step " + k, 1e-3);
+        if (at_step) at_step(step, before);
     }
 }
 

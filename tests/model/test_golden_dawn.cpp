@@ -23,9 +23,6 @@ const nlohmann::json& golden() {
     return j;
 }
 
-using golden::max_abs;
-using golden::expect_tensors;
-using golden::part;
 
 TEST(GoldenDawn, MatchesPyTorchDawnNet) {
     const auto& j = golden()["dawn"];
@@ -40,25 +37,8 @@ TEST(GoldenDawn, MatchesPyTorchDawnNet) {
     Workspace ws(net, N);
     golden::Batch in(*b, j);
     Optimizer opt(net, r);
-    std::vector<float> now, g(net.size());
     const int spe = j["batches_per_epoch"], total = int(r.epochs) * spe;
-    std::vector<float> before;
-    for (int step = 0; step < 2; ++step) {
-        net.download(before);
-        const float* logits = ws.forward(in.xd.get(), true);
-        b->cross_entropy(ws.dlogits(), in.st.get(), logits, in.yd.get(), N, 10, r.label_smoothing);
-        ws.backward(ws.dlogits(), false);
-        if (step == 0) {
-            golden::expect_first_pass(*b, net, in, logits, j, 1e-5, g);
-            net.download(now);
-            expect_tensors(net, now, j["after_forward"], "running statistic", 1e-5);
-        }
-        opt.step(step, total, 0, spe);
-        net.download(now);
-        expect_tensors(net, now, j["after_step" + std::to_string(step)], "after step " + std::to_string(step), 1e-4);
-        golden::expect_updates(net, before, now, step == 0 ? j["params"] : j["after_step0"],
-                               j["after_step" + std::to_string(step)], "step " + std::to_string(step), 1e-3);
-    }
+    golden::expect_two_steps(*b, net, ws, in, opt, r.label_smoothing, total, spe, j);
     std::vector<float> lg(size_t(N) * 10);
     b->download(lg.data(), ws.forward(in.xd.get(), false), lg.size() * 4);
     EXPECT_TRUE(test::all_close(lg, j["eval_logits"].get<std::vector<float>>(), 1e-4, 1e-3));

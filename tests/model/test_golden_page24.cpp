@@ -43,27 +43,11 @@ TEST(GoldenPage24, MatchesPyTorchDawnPy) {
     Workspace ws(net, N);
     golden::Batch in(*b, j);
     Optimizer opt(net, r);
-    std::vector<float> now, g(net.size()), before;
     const int spe = j["batches_per_epoch"], total = int(r.epochs) * spe;
-    for (int step = 0; step < 2; ++step) {
-        // the lr of this update: the schedule at step count step + 1, per image of dawn.py's batch
+    // each update's lr: the schedule at step count step + 1, per image of dawn.py's batch
+    for (int step = 0; step < 2; ++step)
         EXPECT_NEAR(r.lr * opt.lr_multiplier_at(step, total, spe), j["lr"][step].get<double>(), 1e-12);
-        net.download(before);
-        const float* logits = ws.forward(in.xd.get(), true);
-        b->cross_entropy(ws.dlogits(), in.st.get(), logits, in.yd.get(), N, 10, r.label_smoothing);
-        ws.backward(ws.dlogits(), false);
-        if (step == 0) {
-            golden::expect_first_pass(*b, net, in, logits, j, 1e-5, g);
-            net.download(now);
-            golden::expect_tensors(net, now, j["after_forward"], "running statistic", 1e-5);
-        }
-        opt.step(step, total, 0, spe);
-        net.download(now);
-        const std::string s = std::to_string(step);
-        golden::expect_tensors(net, now, j["after_step" + s], "after step " + s, 1e-4);
-        golden::expect_updates(net, before, now, step == 0 ? j["params"] : j["after_step0"],
-                               j["after_step" + s], "step " + s, 1e-3);
-    }
+    golden::expect_two_steps(*b, net, ws, in, opt, r.label_smoothing, total, spe, j);
     std::vector<float> lg(size_t(N) * 10);
     b->download(lg.data(), ws.forward(in.xd.get(), false), lg.size() * 4);
     EXPECT_TRUE(test::all_close(lg, j["eval_logits"].get<std::vector<float>>(), 1e-4, 1e-3));

@@ -24,9 +24,6 @@ const nlohmann::json& golden() {
     return j;
 }
 
-using golden::max_abs;
-using golden::expect_tensors;
-using golden::part;
 
 TEST(GoldenTricks, MatchesPyTorchCifar10FastSimple) {
     const auto& j = golden()["tricks10"];
@@ -43,32 +40,17 @@ TEST(GoldenTricks, MatchesPyTorchCifar10FastSimple) {
     Workspace ws(net, N);
     golden::Batch in(*b, j);
     Optimizer opt(net, r);
-    std::vector<float> now, g(net.size());
     const int total = 970, spe = 97;
-    std::vector<float> before;
-    for (int step = 0; step < 2; ++step) {
-        net.download(before);
-        const float* logits = ws.forward(in.xd.get(), true);
-        b->cross_entropy(ws.dlogits(), in.st.get(), logits, in.yd.get(), N, 10, r.label_smoothing);
-        ws.backward(ws.dlogits(), false);
-        if (step == 0) {
-            golden::expect_first_pass(*b, net, in, logits, j, 1e-5, g);
-            net.download(now);
-            expect_tensors(net, now, j["after_forward"], "running statistic", 1e-5);
-        }
-        opt.step(step, total, 0, spe);
-        if (step % r.ema_every == 0) opt.ema_update(r.ema_decay);
-        net.download(now);
-        expect_tensors(net, now, j["after_step" + std::to_string(step)], "after step " + std::to_string(step), 1e-4);
-        golden::expect_updates(net, before, now, step == 0 ? j["params"] : j["after_step0"],
-                               j["after_step" + std::to_string(step)], "step " + std::to_string(step), 1e-3);
-        if (step == 0) {
-            std::vector<float> ema(net.size());
-            b->download(ema.data(), net.ema.get(), ema.size() * 4);
-            expect_tensors(net, ema, j["ema_after_step0"], "EMA after step 0", 1e-4);
-            golden::expect_updates(net, before, ema, j["params"], j["ema_after_step0"], "EMA step 0", 1e-3);
-        }
-    }
+    golden::expect_two_steps(*b, net, ws, in, opt, r.label_smoothing, total, spe, j,
+                             [&](int step, const std::vector<float>& before) {
+        if (step % r.ema_every != 0) return;
+        opt.ema_update(r.ema_decay);  // (the EMA alone: the step's tensors are checked before it)
+        if (step != 0) return;
+        std::vector<float> ema(net.size());
+        b->download(ema.data(), net.ema.get(), ema.size() * 4);
+        golden::expect_tensors(net, ema, j["ema_after_step0"], "EMA after step 0", 1e-4);
+        golden::expect_updates(net, before, ema, j["params"], j["ema_after_step0"], "EMA step 0", 1e-3);
+    });
     // the EMA model in eval mode (the first ghost slice's running statistics)
     b->copy(net.params.get(), net.ema.get(), net.size() * sizeof(float));
     std::vector<float> lg(size_t(N) * 10);
