@@ -216,6 +216,7 @@ TEST(Train, KeepingTheLastPartialBatchTrainsOnEveryImage) {
         const RunResult res = t.run(3);
         EXPECT_EQ(res.steps, drop_last ? 6 : 8);
         EXPECT_EQ(t.network().config().arch, Arch::dawn);
+        EXPECT_EQ(t.whitening_images(), 0);  // (no whitening layer: no images gathered for it)
         EXPECT_EQ(res.epochs.size(), 2u);
         // every step's loss adds its rows to the one sum the epoch's figures are made of
         const size_t spe = drop_last ? 3 : 4;

@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <utility>
+#include <vector>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -38,10 +40,37 @@ void make_parent(const std::string& path) {
 }
 }  // namespace
 
-void check_output_path(const std::string& path, const char* flag) {
+std::string output_target(const std::string& path) {
     std::error_code ec;
-    if (fs::is_directory(path, ec)) fail("{} {}: is a directory", flag, path);
-    if (!path.empty() && path.back() == '/') fail("{} {}: names a folder, not a file", flag, path);
+    const fs::file_status st = fs::symlink_status(path, ec);
+    if (ec || !fs::exists(st)) return path;
+    // a chain of links followed by hand: a dangling one's target is where the file goes
+    fs::path t = path;
+    for (int hops = 0; fs::is_symlink(fs::symlink_status(t, ec)); ++hops) {
+        if (hops == 40) fail("{}: too many levels of symbolic links", path);
+        const fs::path next = fs::read_symlink(t, ec);
+        if (ec) fail("{}: {}", path, ec.message());
+        t = next.is_absolute() ? next : t.parent_path() / next;
+    }
+    const std::string target = t.string();
+    const fs::file_status ts = fs::status(target, ec);
+    if (!ec && fs::exists(ts) && !fs::is_regular_file(ts) && !fs::is_directory(ts))
+        fail("{}: not a regular file (a {}): name a file to write", path,
+             fs::is_character_file(ts) || fs::is_block_file(ts) ? "device"
+             : fs::is_fifo(ts) ? "FIFO" : fs::is_socket(ts) ? "socket" : "special file");
+    return target;
+}
+
+void check_output_path(const std::string& given, const char* flag) {
+    std::error_code ec;
+    if (fs::is_directory(given, ec)) fail("{} {}: is a directory", flag, given);
+    if (!given.empty() && given.back() == '/') fail("{} {}: names a folder, not a file", flag, given);
+    std::string path;
+    try {
+        path = output_target(given);  // (a link's target is what is written)
+    } catch (const Error& e) {
+        fail("{} {}", flag, e.what());
+    }
     // the nearest folder that exists: the writers create the missing ones below it (a relative
     // path's first folder missing: the current directory)
     // (an entry that is there in any form ends the walk, a dangling link too; an error other than
@@ -70,6 +99,21 @@ void check_output_path(const std::string& path, const char* flag) {
         fail("{} {}: {}", flag, path, std::strerror(errno));
 }
 
+void check_distinct_outputs(const std::vector<std::pair<std::string, std::string>>& outputs) {
+    std::vector<std::pair<fs::path, const std::pair<std::string, std::string>*>> seen;
+    for (const auto& o : outputs) {
+        if (o.first.empty()) continue;
+        std::error_code ec;
+        fs::path key = fs::weakly_canonical(fs::absolute(output_target(o.first)), ec);
+        if (ec) key = fs::absolute(o.first).lexically_normal();
+        for (const auto& [k, other] : seen)
+            if (k == key)
+                fail("{} {} and {} {} are the same file: each needs its own", other->second,
+                     other->first, o.second, o.first);
+        seen.emplace_back(key, &o);
+    }
+}
+
 void make_parent_folders(const std::string& path) { make_parent(path); }
 
 bool program_on_path(const std::string& name) {
@@ -85,7 +129,8 @@ bool program_on_path(const std::string& name) {
     return false;
 }
 
-void write_file_atomic(const std::string& path, const std::string& content) {
+void write_file_atomic(const std::string& given, const std::string& content) {
+    const std::string path = output_target(given);
     make_parent(path);
     const std::string tmp = path + ".tmp." + std::to_string(::getpid());
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

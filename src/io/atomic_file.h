@@ -3,12 +3,20 @@
 // line per write() and fsyncs, so a crash loses at most the line being written.
 #pragma once
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 namespace sr {
 
+// (a symbolic link at path stays: the file it points to is replaced; see output_target)
 void write_file_atomic(const std::string& path, const std::string& content);
+
+// The file that writing to path replaces: path itself, or the file a symbolic link there points
+// to (the link stays a link). Fails, naming path, where an entry there is a device, a FIFO or a
+// socket: a temporary file renamed over it would replace it (/dev/null, as root) with a file.
+std::string output_target(const std::string& path);
 
 // Before long work whose results go to path (--checkpoint, --summary-json, ...): fails, naming
 // the flag and the path, unless a file can be written there: path is not a directory, a file can
@@ -16,6 +24,11 @@ void write_file_atomic(const std::string& path, const std::string& content);
 // it), in the nearest folder above it that exists, and an existing file at path is writable. So a
 // bad path stops a run at its start, not after it; nothing is left behind.
 void check_output_path(const std::string& path, const char* flag);
+
+// Fails, naming both flags, where two of the (path, flag) outputs are one file (after links and
+// "./"): the later write would replace the earlier (a summary over the checkpoint). Empty paths
+// are skipped.
+void check_distinct_outputs(const std::vector<std::pair<std::string, std::string>>& outputs);
 
 // Makes the folders above path that are missing (for writers other than write_file_atomic:
 // gnuplot, graphviz).

@@ -9,7 +9,10 @@
 #include <cstring>
 #include <filesystem>
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,31 +31,91 @@ std::string dawnbench_tsv(const RunResult& run) {
 }
 
 namespace {
-// Runs a program with a script on stdin; throws with its name when it is missing or fails.
-void run_tool(const std::string& cmd, const std::string& input, const char* what) {
-    FILE* p = ::popen(cmd.c_str(), "w");
-    if (!p) fail("cannot start {} ({})", what, cmd);
-    std::fwrite(input.data(), 1, input.size(), p);
-    const int rc = ::pclose(p);
-    if (rc == -1) fail("{}: {}", what, std::strerror(errno));
+// Runs argv (no shell: a path is an argument, never a command line) in folder cwd (empty: ours)
+// with input on its stdin; throws with its name when it is missing or fails.
+void run_tool(const std::vector<std::string>& argv, const std::string& cwd, const std::string& input,
+              const char* what) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) fail("cannot start {}: {}", what, std::strerror(errno));
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fds[0], 0);  // (dup2 clears close-on-exec on 0)
+    if (!cwd.empty()) posix_spawn_file_actions_addchdir_np(&fa, cwd.c_str());
+    std::vector<char*> args;
+    for (const auto& x : argv) args.push_back(const_cast<char*>(x.c_str()));
+    args.push_back(nullptr);
+    pid_t pid = 0;
+    const int err = ::posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    ::close(fds[0]);
+    if (err != 0) {
+        ::close(fds[1]);
+        if (err == ENOENT) fail("{} was not found: is it installed? (tools/install-deps installs it)", what);
+        fail("cannot start {}: {}", what, std::strerror(err));
+    }
+    // (a tool that exits early closes the pipe: SIGPIPE is ignored for this write, EPIPE told)
+    struct sigaction ignore {}, old {};
+    ignore.sa_handler = SIG_IGN;
+    ::sigaction(SIGPIPE, &ignore, &old);
+    bool wrote = true;
+    for (size_t at = 0; at < input.size();) {
+        const ssize_t w = ::write(fds[1], input.data() + at, input.size() - at);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            wrote = false;
+            break;
+        }
+        at += size_t(w);
+    }
+    ::close(fds[1]);
+    ::sigaction(SIGPIPE, &old, nullptr);
+    int rc = 0;
+    while (::waitpid(pid, &rc, 0) < 0)
+        if (errno != EINTR) fail("{}: {}", what, std::strerror(errno));
     if (WIFEXITED(rc) && WEXITSTATUS(rc) == 127)
         fail("{} was not found: is it installed? (tools/install-deps installs it)", what);
     if (rc != 0)
         fail("{} failed ({} {})", what, WIFEXITED(rc) ? "exit status" : "signal",
              WIFEXITED(rc) ? WEXITSTATUS(rc) : WTERMSIG(rc));
+    if (!wrote) fail("{} did not read its input", what);
 }
+
+// A gnuplot string of ours: text from outside (a data folder's name) with quotes, backquotes
+// (gnuplot substitutes commands in them), backslashes and control characters replaced.
+std::string gnuplot_text(const std::string& s) {
+    std::string out;
+    for (char ch : s) {
+        const unsigned char u = static_cast<unsigned char>(ch);
+        out += (u < 0x20 || u == 0x7f || ch == '\'' || ch == '"' || ch == '`' || ch == '\\') ? '?' : ch;
+    }
+    return out;
+}
+
+// A folder of our own next to `path` (the same file system, so the result is renamed into place;
+// the writability check of its flag covers it), removed with everything in it at scope exit.
+struct TempDirBeside {
+    explicit TempDirBeside(const std::string& path) {
+        make_parent_folders(path);
+        fs::path parent = fs::path(path).parent_path();
+        std::string t = ((parent.empty() ? fs::path(".") : parent) / ".speedrun-tmp.XXXXXX").string();
+        if (!::mkdtemp(t.data())) fail("{}: cannot make a temporary folder beside it: {}", path, std::strerror(errno));
+        dir = t;
+    }
+    ~TempDirBeside() {
+        std::error_code ec;
+        fs::remove_all(dir, ec);
+    }
+    TempDirBeside(const TempDirBeside&) = delete;
+    TempDirBeside& operator=(const TempDirBeside&) = delete;
+    fs::path dir;
+};
 }  // namespace
 
 void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, const std::string& title) {
-    const fs::path dir = fs::temp_directory_path() / fmt::format("speedrun-plot-{}", ::getpid());
-    fs::create_directories(dir);
-    struct RemoveDir {  // the data files go, whether gnuplot succeeds or not
-        fs::path d;
-        ~RemoveDir() {
-            std::error_code ec;
-            fs::remove_all(d, ec);
-        }
-    } remove_dir{dir};
+    // gnuplot runs in a folder of ours beside the PNG, on names of ours: no outside path is
+    // written into its script (only the title, cleaned); the data files go with the folder
+    const std::string target = output_target(png_path);  // (a link's target: see atomic_file.h)
+    const TempDirBeside tmp(target);
     std::string plot_acc, plot_loss;
     // each axis's range of values: where it is one value (a 1-epoch run) the range is given, else
     // gnuplot warns on stderr that it widens an empty range
@@ -73,27 +136,29 @@ void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, 
             if (e.test_acc >= 0) accs.add(100 * e.test_acc);
             losses.add(e.train_loss);
         }
-        const std::string f = (dir / fmt::format("run{}.dat", i)).string();
-        write_file_atomic(f, data);
+        const std::string f = fmt::format("run{}.dat", i);
+        write_file_atomic((tmp.dir / f).string(), data);
         plot_acc += fmt::format("{}'{}' using 1:2 with linespoints lw 2 title 'test acc, seed {}'",
                                 plot_acc.empty() ? "" : ", ", f, runs[i].seed);
         plot_loss += fmt::format(", '{}' using 1:3 axes x1y2 with lines dt 2 title 'train loss, seed {}'",
                                  f, runs[i].seed);
     }
-    const std::string tmp_png = png_path + ".tmp.png";
-    make_parent_folders(png_path);  // (gnuplot does not make them)
     const std::string script = fmt::format(
-        "set terminal pngcairo size 900,560\nset output '{}'\nset title \"{}\"\n"
+        "set terminal pngcairo size 900,560\nset output 'plot.png'\nset title '{}'\n"
         "set xlabel 'epoch'\nset ylabel 'test accuracy (%)'\nset y2label 'train loss'\n"
         "set ytics nomirror\nset y2tics\nset grid\nset key bottom right\n"
         "set arrow from graph 0, first 94 to graph 1, first 94 nohead dt 3\n"
         "{}{}{}plot {}{}\n",
-        tmp_png, title, xs.set("x", 0.5), accs.set("y", 1.0),
+        gnuplot_text(title), xs.set("x", 0.5), accs.set("y", 1.0),
         losses.set("y2", std::max(0.05, 0.05 * std::abs(losses.lo))), plot_acc, plot_loss);
-    run_tool("gnuplot", script, "gnuplot");
+    try {
+        run_tool({"gnuplot"}, tmp.dir.string(), script, "gnuplot");
+    } catch (const Error& e) {
+        fail("--plot {}: {}", png_path, e.what());
+    }
     std::error_code ec;
-    fs::rename(tmp_png, png_path, ec);
-    if (ec) fail("{}: cannot write the plot: {}", png_path, ec.message());
+    fs::rename(tmp.dir / "plot.png", target, ec);
+    if (ec) fail("--plot {}: cannot write the plot: {}", png_path, ec.message());
 }
 
 namespace {
@@ -226,14 +291,16 @@ std::string network_dot(const NetConfig& c) {
 }
 
 void write_svg(const std::string& svg_path, const std::string& dot) {
-    make_parent_folders(svg_path);  // (dot does not make them)
+    const std::string target = output_target(svg_path);
+    const TempDirBeside tmp(target);
+    const std::string out = (tmp.dir / "net.svg").string();
     try {
-        run_tool(fmt::format("dot -Tsvg -o '{}.tmp'", svg_path), dot, "graphviz (dot)");
+        run_tool({"dot", "-Tsvg", "-o", out}, "", dot, "graphviz (dot)");
     } catch (const Error& e) {
         fail("{}: {}", svg_path, e.what());
     }
     std::error_code ec;
-    fs::rename(svg_path + ".tmp", svg_path, ec);
+    fs::rename(out, target, ec);
     if (ec) fail("{}: cannot write the diagram: {}", svg_path, ec.message());
 }
 

@@ -291,6 +291,19 @@ int cmd_train(const TrainArgs& a) {
                                      {a.plot, "--plot"}, {a.dawnbench, "--dawnbench"}})
         if (!path.empty()) check_output_path(path, flag);
     if (a.checkpoint.empty() && !a.resume.empty()) check_output_path(a.resume, "--resume");  // (saved to)
+    {  // no two outputs in one file (--checkpoint may be the --resume file: saved to as it goes)
+        std::vector<std::pair<std::string, std::string>> outs = {
+            {a.summary_json, "--summary-json"}, {a.log, "--log"}, {a.plot, "--plot"},
+            {a.dawnbench, "--dawnbench"}, {a.resume, "--resume"}};
+        if (a.checkpoint != a.resume) {
+            if (a.runs > 1 && !a.checkpoint.empty())
+                for (int i = 0; i < a.runs; ++i)
+                    outs.emplace_back(checkpoint_of_seed(a.checkpoint, a.seed + i), "--checkpoint");
+            else
+                outs.emplace_back(a.checkpoint, "--checkpoint");
+        }
+        check_distinct_outputs(outs);
+    }
     if (!a.checkpoint.empty() && a.checkpoint.back() == '/')
         fail("--checkpoint {}: names a folder, not a file", a.checkpoint);
     if (a.runs > 1 && !a.checkpoint.empty())

@@ -86,7 +86,12 @@ struct Recipe {
     // airbench form (uncentred, / patches; resnet9: / (patches - 1))
     bool whiten_center = false;
     // eigen-decompose the covariance of `splits` equal parts of the whitening images and average
-    // the eigenvalues and the (sign-aligned) eigenvectors, as hlb-CIFAR10's whiten_splits
+    // the eigenvalues and the eigenvectors, as hlb-CIFAR10's whiten_splits. One difference, kept
+    // on purpose: each part's eigenvectors are first given the first part's signs. hlb averages
+    // them as its eigh returns them, and an eigenvector's sign is the solver's arbitrary choice:
+    // there, its few smallest-eigenvalue (highest-gain) directions, whose signs differ between
+    // parts, are shrunk by a factor that depends on the solver and the run (0.07-0.8 on the CPU's
+    // LAPACK, session 38's review); here by 0.5-1, the same on every solver.
     int whiten_splits = 1;
     bool flip = true;  // alternating flip: random half at the start, then every image each epoch
     // "alternating" (above), "half": a fresh random half of the images each epoch, or "random":

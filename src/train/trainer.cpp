@@ -106,7 +106,7 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
     train_u8_ = DeviceBuffer<uint8_t>(b, size_t(n_train_) * kCifarPixels);
     b.upload(train_u8_.get(), data.train.images.data(), train_u8_.size());
     train_pad_ = DeviceBuffer<float>(b, size_t(n_train_) * (side + 2 * pad) * (side + 2 * pad) * 3);
-    batch_x_ = DeviceBuffer<float>(b, size_t(std::max(batch_, std::min(r.whiten_images, n_train_))) * side * side * 3);
+    batch_x_ = DeviceBuffer<float>(b, size_t(std::max(batch_, whitening_images())) * side * side * 3);
     stats_ = DeviceBuffer<float>(b, 2);
     ep_idx_ = DeviceBuffer<int32_t>(b, n_train_);
     ep_labels_ = DeviceBuffer<int32_t>(b, n_train_);
@@ -278,12 +278,14 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     // first touch of the training data on the device: normalise + reflect-pad once
     b_.normalize_pad(train_pad_.get(), train_u8_.get(), n_train_, side, side, r_.mean.data(),
                      r_.std.data(), pad);
-    const int nw = std::min(r_.whiten_images, n_train_);
+    const int nw = whitening_images();
     if (!resume) {  // (a resumed run has its whitening filters in the checkpoint)
-        b_.gather_crops(batch_x_.get(), train_pad_.get(), side, side, pad, nw, nullptr, 0, nullptr,
-                        0, 0, nullptr, 0);
-        net_.init_whitening(batch_x_.get(), nw, float(r_.whiten_eps), r_.whiten_center,
-                            std::min(r_.whiten_splits, nw));
+        if (nw > 0) {
+            b_.gather_crops(batch_x_.get(), train_pad_.get(), side, side, pad, nw, nullptr, 0, nullptr,
+                            0, 0, nullptr, 0);
+            net_.init_whitening(batch_x_.get(), nw, float(r_.whiten_eps), r_.whiten_center,
+                                std::min(r_.whiten_splits, nw));
+        }
         if (r_.ema_every > 0) opt_.reset_ema();  // the EMA starts from the whitened network
     }
     if (dp_) dp_->broadcast_params();  // every rank starts from rank 0's weights, bit for bit

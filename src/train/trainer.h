@@ -102,6 +102,8 @@ public:
     const std::vector<float>& last_logits() const { return host_logits_; }
     Network& network() { return net_; }
     int n_train() const { return n_train_; }
+    // the images the whitening filters are computed from (none for a network without whitening)
+    int whitening_images() const { return r_.net.whiten_kernel > 0 ? std::min(r_.whiten_images, n_train_) : 0; }
     // Where the next runs save their checkpoints (Options::checkpoint_path until set).
     void set_checkpoint_path(const std::string& path) { o_.checkpoint_path = path; }
     int n_test() const { return n_test_; }

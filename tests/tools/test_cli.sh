@@ -49,6 +49,15 @@ if command -v dot > /dev/null; then
     "$B" describe --svg diagrams/net.svg > /dev/null  # (a folder to be made)
     head -c 200 diagrams/net.svg | grep -q "<?xml" || fail "net.svg is not SVG"
     grep -q "<svg" diagrams/net.svg || fail "net.svg is not SVG"
+    # a path is an argument, never a command line: quotes and $(...) in it are a file's name
+    "$B" describe --svg "diagrams/it's \$(touch injected).svg" > /dev/null
+    [ ! -e injected ] || fail "describe --svg ran a command written in its path"
+    grep -q "<svg" "diagrams/it's \$(touch injected).svg" || fail "--svg with a quote in its path: no SVG"
+    # a symbolic link stays one: the file it points to (dangling: made) is written
+    ln -s target.svg diagrams/link.svg
+    "$B" describe --svg diagrams/link.svg > /dev/null
+    [ -L diagrams/link.svg ] && grep -q "<svg" diagrams/target.svg || fail "--svg replaced a symbolic link"
+    if ls -a diagrams | grep -q "tmp"; then ls -a diagrams >&2; fail "--svg left a temporary file"; fi
 else
     echo "note: graphviz (dot) not installed: describe --svg not checked"
 fi
@@ -104,6 +113,17 @@ head -1 db.tsv | grep -qP '^epoch\thours\ttop1Accuracy$' || fail "db.tsv header"
 [ "$(wc -l < db.tsv)" = 3 ] || fail "db.tsv: not a header and 2 epochs"
 if command -v gnuplot > /dev/null; then
     [ "$(head -c 4 plots/p.png | od -An -c | tr -d ' ')" = '211PNG' ] || fail "plots/p.png is not a PNG"
+    # quotes and backquotes in the PNG's path and the data folder's name (the plot's title): no
+    # command runs, the plot is written; gnuplot's files are beside the PNG, not in $TMPDIR
+    q="syn 'q\"\`touch injected\`"
+    ln -s syn "$q"
+    qargs=()
+    for x in "${tiny[@]}"; do [ "$x" = syn ] && x=$q; qargs+=("$x"); done
+    TMPDIR=/nonexistent "$B" train "${qargs[@]}" --plot "plots/it's \`touch injected\`.png" > /dev/null
+    [ ! -e injected ] || fail "--plot ran a command written in a path"
+    [ "$(head -c 4 "plots/it's \`touch injected\`.png" | od -An -c | tr -d ' ')" = '211PNG' ] \
+        || fail "--plot with quotes in its path: no PNG"
+    if ls -a plots | grep -q "tmp"; then ls -a plots >&2; fail "--plot left a temporary file"; fi
 else
     echo "note: gnuplot not installed: --plot not checked"
 fi
@@ -302,6 +322,15 @@ expect_error "--json cfgdir: is a directory" -- "$B" bench --device cpu --thread
     --batch-size 64 --steps 1 --json cfgdir
 if grep -q "train step" out.txt; then fail "bench --json cfgdir: the bench ran first"; fi
 expect_error "--svg afile/n.svg: afile is not a directory" -- "$B" describe --svg afile/n.svg
+# two outputs in one file: the later write would replace the earlier (the checkpoint)
+expect_error "--summary-json ./same and --checkpoint same are the same file" -- \
+    "$B" train "${tiny[@]}" --checkpoint same --summary-json ./same
+expect_error "--log c.safetensors and --resume c.safetensors are the same file" -- \
+    "$B" train "${tiny[@]}" --resume c.safetensors --log c.safetensors
+# a FIFO (or a device) would be replaced by the renamed temporary file: refused at the start
+mkfifo fifo
+expect_error "--summary-json fifo: not a regular file (a FIFO)" -- "$B" train "${tiny[@]}" --summary-json fifo
+[ -p fifo ] || fail "--summary-json fifo: the FIFO was replaced"
 if [ -s m.onnx ]; then
     expect_error "--onnx cfgdir: is a directory" -- "$B" export --checkpoint c.safetensors --onnx cfgdir
 fi
