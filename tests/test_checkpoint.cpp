@@ -297,6 +297,14 @@ TEST(Checkpoint, WrongShapeAndMissingTensorsAreNamed) {
     put_tensor(plain, "x", {1}, std::vector<float>{1.f});
     write_safetensors(p, plain);
     EXPECT_TRUE(test::contains(test::error_of([&] { read_checkpoint(p); }), "not a speedrun checkpoint"));
+    // a checkpoint from elsewhere whose recipe nests 100,000 deep: refused, where printing or
+    // freeing it recursed that deep and ended the program (eval, predict, export, --resume)
+    StFile deep = plain;
+    deep.metadata = c.file.metadata;
+    deep.metadata["recipe"] = "{\"opt\": {\"lr\": " + std::string(100000, '[') + std::string(100000, ']') + "}}";
+    write_safetensors(p, deep);
+    const std::string msg = test::error_of([&] { read_checkpoint(p); });
+    EXPECT_TRUE(test::contains(msg, "metadata 'recipe': nested deeper than 32 levels")) << msg;
     fs::remove(p);
 }
 

@@ -104,6 +104,10 @@ TEST(Recipe, ConfigFileIsMergedOverThePreset) {
         write(text);
         return test::error_of([&] { load_recipe("airbench94", path); });
     };
+    // JSON that says one key twice (which one counts is left open), or nests without end
+    EXPECT_TRUE(test::contains(error_for(R"({"opt": {"lr": 9.0, "lr": 12.0}})"), "the key 'lr' appears twice"));
+    EXPECT_TRUE(test::contains(error_for("{\"opt\": " + std::string(100000, '[') + std::string(100000, ']') + "}"),
+                               "nested deeper than 32 levels"));
     write(R"({"opt": {"lr": 9.0, "epochs": 5}, "net": {"widths": [32, 64, 64]},
               "eval": {"tta_level": null}})");
     const Recipe base = load_recipe("airbench94", ""), r = load_recipe("airbench94", path);
@@ -197,6 +201,21 @@ TEST(Recipe, OverridesApply) {
     EXPECT_EQ(recipe_from_json(j).tta_level, Recipe().tta_level);
     apply_override(j, "eval.tta_level=null");  // a key that is not there: nothing to remove
     EXPECT_EQ(recipe_from_json(j).tta_level, Recipe().tta_level);
+    // a list's index past its end would fill the gap with nulls (gigabytes for a large one)
+    apply_override(j, "net.widths.3=8");  // (one past the end appends)
+    EXPECT_EQ(j["net"]["widths"].size(), 4u);
+    EXPECT_TRUE(test::contains(test::error_of([&] { apply_override(j, "net.widths.30000000=1"); }),
+                               "--set net.widths.30000000: '30000000' is not an index of that list of 4 values"));
+    EXPECT_EQ(j["net"]["widths"].size(), 4u);
+    // a value nested past the limit; JSON's own errors name the flag
+    EXPECT_TRUE(test::contains(test::error_of([&] { apply_override(j, "opt.lr=" + std::string(50000, '[') + std::string(50000, ']')); }),
+                               "--set opt.lr: nested deeper than 32 levels"));
+    EXPECT_TRUE(test::contains(test::error_of([&] { apply_override(j, "opt.lr.x=1"); }), "--set opt.lr.x: "));
+    // an error message shows a long value's start and what it is, not all of it
+    auto k = preset_json("airbench94");
+    apply_override(k, "opt.lr=[" + std::string(4000, '1') + "]");
+    const std::string msg = test::error_of([&] { recipe_from_json(k); });
+    EXPECT_LT(msg.size(), 300u) << msg.substr(0, 300);
 }
 
 }  // namespace

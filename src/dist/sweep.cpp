@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "core/version.h"
 #include "dist/dist_commands.h"
+#include "io/json_input.h"
 #include "io/atomic_file.h"
 
 namespace sr {
@@ -141,12 +142,12 @@ ResultsFile read_results(const std::string& path) {
         ++no;
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         try {
-            auto j = nlohmann::json::parse(line);
+            auto j = parse_json_input(line, path);
             if (j.is_object()) {
                 r.lines.push_back(std::move(j));
                 continue;
             }
-        } catch (const nlohmann::json::exception&) {
+        } catch (const Error&) {  // (counted as a bad line: torn, or not ours)
         }
         r.bad_lines.push_back(no);
     }

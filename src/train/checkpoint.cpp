@@ -1,6 +1,8 @@
 // checkpoint.cpp: see checkpoint.h.
 #include "train/checkpoint.h"
 
+#include "io/json_input.h"
+
 #include "core/error.h"
 
 namespace sr {
@@ -54,8 +56,8 @@ Checkpoint read_checkpoint(const std::string& path) {
     if (meta("version") != std::to_string(kVersion))
         fail("checkpoint {}: version {} (this program reads version {})", path, meta("version"), kVersion);
     try {
-        c.recipe = recipe_from_json(nlohmann::json::parse(meta("recipe")));
-        const auto s = nlohmann::json::parse(meta("state"));
+        c.recipe = recipe_from_json(parse_json_input(meta("recipe"), "metadata 'recipe'"));
+        const auto s = parse_json_input(meta("state"), "metadata 'state'");
         RunState& st = c.state;
         st.seed = s.at("seed").get<uint64_t>();
         st.step = s.at("step").get<int>();
@@ -75,7 +77,7 @@ Checkpoint read_checkpoint(const std::string& path) {
             const auto& b = s.at("builds");
             bool strings = b.is_array();
             for (const auto& e : b) strings = strings && e.is_string();
-            if (!strings) fail("run state's 'builds' is not a list of strings: {}", b.dump());
+            if (!strings) fail("run state's 'builds' is not a list of strings: {}", json_brief(b));
             st.builds = b.get<std::vector<std::string>>();
         }
         if (st.step < 0 || st.epoch < 0 || st.steps_in_epoch < 0 || st.n_train <= 0)

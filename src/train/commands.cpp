@@ -61,7 +61,9 @@ Recipe resolve_recipe(const CommonArgs& a) {
     try {
         return recipe_from_json(j);
     } catch (const Error& e) {  // the preset and --config passed alone: a --set made it wrong
-        fail("--set {}: {}", fmt::join(a.sets, " --set "), e.what());
+        std::vector<std::string> shown;  // (each assignment at a bounded length: a value can be huge)
+        for (const auto& x : a.sets) shown.push_back(x.size() <= 80 ? x : x.substr(0, 80) + "...");
+        fail("--set {}: {}", fmt::join(shown, " --set "), e.what());
     }
 }
 

@@ -1,6 +1,8 @@
 // recipe.cpp: presets (embedded presets/*.json), config merging and strict validation.
 #include "train/recipe.h"
 
+#include "io/json_input.h"
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -107,7 +109,7 @@ struct Reader {
             ok = false;
         }
         if (!ok)
-            fail("config: '{}.{}' must be {} (got {})", section, key, TypeName<T>::text, v.dump());
+            fail("config: '{}.{}' must be {} (got {})", section, key, TypeName<T>::text, json_brief(v));
     }
 };
 
@@ -219,7 +221,7 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     r.json = j;
     for (const char* key : kTextKeys)
         if (j.contains(key) && !j.at(key).is_string())
-            fail("config: '{}' must be a string (got {})", key, j.at(key).dump());
+            fail("config: '{}' must be a string (got {})", key, json_brief(j.at(key)));
     r.name = j.value("name", "custom");
     r.description = j.value("description", "");
     r.source = j.value("source", "");
@@ -497,12 +499,9 @@ Recipe load_recipe(const std::string& preset, const std::string& config_path) {
         fail("{}: is a directory, not a config file", config_path);
     std::ifstream f(config_path);
     if (!f) fail("{}: cannot open the config file", config_path);
-    nlohmann::json patch;
-    try {
-        patch = nlohmann::json::parse(f);
-    } catch (const nlohmann::json::exception& e) {
-        fail("{}: not valid JSON ({})", config_path, e.what());
-    }
+    const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (f.bad()) fail("{}: cannot read the config file", config_path);
+    const nlohmann::json patch = parse_json_input(text, config_path);
     if (!patch.is_object()) fail("{}: a config file must be a JSON object", config_path);
     j.merge_patch(patch);
     try {
@@ -516,21 +515,43 @@ void apply_override(nlohmann::json& j, const std::string& assignment) {
     const auto eq = assignment.find('=');
     if (eq == std::string::npos || eq == 0) fail("--set '{}': expected key.path=value", assignment);
     const std::string path = assignment.substr(0, eq), value = assignment.substr(eq + 1);
-    nlohmann::json v;
-    try {
-        v = nlohmann::json::parse(value);
-    } catch (const nlohmann::json::parse_error&) {
-        v = value;
-    }
+    const std::string flag = fmt::format("--set {}", path);
+    // JSON where the value is JSON (a number, a list, true, null), else the text as a string
+    const nlohmann::json v = nlohmann::json::accept(value) ? parse_json_input(value, flag) : nlohmann::json(value);
     std::string ptr = "/" + path;
     std::replace(ptr.begin(), ptr.end(), '.', '/');
-    const nlohmann::json::json_pointer at(ptr);
-    if (!v.is_null()) {
-        j[at] = v;
-        return;
+    try {
+        const nlohmann::json::json_pointer at(ptr);
+        // a list's index: a number at most its size (one past the end appends; JSON pointer
+        // would fill a longer gap with nulls: 30,000,000 of them for net.widths.30000000)
+        const nlohmann::json* node = &j;
+        for (size_t start = 1; node && start <= ptr.size();) {
+            const size_t end = std::min(ptr.find('/', start), ptr.size());
+            const std::string token = ptr.substr(start, end - start);
+            start = end + 1;
+            if (node->is_array()) {
+                if (token.empty() || token.size() > 9 || token.find_first_not_of("0123456789") != std::string::npos ||
+                    std::stoul(token) > node->size())
+                    fail("{}: '{}' is not an index of that list of {} values (0..{})", flag, token,
+                         node->size(), node->size());
+                const size_t i = std::stoul(token);
+                node = i < node->size() ? &(*node)[i] : nullptr;
+            } else if (node->is_object()) {
+                const auto it = node->find(token);
+                node = it == node->end() ? nullptr : &*it;
+            } else {
+                node = nullptr;  // (a number or a string: nlohmann's message says so below)
+            }
+        }
+        if (!v.is_null()) {
+            j[at] = v;
+            return;
+        }
+        // null removes the key, so that its default applies (as null in a --config file)
+        if (j.contains(at)) j[at.parent_pointer()].erase(at.back());
+    } catch (const nlohmann::json::exception& e) {
+        fail("{}: {}", flag, e.what());
     }
-    // null removes the key, so that its default applies (as null in a --config file)
-    if (j.contains(at)) j[at.parent_pointer()].erase(at.back());
 }
 
 }  // namespace sr

@@ -1,0 +1,21 @@
+// json_input.h: JSON that comes from outside the program (a --config file, a --set value, a
+// checkpoint's metadata, a results file's line), read with limits, and JSON values shown in
+// messages at a bounded length.
+#pragma once
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace sr {
+
+// Parses text; fails, naming `what`, where it is not JSON, nests deeper than max_depth (printing
+// or freeing a deeper value recurses that deep: a 100,000-deep array ended the program) or an
+// object repeats a key (JSON leaves the meaning open; the last one would win unseen).
+nlohmann::json parse_json_input(std::string_view text, const std::string& what, int max_depth = 32);
+
+// v for a message: whole where its JSON text is short, else its start and what it is ("an array
+// of 300000 values").
+std::string json_brief(const nlohmann::json& v, size_t max_chars = 80);
+
+}  // namespace sr
