@@ -21,6 +21,7 @@
 #include "ops/cpu/cpu_ops.h"
 #include "ops/profiling_backend.h"
 #include <sys/resource.h>
+#include <unistd.h>
 #include <atomic>
 #include <csignal>
 #include "optim/schedule.h"
@@ -246,7 +247,17 @@ static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, co
 
 namespace {
 std::atomic<bool> g_interrupt{false};
-extern "C" void on_signal(int) { g_interrupt.store(true); }
+// The first SIGINT/SIGTERM asks the run to stop after its step (saving); a second one ends the
+// program at once, as without the handler (a stop asked for during a long evaluation or save).
+extern "C" void on_signal(int sig) {
+    if (g_interrupt.exchange(true)) {
+        std::signal(sig, SIG_DFL);
+        std::raise(sig);
+        return;
+    }
+    static const char msg[] = "\nspeedrun: stopping after this step (the same signal again ends it at once)\n";
+    [[maybe_unused]] const auto n = ::write(2, msg, sizeof msg - 1);
+}
 }  // namespace
 
 // The storage to ask make_backend for: --emulate-precision rounds an fp32 run, so there the
@@ -472,6 +483,20 @@ int cmd_train(const TrainArgs& a) {
             fmt::print("plot written to {}\n", a.plot);
         }
     };
+    // runs next.. (0-based) of --runs N did not start: named, with the flags that train them
+    auto not_started = [&](int next) {
+        const int left = a.runs - next;
+        if (left <= 0) return;
+        const uint64_t seed = a.seed + uint64_t(next);
+        const auto span = [&](uint64_t first) {
+            return left == 1 ? fmt::format(" {}", first) : fmt::format("s {}-{}", first, first + left - 1);
+        };
+        // (one run saves to --checkpoint's FILE itself, not to FILE.seed<S>)
+        const std::string keep = a.checkpoint.empty() || left > 1
+            ? std::string() : " --checkpoint " + checkpoint_of_seed(a.checkpoint, seed);
+        fmt::print(stderr, "speedrun: run{} of {} (seed{}) did not start; to train {}: --seed {} --runs {}{}\n",
+                   span(uint64_t(next) + 1), a.runs, span(seed), left == 1 ? "it" : "them", seed, left, keep);
+    };
     for (int i = 0; i < a.runs; ++i) {
         if (a.runs > 1) fmt::print("run {} of {} (seed {})\n", i + 1, a.runs, a.seed + i);
         if (a.runs > 1 && !a.checkpoint.empty()) trainer.set_checkpoint_path(checkpoint_of_seed(a.checkpoint, a.seed + i));
@@ -480,19 +505,7 @@ int cmd_train(const TrainArgs& a) {
         } catch (const Interrupted& e) {
             std::fflush(stdout);
             fmt::print(stderr, "\nspeedrun: interrupted: {}\n", e.what());
-            if (i + 1 < a.runs) {  // (--resume continues this one run only)
-                const int left = a.runs - i - 1;
-                const uint64_t next = a.seed + i + 1;
-                const auto span = [&](uint64_t first) {
-                    return left == 1 ? fmt::format(" {}", first) : fmt::format("s {}-{}", first, first + left - 1);
-                };
-                // (one run saves to --checkpoint's FILE itself, not to FILE.seed<S>)
-                const std::string keep = a.checkpoint.empty() || left > 1
-                    ? std::string() : " --checkpoint " + checkpoint_of_seed(a.checkpoint, next);
-                fmt::print(stderr, "speedrun: run{} of {} (seed{}) did not start; to train {}: --seed {} --runs {}{}\n",
-                           span(uint64_t(i) + 2), a.runs, span(next), left == 1 ? "it" : "them", next, left,
-                           keep);
-            }
+            not_started(i + 1);  // (--resume continues this one run only)
             if (!results.empty()) {
                 try {
                     report(true);
@@ -503,6 +516,17 @@ int cmd_train(const TrainArgs& a) {
             return 130;
         }
         fmt::print("\n");
+        // a signal during the run's last evaluation (no step left to stop after): the run is
+        // whole; the runs after it do not start
+        if (g_interrupt.load()) {
+            std::fflush(stdout);
+            fmt::print(stderr, "speedrun: interrupted during run {}'s final evaluation; that run finished\n", i + 1);
+            if (i + 1 < a.runs) {
+                not_started(i + 1);
+                report(true);
+                return 130;
+            }
+        }
     }
     report(false);
     return 0;

@@ -253,6 +253,27 @@ contains cut.txt "summary of the $done_runs finished run"
 contains cut.txt "of 3 (interrupted):"
 [ "$(json full.json 'j["interrupted"]')" = False ] || fail "a finished run's summary says it was interrupted"
 
+# interrupted (SIGINT) during run 1's final evaluation (no step left to stop after): run 1 is
+# whole, run 2 does not start; a second SIGINT ends the program at once
+noeval=("${one_epoch[@]:0:${#one_epoch[@]}-2}" --no-epoch-eval)  # (all 10,000 test images)
+signal_at_eval() {  # signal_at_eval COUNT OUT: SIGINT COUNT times once the epoch's row is printed
+    "$B" train "${noeval[@]}" --runs 2 --summary-json "$2.json" > "$2.txt" 2> "$2-err.txt" &
+    local pid=$! rc=0
+    for _ in $(seq 1200); do grep -q "^ *0 |" "$2.txt" && break; sleep 0.05; done
+    kill -INT "$pid"
+    if [ "$1" = 2 ]; then sleep 0.2; kill -INT "$pid" 2> /dev/null || true; fi
+    wait "$pid" || rc=$?
+    echo "$rc"
+}
+rc=$(signal_at_eval 1 ev)
+[ "$rc" = 130 ] || { cat ev.txt ev-err.txt >&2; fail "SIGINT at run 1's final evaluation: exit status $rc, not 130"; }
+contains ev-err.txt "interrupted during run 1's final evaluation; that run finished"
+contains ev-err.txt "run 2 of 2 (seed 1) did not start"
+[ "$(json ev.json '(len(j["runs"]), j["interrupted"])')" = "(1, True)" ] || fail "SIGINT at evaluation: not run 1 alone in the summary"
+rc=$(signal_at_eval 2 ev2)
+[ "$rc" = 130 ] || fail "two SIGINTs: exit status $rc, not 130 (the signal's)"
+[ ! -e ev2.json ] || fail "two SIGINTs: the program went on to write its summary"
+
 # -- presets: the descriptions, sources and published figures start in one column
 cols=$(awk '/^ / {print index($0, $1)} /^[^ ]/ {match($0, /^[^ ]+ +/); print RLENGTH + 1}' presets.txt | sort -u | wc -l)
 [ "$cols" = 1 ] || { cat presets.txt >&2; fail "speedrun presets: the columns do not line up"; }
