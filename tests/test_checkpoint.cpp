@@ -3,10 +3,12 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 
 #include "core/error.h"
 #include "core/version.h"
+#include "io/atomic_file.h"
 #include "ops/forwarding_backend.h"
 #include "optim/schedule.h"
 #include "train/checkpoint.h"
@@ -400,6 +402,44 @@ TEST(Checkpoint, InterruptFlagSavesAndStops) {
     EXPECT_THROW(t.run(2), Interrupted);
     EXPECT_EQ(read_checkpoint(p).state.step, 1);
     fs::remove(p);
+}
+
+}  // namespace
+}  // namespace sr
+
+namespace sr {
+namespace {
+
+// The finished run's checkpoint cannot be written (here its folder's name is taken by a file;
+// a full disk alike): the run's figures are kept and the failure is told with them, not instead.
+TEST(Checkpoint, AnUnwritableFinalCheckpointKeepsTheRunsFigures) {
+    const Cifar10 data = make_synthetic_cifar10(1024, 256, 5);
+    Recipe r = tiny_recipe();
+    r.epochs = 1;
+    const fs::path blocker = test::temp_path("not-a-folder");
+    fs::remove_all(blocker);
+    auto backend = make_cpu_backend(2);
+    Trainer t(*backend, r, data, tiny_options((blocker / "c.safetensors").string()));
+    std::ofstream(blocker) << "a file where the checkpoint's folder would be\n";
+    const RunResult res = t.run(1);
+    EXPECT_TRUE(test::contains(res.checkpoint_error, "not-a-folder")) << res.checkpoint_error;
+    EXPECT_EQ(res.epochs.size(), 1u);
+    EXPECT_GT(res.test_accuracy_tta, 0.0);
+    fs::remove_all(blocker);
+}
+
+// A log that cannot be written (/dev/full: every write says the disk is full) warns once and
+// ends; the run it records goes on.
+TEST(Checkpoint, AFullLogWarnsAndStops) {
+    JsonlLog log("/dev/full");
+    ASSERT_TRUE(log.open());
+    testing::internal::CaptureStderr();
+    EXPECT_NO_THROW(log.write({{"event", "epoch"}}));
+    EXPECT_NO_THROW(log.write({{"event", "epoch"}}));
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_TRUE(test::contains(err, "/dev/full: write failed")) << err;
+    EXPECT_TRUE(test::contains(err, "the log stops here")) << err;
+    EXPECT_FALSE(log.open());
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -164,7 +165,16 @@ JsonlLog::~JsonlLog() {
 void JsonlLog::write(const nlohmann::json& j) {
     if (fd_ < 0) return;
     const std::string line = j.dump() + "\n";
-    write_all(fd_, line.data(), line.size(), path_);  // O_APPEND: one write, one whole line
+    try {
+        write_all(fd_, line.data(), line.size(), path_);  // O_APPEND: one write, one whole line
+    } catch (const Error& e) {
+        // a log that cannot be written (a full disk) does not stop the run it records: said
+        // once, and the log ends there
+        std::fprintf(stderr, "speedrun: warning: %s; the log stops here (the run goes on)\n", e.what());
+        ::close(fd_);
+        fd_ = -1;
+        return;
+    }
     ::fsync(fd_);
 }
 

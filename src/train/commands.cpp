@@ -529,6 +529,10 @@ int cmd_train(const TrainArgs& a) {
         }
     }
     report(false);
+    // (after the figures: a checkpoint that could not be written does not take them along)
+    for (const RunResult& rr : results)
+        if (!rr.checkpoint_error.empty())
+            fail("the checkpoint of the run with seed {} was not written: {}", rr.seed, rr.checkpoint_error);
     return 0;
 }
 

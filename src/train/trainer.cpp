@@ -402,7 +402,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     // Saves where the run stands (mid-epoch is fine: the epoch's draws are remade from the RNG
     // state of its start, and the steps already done are skipped). Not from a diverged state.
     auto save = [&](int step_now, int epoch, int done_in_epoch, const std::array<uint64_t, 4>& rng0,
-                    double timed_now, double epoch_timed) {
+                    double timed_now, double epoch_timed, bool finished = false) {
         if (o_.checkpoint_path.empty() || warmup) return;
         // Mid-epoch each rank holds the sums of its own slices (they are added up at the epoch's
         // end): the checkpoint keeps the global batches' (a collective: every rank saves at the
@@ -426,7 +426,14 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         st.n_train = n_train_;
         for (const auto& e : res.epochs) st.epochs.push_back(epoch_json(e));
         st.builds = res.builds;
-        save_checkpoint(o_.checkpoint_path, net_, r_, st);
+        if (!finished) return save_checkpoint(o_.checkpoint_path, net_, r_, st);
+        // the finished run's: a file that cannot be written (a full disk) does not take the
+        // run's results with it; they are reported, then the failure (RunResult)
+        try {
+            save_checkpoint(o_.checkpoint_path, net_, r_, st);
+        } catch (const Error& e) {
+            res.checkpoint_error = e.what();
+        }
     };
 
     // Stops the run at a non-finite loss (the CPU: after every step; a GPU: at each epoch's end).
@@ -732,14 +739,15 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                             : (root ? evaluate(0) : 0.0);
     res.train_seconds = timed;
     res.recording_failed = graphs_why_;
-    save(step, n_epochs, 0, {}, timed_steps, 0);  // the finished run (weights: the final EMA)
+    save(step, n_epochs, 0, {}, timed_steps, 0, true);  // the finished run (weights: the final EMA)
     res.images_per_second = res.step_seconds > 0 ? double(images_done) / res.step_seconds : 0;
     if (print) {
         fmt::print("{:>5} | {:>5} | {:>10} | {:>9} | {:>8.4f} | {:>8} | {:>8.2f}   (TTA level {}; "
                    "without TTA {:.4f})\n",
                    "eval", step, "", "", res.test_accuracy_tta, "", timed, r_.tta_level,
                    res.test_accuracy);
-        if (!o_.checkpoint_path.empty()) fmt::print("checkpoint written to {}\n", o_.checkpoint_path);
+        if (!o_.checkpoint_path.empty() && res.checkpoint_error.empty())
+            fmt::print("checkpoint written to {}\n", o_.checkpoint_path);
         std::fflush(stdout);
     }
     if (!warmup && log_)

@@ -88,6 +88,9 @@ struct RunResult {
     // The builds that ran this run's steps (RunState::builds): those a resumed checkpoint names,
     // then this one's git_revision() where it differs and runs steps.
     std::vector<std::string> builds;
+    // Why the finished run's checkpoint could not be written (empty: written, or none asked for);
+    // the run's figures stand, and `train` reports them before it fails.
+    std::string checkpoint_error;
 };
 
 class Trainer {
