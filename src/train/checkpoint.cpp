@@ -1,6 +1,9 @@
 // checkpoint.cpp: see checkpoint.h.
 #include "train/checkpoint.h"
 
+#include <algorithm>
+#include <cstring>
+
 #include "io/json_input.h"
 
 #include "core/error.h"
@@ -35,7 +38,8 @@ void save_checkpoint(const std::string& path, const Network& net, const Recipe& 
                                   {"epoch_stats", {st.epoch_stats[0], st.epoch_stats[1]}},
                                   {"timed", st.timed}, {"epoch_timed", st.epoch_timed},
                                   {"n_train", st.n_train}, {"epochs", st.epochs},
-                                  {"builds", st.builds}};
+                                  {"builds", st.builds}, {"data_fingerprint", st.data_fingerprint},
+                                  {"data_source", st.data_source}};
     f.metadata["format"] = kFormat;
     f.metadata["version"] = std::to_string(kVersion);
     f.metadata["recipe"] = recipe_to_json(r).dump();
@@ -80,6 +84,8 @@ Checkpoint read_checkpoint(const std::string& path) {
             if (!strings) fail("run state's 'builds' is not a list of strings: {}", json_brief(b));
             st.builds = b.get<std::vector<std::string>>();
         }
+        st.data_fingerprint = s.value("data_fingerprint", "");
+        st.data_source = s.value("data_source", "");
         if (st.step < 0 || st.epoch < 0 || st.steps_in_epoch < 0 || st.n_train <= 0)
             fail("run state has negative counts");
     } catch (const nlohmann::json::exception& e) {
@@ -105,6 +111,22 @@ void load_network(const Checkpoint& c, Network& net, bool with_optimizer) {
         put(net.momentum.get(), "momentum.");
         put(net.ema.get(), "ema.");
     }
+}
+
+std::string data_fingerprint(const std::vector<uint8_t>& images, const std::vector<int32_t>& labels, int n) {
+    uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a, a 64-bit word at a time (a run's set: ~150 MB)
+    auto mix = [&](uint64_t w) { h = (h ^ w) * 0x100000001b3ull; };
+    const size_t bytes = std::min(images.size(), size_t(n) * 3072);
+    size_t i = 0;
+    for (; i + 8 <= bytes; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, images.data() + i, 8);
+        mix(w);
+    }
+    for (; i < bytes; ++i) mix(images[i]);
+    for (int k = 0; k < n && k < int(labels.size()); ++k) mix(uint64_t(uint32_t(labels[size_t(k)])));
+    mix(uint64_t(n));
+    return fmt::format("fnv1a64:{:016x}", h);
 }
 
 }  // namespace sr

@@ -40,7 +40,15 @@ struct RunState {
     // continued by another build need not repeat an uninterrupted run of either: arithmetic and
     // random draws may differ between them (cutmix's partners changed in 9681a69, say).
     std::vector<std::string> builds;
+    // What the run trains on: a hash of its training images and labels (data_fingerprint) and
+    // where they came from (Cifar10::source). Empty in checkpoints written before they were kept.
+    std::string data_fingerprint, data_source;
 };
+
+// "fnv1a64:<16 hex digits>" of the first n training images and their labels: the same files
+// (or the same synthetic set) give the same text; CIFAR-10 and a synthetic set, or two subsets,
+// do not.
+std::string data_fingerprint(const std::vector<uint8_t>& images, const std::vector<int32_t>& labels, int n);
 
 // The builds entry that stands for the steps of a checkpoint that predates RunState::builds.
 inline constexpr const char* kBuildsUnrecorded = "unrecorded";

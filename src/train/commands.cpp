@@ -158,7 +158,7 @@ int cmd_presets() {
 }
 
 static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, const TrainArgs& a,
-                         int n_train, int n_test) {
+                         int n_train, int n_test, uint64_t resumed_seed) {
     const int total = total_steps(n_train, r.batch_size, r.epochs, r.drop_last);
     const int spe = steps_per_epoch(n_train, r.batch_size, r.drop_last), rest = n_train % r.batch_size;
     fmt::print("preset        {}  ({})\n", r.name, r.source);
@@ -241,7 +241,10 @@ static void print_recipe(const Recipe& r, const Backend& b, const Cifar10& d, co
                r.tta_level,
                r.tta_select > 0 ? fmt::format(" on the {:g}% least confident", r.tta_select * 100)
                                 : std::string());
-    fmt::print("runs          {} (seeds {}..{})\n\n", a.runs, a.seed, a.seed + a.runs - 1);
+    if (!a.resume.empty())  // (the seed of the run it continues)
+        fmt::print("runs          1 (the checkpoint's, seed {})\n\n", resumed_seed);
+    else
+        fmt::print("runs          {} (seeds {}..{})\n\n", a.runs, a.seed, a.seed + a.runs - 1);
     std::fflush(stdout);
 }
 
@@ -334,6 +337,8 @@ int cmd_train(const TrainArgs& a) {
         if (!a.sets.empty()) unused.push_back("--set");
         if (a.epochs >= 0) unused.push_back("--epochs");
         if (a.batch_size >= 0) unused.push_back("--batch-size");
+        if (a.seed != TrainArgs{}.seed) unused.push_back("--seed");  // (the checkpoint's run goes on)
+        if (a.warmup >= 0) unused.push_back("--warmup");
         if (!unused.empty())
             fmt::print(stderr, "speedrun: note: --resume continues the recipe saved in {}; {} "
                        "not used\n", a.resume, fmt::join(unused, ", "));
@@ -361,7 +366,12 @@ int cmd_train(const TrainArgs& a) {
     const double load_s = since(tl);
     if (data.synthetic) fmt::print("note: training on SYNTHETIC data ({}), not CIFAR-10\n", data.source);
     // (the trainer checks it too, but after the set-up's tens of seconds)
-    if (resume && a.subset >= 0) check_resume_images(*resume, train_images(a.subset, data.train.n));
+    if (resume) {
+        const int n = train_images(a.subset, data.train.n);
+        if (a.subset >= 0) check_resume_images(*resume, n);
+        if (resume->state.n_train == n)
+            check_resume_data(*resume, data_fingerprint(data.train.images, data.train.labels, n), data.source);
+    }
 
     TrainOptions o;
     o.subset = a.subset;
@@ -382,7 +392,7 @@ int cmd_train(const TrainArgs& a) {
     // seconds of convolution timing on a CPU) there is nothing to save, so it stops the program
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
-    print_recipe(r, *backend, data, a, trainer.n_train(), trainer.n_test());
+    print_recipe(r, *backend, data, a, trainer.n_train(), trainer.n_test(), resume ? resume->state.seed : 0);
     // (the trainer records an epoch only where nothing between its steps needs the host)
     if (backend->device() == Device::cuda && !a.no_graphs &&
         (a.checkpoint_every > 0 || a.stop_after_step >= 0 || a.distributed))

@@ -61,6 +61,15 @@ void check_resume_images(const Checkpoint& resume, int n_train) {
              "--subset)", resume.state.n_train, n_train);
 }
 
+void check_resume_data(const Checkpoint& resume, const std::string& fingerprint, const std::string& source) {
+    // (checkpoints written before the fingerprint was kept have none: not checked)
+    const RunState& rs = resume.state;
+    if (!rs.data_fingerprint.empty() && rs.data_fingerprint != fingerprint)
+        fail("--resume: the checkpoint was trained on other images than this run's (it read {}; "
+             "this run reads {}): give the --data or --synthetic it was trained with",
+             rs.data_source.empty() ? std::string("other data") : rs.data_source, source);
+}
+
 Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOptions& o)
     : b_(b),
       r_(r),
@@ -103,6 +112,10 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
     host_logits_.resize(size_t(n_test_) * r.net.num_classes);
     if (o.evaluate_only) return;  // (no training set on the device, no training buffers)
     train_labels_.assign(data.train.labels.begin(), data.train.labels.begin() + n_train_);
+    if (!o.checkpoint_path.empty()) {  // (kept in checkpoints; a resumed run's data must match)
+        data_fingerprint_ = data_fingerprint(data.train.images, data.train.labels, n_train_);
+        data_source_ = data.source;
+    }
     train_u8_ = DeviceBuffer<uint8_t>(b, size_t(n_train_) * kCifarPixels);
     b.upload(train_u8_.get(), data.train.images.data(), train_u8_.size());
     train_pad_ = DeviceBuffer<float>(b, size_t(n_train_) * (side + 2 * pad) * (side + 2 * pad) * 3);
@@ -215,6 +228,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     if (resume) {
         seed = resume->state.seed;
         check_resume_images(*resume, n_train_);
+        if (!data_fingerprint_.empty()) check_resume_data(*resume, data_fingerprint_, data_source_);
     }
     if (dp_ && dp_->comm().world() > 1) {
         // Each rank reads --resume from its own file system and only rank 0 writes checkpoints,
@@ -426,6 +440,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         st.n_train = n_train_;
         for (const auto& e : res.epochs) st.epochs.push_back(epoch_json(e));
         st.builds = res.builds;
+        st.data_fingerprint = data_fingerprint_;
+        st.data_source = data_source_;
         if (!finished) return save_checkpoint(o_.checkpoint_path, net_, r_, st);
         // the finished run's: a file that cannot be written (a full disk) does not take the
         // run's results with it; they are reported, then the failure (RunResult)

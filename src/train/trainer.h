@@ -56,6 +56,9 @@ inline int train_images(int subset, int available) {
 }
 // A resumed run must train on the images its checkpoint was trained on.
 void check_resume_images(const Checkpoint& resume, int n_train);
+// Fails unless the checkpoint's training set (RunState::data_fingerprint) is this run's
+// (fingerprint: data_fingerprint of its images; source: where they came from, for the message).
+void check_resume_data(const Checkpoint& resume, const std::string& fingerprint, const std::string& source);
 
 // Thrown when a run stops early (interrupt or stop_after_step) after saving its checkpoint.
 struct Interrupted : Error {
@@ -123,6 +126,7 @@ private:
     std::unique_ptr<Workspace> ws_eval_own_;
     Workspace* ws_eval_;
     std::vector<int32_t> train_labels_, test_labels_;
+    std::string data_fingerprint_, data_source_;  // of the training set (where checkpoints are written)
     DeviceBuffer<uint8_t> train_u8_, test_u8_;
     DeviceBuffer<float> train_pad_, test_pad_, batch_x_, eval_x_, logits_acc_, zeros_, stats_;
     DeviceBuffer<int32_t> ep_idx_, ep_labels_;

@@ -213,6 +213,12 @@ contains resume64.txt "the 2 saved epochs above measured test_acc on 256 then 12
 more=("${tiny[@]}")
 for i in "${!more[@]}"; do [ "${more[$i]}" = --subset ] && more[$((i + 1))]=2048; done
 expect_error "the checkpoint was trained on 1024 images, this run has 2048" -- "$B" train "${more[@]}" --resume c.safetensors
+# other images of the same count (the built-in synthetic set, not syn/): refused before the set-up
+other=()
+for x in "${tiny[@]}"; do [ "$x" = syn ] && x=--synthetic; [ "$x" = --data ] && continue; other+=("$x"); done
+expect_error "the checkpoint was trained on other images than this run's (it read syn" -- \
+    "$B" train "${other[@]}" --resume c.safetensors
+if grep -q "set-up" out.txt; then fail "--resume on other images: refused only after the set-up"; fi
 if grep -q "set-up" out.txt; then fail "--resume with another --subset: refused only after the set-up"; fi
 
 # -- several runs with --checkpoint: one file per run, named by its seed
