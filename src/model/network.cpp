@@ -382,7 +382,10 @@ Workspace::Workspace(Network& net, int batch, bool trains)
         H = G.Hp;
     }
     Hf_ = H / c.final_pool;
-    SR_CHECK(Hf_ == 1);  // the head is linear over channels: the final pool must leave 1x1
+    // the head is linear over channels: the final pool must leave 1x1
+    if (Hf_ != 1)
+        fail("config: net.final_pool {} leaves {}x{} of the last group's {}x{} (the head needs 1x1: "
+             "net.final_pool {})", c.final_pool, Hf_, Hf_, H, H, H);
     feat_ = DeviceBuffer<float>(b_, size_t(N_) * cin);
     d_feat_ = grad_buffer(size_t(N_) * cin);
     feat_arg_ = DeviceBuffer<uint8_t>(b_, size_t(N_) * cin);

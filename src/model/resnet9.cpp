@@ -62,8 +62,8 @@ void Workspace::init_resnet9() {
     const UnitSpec& last = net_.units().back();
     const int side = last.Ho(), C = c.widths[3];
     if (side / c.final_pool != 1)
-        fail("resnet9: the final max pool {} leaves {}x{} (the head needs 1x1)", c.final_pool,
-             side / c.final_pool, side / c.final_pool);
+        fail("config: net.final_pool {} leaves {}x{} of the last layer's {}x{} (the head needs 1x1: "
+             "net.final_pool {})", c.final_pool, side / c.final_pool, side / c.final_pool, side, side, side);
     Hf_ = side;
     d_last_ = grad_buffer(size_t(N_) * side * side * C);
     feat_ = DeviceBuffer<float>(b_, size_t(N_) * C);

@@ -407,6 +407,8 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     need(r.net.bn_scale_init == "one" || r.net.bn_train_scale,
          "net.bn_scale_init \"uniform\" needs net.bn_train_scale (a frozen scale stays 1)");
     need(r.net.final_pool >= 1, "net.final_pool must be >= 1");
+    // (each eigenvalue of the patch covariance is divided by sqrt(value + eps): 0 can be inf)
+    need(r.whiten_eps > 0, "whiten.eps must be > 0");
     for (float s : r.std) need(s > 0, "data.std must be > 0");
     return r;
 }

@@ -349,6 +349,10 @@ expect_error "--json cfgdir: is a directory" -- "$B" bench --device cpu --thread
     --batch-size 64 --steps 1 --json cfgdir
 if grep -q "train step" out.txt; then fail "bench --json cfgdir: the bench ran first"; fi
 expect_error "--svg afile/n.svg: afile is not a directory" -- "$B" describe --svg afile/n.svg
+# a final pool that leaves more than 1x1, a whitening eps <= 0: config errors, not an internal
+# check or a NaN loss at step 1
+expect_error "config: net.final_pool 1 leaves 3x3 of the last group's 3x3" -- "$B" train "${tiny[@]}" --set net.final_pool=1
+expect_error "whiten.eps must be > 0" -- "$B" describe --set whiten.eps=0
 # two outputs in one file: the later write would replace the earlier (the checkpoint)
 expect_error "--summary-json ./same and --checkpoint same are the same file" -- \
     "$B" train "${tiny[@]}" --checkpoint same --summary-json ./same
