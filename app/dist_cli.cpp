@@ -6,6 +6,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli_checks.h"
+
 #include "dist/dist_commands.h"
 
 namespace sr::app {
@@ -30,7 +32,7 @@ void add_dist_commands(CLI::App& app, TrainArgs& ta, void (*add_common)(CLI::App
     add_common(sweep_cmd, s);
     sweep_cmd->add_option("--runs", s.runs, "Seeds per setting (seed, seed+1, ...)")
         ->capture_default_str();
-    sweep_cmd->add_option("--seed", s.seed, "First seed")->capture_default_str();
+    sweep_cmd->add_option("--seed", s.seed, "First seed")->capture_default_str()->check(kNonNegative);
     sweep_cmd->add_option("--grid", s.grid,
                           "An axis of settings: key.path=v1,v2,... (repeat for more axes; all "
                           "combinations run)");
@@ -40,12 +42,15 @@ void add_dist_commands(CLI::App& app, TrainArgs& ta, void (*add_common)(CLI::App
     sweep_cmd->add_option(
         "--summary-json", s.summary_json,
         "Per-setting statistics (default: the results file's name with .summary.json)");
-    sweep_cmd->add_option("--subset", s.subset, "Train on the first N training images (0 = all)");
+    sweep_cmd->add_option("--subset", s.subset, "Train on the first N training images (0 = all)")
+        ->check(kNonNegative);
     sweep_cmd->add_option("--test-subset", s.test_subset,
-                          "Evaluate on the first N test images (0 = all)");
+                          "Evaluate on the first N test images (0 = all)")
+        ->check(kNonNegative);
     sweep_cmd->add_flag("--epoch-eval", s.epoch_eval, "Evaluate (untimed) after every epoch");
     sweep_cmd->add_option("--warmup", s.warmup,
-                          "Untimed warm-up runs per rank (default: 1 on a GPU, 0 on the CPU)");
+                          "Untimed warm-up runs per rank (default: 1 on a GPU, 0 on the CPU)")
+        ->check(kNonNegative);
 
     DistCheckArgs& c = check_args;
     check_cmd = app.add_subcommand(
@@ -56,7 +61,7 @@ void add_dist_commands(CLI::App& app, TrainArgs& ta, void (*add_common)(CLI::App
     check_cmd->add_flag("--sync-bn", c.sync_bn,
                         "BN statistics of the global batch (compare with the full batch)");
     check_cmd->add_option("--steps", c.steps, "Optimizer steps")->capture_default_str();
-    check_cmd->add_option("--seed", c.seed, "Seed of the batches and the weights")
+    check_cmd->add_option("--seed", c.seed, "Seed of the batches and the weights")->check(kNonNegative)
         ->capture_default_str();
     check_cmd
         ->add_option("--tolerance", c.tolerance,

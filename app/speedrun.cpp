@@ -7,6 +7,8 @@
 #include <string>
 
 #include <CLI/CLI.hpp>
+
+#include "cli_checks.h"
 #include <fmt/format.h>
 
 #include "core/error.h"
@@ -24,21 +26,8 @@ bool run_dist_commands();
 
 namespace {
 
-// Values that must be finite and positive (a negative or NaN --epochs would otherwise read as
-// "not given"), or finite and at least zero.
-CLI::Validator finite_number(bool zero_allowed) {
-    return CLI::Validator(
-        [zero_allowed](std::string& v) -> std::string {
-            double x = 0;
-            const bool ok = CLI::detail::lexical_cast(v, x) && std::isfinite(x) &&
-                            (zero_allowed ? x >= 0 : x > 0);
-            if (ok) return "";
-            return (zero_allowed ? "must be >= 0 (got " : "must be a positive number (got ") + v + ")";
-        },
-        zero_allowed ? ">= 0" : "> 0");
-}
-const CLI::Validator kPositive = finite_number(false);
-const CLI::Validator kNonNegative = finite_number(true);
+using sr::app::kNonNegative;
+using sr::app::kPositive;
 
 void add_common(CLI::App* c, sr::CommonArgs& a) {
     c->add_option("--preset", a.preset, "Recipe preset (see `speedrun presets`)")->capture_default_str();
@@ -71,7 +60,7 @@ int main(int argc, char** argv) {
     sr::TrainArgs ta;
     auto* train = app.add_subcommand("train", "Train a preset (default airbench94) and report accuracy");
     add_common(train, ta);
-    train->add_option("--seed", ta.seed, "Seed of the first run")->capture_default_str();
+    train->add_option("--seed", ta.seed, "Seed of the first run")->capture_default_str()->check(kNonNegative);
     train->add_option("--runs", ta.runs, "Number of runs (seeds seed, seed+1, ...)")
         ->capture_default_str()
         ->check(kPositive);
@@ -132,7 +121,7 @@ int main(int argc, char** argv) {
     data->add_flag_callback("--no-download", [&da] { da.download = false; }, "Never download CIFAR-10");
     data->add_option("--write-synthetic", da.write_synthetic,
                      "Write a full-size synthetic set (50,000 + 10,000) in the binary format to DIR");
-    data->add_option("--seed", da.seed, "Synthetic seed")->capture_default_str();
+    data->add_option("--seed", da.seed, "Synthetic seed")->capture_default_str()->check(kNonNegative);
 
     sr::EvalArgs ea;
     auto* eval = app.add_subcommand("eval", "Test accuracy of a checkpoint, with and without TTA");
