@@ -262,6 +262,12 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
     if (a.test_subset < 0) fail("--test-subset must be >= 0 (got {})", a.test_subset);
     const int n_train = a.subset > 0 ? std::min(a.subset, data.train.n) : data.train.n;
     const int n_test = a.test_subset > 0 ? std::min(a.test_subset, data.test.n) : data.test.n;
+    // what the trainer would refuse only when the setting's turn came (after the earlier jobs)
+    for (size_t i = 0; i < recipes.size(); ++i)
+        if (recipes[i].batch_size > n_train)
+            fail("{}: batch size {} is larger than the training set ({} images)",
+                 settings[i].label.empty() ? std::string("the recipe") : "--grid setting " + settings[i].label,
+                 recipes[i].batch_size, n_train);
     std::vector<std::string> fps;
     for (const Recipe& r : recipes)
         fps.push_back(fingerprint(fmt::format("{}|train={}|test={}|data={}", r.json.dump(), n_train,

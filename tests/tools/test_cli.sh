@@ -320,6 +320,17 @@ expect_error "'opt.batch_size' must be an integer (got 1.5)" -- "$B" describe --
 expect_error "opt.epochs must be at most 10000" -- "$B" describe --epochs 1e9
 expect_error "batch size 50001 is larger than CIFAR-10's training set" -- "$B" describe --batch-size 50001
 expect_error "--grid opt.lr=x" -- "$B" sweep "${tiny[@]}" --grid opt.lr=1,x
+# a setting the trainer would refuse: before any job runs, not when its turn comes
+nobs=()  # (tiny without its --batch-size 256, which would override the grid's)
+skip=0
+for x in "${tiny[@]}"; do
+    if [ "$skip" = 1 ]; then skip=0; continue; fi
+    if [ "$x" = --batch-size ]; then skip=1; continue; fi
+    nobs+=("$x")
+done
+expect_error "--grid setting opt.batch_size=2048: batch size 2048 is larger than the training set (1024 images)" -- \
+    "$B" sweep "${nobs[@]}" --runs 1 --grid opt.batch_size=256,2048 --results late.jsonl
+[ ! -s late.jsonl ] || fail "sweep ran a job before refusing a setting it cannot run"
 expect_error "--stop-after-step stops as if interrupted, to resume later: it needs --checkpoint FILE" -- \
     "$B" train "${tiny[@]}" --stop-after-step 3
 expect_error "--warmup: must be" -- "$B" train "${tiny[@]}" --warmup -5
