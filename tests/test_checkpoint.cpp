@@ -444,3 +444,39 @@ TEST(Checkpoint, AFullLogWarnsAndStops) {
 
 }  // namespace
 }  // namespace sr
+
+namespace sr {
+namespace {
+
+// A checkpoint whose run state its own recipe cannot have (a damaged or edited file: step 999 of
+// a 2-step run, negative seconds) is refused on resume, not run from there.
+TEST(Checkpoint, AStateItsRecipeCannotHaveIsRefused) {
+    const Cifar10 data = make_synthetic_cifar10(1024, 256, 5);
+    Recipe r = tiny_recipe();
+    r.epochs = 1;
+    const std::string p = temp("state.safetensors");
+    auto backend = make_cpu_backend(2);
+    {
+        Trainer t(*backend, r, data, tiny_options(p));
+        t.run(1);
+    }
+    for (const auto& [key, value] : {std::pair<const char*, double>{"step", 999}, {"timed", -5}, {"steps_in_epoch", 77}}) {
+        SCOPED_TRACE(key);
+        StFile f = read_safetensors(p);
+        auto state = nlohmann::json::parse(f.metadata.at("state"));
+        const auto kept = state;
+        state[key] = value;
+        f.metadata["state"] = state.dump();
+        write_safetensors(p, f);
+        const Checkpoint c = read_checkpoint(p);
+        Trainer t(*backend, c.recipe, data, tiny_options(p));
+        const std::string msg = test::error_of([&] { t.run(0, false, &c); });
+        EXPECT_TRUE(test::contains(msg, "the checkpoint's run state does not fit its recipe")) << msg;
+        f.metadata["state"] = kept.dump();
+        write_safetensors(p, f);
+    }
+    fs::remove(p);
+}
+
+}  // namespace
+}  // namespace sr

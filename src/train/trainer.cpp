@@ -281,6 +281,17 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     const bool other_build = resume && resume->state.step < total && res.builds.back() != git_revision();
     if (!resume || other_build) res.builds.push_back(git_revision());
     const int n_epochs = int(std::ceil(r_.epochs - 1e-9));
+    if (resume) {  // a state its own recipe cannot have: a damaged or edited file
+        const RunState& rs = resume->state;
+        const bool fits = rs.step <= total && rs.epoch <= n_epochs && rs.steps_in_epoch <= spe &&
+                          (rs.step == total || rs.step == rs.epoch * spe + rs.steps_in_epoch) &&
+                          std::isfinite(rs.timed) && rs.timed >= 0 && std::isfinite(rs.epoch_timed) &&
+                          rs.epoch_timed >= 0;
+        if (!fits)
+            fail("--resume: the checkpoint's run state does not fit its recipe (step {} of {}, epoch {} of "
+                 "{} with {} of its {} steps done, {} s timed): a damaged or edited file",
+                 rs.step, total, rs.epoch, n_epochs, rs.steps_in_epoch, spe, rs.timed);
+    }
     const int whiten_steps = int(std::ceil(double(spe) * r_.whiten_bias_epochs - 1e-9));
     const bool jitter = r_.brightness > 0 || r_.contrast > 0;
     res.steps = total;
