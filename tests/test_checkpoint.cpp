@@ -480,3 +480,24 @@ TEST(Checkpoint, AStateItsRecipeCannotHaveIsRefused) {
 
 }  // namespace
 }  // namespace sr
+
+namespace sr {
+namespace {
+
+// The training images' fingerprint (kept in checkpoints, compared on --resume and eval): the
+// same images give the same text, other images or another count do not.
+TEST(Checkpoint, DataFingerprintTellsTrainingSetsApart) {
+    const Cifar10 a = make_synthetic_cifar10(512, 64, 5), same = make_synthetic_cifar10(512, 64, 5),
+                  other = make_synthetic_cifar10(512, 64, 6);
+    const std::string fa = data_fingerprint(a.train.images, a.train.labels, 512);
+    EXPECT_EQ(fa.rfind("fnv1a64:", 0), 0u) << fa;
+    EXPECT_EQ(fa, data_fingerprint(same.train.images, same.train.labels, 512));
+    EXPECT_NE(fa, data_fingerprint(other.train.images, other.train.labels, 512));
+    EXPECT_NE(fa, data_fingerprint(a.train.images, a.train.labels, 256));
+    std::vector<int32_t> relabelled = a.train.labels;
+    relabelled[100] = (relabelled[100] + 1) % 10;
+    EXPECT_NE(fa, data_fingerprint(a.train.images, relabelled, 512));
+}
+
+}  // namespace
+}  // namespace sr

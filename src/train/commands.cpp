@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <atomic>
 #include <csignal>
+#include <thread>
 #include "optim/schedule.h"
 
 namespace sr {
@@ -86,6 +87,10 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads, in
         fail("--storage {}: unknown format (known: auto, fp32, fp16, bf16)", storage);
     // the CPU computes in fp32; 16-bit storage there is the reference wrapper (slow)
     auto cpu = [&]() -> std::unique_ptr<Backend> {
+        // (more threads than cores only wait for each other: 1000 on 2 cores took minutes a step)
+        if (const unsigned cores = std::thread::hardware_concurrency(); cores > 0 && threads > int(cores))
+            fmt::print(stderr, "speedrun: note: --threads {} is more than the {} cores here (slower, not faster)\n",
+                       threads, cores);
         if (s == Storage::f32) return make_cpu_backend(threads);
         return std::make_unique<StorageBackend>(make_cpu_backend(threads), s);
     };
@@ -555,6 +560,13 @@ int cmd_eval(const EvalArgs& a) {
     ca.data = a.data;
     ca.download = a.download;
     const Cifar10 data = load_data(ca);
+    // a checkpoint trained on other data (a synthetic set) scores on this test set all the same:
+    // said, since the figure then measures that
+    if (const RunState& st = c.state; !st.data_fingerprint.empty() &&
+        (st.n_train > data.train.n || data_fingerprint(data.train.images, data.train.labels, st.n_train) != st.data_fingerprint))
+        fmt::print(stderr, "speedrun: note: the checkpoint was trained on other images ({}) than this "
+                   "data's ({}); it is evaluated on this data's test set\n",
+                   st.data_source.empty() ? std::string("unnamed") : st.data_source, data.source);
     TrainOptions o;
     o.test_subset = a.test_subset;
     o.subset = c.state.n_train;  // (the trainer checks the training set's size; nothing more)

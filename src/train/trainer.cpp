@@ -27,6 +27,8 @@ int checked_train_count(const Recipe& r, const Cifar10& data, const TrainOptions
     if (r.batch_size > n)
         fail("batch size {} is larger than the training set ({} images)", r.batch_size, n);
     if (data.test.n <= 0) fail("the test set is empty");
+    if (total_steps(n, r.batch_size, r.epochs, r.drop_last) < 1)  // (--epochs 1e-300)
+        fail("{} epochs of {} images at batch size {} make no training step", r.epochs, n, r.batch_size);
     return n;
 }
 

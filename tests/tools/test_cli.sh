@@ -364,6 +364,7 @@ expect_error "--svg afile/n.svg: afile is not a directory" -- "$B" describe --sv
 # check or a NaN loss at step 1
 expect_error "config: net.final_pool 1 leaves 3x3 of the last group's 3x3" -- "$B" train "${tiny[@]}" --set net.final_pool=1
 expect_error "whiten.eps must be > 0" -- "$B" describe --set whiten.eps=0
+expect_error "1e-300 epochs of 1024 images at batch size 256 make no training step" -- "$B" train "${three[@]/#3/1e-300}"
 # a negative seed would wrap to 2^64 - 5; sweep's counts are checked as train's
 expect_error "--seed: must be >= 0 (got -5)" -- "$B" train "${tiny[@]}" --seed -5
 expect_error "--warmup: must be >= 0 (got -3)" -- "$B" sweep "${tiny[@]}" --warmup -3
