@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -21,6 +22,7 @@
 #include "ops/cpu/cpu_ops.h"
 #include "ops/profiling_backend.h"
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <atomic>
 #include <csignal>
@@ -973,21 +975,45 @@ int cmd_data(const DataArgs& a) {
         const Cifar10 s = make_synthetic_cifar10(5 * kCifarPerFile, kCifarPerFile, a.seed);
         namespace fs = std::filesystem;
         std::error_code ec;
-        fs::create_directories(a.write_synthetic, ec);
-        if (ec)
-            fail("--write-synthetic {}: cannot create the directory: {}", a.write_synthetic,
-                 ec.message());
+        const fs::path target = fs::path(a.write_synthetic).lexically_normal();
         // never over a data set (a CIFAR-10 directory given by mistake would become synthetic)
         for (const char* name : {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
                                  "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"})
-            if (fs::exists(fs::path(a.write_synthetic) / name, ec))
+            if (fs::exists(target / name, ec))
                 fail("--write-synthetic {}: the directory already holds {}; give a new or empty one",
                      a.write_synthetic, name);
-        for (int f = 0; f < 5; ++f) {
-            write_cifar_file(fmt::format("{}/data_batch_{}.bin", a.write_synthetic, f + 1), s.train,
-                             f * kCifarPerFile, kCifarPerFile);
+        // the six files are written into a folder of ours beside the target, which then becomes
+        // the target (one rename; an interrupted write leaves no partial set there)
+        fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+        if (target.filename().empty()) parent = target.parent_path().parent_path();
+        fs::create_directories(parent, ec);
+        if (ec) fail("--write-synthetic {}: cannot create {}: {}", a.write_synthetic, parent.string(), ec.message());
+        std::string tmp = (parent / ".speedrun-synthetic.XXXXXX").string();
+        if (!::mkdtemp(tmp.data()))
+            fail("--write-synthetic {}: cannot write in {}: {}", a.write_synthetic, parent.string(), std::strerror(errno));
+        struct RemoveDir {
+            fs::path d;
+            ~RemoveDir() {
+                std::error_code e;
+                if (!d.empty()) fs::remove_all(d, e);
+            }
+        } remove_tmp{tmp};
+        for (int f = 0; f < 5; ++f)
+            write_cifar_file(fmt::format("{}/data_batch_{}.bin", tmp, f + 1), s.train, f * kCifarPerFile, kCifarPerFile);
+        write_cifar_file(tmp + "/test_batch.bin", s.test, 0, s.test.n);
+        ::chmod(tmp.c_str(), 0755);  // (mkdtemp makes it 0700)
+        if (!fs::exists(target, ec) || (fs::is_directory(target, ec) && fs::is_empty(target, ec))) {
+            fs::rename(tmp, target, ec);  // (over an empty folder too)
+            if (ec) fail("--write-synthetic {}: cannot move the set into place: {}", a.write_synthetic, ec.message());
+            remove_tmp.d.clear();
+        } else {  // a folder with other files: the six files join them
+            if (!fs::is_directory(target, ec)) fail("--write-synthetic {}: not a directory", a.write_synthetic);
+            for (const auto& entry : fs::directory_iterator(tmp)) {
+                fs::rename(entry.path(), target / entry.path().filename(), ec);
+                if (ec) fail("--write-synthetic {}: cannot move {} into place: {}", a.write_synthetic,
+                             entry.path().filename().string(), ec.message());
+            }
         }
-        write_cifar_file(a.write_synthetic + "/test_batch.bin", s.test, 0, s.test.n);
         fmt::print("wrote {} to {}\n", s.source, a.write_synthetic);  // (the source names the counts)
         return 0;
     }
