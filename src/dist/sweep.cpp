@@ -121,7 +121,7 @@ void append_result_line(const std::string& path, const nlohmann::json& j) {
     while (::fcntl(fd, F_SETLKW, &lock) != 0)
         if (errno != EINTR)
             fail("{}: cannot lock the results file: {}", path, std::strerror(errno));
-    std::string line = j.dump() + "\n";
+    std::string line = json_text(j) + "\n";
     const off_t size = ::lseek(fd, 0, SEEK_END);
     char last = '\n';
     if (size > 0 && ::pread(fd, &last, 1, size - 1) == 1 && last != '\n') line = "\n" + line;
@@ -252,7 +252,7 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
         }
     }
     // what the sweep writes, checked before it starts (results lines are appended by every rank)
-    check_output_path(results, "--results");
+    check_output_path(results, "--results", true);
     if (comm.root()) check_output_path(summary, "--summary-json");
     set_cpu_conv(a.cpu_conv, false);
     const RankPlacement pl = place_rank(comm, a.device, a.threads);
@@ -434,7 +434,7 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
                               {"wall_seconds", wall},
                               {"runs_per_hour", per_hour},
                               {"settings", rows}};
-    write_file_atomic(summary, j.dump(2) + "\n");
+    write_file_atomic(summary, json_text(j, 2) + "\n");
     fmt::print("summary written to {}\n", summary);
     return 0;
 }

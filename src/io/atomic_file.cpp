@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "io/json_input.h"
 
 namespace sr {
 namespace fs = std::filesystem;
@@ -41,11 +42,28 @@ void make_parent(const std::string& path) {
 }
 }  // namespace
 
+namespace {
+const char* special_kind(const fs::file_status& ts) {
+    return fs::is_character_file(ts) || fs::is_block_file(ts) ? "device"
+           : fs::is_fifo(ts)                                ? "FIFO"
+           : fs::is_socket(ts)                              ? "socket"
+                                                            : "special file";
+}
+}  // namespace
+
 std::string output_target(const std::string& path) {
     std::error_code ec;
     const fs::file_status st = fs::symlink_status(path, ec);
     if (ec || !fs::exists(st)) return path;
-    // a chain of links followed by hand: a dangling one's target is where the file goes
+    const fs::file_status ts = fs::status(path, ec);  // (through links)
+    if (!ec && fs::exists(ts)) {
+        if (!fs::is_regular_file(ts) && !fs::is_directory(ts))
+            fail("{}: not a regular file (a {}): name a file to write", path, special_kind(ts));
+        if (!fs::is_symlink(st)) return path;
+        const fs::path c = fs::canonical(path, ec);
+        return ec ? path : c.string();
+    }
+    // a dangling link, followed by hand: its target is where the file goes
     fs::path t = path;
     for (int hops = 0; fs::is_symlink(fs::symlink_status(t, ec)); ++hops) {
         if (hops == 40) fail("{}: too many levels of symbolic links", path);
@@ -53,60 +71,68 @@ std::string output_target(const std::string& path) {
         if (ec) fail("{}: {}", path, ec.message());
         t = next.is_absolute() ? next : t.parent_path() / next;
     }
-    const std::string target = t.string();
-    const fs::file_status ts = fs::status(target, ec);
-    if (!ec && fs::exists(ts) && !fs::is_regular_file(ts) && !fs::is_directory(ts))
-        fail("{}: not a regular file (a {}): name a file to write", path,
-             fs::is_character_file(ts) || fs::is_block_file(ts) ? "device"
-             : fs::is_fifo(ts) ? "FIFO" : fs::is_socket(ts) ? "socket" : "special file");
-    return target;
+    return t.string();
 }
 
-void check_output_path(const std::string& given, const char* flag) {
+void check_output_path(const std::string& given, const char* flag, bool appends) {
     std::error_code ec;
     if (fs::is_directory(given, ec)) fail("{} {}: is a directory", flag, given);
     if (!given.empty() && given.back() == '/') fail("{} {}: names a folder, not a file", flag, given);
+    // an appending writer (--log) opens what is there, a device or a pipe too (/dev/null,
+    // /dev/stdout): writable is enough
+    if (appends) {
+        const fs::file_status ts = fs::status(given, ec);
+        if (!ec && fs::exists(ts) && !fs::is_regular_file(ts)) {
+            if (::access(given.c_str(), W_OK) != 0) fail("{} {}: {}", flag, given, std::strerror(errno));
+            return;
+        }
+    }
     std::string path;
     try {
         path = output_target(given);  // (a link's target is what is written)
     } catch (const Error& e) {
         fail("{} {}", flag, e.what());
     }
-    // the nearest folder that exists: the writers create the missing ones below it (a relative
-    // path's first folder missing: the current directory)
-    // (an entry that is there in any form ends the walk, a dangling link too; an error other than
-    // "not there" is reported, not walked past)
     fs::path dir = fs::path(path).parent_path();
     if (dir.empty()) dir = ".";
     while (true) {
         const fs::file_status st = fs::symlink_status(dir, ec);
         if (ec && ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory)
-            fail("{} {}: {}: {}", flag, path, dir.string(), ec.message());
+            fail("{} {}: {}: {}", flag, given, dir.string(), ec.message());
         if (fs::exists(st)) break;
         const fs::path up = dir.parent_path();
-        if (dir == "." || up == dir) fail("{} {}: {} does not exist", flag, path, dir.string());
+        if (dir == "." || up == dir) fail("{} {}: {} does not exist", flag, given, dir.string());
         dir = up.empty() ? fs::path(".") : up;
     }
-    if (!fs::is_directory(dir, ec)) fail("{} {}: {} is not a directory", flag, path, dir.string());
+    if (!fs::is_directory(dir, ec)) fail("{} {}: {} is not a directory", flag, given, dir.string());
     // A file made and removed there, as the writers make their temporary files: access(W_OK)
     // says yes to root almost everywhere (/proc, a read-only mount's permissions), this does not.
     // mkstemp: a new name, O_EXCL (no one else's file or link is opened or removed).
     std::string probe = (dir / ".speedrun-probe.XXXXXX").string();
     const int fd = ::mkstemp(probe.data());
-    if (fd < 0) fail("{} {}: cannot write in {}: {}", flag, path, dir.string(), std::strerror(errno));
+    if (fd < 0) fail("{} {}: cannot write in {}: {}", flag, given, dir.string(), std::strerror(errno));
     ::close(fd);
     ::unlink(probe.c_str());
     if (fs::exists(path, ec) && ::access(path.c_str(), W_OK) != 0)
-        fail("{} {}: {}", flag, path, std::strerror(errno));
+        fail("{} {}: {}", flag, given, std::strerror(errno));
+}
+
+std::string same_file_key(const std::string& path) {
+    std::error_code ec;
+    std::string target = path;
+    try {
+        target = output_target(path);
+    } catch (const Error&) {  // (a device or pipe: itself)
+    }
+    const fs::path key = fs::weakly_canonical(fs::absolute(target), ec);
+    return ec ? fs::absolute(path).lexically_normal().string() : key.string();
 }
 
 void check_distinct_outputs(const std::vector<std::pair<std::string, std::string>>& outputs) {
     std::vector<std::pair<fs::path, const std::pair<std::string, std::string>*>> seen;
     for (const auto& o : outputs) {
         if (o.first.empty()) continue;
-        std::error_code ec;
-        fs::path key = fs::weakly_canonical(fs::absolute(output_target(o.first)), ec);
-        if (ec) key = fs::absolute(o.first).lexically_normal();
+        fs::path key = same_file_key(o.first);
         for (const auto& [k, other] : seen)
             if (k == key)
                 fail("{} {} and {} {} are the same file: each needs its own", other->second,
@@ -164,7 +190,7 @@ JsonlLog::~JsonlLog() {
 
 void JsonlLog::write(const nlohmann::json& j) {
     if (fd_ < 0) return;
-    const std::string line = j.dump() + "\n";
+    const std::string line = json_text(j) + "\n";
     try {
         write_all(fd_, line.data(), line.size(), path_);  // O_APPEND: one write, one whole line
     } catch (const Error& e) {

@@ -23,11 +23,17 @@ std::string output_target(const std::string& path);
 // be made (and is, and removed again) in its folder or, where that is missing (the writers make
 // it), in the nearest folder above it that exists, and an existing file at path is writable. So a
 // bad path stops a run at its start, not after it; nothing is left behind.
-void check_output_path(const std::string& path, const char* flag);
+// appends: for a writer that appends to what is there (--log, sweep's --results), where an
+// existing device or pipe (/dev/null, /dev/stdout) is fine when writable.
+void check_output_path(const std::string& path, const char* flag, bool appends = false);
 
 // Fails, naming both flags, where two of the (path, flag) outputs are one file (after links and
 // "./"): the later write would replace the earlier (a summary over the checkpoint). Empty paths
 // are skipped.
+// A name for the file a write to path reaches (links followed, "./" and ".." gone): two paths
+// with the same key are one file.
+std::string same_file_key(const std::string& path);
+
 void check_distinct_outputs(const std::vector<std::pair<std::string, std::string>>& outputs);
 
 // Makes the folders above path that are missing (for writers other than write_file_atomic:

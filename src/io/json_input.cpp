@@ -10,39 +10,62 @@
 
 namespace sr {
 namespace {
-struct TooDeep {};
-struct RepeatedKey {
-    std::string key;
+// A first pass over the text (SAX: no values built) for the limits; the document is then parsed
+// without a callback (nlohmann's callback parser rescans a container at each close: quadratic
+// in a list of 80,000 objects).
+struct LimitsSax : nlohmann::json::json_sax_t {
+    int max_depth = 0, depth = 0;
+    std::vector<std::set<std::string>> keys;  // the keys of each open object
+    std::string error;
+    bool open(bool object) {
+        if (++depth > max_depth) return error = fmt::format("nested deeper than {} levels", max_depth), false;
+        if (object) keys.emplace_back();
+        return true;
+    }
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override { return open(true); }
+    bool key(string_t& k) override {
+        if (!keys.back().insert(k).second)
+            return error = fmt::format("the key '{}' appears twice in one object", k.size() <= 60 ? k : k.substr(0, 60) + "..."), false;
+        return true;
+    }
+    bool end_object() override { return keys.pop_back(), --depth, true; }
+    bool start_array(std::size_t) override { return open(false); }
+    bool end_array() override { return --depth, true; }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+        const std::string m = e.what();  // (it quotes the bad token whole: a 200 KB string, say)
+        error = "not valid JSON (" + (m.size() <= 300 ? m : m.substr(0, 300) + "...") + ")";
+        return false;
+    }
 };
 }  // namespace
 
 nlohmann::json parse_json_input(std::string_view text, const std::string& what, int max_depth) {
-    using json = nlohmann::json;
-    std::vector<std::set<std::string>> keys;  // the keys of each object being read
-    const json::parser_callback_t check = [&](int depth, json::parse_event_t ev, json& parsed) {
-        if (depth > max_depth) throw TooDeep{};
-        if (ev == json::parse_event_t::object_start) keys.emplace_back();
-        if (ev == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
-        if (ev == json::parse_event_t::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second)
-            throw RepeatedKey{parsed.get<std::string>()};
-        return true;
-    };
+    LimitsSax limits;
+    limits.max_depth = max_depth;
+    if (!nlohmann::json::sax_parse(text.begin(), text.end(), &limits)) fail("{}: {}", what, limits.error);
     try {
-        return json::parse(text.begin(), text.end(), check);
-    } catch (const TooDeep&) {
-        fail("{}: nested deeper than {} levels", what, max_depth);
-    } catch (const RepeatedKey& r) {
-        fail("{}: the key '{}' appears twice in one object", what, r.key);
-    } catch (const json::exception& e) {
-        fail("{}: not valid JSON ({})", what, e.what());
+        return nlohmann::json::parse(text.begin(), text.end());
+    } catch (const nlohmann::json::exception& e) {  // (the first pass would have said)
+        fail("{}: not valid JSON ({})", what, std::string(e.what()).substr(0, 300));
     }
+}
+
+std::string json_text(const nlohmann::json& v, int indent) {
+    return v.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 std::string json_brief(const nlohmann::json& v, size_t max_chars) {
     // (containers are summarised before any text is made: dump() of a huge one is huge)
     if (v.is_array() && v.size() > max_chars / 2) return fmt::format("an array of {} values", v.size());
     if (v.is_object() && v.size() > max_chars / 4) return fmt::format("an object of {} keys", v.size());
-    const std::string s = v.dump();
+    const std::string s = json_text(v);
     if (s.size() <= max_chars) return s;
     return s.substr(0, max_chars) + fmt::format("... ({} characters)", s.size());
 }

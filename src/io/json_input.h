@@ -14,6 +14,10 @@ namespace sr {
 // object repeats a key (JSON leaves the meaning open; the last one would win unseen).
 nlohmann::json parse_json_input(std::string_view text, const std::string& what, int max_depth = 32);
 
+// v's JSON text for a file we write (indent as dump's): bytes of a string that are not UTF-8 (a
+// --data path in another encoding) become U+FFFD, where dump() would throw and lose the file.
+std::string json_text(const nlohmann::json& v, int indent = -1);
+
 // v for a message: whole where its JSON text is short, else its start and what it is ("an array
 // of 300000 values").
 std::string json_brief(const nlohmann::json& v, size_t max_chars = 80);

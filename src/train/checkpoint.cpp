@@ -42,8 +42,8 @@ void save_checkpoint(const std::string& path, const Network& net, const Recipe& 
                                   {"data_source", st.data_source}};
     f.metadata["format"] = kFormat;
     f.metadata["version"] = std::to_string(kVersion);
-    f.metadata["recipe"] = recipe_to_json(r).dump();
-    f.metadata["state"] = state.dump();
+    f.metadata["recipe"] = json_text(recipe_to_json(r));
+    f.metadata["state"] = json_text(state);
     write_safetensors(path, f);
 }
 

@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/version.h"
 #include "dist/dist_commands.h"
+#include "io/json_input.h"
 #include "io/reports.h"
 #include "ops/cpu/cpu_ops.h"
 #include "ops/profiling_backend.h"
@@ -259,13 +260,23 @@ namespace {
 std::atomic<bool> g_interrupt{false};
 // The first SIGINT/SIGTERM asks the run to stop after its step (saving); a second one ends the
 // program at once, as without the handler (a stop asked for during a long evaluation or save).
+// A second signal within a second of the first is taken as the same stop (a launcher can deliver
+// one Ctrl-C twice: the terminal's SIGINT and its own forwarded SIGTERM).
+std::atomic<long long> g_first_signal_ns{0};
+long long monotonic_ns() {  // (clock_gettime: async-signal-safe)
+    timespec t{};
+    ::clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
 extern "C" void on_signal(int sig) {
     if (g_interrupt.exchange(true)) {
+        if (monotonic_ns() - g_first_signal_ns.load() < 1000000000LL) return;
         std::signal(sig, SIG_DFL);
         std::raise(sig);
         return;
     }
-    static const char msg[] = "\nspeedrun: stopping after this step (the same signal again ends it at once)\n";
+    g_first_signal_ns.store(monotonic_ns());
+    static const char msg[] = "\nspeedrun: stopping after this step (a signal again, a second or more later, ends it at once)\n";
     [[maybe_unused]] const auto n = ::write(2, msg, sizeof msg - 1);
 }
 }  // namespace
@@ -301,7 +312,7 @@ int cmd_train(const TrainArgs& a) {
     const bool saves = !a.checkpoint.empty() || !a.resume.empty();
     if (a.checkpoint_every > 0 && !saves) fail("--checkpoint-every needs --checkpoint FILE");
     if (a.stop_after_step >= 0 && !saves)
-        fail("--stop-after-step stops as if interrupted, to resume later: it needs --checkpoint FILE");
+        fail("--stop-after-step stops as if interrupted, to resume later: it needs --checkpoint FILE (or --resume FILE)");
     std::unique_ptr<Checkpoint> resume;
     if (!a.resume.empty()) {
         if (a.runs != 1) fail("--resume continues one run: drop --runs");
@@ -312,13 +323,13 @@ int cmd_train(const TrainArgs& a) {
     for (const auto& [path, flag] : {std::pair{a.runs > 1 ? std::string() : a.checkpoint, "--checkpoint"},
                                      {a.summary_json, "--summary-json"}, {a.log, "--log"},
                                      {a.plot, "--plot"}, {a.dawnbench, "--dawnbench"}})
-        if (!path.empty()) check_output_path(path, flag);
+        if (!path.empty()) check_output_path(path, flag, std::string_view(flag) == "--log");
     if (a.checkpoint.empty() && !a.resume.empty()) check_output_path(a.resume, "--resume");  // (saved to)
     {  // no two outputs in one file (--checkpoint may be the --resume file: saved to as it goes)
         std::vector<std::pair<std::string, std::string>> outs = {
             {a.summary_json, "--summary-json"}, {a.log, "--log"}, {a.plot, "--plot"},
             {a.dawnbench, "--dawnbench"}, {a.resume, "--resume"}};
-        if (a.checkpoint != a.resume) {
+        if (a.checkpoint.empty() || a.resume.empty() || same_file_key(a.checkpoint) != same_file_key(a.resume)) {
             if (a.runs > 1 && !a.checkpoint.empty())
                 for (int i = 0; i < a.runs; ++i)
                     outs.emplace_back(checkpoint_of_seed(a.checkpoint, a.seed + i), "--checkpoint");
@@ -487,7 +498,7 @@ int cmd_train(const TrainArgs& a) {
                 // (an interrupted --runs N: the finished runs, fewer than asked for)
                 {"runs_requested", a.runs}, {"interrupted", interrupted},
                 {"recipe", recipe_to_json(r)}};
-            write_file_atomic(a.summary_json, j.dump(2) + "\n");
+            write_file_atomic(a.summary_json, json_text(j, 2) + "\n");
             fmt::print("summary written to {}\n", a.summary_json);
         }
         // (after the summary: a plot that fails leaves the numbers written)
@@ -499,6 +510,29 @@ int cmd_train(const TrainArgs& a) {
             plot_runs(a.plot, results, fmt::format("{} on {} ({})", r.name, backend->name(), data.source));
             fmt::print("plot written to {}\n", a.plot);
         }
+    };
+    // the finished runs whose checkpoint could not be written, named again after the figures
+    auto checkpoint_errors = [&] {
+        bool any = false;
+        for (const RunResult& rr : results)
+            if (!rr.checkpoint_error.empty()) {
+                fmt::print(stderr, "speedrun: error: the checkpoint of the run with seed {} was not written: {}\n",
+                           rr.seed, rr.checkpoint_error);
+                any = true;
+            }
+        return any;
+    };
+    // a --runs N that ends before its last run: the finished runs reported (a failing plot or
+    // summary does not change the exit status, which is the cause's)
+    auto finish_early = [&] {
+        if (!results.empty()) {
+            try {
+                report(true);
+            } catch (const std::exception& x) {
+                fmt::print(stderr, "speedrun: {}\n", x.what());
+            }
+        }
+        checkpoint_errors();
     };
     // runs next.. (0-based) of --runs N did not start: named, with the flags that train them
     auto not_started = [&](int next) {
@@ -522,35 +556,45 @@ int cmd_train(const TrainArgs& a) {
         } catch (const Interrupted& e) {
             std::fflush(stdout);
             fmt::print(stderr, "\nspeedrun: interrupted: {}\n", e.what());
-            not_started(i + 1);  // (--resume continues this one run only)
-            if (!results.empty()) {
-                try {
-                    report(true);
-                } catch (const std::exception& x) {  // (still the interrupted run's status)
-                    fmt::print(stderr, "speedrun: {}\n", x.what());
-                }
-            }
+            // (--resume continues this one run only; without a checkpoint nothing of it was kept)
+            if (a.runs > 1 && a.checkpoint.empty())
+                fmt::print(stderr, "speedrun: run {} of {} (seed {}) was cut off with nothing saved (no "
+                           "--checkpoint); to train it again: --seed {} --runs 1\n", i + 1, a.runs,
+                           a.seed + i, a.seed + i);
+            not_started(i + 1);
+            finish_early();
             return 130;
+        } catch (const Error& e) {  // (a run that fails after others finished: they are reported)
+            if (results.empty()) throw;
+            std::fflush(stdout);
+            fmt::print(stderr, "\nspeedrun: error: run {} of {} (seed {}): {}\n", i + 1, a.runs, a.seed + i, e.what());
+            not_started(i + 1);
+            finish_early();
+            return 1;
         }
         fmt::print("\n");
         // a signal during the run's last evaluation (no step left to stop after): the run is
-        // whole; the runs after it do not start
-        if (g_interrupt.load()) {
+        // whole; the runs after it do not start. Under MPI every rank decides alike (only rank 0
+        // evaluates: the others would already be in the next run's collectives)
+        bool signalled = g_interrupt.load();
+        if (a.comm && a.comm->world() > 1) {
+            float any = signalled ? 1.f : 0.f;
+            a.comm->allreduce_sum(&any, 1);
+            signalled = any > 0;
+        }
+        if (signalled) {
             std::fflush(stdout);
             fmt::print(stderr, "speedrun: interrupted during run {}'s final evaluation; that run finished\n", i + 1);
             if (i + 1 < a.runs) {
                 not_started(i + 1);
-                report(true);
+                finish_early();
                 return 130;
             }
         }
     }
     report(false);
     // (after the figures: a checkpoint that could not be written does not take them along)
-    for (const RunResult& rr : results)
-        if (!rr.checkpoint_error.empty())
-            fail("the checkpoint of the run with seed {} was not written: {}", rr.seed, rr.checkpoint_error);
-    return 0;
+    return checkpoint_errors() ? 1 : 0;
 }
 
 int cmd_eval(const EvalArgs& a) {
@@ -963,7 +1007,7 @@ int cmd_bench(const BenchArgs& a) {
         j["profile"]["roofline"]["full_run_seconds_half"] = f16;
     }
     fmt::print("peak memory   {:.0f} MiB\n", b.peak_bytes() / 1048576.0);
-    if (!a.json.empty()) write_file_atomic(a.json, j.dump(2) + "\n");
+    if (!a.json.empty()) write_file_atomic(a.json, json_text(j, 2) + "\n");
     return 0;
 }
 

@@ -460,8 +460,9 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         // run's results with it; they are reported, then the failure (RunResult)
         try {
             save_checkpoint(o_.checkpoint_path, net_, r_, st);
-        } catch (const Error& e) {
+        } catch (const std::exception& e) {
             res.checkpoint_error = e.what();
+            fmt::print(stderr, "speedrun: the checkpoint {} was not written: {}\n", o_.checkpoint_path, e.what());
         }
     };
 

@@ -263,13 +263,15 @@ contains cut.txt "of 3 (interrupted):"
 
 # interrupted (SIGINT) during run 1's final evaluation (no step left to stop after): run 1 is
 # whole, run 2 does not start; a second SIGINT ends the program at once
-noeval=("${one_epoch[@]:0:${#one_epoch[@]}-2}" --no-epoch-eval)  # (all 10,000 test images)
+# (all 10,000 test images, a wider network: an evaluation of a few seconds)
+noeval=("${one_epoch[@]:0:${#one_epoch[@]}-2}" --no-epoch-eval --set 'net.widths=[32,64,64]')
 signal_at_eval() {  # signal_at_eval COUNT OUT: SIGINT COUNT times once the epoch's row is printed
     "$B" train "${noeval[@]}" --runs 2 --summary-json "$2.json" > "$2.txt" 2> "$2-err.txt" &
     local pid=$! rc=0
     for _ in $(seq 1200); do grep -q "^ *0 |" "$2.txt" && break; sleep 0.05; done
     kill -INT "$pid"
-    if [ "$1" = 2 ]; then sleep 0.2; kill -INT "$pid" 2> /dev/null || true; fi
+    # (a second signal within a second of the first counts as the same one)
+    if [ "$1" = 2 ]; then sleep 1.2; kill -INT "$pid" 2> /dev/null || true; fi
     wait "$pid" || rc=$?
     echo "$rc"
 }
@@ -375,6 +377,11 @@ expect_error "--summary-json ./same and --checkpoint same are the same file" -- 
     "$B" train "${tiny[@]}" --checkpoint same --summary-json ./same
 expect_error "--log c.safetensors and --resume c.safetensors are the same file" -- \
     "$B" train "${tiny[@]}" --resume c.safetensors --log c.safetensors
+# ... but the --resume file saved to again under another spelling is one output, and a log (appended
+# to, not replaced) may go to a device
+cp c.safetensors c2.safetensors
+"$B" train "${tiny[@]}" --resume c2.safetensors --checkpoint ./c2.safetensors --log /dev/null > /dev/null \
+    || fail "--resume c2 --checkpoint ./c2 --log /dev/null was refused"
 # a FIFO (or a device) would be replaced by the renamed temporary file: refused at the start
 mkfifo fifo
 expect_error "--summary-json fifo: not a regular file (a FIFO)" -- "$B" train "${tiny[@]}" --summary-json fifo
