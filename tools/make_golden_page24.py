@@ -19,7 +19,10 @@ optimizer (torch_backend's SGD: torch.optim.SGD with nesterov=True, momentum 0.9
 5e-4 x 512, lr = PiecewiseLinear([0, 5, 24], [0, 0.4, 0])(step / 97) / 512 where TorchOptimiser
 advances step before each update, so update k uses step k + 1), and the logits in eval mode
 after them. lr and weight decay are dawn.py's for its batch of 512 (the preset's constants),
-not rescaled to the batch of 8.
+not rescaled to the batch of 8. dawn.py's main() is not run (it downloads and trains): its
+optimizer settings (epochs, schedule, batch, momentum, weight decay, nesterov) are copied from it
+below, so the test's lr and epoch checks compare with these copies; reread main() when the
+commit changes.
 
 Usage: tools/make_golden_page24.py --repo DIR [--out tests/data/golden_page24.json]
   DIR holds core.py, torch_backend.py and dawn.py of cifar10-fast at 6987ab2, for example
