@@ -442,11 +442,6 @@ TEST(Checkpoint, AFullLogWarnsAndStops) {
     EXPECT_FALSE(log.open());
 }
 
-}  // namespace
-}  // namespace sr
-
-namespace sr {
-namespace {
 
 // A checkpoint whose run state its own recipe cannot have (a damaged or edited file: step 999 of
 // a 2-step run, negative seconds) is refused on resume, not run from there.
@@ -478,11 +473,6 @@ TEST(Checkpoint, AStateItsRecipeCannotHaveIsRefused) {
     fs::remove(p);
 }
 
-}  // namespace
-}  // namespace sr
-
-namespace sr {
-namespace {
 
 // The training images' fingerprint (kept in checkpoints, compared on --resume and eval): the
 // same images give the same text, other images or another count do not.

@@ -13,7 +13,7 @@ namespace {
 // A first pass over the text (SAX: no values built) for the limits; the document is then parsed
 // without a callback (nlohmann's callback parser rescans a container at each close: quadratic
 // in a list of 80,000 objects).
-struct LimitsSax : nlohmann::json::json_sax_t {
+struct LimitsSax : StructureSax {
     int max_depth = 0, depth = 0;
     std::vector<std::set<std::string>> keys;  // the keys of each open object
     std::string error;
@@ -22,13 +22,6 @@ struct LimitsSax : nlohmann::json::json_sax_t {
         if (object) keys.emplace_back();
         return true;
     }
-    bool null() override { return true; }
-    bool boolean(bool) override { return true; }
-    bool number_integer(number_integer_t) override { return true; }
-    bool number_unsigned(number_unsigned_t) override { return true; }
-    bool number_float(number_float_t, const string_t&) override { return true; }
-    bool string(string_t&) override { return true; }
-    bool binary(binary_t&) override { return true; }
     bool start_object(std::size_t) override { return open(true); }
     bool key(string_t& k) override {
         if (!keys.back().insert(k).second)

@@ -9,6 +9,18 @@
 
 namespace sr {
 
+// A SAX handler that takes every scalar (the checks of the ones below are about structure: depth,
+// keys); they override the container events and parse_error.
+struct StructureSax : nlohmann::json_sax<nlohmann::json> {
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+};
+
 // Parses text; fails, naming `what`, where it is not JSON, nests deeper than max_depth (printing
 // or freeing a deeper value recurses that deep: a 100,000-deep array ended the program) or an
 // object repeats a key (JSON leaves the meaning open; the last one would win unseen).

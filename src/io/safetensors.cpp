@@ -9,6 +9,8 @@
 // Only then is any tensor data copied (the file reader reads the data section in offset order).
 #include "io/safetensors.h"
 
+#include "io/json_input.h"
+
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -91,17 +93,10 @@ uint64_t check_prelude(const std::string& who, uint64_t n, const uint8_t* first8
 }
 
 // First pass over the header: syntax (nlohmann's message), depth, duplicate keys.
-class HeaderSax : public nlohmann::json_sax<json> {
+class HeaderSax : public StructureSax {
 public:
     std::string error;
 
-    bool null() override { return true; }
-    bool boolean(bool) override { return true; }
-    bool number_integer(number_integer_t) override { return true; }
-    bool number_unsigned(number_unsigned_t) override { return true; }
-    bool number_float(number_float_t, const string_t&) override { return true; }
-    bool string(string_t&) override { return true; }
-    bool binary(binary_t&) override { return true; }
     bool start_object(std::size_t) override {
         if (!deeper()) return false;
         keys_.emplace_back();
