@@ -39,6 +39,26 @@ TrainOptions tiny_options(const std::string& ckpt) {
 
 std::string temp(const char* name) { return test::temp_path(name).string(); }
 
+// The checkpoint at p of a finished one-epoch run of tiny_recipe() on data; returns the recipe.
+Recipe finished_one_epoch(Backend& backend, const Cifar10& data, const std::string& p) {
+    Recipe r = tiny_recipe();
+    r.epochs = 1;
+    Trainer t(backend, r, data, tiny_options(p));
+    t.run(1);
+    return r;
+}
+
+// Rewrites the run state of the checkpoint at p through edit (as a damaged, edited or older
+// file would have it); returns the state as written.
+nlohmann::json edit_state(const std::string& p, const std::function<void(nlohmann::json&)>& edit) {
+    StFile f = read_safetensors(p);
+    auto state = nlohmann::json::parse(f.metadata.at("state"));
+    edit(state);
+    f.metadata["state"] = state.dump();
+    write_safetensors(p, f);
+    return state;
+}
+
 // Runs r uninterrupted, then stopped after stop_step (expected to land at step steps_in_epoch of
 // epoch `epoch`) and resumed: the final checkpoints must be bit-identical.
 void resumed_run_is_bit_identical(const Recipe& r, int n_train, int stop_step, int epoch,
@@ -202,11 +222,9 @@ TEST(Checkpoint, RecordsTheBuildsThatRanItsSteps) {
         err = testing::internal::GetCapturedStderr();
     };
     auto set_builds = [&](const nlohmann::json* builds) {  // null: as a checkpoint before the record
-        StFile f = read_safetensors(p);
-        auto state = nlohmann::json::parse(f.metadata.at("state"));
-        if (builds) state["builds"] = *builds; else state.erase("builds");
-        f.metadata["state"] = state.dump();
-        write_safetensors(p, f);
+        edit_state(p, [&](nlohmann::json& state) {
+            if (builds) state["builds"] = *builds; else state.erase("builds");
+        });
     };
     const std::string me = git_revision();
     stop_at(5);
@@ -259,12 +277,11 @@ TEST(Checkpoint, OlderCheckpointWithoutEpochTimeTakesItFromTheTotals) {
         EXPECT_THROW(t.run(7), Interrupted);
     }
     const Checkpoint now = read_checkpoint(p);
-    StFile f = read_safetensors(p);
-    auto state = nlohmann::json::parse(f.metadata.at("state"));
-    ASSERT_TRUE(state.contains("epoch_timed"));
-    state.erase("epoch_timed");
-    f.metadata["state"] = state.dump();
-    write_safetensors(p, f);
+    const auto state = edit_state(p, [](nlohmann::json& st) {
+        ASSERT_TRUE(st.contains("epoch_timed"));
+        st.erase("epoch_timed");
+    });
+    ASSERT_FALSE(state.contains("epoch_timed"));
     const Checkpoint old = read_checkpoint(p);
     const double last_total = state.at("epochs").back().at("total_seconds").get<double>();
     EXPECT_DOUBLE_EQ(old.state.epoch_timed, old.state.timed - last_total);
@@ -274,14 +291,9 @@ TEST(Checkpoint, OlderCheckpointWithoutEpochTimeTakesItFromTheTotals) {
 
 TEST(Checkpoint, WrongShapeAndMissingTensorsAreNamed) {
     const Cifar10 data = make_synthetic_cifar10(1024, 256, 5);
-    Recipe r = tiny_recipe();
-    r.epochs = 1;
     const std::string p = temp("shape.safetensors");
     auto backend = make_cpu_backend(2);
-    {
-        Trainer t(*backend, r, data, tiny_options(p));
-        t.run(1);
-    }
+    const Recipe r = finished_one_epoch(*backend, data, p);
     Checkpoint c = read_checkpoint(p);
     NetConfig other = r.net;
     other.widths = {8, 32, 16};
@@ -447,28 +459,21 @@ TEST(Checkpoint, AFullLogWarnsAndStops) {
 // a 2-step run, negative seconds) is refused on resume, not run from there.
 TEST(Checkpoint, AStateItsRecipeCannotHaveIsRefused) {
     const Cifar10 data = make_synthetic_cifar10(1024, 256, 5);
-    Recipe r = tiny_recipe();
-    r.epochs = 1;
     const std::string p = temp("state.safetensors");
     auto backend = make_cpu_backend(2);
-    {
-        Trainer t(*backend, r, data, tiny_options(p));
-        t.run(1);
-    }
+    finished_one_epoch(*backend, data, p);
     for (const auto& [key, value] : {std::pair<const char*, double>{"step", 999}, {"timed", -5}, {"steps_in_epoch", 77}}) {
         SCOPED_TRACE(key);
-        StFile f = read_safetensors(p);
-        auto state = nlohmann::json::parse(f.metadata.at("state"));
-        const auto kept = state;
-        state[key] = value;
-        f.metadata["state"] = state.dump();
-        write_safetensors(p, f);
+        nlohmann::json kept;
+        edit_state(p, [&](nlohmann::json& state) {
+            kept = state;
+            state[key] = value;
+        });
         const Checkpoint c = read_checkpoint(p);
         Trainer t(*backend, c.recipe, data, tiny_options(p));
         const std::string msg = test::error_of([&] { t.run(0, false, &c); });
         EXPECT_TRUE(test::contains(msg, "the checkpoint's run state does not fit its recipe")) << msg;
-        f.metadata["state"] = kept.dump();
-        write_safetensors(p, f);
+        edit_state(p, [&](nlohmann::json& state) { state = kept; });
     }
     fs::remove(p);
 }

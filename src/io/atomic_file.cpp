@@ -143,6 +143,19 @@ void check_distinct_outputs(const std::vector<std::pair<std::string, std::string
 
 void make_parent_folders(const std::string& path) { make_parent(path); }
 
+TempDirBeside::TempDirBeside(const std::string& path) {
+    make_parent(path);
+    const fs::path parent = fs::path(path).parent_path();
+    std::string t = ((parent.empty() ? fs::path(".") : parent) / ".speedrun-tmp.XXXXXX").string();
+    if (!::mkdtemp(t.data())) fail("{}: cannot make a temporary folder beside it: {}", path, std::strerror(errno));
+    dir_ = t;
+}
+
+TempDirBeside::~TempDirBeside() {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+}
+
 bool program_on_path(const std::string& name) {
     const char* env = std::getenv("PATH");
     std::string paths = env ? env : "/usr/local/bin:/usr/bin:/bin";

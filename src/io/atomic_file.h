@@ -40,6 +40,22 @@ void check_distinct_outputs(const std::vector<std::pair<std::string, std::string
 // gnuplot, graphviz).
 void make_parent_folders(const std::string& path);
 
+// A folder of our own beside `path` (".speedrun-tmp.XXXXXX" in its folder, made where missing):
+// on the same file system, so what is made in it can be renamed into place (the folder itself
+// too), and covered by the writability check of path's flag. Removed with what is left in it
+// when the object goes (a folder renamed away is gone already).
+class TempDirBeside {
+public:
+    explicit TempDirBeside(const std::string& path);
+    ~TempDirBeside();
+    TempDirBeside(const TempDirBeside&) = delete;
+    TempDirBeside& operator=(const TempDirBeside&) = delete;
+    const std::string& path() const { return dir_; }
+
+private:
+    std::string dir_;
+};
+
 // Whether an executable of this name is on $PATH (gnuplot, dot).
 bool program_on_path(const std::string& name);
 

@@ -91,24 +91,6 @@ std::string gnuplot_text(const std::string& s) {
     return out;
 }
 
-// A folder of our own next to `path` (the same file system, so the result is renamed into place;
-// the writability check of its flag covers it), removed with everything in it at scope exit.
-struct TempDirBeside {
-    explicit TempDirBeside(const std::string& path) {
-        make_parent_folders(path);
-        fs::path parent = fs::path(path).parent_path();
-        std::string t = ((parent.empty() ? fs::path(".") : parent) / ".speedrun-tmp.XXXXXX").string();
-        if (!::mkdtemp(t.data())) fail("{}: cannot make a temporary folder beside it: {}", path, std::strerror(errno));
-        dir = t;
-    }
-    ~TempDirBeside() {
-        std::error_code ec;
-        fs::remove_all(dir, ec);
-    }
-    TempDirBeside(const TempDirBeside&) = delete;
-    TempDirBeside& operator=(const TempDirBeside&) = delete;
-    fs::path dir;
-};
 }  // namespace
 
 void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, const std::string& title) {
@@ -137,7 +119,7 @@ void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, 
             losses.add(e.train_loss);
         }
         const std::string f = fmt::format("run{}.dat", i);
-        write_file_atomic((tmp.dir / f).string(), data);
+        write_file_atomic((fs::path(tmp.path()) / f).string(), data);
         plot_acc += fmt::format("{}'{}' using 1:2 with linespoints lw 2 title 'test acc, seed {}'",
                                 plot_acc.empty() ? "" : ", ", f, runs[i].seed);
         plot_loss += fmt::format(", '{}' using 1:3 axes x1y2 with lines dt 2 title 'train loss, seed {}'",
@@ -152,12 +134,12 @@ void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, 
         gnuplot_text(title), xs.set("x", 0.5), accs.set("y", 1.0),
         losses.set("y2", std::max(0.05, 0.05 * std::abs(losses.lo))), plot_acc, plot_loss);
     try {
-        run_tool({"gnuplot"}, tmp.dir.string(), script, "gnuplot");
+        run_tool({"gnuplot"}, tmp.path(), script, "gnuplot");
     } catch (const Error& e) {
         fail("--plot {}: {}", png_path, e.what());
     }
     std::error_code ec;
-    fs::rename(tmp.dir / "plot.png", target, ec);
+    fs::rename(fs::path(tmp.path()) / "plot.png", target, ec);
     if (ec) fail("--plot {}: cannot write the plot: {}", png_path, ec.message());
 }
 
@@ -293,7 +275,7 @@ std::string network_dot(const NetConfig& c) {
 void write_svg(const std::string& svg_path, const std::string& dot) {
     const std::string target = output_target(svg_path);
     const TempDirBeside tmp(target);
-    const std::string out = (tmp.dir / "net.svg").string();
+    const std::string out = (fs::path(tmp.path()) / "net.svg").string();
     try {
         run_tool({"dot", "-Tsvg", "-o", out}, "", dot, "graphviz (dot)");
     } catch (const Error& e) {

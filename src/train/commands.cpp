@@ -384,11 +384,14 @@ int cmd_train(const TrainArgs& a) {
     const double load_s = since(tl);
     if (data.synthetic) fmt::print("note: training on SYNTHETIC data ({}), not CIFAR-10\n", data.source);
     // (the trainer checks it too, but after the set-up's tens of seconds)
+    std::string fingerprint;  // (of the training images: computed once, given to the trainer)
     if (resume) {
         const int n = train_images(a.subset, data.train.n);
         if (a.subset >= 0) check_resume_images(*resume, n);
-        if (resume->state.n_train == n)
-            check_resume_data(*resume, data_fingerprint(data.train.images, data.train.labels, n), data.source);
+        if (resume->state.n_train == n) {
+            fingerprint = data_fingerprint(data.train.images, data.train.labels, n);
+            check_resume_data(*resume, fingerprint, data.source);
+        }
     }
 
     TrainOptions o;
@@ -399,6 +402,7 @@ int cmd_train(const TrainArgs& a) {
     o.comm = a.comm;
     o.sync_bn = a.sync_bn;
     o.checkpoint_path = a.checkpoint.empty() ? a.resume : a.checkpoint;
+    o.data_fingerprint = fingerprint;
     o.checkpoint_every = a.checkpoint_every;
     o.stop_after_step = a.stop_after_step;
     o.record_epochs = !a.no_graphs;
@@ -1019,7 +1023,9 @@ int cmd_data(const DataArgs& a) {
         const Cifar10 s = make_synthetic_cifar10(5 * kCifarPerFile, kCifarPerFile, a.seed);
         namespace fs = std::filesystem;
         std::error_code ec;
-        const fs::path target = fs::path(a.write_synthetic).lexically_normal();
+        std::string dir = a.write_synthetic;
+        while (dir.size() > 1 && dir.back() == '/') dir.pop_back();  // (the folder, not inside it)
+        const fs::path target = fs::path(dir).lexically_normal();
         // never over a data set (a CIFAR-10 directory given by mistake would become synthetic)
         for (const char* name : {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
                                  "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"})
@@ -1028,31 +1034,18 @@ int cmd_data(const DataArgs& a) {
                      a.write_synthetic, name);
         // the six files are written into a folder of ours beside the target, which then becomes
         // the target (one rename; an interrupted write leaves no partial set there)
-        fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
-        if (target.filename().empty()) parent = target.parent_path().parent_path();
-        fs::create_directories(parent, ec);
-        if (ec) fail("--write-synthetic {}: cannot create {}: {}", a.write_synthetic, parent.string(), ec.message());
-        std::string tmp = (parent / ".speedrun-synthetic.XXXXXX").string();
-        if (!::mkdtemp(tmp.data()))
-            fail("--write-synthetic {}: cannot write in {}: {}", a.write_synthetic, parent.string(), std::strerror(errno));
-        struct RemoveDir {
-            fs::path d;
-            ~RemoveDir() {
-                std::error_code e;
-                if (!d.empty()) fs::remove_all(d, e);
-            }
-        } remove_tmp{tmp};
+        const TempDirBeside tmp(dir);
         for (int f = 0; f < 5; ++f)
-            write_cifar_file(fmt::format("{}/data_batch_{}.bin", tmp, f + 1), s.train, f * kCifarPerFile, kCifarPerFile);
-        write_cifar_file(tmp + "/test_batch.bin", s.test, 0, s.test.n);
-        ::chmod(tmp.c_str(), 0755);  // (mkdtemp makes it 0700)
+            write_cifar_file(fmt::format("{}/data_batch_{}.bin", tmp.path(), f + 1), s.train, f * kCifarPerFile,
+                             kCifarPerFile);
+        write_cifar_file(tmp.path() + "/test_batch.bin", s.test, 0, s.test.n);
+        ::chmod(tmp.path().c_str(), 0755);  // (mkdtemp makes it 0700)
         if (!fs::exists(target, ec) || (fs::is_directory(target, ec) && fs::is_empty(target, ec))) {
-            fs::rename(tmp, target, ec);  // (over an empty folder too)
+            fs::rename(tmp.path(), target, ec);  // (over an empty folder too)
             if (ec) fail("--write-synthetic {}: cannot move the set into place: {}", a.write_synthetic, ec.message());
-            remove_tmp.d.clear();
         } else {  // a folder with other files: the six files join them
             if (!fs::is_directory(target, ec)) fail("--write-synthetic {}: not a directory", a.write_synthetic);
-            for (const auto& entry : fs::directory_iterator(tmp)) {
+            for (const auto& entry : fs::directory_iterator(tmp.path())) {
                 fs::rename(entry.path(), target / entry.path().filename(), ec);
                 if (ec) fail("--write-synthetic {}: cannot move {} into place: {}", a.write_synthetic,
                              entry.path().filename().string(), ec.message());

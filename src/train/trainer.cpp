@@ -115,7 +115,8 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
     if (o.evaluate_only) return;  // (no training set on the device, no training buffers)
     train_labels_.assign(data.train.labels.begin(), data.train.labels.begin() + n_train_);
     if (!o.checkpoint_path.empty()) {  // (kept in checkpoints; a resumed run's data must match)
-        data_fingerprint_ = data_fingerprint(data.train.images, data.train.labels, n_train_);
+        data_fingerprint_ = !o.data_fingerprint.empty() ? o.data_fingerprint
+                                                        : data_fingerprint(data.train.images, data.train.labels, n_train_);
         data_source_ = data.source;
     }
     train_u8_ = DeviceBuffer<uint8_t>(b, size_t(n_train_) * kCifarPixels);

@@ -41,6 +41,9 @@ struct TrainOptions {
     // Checkpoints (src/train/checkpoint.h): written to checkpoint_path every checkpoint_every
     // steps (0: only at the end of the run) and when interrupted.
     std::string checkpoint_path;
+    // data_fingerprint() of the training images where the caller has it already (a resume's
+    // early check); empty: computed here when checkpoints are written
+    std::string data_fingerprint;
     int checkpoint_every = 0;
     int stop_after_step = -1;   // stop (as if interrupted) after this many steps; -1 = never
     // Each epoch's training steps recorded once and replayed (CUDA graphs) where the backend can

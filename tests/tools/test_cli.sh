@@ -68,7 +68,7 @@ contains data-write.txt "to syn"
 for f in data_batch_1 data_batch_2 data_batch_3 data_batch_4 data_batch_5 test_batch; do
     [ "$(stat -c %s syn/$f.bin)" = 30730000 ] || fail "syn/$f.bin is not 10,000 records of 3,073 bytes"
 done
-if ls -a . | grep -q "speedrun-synthetic"; then fail "--write-synthetic left its temporary folder"; fi
+if ls -a . | grep -q "speedrun-tmp"; then fail "--write-synthetic left its temporary folder"; fi
 [ "$(stat -c %a syn)" = 755 ] || fail "--write-synthetic: the folder is not readable by others (mode $(stat -c %a syn))"
 "$B" data --data syn --no-download > data.txt
 contains data.txt "50000 train, 10000 test images"
