@@ -1,7 +1,6 @@
 #!/usr/bin/python3
 """make_golden_hlb.py: writes tests/data/golden_hlb.json, the reference that
-tests/model/test_golden_hlb.cpp checks the hlb preset's own pieces against (the network, BN,
-optimizer and lookahead are airbench94's, which tests/model/test_golden.cpp covers).
+tests/model/test_golden_hlb.cpp checks the hlb preset against.
 
 It runs the peer's own code, unchanged: shared/peers/hlb-CIFAR10/main.py. That file loads the data
 and prints at import, so this script executes only its definitions (imports, the hyp dict and
@@ -16,6 +15,11 @@ other constants, functions and classes, read from the file's syntax tree) and ca
 - loss: loss_fn (CrossEntropyLoss(label_smoothing=0.2)) on cutmix's soft labels
   portion * onehot(partner) + (1 - portion) * onehot(label), portion = 3^2 / 32^2, with the
   gradient of the sum.
+- net: the whole network from the peer's classes at small widths (whitened from its batch,
+  make_net's init), main()'s loss (half the summed cross-entropy at batch 1024), its two SGD
+  groups and OneCycleLRs advanced to the schedule's peak, two updates, NetworkEMA's snapshot and
+  update (decay 0.5), and the flip-averaged logits of eval mode: logits, loss, gradients, BN
+  statistics, every tensor after each update and after the EMA.
 In fp32 on the CPU (the schedule in fp64); values stored as the shortest text of their fp32.
 
 Needs python3 with torch (Debian: python3-torch).
@@ -26,6 +30,7 @@ import ast
 import json
 import math
 import os
+import re
 
 import torch
 
@@ -128,6 +133,116 @@ out["loss"] = {
     "loss_sum": loss.item(), "dlogits": logits.grad.reshape(-1).tolist(),
 }
 
+# ---- the whole network, its loss, two optimizer steps, the EMA, the TTA evaluation ---------------
+# The peer's own classes (SpeedyConvNet of ConvGroup, BatchNorm (eps 1e-12, momentum 0.4, weight
+# frozen at 1), Conv without bias, Linear with temperature, FastGlobalMaxPooling) at small widths,
+# in fp32 on the CPU; whitened from the batch itself; make_net's identity-added conv1 and dirac
+# conv2. The loss is main()'s: loss_fn(...) x loss_scale_scaler x 512/batchsize, summed, divided by
+# loss_scale_scaler (half the summed cross-entropy at batch 1024). The optimizer is main()'s: two
+# SGD (Nesterov, momentum 0.85, coupled weight decay) groups split by 'bias' in the name, each with
+# its OneCycleLR over the run's 581 steps, advanced to FIRST before the two updates (the peak of
+# the schedule, where a wrong lr or decay shows most). After update 0 NetworkEMA snapshots the
+# network, after update 1 it updates with decay 0.5 and copies itself back (as main() does from
+# epoch 2 on). Then eval mode: the net's forward averages each image's logits with its mirror's.
+import warnings
+warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+torch.manual_seed(1)
+NW, WIDTHS, FIRST = 6, [8, 16, 16], 132
+wd_depth = 3 * k * k
+x = torch.randn(NW, 3, 32, 32)
+for d in (2, 3):  # smooth images, as photos are: the whitening has structure to find
+    x = 0.6 * x + 0.4 * torch.roll(x, 1, dims=d)
+x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True)
+labels = torch.tensor([3, 0, 9, 3, 5, 1])
+nn = torch.nn
+net = peer["SpeedyConvNet"](nn.ModuleDict({
+    "initial_block": nn.ModuleDict({
+        "whiten": peer["Conv"](3, wd_depth, kernel_size=k, padding=0),
+        "activation": nn.GELU(),
+    }),
+    "conv_group_1": peer["ConvGroup"](2 * wd_depth, WIDTHS[0]),
+    "conv_group_2": peer["ConvGroup"](WIDTHS[0], WIDTHS[1]),
+    "conv_group_3": peer["ConvGroup"](WIDTHS[1], WIDTHS[2]),
+    "pooling": peer["FastGlobalMaxPooling"](),
+    "linear": peer["Linear"](WIDTHS[2], 10, bias=False, temperature=hyp["opt"]["scaling_factor"]),
+})).float()
+net.train()
+with torch.no_grad():  # make_net's initialisation, at these widths
+    peer["init_whitening_conv"](net.net_dict["initial_block"]["whiten"], x, num_examples=NW, pad_amount=0)
+    for name in net.net_dict.keys():
+        if "conv_group" in name:
+            g = net.net_dict[name]
+            dirac_weights_in = torch.nn.init.dirac_(torch.empty_like(g.conv1.weight))
+            std_pre, mean_pre = torch.std_mean(g.conv1.weight.data)
+            g.conv1.weight.data = g.conv1.weight.data + dirac_weights_in
+            std_post, mean_post = torch.std_mean(g.conv1.weight.data)
+            g.conv1.weight.data.sub_(mean_post).div_(std_post).mul_(std_pre).add_(mean_pre)
+            torch.nn.init.dirac_(g.conv2.weight)
+            for bn in (g.norm1, g.norm2):  # non-zero BN biases make the check sharper
+                bn.bias.copy_(0.1 * torch.randn(bn.bias.shape))
+
+
+def name_of(key):  # the peer's state_dict key -> our tensor name
+    key = key.removeprefix("net_dict.").replace("initial_block.whiten", "whiten").replace("linear", "head")
+    return re.sub(r"^conv_group_(\d)", r"block\1", key)
+
+
+def ours(t):
+    t = t.detach().float()
+    return (t.permute(0, 2, 3, 1) if t.dim() == 4 else t).reshape(-1).tolist()  # OIHW -> OHWI
+
+
+def floats(module):
+    return {name_of(key): ours(v) for key, v in module.state_dict().items() if v.dtype == torch.float32}
+
+
+bs = peer["batchsize"]
+spe = 50000 // bs
+total = math.ceil(spe * hyp["misc"]["train_epochs"])
+non_bias, bias = peer["init_split_parameter_dictionaries"](net)
+opt, opt_bias = torch.optim.SGD(**non_bias), torch.optim.SGD(**bias)
+one_cycle = lambda o, max_lr: torch.optim.lr_scheduler.OneCycleLR(
+    o, max_lr=max_lr, pct_start=hyp["opt"]["percent_start"], div_factor=1e16,
+    final_div_factor=1.0 / (1e16 * 0.07), total_steps=total, anneal_strategy="linear", cycle_momentum=False)
+sched, sched_bias = one_cycle(opt, non_bias["lr"]), one_cycle(opt_bias, bias["lr"])
+for _ in range(FIRST):
+    sched.step()
+    sched_bias.step()
+loss_factor = hyp["opt"]["loss_scale_scaler"] * (512 / bs) / hyp["opt"]["loss_scale_scaler"]
+targets = torch.nn.functional.one_hot(labels, 10).float()
+net_out = {"widths": WIDTHS, "N": NW, "first_step": FIRST, "steps_per_epoch": spe, "total": total,
+           "loss_factor": loss_factor,
+           "input_nhwc": x.permute(0, 2, 3, 1).reshape(-1).tolist(), "labels": labels.tolist(),
+           "params": floats(net), "lr_multiplier": []}
+ema = None
+for step in range(2):
+    net_out["lr_multiplier"].append(opt.param_groups[0]["lr"] / non_bias["lr"])
+    outputs = net(x)
+    loss = peer["loss_fn"](outputs, targets).mul(hyp["opt"]["loss_scale_scaler"] * (512 / bs)).sum().div(hyp["opt"]["loss_scale_scaler"])
+    loss.backward()
+    if step == 0:
+        net_out["logits"], net_out["loss"] = ours(outputs), loss.item()
+        net_out["grads"] = {name_of(key): ours(p.grad) for key, p in net.named_parameters() if p.requires_grad}
+        net_out["after_forward"] = {key: v for key, v in floats(net).items() if "running" in key}
+    opt.step()
+    opt_bias.step()
+    sched.step()
+    sched_bias.step()
+    opt.zero_grad(set_to_none=True)
+    opt_bias.zero_grad(set_to_none=True)
+    net_out[f"after_step{step}"] = floats(net)
+    if step == 0:
+        ema = peer["NetworkEMA"](net)
+    else:
+        ema.update(net, decay=0.5)
+net_out["after_lookahead"] = floats(net)
+net.eval()
+with torch.no_grad():
+    net_out["eval_logits"] = ours(net(x))
+assert net_out["lr_multiplier"][0] > 0.99, net_out["lr_multiplier"]
+out["net"] = net_out
+
+
 def f32(v):  # the shortest text that reads back as the same fp32 value
     if isinstance(v, float):
         for digits in range(6, 18):
@@ -139,7 +254,7 @@ def f32(v):  # the shortest text that reads back as the same fp32 value
 
 def shorten(o):
     if isinstance(o, dict):
-        return {key: (val if key in ("multiplier", "mix", "loss_sum") else shorten(val)) for key, val in o.items()}
+        return {key: (val if key in ("multiplier", "mix", "loss_sum", "lr_multiplier", "loss_factor") else shorten(val)) for key, val in o.items()}
     if isinstance(o, list):
         return [shorten(v) for v in o]
     return f32(o)
@@ -147,4 +262,5 @@ def shorten(o):
 
 with open(args.out, "w") as f:
     json.dump(shorten(out), f)
-print(f"wrote {args.out}: whitening {N} images / {SPLITS} splits, {total} schedule steps, loss {loss.item():.6f}")
+print(f"wrote {args.out}: whitening {N} images / {SPLITS} splits, {total} schedule steps, "
+      f"loss {out['loss']['loss_sum']:.6f}, the network's loss {out['net']['loss']:.6f}")

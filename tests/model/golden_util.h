@@ -126,14 +126,17 @@ inline void expect_first_pass(Backend& b, const Network& net, const Batch& in, c
 }
 
 // Two training steps on the reference's batch (summed cross-entropy with label_smoothing, then
-// opt.step(step, total, 0, spe)), checked as the golden tests of a plain optimizer check them:
+// opt.step(first_step + step, total, 0, spe) for step 0 and 1), checked as the golden tests of a
+// plain optimizer check them:
 // after the first forward and backward expect_first_pass and the running statistics
 // (j["after_forward"]); after each step every tensor of j["after_step<k>"] and its change.
 // at_step(step, before): the test's own checks of that step, after those (before: the arena as
-// the step found it).
+// the step found it). first_step: where in the schedule the two steps are (the reference's
+// optimizer starts there, with no momentum).
 inline void expect_two_steps(Backend& b, Network& net, Workspace& ws, const Batch& in, Optimizer& opt,
                              float label_smoothing, int total, int spe, const nlohmann::json& j,
-                             const std::function<void(int, const std::vector<float>&)>& at_step = {}) {
+                             const std::function<void(int, const std::vector<float>&)>& at_step = {},
+                             int first_step = 0) {
     const int N = int(in.labels.size());
     std::vector<float> now, before, g;
     for (int step = 0; step < 2; ++step) {
@@ -147,7 +150,7 @@ inline void expect_two_steps(Backend& b, Network& net, Workspace& ws, const Batc
             net.download(now);
             expect_tensors(net, now, j["after_forward"], "running statistic", 1e-5);
         }
-        opt.step(step, total, 0, spe);
+        opt.step(first_step + step, total, 0, spe);
         net.download(now);
         expect_tensors(net, now, j["after_step" + k], "after step " + k, 1e-4);
         expect_updates(net, before, now, step == 0 ? j["params"] : j["after_step0"], j["after_step" + k],

@@ -1,13 +1,15 @@
-// test_golden_hlb.cpp: the hlb preset's own pieces against hlb-CIFAR10's code run by PyTorch
+// test_golden_hlb.cpp: the hlb preset against hlb-CIFAR10's code run by PyTorch
 // (tests/data/golden_hlb.json, made by tools/make_golden_hlb.py from the peer's main.py): the
 // centred, split-averaged whitening, the identity-added conv init, the OneCycleLR schedule as
-// knots, and the loss on cutmix's soft labels. The rest of the hlb network and its optimizer and
-// lookahead are airbench94's (test_golden.cpp).
+// knots, the loss on cutmix's soft labels, and the whole network with main()'s loss, optimizers
+// and NetworkEMA: logits, loss, gradients, BN statistics, two updates at the schedule's peak, the
+// EMA's update and the flip-averaged logits in eval mode.
 #include <cmath>
 
 #include <gtest/gtest.h>
 
 #include "model/golden_util.h"
+#include "model/network.h"
 #include "ops/cpu/cpu_ops.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
@@ -116,6 +118,69 @@ TEST(GoldenHlb, LossOnCutmixSoftLabels) {
                              r.label_smoothing);
     EXPECT_NEAR(st[0], l["loss_sum"].get<double>(), 1e-4 * std::abs(l["loss_sum"].get<double>()));
     for (size_t i = 0; i < d.size(); ++i) ASSERT_NEAR(d[i], want[i], 1e-6) << i;
+}
+
+// The preset's network at the reference's widths against main()'s SpeedyConvNet (BN eps 1e-12,
+// momentum 0.4, scales frozen at 1; no whitening bias; the head's temperature 1/9; global max
+// pooling) and its training: two SGD groups (Nesterov, coupled decay; 'bias' in the name: lr x
+// 64, decay / 64) at the OneCycleLR's peak (steps 132 and 133 of 581), NetworkEMA (snapshot after
+// the first update, update with decay 0.5 and copy back after the second), then eval mode, where
+// the peer's forward averages the logits of each image and its mirror (our TTA level 1).
+// The peer differentiates loss_factor (0.5) x the summed cross-entropy, we the sum: the preset
+// folds the factor into its lr and decay, so the updates must agree while the loss and gradients
+// differ by that factor (divided out here).
+TEST(GoldenHlb, MatchesPyTorchMainPy) {
+    const auto& j = ref()["net"];
+    auto b = make_cpu_backend(2);
+    Recipe r = load_recipe("hlb", "");
+    ASSERT_EQ(r.tta_level, 1);
+    r.net.widths = j["widths"].get<std::vector<int>>();
+    Network net(*b, r.net);
+    // every tensor of ours but whiten.bias (the peer's whitening conv has none; ours stays 0)
+    ASSERT_EQ(golden::upload_params(net, j["params"]) + net.tensor("whiten.bias").count, net.size());
+    const int N = j["N"], spe = j["steps_per_epoch"], total = j["total"], first = j["first_step"];
+    EXPECT_EQ(total_steps(spe * r.batch_size, r.batch_size, r.epochs, r.drop_last), total);
+    Workspace ws(net, N);
+    golden::Batch in(*b, j);
+    Optimizer opt(net, r);
+    for (int s = 0; s < 2; ++s)
+        EXPECT_NEAR(opt.lr_multiplier_at(first + s, total, spe), j["lr_multiplier"][s].get<double>(), 1e-9);
+    nlohmann::json sum = j;  // the reference's loss and gradients of the summed cross-entropy
+    const double f = j["loss_factor"];
+    ASSERT_EQ(f, 0.5);  // 512 / batch 1024: a power of two, so dividing by it is exact
+    sum["loss"] = j["loss"].get<double>() / f;
+    for (auto& [name, vals] : sum["grads"].items())
+        for (auto& v : vals) v = v.get<double>() / f;
+    std::vector<float> now;
+    auto ema = [&](int step, const std::vector<float>&) {
+        if (step == 0) {
+            opt.reset_ema();
+            return;
+        }
+        std::vector<float> stepped;
+        net.download(stepped);
+        opt.lookahead(0.5);
+        net.download(now);
+        golden::expect_tensors(net, now, j["after_lookahead"], "after the EMA", 1e-4);
+        golden::expect_updates(net, stepped, now, j["after_step1"], j["after_lookahead"], "the EMA", 1e-3);
+    };
+    golden::expect_two_steps(*b, net, ws, in, opt, r.label_smoothing, total, spe, sum, ema, first);
+    EXPECT_EQ(golden::max_abs(golden::part(net, now, "whiten.bias")), 0.0);
+    // eval mode: the mean of the logits of the images and of their mirrors
+    const int S = r.net.image_side;
+    std::vector<float> mirror(in.x.size());
+    for (int n = 0; n < N; ++n)
+        for (int y = 0; y < S; ++y)
+            for (int x = 0; x < S; ++x)
+                for (int c = 0; c < 3; ++c)
+                    mirror[((size_t(n) * S + y) * S + x) * 3 + c] = in.x[((size_t(n) * S + y) * S + (S - 1 - x)) * 3 + c];
+    DeviceBuffer<float> md(*b, mirror.size());
+    b->upload(md.get(), mirror.data(), mirror.size() * 4);
+    std::vector<float> lg(size_t(N) * 10), lm(lg.size());
+    b->download(lg.data(), ws.forward(in.xd.get(), false), lg.size() * 4);
+    b->download(lm.data(), ws.forward(md.get(), false), lm.size() * 4);
+    for (size_t i = 0; i < lg.size(); ++i) lg[i] = 0.5f * lg[i] + 0.5f * lm[i];
+    EXPECT_TRUE(test::all_close(lg, j["eval_logits"].get<std::vector<float>>(), 1e-5, 1e-3));
 }
 
 }  // namespace
