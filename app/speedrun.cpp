@@ -127,6 +127,7 @@ int main(int argc, char** argv) {
     auto* eval = app.add_subcommand("eval", "Test accuracy of a checkpoint, with and without TTA");
     eval->add_option("--checkpoint", ea.checkpoint, "Checkpoint file (safetensors)")->required();
     eval->add_option("--data", ea.data, "CIFAR-10 binary directory");
+    eval->add_flag("--synthetic", ea.synthetic, "Evaluate on the small synthetic set of train --synthetic");
     eval->add_option("--device", ea.device, "auto | cpu | cuda")->capture_default_str();
     eval->add_option("--threads", ea.threads, "CPU threads (0 = all cores)")->check(kNonNegative);
     eval->add_option("--test-subset", ea.test_subset, "Evaluate on the first N test images (0 = all)");

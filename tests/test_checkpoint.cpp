@@ -165,6 +165,7 @@ TEST(Checkpoint, ResumedRunPrintsWhereItStandsAndTheSavedEpochs) {
     const Checkpoint half = read_checkpoint(p);
     ASSERT_EQ(half.state.epochs.size(), 1u);
     const double saved_loss = half.state.epochs[0].at("train_loss");
+    EXPECT_TRUE(half.state.epochs[0].at("test_acc").is_null()) << "no evaluation: null, not a number";
     TrainOptions o = tiny_options(p);
     o.quiet = false;
     o.progress = false;
@@ -286,6 +287,30 @@ TEST(Checkpoint, OlderCheckpointWithoutEpochTimeTakesItFromTheTotals) {
     const double last_total = state.at("epochs").back().at("total_seconds").get<double>();
     EXPECT_DOUBLE_EQ(old.state.epoch_timed, old.state.timed - last_total);
     EXPECT_NEAR(old.state.epoch_timed, now.state.epoch_timed, 1e-9);
+    fs::remove(p);
+}
+
+// Checkpoints written before session 39 held -1 for an epoch that was not evaluated (now null):
+// a resume reads either as "not evaluated", and writes null.
+TEST(Checkpoint, OlderCheckpointsMinusOneTestAccReadsAsNotEvaluated) {
+    const Cifar10 data = make_synthetic_cifar10(2048, 512, 4);
+    const std::string p = temp("minus1.safetensors");
+    auto backend = make_cpu_backend(2);
+    {
+        TrainOptions o = tiny_options(p);
+        o.stop_after_step = 11;  // epoch 1, 3 of its steps done
+        Trainer t(*backend, tiny_recipe(), data, o);
+        EXPECT_THROW(t.run(7), Interrupted);
+    }
+    edit_state(p, [](nlohmann::json& st) { st.at("epochs").at(0)["test_acc"] = -1.0; });
+    const Checkpoint old = read_checkpoint(p);
+    Trainer t(*backend, old.recipe, data, tiny_options(p));
+    const RunResult res = t.run(0, false, &old);
+    ASSERT_EQ(res.epochs.size(), 3u);
+    for (const EpochStats& e : res.epochs) EXPECT_LT(e.test_acc, 0) << "epoch " << e.epoch;
+    const Checkpoint done = read_checkpoint(p);
+    ASSERT_EQ(done.state.epochs.size(), 3u);
+    for (const auto& e : done.state.epochs) EXPECT_TRUE(e.at("test_acc").is_null()) << e.dump();
     fs::remove(p);
 }
 

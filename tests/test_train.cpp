@@ -301,6 +301,7 @@ TEST(Train, JsonlLogHasALinePerEpochAndPerRunAndAppends) {
             EXPECT_EQ(j.at("seed"), res.seed);
             EXPECT_EQ(j.at("epoch"), e.epoch);
             EXPECT_EQ(j.at("train_loss").get<double>(), e.train_loss);
+            ASSERT_GE(e.test_acc, 0);  // (evaluated every epoch)
             EXPECT_EQ(j.at("test_acc").get<double>(), e.test_acc);
             EXPECT_EQ(j.at("total_seconds").get<double>(), e.total_seconds);
         }

@@ -609,6 +609,7 @@ int cmd_eval(const EvalArgs& a) {
     CommonArgs ca;
     ca.data = a.data;
     ca.download = a.download;
+    ca.synthetic = a.synthetic;
     const Cifar10 data = load_data(ca);
     // a checkpoint trained on other data (a synthetic set) scores on this test set all the same:
     // said, since the figure then measures that

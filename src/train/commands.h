@@ -54,6 +54,7 @@ struct EvalArgs {
     std::string emulate_precision;  // CPU: evaluate with a format's rounding (ops/rounding_backend.h)
     int threads = 0, test_subset = 0;
     bool download = true;
+    bool synthetic = false;  // the built-in synthetic set (that of train --synthetic)
 };
 
 struct BenchArgs : CommonArgs {

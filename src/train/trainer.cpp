@@ -203,9 +203,13 @@ double Trainer::evaluate(int level) {
     return double(correct) / n_test_;
 }
 
+nlohmann::json test_acc_json(double test_acc) {
+    return test_acc >= 0 ? nlohmann::json(test_acc) : nlohmann::json(nullptr);
+}
+
 nlohmann::json epoch_json(const EpochStats& e) {
     return {{"epoch", e.epoch}, {"steps", e.steps}, {"train_loss", e.train_loss},
-            {"train_acc", e.train_acc}, {"test_acc", e.test_acc}, {"epoch_seconds", e.epoch_seconds},
+            {"train_acc", e.train_acc}, {"test_acc", test_acc_json(e.test_acc)}, {"epoch_seconds", e.epoch_seconds},
             {"total_seconds", e.total_seconds}, {"eval_seconds", e.eval_seconds},
             {"test_images", e.test_images}};
 }
@@ -217,7 +221,8 @@ EpochStats epoch_from_json(const nlohmann::json& j) {
     e.steps = j.at("steps");
     e.train_loss = j.at("train_loss");
     e.train_acc = j.at("train_acc");
-    e.test_acc = j.at("test_acc");
+    // null: not evaluated (checkpoints written before session 39 hold -1 for it)
+    e.test_acc = j.at("test_acc").is_null() ? -1.0 : j.at("test_acc").get<double>();
     e.epoch_seconds = j.at("epoch_seconds");
     e.total_seconds = j.at("total_seconds");
     e.eval_seconds = j.at("eval_seconds");
@@ -750,7 +755,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         if (!warmup && log_)
             log_->write({{"event", "epoch"}, {"seed", seed}, {"epoch", epoch}, {"steps", step},
                         {"train_loss", es.train_loss}, {"train_acc", es.train_acc},
-                        {"test_acc", es.test_acc}, {"test_images", es.test_images},
+                        {"test_acc", test_acc_json(es.test_acc)}, {"test_images", es.test_images},
                         {"epoch_seconds", epoch_s}, {"total_seconds", timed}});
         wait_for_root();  // (rank 0 evaluated and logged; untimed)
     }

@@ -78,6 +78,8 @@ struct EpochStats {
 
 // An epoch's figures as JSON (checkpoints' RunState::epochs, the summary's runs[].epochs).
 nlohmann::json epoch_json(const EpochStats& e);
+// An epoch's test_acc as written to summaries, logs and checkpoints: null when not evaluated.
+nlohmann::json test_acc_json(double test_acc);
 
 struct RunResult {
     uint64_t seed = 0;

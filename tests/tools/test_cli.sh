@@ -232,6 +232,16 @@ for i in "${!one_epoch[@]}"; do [ "${one_epoch[$i]}" = --epochs ] && one_epoch[$
 contains runs.txt "checkpoint written to runs.seed8.safetensors"
 "$B" eval --checkpoint runs.seed7.safetensors --data syn --no-download --device cpu --threads 2 > eval7.txt
 contains eval7.txt "seed 7"
+# eval --synthetic: the set of train --synthetic (no note); --data syn is other images (a note)
+synth=()
+for x in "${one_epoch[@]}"; do [ "$x" = syn ] && x=--synthetic; [ "$x" = --data ] && continue; synth+=("$x"); done
+"$B" train "${synth[@]}" --checkpoint synth.safetensors > synth.txt
+"$B" eval --checkpoint synth.safetensors --synthetic --device cpu --threads 2 --test-subset 256 > evalsyn.txt 2> evalsyn-err.txt
+contains evalsyn.txt "synthetic"
+if grep -q "other images" evalsyn-err.txt; then fail "eval --synthetic of a --synthetic checkpoint: noted as other images"; fi
+"$B" eval --checkpoint synth.safetensors --data syn --no-download --device cpu --threads 2 --test-subset 256 > evalo.txt 2> evalo-err.txt
+contains evalo-err.txt "the checkpoint was trained on other images"
+expect_error "--synthetic and --data syn: choose one" -- "$B" eval --checkpoint synth.safetensors --synthetic --data syn
 # interrupted in the first of three runs: the runs that did not start are named, with the flags
 rc=0
 "$B" train "${one_epoch[@]}" --runs 3 --seed 7 --checkpoint three.safetensors --stop-after-step 2 \
@@ -280,6 +290,8 @@ rc=$(signal_at_eval 1 ev)
 contains ev-err.txt "interrupted during run 1's final evaluation; that run finished"
 contains ev-err.txt "run 2 of 2 (seed 1) did not start"
 [ "$(json ev.json '(len(j["runs"]), j["interrupted"])')" = "(1, True)" ] || fail "SIGINT at evaluation: not run 1 alone in the summary"
+[ "$(json ev.json 'j["runs"][0]["epochs"][0]["test_acc"]')" = None ] \
+    || fail "--no-epoch-eval: the summary's epoch has a test_acc, not null"
 rc=$(signal_at_eval 2 ev2)
 [ "$rc" = 130 ] || fail "two SIGINTs: exit status $rc, not 130 (the signal's)"
 [ ! -e ev2.json ] || fail "two SIGINTs: the program went on to write its summary"
