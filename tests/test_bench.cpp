@@ -48,6 +48,22 @@ TEST(Bench, EveryPresetRunsAProfiledStep) {
         for (const char* k : {"convolution", "batch norm", "activation", "pooling", "linear", "loss",
                               "optimizer", "augmentation"})
             EXPECT_NE(std::find(kinds.begin(), kinds.end(), k), kinds.end()) << k;
+        // the step's FLOPs as counted from the network are those its convolutions and head ran
+        // (the op timer's count of each call: the whitening bias's steps and frozen weights
+        // included where they run)
+        double ran = 0;
+        for (const auto& k : prof.at("kinds"))
+            if (k.at("name") == "convolution" || k.at("name") == "linear") ran += k.at("gflop_per_step").get<double>();
+        EXPECT_NEAR(j.at("gflop_per_step").get<double>(), ran, 1e-9 * ran);
+        // which step was timed: the one most steps are (airbench: the whitening bias trains in
+        // the first epochs only, hlb's never)
+        const int wsteps = j.at("whiten_bias_steps"), total = j.at("steps_in_run");
+        if (r.net.arch == Arch::airbench && r.net.whiten_kernel > 0 && r.whiten_bias_epochs > 0)
+            EXPECT_GT(wsteps, 0);
+        else
+            EXPECT_EQ(wsteps, 0);
+        EXPECT_LT(wsteps, total);
+        EXPECT_GE(j.at("whiten_bias_step_extra_ms").get<double>(), 0.0);  // (timed apart; noise can make it 0)
     }
     fs::remove(out);
 }
@@ -59,11 +75,12 @@ TEST(Bench, RooflineEstimate) {
     a.preset = "hiverge";
     a.device = "cpu";
     a.threads = 2;
-    a.batch_size = 32;
+    a.batch_size = 128;
     a.steps = 1;
     a.roofline = "h100";  // implies --profile
     a.json = out;
-    a.sets = {"net.widths=[8,16,16]"};
+    // (the preset's widths: among the convolutions the whitening one is memory-bound on an H100,
+    // the 256-channel ones compute-bound)
     ASSERT_EQ(cmd_bench(a), 0);
     std::ifstream f(out);
     const nlohmann::json j = nlohmann::json::parse(f);
@@ -74,6 +91,17 @@ TEST(Bench, RooflineEstimate) {
     EXPECT_GT(s16, 0.0);
     EXPECT_GT(r.at("full_run_seconds_fp32").get<double>(), s32 * 1e-3);
     EXPECT_GE(r.at("kinds").size(), 8u);
+    // each kind's estimate is its ops' estimates summed, each op bound by its own compute or
+    // memory time (a kind's totals would hide its memory-bound ops behind compute-bound ones)
+    const RooflineDevice& h100 = *roofline_device("h100");
+    for (const auto& k : r.at("kinds")) {
+        double sum = 0;
+        for (const auto& o : j.at("profile").at("ops"))
+            if (o.at("kind") == k.at("kind"))
+                sum += roofline_seconds(o.at("gflop_per_step").get<double>() * 1e9, o.at("mb_per_step").get<double>() * 1e6,
+                                        o.at("calls_per_step").get<double>(), h100, false, RooflineAssumptions{}) * 1e3;
+        EXPECT_NEAR(k.at("fp32_ms").get<double>(), sum, 1e-9 * sum) << k.at("kind");
+    }
     fs::remove(out);
     a.roofline = "v100";
     EXPECT_THROW(cmd_bench(a), Error);

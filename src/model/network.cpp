@@ -189,6 +189,39 @@ double Network::flops_per_image_forward() const {
     return f;
 }
 
+double Workspace::flops_per_step(bool with_whiten_bias) const {
+    SR_CHECK(trains_);
+    double forward = 0, step = 0;
+    auto add = [&](const std::unique_ptr<Conv2d>& c, bool dx_runs = true) {
+        if (!c) return;
+        const ConvShape& s = c->shape;
+        const double f = s.flops_forward();
+        forward += f;
+        step += f * (1 + (s.computes_dw() ? 1 : 0) + (s.computes_dx() && dx_runs ? 1 : 0));
+    };
+    add(whiten_);
+    if (whiten_ && net_.config().arch == Arch::airbench && with_whiten_bias) {  // the bias: a sum over dy
+        const ConvShape& s = whiten_->shape;
+        step += double(s.N) * s.P() * s.Q() * s.K;
+    }
+    for (int gi = 0; gi < 3; ++gi) {
+        add(grp_[gi].conv1, gi > 0 || with_whiten_bias);
+        add(grp_[gi].conv2);
+        add(grp_[gi].conv3);
+    }
+    for (const Unit& u : units_) add(u.conv);
+    add(prep_);
+    for (const Block& k : blocks_) {
+        add(k.conv1);
+        add(k.conv2);
+        add(k.conv3);
+    }
+    const double head = net_.flops_per_image_forward() * N_ - forward;  // the head's forward
+    // (dawn's head bias: products with a column of ones, forward and backward)
+    if (!blocks_.empty()) step += 4.0 * N_ * net_.config().num_classes;
+    return step + 3 * head;
+}
+
 void Network::download(std::vector<float>& host) const {
     host.resize(total_);
     backend.download(host.data(), params.get(), total_ * sizeof(float));

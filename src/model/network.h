@@ -219,6 +219,13 @@ public:
 
     float* logits() { return logits_.get(); }
     float* dlogits() { return dlogits_.get(); }
+    // FLOPs of one training step of this batch, as forward() and backward(with_whiten_bias) run
+    // it (multiply-add = 2): every convolution's forward, the weight and data gradients it
+    // computes (not a frozen conv's weights, not the images' gradient; the first group's input
+    // gradient only with the whitening bias, whose gradient adds a sum over dy), and the head's
+    // three products (dawn's bias products too). Normalisation, activations, pooling and the
+    // optimizer are not counted.
+    double flops_per_step(bool with_whiten_bias) const;
 
 private:
     struct Group {

@@ -75,7 +75,7 @@ public:
         if (beta != 0)
             for (const GemmItem& it : items_) bytes += kF * double(it.M) * it.N;
         fb_.run_op(
-            kLinear,
+            kOpt,  // (Muon's products: the one user)
             [&] {
                 return fmt::format("gemm list of {}{}", items_.size(),
                                    math_ == GemmMath::tf32 ? " (tf32 allowed)" : "");

@@ -674,8 +674,8 @@ int cmd_describe(const DescribeArgs& a) {
 // by op (the 20 slowest); returns the same as JSON.
 // The profiled step's ops on a GPU by the roofline model (train/roofline.h), per kind, with fp32
 // and with 16-bit storage; returns the two step estimates in seconds.
-static std::pair<double, double> print_roofline(const std::vector<OpTime>& kinds, int steps,
-                                                const RooflineDevice& d, nlohmann::json& j) {
+static std::pair<double, double> print_roofline(const std::vector<OpTime>& kinds, const std::vector<OpTime>& ops,
+                                                int steps, const RooflineDevice& d, nlohmann::json& j) {
     const RooflineAssumptions a;
     fmt::print("\nroofline      the same step estimated on an {} (datasheet dense peaks: TF32 {:.0f}, "
                "FP16 {:.0f} TFLOP/s, {:.2f} TB/s;\n              compute-bound ops at {:.0f}% of the "
@@ -688,8 +688,14 @@ static std::pair<double, double> print_roofline(const std::vector<OpTime>& kinds
     double t32 = 0, t16 = 0;
     nlohmann::json rows = nlohmann::json::array();
     for (const OpTime& k : kinds) {
-        const double s32 = roofline_seconds(k.flops, k.bytes, double(k.calls), d, false, a) / steps;
-        const double s16 = roofline_seconds(k.flops, k.bytes, double(k.calls), d, true, a) / steps;
+        // each op (one name: one shape) bound by its own compute or memory time, then summed: a
+        // kind's totals would hide its memory-bound ops behind its compute-bound ones
+        double s32 = 0, s16 = 0;
+        for (const OpTime& o : ops)
+            if (o.kind == k.name) {
+                s32 += roofline_seconds(o.flops, o.bytes, double(o.calls), d, false, a) / steps;
+                s16 += roofline_seconds(o.flops, o.bytes, double(o.calls), d, true, a) / steps;
+            }
         t32 += s32;
         t16 += s16;
         fmt::print("  {:<14} {:7.1f} {:12.3f} {:12.4f} {:12.4f}\n", k.name, double(k.calls) / steps,
@@ -725,6 +731,7 @@ static nlohmann::json profile_training_step(ProfilingBackend& prof, int steps,
                    o.seconds / steps * 1e3, 100 * o.seconds / total, rate, bw);
         return nlohmann::json{{"name", o.name}, {"kind", o.kind}, {"calls_per_step", double(o.calls) / steps},
                               {"ms_per_step", o.seconds / steps * 1e3}, {"share", o.seconds / total},
+                              {"gflop_per_step", o.flops / steps * 1e-9}, {"mb_per_step", o.bytes / steps * 1e-6},
                               {"gflops", o.flops > 0 ? o.flops / o.seconds * 1e-9 : 0.0},
                               {"gb_per_s", o.bytes > 0 ? o.bytes / o.seconds * 1e-9 : 0.0}};
     };
@@ -738,12 +745,16 @@ static nlohmann::json profile_training_step(ProfilingBackend& prof, int steps,
     for (size_t i = 0; i < ops.size(); ++i) {
         if (i < top) j["ops"].push_back(row(ops[i], 44));
         else j["ops"].push_back(nlohmann::json{{"name", ops[i].name}, {"kind", ops[i].kind},
-                                               {"ms_per_step", ops[i].seconds / steps * 1e3}});
+                                               {"calls_per_step", double(ops[i].calls) / steps},
+                                               {"ms_per_step", ops[i].seconds / steps * 1e3},
+                                               {"gflop_per_step", ops[i].flops / steps * 1e-9},
+                                               {"mb_per_step", ops[i].bytes / steps * 1e-6}});
     }
-    fmt::print("  (GB/s: the fp32 tensors each op must read and write at least once, over its time)\n");
+    fmt::print("  (GB/s: the fp32 tensors each op must read and write at least once, over its time{})\n",
+               prof.storage() == Storage::f32 ? "" : "; 16-bit storage moves half those bytes");
     if (roof) {
         nlohmann::json rj;
-        const auto t = print_roofline(kinds, steps, *roof, rj);
+        const auto t = print_roofline(kinds, ops, steps, *roof, rj);
         if (roof_step) *roof_step = t;
         j["roofline"] = rj;
     }
@@ -787,6 +798,15 @@ int cmd_bench(const BenchArgs& a) {
     b.upload(yd.get(), y.data(), y.size() * sizeof(int32_t));
 
     const int spe = steps_per_epoch(50000, B, r.drop_last);
+    const int total = total_steps(50000, B, r.epochs, r.drop_last);
+    // The steps that train the whitening bias (as the trainer counts them) take one more backward
+    // pass (the first group's input gradient). The step timed is the one most of the run takes:
+    // without it, unless every step trains the bias; the others' extra backward time is timed
+    // apart and added to the estimate.
+    const bool has_whiten_bias = r.net.arch == Arch::airbench && r.net.whiten_kernel > 0;
+    const int whiten_steps =
+        has_whiten_bias ? std::min(total, int(std::ceil(double(spe) * r.whiten_bias_epochs - 1e-9))) : 0;
+    const bool wb = whiten_steps >= total && total > 0;
     double t_fwd = 0, t_bwd = 0, t_opt = 0;
     for (int i = -1; i < a.steps; ++i) {  // step -1 is the warm-up
         b.synchronize();
@@ -795,12 +815,12 @@ int cmd_bench(const BenchArgs& a) {
         b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
         b.synchronize();
         auto t1 = clock_type::now();
-        ws.backward(ws.dlogits(), true);
+        ws.backward(ws.dlogits(), wb);
         b.synchronize();
         auto t2 = clock_type::now();
         // an early step of a long run: every group trains (epoch-based schedules: the preset's
         // steps per epoch on the full training set)
-        opt.step(std::max(i, 0), 1000, 1000, spe);
+        opt.step(std::max(i, 0), 1000, wb ? 1000 : 0, spe);
         b.synchronize();
         auto t3 = clock_type::now();
         if (i >= 0) {
@@ -810,8 +830,23 @@ int cmd_bench(const BenchArgs& a) {
         }
     }
     const double step = (t_fwd + t_bwd + t_opt) / a.steps;
+    // the backward of a step that trains the whitening bias, where the step above does not
+    double t_bwd_wb = 0;
+    if (whiten_steps > 0 && !wb) {
+        for (int i = -1; i < a.steps; ++i) {
+            const float* logits = ws.forward(xd.get(), true);
+            b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
+            b.synchronize();
+            auto t1 = clock_type::now();
+            ws.backward(ws.dlogits(), true);
+            b.synchronize();
+            if (i >= 0) t_bwd_wb += since(t1);
+        }
+        t_bwd_wb /= a.steps;
+    }
+    const double wb_extra = whiten_steps > 0 && !wb ? std::max(0.0, t_bwd_wb - t_bwd / a.steps) : 0.0;
     const double fwd_flop = net.flops_per_image_forward();
-    const double step_flop = 3.0 * fwd_flop * B;  // forward + backward data + backward weights
+    const double step_flop = ws.flops_per_step(wb), step_flop_wb = ws.flops_per_step(true);
     const double gflops = step_flop / step * 1e-9;
 
     // TTA inference (level of the recipe: 6 views at level 2) in the batches of the final
@@ -893,8 +928,13 @@ int cmd_bench(const BenchArgs& a) {
     if (r.cutout > 0) augs += " + cutout";
     if (r.cutmix > 0) augs += " + cutmix";
 
-    fmt::print("\nnetwork       {:.3f} GFLOP per image forward, {:.1f} GFLOP per training step\n",
+    fmt::print("\nnetwork       {:.3f} GFLOP per image forward, {:.1f} GFLOP per training step "
+               "(the convolutions' directions it runs and the head)\n",
                fwd_flop * 1e-9, step_flop * 1e-9);
+    if (whiten_steps > 0 && !wb)
+        fmt::print("              {} of the run's {} steps also train the whitening bias: {:.1f} GFLOP, "
+                   "backward {:.1f} ms (+{:.1f})\n",
+                   whiten_steps, total, step_flop_wb * 1e-9, t_bwd_wb * 1e3, wb_extra * 1e3);
     fmt::print("data          {:.2f} ms per batch ({}; before each step)\n", t_data * 1e3, augs);
     fmt::print("train step    {:.1f} ms  (forward+loss {:.1f}, backward {:.1f}, optimizer {:.1f}) "
                "over {} steps\n",
@@ -903,7 +943,10 @@ int cmd_bench(const BenchArgs& a) {
     fmt::print("TTA inference {:.0f} images/s ({} views each, batches of {}), {:.1f} GFLOP/s\n", eval_ips,
                views, Be, eval_gflops);
     nlohmann::json j = {{"program", build_json()}, {"preset", r.name}, {"device", b.name()}, {"batch_size", B},
-                        {"gflop_per_image_forward", fwd_flop * 1e-9},
+                        {"gflop_per_image_forward", fwd_flop * 1e-9}, {"gflop_per_step", step_flop * 1e-9},
+                        {"steps_timed", a.steps}, {"steps_in_run", total},
+                        {"whiten_bias_steps", whiten_steps},
+                        {"whiten_bias_step_extra_ms", wb_extra * 1e3},
                         {"step_ms", step * 1e3}, {"forward_ms", t_fwd / a.steps * 1e3},
                         {"backward_ms", t_bwd / a.steps * 1e3}, {"optimizer_ms", t_opt / a.steps * 1e3},
                         {"data_ms", t_data * 1e3},
@@ -911,12 +954,12 @@ int cmd_bench(const BenchArgs& a) {
                         {"tta_images_per_second", eval_ips}, {"tta_views", views},
                         {"eval_batch_size", Be}, {"final_eval_seconds", t_final_eval},
                         {"peak_device_bytes", b.peak_bytes()}};
-    const int total = total_steps(50000, B, r.epochs, r.drop_last);
     // (a drop_last=false epoch's smaller last step is counted by its images)
-    const double est = double(images_in_run(50000, B, r.epochs, r.drop_last)) / B * (step + t_data) +
-                       t_final_eval;
-    fmt::print("estimate      full run ({} steps with their data + TTA on 10,000 images): {:.1f} s\n",
-               total, est);
+    const double steps_in_run = double(images_in_run(50000, B, r.epochs, r.drop_last)) / B;
+    const double est = steps_in_run * (step + t_data) + whiten_steps * wb_extra + t_final_eval;
+    fmt::print("estimate      full run ({} steps with their data{} + TTA on 10,000 images): {:.1f} s\n",
+               total, whiten_steps > 0 && !wb ? fmt::format(", {} with the whitening bias", whiten_steps) : "",
+               est);
     j["full_run_estimate_seconds"] = est;
     if (b.device() == Device::cpu) {
         const CpuPeak peak = measure_cpu_peak(a.threads);
@@ -924,10 +967,12 @@ int cmd_bench(const BenchArgs& a) {
                    "reaches {:.0f}% of it, TTA inference {:.0f}%\n",
                    peak.gflops, peak.isa, peak.threads, 100 * gflops / peak.gflops,
                    100 * eval_gflops / peak.gflops);
-        if (std::max(gflops, eval_gflops) > peak.gflops)
-            fmt::print("              (above 100%: the FLOPs counted are a direct convolution's; "
-                       "oneDNN's Winograd convolutions do about a quarter of the multiplications)\n");
+        // (not the FMA units' utilisation where Winograd runs: an effective rate)
+        fmt::print("              (FLOPs counted as direct convolutions'; oneDNN's Winograd convolutions, "
+                   "used where timed faster, do about a quarter of the multiplications)\n");
         j["cpu_peak_gflops"] = peak.gflops;
+        j["flops_counted_as"] = "direct convolution";
+        j["tta_share_of_peak"] = eval_gflops / peak.gflops;
         j["cpu_isa"] = peak.isa;
         j["train_share_of_peak"] = gflops / peak.gflops;
     }
@@ -959,8 +1004,8 @@ int cmd_bench(const BenchArgs& a) {
         try {
             const float* logits = ws.forward(xd.get(), true);
             b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
-            ws.backward(ws.dlogits(), true);
-            opt.step(1, 1000, 1000, spe);
+            ws.backward(ws.dlogits(), wb);
+            opt.step(1, 1000, wb ? 1000 : 0, spe);
         } catch (const std::exception& e) {
             why = e.what();
         }
@@ -977,9 +1022,15 @@ int cmd_bench(const BenchArgs& a) {
                        "per step ({:.0f} images/s, {:.1f} GFLOP/s), eager {:.2f} ms\n",
                        rec->kernel_count(), rec->node_count(), t_graph * 1e3, B / t_graph,
                        step_flop / t_graph * 1e-9, step * 1e3);
+            // the run as the trainer runs it: the steps replayed (the data kernels timed eagerly)
+            const double est_graph = steps_in_run * (t_graph + t_data) + whiten_steps * wb_extra + t_final_eval;
+            fmt::print("              (the data's kernels, recorded with the step in training, not "
+                       "counted); full run with the steps replayed: {:.2f} s\n",
+                       est_graph);
             j["kernels_per_step"] = rec->kernel_count();
             j["graph_nodes_per_step"] = rec->node_count();
             j["graph_step_ms"] = t_graph * 1e3;
+            j["full_run_estimate_graph_seconds"] = est_graph;
             if (peak_gflops > 0) {
                 fmt::print("              replayed step: {:.1f}% of the {} peak\n",
                            100 * step_flop / t_graph * 1e-9 / peak_gflops, peak_name);
@@ -995,23 +1046,32 @@ int cmd_bench(const BenchArgs& a) {
         data_step();
         const float* logits = ws.forward(xd.get(), true);
         b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
-        ws.backward(ws.dlogits(), true);
-        opt.step(1, 1000, 1000, spe);
+        ws.backward(ws.dlogits(), wb);
+        opt.step(1, 1000, wb ? 1000 : 0, spe);
     }, roof, &roof_step);
+    if (prof)
+        fmt::print("              (--profile: the timings above also ran through the op timer, which "
+                   "runs each convolution's two gradients as two calls)\n");
     if (roof) {
-        // The full run: its steps, and the final TTA evaluation at the ratio to a step measured
-        // here (an assumption: forward-only work scales as the training step does).
-        const double steps_in_run = double(images_in_run(50000, B, r.epochs, r.drop_last)) / B;
+        // The full run: its steps (those that train the whitening bias larger by their FLOPs),
+        // and the final TTA evaluation at the ratio to a step measured here (an assumption:
+        // forward-only work scales as the training step does).
+        const double wb_steps = wb ? 0.0 : whiten_steps * (step_flop_wb / step_flop - 1);
         const double tta_per_step = t_final_eval / (step + t_data);
-        const double f32 = (steps_in_run + tta_per_step) * roof_step.first;
-        const double f16 = (steps_in_run + tta_per_step) * roof_step.second;
-        fmt::print("              full run on an {}: {:.0f} steps + TTA (as {:.1f} steps): "
-                   "{:.2f} s fp32, {:.2f} s 16-bit\n",
-                   roof->name, steps_in_run, tta_per_step, f32, f16);
+        const double f32 = (steps_in_run + wb_steps + tta_per_step) * roof_step.first;
+        const double f16 = (steps_in_run + wb_steps + tta_per_step) * roof_step.second;
+        fmt::print("              full run on an {}: {:.0f} steps (+{:.1f} for the whitening bias's) + TTA "
+                   "(as {:.1f} steps): {:.2f} s fp32, {:.2f} s 16-bit\n",
+                   roof->name, steps_in_run, wb_steps, tta_per_step, f32, f16);
         j["profile"]["roofline"]["full_run_seconds_fp32"] = f32;
         j["profile"]["roofline"]["full_run_seconds_half"] = f16;
     }
-    fmt::print("peak memory   {:.0f} MiB\n", b.peak_bytes() / 1048576.0);
+    struct rusage ru {};
+    getrusage(RUSAGE_SELF, &ru);
+    fmt::print("peak memory   {:.0f} MiB allocated through the backend (tensors and buffers; the "
+               "libraries' workspaces not counted), host RSS {:.0f} MiB\n",
+               b.peak_bytes() / 1048576.0, ru.ru_maxrss / 1024.0);
+    j["peak_host_rss_mib"] = ru.ru_maxrss / 1024.0;
     if (!a.json.empty()) write_file_atomic(a.json, json_text(j, 2) + "\n");
     return 0;
 }
