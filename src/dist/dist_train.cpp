@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/notes.h"
 #include "dist/dist_commands.h"
 
 namespace sr {
@@ -62,7 +63,8 @@ int cmd_train_distributed(const TrainArgs& a) {
                 comm->name(), comm->world() == 1 ? "all" : fmt::format("1/{}", comm->world()),
                 a.sync_bn ? "global (--sync-bn)" : "per rank", pl.text);
             std::fflush(stdout);
-        } else {  // only rank 0 prints and writes files
+        } else {  // only rank 0 prints notes and output and writes files
+            set_notes_quiet(true);
             b.summary_json.clear();
             b.log.clear();
             b.plot.clear();

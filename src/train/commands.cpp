@@ -16,6 +16,7 @@
 #include "ops/storage_backend.h"
 #include "train/roofline.h"
 #include "core/error.h"
+#include "core/notes.h"
 #include "core/version.h"
 #include "dist/dist_commands.h"
 #include "io/json_input.h"
@@ -92,8 +93,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads, in
     auto cpu = [&]() -> std::unique_ptr<Backend> {
         // (more threads than cores only wait for each other: 1000 on 2 cores took minutes a step)
         if (const unsigned cores = std::thread::hardware_concurrency(); cores > 0 && threads > int(cores))
-            fmt::print(stderr, "speedrun: note: --threads {} is more than the {} cores here (slower, not faster)\n",
-                       threads, cores);
+            note("--threads {} is more than the {} cores here (slower, not faster)", threads, cores);
         if (s == Storage::f32) return make_cpu_backend(threads);
         return std::make_unique<StorageBackend>(make_cpu_backend(threads), s);
     };
@@ -144,8 +144,7 @@ void note_unused(const CommonArgs& a, const char* command, const char* why, bool
     if (device && a.threads != d.threads) unused.push_back("--threads");
     if (device && !a.cpu_conv.empty()) unused.push_back("--cpu-conv");
     if (!unused.empty())
-        fmt::print(stderr, "speedrun: note: {} {}; {} not used\n", command, why,
-                   fmt::join(unused, ", "));
+        note("{} {}; {} not used", command, why, fmt::join(unused, ", "));
 }
 
 Cifar10 load_data(const CommonArgs& a) {
@@ -358,8 +357,7 @@ int cmd_train(const TrainArgs& a) {
         if (a.seed != TrainArgs{}.seed) unused.push_back("--seed");  // (the checkpoint's run goes on)
         if (a.warmup >= 0) unused.push_back("--warmup");
         if (!unused.empty())
-            fmt::print(stderr, "speedrun: note: --resume continues the recipe saved in {}; {} "
-                       "not used\n", a.resume, fmt::join(unused, ", "));
+            note("--resume continues the recipe saved in {}; {} not used", a.resume, fmt::join(unused, ", "));
     }
     if (a.deterministic) {
         // auto is the CPU where there is no GPU
@@ -418,8 +416,7 @@ int cmd_train(const TrainArgs& a) {
     // (the trainer records an epoch only where nothing between its steps needs the host)
     if (backend->device() == Device::cuda && !a.no_graphs &&
         (a.checkpoint_every > 0 || a.stop_after_step >= 0 || a.distributed))
-        fmt::print(stderr, "speedrun: note: {} launches every op (no CUDA-graph replay of the epochs): "
-                   "time runs without it\n",
+        note("{} launches every op (no CUDA-graph replay of the epochs): time runs without it",
                    a.distributed ? "--distributed" : a.checkpoint_every > 0 ? "--checkpoint-every" : "--stop-after-step");
     fmt::print("data loading  {:.2f} s from disk; set-up {:.2f} s (buffers, conv plans, upload); "
                "neither is in the timed region\n\n",
@@ -615,8 +612,8 @@ int cmd_eval(const EvalArgs& a) {
     // said, since the figure then measures that
     if (const RunState& st = c.state; !st.data_fingerprint.empty() &&
         (st.n_train > data.train.n || data_fingerprint(data.train.images, data.train.labels, st.n_train) != st.data_fingerprint))
-        fmt::print(stderr, "speedrun: note: the checkpoint was trained on other images ({}) than this "
-                   "data's ({}); it is evaluated on this data's test set\n",
+        note("the checkpoint was trained on other images ({}) than this data's ({}); it is evaluated on "
+             "this data's test set",
                    st.data_source.empty() ? std::string("unnamed") : st.data_source, data.source);
     TrainOptions o;
     o.test_subset = a.test_subset;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/notes.h"
 #include "core/version.h"
 #include "dist/sweep.h"
 #include "optim/schedule.h"
@@ -386,9 +387,8 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                        res.epochs.empty() ? "" : "; the epochs before it as saved:");
             if (other_build) {
                 const std::string& before = res.builds[res.builds.size() - 2];
-                fmt::print(stderr, "speedrun: note: the steps so far ran on {}, this is build {}; "
-                           "where the two differ in arithmetic or random draws, the run will not "
-                           "repeat an uninterrupted run of either\n",
+                note("the steps so far ran on {}, this is build {}; where the two differ in arithmetic "
+                     "or random draws, the run will not repeat an uninterrupted run of either",
                            before == kBuildsUnrecorded
                                ? std::string("a build the checkpoint does not name (it predates that record)")
                                : "build " + before,

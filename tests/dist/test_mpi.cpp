@@ -327,6 +327,25 @@ TEST(Mpi, TrainDistributedOnlyRankZeroReports) {
     fs::remove_all(dir);
 }
 
+// A note every rank would make (here: more threads than cores) is said once, by rank 0.
+TEST(Mpi, TrainDistributedNotesComeFromRankZeroOnly) {
+    SKIP_WITHOUT_MPI();
+    const fs::path dir = temp_dir("distnotes");
+    const std::string log = (dir / "log").string();
+    const std::string threads = std::to_string(std::max(1u, std::thread::hardware_concurrency()) + 1);
+    const int rc = run(mpirun(2) + std::vector<std::string>{SPEEDRUN_BINARY, "train", "--distributed", "--epochs",
+                                                            "1", "--no-epoch-eval", "--threads", threads} +
+                           kTiny,
+                       log);
+    const std::string out = slurp(log);
+    ASSERT_EQ(rc, 0) << out;
+    const std::string note = "speedrun: note: --threads " + threads + " is more than the";
+    size_t notes = 0;
+    for (size_t at = 0; (at = out.find(note, at)) != std::string::npos; ++at) ++notes;
+    EXPECT_EQ(notes, 1u) << out;
+    fs::remove_all(dir);
+}
+
 // SIGINT to one rank only (a signal reaches the ranks at different moments): every rank stops
 // after the same step, and rank 0 saves the checkpoint. Before, the signalled rank stopped alone
 // and the job hung (checked): rank 0 waited in the next step's gradient sum, nothing saved.
