@@ -57,13 +57,21 @@ TEST(Bench, EveryPresetRunsAProfiledStep) {
         EXPECT_NEAR(j.at("gflop_per_step").get<double>(), ran, 1e-9 * ran);
         // which step was timed: the one most steps are (airbench: the whitening bias trains in
         // the first epochs only, hlb's never)
-        const int wsteps = j.at("whiten_bias_steps"), total = j.at("steps_in_run");
+        const int wsteps = j.at("whiten_bias_steps"), total = j.at("total_steps");
         if (r.net.arch == Arch::airbench && r.net.whiten_kernel > 0 && r.whiten_bias_epochs > 0)
             EXPECT_GT(wsteps, 0);
         else
             EXPECT_EQ(wsteps, 0);
         EXPECT_LT(wsteps, total);
-        EXPECT_GE(j.at("whiten_bias_step_extra_ms").get<double>(), 0.0);  // (timed apart; noise can make it 0)
+        // the estimate: every step with its data, the whitening bias's extra backward on its
+        // steps, the final evaluation
+        const double est = j.at("steps_in_run").get<double>() * (j.at("step_ms").get<double>() + j.at("data_ms").get<double>()) * 1e-3 +
+                           wsteps * j.at("whiten_bias_step_extra_ms").get<double>() * 1e-3 +
+                           j.at("final_eval_seconds").get<double>();
+        EXPECT_NEAR(j.at("full_run_estimate_seconds").get<double>(), est, 1e-9 * est);
+        // (by images: with drop_last false each epoch's last step counts as the fraction it is)
+        EXPECT_LE(j.at("steps_in_run").get<double>(), total);
+        EXPECT_GT(j.at("steps_in_run").get<double>(), total - std::ceil(r.epochs));
     }
     fs::remove(out);
 }

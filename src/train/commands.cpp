@@ -347,6 +347,12 @@ int cmd_train(const TrainArgs& a) {
         fail("--dawnbench logs each epoch's test accuracy: not with --no-epoch-eval");
     if (!a.plot.empty() && !program_on_path("gnuplot"))
         fail("--plot needs gnuplot, which is not on the PATH (tools/install-deps installs it)");
+    if (resume && (!a.plot.empty() || !a.dawnbench.empty()))  // (each saved epoch's accuracy is drawn)
+        for (const auto& e : resume->state.epochs)
+            if (!e.contains("test_acc") || !e.at("test_acc").is_number() || e.at("test_acc").get<double>() < 0)
+                fail("{} needs each epoch's test accuracy, but epoch {} of {} was not evaluated "
+                     "(--no-epoch-eval)", !a.plot.empty() ? "--plot" : "--dawnbench",
+                     e.value("epoch", -1), a.resume);
     if (resume) {  // the recipe is the checkpoint's; say which flags that leaves unused
         std::vector<std::string> unused;
         if (a.preset != CommonArgs{}.preset) unused.push_back("--preset");
@@ -802,7 +808,7 @@ int cmd_bench(const BenchArgs& a) {
     // apart and added to the estimate.
     const bool has_whiten_bias = r.net.arch == Arch::airbench && r.net.whiten_kernel > 0;
     const int whiten_steps =
-        has_whiten_bias ? std::min(total, int(std::ceil(double(spe) * r.whiten_bias_epochs - 1e-9))) : 0;
+        has_whiten_bias ? int(std::min<double>(total, std::ceil(double(spe) * r.whiten_bias_epochs - 1e-9))) : 0;
     const bool wb = whiten_steps >= total && total > 0;
     double t_fwd = 0, t_bwd = 0, t_opt = 0;
     for (int i = -1; i < a.steps; ++i) {  // step -1 is the warm-up
@@ -815,8 +821,8 @@ int cmd_bench(const BenchArgs& a) {
         ws.backward(ws.dlogits(), wb);
         b.synchronize();
         auto t2 = clock_type::now();
-        // an early step of a long run: every group trains (epoch-based schedules: the preset's
-        // steps per epoch on the full training set)
+        // an early step of a long run: every group but the whitening bias trains, unless every
+        // step trains it (epoch-based schedules: the preset's steps per epoch on the full set)
         opt.step(std::max(i, 0), 1000, wb ? 1000 : 0, spe);
         b.synchronize();
         auto t3 = clock_type::now();
@@ -941,7 +947,7 @@ int cmd_bench(const BenchArgs& a) {
                views, Be, eval_gflops);
     nlohmann::json j = {{"program", build_json()}, {"preset", r.name}, {"device", b.name()}, {"batch_size", B},
                         {"gflop_per_image_forward", fwd_flop * 1e-9}, {"gflop_per_step", step_flop * 1e-9},
-                        {"steps_timed", a.steps}, {"steps_in_run", total},
+                        {"steps_timed", a.steps}, {"total_steps", total},
                         {"whiten_bias_steps", whiten_steps},
                         {"whiten_bias_step_extra_ms", wb_extra * 1e3},
                         {"step_ms", step * 1e3}, {"forward_ms", t_fwd / a.steps * 1e3},
@@ -954,10 +960,11 @@ int cmd_bench(const BenchArgs& a) {
     // (a drop_last=false epoch's smaller last step is counted by its images)
     const double steps_in_run = double(images_in_run(50000, B, r.epochs, r.drop_last)) / B;
     const double est = steps_in_run * (step + t_data) + whiten_steps * wb_extra + t_final_eval;
-    fmt::print("estimate      full run ({} steps with their data{} + TTA on 10,000 images): {:.1f} s\n",
-               total, whiten_steps > 0 && !wb ? fmt::format(", {} with the whitening bias", whiten_steps) : "",
+    fmt::print("estimate      full run ({} steps with their data{}, + TTA on 10,000 images): {:.1f} s\n",
+               total, whiten_steps > 0 && !wb ? fmt::format(" ({} also training the whitening bias)", whiten_steps) : "",
                est);
     j["full_run_estimate_seconds"] = est;
+    j["steps_in_run"] = steps_in_run;  // (by images: a drop_last=false epoch's last step a fraction)
     if (b.device() == Device::cpu) {
         const CpuPeak peak = measure_cpu_peak(a.threads);
         fmt::print("CPU peak      {:.1f} GFLOP/s measured ({} FMA chains, {} threads): training "
@@ -965,8 +972,10 @@ int cmd_bench(const BenchArgs& a) {
                    peak.gflops, peak.isa, peak.threads, 100 * gflops / peak.gflops,
                    100 * eval_gflops / peak.gflops);
         // (not the FMA units' utilisation where Winograd runs: an effective rate)
-        fmt::print("              (FLOPs counted as direct convolutions'; oneDNN's Winograd convolutions, "
-                   "used where timed faster, do about a quarter of the multiplications)\n");
+        if (a.cpu_conv != "direct")
+            fmt::print("              (FLOPs counted as direct convolutions'; oneDNN's Winograd convolutions, "
+                       "used unless direct is timed clearly faster (--cpu-conv), do about a quarter of "
+                       "the multiplications: an effective rate)\n");
         j["cpu_peak_gflops"] = peak.gflops;
         j["flops_counted_as"] = "direct convolution";
         j["tta_share_of_peak"] = eval_gflops / peak.gflops;
@@ -1021,8 +1030,8 @@ int cmd_bench(const BenchArgs& a) {
                        step_flop / t_graph * 1e-9, step * 1e3);
             // the run as the trainer runs it: the steps replayed (the data kernels timed eagerly)
             const double est_graph = steps_in_run * (t_graph + t_data) + whiten_steps * wb_extra + t_final_eval;
-            fmt::print("              (the data's kernels, recorded with the step in training, not "
-                       "counted); full run with the steps replayed: {:.2f} s\n",
+            fmt::print("              full run with the steps replayed (the data's kernels timed eagerly, "
+                       "as above): {:.2f} s\n",
                        est_graph);
             j["kernels_per_step"] = rec->kernel_count();
             j["graph_nodes_per_step"] = rec->node_count();
@@ -1047,8 +1056,8 @@ int cmd_bench(const BenchArgs& a) {
         opt.step(1, 1000, wb ? 1000 : 0, spe);
     }, roof, &roof_step);
     if (prof)
-        fmt::print("              (--profile: the timings above also ran through the op timer, which "
-                   "runs each convolution's two gradients as two calls)\n");
+        fmt::print("              (--profile: bench's step, TTA and estimate lines also ran through the op "
+                   "timer, which runs each convolution's two gradients as two calls)\n");
     if (roof) {
         // The full run: its steps (those that train the whitening bias larger by their FLOPs),
         // and the final TTA evaluation at the ratio to a step measured here (an assumption:
@@ -1057,9 +1066,11 @@ int cmd_bench(const BenchArgs& a) {
         const double tta_per_step = t_final_eval / (step + t_data);
         const double f32 = (steps_in_run + wb_steps + tta_per_step) * roof_step.first;
         const double f16 = (steps_in_run + wb_steps + tta_per_step) * roof_step.second;
-        fmt::print("              full run on an {}: {:.0f} steps (+{:.1f} for the whitening bias's) + TTA "
-                   "(as {:.1f} steps): {:.2f} s fp32, {:.2f} s 16-bit\n",
-                   roof->name, steps_in_run, wb_steps, tta_per_step, f32, f16);
+        fmt::print("              full run on an {}: {:.0f} steps{} + TTA (as {:.1f} steps): {:.2f} s fp32, "
+                   "{:.2f} s 16-bit\n",
+                   roof->name, steps_in_run,
+                   wb_steps > 0 ? fmt::format(" (+{:.1f} for the whitening bias's, by FLOPs)", wb_steps) : "",
+                   tta_per_step, f32, f16);
         j["profile"]["roofline"]["full_run_seconds_fp32"] = f32;
         j["profile"]["roofline"]["full_run_seconds_half"] = f16;
     }

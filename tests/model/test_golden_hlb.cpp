@@ -166,7 +166,16 @@ TEST(GoldenHlb, MatchesPyTorchMainPy) {
     };
     golden::expect_two_steps(*b, net, ws, in, opt, r.label_smoothing, total, spe, sum, ema, first);
     EXPECT_EQ(golden::max_abs(golden::part(net, now, "whiten.bias")), 0.0);
-    // eval mode: the mean of the logits of the images and of their mirrors
+    // eval mode: the mean of the logits of the images and of their mirrors, the views our
+    // evaluation takes at the preset's TTA level
+    const auto views = tta_views(r, r.tta_level);
+    ASSERT_EQ(views.size(), 2u);
+    for (const TtaView& v : views) {
+        EXPECT_EQ(v.sy, 0);
+        EXPECT_EQ(v.sx, 0);
+        EXPECT_FLOAT_EQ(v.w, 0.5f);
+    }
+    EXPECT_NE(views[0].flip, views[1].flip);
     const int S = r.net.image_side;
     std::vector<float> mirror(in.x.size());
     for (int n = 0; n < N; ++n)

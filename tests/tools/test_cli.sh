@@ -292,6 +292,11 @@ contains ev-err.txt "run 2 of 2 (seed 1) did not start"
 [ "$(json ev.json '(len(j["runs"]), j["interrupted"])')" = "(1, True)" ] || fail "SIGINT at evaluation: not run 1 alone in the summary"
 [ "$(json ev.json 'j["runs"][0]["epochs"][0]["test_acc"]')" = None ] \
     || fail "--no-epoch-eval: the summary's epoch has a test_acc, not null"
+# a run without per-epoch evaluation, resumed with --dawnbench: refused (its epochs have no accuracy)
+"$B" train "${tiny[@]}" --no-epoch-eval --stop-after-step 5 --checkpoint ne.safetensors > ne.txt 2>&1 || true
+[ -s ne.safetensors ] || { cat ne.txt >&2; fail "--stop-after-step 5: no checkpoint"; }
+expect_error "--dawnbench needs each epoch's test accuracy, but epoch 0 of ne.safetensors was not evaluated" -- \
+    "$B" train --resume ne.safetensors --data syn --no-download --device cpu --threads 2 --dawnbench ne.tsv
 rc=$(signal_at_eval 2 ev2)
 [ "$rc" = 130 ] || fail "two SIGINTs: exit status $rc, not 130 (the signal's)"
 [ ! -e ev2.json ] || fail "two SIGINTs: the program went on to write its summary"
