@@ -784,6 +784,7 @@ int cmd_bench(const BenchArgs& a) {
     Backend& b = prof ? *prof : *backend;
     const int B = r.batch_size, side = r.net.image_side, O = r.net.num_classes;
     fmt::print("bench: preset {}, batch {}, device {}\n", r.name, B, b.name());
+    const CpuPeak cpu_peak_before = b.device() == Device::cpu ? measure_cpu_peak(a.threads) : CpuPeak{};
     fmt::print("(random inputs: the speed of these ops does not depend on pixel values)\n");
 
     Network net(b, r.net);
@@ -966,11 +967,20 @@ int cmd_bench(const BenchArgs& a) {
     j["full_run_estimate_seconds"] = est;
     j["steps_in_run"] = steps_in_run;  // (by images: a drop_last=false epoch's last step a fraction)
     if (b.device() == Device::cpu) {
-        const CpuPeak peak = measure_cpu_peak(a.threads);
+        // measured before the timings and after them, the faster kept: a machine whose speed
+        // changed meanwhile (other load, a shared host) is said, since the shares then mislead
+        const CpuPeak after = measure_cpu_peak(a.threads);
+        const CpuPeak peak = after.gflops >= cpu_peak_before.gflops ? after : cpu_peak_before;
         fmt::print("CPU peak      {:.1f} GFLOP/s measured ({} FMA chains, {} threads): training "
                    "reaches {:.0f}% of it, TTA inference {:.0f}%\n",
                    peak.gflops, peak.isa, peak.threads, 100 * gflops / peak.gflops,
                    100 * eval_gflops / peak.gflops);
+        if (std::min(after.gflops, cpu_peak_before.gflops) < 0.9 * peak.gflops)
+            fmt::print("              (the peak measured {:.1f} GFLOP/s before the timings and {:.1f} after: "
+                       "the CPU was shared or throttled meanwhile; the figures above are uncertain)\n",
+                       cpu_peak_before.gflops, after.gflops);
+        j["cpu_peak_gflops_before"] = cpu_peak_before.gflops;
+        j["cpu_peak_gflops_after"] = after.gflops;
         // (not the FMA units' utilisation where Winograd runs: an effective rate)
         if (a.cpu_conv != "direct")
             fmt::print("              (FLOPs counted as direct convolutions'; oneDNN's Winograd convolutions, "
