@@ -41,6 +41,25 @@ TEST(Recipe, Airbench94DerivedQuantities) {
 
 // The evaluation batch makes the final evaluation's forwards as few as the peers' (every batch
 // is full, so a size that does not divide the test set pays for the overlap).
+// The lookahead's final copy keeps the weights of the last multiple of its period: a run's later
+// steps are dropped (the peers do the same); a short run is told when that is a real share.
+TEST(Recipe, LookaheadDroppedStepsAreSaid) {
+    EXPECT_EQ(lookahead_dropped_steps(476, 0, 5), 1);  // airbench94: its last step, as airbench94.py
+    EXPECT_EQ(lookahead_dropped_steps(581, 100, 5), 1);  // hlb
+    EXPECT_EQ(lookahead_dropped_steps(4, 0, 5), 4);    // nothing trained is kept
+    EXPECT_EQ(lookahead_dropped_steps(50, 100, 5), 0);  // ends before a late start: no lookahead
+    EXPECT_EQ(lookahead_dropped_steps(10, 0, 0), 0);    // none
+    Recipe r = load_recipe("airbench94", "");
+    EXPECT_EQ(lookahead_drop_note(r, 50000), "");  // a full run: 1 of 476
+    r.batch_size = 256;
+    r.epochs = 2;  // 8 steps of 1024 images: 3 dropped
+    EXPECT_TRUE(test::contains(lookahead_drop_note(r, 1024), "the last 3 of the run's 8 steps"));
+    r.epochs = 1;  // 4 steps: none kept
+    EXPECT_TRUE(test::contains(lookahead_drop_note(r, 1024), "its final weights are the initial ones"));
+    r.epochs = 2.5;  // 10 steps: none dropped
+    EXPECT_EQ(lookahead_drop_note(r, 1024), "");
+}
+
 TEST(Recipe, EvalBatchMakesTheFewestForwards) {
     const Recipe a = load_recipe("airbench94", ""), h = load_recipe("hiverge", "");
     // airbench94: 6 views; batches of 1024 make 10,240 forwards a view, 1000 would make 10,000:

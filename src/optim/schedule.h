@@ -66,6 +66,15 @@ inline int lookahead_first_step(int start_epoch, int steps_per_epoch, int every)
     return (start_epoch * steps_per_epoch / every + 1) * every;
 }
 
+// The steps of a run of `total` steps whose updates are not in its final weights: the run ends
+// with the lookahead's last state (the peers' final update with decay 1), taken at the last
+// multiple of every; with a late start (first > 0) a run that ends before it has no lookahead.
+// total when the run is shorter than one period: its final weights are the initial ones.
+inline int lookahead_dropped_steps(int total, int first, int every) {
+    if (every <= 0 || total < first) return 0;
+    return total % every;
+}
+
 inline double lookahead_decay(int step, int total, int every, double base, double power) {
     return std::pow(base, every) * std::pow(double(step) / total, power);
 }

@@ -316,6 +316,9 @@ int cmd_train(const TrainArgs& a) {
     if (!a.resume.empty()) {
         if (a.runs != 1) fail("--resume continues one run: drop --runs");
         resume = std::make_unique<Checkpoint>(read_checkpoint(a.resume));
+        if (a.stop_after_step >= 0 && a.stop_after_step <= resume->state.step)
+            fail("--stop-after-step {}: the checkpoint {} is at step {} already (the count is the run's, "
+                 "from its first step)", a.stop_after_step, a.resume, resume->state.step);
     }
     // what the run writes, checked before it starts, so that a bad path does not cost the run;
     // with several runs each saves its own checkpoint (FILE with the seed before the extension)
@@ -500,6 +503,7 @@ int cmd_train(const TrainArgs& a) {
                 {"accuracy_max", s.max}, {"accuracy_no_tta_mean", s0.mean},
                 {"share_at_least_94", s.n ? double(n94) / s.n : 0.0},
                 {"train_seconds_mean", t.mean}, {"train_seconds_std", t.std},
+                {"train_seconds_min", t.min}, {"train_seconds_max", t.max},
                 {"data_load_seconds", load_s}, {"peak_device_bytes", backend->peak_bytes()},
                 {"peak_host_rss_mib", rss_mib},
                 // (an interrupted --runs N: the finished runs, fewer than asked for)
@@ -631,8 +635,10 @@ int cmd_eval(const EvalArgs& a) {
     load_network(c, t.network(), false);
     if (rounding) fmt::print("device {}\n", backend->name());
     const double acc = t.evaluate(0), acc_tta = t.evaluate(r.tta_level);
-    fmt::print("checkpoint {} (preset {}, seed {}, step {}; {})\n", a.checkpoint, r.name, c.state.seed,
-               c.state.step,
+    // (an interrupted run's checkpoint: its weights are not the run's final ones)
+    const int run_steps = total_steps(c.state.n_train, c.recipe.batch_size, c.recipe.epochs, c.recipe.drop_last);
+    fmt::print("checkpoint {} (preset {}, seed {}, step {} of {}{}; {})\n", a.checkpoint, r.name, c.state.seed,
+               c.state.step, run_steps, c.state.step < run_steps ? ", an unfinished run's" : "",
                c.state.builds.empty()
                    ? std::string("written before checkpoints named their builds")
                    : fmt::format("trained by build {}", fmt::join(c.state.builds, " then ")));
@@ -663,9 +669,10 @@ int cmd_describe(const DescribeArgs& a) {
     const double views = double(eval_forwards(r, 10000, eval_batch_size(r, 10000, r.batch_size))) / 10000;
     fmt::print("\nlearnable parameters  {}\n", net.learnable_count());
     fmt::print("forward FLOPs/image   {:.3f} GFLOP (convolutions and head; multiply-add = 2)\n", f * 1e-9);
-    fmt::print("one full run          {:.3f} PFLOP ({} steps: {} training images x 3 x forward, + TTA {:g} forwards per test image, whole batches counted, x 10,000)\n",
+    fmt::print("one full run          {:.3f} PFLOP ({} steps: {} training images x 3 x forward, + the final evaluation's {:g} forwards per test image ({}), whole batches counted, x 10,000)\n",
                (3.0 * f * double(images) + f * views * 10000.0) * 1e-15,
-               total_steps(50000, r.batch_size, r.epochs, r.drop_last), images, views);
+               total_steps(50000, r.batch_size, r.epochs, r.drop_last), images, views,
+               r.tta_level == 0 ? std::string("no TTA") : fmt::format("TTA level {}", r.tta_level));
     if (!a.svg.empty()) {
         write_svg(a.svg, network_dot(r.net));
         fmt::print("diagram written to {}\n", a.svg);

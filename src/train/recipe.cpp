@@ -2,6 +2,7 @@
 #include "train/recipe.h"
 
 #include "io/json_input.h"
+#include "optim/schedule.h"
 
 #include <algorithm>
 #include <cmath>
@@ -554,6 +555,22 @@ void apply_override(nlohmann::json& j, const std::string& assignment) {
     } catch (const nlohmann::json::exception& e) {
         fail("{}: {}", flag, e.what());
     }
+}
+
+std::string lookahead_drop_note(const Recipe& r, int n_train) {
+    const int spe = steps_per_epoch(n_train, r.batch_size, r.drop_last);
+    const int total = total_steps(n_train, r.batch_size, r.epochs, r.drop_last);
+    const int every = r.lookahead_every;
+    const int dropped = lookahead_dropped_steps(total, lookahead_first_step(r.lookahead_start_epoch, spe, every), every);
+    if (dropped <= 0 || (dropped < total && 10 * dropped < total)) return "";
+    if (dropped == total)
+        return fmt::format("the run's {} step{} are fewer than the lookahead's period ({}): its final weights "
+                           "are the initial ones; train longer or --set lookahead.every=0",
+                           total, total == 1 ? "" : "s", every);
+    return fmt::format("the last {} of the run's {} steps are not in its final weights: the lookahead (every "
+                       "{} steps) ends the run with its last state, as the peers do; a multiple of {} steps "
+                       "keeps them",
+                       dropped, total, every, every);
 }
 
 }  // namespace sr

@@ -81,7 +81,9 @@ echo '{"opt": {"lr": 10.0}}' > cfg.json
 plot=()  # (without gnuplot, --plot is refused before the run)
 if command -v gnuplot > /dev/null; then plot=(--plot plots/p.png); fi  # (a folder to be made)
 "$B" train "${tiny[@]}" --config cfg.json --summary-json s.json --log l.jsonl \
-    --dawnbench db.tsv "${plot[@]}" --checkpoint c.safetensors > train.txt
+    --dawnbench db.tsv "${plot[@]}" --checkpoint c.safetensors > train.txt 2> train-err.txt
+# (8 steps: the lookahead's final copy drops the last 3, which a short run is told)
+contains train-err.txt "the last 3 of the run's 8 steps are not in its final weights"
 [ "$(json s.json 'j["recipe"]["opt"]["lr"]')" = 10.0 ] || fail "--config: opt.lr is not 10"
 [ "$(json s.json 'j["recipe"]["net"]["widths"]')" = "[8, 16, 16]" ] || fail "--set net.widths not applied"
 [ "$(json s.json 'len(j["runs"]), j["n_train"], j["n_test"]')" = "1 1024 256" ] || fail "summary counts"
@@ -113,6 +115,11 @@ fi
     || fail "l.jsonl: a line is not a JSON object"
 head -1 db.tsv | grep -qP '^epoch\thours\ttop1Accuracy$' || fail "db.tsv header"
 [ "$(wc -l < db.tsv)" = 3 ] || fail "db.tsv: not a header and 2 epochs"
+# its last row is the run's score: the TTA accuracy and the timed total
+[ "$(tail -1 db.tsv | cut -f3)" = "$(json s.json '"%.2f" % (100 * j["runs"][0]["test_accuracy_tta"])')" ] \
+    || { cat db.tsv >&2; fail "db.tsv: the last row is not the TTA accuracy"; }
+[ "$(tail -1 db.tsv | cut -f2)" = "$(json s.json '"%.8f" % (j["runs"][0]["train_seconds"] / 3600)')" ] \
+    || { cat db.tsv >&2; fail "db.tsv: the last row's hours are not the timed total"; }
 if command -v gnuplot > /dev/null; then
     [ "$(head -c 4 plots/p.png | od -An -c | tr -d ' ')" = '211PNG' ] || fail "plots/p.png is not a PNG"
     # quotes and backquotes in the PNG's path and the data folder's name (the plot's title): no
@@ -297,6 +304,11 @@ contains ev-err.txt "run 2 of 2 (seed 1) did not start"
 [ -s ne.safetensors ] || { cat ne.txt >&2; fail "--stop-after-step 5: no checkpoint"; }
 expect_error "--dawnbench needs each epoch's test accuracy, but epoch 0 of ne.safetensors was not evaluated" -- \
     "$B" train --resume ne.safetensors --data syn --no-download --device cpu --threads 2 --dawnbench ne.tsv
+# a stop at or before the checkpoint's step is refused; eval says the checkpoint is unfinished
+expect_error "--stop-after-step 3: the checkpoint ne.safetensors is at step 5 already" -- \
+    "$B" train --resume ne.safetensors --data syn --no-download --device cpu --threads 2 --stop-after-step 3
+"$B" eval --checkpoint ne.safetensors --data syn --no-download --device cpu --threads 2 --test-subset 256 > ne-eval.txt
+contains ne-eval.txt "step 5 of 8, an unfinished run's"
 rc=$(signal_at_eval 2 ev2)
 [ "$rc" = 130 ] || fail "two SIGINTs: exit status $rc, not 130 (the signal's)"
 [ ! -e ev2.json ] || fail "two SIGINTs: the program went on to write its summary"
