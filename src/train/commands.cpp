@@ -392,9 +392,12 @@ int cmd_train(const TrainArgs& a) {
     if (data.synthetic) fmt::print("note: training on SYNTHETIC data ({}), not CIFAR-10\n", data.source);
     // (the trainer checks it too, but after the set-up's tens of seconds)
     std::string fingerprint;  // (of the training images: computed once, given to the trainer)
+    // a resume without --subset trains on as many images as its checkpoint was
+    const int subset = resume && a.subset == 0 && resume->state.n_train < data.train.n ? resume->state.n_train
+                                                                                         : a.subset;
     if (resume) {
-        const int n = train_images(a.subset, data.train.n);
-        if (a.subset >= 0) check_resume_images(*resume, n);
+        const int n = train_images(subset, data.train.n);
+        check_resume_images(*resume, n);
         if (resume->state.n_train == n) {
             fingerprint = data_fingerprint(data.train.images, data.train.labels, n);
             check_resume_data(*resume, fingerprint, data.source);
@@ -402,7 +405,7 @@ int cmd_train(const TrainArgs& a) {
     }
 
     TrainOptions o;
-    o.subset = a.subset;
+    o.subset = subset;
     o.test_subset = a.test_subset;
     o.eval_each_epoch = !a.no_epoch_eval;
     o.log_path = a.log;

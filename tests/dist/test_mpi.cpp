@@ -481,6 +481,14 @@ TEST(Sweep, OneProcessRunsEveryJob) {
     EXPECT_EQ(summary["program"]["version"], program_version());
     const auto git = summary["program"]["git"].get<std::string>();
     EXPECT_FALSE(git.empty());
+    // each setting's whole recipe: the base flags (--epochs, --set) and its grid value resolved
+    ASSERT_EQ(summary["settings"].size(), 2u);
+    for (int i = 0; i < 2; ++i) {
+        const auto& rj = summary["settings"][i]["recipe"];
+        EXPECT_EQ(rj["opt"]["epochs"].get<double>(), 1.0) << rj.dump();
+        EXPECT_EQ(rj["net"]["widths"], nlohmann::json::parse("[8,16,16]")) << rj.dump();
+        EXPECT_EQ(rj["aug"]["translate"].get<int>(), 2 * i) << rj.dump();
+    }
     for (const auto& l : read_results(results).lines) EXPECT_EQ(l["git"], git);
     rc = run(cmd + kTiny, log);  // again: nothing to do, the same summary
     out = slurp(log);

@@ -309,6 +309,9 @@ expect_error "--stop-after-step 3: the checkpoint ne.safetensors is at step 5 al
     "$B" train --resume ne.safetensors --data syn --no-download --device cpu --threads 2 --stop-after-step 3
 "$B" eval --checkpoint ne.safetensors --data syn --no-download --device cpu --threads 2 --test-subset 256 > ne-eval.txt
 contains ne-eval.txt "step 5 of 8, an unfinished run's"
+# a resume without --subset trains on the checkpoint's 1024 images (here: to its end)
+"$B" train --resume ne.safetensors --data syn --no-download --device cpu --threads 2 --test-subset 256 --summary-json ne.json > ne-resume.txt
+[ "$(json ne.json '(j["n_train"], j["runs"][0]["steps"])')" = "(1024, 8)" ] || { cat ne-resume.txt >&2; fail "resume without --subset"; }
 rc=$(signal_at_eval 2 ev2)
 [ "$rc" = 130 ] || fail "two SIGINTs: exit status $rc, not 130 (the signal's)"
 [ ! -e ev2.json ] || fail "two SIGINTs: the program went on to write its summary"
