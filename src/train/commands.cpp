@@ -1158,6 +1158,9 @@ int cmd_data(const DataArgs& a) {
                    set == &d.train ? "train" : "test", fmt::join(counts, " "), mean[0] / px,
                    mean[1] / px, mean[2] / px);
     }
+    // (what a checkpoint keeps of the images it was trained on: compare with its data_fingerprint)
+    fmt::print("  training images' fingerprint {} (all {}; a --subset's differs)\n",
+               data_fingerprint(d.train.images, d.train.labels, d.train.n), d.train.n);
     return 0;
 }
 

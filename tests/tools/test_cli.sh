@@ -73,6 +73,7 @@ if ls -a . | grep -q "speedrun-tmp"; then fail "--write-synthetic left its tempo
 "$B" data --data syn --no-download > data.txt
 contains data.txt "50000 train, 10000 test images"
 contains data.txt "train classes [5000 5000 5000 5000 5000 5000 5000 5000 5000 5000]"
+contains data.txt "training images' fingerprint fnv1a64:"
 
 # -- train: a tiny run with every output; a config file and --set over the preset
 tiny=(--data syn --no-download --device cpu --threads 2 --set 'net.widths=[8,16,16]'
