@@ -425,6 +425,11 @@ int cmd_train(const TrainArgs& a) {
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     print_recipe(r, *backend, data, a, trainer.n_train(), trainer.n_test(), resume ? resume->state.seed : 0);
+    // a short run (a quick look) whose last steps the lookahead's final copy drops would report
+    // figures of fewer steps than it trained: said once (a full run drops a step or two, as the
+    // peers' do)
+    if (!resume)
+        if (const std::string why = lookahead_drop_note(r, trainer.n_train()); !why.empty()) note("{}", why);
     // (the trainer records an epoch only where nothing between its steps needs the host)
     if (backend->device() == Device::cuda && !a.no_graphs &&
         (a.checkpoint_every > 0 || a.stop_after_step >= 0 || a.distributed))
@@ -640,8 +645,10 @@ int cmd_eval(const EvalArgs& a) {
     const double acc = t.evaluate(0), acc_tta = t.evaluate(r.tta_level);
     // (an interrupted run's checkpoint: its weights are not the run's final ones)
     const int run_steps = total_steps(c.state.n_train, c.recipe.batch_size, c.recipe.epochs, c.recipe.drop_last);
-    fmt::print("checkpoint {} (preset {}, seed {}, step {} of {}{}; {})\n", a.checkpoint, r.name, c.state.seed,
-               c.state.step, run_steps, c.state.step < run_steps ? ", an unfinished run's" : "",
+    fmt::print("checkpoint {} (preset {}, seed {}, step {}{}; {})\n", a.checkpoint, r.name, c.state.seed,
+               c.state.step,
+               run_steps <= 0 ? std::string()
+                              : fmt::format(" of {}{}", run_steps, c.state.step < run_steps ? ", an unfinished run's" : ""),
                c.state.builds.empty()
                    ? std::string("written before checkpoints named their builds")
                    : fmt::format("trained by build {}", fmt::join(c.state.builds, " then ")));

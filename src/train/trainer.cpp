@@ -370,10 +370,6 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     // only snapshots the weights; 0 = the lookahead state is the initial weights (airbench)
     const int la_every = r_.lookahead_every;
     const int la_first = lookahead_first_step(r_.lookahead_start_epoch, spe, la_every);
-    // a short run (a quick look) whose last steps the lookahead's final copy drops would report
-    // figures of fewer steps than it trained: said (a full run drops a step or two, as the peers')
-    if (print && !resume)
-        if (const std::string why = lookahead_drop_note(r_, n_train_); !why.empty()) note("{}", why);
     std::vector<float> jit_shift(jitter ? n_train_ : 0), jit_gain(jitter ? n_train_ : 0);
 
     auto print_row = [](const EpochStats& e) {
