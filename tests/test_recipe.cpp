@@ -39,8 +39,6 @@ TEST(Recipe, Airbench94DerivedQuantities) {
     EXPECT_EQ(r.tta_level, 2);
 }
 
-// The evaluation batch makes the final evaluation's forwards as few as the peers' (every batch
-// is full, so a size that does not divide the test set pays for the overlap).
 // The lookahead's final copy keeps the weights of the last multiple of its period: a run's later
 // steps are dropped (the peers do the same); a short run is told when that is a real share.
 TEST(Recipe, LookaheadDroppedStepsAreSaid) {
@@ -60,6 +58,8 @@ TEST(Recipe, LookaheadDroppedStepsAreSaid) {
     EXPECT_EQ(lookahead_drop_note(r, 1024), "");
 }
 
+// The evaluation batch makes the final evaluation's forwards as few as the peers' (every batch
+// is full, so a size that does not divide the test set pays for the overlap).
 TEST(Recipe, EvalBatchMakesTheFewestForwards) {
     const Recipe a = load_recipe("airbench94", ""), h = load_recipe("hiverge", "");
     // airbench94: 6 views; batches of 1024 make 10,240 forwards a view, 1000 would make 10,000:

@@ -406,7 +406,7 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
     int finished = 0;
     for (size_t i = 0; i < settings.size(); ++i) {
         nlohmann::json row = summarize_setting(settings[i], fps[i], rf.lines, seeds);
-        row["recipe"] = recipes[i].json;  // (the whole recipe: base flags and grid setting resolved)
+        row["recipe"] = recipe_to_json(recipes[i]);  // (every key: base flags and grid setting resolved)
         const int n = row["n"].get<int>();
         finished += n;
         fmt::print(

@@ -488,6 +488,7 @@ TEST(Sweep, OneProcessRunsEveryJob) {
         EXPECT_EQ(rj["opt"]["epochs"].get<double>(), 1.0) << rj.dump();
         EXPECT_EQ(rj["net"]["widths"], nlohmann::json::parse("[8,16,16]")) << rj.dump();
         EXPECT_EQ(rj["aug"]["translate"].get<int>(), 2 * i) << rj.dump();
+        EXPECT_TRUE(rj["lookahead"].contains("start_epoch")) << "the preset's defaults too: " << rj.dump();
     }
     for (const auto& l : read_results(results).lines) EXPECT_EQ(l["git"], git);
     rc = run(cmd + kTiny, log);  // again: nothing to do, the same summary
