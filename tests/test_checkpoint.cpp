@@ -48,6 +48,15 @@ Recipe finished_one_epoch(Backend& backend, const Cifar10& data, const std::stri
     return r;
 }
 
+// The checkpoint at p of a tiny_recipe() run (seed 7) interrupted after step 11: 8 steps an
+// epoch, so epoch 1 with 3 of its steps done.
+void interrupted_after_step_11(Backend& backend, const Cifar10& data, const std::string& p) {
+    TrainOptions o = tiny_options(p);
+    o.stop_after_step = 11;
+    Trainer t(backend, tiny_recipe(), data, o);
+    EXPECT_THROW(t.run(7), Interrupted);
+}
+
 // Rewrites the run state of the checkpoint at p through edit (as a damaged, edited or older
 // file would have it); returns the state as written.
 nlohmann::json edit_state(const std::string& p, const std::function<void(nlohmann::json&)>& edit) {
@@ -156,12 +165,7 @@ TEST(Checkpoint, ResumedRunPrintsWhereItStandsAndTheSavedEpochs) {
     const std::string p = temp("print.safetensors");
     auto backend = make_cpu_backend(2);
     const Recipe r = tiny_recipe();
-    {
-        TrainOptions o = tiny_options(p);
-        o.stop_after_step = 11;  // 8 steps an epoch: epoch 1, 3 of its steps done
-        Trainer t(*backend, r, data, o);
-        EXPECT_THROW(t.run(7), Interrupted);
-    }
+    interrupted_after_step_11(*backend, data, p);
     const Checkpoint half = read_checkpoint(p);
     ASSERT_EQ(half.state.epochs.size(), 1u);
     const double saved_loss = half.state.epochs[0].at("train_loss");
@@ -271,12 +275,7 @@ TEST(Checkpoint, OlderCheckpointWithoutEpochTimeTakesItFromTheTotals) {
     const Cifar10 data = make_synthetic_cifar10(2048, 512, 4);
     const std::string p = temp("old.safetensors");
     auto backend = make_cpu_backend(2);
-    {
-        TrainOptions o = tiny_options(p);
-        o.stop_after_step = 11;  // epoch 1, 3 of its steps done
-        Trainer t(*backend, tiny_recipe(), data, o);
-        EXPECT_THROW(t.run(7), Interrupted);
-    }
+    interrupted_after_step_11(*backend, data, p);
     const Checkpoint now = read_checkpoint(p);
     const auto state = edit_state(p, [](nlohmann::json& st) {
         ASSERT_TRUE(st.contains("epoch_timed"));
@@ -296,12 +295,7 @@ TEST(Checkpoint, OlderCheckpointsMinusOneTestAccReadsAsNotEvaluated) {
     const Cifar10 data = make_synthetic_cifar10(2048, 512, 4);
     const std::string p = temp("minus1.safetensors");
     auto backend = make_cpu_backend(2);
-    {
-        TrainOptions o = tiny_options(p);
-        o.stop_after_step = 11;  // epoch 1, 3 of its steps done
-        Trainer t(*backend, tiny_recipe(), data, o);
-        EXPECT_THROW(t.run(7), Interrupted);
-    }
+    interrupted_after_step_11(*backend, data, p);
     edit_state(p, [](nlohmann::json& st) { st.at("epochs").at(0)["test_acc"] = -1.0; });
     const Checkpoint old = read_checkpoint(p);
     Trainer t(*backend, old.recipe, data, tiny_options(p));

@@ -828,12 +828,15 @@ int cmd_bench(const BenchArgs& a) {
     const int whiten_steps =
         has_whiten_bias ? int(std::min<double>(total, std::ceil(double(spe) * r.whiten_bias_epochs - 1e-9))) : 0;
     const bool wb = whiten_steps >= total && total > 0;
+    auto forward_loss = [&] {  // the training forward and the loss's gradient, as a step makes them
+        const float* logits = ws.forward(xd.get(), true);
+        b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
+    };
     double t_fwd = 0, t_bwd = 0, t_opt = 0;
     for (int i = -1; i < a.steps; ++i) {  // step -1 is the warm-up
         b.synchronize();
         auto t0 = clock_type::now();
-        const float* logits = ws.forward(xd.get(), true);
-        b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
+        forward_loss();
         b.synchronize();
         auto t1 = clock_type::now();
         ws.backward(ws.dlogits(), wb);
@@ -855,8 +858,7 @@ int cmd_bench(const BenchArgs& a) {
     double t_bwd_wb = 0;
     if (whiten_steps > 0 && !wb) {
         for (int i = -1; i < a.steps; ++i) {
-            const float* logits = ws.forward(xd.get(), true);
-            b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
+            forward_loss();
             b.synchronize();
             auto t1 = clock_type::now();
             ws.backward(ws.dlogits(), true);
@@ -1035,8 +1037,7 @@ int cmd_bench(const BenchArgs& a) {
         std::string why;
         std::unique_ptr<Recording> rec;
         try {
-            const float* logits = ws.forward(xd.get(), true);
-            b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
+            forward_loss();
             ws.backward(ws.dlogits(), wb);
             opt.step(1, 1000, wb ? 1000 : 0, spe);
         } catch (const std::exception& e) {
@@ -1077,8 +1078,7 @@ int cmd_bench(const BenchArgs& a) {
     std::pair<double, double> roof_step{0, 0};
     if (prof) j["profile"] = profile_training_step(*prof, a.steps, [&] {
         data_step();
-        const float* logits = ws.forward(xd.get(), true);
-        b.cross_entropy(ws.dlogits(), stats.get(), logits, yd.get(), B, O, r.label_smoothing);
+        forward_loss();
         ws.backward(ws.dlogits(), wb);
         opt.step(1, 1000, wb ? 1000 : 0, spe);
     }, roof, &roof_step);
