@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace sr {
@@ -55,6 +56,12 @@ inline double knots_multiplier(const std::vector<std::array<double, 2>>& knots, 
         return knots[i - 1][1] * (1 - f) + knots[i][1] * f;
     }
     return knots.back()[1];
+}
+
+// The first steps of a run that train the whitening bias (Recipe::whiten_bias_epochs of epochs
+// of steps_per_epoch; the gradient needs one more backward pass).
+inline int whiten_bias_steps(int steps_per_epoch, double epochs) {
+    return int(std::min<double>(std::numeric_limits<int>::max(), std::ceil(double(steps_per_epoch) * epochs - 1e-9)));
 }
 
 // Lookahead decay after `step` updates: base^every * (step / total)^power.

@@ -351,11 +351,10 @@ int cmd_train(const TrainArgs& a) {
     if (!a.plot.empty() && !program_on_path("gnuplot"))
         fail("--plot needs gnuplot, which is not on the PATH (tools/install-deps installs it)");
     if (resume && (!a.plot.empty() || !a.dawnbench.empty()))  // (each saved epoch's accuracy is drawn)
-        for (const auto& e : resume->state.epochs)
-            if (!e.contains("test_acc") || !e.at("test_acc").is_number() || e.at("test_acc").get<double>() < 0)
+        for (const auto& ej : resume->state.epochs)
+            if (const EpochStats e = epoch_from_json(ej); e.test_acc < 0)
                 fail("{} needs each epoch's test accuracy, but epoch {} of {} was not evaluated "
-                     "(--no-epoch-eval)", !a.plot.empty() ? "--plot" : "--dawnbench",
-                     e.value("epoch", -1), a.resume);
+                     "(--no-epoch-eval)", !a.plot.empty() ? "--plot" : "--dawnbench", e.epoch, a.resume);
     if (resume) {  // the recipe is the checkpoint's; say which flags that leaves unused
         std::vector<std::string> unused;
         if (a.preset != CommonArgs{}.preset) unused.push_back("--preset");
@@ -826,7 +825,7 @@ int cmd_bench(const BenchArgs& a) {
     // apart and added to the estimate.
     const bool has_whiten_bias = r.net.arch == Arch::airbench && r.net.whiten_kernel > 0;
     const int whiten_steps =
-        has_whiten_bias ? int(std::min<double>(total, std::ceil(double(spe) * r.whiten_bias_epochs - 1e-9))) : 0;
+        has_whiten_bias ? std::min(total, whiten_bias_steps(spe, r.whiten_bias_epochs)) : 0;
     const bool wb = whiten_steps >= total && total > 0;
     auto forward_loss = [&] {  // the training forward and the loss's gradient, as a step makes them
         const float* logits = ws.forward(xd.get(), true);

@@ -215,7 +215,6 @@ nlohmann::json epoch_json(const EpochStats& e) {
             {"test_images", e.test_images}};
 }
 
-namespace {
 EpochStats epoch_from_json(const nlohmann::json& j) {
     EpochStats e;
     e.epoch = j.at("epoch");
@@ -230,7 +229,6 @@ EpochStats epoch_from_json(const nlohmann::json& j) {
     e.test_images = j.value("test_images", 0);  // (not in checkpoints written before it was kept)
     return e;
 }
-}  // namespace
 
 RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     SR_CHECK(!o_.evaluate_only);  // (made without a training set or training buffers)
@@ -301,7 +299,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                  "{} with {} of its {} steps done, {} s timed): a damaged or edited file",
                  rs.step, total, rs.epoch, n_epochs, rs.steps_in_epoch, spe, rs.timed);
     }
-    const int whiten_steps = int(std::ceil(double(spe) * r_.whiten_bias_epochs - 1e-9));
+    const int whiten_steps = whiten_bias_steps(spe, r_.whiten_bias_epochs);
     const bool jitter = r_.brightness > 0 || r_.contrast > 0;
     res.steps = total;
 

@@ -78,6 +78,8 @@ struct EpochStats {
 
 // An epoch's figures as JSON (checkpoints' RunState::epochs, the summary's runs[].epochs).
 nlohmann::json epoch_json(const EpochStats& e);
+// And back (a checkpoint's saved epochs): test_acc null, or -1 in older files, is "not evaluated".
+EpochStats epoch_from_json(const nlohmann::json& j);
 // An epoch's test_acc as written to summaries, logs and checkpoints: null when not evaluated.
 nlohmann::json test_acc_json(double test_acc);
 
