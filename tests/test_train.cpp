@@ -105,6 +105,8 @@ TEST_P(PresetLearns, InAFractionOfAnEpoch) {
     TrainOptions o;
     o.progress = false;
     o.quiet = true;
+    // no untimed evaluation after each epoch: only the final (TTA) score is checked
+    o.eval_each_epoch = false;
     double threshold;
     if (!dir.empty()) {
         data = load_cifar10_dir(dir);
@@ -112,12 +114,18 @@ TEST_P(PresetLearns, InAFractionOfAnEpoch) {
         r.batch_size = 512;
         r.epochs = 2;
         o.subset = muon ? 2048 : 4096;
-        o.test_subset = 2000;
+        o.test_subset = 1000;
         threshold = muon ? 0.25 : 0.30;
         // BN momentum 0.1 (the resnet9 presets, airbench96): after 16 steps 19% of the initial
-        // running statistics remain in the evaluated ones, hence a lower bar (measured: tricks10
-        // 0.1725, page24 0.3270, airbench96 0.1775; chance is 0.10)
-        if (r.net.bn_momentum <= 0.1f) threshold = 0.15;
+        // running statistics remain in the evaluated ones, hence a lower bar (measured 2026-12-07
+        // on 2,000 test images: tricks10 0.1955, page24 0.3200, airbench96 0.1760; chance is 0.10)
+        // 1,000 test images where the TTA accuracy is far above the bar (measured: muon94 0.5050,
+        // hiverge 0.4760, airbench95 0.4630, hlb 0.3920; 2,000 gave 0.4610 for airbench95), 2,000
+        // where it is close: the final evaluation is a quarter of airbench96's time
+        if (r.net.bn_momentum <= 0.1f) {
+            threshold = 0.15;
+            o.test_subset = 2000;
+        }
         if (r.net.arch == Arch::dawn) {
             // DAWN_net (0.92 GFLOP an image, 4x airbench94's) at batch 128 on 1,024 images: 16
             // steps, ~25 s. It has no BN after its last residual add, so stale running
