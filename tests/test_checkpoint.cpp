@@ -308,6 +308,22 @@ TEST(Checkpoint, OlderCheckpointsMinusOneTestAccReadsAsNotEvaluated) {
     fs::remove(p);
 }
 
+// A resume on other images than the checkpoint's is refused with what would help: the same
+// --subset, or (data with fewer images than it was trained on) the data it was trained with.
+TEST(Checkpoint, ResumeOnAnotherImageCountSaysWhatHelps) {
+    Checkpoint c;
+    c.state.n_train = 1024;
+    EXPECT_NO_THROW(check_resume_images(c, 1024, 50000));
+    const std::string fewer = test::error_of([&] { check_resume_images(c, 512, 50000); });
+    EXPECT_TRUE(test::contains(fewer, "trained on 1024 images, this run has 512 (use the same --subset)")) << fewer;
+    const std::string small = test::error_of([&] { check_resume_images(c, 512, 512); });
+    EXPECT_TRUE(test::contains(small, "trained on 1024 images, this data has 512: give the --data it was trained with"))
+        << small;
+    EXPECT_FALSE(test::contains(small, "--subset"));
+    // (the trainer's own check knows only the run's count)
+    EXPECT_TRUE(test::contains(test::error_of([&] { check_resume_images(c, 512); }), "use the same --subset"));
+}
+
 TEST(Checkpoint, WrongShapeAndMissingTensorsAreNamed) {
     const Cifar10 data = make_synthetic_cifar10(1024, 256, 5);
     const std::string p = temp("shape.safetensors");

@@ -48,14 +48,34 @@ TEST(Recipe, LookaheadDroppedStepsAreSaid) {
     EXPECT_EQ(lookahead_dropped_steps(50, 100, 5), 0);  // ends before a late start: no lookahead
     EXPECT_EQ(lookahead_dropped_steps(10, 0, 0), 0);    // none
     Recipe r = load_recipe("airbench94", "");
-    EXPECT_EQ(lookahead_drop_note(r, 50000), "");  // a full run: 1 of 476
+    EXPECT_EQ(short_run_note(r, 50000), "");  // a full run: 1 of 476
     r.batch_size = 256;
     r.epochs = 2;  // 8 steps of 1024 images: 3 dropped
-    EXPECT_TRUE(test::contains(lookahead_drop_note(r, 1024), "the last 3 of the run's 8 steps"));
+    EXPECT_TRUE(test::contains(short_run_note(r, 1024), "the last 3 of the run's 8 steps"));
     r.epochs = 1;  // 4 steps: none kept
-    EXPECT_TRUE(test::contains(lookahead_drop_note(r, 1024), "its final weights are the initial ones"));
+    EXPECT_TRUE(test::contains(short_run_note(r, 1024), "its final weights are the initial ones"));
     r.epochs = 2.5;  // 10 steps: none dropped
-    EXPECT_EQ(lookahead_drop_note(r, 1024), "");
+    EXPECT_EQ(short_run_note(r, 1024), "");
+}
+
+// An EMA (tricks10: every 5 steps of an epoch, decay 0.951) starts from the initial network: a
+// short run that ends with it is mostly untrained, and is told so.
+TEST(Recipe, ShortRunsEndingWithAMostlyInitialEmaAreSaid) {
+    EXPECT_EQ(ema_updates(970, 97, 5), 200);  // tricks10's full run: 20 a epoch (steps 0, 5, ..., 95)
+    EXPECT_EQ(ema_updates(10, 4, 5), 3);      // epochs of 4 steps: step 0 of each, 2 full + 1
+    EXPECT_EQ(ema_updates(6, 6, 5), 2);       // steps 0 and 5
+    EXPECT_EQ(ema_updates(5, 6, 5), 1);       // (a partial epoch: step 0 only)
+    EXPECT_EQ(ema_updates(10, 4, 0), 0);
+    Recipe r = load_recipe("tricks10", "");
+    ASSERT_GT(r.ema_every, 0);
+    EXPECT_EQ(short_run_note(r, 50000), "");  // 0.951^200: nothing of the initial weights left
+    r.epochs = 1;
+    r.batch_size = 512;  // 10 steps of 5120 images: 2 updates, 90% initial
+    EXPECT_TRUE(test::contains(short_run_note(r, 5120), "2 updates in its 10 steps) still holds 90% of the initial"));
+    r.epochs = 4;  // 40 steps, 8 updates: 67%
+    EXPECT_TRUE(test::contains(short_run_note(r, 5120), "holds 67%"));
+    r.epochs = 23;  // 230 steps, 46 updates: 9.9%
+    EXPECT_EQ(short_run_note(r, 5120), "");
 }
 
 // The evaluation batch makes the final evaluation's forwards as few as the peers' (every batch

@@ -321,10 +321,11 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
             jobs.size() == 1 ? "" : "s", results);
         fmt::print("              {} finished already (skipped), {} to run on {}\n",
                    jobs.size() - pending.size(), pending.size(), comm.name());
-        // (a small sweep whose runs the lookahead's final copy cuts short compares fewer steps
-        // than it trained: identical rows for settings that trained differently)
-        for (size_t s = 0; s < settings.size(); ++s)
-            if (const std::string why = lookahead_drop_note(recipes[s], n_train); !why.empty())
+        // (a small sweep whose runs the lookahead's final copy cuts short, or whose EMA is mostly
+        // the initial network, compares less than it trained: identical rows for settings that
+        // trained differently; nothing to say when every run has finished already)
+        for (size_t s = 0; s < settings.size() && !pending.empty(); ++s)
+            if (const std::string why = short_run_note(recipes[s], n_train); !why.empty())
                 note("{}: {}", settings[s].label.empty() ? std::string("the recipe") : settings[s].label, why);
         std::fflush(stdout);
     }

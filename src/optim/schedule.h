@@ -82,6 +82,15 @@ inline int lookahead_dropped_steps(int total, int first, int every) {
     return total % every;
 }
 
+// The EMA updates of a run of `total` steps (Recipe::ema_every: the steps 0, every, 2 every, ...
+// of each epoch of steps_per_epoch); the initial weights keep decay^updates of the final EMA.
+inline int ema_updates(int total, int steps_per_epoch, int every) {
+    if (every <= 0 || steps_per_epoch <= 0 || total <= 0) return 0;
+    const int per_epoch = (steps_per_epoch + every - 1) / every;
+    const int rest = total % steps_per_epoch;
+    return total / steps_per_epoch * per_epoch + (rest + every - 1) / every;
+}
+
 inline double lookahead_decay(int step, int total, int every, double base, double power) {
     return std::pow(base, every) * std::pow(double(step) / total, power);
 }

@@ -396,7 +396,7 @@ int cmd_train(const TrainArgs& a) {
                                                                                          : a.subset;
     if (resume) {
         const int n = train_images(subset, data.train.n);
-        check_resume_images(*resume, n);
+        check_resume_images(*resume, n, data.train.n);
         if (resume->state.n_train == n) {
             fingerprint = data_fingerprint(data.train.images, data.train.labels, n);
             check_resume_data(*resume, fingerprint, data.source);
@@ -428,7 +428,7 @@ int cmd_train(const TrainArgs& a) {
     // figures of fewer steps than it trained: said once (a full run drops a step or two, as the
     // peers' do)
     if (!resume)
-        if (const std::string why = lookahead_drop_note(r, trainer.n_train()); !why.empty()) note("{}", why);
+        if (const std::string why = short_run_note(r, trainer.n_train()); !why.empty()) note("{}", why);
     // (the trainer records an epoch only where nothing between its steps needs the host)
     if (backend->device() == Device::cuda && !a.no_graphs &&
         (a.checkpoint_every > 0 || a.stop_after_step >= 0 || a.distributed))

@@ -557,9 +557,20 @@ void apply_override(nlohmann::json& j, const std::string& assignment) {
     }
 }
 
-std::string lookahead_drop_note(const Recipe& r, int n_train) {
+std::string short_run_note(const Recipe& r, int n_train) {
     const int spe = steps_per_epoch(n_train, r.batch_size, r.drop_last);
     const int total = total_steps(n_train, r.batch_size, r.epochs, r.drop_last);
+    if (r.ema_every > 0) {
+        // (the EMA starts from the whitened initial network; evaluation and the end use it)
+        const int updates = ema_updates(total, spe, r.ema_every);
+        const double initial = std::pow(r.ema_decay, updates);
+        if (initial >= 0.1)
+            return fmt::format("the EMA this run ends with (decay {:.4g}, {} update{} in its {} step{}) still "
+                               "holds {:.0f}% of the initial weights: its figures are mostly the untrained "
+                               "network's; train longer or --set ema.every=0",
+                               r.ema_decay, updates, updates == 1 ? "" : "s", total, total == 1 ? "" : "s",
+                               100 * initial);
+    }
     const int every = r.lookahead_every;
     const int dropped = lookahead_dropped_steps(total, lookahead_first_step(r.lookahead_start_epoch, spe, every), every);
     if (dropped <= 0 || (dropped < total && 10 * dropped < total)) return "";

@@ -143,10 +143,11 @@ int tta_selected(const Recipe& r, int n);
 // makes them: every batch full (the last overlaps the one before it; so b <= n), and selective
 // TTA's chosen images padded to at least one batch.
 long eval_forwards(const Recipe& r, int n, int b);
-// What a run of the recipe on n_train images should be told before it trains when the
-// lookahead's final copy drops a share of its steps (a short run: all of them, or 10% or more;
-// optim/schedule.h lookahead_dropped_steps); "" otherwise.
-std::string lookahead_drop_note(const Recipe& r, int n_train);
+// What a run of the recipe on n_train images should be told before it trains when what it ends
+// with is not what it trained (a short run): the lookahead's final copy drops all of its steps
+// or 10% or more (optim/schedule.h lookahead_dropped_steps), or the EMA it ends with still holds
+// 10% or more of the initial weights (ema_updates); "" otherwise.
+std::string short_run_note(const Recipe& r, int n_train);
 // The evaluation batch for n test images: of the sizes from half the training batch up to it
 // (at most n), the one whose final evaluation makes the fewest forwards, the largest of equals;
 // but the training batch itself (min(batch, n)) where it makes at most kEvalBatchSaving more,

@@ -58,7 +58,10 @@ void progress_bar(int epoch, int done, int total, double loss, double secs) {
 
 }  // namespace
 
-void check_resume_images(const Checkpoint& resume, int n_train) {
+void check_resume_images(const Checkpoint& resume, int n_train, int available) {
+    if (available >= 0 && resume.state.n_train > available)  // (no --subset can help)
+        fail("--resume: the checkpoint was trained on {} images, this data has {}: give the --data "
+             "it was trained with", resume.state.n_train, available);
     if (resume.state.n_train != n_train)
         fail("--resume: the checkpoint was trained on {} images, this run has {} (use the same "
              "--subset)", resume.state.n_train, n_train);

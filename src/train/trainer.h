@@ -57,8 +57,9 @@ struct TrainOptions {
 inline int train_images(int subset, int available) {
     return subset > 0 ? std::min(subset, available) : available;
 }
-// A resumed run must train on the images its checkpoint was trained on.
-void check_resume_images(const Checkpoint& resume, int n_train);
+// A resumed run must train on the images its checkpoint was trained on (n_train of the data's
+// `available`; -1: not known).
+void check_resume_images(const Checkpoint& resume, int n_train, int available = -1);
 // Fails unless the checkpoint's training set (RunState::data_fingerprint) is this run's
 // (fingerprint: data_fingerprint of its images; source: where they came from, for the message).
 void check_resume_data(const Checkpoint& resume, const std::string& fingerprint, const std::string& source);
