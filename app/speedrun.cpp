@@ -29,10 +29,18 @@ namespace {
 using sr::app::kNonNegative;
 using sr::app::kPositive;
 
-void add_common(CLI::App* c, sr::CommonArgs& a) {
+// The recipe's flags (--preset, --config, --set, --epochs, --batch-size).
+void add_recipe_flags(CLI::App* c, sr::CommonArgs& a) {
     c->add_option("--preset", a.preset, "Recipe preset (see `speedrun presets`)")->capture_default_str();
     c->add_option("--config", a.config, "JSON file merged over the preset");
     c->add_option("--set", a.sets, "Override one recipe value: key.path=value (e.g. opt.lr=10)");
+    c->add_option("--epochs", a.epochs, "Override the recipe's epochs")->check(kPositive);
+    c->add_option("--batch-size", a.batch_size, "Override the recipe's batch size")->check(kPositive);
+}
+
+// The recipe's flags and those of the data and the device.
+void add_common(CLI::App* c, sr::CommonArgs& a) {
+    add_recipe_flags(c, a);
     c->add_option("--device", a.device, "auto | cpu | cuda (auto: the GPU when there is one)")->capture_default_str();
     c->add_option("--threads", a.threads, "CPU threads (0 = all cores)")
         ->capture_default_str()
@@ -42,8 +50,6 @@ void add_common(CLI::App* c, sr::CommonArgs& a) {
                                     "directory, the user cache, else download)");
     c->add_flag("--synthetic", a.synthetic, "Use a small synthetic CIFAR-shaped set");
     c->add_flag_callback("--no-download", [&a] { a.download = false; }, "Never download CIFAR-10");
-    c->add_option("--epochs", a.epochs, "Override the recipe's epochs")->check(kPositive);
-    c->add_option("--batch-size", a.batch_size, "Override the recipe's batch size")->check(kPositive);
     c->add_option("--cpu-conv", a.cpu_conv,
                   "CPU convolutions: fastest (default: Winograd unless direct is timed >10% faster twice), "
                   "direct, or winograd (oneDNN's F(4x4,3x3) where it applies; the default with --deterministic)");
@@ -163,7 +169,7 @@ int main(int argc, char** argv) {
 
     sr::DescribeArgs dsa;
     auto* describe = app.add_subcommand("describe", "Layers, parameter count, FLOPs per image, network diagram");
-    add_common(describe, dsa);
+    add_recipe_flags(describe, dsa);  // (it reads no data and runs on no device)
     describe->add_option("--svg", dsa.svg, "Write the network diagram as SVG (graphviz)");
 
     auto* presets = app.add_subcommand("presets", "List the built-in presets with their sources");

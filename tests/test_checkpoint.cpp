@@ -445,10 +445,25 @@ TEST(Checkpoint, InterruptFlagSavesAndStops) {
     std::atomic<bool> flag{true};  // as if SIGINT arrived during the first step
     TrainOptions o = tiny_options(p);
     o.interrupt = &flag;
+    const std::string log = temp("int.jsonl");
+    fs::remove(log);
+    o.log_path = log;
     Trainer t(*backend, r, data, o);
     EXPECT_THROW(t.run(2), Interrupted);
     EXPECT_EQ(read_checkpoint(p).state.step, 1);
+    // the log's last line says the run stopped, where, and where it was saved
+    std::ifstream in(log);
+    std::string line, last;
+    while (std::getline(in, line)) last = line;
+    const nlohmann::json j = nlohmann::json::parse(last);
+    EXPECT_EQ(j["event"], "stopped");
+    EXPECT_EQ(j["reason"], "interrupted");
+    EXPECT_EQ(j["seed"], 2);
+    EXPECT_EQ(j["steps"], 1);
+    EXPECT_EQ(j["checkpoint"], p);
+    EXPECT_GT(j["total_steps"].get<int>(), 1);
     fs::remove(p);
+    fs::remove(log);
 }
 
 }  // namespace

@@ -272,6 +272,20 @@ TEST(Recipe, ToJsonRoundTripsTheResolvedValues) {
     EXPECT_DOUBLE_EQ(back.lr, 3.25);
     EXPECT_EQ(back.tta_level, 1);
     EXPECT_EQ(recipe_to_json(back), recipe_to_json(r));
+    // numbers held as floats are written as the preset has them (was 9.999999960041972e-13), and
+    // read back to the same floats
+    const nlohmann::json j = recipe_to_json(r);
+    EXPECT_EQ(j["net"]["bn_eps"].dump(), "1e-12");
+    EXPECT_EQ(j["data"]["mean"][0].dump(), "0.4914");
+    EXPECT_EQ(j["net"]["bn_momentum"].dump(), "0.4");
+    EXPECT_EQ(j["opt"]["lr"].dump(), "3.25");
+    EXPECT_EQ(back.net.bn_eps, r.net.bn_eps);
+    EXPECT_EQ(back.mean, r.mean);
+    EXPECT_EQ(back.label_smoothing, r.label_smoothing);
+    // (a double that is not a float's value is written as it is)
+    Recipe d = r;
+    d.lr = 0.1;
+    EXPECT_EQ(recipe_to_json(d)["opt"]["lr"].dump(), "0.1");
 }
 }  // namespace
 }  // namespace sr

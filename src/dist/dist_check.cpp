@@ -48,7 +48,7 @@ int check_on_rank(const DistCheckArgs& a, Communicator& comm) {
     if (B % K != 0) fail("dist-check: the batch size {} does not split evenly over {} ranks", B, K);
     const int Bl = B / K, side = r.net.image_side, O = r.net.num_classes;
     const size_t img = size_t(side) * side * 3;
-    if (comm.root()) note_unused(a, "dist-check", "trains on seeded random batches", false);
+    if (comm.root()) note_unused(a, "dist-check", "trains on seeded random batches");
     set_cpu_conv(a.cpu_conv, false);
     const RankPlacement pl = place_rank(comm, a.device, a.threads);
     auto backend = make_backend(pl.device, pl.threads, pl.cuda_device);

@@ -103,9 +103,9 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads, in
 Cifar10 load_data(const CommonArgs& a);
 // --cpu-conv's choice for this process (with --deterministic: winograd unless named, not fastest)
 void set_cpu_conv(const std::string& name, bool deterministic);
-// A command that does not read the data (nor, when `device`, use a device): a note on stderr
-// naming the common flags it was given anyway
-void note_unused(const CommonArgs& a, const char* command, const char* why, bool device);
+// A command that does not read the data: a note on stderr naming the data flags it was given
+// anyway (`describe` has none of them, nor the device's)
+void note_unused(const CommonArgs& a, const char* command, const char* why);
 
 // The CIFAR-10 class names in label order (airplane ... truck).
 extern const char* const kCifarClassNames[10];

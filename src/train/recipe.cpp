@@ -414,8 +414,25 @@ Recipe recipe_from_json(const nlohmann::json& j) {
     return r;
 }
 
+namespace {
+// A number held as a float (bn_eps, the data's mean and std, ...) is written as the shortest
+// decimal that reads back as that float (1e-12, not 9.999999960041972e-13); doubles stay as they
+// are (one exactly a float reads the same either way). Reading the file gives the same floats.
+void tidy_floats(nlohmann::json& j) {
+    if (j.is_structured()) {
+        for (auto& v : j) tidy_floats(v);
+    } else if (j.is_number_float()) {
+        const double d = j.get<double>();
+        const float f = float(d);
+        if (!std::isfinite(d) || double(f) != d) return;
+        const double shortest = std::strtod(fmt::format("{}", f).c_str(), nullptr);
+        if (float(shortest) == f) j = shortest;
+    }
+}
+}  // namespace
+
 nlohmann::json recipe_to_json(const Recipe& r) {
-    return {
+    nlohmann::json j = {
         {"name", r.name}, {"description", r.description}, {"source", r.source}, {"published", r.published},
         {"data", {{"mean", r.mean}, {"std", r.std}}},
         {"net", {{"arch", r.net.arch == Arch::resnet9 ? "resnet9" : r.net.arch == Arch::dawn ? "dawn" : "airbench"},
@@ -451,6 +468,8 @@ nlohmann::json recipe_to_json(const Recipe& r) {
                  {"contrast", r.contrast}}},
         {"eval", {{"tta_level", r.tta_level}, {"tta_weights", r.tta_weights}, {"tta_select", r.tta_select}}},
     };
+    tidy_floats(j);
+    return j;
 }
 
 std::vector<TtaView> tta_views(const Recipe& r, int level) {

@@ -595,6 +595,13 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                 epoch_time += timer->stop_seconds();
                 save(step, epoch, steps_here, rng0, timed + epoch_time, epoch_time);
                 if (stop) {
+                    // (the log's last line then says why no "run" line follows)
+                    if (!warmup && log_)
+                        log_->write({{"event", "stopped"}, {"seed", seed}, {"steps", step}, {"total_steps", total},
+                                     {"reason", interrupted ? "interrupted" : "stop_after_step"},
+                                     {"checkpoint", o_.checkpoint_path.empty() ? nlohmann::json(nullptr)
+                                                                               : nlohmann::json(o_.checkpoint_path)},
+                                     {"total_seconds", timed + epoch_time}});
                     throw Interrupted(o_.checkpoint_path.empty()
                         ? fmt::format("stopped after step {} of {} (no --checkpoint: nothing saved)", step, total)
                         : fmt::format("stopped after step {} of {}; resume with --resume {}", step, total,
