@@ -3,6 +3,7 @@
 // themselves are not checked (benchmarks show speed, tests do not).
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -102,26 +103,36 @@ TEST(Bench, RooflineEstimate) {
     // each kind's estimate is its ops' estimates summed, each op bound by its own compute or
     // memory time (a kind's totals would hide its memory-bound ops behind compute-bound ones)
     const RooflineDevice& h100 = *roofline_device("h100");
-    // The 16-bit column halves the bytes and takes the FP16 peak for every kind but the
-    // optimizer's, which stays fp32 on the GPU (fp32 weights and state; Muon's products in TF32)
-    bool optimizer_seen = false;
+    // The 16-bit column halves the bytes and takes the FP16 peak for the ops on activations,
+    // not for the optimizer's and the elementwise ones on parameters (Muon's axpy and scale),
+    // which stay fp32 on the GPU
+    std::set<std::string> fp32_kinds;
     for (const auto& k : r.at("kinds")) {
-        const bool opt = k.at("kind") == "optimizer";
-        optimizer_seen = optimizer_seen || opt;
         double sum = 0, sum16 = 0;
+        bool all_fp32 = true;
         for (const auto& o : j.at("profile").at("ops"))
             if (o.at("kind") == k.at("kind")) {
                 const double flops = o.at("gflop_per_step").get<double>() * 1e9, bytes = o.at("mb_per_step").get<double>() * 1e6,
                              calls = o.at("calls_per_step").get<double>();
+                const bool half = roofline_half(o.at("kind"), o.at("name"));
+                all_fp32 = all_fp32 && !half;
                 sum += roofline_seconds(flops, bytes, calls, h100, false, RooflineAssumptions{}) * 1e3;
-                sum16 += roofline_seconds(flops, bytes, calls, h100, !opt, RooflineAssumptions{}) * 1e3;
+                sum16 += roofline_seconds(flops, bytes, calls, h100, half, RooflineAssumptions{}) * 1e3;
             }
         EXPECT_NEAR(k.at("fp32_ms").get<double>(), sum, 1e-9 * sum) << k.at("kind");
         EXPECT_NEAR(k.at("half_ms").get<double>(), sum16, 1e-9 * sum16) << k.at("kind");
-        if (opt) EXPECT_EQ(k.at("half_ms").get<double>(), k.at("fp32_ms").get<double>());
-        else EXPECT_LT(k.at("half_ms").get<double>(), k.at("fp32_ms").get<double>()) << k.at("kind");
+        if (all_fp32) {
+            fp32_kinds.insert(k.at("kind"));
+            EXPECT_EQ(k.at("half_ms").get<double>(), k.at("fp32_ms").get<double>());
+        } else {
+            EXPECT_LT(k.at("half_ms").get<double>(), k.at("fp32_ms").get<double>()) << k.at("kind");
+        }
     }
-    EXPECT_TRUE(optimizer_seen);
+    EXPECT_EQ(fp32_kinds, (std::set<std::string>{"optimizer", "elementwise"}));  // (hiverge: no residual add)
+    EXPECT_TRUE(roofline_half("elementwise", "residual add n4096"));
+    EXPECT_FALSE(roofline_half("elementwise", "axpy n4096"));
+    EXPECT_FALSE(roofline_half("optimizer", "sgd nesterov n4096"));
+    EXPECT_TRUE(roofline_half("pooling", "maxpool2 fwd 32x32 C64 N128"));
     fs::remove(out);
     a.roofline = "v100";
     EXPECT_THROW(cmd_bench(a), Error);

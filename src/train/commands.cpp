@@ -686,6 +686,17 @@ int cmd_describe(const DescribeArgs& a) {
     return 0;
 }
 
+// Whether 16-bit storage (--storage fp16|bf16 on a GPU) halves an op's bytes and gives it the
+// FP16 peak: it stores activations and their gradients in 16 bits. The optimizer's ops (fp32
+// weights and state; Muon's products in TF32) and the elementwise ones on parameters and logits
+// (axpy, scale: Muon's steps, the EMA, TTA's sums) stay fp32; the residual add is the one
+// elementwise op on activations.
+bool roofline_half(const std::string& kind, const std::string& op) {
+    if (kind == op_kind::opt) return false;
+    if (kind == op_kind::elt) return op.rfind("residual add", 0) == 0;
+    return true;
+}
+
 // Runs `steps` training steps with every op timed and prints where the time goes, by kind and
 // by op (the 20 slowest); returns the same as JSON.
 // The profiled step's ops on a GPU by the roofline model (train/roofline.h), per kind, with fp32
@@ -696,8 +707,8 @@ static std::pair<double, double> print_roofline(const std::vector<OpTime>& kinds
     fmt::print("\nroofline      the same step estimated on an {} (datasheet dense peaks: TF32 {:.0f}, "
                "FP16 {:.0f} TFLOP/s, {:.2f} TB/s;\n              compute-bound ops at {:.0f}% of the "
                "peak, the rest at {:.0f}% of the bandwidth, {:.0f} us per op launched;\n"
-               "              16-bit: the FP16 peak and half the bytes, except the optimizer's ops, which\n"
-               "              stay fp32 as on the GPU: fp32 weights and state, TF32 products)\n",
+               "              16-bit: the FP16 peak and half the bytes, except the optimizer's ops and the\n"
+               "              elementwise ones on fp32 weights and logits, fp32 as on the GPU)\n",
                d.name, d.tf32_tflops, d.fp16_tflops, d.bandwidth_tbs, 100 * a.compute_eff,
                100 * a.memory_eff, a.launch_us);
     fmt::print("  {:<14} {:>7} {:>12} {:>12} {:>12}\n", "kind", "calls", "measured ms", "est. fp32 ms",
@@ -707,14 +718,11 @@ static std::pair<double, double> print_roofline(const std::vector<OpTime>& kinds
     for (const OpTime& k : kinds) {
         // each op (one name: one shape) bound by its own compute or memory time, then summed: a
         // kind's totals would hide its memory-bound ops behind its compute-bound ones
-        // (16-bit storage is the activations' and gradients'; the GPU's optimizer reads and
-        // writes fp32 weights and state and runs Muon's products in TF32 either way)
-        const bool half_kind = k.name != op_kind::opt;
         double s32 = 0, s16 = 0;
         for (const OpTime& o : ops)
             if (o.kind == k.name) {
                 s32 += roofline_seconds(o.flops, o.bytes, double(o.calls), d, false, a) / steps;
-                s16 += roofline_seconds(o.flops, o.bytes, double(o.calls), d, half_kind, a) / steps;
+                s16 += roofline_seconds(o.flops, o.bytes, double(o.calls), d, roofline_half(o.kind, o.name), a) / steps;
             }
         t32 += s32;
         t16 += s16;

@@ -106,6 +106,10 @@ void set_cpu_conv(const std::string& name, bool deterministic);
 // A command that does not read the data: a note on stderr naming the data flags it was given
 // anyway (`describe` has none of them, nor the device's)
 void note_unused(const CommonArgs& a, const char* command, const char* why);
+// Whether bench's 16-bit roofline halves this op's bytes and gives it the FP16 peak (an op of the
+// profile: its kind, ops/forwarding_backend.h op_kind, and its name): not the optimizer's ops,
+// nor the elementwise ones on fp32 parameters and logits (all but the residual add).
+bool roofline_half(const std::string& kind, const std::string& op);
 
 // The CIFAR-10 class names in label order (airplane ... truck).
 extern const char* const kCifarClassNames[10];
