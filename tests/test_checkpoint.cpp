@@ -366,6 +366,9 @@ TEST(Checkpoint, NonFiniteLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
     auto backend = make_cpu_backend(2);
     TrainOptions o = tiny_options(p);
     o.checkpoint_every = 1;
+    const std::string log = temp("nan.jsonl");
+    fs::remove(log);
+    o.log_path = log;
     Trainer t(*backend, r, data, o);
     int diverged = 0;
     try {
@@ -378,6 +381,18 @@ TEST(Checkpoint, NonFiniteLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
                                                   p, diverged - 1))) << m;
     }
     ASSERT_GE(diverged, 2) << "lr 1e30 should take a step or more to give a non-finite loss";
+    {  // the log's last line says so, with the last good checkpoint
+        std::ifstream in(log);
+        std::string line, last;
+        while (std::getline(in, line)) last = line;
+        const nlohmann::json j = nlohmann::json::parse(last);
+        EXPECT_EQ(j["event"], "stopped");
+        EXPECT_EQ(j["reason"], "non-finite loss");
+        EXPECT_EQ(j["steps"], diverged);
+        EXPECT_EQ(j["checkpoint"], p);
+        EXPECT_EQ(j["checkpoint_step"], diverged - 1);
+        fs::remove(log);
+    }
     // the checkpoint of the step before, with finite weights only
     ASSERT_TRUE(fs::exists(p));
     const Checkpoint c = read_checkpoint(p);

@@ -423,6 +423,13 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
     // forward turned non-finite.
     int saved_step = -1;  // of the checkpoint this process saved last
     auto diverged = [&](float loss, int step_now, int epoch) {
+        if (!warmup && log_)  // (no "run" line follows)
+            log_->write({{"event", "stopped"}, {"seed", seed}, {"steps", step_now}, {"total_steps", total},
+                         {"reason", "non-finite loss"},
+                         {"checkpoint", o_.checkpoint_path.empty() || saved_step < 0
+                                            ? nlohmann::json(nullptr)
+                                            : nlohmann::json(o_.checkpoint_path)},
+                         {"checkpoint_step", saved_step >= 0 ? nlohmann::json(saved_step) : nlohmann::json(nullptr)}});
         fail("the training loss became {} {} step {} (epoch {}); stopped{}", loss,
              b_.device() == Device::cpu ? "at" : "by", step_now, epoch,
              o_.checkpoint_path.empty() ? std::string()
