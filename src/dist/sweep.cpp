@@ -26,6 +26,7 @@
 #include "dist/dist_commands.h"
 #include "io/json_input.h"
 #include "io/atomic_file.h"
+#include "train/checkpoint.h"
 
 namespace sr {
 namespace fs = std::filesystem;
@@ -163,7 +164,7 @@ nlohmann::json summarize_setting(const SweepSetting& s, const std::string& fp,
     std::vector<double> acc, acc0, secs;
     std::vector<uint64_t> got;
     std::set<std::string> builds;  // the commits that ran them ("unknown": a line without one)
-    int n94 = 0;
+    int n94 = 0, diverged = 0;
     for (const auto& l : lines) {
         if (l.value("fingerprint", std::string()) != fp || !l.contains("seed") ||
             !l["seed"].is_number_unsigned())
@@ -173,6 +174,10 @@ nlohmann::json summarize_setting(const SweepSetting& s, const std::string& fp,
         got.push_back(seed);
         builds.insert(l.contains("git") && l["git"].is_string() ? l["git"].get<std::string>()
                                                                 : std::string("unknown"));
+        if (l.value("diverged", false)) {  // (counted in n, not in the accuracy or the seconds)
+            ++diverged;
+            continue;
+        }
         acc.push_back(l.value("test_accuracy_tta", 0.0));
         acc0.push_back(l.value("test_accuracy", 0.0));
         secs.push_back(l.value("train_seconds", 0.0));
@@ -184,7 +189,8 @@ nlohmann::json summarize_setting(const SweepSetting& s, const std::string& fp,
     return {{"setting", s.label},
             {"overrides", s.overrides},
             {"fingerprint", fp},
-            {"n", a.n},
+            {"n", a.n + diverged},  // (the finished runs, the diverged ones included)
+            {"diverged", diverged},
             {"runs_wanted", seeds.size()},
             {"seeds", got},
             {"accuracy_mean", a.mean},
@@ -192,7 +198,7 @@ nlohmann::json summarize_setting(const SweepSetting& s, const std::string& fp,
             {"accuracy_min", a.min},
             {"accuracy_max", a.max},
             {"accuracy_no_tta_mean", a0.mean},
-            {"share_at_least_94", a.n ? double(n94) / a.n : 0.0},
+            {"share_at_least_94", a.n + diverged ? double(n94) / (a.n + diverged) : 0.0},
             {"train_seconds_mean", t.mean},
             {"train_seconds_std", t.std},
             {"train_seconds_min", t.min},
@@ -252,9 +258,19 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
             fail("{}", m);
         }
     }
-    // what the sweep writes, checked before it starts (results lines are appended by every rank)
+    // what the sweep writes, checked before it starts (results lines are appended by every rank
+    // and read back by the next sweep: a regular file, not a device or pipe, whose fsync fails
+    // after the first run; the summary replaced over them would lose them all)
     check_output_path(results, "--results", true);
+    {
+        std::error_code ec;
+        const auto st = fs::status(results, ec);
+        if (!ec && fs::exists(st) && !fs::is_regular_file(st))
+            fail("--results {}: not a regular file (the results are appended to it and read back by a "
+                 "restarted sweep)", results);
+    }
     if (comm.root()) check_output_path(summary, "--summary-json");
+    check_distinct_outputs({{results, "--results"}, {summary, "--summary-json"}});
     set_cpu_conv(a.cpu_conv, false);
     const RankPlacement pl = place_rank(comm, a.device, a.threads);
     auto backend = make_backend(pl.device, pl.threads, pl.cuda_device);
@@ -269,10 +285,22 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
             fail("{}: batch size {} is larger than the training set ({} images)",
                  settings[i].label.empty() ? std::string("the recipe") : "--grid setting " + settings[i].label,
                  recipes[i].batch_size, n_train);
+    // A job is its recipe as it runs (recipe_to_json: --epochs 1 and --set opt.epochs=1 alike),
+    // its image counts and its training images' fingerprint (another --data folder is another
+    // job, not more runs of this one).
+    const std::string images = data_fingerprint(data.train.images, data.train.labels, n_train);
     std::vector<std::string> fps;
     for (const Recipe& r : recipes)
-        fps.push_back(fingerprint(fmt::format("{}|train={}|test={}|data={}", r.json.dump(), n_train,
-                                              n_test, data.synthetic ? "synthetic" : "cifar10")));
+        fps.push_back(fingerprint(fmt::format("{}|train={}|test={}|data={}", recipe_to_json(r).dump(), n_train,
+                                              n_test, images)));
+    // settings that resolve to the same recipe (a repeated --grid value; --epochs or --batch-size,
+    // which win over a grid axis on opt.epochs or opt.batch_size) would share one set of runs
+    for (size_t i = 0; i < fps.size(); ++i)
+        for (size_t j = 0; j < i; ++j)
+            if (fps[i] == fps[j])
+                fail("--grid settings {} and {} train the same recipe{}: each setting needs its own",
+                     settings[j].label, settings[i].label,
+                     a.epochs > 0 || a.batch_size > 0 ? " (--epochs and --batch-size win over the grid's values)" : "");
     std::vector<uint64_t> seeds;
     for (int i = 0; i < a.runs; ++i) seeds.push_back(a.seed + uint64_t(i));
     std::vector<Job> jobs;
@@ -346,6 +374,7 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
     auto trainer_for = [&](int s) -> Trainer& {
         if (s != trainer_setting) {
             trainer.reset();
+            trainer_setting = -1;  // (until the new one is made)
             trainer = std::make_unique<Trainer>(*backend, recipes[size_t(s)], data, o);
             trainer_setting = s;
         }
@@ -360,7 +389,33 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
     for (int j : mine) {
         const Job& job = jobs[size_t(j)];
         const SweepSetting& s = settings[size_t(job.setting)];
-        const RunResult rr = trainer_for(job.setting).run(job.seed);
+        RunResult rr;
+        try {
+            rr = trainer_for(job.setting).run(job.seed);
+        } catch (const Diverged& e) {
+            // a run whose loss became non-finite (a grid of learning rates is for finding those):
+            // recorded as such, so that the summary counts it and a restart does not run it again;
+            // the other ranks' runs go on. Any other error still ends the sweep.
+            append_result_line(results, {{"fingerprint", fps[size_t(job.setting)]},
+                                         {"setting", s.label},
+                                         {"overrides", s.overrides},
+                                         {"seed", job.seed},
+                                         {"preset", recipes[0].name},
+                                         {"diverged", true},
+                                         {"error", e.what()},
+                                         {"n_train", n_train},
+                                         {"n_test", n_test},
+                                         {"rank", comm.rank()},
+                                         {"world", comm.world()},
+                                         {"host", host},
+                                         {"device", backend->name()},
+                                         {"git", git_revision()},
+                                         {"finished", utc_now()}});
+            fmt::print("[rank {}/{}] job {}/{} diverged: seed {}{}{}: {}\n", comm.rank(), comm.world(), j + 1,
+                       jobs.size(), job.seed, s.label.empty() ? "" : ", ", s.label, e.what());
+            std::fflush(stdout);
+            continue;
+        }
         append_result_line(results, {{"fingerprint", fps[size_t(job.setting)]},
                                      {"setting", s.label},
                                      {"overrides", s.overrides},
@@ -418,6 +473,9 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
             row["accuracy_max"].get<double>(), 100 * row["share_at_least_94"].get<double>(),
             row["train_seconds_mean"].get<double>(), row["train_seconds_std"].get<double>(),
             row["train_seconds_min"].get<double>(), row["train_seconds_max"].get<double>());
+        if (const int d = row["diverged"].get<int>(); d > 0)
+            fmt::print("{:<{}}   note: {} of the {} runs diverged (non-finite loss); the accuracy and seconds "
+                       "are the other {}'s\n", "", width, d, n, n - d);
         if (row["git"].size() > 1)  // (a results file added to by several builds)
             fmt::print("{:<{}}   note: runs of {} builds: git {}\n", "", width, row["git"].size(),
                        fmt::join(row["git"].get<std::vector<std::string>>(), ", "));

@@ -586,6 +586,11 @@ int cmd_train(const TrainArgs& a) {
             fmt::print(stderr, "\nspeedrun: error: run {} of {} (seed {}): {}\n", i + 1, a.runs, a.seed + i, e.what());
             not_started(i + 1);
             finish_early();
+            // An error of one rank (rank 0's checkpoint or log write, a rank whose own loss
+            // sums overflow first) leaves the others in the run's next collective: the job is
+            // ended (run_on_all_ranks aborts it), not this rank alone, which would wait for
+            // them in MPI_Finalize while they wait for it
+            if (a.comm && a.comm->world() > 1) throw;
             return 1;
         }
         fmt::print("\n");

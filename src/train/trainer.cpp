@@ -430,14 +430,14 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                                             ? nlohmann::json(nullptr)
                                             : nlohmann::json(o_.checkpoint_path)},
                          {"checkpoint_step", saved_step >= 0 ? nlohmann::json(saved_step) : nlohmann::json(nullptr)}});
-        fail("the training loss became {} {} step {} (epoch {}); stopped{}", loss,
+        throw Diverged(fmt::format("the training loss became {} {} step {} (epoch {}); stopped{}", loss,
              b_.device() == Device::cpu ? "at" : "by", step_now, epoch,
              o_.checkpoint_path.empty() ? std::string()
              : saved_step >= 0
                  ? fmt::format("; the last checkpoint, with finite losses up to its step, is {} (step {})",
                                o_.checkpoint_path, saved_step)
                  : fmt::format("; this process saved no checkpoint before it ({} was not written "
-                               "by it)", o_.checkpoint_path));
+                               "by it)", o_.checkpoint_path)));
     };
 
     // Saves where the run stands (mid-epoch is fine: the epoch's draws are remade from the RNG

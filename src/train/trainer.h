@@ -68,6 +68,11 @@ void check_resume_data(const Checkpoint& resume, const std::string& fingerprint,
 struct Interrupted : Error {
     using Error::Error;
 };
+// Thrown when the training loss becomes non-finite: a property of the run (its recipe and seed),
+// which a sweep records as such, where other errors end it.
+struct Diverged : Error {
+    using Error::Error;
+};
 
 struct EpochStats {
     int epoch = 0, steps = 0;

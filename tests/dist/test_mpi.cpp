@@ -384,6 +384,39 @@ TEST(Mpi, TrainDistributedSigintToOneRankStopsEveryRankAndSaves) {
     fs::remove_all(dir);
 }
 
+// An error of rank 0 alone in a later run of --runs N (here its periodic checkpoint cannot be
+// written: the file's name was taken by a folder after the start's checks) ends the job, the
+// finished run reported. Rank 0 returned and waited in MPI_Finalize while rank 1 waited for it in
+// the run's next barrier, which has no time limit: the job hung.
+TEST(Mpi, TrainDistributedErrorOfOneRankInALaterRunEndsTheJob) {
+    SKIP_WITHOUT_MPI();
+    const fs::path dir = temp_dir("distlater");
+    const std::string log = (dir / "log").string(), ckpt = (dir / "ck.safetensors").string();
+    // runs of 4 epochs of 8 steps, saved at step 16 of each
+    const Child c = spawn(mpirun(2) + std::vector<std::string>{SPEEDRUN_BINARY, "train", "--distributed", "--runs", "3",
+                                                               "--epochs", "4", "--checkpoint", ckpt,
+                                                               "--checkpoint-every", "16"} +
+                              kTiny,
+                          log);
+    struct EndJob {  // (an ASSERT below returns before wait_for)
+        pid_t pid;
+        ~EndJob() { ::kill(-pid, SIGKILL); }
+    } end_job{c.pid};
+    const auto deadline = std::chrono::steady_clock::now() + 120s;
+    while (slurp(log).find("run 2 of 3") == std::string::npos && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(2ms);
+    ASSERT_NE(slurp(log).find("run 2 of 3"), std::string::npos) << "run 2 did not start in 120 s:\n" << slurp(log);
+    fs::create_directories(dir / "ck.seed1.safetensors");  // run 2's checkpoint (seed 1)
+    const int rc = wait_for(c, 60s);
+    const std::string out = slurp(log);
+    ASSERT_NE(rc, -1000) << "still running 60 s after rank 0's error:\n" << out;
+    EXPECT_NE(rc, 0) << out;
+    EXPECT_NE(out.find("ck.seed1.safetensors"), std::string::npos) << out;
+    EXPECT_NE(out.find("speedrun: error (rank 0 of 2)"), std::string::npos) << out;
+    EXPECT_NE(out.find("summary of the 1 finished run of 3"), std::string::npos) << "run 1 reported:\n" << out;
+    fs::remove_all(dir);
+}
+
 // A data-parallel job of 200 epochs (far longer than a test waits) with SPEEDRUN_MPI_TIMEOUT set;
 // returns once epoch 1 is printed (training goes on), or fails.
 struct DistJob {
@@ -459,6 +492,60 @@ TEST(Mpi, TrainDistributedGoesOnAfterTheWholeJobWasPaused) {
 TEST(Mpi, TrainDistributedWithoutLimitWaitsForAStoppedRank) {
     SKIP_WITHOUT_MPI();
     expect_pause_survived("distnolimit", "0", false);
+}
+
+// A run whose loss becomes non-finite (lr 1e30) is recorded as diverged, the sweep goes on and
+// its summary counts it; a restart does not run it again. A sweep that cannot keep its results
+// apart is refused before it runs: the summary and the results as one file, settings that train
+// one recipe, a results "file" that is a device.
+TEST(Sweep, ADivergedRunIsRecordedAndWhatCannotBeKeptApartIsRefused) {
+    const fs::path dir = temp_dir("sweepdiv");
+    const std::string results = (dir / "r.jsonl").string(), log = (dir / "log").string();
+    const std::vector<std::string> base = {SPEEDRUN_BINARY, "sweep", "--runs", "1", "--epochs", "1",
+                                           "--threads", "1"};
+    const std::vector<std::string> cmd = base + std::vector<std::string>{"--grid", "opt.lr=10,1e30", "--results", results};
+    int rc = run(cmd + kTiny, log);
+    std::string out = slurp(log);
+    ASSERT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("job 2/2 diverged: seed 0, opt.lr=1e30: the training loss became"), std::string::npos) << out;
+    EXPECT_NE(out.find("note: 1 of the 1 runs diverged"), std::string::npos) << out;
+    const auto lines = read_results(results).lines;
+    ASSERT_EQ(lines.size(), 2u);
+    EXPECT_FALSE(lines[0].value("diverged", false));
+    EXPECT_TRUE(lines[1].value("diverged", false)) << lines[1].dump();
+    const auto summary = nlohmann::json::parse(slurp((dir / "r.summary.json").string()));
+    EXPECT_EQ(summary["settings"][1]["n"], 1);
+    EXPECT_EQ(summary["settings"][1]["diverged"], 1);
+    EXPECT_EQ(summary["settings"][0]["diverged"], 0);
+    EXPECT_EQ(summary["jobs_finished"], 2);
+    rc = run(cmd + kTiny, log);
+    out = slurp(log);
+    ASSERT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("2 finished already (skipped), 0 to run"), std::string::npos) << out;
+
+    // --epochs 1 and --set opt.epochs=1 are one recipe: the same jobs
+    rc = run(std::vector<std::string>{SPEEDRUN_BINARY, "sweep", "--runs", "1", "--set", "opt.epochs=1", "--threads", "1",
+                                      "--grid", "opt.lr=10,1e30", "--results", results} + kTiny, log);
+    out = slurp(log);
+    ASSERT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("2 finished already (skipped), 0 to run"), std::string::npos) << out;
+
+    auto refused = [&](const std::vector<std::string>& c, const std::string& why) {
+        const size_t before = count_lines(results);
+        const int r = run(c + kTiny, log);
+        const std::string o = slurp(log);
+        EXPECT_EQ(r, 1) << o;
+        EXPECT_NE(o.find(why), std::string::npos) << o;
+        EXPECT_EQ(count_lines(results), before) << "ran before refusing: " << o;
+    };
+    refused(base + std::vector<std::string>{"--grid", "opt.lr=10,20", "--results", results, "--summary-json", results},
+            "are the same file: each needs its own");
+    refused(base + std::vector<std::string>{"--grid", "opt.epochs=1,2", "--results", results},
+            "--grid settings opt.epochs=1 and opt.epochs=2 train the same recipe (--epochs and --batch-size win");
+    refused(base + std::vector<std::string>{"--grid", "opt.lr=10,10", "--results", results},
+            "--grid settings opt.lr=10 and opt.lr=10 train the same recipe");
+    refused(base + std::vector<std::string>{"--results", "/dev/null"}, "--results /dev/null: not a regular file");
+    fs::remove_all(dir);
 }
 
 // Without mpirun, sweep runs the jobs one after another in one process, with the same output.

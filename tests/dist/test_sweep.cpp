@@ -154,6 +154,18 @@ TEST(Sweep, SummaryTakesEachSeedOnceAndOnlyThisSetting) {
     EXPECT_EQ(j["seeds"], (std::vector<uint64_t>{0, 1}));
     // the commits of the runs taken (seed 0's line names none: an older build's)
     EXPECT_EQ(j["git"], (std::vector<std::string>{"abc123", "unknown"}));
+    EXPECT_EQ(j["diverged"], 0);
+    // a diverged run (seed 2) counts among the runs, not in the accuracy or the seconds, and
+    // is not a run at >= 94%
+    lines.push_back({{"fingerprint", "f1"}, {"seed", 2u}, {"diverged", true}, {"error", "the training loss became nan"}});
+    const auto d = summarize_setting(s, "f1", lines, {0, 1, 2});
+    EXPECT_EQ(d["n"], 3);
+    EXPECT_EQ(d["diverged"], 1);
+    EXPECT_NEAR(d["accuracy_mean"].get<double>(), 0.94, 1e-12);
+    EXPECT_NEAR(d["accuracy_min"].get<double>(), 0.93, 1e-12);
+    EXPECT_NEAR(d["share_at_least_94"].get<double>(), 1.0 / 3, 1e-12);
+    EXPECT_NEAR(d["train_seconds_mean"].get<double>(), 11.0, 1e-12);
+    EXPECT_EQ(d["seeds"], (std::vector<uint64_t>{0, 1, 2}));
 }
 
 }  // namespace
