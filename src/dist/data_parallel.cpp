@@ -201,8 +201,9 @@ void DataParallel::broadcast_params(int root) {
     Backend& b = net_.backend;
     host_.resize(net_.size());
     // the weights, and the lookahead/EMA state, which each rank took from its own weights
-    // before (equal only where every rank's init computes the same bits: not across GPU models)
-    for (float* p : {net_.params.get(), net_.ema.get()}) {
+    // before (equal only where every rank's init computes the same bits: not across GPU models),
+    // and the momentum (a resumed run's, read by each rank from its own file)
+    for (float* p : {net_.params.get(), net_.ema.get(), net_.momentum.get()}) {
         b.download(host_.data(), p, host_.size() * sizeof(float));
         comm_.broadcast(host_.data(), host_.size() * sizeof(float), root);
         b.upload(p, host_.data(), host_.size() * sizeof(float));

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/notes.h"
 #include "dist/dist_commands.h"
 #include "optim/optimizer.h"
 
@@ -49,6 +50,7 @@ int check_on_rank(const DistCheckArgs& a, Communicator& comm) {
     const int Bl = B / K, side = r.net.image_side, O = r.net.num_classes;
     const size_t img = size_t(side) * side * 3;
     if (comm.root()) note_unused(a, "dist-check", "trains on seeded random batches");
+    if (comm.root() && a.epochs > 0) note("dist-check compares single steps (no schedule); --epochs not used");
     set_cpu_conv(a.cpu_conv, false);
     const RankPlacement pl = place_rank(comm, a.device, a.threads);
     auto backend = make_backend(pl.device, pl.threads, pl.cuda_device);

@@ -245,18 +245,30 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         // so a rank that read another (stale) file would run other steps than the rest and their
         // collectives would not meet. Rank 0's starting point, compared on every rank.
         // (the recipe too: a resumed rank's comes from its checkpoint)
-        const uint64_t mine[5] = {resume ? 1u : 0u, seed, resume ? uint64_t(resume->state.step) : 0,
+        // The checkpoint's tensors too: two files of one seed and step (from another attempt)
+        // hold other weights and momentum; rank 0's weights are broadcast below, but each rank's
+        // momentum would stay its own file's and the ranks would drift apart.
+        uint64_t tensors = 0;
+        if (resume) {
+            uint64_t h = 0xcbf29ce484222325ull;
+            for (const auto& [name, t] : resume->file.tensors) {
+                for (char c : name) h = (h ^ uint8_t(c)) * 0x100000001b3ull;
+                for (uint8_t byte : t.data) h = (h ^ byte) * 0x100000001b3ull;
+            }
+            tensors = h;
+        }
+        const uint64_t mine[6] = {resume ? 1u : 0u, seed, resume ? uint64_t(resume->state.step) : 0,
                                   resume ? uint64_t(resume->state.steps_in_epoch) : 0,
-                                  fnv1a64(recipe_to_json(r_).dump())};
-        uint64_t root_start[5];
-        std::copy(mine, mine + 5, root_start);
+                                  fnv1a64(recipe_to_json(r_).dump()), tensors};
+        uint64_t root_start[6];
+        std::copy(mine, mine + 6, root_start);
         dp_->comm().broadcast(root_start, sizeof root_start, 0);
-        const bool differs = !std::equal(mine, mine + 5, root_start);
+        const bool differs = !std::equal(mine, mine + 6, root_start);
         const int n = count_ranks(dp_->comm(), differs);
         if (n > 0)
-            fail("--distributed: {} of {} ranks would start at another step, seed or recipe than rank 0 (this "
-                 "rank {}: {}); with --resume every rank must read the checkpoint rank 0 wrote (put it "
-                 "on a file system all hosts share)",
+            fail("--distributed: {} of {} ranks would start at another step, seed, recipe or checkpoint than "
+                 "rank 0 (this rank {}: {}); with --resume every rank must read the checkpoint rank 0 wrote "
+                 "(put it on a file system all hosts share)",
                  n, dp_->comm().world(), dp_->comm().rank(),
                  resume ? fmt::format("step {} of seed {}", resume->state.step, seed)
                         : fmt::format("a fresh run of seed {}", seed));

@@ -664,8 +664,36 @@ TEST(DataParallel, RanksResumingFromDifferentPointsAreRefusedOnEveryRank) {
     });
     std::filesystem::remove(ckpt);
     for (int k = 0; k < 2; ++k)
-        EXPECT_TRUE(test::contains(errors[size_t(k)], "1 of 2 ranks would start at another step, seed or recipe than rank 0"))
+        EXPECT_TRUE(test::contains(errors[size_t(k)], "1 of 2 ranks would start at another step, seed, recipe or checkpoint than rank 0"))
             << "rank " << k << ": " << errors[size_t(k)];
+    // another file of the same seed and step (rank 1's momentum differs in one bit): refused too;
+    // rank 1 would have kept its own momentum under rank 0's weights
+    Checkpoint other = saved;
+    bool changed = false;
+    for (auto& [name, t] : other.file.tensors)
+        if (name.rfind("momentum.", 0) == 0 && !t.data.empty()) {
+            t.data[0] ^= 1;
+            changed = true;
+            break;
+        }
+    ASSERT_TRUE(changed) << "the checkpoint has no momentum tensor";
+    on_ranks(2, [&](Communicator& comm, int k) {
+        auto b = make_cpu_backend(1);
+        TrainOptions ok = run.o;
+        ok.comm = &comm;
+        errors[size_t(k)] = test::error_of(
+            [&] { Trainer(*b, run.r, run.data, ok).run(3, false, k == 0 ? &saved : &other); });
+    });
+    for (int k = 0; k < 2; ++k)
+        EXPECT_TRUE(test::contains(errors[size_t(k)], "1 of 2 ranks would start at another step, seed, recipe or checkpoint"))
+            << "rank " << k << ": " << errors[size_t(k)];
+    // the same file on both ranks: no error (the run trains to its end)
+    on_ranks(2, [&](Communicator& comm, int k) {
+        auto b = make_cpu_backend(1);
+        TrainOptions ok = run.o;
+        ok.comm = &comm;
+        EXPECT_NO_THROW(Trainer(*b, run.r, run.data, ok).run(3, false, &saved)) << "rank " << k;
+    });
 }
 
 }  // namespace
