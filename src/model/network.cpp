@@ -368,9 +368,13 @@ void Network::init_whitening(const float* x, int N, float eps, bool center, int 
 
 // ---- workspace: forward and backward ------------------------------------------------------
 
-Workspace::Workspace(Network& net, int batch, bool trains)
+Workspace::Workspace(Network& net, int batch, bool trains, int ranks)
     : net_(net), b_(net.backend), N_(batch), trains_(trains) {
     const NetConfig& c = net.config();
+    if (ranks < 1 || (c.ghost_splits > 1 && c.ghost_splits % ranks != 0))
+        fail("ghost BN over {} ranks: net.ghost_splits ({}) must be a multiple of the ranks (each rank "
+             "normalises whole ghost batches of the global batch, as one process does)", ranks, c.ghost_splits);
+    ghost_ = c.ghost_splits > 1 ? c.ghost_splits / ranks : 1;
     if (c.arch == Arch::resnet9) {
         init_resnet9();
         return;

@@ -204,7 +204,10 @@ public:
     // trains = false: forward only (evaluation), without the gradient buffers and backward
     // scratch (airbench networks: about 40% of a training workspace's memory; resnet9 and dawn,
     // which keep every activation, less); backward() is then an error.
-    Workspace(Network& net, int batch, bool trains = true);
+    // ranks: the data-parallel ranks that each hold `batch` images of one global batch (ghost BN:
+    // a rank's images are ghost_splits / ranks of one process's ghost batches, normalised as
+    // there; ghost_splits must be a multiple of ranks).
+    Workspace(Network& net, int batch, bool trains = true, int ranks = 1);
     int batch() const { return N_; }
     bool trains() const { return trains_; }
     // Hooks for data-parallel training (not owned; nullptr = none). Set on a training workspace.
@@ -241,6 +244,7 @@ private:
     Network& net_;
     Backend& b_;
     int N_;
+    int ghost_ = 1;  // ghost BN's slices of this workspace's batch (resnet9)
     bool trains_;
     // a buffer of n floats that only backward() uses: none in a forward-only workspace
     DeviceBuffer<float> grad_buffer(size_t n) {

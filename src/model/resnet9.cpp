@@ -5,7 +5,10 @@
 // Ghost BN: the batch is cut into ghost_splits equal slices of consecutive images (rows), each
 // normalised with its own statistics and updating its own slice of the running statistics
 // (S * C values); evaluation uses the first slice's, as cifar10-fast-simple's GhostBatchNorm
-// does once its evaluation copy has been switched to eval mode. (The peer's slice j holds the
+// does once its evaluation copy has been switched to eval mode. Under data parallelism each of K
+// ranks holds B / K consecutive images of the global batch: ghost_splits / K whole ghost batches
+// (Workspace's `ranks`), normalised as one process normalises them; rank 0's first slice, whose
+// running statistics are evaluated, is one process's first. (The peer's slice j holds the
 // images j, j + S, j + 2S, ... of the batch; ours holds a block of consecutive ones. Batches are
 // shuffled, so the two are the same in distribution; the golden test reorders its input.)
 #include <algorithm>
@@ -17,7 +20,7 @@ namespace sr {
 
 void Workspace::init_resnet9() {
     const NetConfig& c = net_.config();
-    const int k = c.whiten_kernel, S = c.ghost_splits;
+    const int k = c.whiten_kernel, S = ghost_;
     head_off_ = net_.tensor("head.weight").offset;
     if (k > 0) {
         whiten_off_ = net_.tensor("whiten.weight").offset;
@@ -77,7 +80,7 @@ const float* Workspace::unit_forward(Unit& u, const float* in, bool train) {
     const NetConfig& c = net_.config();
     const UnitSpec& s = *u.spec;
     float* P = net_.params.get();
-    const int C = s.cout, S = c.ghost_splits;
+    const int C = s.cout, S = ghost_;
     u.in = in;
     u.conv->forward(u.c.get(), in, P + s.w, nullptr);
     if (s.pool && !u.pool_after)
@@ -111,7 +114,7 @@ void Workspace::unit_backward(Unit& u, const float* dout, bool want_din) {
     const UnitSpec& s = *u.spec;
     const float* P = net_.params.get();
     float* G = net_.grads.get();
-    const int C = s.cout, S = c.ghost_splits;
+    const int C = s.cout, S = ghost_;
     const bool scale = c.bn_train_scale;
     const float* cur = dout;
     if (u.pool_after) {

@@ -88,7 +88,7 @@ Trainer::Trainer(Backend& b, const Recipe& r, const Cifar10& data, const TrainOp
       opt_(net_, r),
       // (a training workspace even for evaluate_only: where it evaluates, its convolutions must
       // be the training run's, which a forward-only one may choose differently on the CPU)
-      ws_train_(std::make_unique<Workspace>(net_, local_batch(r, o))) {
+      ws_train_(std::make_unique<Workspace>(net_, local_batch(r, o), true, o.comm ? o.comm->world() : 1)) {
     const int rest = r.drop_last ? 0 : n_train_ % batch_;  // the epoch's last, smaller batch
     if (rest > 0 && o.comm && o.comm->world() > 1)  // (before any collective call)
         fail("--distributed: opt.drop_last false is not supported (the epoch's last batch of {} "

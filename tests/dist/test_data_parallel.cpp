@@ -73,7 +73,7 @@ Step one_step(const Recipe& r, const Batch& d, int row, int n, Communicator* com
     Network net(*b, r.net);
     Rng rng(5);
     net.init(rng);
-    Workspace ws(net, n);
+    Workspace ws(net, n, true, comm ? comm->world() : 1);
     std::unique_ptr<DataParallel> dp;
     if (comm) {
         dp = std::make_unique<DataParallel>(net, *comm,
@@ -186,6 +186,38 @@ TEST(DataParallel, SyncBnTwoRanksEqualTheFullBatch) { sync_bn_case(2); }
 
 // The same with 4 ranks of 8 images.
 TEST(DataParallel, SyncBnFourRanksEqualTheFullBatch) { sync_bn_case(4); }
+
+// Ghost BN (resnet9, tricks10) over 2 ranks: each rank's 16 images are 2 of one process's 4
+// ghost batches of 8, normalised as there, so the summed step is one process's on the 32 (each
+// rank cut its 16 into 4 ghost batches of 4 before, and tricks10 changed its recipe under
+// --distributed). A ghost_splits that the ranks do not divide is refused.
+TEST(DataParallel, GhostBnRanksNormaliseOneProcesssGhostBatches) {
+    Recipe r = load_recipe("tricks10", "");
+    r.net.widths = {8, 8, 16, 16};
+    r.net.ghost_splits = 4;
+    r.batch_size = 32;
+    r.optimizer = "sgd";  // (one_step's update; the network is what is compared)
+    r.lr_in_velocity = false;
+    const Batch d = make_batch(32, 300);
+    const Step ref = one_step(r, d, 0, 32, nullptr, false);
+    const auto dp = data_parallel_step(r, d, 2, false);
+    ASSERT_EQ(dp.size(), 2u);
+    const Worst g = worst(r, dp[0].grads, ref.grads, false);
+    const Worst w = worst(r, dp[0].params, ref.params, false);
+    std::printf("[ result ] ghost BN on 2 ranks: gradients worst %.3g (%s), weights worst %.3g (%s)\n", g.err,
+                g.name.c_str(), w.err, w.name.c_str());
+    EXPECT_LE(g.err, kTol) << "gradient of " << g.name;
+    EXPECT_LE(w.err, kTol) << "weight " << w.name;
+    // the ranks hold the same gradients and weights (each its own ghost batches' running
+    // statistics: rank 0's are the ones evaluated and saved)
+    EXPECT_EQ(dp[1].grads, dp[0].grads);
+    EXPECT_EQ(worst(r, dp[1].params, dp[0].params, false).err, 0.0);
+    auto b = make_cpu_backend(1);
+    r.net.ghost_splits = 2;
+    Network net(*b, r.net);
+    EXPECT_TRUE(test::contains(test::error_of([&] { Workspace ws(net, 8, true, 4); }),
+                               "ghost BN over 4 ranks: net.ghost_splits (2) must be a multiple of the ranks"));
+}
 
 // Per-rank BN (the default, as DDP): the summed gradient is the sum of the slices' gradients,
 // each slice normalised by its own statistics (computed here one after another).
