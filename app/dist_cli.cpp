@@ -47,9 +47,10 @@ void add_dist_commands(CLI::App& app, TrainArgs& ta, void (*add_common)(CLI::App
     sweep_cmd->add_option("--test-subset", s.test_subset,
                           "Evaluate on the first N test images (0 = all)")
         ->check(kNonNegative);
-    sweep_cmd->add_flag("--epoch-eval", s.epoch_eval, "Evaluate (untimed) after every epoch");
+    sweep_cmd->add_flag("--epoch-eval", s.epoch_eval, "Evaluate (untimed) after every epoch; each "
+                        "results line then lists its epochs' figures under \"epochs\"");
     sweep_cmd->add_option("--warmup", s.warmup,
-                          "Untimed warm-up runs per rank (default: 1 on a GPU, 0 on the CPU)")
+                          "Untimed warm-up runs per rank and setting it runs (default: 1 on a GPU, 0 on the CPU)")
         ->check(kNonNegative);
 
     DistCheckArgs& c = check_args;

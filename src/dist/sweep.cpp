@@ -369,6 +369,10 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
     o.eval_each_epoch = a.epoch_eval;
     o.progress = false;
     o.quiet = true;
+    // Each setting's trainer is warmed up when it is made (a rank moves through several settings:
+    // on a GPU a new trainer's first run pays library start-up, cuDNN plans and the capture of
+    // its epochs as graphs inside the timer, which would make each setting's first runs slow).
+    const int warmups = a.warmup >= 0 ? a.warmup : (backend->device() == Device::cuda ? 1 : 0);
     std::unique_ptr<Trainer> trainer;
     int trainer_setting = -1;
     auto trainer_for = [&](int s) -> Trainer& {
@@ -376,16 +380,21 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
             trainer.reset();
             trainer_setting = -1;  // (until the new one is made)
             trainer = std::make_unique<Trainer>(*backend, recipes[size_t(s)], data, o);
+            for (int w = 0; w < warmups; ++w) trainer->run(a.seed + 1000003ull * (w + 1), true);
             trainer_setting = s;
         }
         return *trainer;
     };
-    const int warmups = a.warmup >= 0 ? a.warmup : (backend->device() == Device::cuda ? 1 : 0);
-    if (!mine.empty())
-        for (int w = 0; w < warmups; ++w)
-            trainer_for(jobs[size_t(mine[0])].setting).run(a.seed + 1000003ull * (w + 1), true);
 
     const std::string host = host_name();
+    // each epoch's figures in the results line with --epoch-eval (test_acc per epoch); without it
+    // an epoch's test_acc is null and the list is left out
+    auto epochs_of = [&](const RunResult& rr) {
+        nlohmann::json e = nlohmann::json::array();
+        if (a.epoch_eval)
+            for (const EpochStats& es : rr.epochs) e.push_back(epoch_json(es));
+        return e;
+    };
     for (int j : mine) {
         const Job& job = jobs[size_t(j)];
         const SweepSetting& s = settings[size_t(job.setting)];
@@ -427,6 +436,7 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
                                      {"step_seconds", rr.step_seconds},
                                      {"images_per_second", rr.images_per_second},
                                      {"steps", rr.steps},
+                                     {"epochs", epochs_of(rr)},
                                      {"n_train", n_train},
                                      {"n_test", n_test},
                                      {"rank", comm.rank()},

@@ -503,7 +503,8 @@ TEST(Sweep, ADivergedRunIsRecordedAndWhatCannotBeKeptApartIsRefused) {
     const std::string results = (dir / "r.jsonl").string(), log = (dir / "log").string();
     const std::vector<std::string> base = {SPEEDRUN_BINARY, "sweep", "--runs", "1", "--epochs", "1",
                                            "--threads", "1"};
-    const std::vector<std::string> cmd = base + std::vector<std::string>{"--grid", "opt.lr=10,1e30", "--results", results};
+    const std::vector<std::string> cmd =
+        base + std::vector<std::string>{"--grid", "opt.lr=10,1e30", "--results", results, "--epoch-eval"};
     int rc = run(cmd + kTiny, log);
     std::string out = slurp(log);
     ASSERT_EQ(rc, 0) << out;
@@ -512,6 +513,9 @@ TEST(Sweep, ADivergedRunIsRecordedAndWhatCannotBeKeptApartIsRefused) {
     const auto lines = read_results(results).lines;
     ASSERT_EQ(lines.size(), 2u);
     EXPECT_FALSE(lines[0].value("diverged", false));
+    // --epoch-eval: the run's epochs, each with its test accuracy
+    ASSERT_EQ(lines[0]["epochs"].size(), 1u) << lines[0].dump();
+    EXPECT_TRUE(lines[0]["epochs"][0]["test_acc"].is_number()) << lines[0].dump();
     EXPECT_TRUE(lines[1].value("diverged", false)) << lines[1].dump();
     const auto summary = nlohmann::json::parse(slurp((dir / "r.summary.json").string()));
     EXPECT_EQ(summary["settings"][1]["n"], 1);
@@ -577,7 +581,10 @@ TEST(Sweep, OneProcessRunsEveryJob) {
         EXPECT_EQ(rj["aug"]["translate"].get<int>(), 2 * i) << rj.dump();
         EXPECT_TRUE(rj["lookahead"].contains("start_epoch")) << "the preset's defaults too: " << rj.dump();
     }
-    for (const auto& l : read_results(results).lines) EXPECT_EQ(l["git"], git);
+    for (const auto& l : read_results(results).lines) {
+        EXPECT_EQ(l["git"], git);
+        EXPECT_EQ(l["epochs"], nlohmann::json::array()) << "no --epoch-eval: no epochs";
+    }
     rc = run(cmd + kTiny, log);  // again: nothing to do, the same summary
     out = slurp(log);
     ASSERT_EQ(rc, 0) << out;
