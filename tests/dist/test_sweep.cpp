@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <fcntl.h>
+#include <chrono>
 
 #include <gtest/gtest.h>
 
@@ -91,6 +93,48 @@ TEST(Sweep, ConcurrentAppendsKeepWholeLines) {
     std::set<std::pair<int, int>> seen;
     for (const auto& l : rf.lines) seen.insert({l["p"].get<int>(), l["i"].get<int>()});
     EXPECT_EQ(seen.size(), 200u);
+    fs::remove_all(dir);
+}
+
+// The lock itself (a local file's O_APPEND writes are whole without it, so the test above cannot
+// tell): a writer that holds it while its line is half written (a slow write on a network file
+// system) makes the next append wait for the rest, not glue onto the half or cut it.
+TEST(Sweep, AppendWaitsForAWriterHoldingTheLock) {
+    const fs::path dir = temp_dir("lock");
+    const std::string path = (dir / "results.jsonl").string();
+    int ready[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        const int fd = ::open(path.c_str(), O_RDWR | O_APPEND | O_CREAT, 0644);
+        struct flock lock {};
+        lock.l_type = F_WRLCK;
+        lock.l_whence = SEEK_SET;
+        if (fd < 0 || ::fcntl(fd, F_SETLKW, &lock) != 0) ::_exit(1);
+        const std::string head = "{\"writer\": \"slow\", ", tail = "\"done\": true}\n";
+        if (::write(fd, head.data(), head.size()) != ssize_t(head.size())) ::_exit(1);
+        if (::write(ready[1], "x", 1) != 1) ::_exit(1);
+        ::usleep(400000);
+        if (::write(fd, tail.data(), tail.size()) != ssize_t(tail.size())) ::_exit(1);
+        ::_exit(0);  // (closing releases the lock)
+    }
+    char c;
+    ASSERT_EQ(::read(ready[0], &c, 1), 1);
+    const auto t0 = std::chrono::steady_clock::now();
+    append_result_line(path, {{"writer", "sweep"}});
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    ::close(ready[0]);
+    ::close(ready[1]);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    EXPECT_GE(waited, 0.2) << "the append did not wait for the lock";
+    const ResultsFile rf = read_results(path);
+    EXPECT_TRUE(rf.bad_lines.empty()) << "a line was torn";
+    ASSERT_EQ(rf.lines.size(), 2u);
+    EXPECT_EQ(rf.lines[0]["writer"], "slow");
+    EXPECT_EQ(rf.lines[1]["writer"], "sweep");
     fs::remove_all(dir);
 }
 
