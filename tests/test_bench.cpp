@@ -128,10 +128,11 @@ TEST(Bench, RooflineEstimate) {
             EXPECT_LT(k.at("half_ms").get<double>(), k.at("fp32_ms").get<double>()) << k.at("kind");
         }
     }
-    EXPECT_EQ(fp32_kinds, (std::set<std::string>{"optimizer", "elementwise"}));  // (hiverge: no residual add)
+    EXPECT_EQ(fp32_kinds, (std::set<std::string>{"optimizer", "elementwise", "loss"}));  // (hiverge: no residual add)
     EXPECT_TRUE(roofline_half("elementwise", "residual add n4096"));
     EXPECT_FALSE(roofline_half("elementwise", "axpy n4096"));
     EXPECT_FALSE(roofline_half("optimizer", "sgd nesterov n4096"));
+    EXPECT_FALSE(roofline_half("loss", "cross entropy N1024 O10"));
     EXPECT_TRUE(roofline_half("pooling", "maxpool2 fwd 32x32 C64 N128"));
     fs::remove(out);
     a.roofline = "v100";

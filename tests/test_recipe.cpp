@@ -282,10 +282,15 @@ TEST(Recipe, ToJsonRoundTripsTheResolvedValues) {
     EXPECT_EQ(back.net.bn_eps, r.net.bn_eps);
     EXPECT_EQ(back.mean, r.mean);
     EXPECT_EQ(back.label_smoothing, r.label_smoothing);
-    // (a double that is not a float's value is written as it is)
+    // doubles are written as they are: one that is not a float's value, and one that is (float
+    // 0.1 as a double, as NumPy prints it), which must not become 0.1
     Recipe d = r;
     d.lr = 0.1;
     EXPECT_EQ(recipe_to_json(d)["opt"]["lr"].dump(), "0.1");
+    d.lr = double(0.1f);
+    EXPECT_EQ(recipe_from_json(recipe_to_json(d)).lr, double(0.1f));
+    d.epochs = double(1.1f);
+    EXPECT_EQ(recipe_from_json(recipe_to_json(d)).epochs, double(1.1f));
 }
 }  // namespace
 }  // namespace sr

@@ -201,9 +201,10 @@ void DataParallel::broadcast_params(int root) {
     Backend& b = net_.backend;
     host_.resize(net_.size());
     // the weights, and the lookahead/EMA state, which each rank took from its own weights
-    // before (equal only where every rank's init computes the same bits: not across GPU models),
-    // and the momentum (a resumed run's, read by each rank from its own file)
-    for (float* p : {net_.params.get(), net_.ema.get(), net_.momentum.get()}) {
+    // before (equal only where every rank's init computes the same bits: not across GPU models).
+    // (The momentum is zero in a fresh run and, resumed, the same file's on every rank: the
+    // trainer compares a hash of each rank's checkpoint tensors first.)
+    for (float* p : {net_.params.get(), net_.ema.get()}) {
         b.download(host_.data(), p, host_.size() * sizeof(float));
         comm_.broadcast(host_.data(), host_.size() * sizeof(float), root);
         b.upload(p, host_.data(), host_.size() * sizeof(float));

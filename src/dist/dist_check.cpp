@@ -84,7 +84,7 @@ int check_on_rank(const DistCheckArgs& a, Communicator& comm) {
     Network net(b, r.net);
     init(net);
     Optimizer opt(net, r);
-    Workspace ws(net, Bl);
+    Workspace ws(net, Bl, true, K);  // (ghost BN: each rank's share of the ghost batches)
     DataParallel dp(net, comm, DataParallel::Options{a.sync_bn});
     ws.set_hooks(&dp);
     if (comm.root()) {
@@ -122,7 +122,7 @@ int check_on_rank(const DistCheckArgs& a, Communicator& comm) {
         Network ref(b, r.net);
         init(ref);
         Optimizer ropt(ref, r);
-        Workspace rws(ref, a.sync_bn ? B : Bl);
+        Workspace rws(ref, a.sync_bn ? B : Bl, true, a.sync_bn ? 1 : K);
         double worst_g = 0, worst_w = 0;
         std::string worst_g_name, worst_w_name;
         std::vector<float> g(ref.size()), sum(ref.size());

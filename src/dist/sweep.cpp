@@ -12,6 +12,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -186,6 +187,15 @@ nlohmann::json summarize_setting(const SweepSetting& s, const std::string& fp,
     std::sort(got.begin(), got.end());
     const AccuracyStats a = accuracy_stats(acc), a0 = accuracy_stats(acc0),
                         t = accuracy_stats(secs);
+    if (a.n == 0 && diverged > 0) {  // every run diverged: no figures, null rather than 0
+        nlohmann::json j = {{"setting", s.label}, {"overrides", s.overrides}, {"fingerprint", fp},
+                            {"n", diverged}, {"diverged", diverged}, {"runs_wanted", seeds.size()},
+                            {"seeds", got}, {"share_at_least_94", 0.0}, {"git", builds}};
+        for (const char* k : {"accuracy_mean", "accuracy_std", "accuracy_min", "accuracy_max", "accuracy_no_tta_mean",
+                              "train_seconds_mean", "train_seconds_std", "train_seconds_min", "train_seconds_max"})
+            j[k] = nullptr;
+        return j;
+    }
     return {{"setting", s.label},
             {"overrides", s.overrides},
             {"fingerprint", fp},
@@ -297,10 +307,18 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
     // which win over a grid axis on opt.epochs or opt.batch_size) would share one set of runs
     for (size_t i = 0; i < fps.size(); ++i)
         for (size_t j = 0; j < i; ++j)
-            if (fps[i] == fps[j])
+            if (fps[i] == fps[j]) {
+                auto on_axis = [&](const char* key) {  // (a grid axis that a flag overrides)
+                    for (const std::string& o : settings[i].overrides)
+                        if (o.rfind(std::string(key) + "=", 0) == 0) return true;
+                    return false;
+                };
+                const bool overridden = (a.epochs > 0 && on_axis("opt.epochs")) ||
+                                        (a.batch_size > 0 && on_axis("opt.batch_size"));
                 fail("--grid settings {} and {} train the same recipe{}: each setting needs its own",
                      settings[j].label, settings[i].label,
-                     a.epochs > 0 || a.batch_size > 0 ? " (--epochs and --batch-size win over the grid's values)" : "");
+                     overridden ? " (--epochs and --batch-size win over the grid's values)" : "");
+            }
     std::vector<uint64_t> seeds;
     for (int i = 0; i < a.runs; ++i) seeds.push_back(a.seed + uint64_t(i));
     std::vector<Job> jobs;
@@ -380,15 +398,22 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
             trainer.reset();
             trainer_setting = -1;  // (until the new one is made)
             trainer = std::make_unique<Trainer>(*backend, recipes[size_t(s)], data, o);
-            for (int w = 0; w < warmups; ++w) trainer->run(a.seed + 1000003ull * (w + 1), true);
             trainer_setting = s;
+            // (a warm-up run that diverges says nothing of the jobs' seeds: noted, not recorded)
+            for (int w = 0; w < warmups; ++w) try {
+                    trainer->run(a.seed + 1000003ull * (w + 1), true);
+                } catch (const Diverged& e) {
+                    note("[rank {}/{}] the warm-up run of {} diverged ({}); its jobs run as usual", comm.rank(),
+                         comm.world(), settings[size_t(s)].label.empty() ? std::string("the recipe") : settings[size_t(s)].label,
+                         e.what());
+                }
         }
         return *trainer;
     };
 
     const std::string host = host_name();
     // each epoch's figures in the results line with --epoch-eval (test_acc per epoch); without it
-    // an epoch's test_acc is null and the list is left out
+    // (an epoch's test_acc would be null) the list is empty
     auto epochs_of = [&](const RunResult& rr) {
         nlohmann::json e = nlohmann::json::array();
         if (a.epoch_eval)
@@ -475,17 +500,21 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
         row["recipe"] = recipe_to_json(recipes[i]);  // (every key: base flags and grid setting resolved)
         const int n = row["n"].get<int>();
         finished += n;
+        auto num = [&](const char* k) {  // (null: every run diverged; printed as nan)
+            return row[k].is_null() ? std::numeric_limits<double>::quiet_NaN() : row[k].get<double>();
+        };
         fmt::print(
             "{:<{}} | {:>3} | {:>8.4f} | {:>7.4f} | {:>7.4f} | {:>7.4f} | {:>5.0f}% | {:>9.2f} | "
             "{:>7.2f} | {:>7.2f} | {:>7.2f}\n",
-            shown(settings[i]), width, n, row["accuracy_mean"].get<double>(),
-            row["accuracy_std"].get<double>(), row["accuracy_min"].get<double>(),
-            row["accuracy_max"].get<double>(), 100 * row["share_at_least_94"].get<double>(),
-            row["train_seconds_mean"].get<double>(), row["train_seconds_std"].get<double>(),
-            row["train_seconds_min"].get<double>(), row["train_seconds_max"].get<double>());
-        if (const int d = row["diverged"].get<int>(); d > 0)
+            shown(settings[i]), width, n, num("accuracy_mean"), num("accuracy_std"), num("accuracy_min"),
+            num("accuracy_max"), 100 * num("share_at_least_94"), num("train_seconds_mean"),
+            num("train_seconds_std"), num("train_seconds_min"), num("train_seconds_max"));
+        if (const int d = row["diverged"].get<int>(); d > 0 && d < n)
             fmt::print("{:<{}}   note: {} of the {} runs diverged (non-finite loss); the accuracy and seconds "
                        "are the other {}'s\n", "", width, d, n, n - d);
+        else if (d > 0)
+            fmt::print("{:<{}}   note: {} diverged (non-finite loss): no accuracy or seconds (null in the "
+                       "summary)\n", "", width, d == 1 ? std::string("its run") : fmt::format("all {} runs", d));
         if (row["git"].size() > 1)  // (a results file added to by several builds)
             fmt::print("{:<{}}   note: runs of {} builds: git {}\n", "", width, row["git"].size(),
                        fmt::join(row["git"].get<std::vector<std::string>>(), ", "));

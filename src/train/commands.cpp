@@ -693,11 +693,12 @@ int cmd_describe(const DescribeArgs& a) {
 
 // Whether 16-bit storage (--storage fp16|bf16 on a GPU) halves an op's bytes and gives it the
 // FP16 peak: it stores activations and their gradients in 16 bits. The optimizer's ops (fp32
-// weights and state; Muon's products in TF32) and the elementwise ones on parameters and logits
+// weights and state; Muon's products in TF32), the loss (fp32 logits and their gradient) and the
+// elementwise ones on parameters and logits
 // (axpy, scale: Muon's steps, the EMA, TTA's sums) stay fp32; the residual add is the one
 // elementwise op on activations.
 bool roofline_half(const std::string& kind, const std::string& op) {
-    if (kind == op_kind::opt) return false;
+    if (kind == op_kind::opt || kind == op_kind::loss) return false;  // (the loss: fp32 logits)
     if (kind == op_kind::elt) return op.rfind("residual add", 0) == 0;
     return true;
 }
@@ -712,8 +713,8 @@ static std::pair<double, double> print_roofline(const std::vector<OpTime>& kinds
     fmt::print("\nroofline      the same step estimated on an {} (datasheet dense peaks: TF32 {:.0f}, "
                "FP16 {:.0f} TFLOP/s, {:.2f} TB/s;\n              compute-bound ops at {:.0f}% of the "
                "peak, the rest at {:.0f}% of the bandwidth, {:.0f} us per op launched;\n"
-               "              16-bit: the FP16 peak and half the bytes, except the optimizer's ops and the\n"
-               "              elementwise ones on fp32 weights and logits, fp32 as on the GPU)\n",
+               "              16-bit: the FP16 peak and half the bytes, except the optimizer, the loss and\n"
+               "              the elementwise ops on fp32 weights and logits, fp32 as on the GPU)\n",
                d.name, d.tf32_tflops, d.fp16_tflops, d.bandwidth_tbs, 100 * a.compute_eff,
                100 * a.memory_eff, a.launch_us);
     fmt::print("  {:<14} {:>7} {:>12} {:>12} {:>12}\n", "kind", "calls", "measured ms", "est. fp32 ms",

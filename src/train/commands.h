@@ -108,7 +108,7 @@ void set_cpu_conv(const std::string& name, bool deterministic);
 void note_unused(const CommonArgs& a, const char* command, const char* why);
 // Whether bench's 16-bit roofline halves this op's bytes and gives it the FP16 peak (an op of the
 // profile: its kind, ops/forwarding_backend.h op_kind, and its name): not the optimizer's ops,
-// nor the elementwise ones on fp32 parameters and logits (all but the residual add).
+// the loss, nor the elementwise ones on fp32 parameters and logits (all but the residual add).
 bool roofline_half(const std::string& kind, const std::string& op);
 
 // The CIFAR-10 class names in label order (airplane ... truck).

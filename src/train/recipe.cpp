@@ -415,32 +415,27 @@ Recipe recipe_from_json(const nlohmann::json& j) {
 }
 
 namespace {
-// A number held as a float (bn_eps, the data's mean and std, ...) is written as the shortest
-// decimal that reads back as that float (1e-12, not 9.999999960041972e-13); doubles stay as they
-// are (one exactly a float reads the same either way). Reading the file gives the same floats.
-void tidy_floats(nlohmann::json& j) {
-    if (j.is_structured()) {
-        for (auto& v : j) tidy_floats(v);
-    } else if (j.is_number_float()) {
-        const double d = j.get<double>();
-        const float f = float(d);
-        if (!std::isfinite(d) || double(f) != d) return;
-        const double shortest = std::strtod(fmt::format("{}", f).c_str(), nullptr);
-        if (float(shortest) == f) j = shortest;
-    }
+// A number the recipe holds as a float (bn_eps, the data's mean and std, ...) written as the
+// shortest decimal that reads back as that float (1e-12, not 9.999999960041972e-13). Only those:
+// a double field whose value happens to be a float's (opt.lr 0.10000000149011612) must be
+// written as the double it is, or a checkpoint's recipe would train with another value.
+nlohmann::json fj(float f) {
+    const double shortest = std::strtod(fmt::format("{}", f).c_str(), nullptr);
+    return std::isfinite(f) && float(shortest) == f ? shortest : double(f);
 }
+nlohmann::json fj(const std::array<float, 3>& v) { return {fj(v[0]), fj(v[1]), fj(v[2])}; }
 }  // namespace
 
 nlohmann::json recipe_to_json(const Recipe& r) {
     nlohmann::json j = {
         {"name", r.name}, {"description", r.description}, {"source", r.source}, {"published", r.published},
-        {"data", {{"mean", r.mean}, {"std", r.std}}},
+        {"data", {{"mean", fj(r.mean)}, {"std", fj(r.std)}}},
         {"net", {{"arch", r.net.arch == Arch::resnet9 ? "resnet9" : r.net.arch == Arch::dawn ? "dawn" : "airbench"},
-                 {"widths", r.net.widths}, {"whiten_kernel", r.net.whiten_kernel}, {"bn_eps", r.net.bn_eps},
-                 {"bn_momentum", r.net.bn_momentum}, {"bn_train_scale", r.net.bn_train_scale},
+                 {"widths", r.net.widths}, {"whiten_kernel", r.net.whiten_kernel}, {"bn_eps", fj(r.net.bn_eps)},
+                 {"bn_momentum", fj(r.net.bn_momentum)}, {"bn_train_scale", r.net.bn_train_scale},
                  {"bn_scale_init", r.net.bn_scale_init},
-                 {"scaling_factor", r.net.scaling_factor}, {"final_pool", r.net.final_pool},
-                 {"act", activation_name(r.net.act)}, {"celu_alpha", r.net.celu_alpha},
+                 {"scaling_factor", fj(r.net.scaling_factor)}, {"final_pool", r.net.final_pool},
+                 {"act", activation_name(r.net.act)}, {"celu_alpha", fj(r.net.celu_alpha)},
                  {"head_unit_std", r.net.head_unit_std}, {"whiten_bias_uniform", r.net.whiten_bias_uniform},
                  {"ghost_splits", r.net.ghost_splits}, {"pool_before_norm", r.net.pool_before_norm},
                  {"residual", r.net.residual}, {"dirac", r.net.dirac}, {"group_convs", r.net.group_convs}}},
@@ -449,7 +444,7 @@ nlohmann::json recipe_to_json(const Recipe& r) {
                  {"momentum", r.momentum}, {"weight_decay", r.weight_decay}, {"bias_scaler", r.bias_scaler},
                  {"bias_lr", r.bias_lr}, {"head_lr", r.head_lr}, {"wd", r.wd},
                  {"bias_weight_decay", r.bias_weight_decay}, {"lr_in_velocity", r.lr_in_velocity},
-                 {"label_smoothing", r.label_smoothing}, {"whiten_bias_epochs", r.whiten_bias_epochs}}},
+                 {"label_smoothing", fj(r.label_smoothing)}, {"whiten_bias_epochs", r.whiten_bias_epochs}}},
         {"muon", {{"lr", r.muon.lr}, {"momentum", r.muon.momentum}, {"nesterov", r.muon.nesterov},
                   {"coeffs", r.muon.coeffs}, {"steps", r.muon.steps}, {"eps", r.muon.eps},
                   {"magnitude", r.muon.magnitude}, {"renorm_base", r.muon.renorm_base},
@@ -468,7 +463,6 @@ nlohmann::json recipe_to_json(const Recipe& r) {
                  {"contrast", r.contrast}}},
         {"eval", {{"tta_level", r.tta_level}, {"tta_weights", r.tta_weights}, {"tta_select", r.tta_select}}},
     };
-    tidy_floats(j);
     return j;
 }
 

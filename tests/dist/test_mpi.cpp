@@ -509,7 +509,7 @@ TEST(Sweep, ADivergedRunIsRecordedAndWhatCannotBeKeptApartIsRefused) {
     std::string out = slurp(log);
     ASSERT_EQ(rc, 0) << out;
     EXPECT_NE(out.find("job 2/2 diverged: seed 0, opt.lr=1e30: the training loss became"), std::string::npos) << out;
-    EXPECT_NE(out.find("note: 1 of the 1 runs diverged"), std::string::npos) << out;
+    EXPECT_NE(out.find("note: its run diverged (non-finite loss): no accuracy or seconds"), std::string::npos) << out;
     const auto lines = read_results(results).lines;
     ASSERT_EQ(lines.size(), 2u);
     EXPECT_FALSE(lines[0].value("diverged", false));
@@ -520,6 +520,7 @@ TEST(Sweep, ADivergedRunIsRecordedAndWhatCannotBeKeptApartIsRefused) {
     const auto summary = nlohmann::json::parse(slurp((dir / "r.summary.json").string()));
     EXPECT_EQ(summary["settings"][1]["n"], 1);
     EXPECT_EQ(summary["settings"][1]["diverged"], 1);
+    EXPECT_TRUE(summary["settings"][1]["accuracy_mean"].is_null());
     EXPECT_EQ(summary["settings"][0]["diverged"], 0);
     EXPECT_EQ(summary["jobs_finished"], 2);
     rc = run(cmd + kTiny, log);
@@ -533,6 +534,16 @@ TEST(Sweep, ADivergedRunIsRecordedAndWhatCannotBeKeptApartIsRefused) {
     out = slurp(log);
     ASSERT_EQ(rc, 0) << out;
     EXPECT_NE(out.find("2 finished already (skipped), 0 to run"), std::string::npos) << out;
+
+    // a warm-up run that diverges is noted, and the job's own seed still runs (it was recorded
+    // as the job's divergence, and every job of the setting repeated the warm-up instead)
+    const std::string warm = (dir / "warm.jsonl").string();
+    rc = run(base + std::vector<std::string>{"--grid", "opt.lr=1e30", "--results", warm, "--warmup", "1"} + kTiny, log);
+    out = slurp(log);
+    ASSERT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("the warm-up run of opt.lr=1e30 diverged"), std::string::npos) << out;
+    EXPECT_NE(out.find("job 1/1 diverged: seed 0, opt.lr=1e30"), std::string::npos) << out;
+    EXPECT_EQ(count_lines(warm), 1u);
 
     auto refused = [&](const std::vector<std::string>& c, const std::string& why) {
         const size_t before = count_lines(results);

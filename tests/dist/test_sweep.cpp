@@ -210,6 +210,13 @@ TEST(Sweep, SummaryTakesEachSeedOnceAndOnlyThisSetting) {
     EXPECT_NEAR(d["share_at_least_94"].get<double>(), 1.0 / 3, 1e-12);
     EXPECT_NEAR(d["train_seconds_mean"].get<double>(), 11.0, 1e-12);
     EXPECT_EQ(d["seeds"], (std::vector<uint64_t>{0, 1, 2}));
+    // every run diverged: no figures (null, not 0)
+    const auto all = summarize_setting(s, "f1", {lines.back()}, {0, 1, 2});
+    EXPECT_EQ(all["n"], 1);
+    EXPECT_EQ(all["diverged"], 1);
+    EXPECT_TRUE(all["accuracy_mean"].is_null()) << all.dump();
+    EXPECT_TRUE(all["train_seconds_max"].is_null()) << all.dump();
+    EXPECT_EQ(all["share_at_least_94"], 0.0);
 }
 
 }  // namespace
