@@ -420,6 +420,23 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
             for (const EpochStats& es : rr.epochs) e.push_back(epoch_json(es));
         return e;
     };
+    // what every results line holds: the job, and where and by what it ran
+    auto job_line = [&](const Job& job) {
+        const SweepSetting& s = settings[size_t(job.setting)];
+        return nlohmann::json{{"fingerprint", fps[size_t(job.setting)]},
+                              {"setting", s.label},
+                              {"overrides", s.overrides},
+                              {"seed", job.seed},
+                              {"preset", recipes[0].name},
+                              {"n_train", n_train},
+                              {"n_test", n_test},
+                              {"rank", comm.rank()},
+                              {"world", comm.world()},
+                              {"host", host},
+                              {"device", backend->name()},
+                              {"git", git_revision()},
+                              {"finished", utc_now()}};
+    };
     for (int j : mine) {
         const Job& job = jobs[size_t(j)];
         const SweepSetting& s = settings[size_t(job.setting)];
@@ -430,46 +447,24 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
             // a run whose loss became non-finite (a grid of learning rates is for finding those):
             // recorded as such, so that the summary counts it and a restart does not run it again;
             // the other ranks' runs go on. Any other error still ends the sweep.
-            append_result_line(results, {{"fingerprint", fps[size_t(job.setting)]},
-                                         {"setting", s.label},
-                                         {"overrides", s.overrides},
-                                         {"seed", job.seed},
-                                         {"preset", recipes[0].name},
-                                         {"diverged", true},
-                                         {"error", e.what()},
-                                         {"n_train", n_train},
-                                         {"n_test", n_test},
-                                         {"rank", comm.rank()},
-                                         {"world", comm.world()},
-                                         {"host", host},
-                                         {"device", backend->name()},
-                                         {"git", git_revision()},
-                                         {"finished", utc_now()}});
+            nlohmann::json line = job_line(job);
+            line["diverged"] = true;
+            line["error"] = e.what();
+            append_result_line(results, line);
             fmt::print("[rank {}/{}] job {}/{} diverged: seed {}{}{}: {}\n", comm.rank(), comm.world(), j + 1,
                        jobs.size(), job.seed, s.label.empty() ? "" : ", ", s.label, e.what());
             std::fflush(stdout);
             continue;
         }
-        append_result_line(results, {{"fingerprint", fps[size_t(job.setting)]},
-                                     {"setting", s.label},
-                                     {"overrides", s.overrides},
-                                     {"seed", job.seed},
-                                     {"preset", recipes[0].name},
-                                     {"test_accuracy", rr.test_accuracy},
-                                     {"test_accuracy_tta", rr.test_accuracy_tta},
-                                     {"train_seconds", rr.train_seconds},
-                                     {"step_seconds", rr.step_seconds},
-                                     {"images_per_second", rr.images_per_second},
-                                     {"steps", rr.steps},
-                                     {"epochs", epochs_of(rr)},
-                                     {"n_train", n_train},
-                                     {"n_test", n_test},
-                                     {"rank", comm.rank()},
-                                     {"world", comm.world()},
-                                     {"host", host},
-                                     {"device", backend->name()},
-                                     {"git", git_revision()},
-                                     {"finished", utc_now()}});
+        nlohmann::json line = job_line(job);
+        line.update(nlohmann::json{{"test_accuracy", rr.test_accuracy},
+                                   {"test_accuracy_tta", rr.test_accuracy_tta},
+                                   {"train_seconds", rr.train_seconds},
+                                   {"step_seconds", rr.step_seconds},
+                                   {"images_per_second", rr.images_per_second},
+                                   {"steps", rr.steps},
+                                   {"epochs", epochs_of(rr)}});
+        append_result_line(results, line);
         fmt::print(
             "[rank {}/{}] job {}/{} done: seed {}{}{}: accuracy {:.4f} (TTA; {:.4f} without) "
             "in {:.2f} s\n",
