@@ -15,6 +15,7 @@
 #include "core/notes.h"
 #include "dist/dist_commands.h"
 #include "optim/optimizer.h"
+#include "optim/schedule.h"
 
 namespace sr {
 namespace {
@@ -51,6 +52,15 @@ int check_on_rank(const DistCheckArgs& a, Communicator& comm) {
     const size_t img = size_t(side) * side * 3;
     if (comm.root()) note_unused(a, "dist-check", "trains on seeded random batches");
     if (comm.root() && a.epochs > 0) note("dist-check compares single steps (no schedule); --epochs not used");
+    // The update: plain SGD at the peak lr; any other optimizer (nesterov, muon) through the
+    // recipe's own step at the schedule's peak step of a full run (both sides alike), so that
+    // every preset can be checked (the whitening bias trains in every step compared).
+    const int total = total_steps(50000, B, r.epochs, r.drop_last), spe = steps_per_epoch(50000, B, r.drop_last);
+    int peak = 0;  // (found once the optimizer is made, below)
+    auto update = [&](Optimizer& o, int s) {
+        if (r.optimizer == "sgd") o.step(1.0, true);
+        else o.step(peak + s, total, total, spe);
+    };
     set_cpu_conv(a.cpu_conv, false);
     const RankPlacement pl = place_rank(comm, a.device, a.threads);
     auto backend = make_backend(pl.device, pl.threads, pl.cuda_device);
@@ -84,6 +94,11 @@ int check_on_rank(const DistCheckArgs& a, Communicator& comm) {
     Network net(b, r.net);
     init(net);
     Optimizer opt(net, r);
+    if (r.optimizer != "sgd") {
+        for (int s = 0; s < total; ++s)
+            if (opt.lr_multiplier_at(s, total, spe) > opt.lr_multiplier_at(peak, total, spe)) peak = s;
+        peak = std::min(peak, std::max(0, total - a.steps));
+    }
     Workspace ws(net, Bl, true, K);  // (ghost BN: each rank's share of the ghost batches)
     DataParallel dp(net, comm, DataParallel::Options{a.sync_bn});
     ws.set_hooks(&dp);
@@ -98,7 +113,7 @@ int check_on_rank(const DistCheckArgs& a, Communicator& comm) {
         dp.finish_step();
         grads.emplace_back(net.size());
         b.download(grads.back().data(), net.grads.get(), net.size() * sizeof(float));
-        opt.step(1.0, true);
+        update(opt, s);
     }
     std::vector<float> weights(net.size());
     b.download(weights.data(), net.params.get(), weights.size() * sizeof(float));
@@ -148,7 +163,7 @@ int check_on_rank(const DistCheckArgs& a, Communicator& comm) {
                 if (s == a.steps - 1) fmt::print("{:<28} {:>14.3g}\n", t.name, e);
                 if (e > worst_g) worst_g = e, worst_g_name = fmt::format("{} (step {})", t.name, s);
             }
-            ropt.step(1.0, true);
+            update(ropt, s);
         }
         std::vector<float> rw(ref.size());
         b.download(rw.data(), ref.params.get(), rw.size() * sizeof(float));

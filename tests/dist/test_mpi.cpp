@@ -21,6 +21,7 @@
 #include <map>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -281,6 +282,25 @@ TEST(Mpi, DataParallelStepPerRankBn) {
     const std::string out = slurp(log);
     EXPECT_EQ(rc, 0) << out;
     EXPECT_NE(out.find("dist-check: PASS"), std::string::npos) << out;
+    fs::remove_all(dir);
+}
+
+// Presets whose optimizer is not plain SGD (hiverge's Muon, tricks10's Nesterov with ghost BN):
+// dist-check runs the recipe's own update at its schedule's peak step (it refused them before).
+TEST(Mpi, DataParallelStepOfMuonAndGhostBnPresets) {
+    SKIP_WITHOUT_MPI();
+    const fs::path dir = temp_dir("distcheck3");
+    const std::string log = (dir / "log").string();
+    for (const auto& [preset, widths, batch] : {std::tuple<std::string, std::string, std::string>{"hiverge", "[8,16,16]", "64"},
+                                                {"tricks10", "[8,8,16,16]", "48"}}) {
+        const int rc = run(mpirun(2) + std::vector<std::string>{SPEEDRUN_BINARY, "dist-check", "--device", "cpu", "--preset",
+                                                                preset, "--set", "net.widths=" + widths, "--batch-size",
+                                                                batch, "--steps", "2", "--threads", "1"},
+                           log);
+        const std::string out = slurp(log);
+        EXPECT_EQ(rc, 0) << preset << ":\n" << out;
+        EXPECT_NE(out.find("dist-check: PASS"), std::string::npos) << preset << ":\n" << out;
+    }
     fs::remove_all(dir);
 }
 
