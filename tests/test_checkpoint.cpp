@@ -59,6 +59,14 @@ void interrupted_after_step_11(Backend& backend, const Cifar10& data, const std:
 
 // Rewrites the run state of the checkpoint at p through edit (as a damaged, edited or older
 // file would have it); returns the state as written.
+// The last line of a --log file, parsed.
+nlohmann::json last_log_line(const std::string& path) {
+    std::ifstream in(path);
+    std::string line, last;
+    while (std::getline(in, line)) last = line;
+    return nlohmann::json::parse(last);
+}
+
 nlohmann::json edit_state(const std::string& p, const std::function<void(nlohmann::json&)>& edit) {
     StFile f = read_safetensors(p);
     auto state = nlohmann::json::parse(f.metadata.at("state"));
@@ -382,10 +390,7 @@ TEST(Checkpoint, NonFiniteLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
     }
     ASSERT_GE(diverged, 2) << "lr 1e30 should take a step or more to give a non-finite loss";
     {  // the log's last line says so, with the last good checkpoint
-        std::ifstream in(log);
-        std::string line, last;
-        while (std::getline(in, line)) last = line;
-        const nlohmann::json j = nlohmann::json::parse(last);
+        const nlohmann::json j = last_log_line(log);
         EXPECT_EQ(j["event"], "stopped");
         EXPECT_EQ(j["reason"], "non-finite loss");
         EXPECT_EQ(j["steps"], diverged);
@@ -467,10 +472,7 @@ TEST(Checkpoint, InterruptFlagSavesAndStops) {
     EXPECT_THROW(t.run(2), Interrupted);
     EXPECT_EQ(read_checkpoint(p).state.step, 1);
     // the log's last line says the run stopped, where, and where it was saved
-    std::ifstream in(log);
-    std::string line, last;
-    while (std::getline(in, line)) last = line;
-    const nlohmann::json j = nlohmann::json::parse(last);
+    const nlohmann::json j = last_log_line(log);
     EXPECT_EQ(j["event"], "stopped");
     EXPECT_EQ(j["reason"], "interrupted");
     EXPECT_EQ(j["seed"], 2);
