@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/error.h"
@@ -26,6 +27,8 @@ void write_all(int fd, const char* p, size_t n, const std::string& path) {
             if (errno == EINTR) continue;
             fail("{}: write failed: {}", path, std::strerror(errno));
         }
+        if (w == 0)  // (no error and no progress: some FUSE file systems; retrying would spin)
+            fail("{}: write failed: no bytes written", path);
         p += w;
         n -= size_t(w);
     }
@@ -40,7 +43,40 @@ void make_parent(const std::string& path) {
         if (ec) fail("{}: cannot create directory {}: {}", path, parent.string(), ec.message());
     }
 }
+
+// The process's umask, read without changing it where /proc says it (Linux 4.7 and later);
+// else by setting and restoring it once.
+mode_t process_umask() {
+    static const mode_t mask = [] {
+        if (FILE* f = std::fopen("/proc/self/status", "r")) {
+            char line[256];
+            unsigned m = 0;
+            bool found = false;
+            while (!found && std::fgets(line, sizeof line, f)) found = std::sscanf(line, "Umask: %o", &m) == 1;
+            std::fclose(f);
+            if (found) return mode_t(m);
+        }
+        const mode_t m = ::umask(022);
+        ::umask(m);
+        return m;
+    }();
+    return mask;
+}
 }  // namespace
+
+void fsync_folder_of(const std::string& path) {
+    fs::path dir = fs::path(path).parent_path();
+    if (dir.empty()) dir = ".";
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) fail("{}: cannot open its folder {} to make the new name durable: {}", path, dir.string(),
+                     std::strerror(errno));
+    const int rc = ::fsync(fd);
+    const int e = errno;
+    ::close(fd);
+    // (EINVAL: a file system whose folders take no fsync; the rename is as durable as it gets)
+    if (rc != 0 && e != EINVAL)
+        fail("{}: fsync of its folder {} failed: {}", path, dir.string(), std::strerror(e));
+}
 
 namespace {
 const char* special_kind(const fs::file_status& ts) {
@@ -93,6 +129,9 @@ void check_output_path(const std::string& given, const char* flag, bool appends)
     } catch (const Error& e) {
         fail("{} {}", flag, e.what());
     }
+    // (the writers' temporary names are as short as the probe's; the target's own name is not)
+    if (const std::string name = fs::path(path).filename().string(); name.size() > 255)
+        fail("{} {}: the file name is {} bytes long; at most 255", flag, given, name.size());
     fs::path dir = fs::path(path).parent_path();
     if (dir.empty()) dir = ".";
     while (true) {
@@ -169,32 +208,71 @@ bool program_on_path(const std::string& name) {
     return false;
 }
 
+void rename_durably(const std::string& from, const std::string& to) {
+    const int fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail("{}: cannot open {} to fsync it: {}", to, from, std::strerror(errno));
+    const int rc = ::fsync(fd);
+    const int e = errno;
+    ::close(fd);
+    if (rc != 0 && e != EINVAL) fail("{}: fsync of {} failed: {}", to, from, std::strerror(e));
+    if (::rename(from.c_str(), to.c_str()) != 0)
+        fail("{}: cannot rename {} into place: {}", to, from, std::strerror(errno));
+    fsync_folder_of(to);
+}
+
 void write_file_atomic(const std::string& given, const std::string& content) {
     const std::string path = output_target(given);
     make_parent(path);
-    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) fail("{}: cannot create: {}", tmp, std::strerror(errno));
+    const fs::path parent = fs::path(path).parent_path();
+    // mkstemp: a new file of our own (O_EXCL: no one else's file or link is written through), a
+    // name of fixed length (as check_output_path's probe)
+    std::string tmp = ((parent.empty() ? fs::path(".") : parent) / ".speedrun-tmp.XXXXXX").string();
+    const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
+    if (fd < 0) fail("{}: cannot create a temporary file beside it: {}", path, std::strerror(errno));
     try {
-        write_all(fd, content.data(), content.size(), tmp);
-        if (::fsync(fd) != 0) fail("{}: fsync failed: {}", tmp, std::strerror(errno));
+        // the mode a plain create would give (mkstemp makes 0600), or the replaced file's
+        struct stat old {};
+        const mode_t mode = ::stat(path.c_str(), &old) == 0 && S_ISREG(old.st_mode)
+                                ? (old.st_mode & 07777)
+                                : (0666 & ~process_umask());
+        if (::fchmod(fd, mode) != 0)
+            fail("{}: cannot set the mode of its temporary file {}: {}", path, tmp, std::strerror(errno));
+        write_all(fd, content.data(), content.size(), fmt::format("{} (temporary file {})", path, tmp));
+        if (::fsync(fd) != 0) fail("{}: fsync of its temporary file {} failed: {}", path, tmp, std::strerror(errno));
     } catch (...) {
         ::close(fd);
         ::unlink(tmp.c_str());
         throw;
     }
-    ::close(fd);
+    if (::close(fd) != 0) {  // (NFS may report a failed write only here)
+        const int e = errno;
+        ::unlink(tmp.c_str());
+        fail("{}: closing its temporary file {} failed: {}", path, tmp, std::strerror(e));
+    }
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
         const int e = errno;
         ::unlink(tmp.c_str());
         fail("{}: cannot rename the temporary file into place: {}", path, std::strerror(e));
     }
+    fsync_folder_of(path);  // (else a crash soon after can lose the rename)
 }
 
 JsonlLog::JsonlLog(const std::string& path) : path_(path) {
     make_parent(path);
     fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd_ < 0) fail("{}: cannot open the log for appending: {}", path, std::strerror(errno));
+    // a log whose last line was cut short (a full disk, a crash mid-write): the next line starts
+    // on a line of its own, so that only the cut line is lost (a log that cannot be read back,
+    // or a device or pipe, is taken as it is)
+    struct stat st {};
+    if (::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+        const int rd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        char last = '\n';
+        if (rd >= 0) {
+            torn_ = ::pread(rd, &last, 1, st.st_size - 1) == 1 && last != '\n';
+            ::close(rd);
+        }
+    }
 }
 
 JsonlLog::~JsonlLog() {
@@ -203,18 +281,20 @@ JsonlLog::~JsonlLog() {
 
 void JsonlLog::write(const nlohmann::json& j) {
     if (fd_ < 0) return;
-    const std::string line = json_text(j) + "\n";
+    std::string line = torn_ ? "\n" : "";
+    line += json_text(j);
+    line += '\n';
     try {
         write_all(fd_, line.data(), line.size(), path_);  // O_APPEND: one write, one whole line
+        torn_ = false;
+        if (::fsync(fd_) != 0 && errno != EINVAL) fail("{}: fsync failed: {}", path_, std::strerror(errno));
     } catch (const Error& e) {
         // a log that cannot be written (a full disk) does not stop the run it records: said
         // once, and the log ends there
         std::fprintf(stderr, "speedrun: warning: %s; the log stops here (the run goes on)\n", e.what());
         ::close(fd_);
         fd_ = -1;
-        return;
     }
-    ::fsync(fd_);
 }
 
 }  // namespace sr

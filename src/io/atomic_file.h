@@ -10,8 +10,18 @@
 
 namespace sr {
 
-// (a symbolic link at path stays: the file it points to is replaced; see output_target)
+// (a symbolic link at path stays: the file it points to is replaced; see output_target). The
+// temporary file is a new one of our own (.speedrun-tmp.XXXXXX beside the target); it takes the
+// mode of the file it replaces, else 0666 less the umask. After the rename the folder is fsynced.
 void write_file_atomic(const std::string& path, const std::string& content);
+
+// fsyncs the folder that holds path, so that a rename or a new file there survives a crash
+// (a rename is durable only once its folder is); fails naming path.
+void fsync_folder_of(const std::string& path);
+
+// A file made by another writer (gnuplot, graphviz) put in place: fsynced, renamed to `to` (on
+// the same file system), the folder fsynced; fails naming `to`.
+void rename_durably(const std::string& from, const std::string& to);
 
 // The file that writing to path replaces: path itself, or the file a symbolic link there points
 // to (the link stays a link). Fails, naming path, where an entry there is a device, a FIFO or a
@@ -22,7 +32,8 @@ std::string output_target(const std::string& path);
 // the flag and the path, unless a file can be written there: path is not a directory, a file can
 // be made (and is, and removed again) in its folder or, where that is missing (the writers make
 // it), in the nearest folder above it that exists, and an existing file at path is writable. So a
-// bad path stops a run at its start, not after it; nothing is left behind.
+// bad path stops a run at its start, not after it; nothing is left behind. A file name longer than
+// 255 bytes is refused here too.
 // appends: for a writer that appends to what is there (--log, sweep's --results), where an
 // existing device or pipe (/dev/null, /dev/stdout) is fine when writable.
 void check_output_path(const std::string& path, const char* flag, bool appends = false);
@@ -76,6 +87,7 @@ public:
 private:
     std::string path_;
     int fd_ = -1;
+    bool torn_ = false;  // the file ends without a newline: the next line starts with one
 };
 
 }  // namespace sr

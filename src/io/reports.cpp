@@ -144,9 +144,11 @@ void plot_runs(const std::string& png_path, const std::vector<RunResult>& runs, 
     } catch (const Error& e) {
         fail("--plot {}: {}", png_path, e.what());
     }
-    std::error_code ec;
-    fs::rename(fs::path(tmp.path()) / "plot.png", target, ec);
-    if (ec) fail("--plot {}: cannot write the plot: {}", png_path, ec.message());
+    try {
+        rename_durably((fs::path(tmp.path()) / "plot.png").string(), target);
+    } catch (const Error& e) {
+        fail("--plot {}: cannot write the plot: {}", png_path, e.what());
+    }
 }
 
 namespace {
@@ -287,9 +289,11 @@ void write_svg(const std::string& svg_path, const std::string& dot) {
     } catch (const Error& e) {
         fail("{}: {}", svg_path, e.what());
     }
-    std::error_code ec;
-    fs::rename(out, target, ec);
-    if (ec) fail("{}: cannot write the diagram: {}", svg_path, ec.message());
+    try {
+        rename_durably(out, target);
+    } catch (const Error& e) {
+        fail("{}: cannot write the diagram: {}", svg_path, e.what());
+    }
 }
 
 }  // namespace sr

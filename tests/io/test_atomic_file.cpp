@@ -1,9 +1,17 @@
 // test_atomic_file.cpp: the checks made before a run on the files it will write
-// (check_output_path), and the PATH lookup of the report tools (program_on_path).
+// (check_output_path), the writes themselves (write_file_atomic, JsonlLog), and the PATH lookup
+// of the report tools (program_on_path).
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "io/atomic_file.h"
 #include "test_util.h"
@@ -56,6 +64,121 @@ TEST(AtomicFile, OutputPathsAreCheckedBeforeTheWork) {
     size_t entries = 0;
     for (const auto& e : fs::directory_iterator(dir)) entries += e.path() != file;
     EXPECT_EQ(entries, 0u);
+    fs::remove_all(dir);
+}
+
+std::string slurp(const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+// Files in dir other than the given ones (temporary files left behind).
+std::vector<std::string> others_in(const fs::path& dir, const std::vector<std::string>& known) {
+    std::vector<std::string> left;
+    for (const auto& e : fs::directory_iterator(dir)) {
+        const std::string n = e.path().filename().string();
+        if (std::find(known.begin(), known.end(), n) == known.end()) left.push_back(n);
+    }
+    return left;
+}
+
+TEST(AtomicFile, NamesOfTwoHundredAndFiftySixBytesAreRefusedBeforeTheWork) {
+    const fs::path dir = test::temp_path("longname");
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const std::string ok(255, 'a'), too_long(256, 'a');
+    check_output_path((dir / ok).string(), "--summary-json");
+    write_file_atomic((dir / ok).string(), "x");  // (its temporary name is short)
+    EXPECT_EQ(slurp(dir / ok), "x");
+    const std::string why = test::error_of([&] { check_output_path((dir / too_long).string(), "--log"); });
+    EXPECT_TRUE(test::contains(why, "the file name is 256 bytes long; at most 255")) << why;
+    fs::remove_all(dir);
+}
+
+TEST(AtomicFile, TheTemporaryFileIsANewFileOfItsOwn) {
+    // a link placed where a temporary name was predictable (path.tmp.<pid>, as written before)
+    // is not written through, and the target becomes a file, not that link
+    const fs::path dir = test::temp_path("tmplink");
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const fs::path target = dir / "out.json", sentinel = dir / "sentinel";
+    std::ofstream(sentinel) << "keep";
+    const std::string old_tmp = fmt::format("out.json.tmp.{}", ::getpid());
+    fs::create_symlink(sentinel, dir / old_tmp);
+    write_file_atomic(target.string(), "new");
+    EXPECT_EQ(slurp(sentinel), "keep");
+    EXPECT_FALSE(fs::is_symlink(target));
+    EXPECT_EQ(slurp(target), "new");
+    // the mode: a new file gets 0666 less the umask, a replaced one keeps its own
+    const mode_t mask = ::umask(022);
+    ::umask(mask);
+    struct stat st {};
+    ASSERT_EQ(::stat(target.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0666u & ~mask);
+    fs::permissions(target, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+    write_file_atomic(target.string(), "newer");
+    ASSERT_EQ(::stat(target.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0640u);
+    EXPECT_EQ(slurp(target), "newer");
+    EXPECT_EQ(others_in(dir, {"out.json", "sentinel", old_tmp}),
+              std::vector<std::string>{});
+    fs::remove_all(dir);
+}
+
+TEST(AtomicFile, AWriteThatFailsPartwayLeavesTheOldFileAndNoTemporaryOne) {
+    const fs::path dir = test::temp_path("efbig");
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const fs::path target = dir / "ck.safetensors";
+    std::ofstream(target) << "old";
+    // a file size limit of 4 KiB (SIGXFSZ ignored: write() fails with EFBIG) in a child process,
+    // which reports through its exit status: 0 all as expected, else the number of the check
+    std::fflush(stdout);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        std::signal(SIGXFSZ, SIG_IGN);
+        const rlimit lim{4096, 4096};
+        ::setrlimit(RLIMIT_FSIZE, &lim);
+        const std::string why = test::error_of([&] { write_file_atomic(target.string(), std::string(65536, 'x')); });
+        if (why.find(target.string() + " (temporary file ") == std::string::npos) ::_exit(1);
+        if (why.find("File too large") == std::string::npos) ::_exit(2);
+        ::_exit(0);
+    }
+    int st = 0;
+    ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+    ASSERT_TRUE(WIFEXITED(st));
+    EXPECT_EQ(WEXITSTATUS(st), 0) << "1: the message does not name the target and its temporary file; 2: not EFBIG";
+    EXPECT_EQ(slurp(target), "old");
+    EXPECT_EQ(others_in(dir, {"ck.safetensors"}), std::vector<std::string>{});
+    // a rename that fails (a folder holding a file where the file goes): named, nothing left
+    const fs::path folder = dir / "folder";
+    fs::create_directories(folder / "inside");
+    const std::string why = test::error_of([&] { write_file_atomic(folder.string(), "x"); });
+    EXPECT_TRUE(test::contains(why, folder.string() + ": cannot rename the temporary file into place")) << why;
+    EXPECT_EQ(others_in(dir, {"ck.safetensors", "folder"}), std::vector<std::string>{});
+    fs::remove_all(dir);
+}
+
+TEST(AtomicFile, ALogWhoseLastLineWasCutGoesOnOnANewLine) {
+    const fs::path dir = test::temp_path("tornlog");
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const fs::path log = dir / "log.jsonl";
+    std::ofstream(log) << "{\"a\":1}\n{\"b\":";  // a full disk cut the second line
+    {
+        JsonlLog l(log.string());
+        l.write({{"c", 3}});
+        l.write({{"d", 4}});
+    }
+    EXPECT_EQ(slurp(log), "{\"a\":1}\n{\"b\":\n{\"c\":3}\n{\"d\":4}\n");
+    {
+        JsonlLog l(log.string());  // (whole lines: nothing added)
+        l.write({{"e", 5}});
+    }
+    EXPECT_EQ(slurp(log), "{\"a\":1}\n{\"b\":\n{\"c\":3}\n{\"d\":4}\n{\"e\":5}\n");
     fs::remove_all(dir);
 }
 
