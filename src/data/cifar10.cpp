@@ -34,6 +34,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "io/atomic_file.h"
 
 namespace sr {
 
@@ -154,23 +155,33 @@ std::string archive_error(archive* a) {
 
 // Puts new_dir at target (both in the same directory): an existing target (incomplete, or
 // we would not be here) is moved aside first and removed only once the new one is in place.
-void install_dir(const fs::path& new_dir, const fs::path& target) {
+// Another process may have put a complete set there meanwhile (ranks of one job on one cache):
+// that one is kept and false returned (new_dir is the caller's to remove). The cache folder is
+// fsynced after the rename.
+bool install_dir(const fs::path& new_dir, const fs::path& target) {
     std::error_code ec;
     fs::path old;
     if (fs::exists(fs::symlink_status(target, ec))) {
+        if (has_all_six(target)) return false;
         old = target.parent_path() / fmt::format(".{}.old-{}", kDirName, unique_suffix());
         fs::rename(target, old, ec);
-        if (ec) fail("{}: exists and cannot be moved aside to make room for the new data ({})",
-                     target.string(), ec.message());
+        if (ec) {
+            if (has_all_six(target)) return false;
+            fail("{}: exists and cannot be moved aside to make room for the new data ({})", target.string(),
+                 ec.message());
+        }
     }
     fs::rename(new_dir, target, ec);
     if (ec) {
         std::error_code ec2;
         if (!old.empty()) fs::rename(old, target, ec2);
+        if (has_all_six(target)) return false;  // (another process's rename came first)
         fail("{}: cannot rename the unpacked data to {} ({})", new_dir.string(), target.string(),
              ec.message());
     }
     if (!old.empty()) fs::remove_all(old, ec);
+    fsync_folder_of(target.string());
+    return true;
 }
 
 }  // namespace
@@ -286,20 +297,8 @@ void write_cifar_file(const std::string& path, const ImageSet& set, int first, i
             dst[1 + 2 * kPlane + p] = src[3 * p + 2];
         }
     }
-    // written beside the target and renamed over it, so no half-written batch file is left
-    const std::string tmp = path + ".tmp-" + unique_suffix();
-    RemoveOnExit cleanup(tmp);
-    {
-        File f(std::fopen(tmp.c_str(), "wb"));
-        if (!f) fail("{}: cannot create ({})", tmp, errno_text());
-        if (std::fwrite(raw.data(), 1, raw.size(), f.get()) != raw.size())
-            fail("{}: write failed ({})", tmp, errno_text());
-        if (std::fclose(f.release()) != 0) fail("{}: write failed ({})", tmp, errno_text());
-    }
-    std::error_code ec;
-    fs::rename(tmp, path, ec);
-    if (ec) fail("{}: cannot rename {} over it ({})", path, tmp, ec.message());
-    cleanup.armed = false;
+    // written beside the target, fsynced and renamed over it, so no half-written batch file is left
+    write_file_atomic(path, std::string(reinterpret_cast<const char*>(raw.data()), raw.size()));
 }
 
 Cifar10 load_cifar10_dir(const std::string& dir) {
@@ -436,22 +435,44 @@ std::string unpack_cifar10_archive(const std::string& archive_path, const std::s
             if (std::fwrite(buf.data(), 1, size_t(got), f.get()) != size_t(got))
                 fail("{}: write failed ({})", out.string(), errno_text());
         }
+        // (on disk before the folder is renamed into place: a crash soon after must not leave a
+        // complete-looking cache of short files, which nothing would download again)
+        if (std::fflush(f.get()) != 0 || ::fsync(::fileno(f.get())) != 0)
+            fail("{}: write failed ({})", out.string(), errno_text());
         if (std::fclose(f.release()) != 0) fail("{}: write failed ({})", out.string(), errno_text());
     }
     for (const char* f : kBatchFiles)
         if (!fs::is_regular_file(tmp / f, ec))
             fail("{}: has no {}{} (not the CIFAR-10 binary archive?)", archive_path, prefix, f);
+    fsync_folder_of((tmp / kBatchFiles[0]).string());
 
-    // 3. all there: put it in place in one rename
-    install_dir(tmp, target);
-    cleanup.armed = false;
+    // 3. all there: put it in place in one rename (or keep the set another process put there
+    // meanwhile; ours is removed)
+    if (install_dir(tmp, target)) cleanup.armed = false;
     return target.string();
 }
 
 namespace {
 
-size_t curl_write(char* data, size_t size, size_t nmemb, void* file) {
-    return std::fwrite(data, size, nmemb, static_cast<FILE*>(file)) * size;
+// Where the download goes, and why writing there failed (a full disk is not a network error).
+struct DownloadSink {
+    FILE* file = nullptr;
+    size_t bytes = 0;
+    int write_errno = 0;
+    bool too_large = false;
+};
+
+size_t curl_write(char* data, size_t size, size_t nmemb, void* sink_ptr) {
+    auto* sink = static_cast<DownloadSink*>(sink_ptr);
+    const size_t n = size * nmemb;
+    if (sink->bytes + n > kCifarArchiveMaxBytes) {  // (older libcurl checks the limit only up front)
+        sink->too_large = true;
+        return 0;
+    }
+    const size_t w = std::fwrite(data, 1, n, sink->file);
+    if (w != n && sink->write_errno == 0) sink->write_errno = errno ? errno : EIO;
+    sink->bytes += w;
+    return w;
 }
 
 void curl_init_once() {
@@ -482,8 +503,12 @@ std::string download_cifar10(const std::string& cache_root, const std::string& u
         if (!f) fail("{}: cannot create ({})", part.string(), errno_text());
         char err[CURL_ERROR_SIZE] = {};
         curl_easy_setopt(c.get(), CURLOPT_URL, url.c_str());
+        DownloadSink sink{f.get()};
         curl_easy_setopt(c.get(), CURLOPT_WRITEFUNCTION, curl_write);
-        curl_easy_setopt(c.get(), CURLOPT_WRITEDATA, f.get());
+        curl_easy_setopt(c.get(), CURLOPT_WRITEDATA, &sink);
+        // the archive is 170 MB: a server (or a proxy's page) that sends more is not it, and
+        // must not fill the disk before the md5 says so
+        curl_easy_setopt(c.get(), CURLOPT_MAXFILESIZE_LARGE, curl_off_t(kCifarArchiveMaxBytes));
         curl_easy_setopt(c.get(), CURLOPT_ERRORBUFFER, err);
         curl_easy_setopt(c.get(), CURLOPT_FOLLOWLOCATION, 1L);
         curl_easy_setopt(c.get(), CURLOPT_FAILONERROR, 1L);
@@ -493,6 +518,12 @@ std::string download_cifar10(const std::string& cache_root, const std::string& u
         curl_easy_setopt(c.get(), CURLOPT_USERAGENT, "cifar-speedrun");
         std::fprintf(stderr, "downloading %s to %s\n", url.c_str(), cache_root.c_str());
         const CURLcode rc = curl_easy_perform(c.get());
+        if (rc == CURLE_WRITE_ERROR && sink.write_errno != 0)
+            fail("{}: write failed after {} bytes of {} ({})", part.string(), sink.bytes, url,
+                 std::strerror(sink.write_errno));
+        if (rc == CURLE_FILESIZE_EXCEEDED || sink.too_large)
+            fail("downloading {} failed: it is larger than {} bytes, so not the CIFAR-10 archive (170 MB)", url,
+                 kCifarArchiveMaxBytes);
         if (rc != CURLE_OK)
             fail("downloading {} failed: {} (give the data with --data DIR or $CIFAR10_DIR instead)", url,
                  err[0] ? err : curl_easy_strerror(rc));
@@ -520,7 +551,8 @@ Cifar10 load_cifar10(const std::string& data_flag, bool allow_download) {
                  "the download",
                  kDirName, cwd.string(), cached);
         }
-        dir = download_cifar10(cifar10_cache_root());
+        const char* mirror = env("SPEEDRUN_CIFAR10_URL");  // (a mirror of the same archive)
+        dir = download_cifar10(cifar10_cache_root(), mirror ? mirror : kCifarArchiveUrl);
     }
     return load_cifar10_dir(dir);
 }

@@ -5,6 +5,7 @@
 // followed by 3072 pixel bytes: the R plane, then G, then B, each 32x32 row-major.
 // In memory we keep images as uint8 NHWC (N,32,32,3), labels as int32.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -17,6 +18,8 @@ constexpr int kCifarRecord = 1 + kCifarPixels;             // 3073
 constexpr int kCifarPerFile = 10000;
 constexpr const char* kCifarArchiveMd5 = "c32a1d4ab5d03f1284b67883e8d87530";
 constexpr const char* kCifarArchiveUrl = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
+// The archive is 170,052,171 bytes; a download that grows past this is stopped (not the archive).
+constexpr size_t kCifarArchiveMaxBytes = size_t(256) << 20;
 
 struct ImageSet {
     std::vector<uint8_t> images;  // (n, 32, 32, 3) NHWC
@@ -51,7 +54,9 @@ std::string cifar10_cache_root();
 // Downloads the official archive (libcurl) to cache_root, verifies its md5 against
 // kCifarArchiveMd5 (libmd), unpacks it with libarchive into cache_root (giving
 // cache_root/cifar-10-batches-bin), all-or-nothing: a partial download or a wrong md5 leaves no
-// data directory behind. Returns the data directory. Throws sr::Error with the reason.
+// data directory behind (nor a temporary file: a download larger than kCifarArchiveMaxBytes is
+// stopped). A complete set another process unpacked there meanwhile is kept. Returns the data
+// directory. Throws sr::Error with the reason.
 std::string download_cifar10(const std::string& cache_root, const std::string& url = kCifarArchiveUrl);
 
 // Verifies an archive's md5 and unpacks it (the second half of download_cifar10, testable
@@ -62,7 +67,8 @@ std::string unpack_cifar10_archive(const std::string& archive_path, const std::s
 // md5 of a file as 32 lowercase hex digits.
 std::string md5_file(const std::string& path);
 
-// find_cifar10_dir, then download if allowed; throws if neither works.
+// find_cifar10_dir, then download if allowed (from $SPEEDRUN_CIFAR10_URL where set: a mirror of
+// the official archive, md5-checked all the same); throws if neither works.
 Cifar10 load_cifar10(const std::string& data_flag, bool allow_download);
 
 // A CIFAR-shaped set with learnable class structure: each class has a fixed random colour

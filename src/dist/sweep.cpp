@@ -284,7 +284,7 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
     set_cpu_conv(a.cpu_conv, false);
     const RankPlacement pl = place_rank(comm, a.device, a.threads);
     auto backend = make_backend(pl.device, pl.threads, pl.cuda_device);
-    const Cifar10 data = load_data(a);
+    const Cifar10 data = load_data(a, &comm);
     if (a.subset < 0) fail("--subset must be >= 0 (got {})", a.subset);
     if (a.test_subset < 0) fail("--test-subset must be >= 0 (got {})", a.test_subset);
     const int n_train = a.subset > 0 ? std::min(a.subset, data.train.n) : data.train.n;

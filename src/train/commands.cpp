@@ -19,6 +19,7 @@
 #include "core/notes.h"
 #include "core/version.h"
 #include "dist/dist_commands.h"
+#include "io/atomic_file.h"
 #include "io/json_input.h"
 #include "io/reports.h"
 #include "ops/cpu/cpu_ops.h"
@@ -145,10 +146,33 @@ void note_unused(const CommonArgs& a, const char* command, const char* why) {
         note("{} {}; {} not used", command, why, fmt::join(unused, ", "));
 }
 
-Cifar10 load_data(const CommonArgs& a) {
+Cifar10 load_data(const CommonArgs& a, Communicator* comm) {
     if (a.synthetic && !a.data.empty()) fail("--synthetic and --data {}: choose one", a.data);
     if (a.synthetic) return make_synthetic_cifar10(10000, 2000, 1);
-    return load_cifar10(a.data, a.download);
+    if (!comm || comm->world() == 1 || !a.download || !a.data.empty()) return load_cifar10(a.data, a.download);
+    // Several ranks, and the data perhaps to be downloaded: where a rank finds none, rank 0 loads
+    // first (downloading it into its cache), then the first rank of each other host (whose cache
+    // may be the same, on a shared home), then the rest, which find it there. Each rank
+    // downloading at once fetched K copies and could trip over another's rename.
+    bool found = true;
+    try {
+        found = !find_cifar10_dir("").empty();
+    } catch (const Error&) {  // ($CIFAR10_DIR at an incomplete folder: every rank's load says so)
+    }
+    if (count_ranks(*comm, found) == comm->world()) return load_cifar10(a.data, true);
+    Cifar10 d;
+    bool loaded = false;
+    const auto turn = [&](bool mine) {  // (a rank that fails ends the job: run_on_all_ranks)
+        if (mine && !loaded) {
+            d = load_cifar10(a.data, true);
+            loaded = true;
+        }
+        comm->barrier();
+    };
+    turn(comm->rank() == 0);
+    turn(comm->local_rank() == 0);
+    turn(true);
+    return d;
 }
 
 int cmd_presets() {
@@ -384,7 +408,7 @@ int cmd_train(const TrainArgs& a) {
     const auto rounding = rounding_backend(*base_backend, a.emulate_precision);
     Backend* backend = rounding ? rounding.get() : base_backend.get();
     const auto tl = clock_type::now();
-    const Cifar10 data = load_data(a);
+    const Cifar10 data = load_data(a, a.comm);
     const double load_s = since(tl);
     if (data.synthetic) fmt::print("note: training on SYNTHETIC data ({}), not CIFAR-10\n", data.source);
     // (the trainer checks it too, but after the set-up's tens of seconds)
@@ -1153,6 +1177,7 @@ int cmd_data(const DataArgs& a) {
         if (!fs::exists(target, ec) || (fs::is_directory(target, ec) && fs::is_empty(target, ec))) {
             fs::rename(tmp.path(), target, ec);  // (over an empty folder too)
             if (ec) fail("--write-synthetic {}: cannot move the set into place: {}", a.write_synthetic, ec.message());
+            fsync_folder_of(target.string());  // (the files and their folder are synced already)
         } else {  // a folder with other files: the six files join them
             if (!fs::is_directory(target, ec)) fail("--write-synthetic {}: not a directory", a.write_synthetic);
             for (const auto& entry : fs::directory_iterator(tmp.path())) {
@@ -1160,6 +1185,7 @@ int cmd_data(const DataArgs& a) {
                 if (ec) fail("--write-synthetic {}: cannot move {} into place: {}", a.write_synthetic,
                              entry.path().filename().string(), ec.message());
             }
+            fsync_folder_of((target / "test_batch.bin").string());
         }
         fmt::print("wrote {} to {}\n", s.source, a.write_synthetic);  // (the source names the counts)
         return 0;

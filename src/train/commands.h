@@ -100,7 +100,9 @@ Recipe resolve_recipe(const CommonArgs& a);
 Storage automatic_gpu_storage(int compute_capability);
 std::unique_ptr<Backend> make_backend(const std::string& device, int threads, int cuda_device = 0,
                                       const std::string& storage = "");
-Cifar10 load_data(const CommonArgs& a);
+// The data the flags name. comm: the job's ranks, where several load it (a download then happens
+// once: rank 0 first, then one rank per other host, then the rest); a collective there.
+Cifar10 load_data(const CommonArgs& a, Communicator* comm = nullptr);
 // --cpu-conv's choice for this process (with --deterministic: winograd unless named, not fastest)
 void set_cpu_conv(const std::string& name, bool deterministic);
 // A command that does not read the data: a note on stderr naming the data flags it was given

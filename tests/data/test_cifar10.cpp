@@ -510,6 +510,66 @@ TEST(Cifar10Archive, RefusesDotDotAndAbsolutePaths) {
     }
 }
 
+TEST(Cifar10Archive, ACompleteSetAnotherProcessPutThereMeanwhileIsKept) {
+    // (ranks of one job downloading into one cache: the second to finish keeps the first's set;
+    // it used to move that set aside, or fail to rename over it)
+    TempDir scratch, cache;
+    const std::string tgz = scratch / "cifar-10-binary.tar.gz";
+    write_tar_gz(tgz, cifar_members(scratch));
+    const fs::path target = cache.path / "cifar-10-batches-bin";
+    fs::create_directories(target);
+    TempDir theirs;
+    write_six(theirs, 2, 70);
+    for (const char* f : kSix) fs::copy_file(theirs / f, target / f);
+    EXPECT_EQ(unpack_cifar10_archive(tgz, cache.str(), md5_file(tgz)), target.string());
+    for (const char* f : kSix) EXPECT_EQ(read_bytes((target / f).string()), read_bytes(theirs / f)) << f;
+    EXPECT_TRUE(nothing_left(cache.path, {"cifar-10-batches-bin"}));
+}
+
+// ---- downloading (file:// URLs: libcurl reads them without a network) ----------------------
+
+TEST(Cifar10Download, AMissingSourceNamesTheUrlAndLeavesNothing) {
+    TempDir cache;
+    const std::string url = "file:///speedrun-no-such-folder/cifar-10-binary.tar.gz";
+    const std::string msg = error_of([&] { download_cifar10(cache.str(), url); });
+    EXPECT_TRUE(contains(msg, "downloading " + url + " failed")) << msg;
+    EXPECT_TRUE(nothing_left(cache.path));
+}
+
+TEST(Cifar10Download, AnotherArchiveFailsItsMd5AndLeavesNothing) {
+    TempDir scratch, cache;
+    const std::string tgz = scratch / "cifar-10-binary.tar.gz";
+    write_tar_gz(tgz, cifar_members(scratch));
+    const std::string url = "file://" + tgz;
+    const std::string msg = error_of([&] { download_cifar10(cache.str(), url); });
+    EXPECT_TRUE(contains(msg, std::string("expected ") + kCifarArchiveMd5)) << msg;
+    EXPECT_TRUE(contains(msg, "(downloaded from " + url + ")")) << msg;
+    EXPECT_TRUE(nothing_left(cache.path));
+}
+
+TEST(Cifar10Download, MoreThanTheArchivesSizeIsStopped) {
+    TempDir scratch, cache;
+    const std::string big = scratch / "big.tar.gz";
+    write_bytes(big, "");
+    fs::resize_file(big, kCifarArchiveMaxBytes + 1);  // (sparse: nothing is written)
+    const std::string msg = error_of([&] { download_cifar10(cache.str(), "file://" + big); });
+    EXPECT_TRUE(contains(msg, "so not the CIFAR-10 archive")) << msg;
+    EXPECT_TRUE(nothing_left(cache.path));
+}
+
+TEST(Cifar10Download, TheMirrorVariableNamesTheUrl) {
+    TempDir cache, work;
+    EnvGuard e("CIFAR10_DIR", std::nullopt);
+    EnvGuard x("XDG_CACHE_HOME", cache.str());
+    const std::string url = "file:///speedrun-no-such-mirror/cifar-10-binary.tar.gz";
+    EnvGuard m("SPEEDRUN_CIFAR10_URL", url);
+    fs::create_directories(work.path / "nested");
+    CwdGuard cd(work.path / "nested");  // ../shared is inside our temp dir: absent
+    const std::string msg = error_of([] { load_cifar10("", true); });
+    EXPECT_TRUE(contains(msg, "downloading " + url + " failed")) << msg;
+    EXPECT_TRUE(nothing_left(cache.path / "speedrun"));
+}
+
 // ---- synthetic -----------------------------------------------------------------------------
 
 TEST(Cifar10Synthetic, DeterministicForASeed) {
