@@ -281,6 +281,7 @@ int sweep_on_rank(const SweepArgs& a, Communicator& comm) {
     }
     if (comm.root()) check_output_path(summary, "--summary-json");
     check_distinct_outputs({{results, "--results"}, {summary, "--summary-json"}});
+    check_inputs_kept({{results, "--results"}, {summary, "--summary-json"}}, {{a.config, "--config"}});
     set_cpu_conv(a.cpu_conv, false);
     const RankPlacement pl = place_rank(comm, a.device, a.threads);
     auto backend = make_backend(pl.device, pl.threads, pl.cuda_device);

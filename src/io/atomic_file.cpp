@@ -180,6 +180,18 @@ void check_distinct_outputs(const std::vector<std::pair<std::string, std::string
     }
 }
 
+void check_inputs_kept(const std::vector<std::pair<std::string, std::string>>& outputs,
+                       const std::vector<std::pair<std::string, std::string>>& inputs) {
+    for (const auto& in : inputs) {
+        if (in.first.empty()) continue;
+        const std::string key = same_file_key(in.first);
+        for (const auto& out : outputs)
+            if (!out.first.empty() && same_file_key(out.first) == key)
+                fail("{} {} is the file {} {} names: writing it would replace that input; name another file",
+                     out.second, out.first, in.second, in.first);
+    }
+}
+
 void make_parent_folders(const std::string& path) { make_parent(path); }
 
 TempDirBeside::TempDirBeside(const std::string& path) {

@@ -47,6 +47,12 @@ std::string same_file_key(const std::string& path);
 
 void check_distinct_outputs(const std::vector<std::pair<std::string, std::string>>& outputs);
 
+// Fails, naming both flags, where an output (path, flag) is one of the inputs (path, flag) that the
+// command reads (export --onnx over its --checkpoint, train --summary-json over its --config).
+// Empty paths are skipped.
+void check_inputs_kept(const std::vector<std::pair<std::string, std::string>>& outputs,
+                       const std::vector<std::pair<std::string, std::string>>& inputs);
+
 // Makes the folders above path that are missing (for writers other than write_file_atomic:
 // gnuplot, graphviz).
 void make_parent_folders(const std::string& path);

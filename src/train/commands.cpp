@@ -361,6 +361,7 @@ int cmd_train(const TrainArgs& a) {
                 outs.emplace_back(a.checkpoint, "--checkpoint");
         }
         check_distinct_outputs(outs);
+        check_inputs_kept(outs, {{a.config, "--config"}});
     }
     if (!a.checkpoint.empty() && a.checkpoint.back() == '/')
         fail("--checkpoint {}: names a folder, not a file", a.checkpoint);
@@ -685,6 +686,7 @@ int cmd_eval(const EvalArgs& a) {
 
 int cmd_describe(const DescribeArgs& a) {
     const Recipe r = resolve_recipe(a);
+    check_inputs_kept({{a.svg, "--svg"}}, {{a.config, "--config"}});
     if (!a.svg.empty()) check_output_path(a.svg, "--svg");
     // (the figures are those of a full run: 50,000 training images)
     if (r.batch_size > 50000)
@@ -821,6 +823,7 @@ static nlohmann::json profile_training_step(ProfilingBackend& prof, int steps,
 
 int cmd_bench(const BenchArgs& a) {
     if (a.steps < 1) fail("--steps must be >= 1 (got {})", a.steps);
+    check_inputs_kept({{a.json, "--json"}}, {{a.config, "--config"}});
     if (!a.json.empty()) check_output_path(a.json, "--json");
     note_unused(a, "bench", "times the ops on random inputs");
     const Recipe r = resolve_recipe(a);

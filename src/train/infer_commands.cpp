@@ -117,6 +117,7 @@ int cmd_export(const ExportArgs& a) {
     if (!onnx_export_available())  // say so before reading anything
         fail("export --onnx: this speedrun was built without ONNX (install libonnx-dev and "
              "libprotobuf-dev, e.g. with tools/install-deps, and run cmake again)");
+    check_inputs_kept({{a.onnx, "--onnx"}}, {{a.checkpoint, "--checkpoint"}});
     check_output_path(a.onnx, "--onnx");
     const Checkpoint c = read_checkpoint(a.checkpoint);
     auto backend = make_cpu_backend(1);

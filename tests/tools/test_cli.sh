@@ -426,7 +426,16 @@ expect_error "--summary-json fifo: not a regular file (a FIFO)" -- "$B" train "$
 [ -p fifo ] || fail "--summary-json fifo: the FIFO was replaced"
 if [ -s m.onnx ]; then
     expect_error "--onnx cfgdir: is a directory" -- "$B" export --checkpoint c.safetensors --onnx cfgdir
+    # an output over an input: the trained checkpoint (the expensive file) stays
+    before=$(sha256sum < c.safetensors)
+    expect_error "--onnx ./c.safetensors is the file --checkpoint c.safetensors names" -- \
+        "$B" export --checkpoint c.safetensors --onnx ./c.safetensors
+    [ "$(sha256sum < c.safetensors)" = "$before" ] || fail "export --onnx over its --checkpoint changed it"
 fi
+expect_error "--summary-json cfg.json is the file --config ./cfg.json names" -- \
+    "$B" train "${tiny[@]}" --config ./cfg.json --summary-json cfg.json
+expect_error "--svg cfg.json is the file --config cfg.json names" -- "$B" describe --config cfg.json --svg cfg.json
+[ "$(cat cfg.json)" = '{"opt": {"lr": 10.0}}' ] || fail "cfg.json was changed by a refused run"
 [ -z "$(find . /proc -maxdepth 1 -name '.speedrun-probe*' 2> /dev/null)" ] || fail "the output checks left files behind"
 if ! command -v gnuplot > /dev/null; then
     expect_error "--plot needs gnuplot" -- "$B" train "${tiny[@]}" --plot q.png
