@@ -9,6 +9,10 @@
 // 16-bit file is also rounded to 8 bits by libpng first, so there it is 1.0.
 // Bad files (truncated, empty, text named .png, missing, a directory, a bad CRC) must give
 // sr::Error naming the path.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -228,6 +232,53 @@ TEST(PngImageErrors, BadFilesNameThePathAndTheFault) {
     expect_error(put("bad_crc.png", bad_crc), "corrupt PNG header");
     expect_error((d / "missing.png").string(), "no such file");
     expect_error(d.string(), "is a directory");
+    fs::remove_all(d);
+}
+
+// The largest image read (64 megapixels) and one pixel row more: a gray 8192x8192 PNG is 64 KB
+// on disk; decoding it and resizing it to 32x32 takes the RGBA buffer (256 MiB) and little more
+// (a square of doubles beside it took 1.5 GiB); the next size up is refused by its header.
+TEST(PngImageErrors, TheLargestImageFitsItsBufferAndOneRowMoreIsRefused) {
+    const fs::path d = temp_dir() / "largest";
+    fs::create_directories(d);
+    test::PngFile f;
+    f.width = 8192;
+    f.height = 8192;
+    f.color_type = PNG_COLOR_TYPE_GRAY;
+    f.rows.assign(size_t(f.width) * f.height, 128);
+    for (size_t i = 0; i < f.rows.size(); i += 4099) f.rows[i] = 7;  // (not all one colour)
+    const std::string largest = (d / "largest.png").string();
+    ASSERT_TRUE(test::write_png_file(largest, f));
+    f.height = 8193;
+    f.rows.resize(size_t(f.width) * f.height, 128);
+    const std::string larger = (d / "larger.png").string();
+    ASSERT_TRUE(test::write_png_file(larger, f));
+    std::vector<uint8_t>().swap(f.rows);
+    expect_error(larger, "8192x8193 pixels is larger than the 64 megapixels");
+    // the peak of resident memory while it is read, in a child process (its own high-water mark)
+    const auto vm_hwm_kib = [] {
+        std::ifstream st("/proc/self/status");
+        std::string line;
+        while (std::getline(st, line))
+            if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+        return -1L;
+    };
+    if (vm_hwm_kib() < 0) GTEST_SKIP() << "no VmHWM in /proc/self/status";
+    std::fflush(stdout);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        const long before = vm_hwm_kib();
+        const std::vector<uint8_t> rgb = load_png_rgb(largest, 32);
+        const long grew_mib = (vm_hwm_kib() - before) >> 10;
+        // exit status: the growth in 16 MiB units (255: more than 4 GiB)
+        ::_exit(rgb.size() == 32 * 32 * 3 ? int(std::min(grew_mib / 16, 255L)) : 255);
+    }
+    int st = 0;
+    ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+    ASSERT_TRUE(WIFEXITED(st));
+    EXPECT_LE(WEXITSTATUS(st) * 16, 400) << "resident memory grew by about " << WEXITSTATUS(st) * 16
+                                         << " MiB reading an 8192x8192 PNG (its RGBA buffer: 256 MiB)";
     fs::remove_all(d);
 }
 
