@@ -1,10 +1,13 @@
 // test_checkpoint.cpp: checkpoints and resume. An interrupted and resumed run is bit-identical to
 // an uninterrupted one on the CPU; bad checkpoints and a diverging run stop with clear messages.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <cstring>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/version.h"
@@ -57,8 +60,6 @@ void interrupted_after_step_11(Backend& backend, const Cifar10& data, const std:
     EXPECT_THROW(t.run(7), Interrupted);
 }
 
-// Rewrites the run state of the checkpoint at p through edit (as a damaged, edited or older
-// file would have it); returns the state as written.
 // The last line of a --log file, parsed.
 nlohmann::json last_log_line(const std::string& path) {
     std::ifstream in(path);
@@ -67,6 +68,8 @@ nlohmann::json last_log_line(const std::string& path) {
     return nlohmann::json::parse(last);
 }
 
+// Rewrites the run state of the checkpoint at p through edit (as a damaged, edited or older
+// file would have it); returns the state as written.
 nlohmann::json edit_state(const std::string& p, const std::function<void(nlohmann::json&)>& edit) {
     StFile f = read_safetensors(p);
     auto state = nlohmann::json::parse(f.metadata.at("state"));
@@ -529,7 +532,7 @@ TEST(Checkpoint, AStateItsRecipeCannotHaveIsRefused) {
     const std::string p = temp("state.safetensors");
     auto backend = make_cpu_backend(2);
     finished_one_epoch(*backend, data, p);
-    for (const auto& [key, value] : {std::pair<const char*, double>{"step", 999}, {"timed", -5}, {"steps_in_epoch", 77}}) {
+    for (const auto& [key, value] : {std::pair<const char*, nlohmann::json>{"step", 999}, {"timed", -5.0}, {"steps_in_epoch", 77}}) {
         SCOPED_TRACE(key);
         nlohmann::json kept;
         edit_state(p, [&](nlohmann::json& state) {
@@ -545,6 +548,78 @@ TEST(Checkpoint, AStateItsRecipeCannotHaveIsRefused) {
     fs::remove(p);
 }
 
+
+// What a damaged or hand-edited file holds is refused by read_checkpoint, naming the file and the
+// fault (eval, predict, export and --resume went on with wrong weights, flips or draws).
+TEST(Checkpoint, DamagedBytesAndImpossibleStatesAreRefusedByName) {
+    const Cifar10 data = make_synthetic_cifar10(1024, 256, 5);
+    const std::string p = temp("damaged.safetensors");
+    auto backend = make_cpu_backend(2);
+    finished_one_epoch(*backend, data, p);
+    const std::string good = [&] {
+        std::ifstream f(p, std::ios::binary);
+        return std::string(std::istreambuf_iterator<char>(f), {});
+    }();
+    const auto put = [&](const std::string& bytes) {
+        std::ofstream f(p, std::ios::binary | std::ios::trunc);
+        f.write(bytes.data(), std::streamsize(bytes.size()));
+    };
+    const auto refused = [&](const std::string& what) {
+        const std::string msg = test::error_of([&] { read_checkpoint(p); });
+        EXPECT_TRUE(test::contains(msg, "checkpoint " + p)) << msg;
+        EXPECT_TRUE(test::contains(msg, what)) << msg;
+    };
+    // one byte of the tensor data changed (its length kept)
+    uint64_t header = 0;
+    std::memcpy(&header, good.data(), 8);
+    std::string bad = good;
+    bad[8 + header + 100] ^= 0x10;
+    put(bad);
+    refused("its tensors do not match the checksum saved with them");
+    // a file written before the checksum was kept still reads
+    put(good);
+    {
+        StFile f = read_safetensors(p);
+        f.metadata.erase("tensors_fnv1a64");
+        write_safetensors(p, f);
+        EXPECT_NO_THROW(read_checkpoint(p));
+    }
+    // flips and generator state that no run makes (the checksum made to fit, as an editor would)
+    const auto edit_tensor = [&](const std::string& name, const std::function<void(std::vector<uint8_t>&)>& edit) {
+        StFile f = read_safetensors(p);
+        edit(f.tensors.at(name).data);
+        f.metadata["tensors_fnv1a64"] = fmt::format("{:016x}", tensors_hash(f));
+        write_safetensors(p, f);
+    };
+    put(good);
+    edit_tensor("state.base_flip", [](std::vector<uint8_t>& d) { d[3] = 2; });
+    refused("state.base_flip[3] is 2 (a flip is 0 or 1)");
+    // counts that are not whole numbers in range, and finished epochs that cannot be read
+    for (const auto& [key, value, what] :
+         {std::tuple<const char*, nlohmann::json, const char*>{"step", 10.5, "'step' is not a count from 0 to"},
+          {"n_train", 4294968320ull, "'n_train' is not a count from 0 to"},
+          {"epoch", -1, "'epoch' is not a count from 0 to"},
+          {"seed", -5, "'seed' is not a whole number >= 0"},
+          {"epochs", 5, "'epochs' is not a list"},
+          {"epochs", nlohmann::json::array({{{"epoch", 0}, {"total_seconds", 1.0}}}), "'epochs' holds a bad entry"}}) {
+        SCOPED_TRACE(key);
+        put(good);
+        edit_state(p, [&, key = key, value = value](nlohmann::json& state) { state[key] = value; });
+        refused(what);
+    }
+    // a generator state of zeros (from which it draws only zeros) in a run that has steps to go;
+    // a finished run's checkpoint holds zeros (it draws nothing more) and reads
+    put(good);
+    EXPECT_NO_THROW(read_checkpoint(p));
+    const Cifar10 data8 = make_synthetic_cifar10(2048, 512, 4);  // (8 steps an epoch)
+    interrupted_after_step_11(*backend, data8, p);
+    edit_tensor("state.rng", [](std::vector<uint8_t>& d) { std::fill(d.begin(), d.end(), 0); });
+    const Checkpoint c = read_checkpoint(p);
+    Trainer t(*backend, c.recipe, data8, tiny_options(p));
+    const std::string msg = test::error_of([&] { t.run(0, false, &c); });
+    EXPECT_TRUE(test::contains(msg, "state.rng is all zeros")) << msg;
+    fs::remove(p);
+}
 
 // The training images' fingerprint (kept in checkpoints, compared on --resume and eval): the
 // same images give the same text, other images or another count do not.

@@ -2,9 +2,11 @@
 #include "train/checkpoint.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 
 #include "io/json_input.h"
+#include "train/trainer.h"
 
 #include "core/error.h"
 
@@ -44,6 +46,7 @@ void save_checkpoint(const std::string& path, const Network& net, const Recipe& 
     f.metadata["version"] = std::to_string(kVersion);
     f.metadata["recipe"] = json_text(recipe_to_json(r));
     f.metadata["state"] = json_text(state);
+    f.metadata["tensors_fnv1a64"] = fmt::format("{:016x}", tensors_hash(f));
     write_safetensors(path, f);
 }
 
@@ -63,19 +66,36 @@ Checkpoint read_checkpoint(const std::string& path) {
         c.recipe = recipe_from_json(parse_json_input(meta("recipe"), "metadata 'recipe'"));
         const auto s = parse_json_input(meta("state"), "metadata 'state'");
         RunState& st = c.state;
-        st.seed = s.at("seed").get<uint64_t>();
-        st.step = s.at("step").get<int>();
-        st.epoch = s.at("epoch").get<int>();
-        st.steps_in_epoch = s.at("steps_in_epoch").get<int>();
+        // counts are whole numbers in range (nlohmann's get<int> casts: 10.7 read as 10, 2^32 + 1024 as 1024)
+        const auto count = [&](const char* key) {
+            const auto& v = s.at(key);
+            if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT_MAX)
+                fail("run state's '{}' is not a count from 0 to {}: {}", key, INT_MAX, json_brief(v));
+            return int(v.get<int64_t>());
+        };
+        const auto& seed = s.at("seed");
+        if (!seed.is_number_unsigned()) fail("run state's 'seed' is not a whole number >= 0: {}", json_brief(seed));
+        st.seed = seed.get<uint64_t>();
+        st.step = count("step");
+        st.epoch = count("epoch");
+        st.steps_in_epoch = count("steps_in_epoch");
         st.epoch_stats[0] = s.at("epoch_stats").at(0).get<float>();
         st.epoch_stats[1] = s.at("epoch_stats").at(1).get<float>();
         st.timed = s.at("timed").get<double>();
         // (checkpoints written before epoch_timed existed: the time since the last finished
         // epoch, or since the start when none has finished, so the whitening set-up too)
         const auto& done = s.at("epochs");
+        if (!done.is_array()) fail("run state's 'epochs' is not a list: {}", json_brief(done));
+        for (const auto& e : done) {  // (read at the resume, after the data: checked here, named)
+            try {
+                (void)epoch_from_json(e);
+            } catch (const nlohmann::json::exception& x) {
+                fail("run state's 'epochs' holds a bad entry {} ({})", json_brief(e), x.what());
+            }
+        }
         const double since_last = st.timed - (done.empty() ? 0.0 : done.back().at("total_seconds").get<double>());
         st.epoch_timed = s.contains("epoch_timed") ? s.at("epoch_timed").get<double>() : std::max(0.0, since_last);
-        st.n_train = s.at("n_train").get<int>();
+        st.n_train = count("n_train");
         st.epochs = s.at("epochs");
         if (s.contains("builds")) {
             const auto& b = s.at("builds");
@@ -86,14 +106,24 @@ Checkpoint read_checkpoint(const std::string& path) {
         }
         st.data_fingerprint = s.value("data_fingerprint", "");
         st.data_source = s.value("data_source", "");
-        if (st.step < 0 || st.epoch < 0 || st.steps_in_epoch < 0 || st.n_train <= 0)
-            fail("run state has negative counts");
+        if (st.n_train == 0) fail("run state's 'n_train' is 0");
     } catch (const nlohmann::json::exception& e) {
         fail("checkpoint {}: bad metadata ({})", path, e.what());
     } catch (const Error& e) {
         fail("checkpoint {}: {}", path, e.what());
     }
+    // the tensors' bytes as saved (checkpoints written before the checksum was kept have none)
+    if (auto it = m.find("tensors_fnv1a64"); it != m.end()) {
+        const std::string h = fmt::format("{:016x}", tensors_hash(c.file));
+        if (it->second != h)
+            fail("checkpoint {}: its tensors do not match the checksum saved with them ({} against {}): "
+                 "a damaged file",
+                 path, h, it->second);
+    }
     c.state.base_flip = get_tensor<uint8_t>(c.file, "state.base_flip", {int64_t(c.state.n_train)});
+    for (size_t i = 0; i < c.state.base_flip.size(); ++i)
+        if (c.state.base_flip[i] > 1)
+            fail("checkpoint {}: state.base_flip[{}] is {} (a flip is 0 or 1)", path, i, c.state.base_flip[i]);
     const auto rng = get_tensor<uint64_t>(c.file, "state.rng", {4});
     std::copy(rng.begin(), rng.end(), c.state.rng_epoch_start.begin());
     return c;
@@ -111,6 +141,27 @@ void load_network(const Checkpoint& c, Network& net, bool with_optimizer) {
         put(net.momentum.get(), "momentum.");
         put(net.ema.get(), "ema.");
     }
+}
+
+uint64_t tensors_hash(const StFile& f) {
+    uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a, a 64-bit word at a time where it can
+    auto mix = [&](uint64_t w) { h = (h ^ w) * 0x100000001b3ull; };
+    for (const auto& [name, t] : f.tensors) {
+        for (char c : name) mix(uint8_t(c));
+        mix(uint64_t(t.dtype));
+        mix(t.shape.size());
+        for (int64_t d : t.shape) mix(uint64_t(d));
+        const size_t n = t.data.size();
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            uint64_t w;
+            std::memcpy(&w, t.data.data() + i, 8);
+            mix(w);
+        }
+        for (; i < n; ++i) mix(t.data[i]);
+        mix(n);
+    }
+    return h;
 }
 
 std::string data_fingerprint(const std::vector<uint8_t>& images, const std::vector<int32_t>& labels, int n) {

@@ -5,9 +5,10 @@
 //   ema.<tensor name>        F32  the lookahead (EMA) state
 //   state.base_flip          U8   the alternating-flip choice of every training image
 //   state.rng                U64  the host RNG at the start of the current epoch
-// and metadata: format/version, the resolved recipe (JSON), and the run state (JSON: seed, step,
+// and metadata: format/version, the resolved recipe (JSON), the run state (JSON: seed, step,
 // epoch, steps done in the epoch, the epoch's running loss/accuracy sums, timed seconds so far,
-// the finished epochs' statistics, the training-set size, the builds that ran its steps).
+// the finished epochs' statistics, the training-set size, the builds that ran its steps), and
+// tensors_fnv1a64, a checksum of the tensors (tensors_hash), so that a damaged file is refused.
 #pragma once
 #include <array>
 #include <string>
@@ -50,6 +51,9 @@ struct RunState {
 // do not.
 std::string data_fingerprint(const std::vector<uint8_t>& images, const std::vector<int32_t>& labels, int n);
 
+// FNV-1a over every tensor of f (name, dtype, shape, bytes, in name order).
+uint64_t tensors_hash(const StFile& f);
+
 // The builds entry that stands for the steps of a checkpoint that predates RunState::builds.
 inline constexpr const char* kBuildsUnrecorded = "unrecorded";
 
@@ -60,7 +64,8 @@ struct Checkpoint {
 };
 
 void save_checkpoint(const std::string& path, const Network& net, const Recipe& r, const RunState& st);
-// Reads and validates (format, version, recipe, state); throws sr::Error naming the file.
+// Reads and validates (format, version, recipe, state, the tensors' checksum where saved, the
+// flips and generator state); throws sr::Error naming the file.
 Checkpoint read_checkpoint(const std::string& path);
 // Copies the checkpoint's arrays into net (whose config must match the checkpoint's recipe);
 // every tensor is checked for presence, dtype and shape. with_optimizer: momentum and EMA too.

@@ -248,15 +248,7 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
         // The checkpoint's tensors too: two files of one seed and step (from another attempt)
         // hold other weights and momentum; rank 0's weights are broadcast below, but each rank's
         // momentum would stay its own file's and the ranks would drift apart.
-        uint64_t tensors = 0;
-        if (resume) {
-            uint64_t h = 0xcbf29ce484222325ull;
-            for (const auto& [name, t] : resume->file.tensors) {
-                for (char c : name) h = (h ^ uint8_t(c)) * 0x100000001b3ull;
-                for (uint8_t byte : t.data) h = (h ^ byte) * 0x100000001b3ull;
-            }
-            tensors = h;
-        }
+        const uint64_t tensors = resume ? tensors_hash(resume->file) : 0;
         const uint64_t mine[6] = {resume ? 1u : 0u, seed, resume ? uint64_t(resume->state.step) : 0,
                                   resume ? uint64_t(resume->state.steps_in_epoch) : 0,
                                   fnv1a64(recipe_to_json(r_).dump()), tensors};
@@ -313,6 +305,11 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             fail("--resume: the checkpoint's run state does not fit its recipe (step {} of {}, epoch {} of "
                  "{} with {} of its {} steps done, {} s timed): a damaged or edited file",
                  rs.step, total, rs.epoch, n_epochs, rs.steps_in_epoch, spe, rs.timed);
+        // (a finished run saves none: it draws nothing more)
+        if (rs.step < total && std::all_of(rs.rng_epoch_start.begin(), rs.rng_epoch_start.end(),
+                                           [](uint64_t w) { return w == 0; }))
+            fail("--resume: the checkpoint's state.rng is all zeros, which the generator never reaches (it "
+                 "would draw only zeros from there): a damaged or edited file");
     }
     const int whiten_steps = whiten_bias_steps(spe, r_.whiten_bias_epochs);
     const bool jitter = r_.brightness > 0 || r_.contrast > 0;
