@@ -162,6 +162,14 @@ TEST(Recipe, ConfigFileIsMergedOverThePreset) {
     std::string why = error_for(R"({"opt": {"lr": 9.0,}})");
     EXPECT_TRUE(test::contains(why, path)) << why;
     EXPECT_TRUE(test::contains(why, "not valid JSON")) << why;
+    // a NUL byte ended the parser's input: what followed went unread
+    why = error_for(std::string(R"({"opt": {}})") + '\0' + R"({"opt": {"lr": "fast"}})");
+    EXPECT_TRUE(test::contains(why, "not valid JSON (a NUL byte at offset 11)")) << why;
+    // a file without end (or far too large) is not read whole
+    if (std::filesystem::exists("/dev/zero")) {
+        why = test::error_of([] { load_recipe("airbench94", "/dev/zero"); });
+        EXPECT_TRUE(test::contains(why, "/dev/zero: larger than 16 MiB, not a config file")) << why;
+    }
     why = error_for(R"({"opt": {"lr": "fast"}})");
     EXPECT_TRUE(test::contains(why, path + " (merged over preset airbench94)")) << why;
     EXPECT_TRUE(test::contains(why, "'opt.lr' must be a number (got \"fast\")")) << why;

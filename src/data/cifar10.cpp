@@ -111,6 +111,9 @@ void require_all_six(const std::string& dir, const char* from) {
     if (!fs::is_directory(dir, ec)) fail("{}: not a directory (looked for CIFAR-10 there, from {})", dir, from);
     for (const char* f : kBatchFiles) {
         const fs::path p = fs::path(dir) / f;
+        if (fs::exists(p, ec) && !fs::is_regular_file(p, ec))
+            fail("{}: not a regular file (a folder or a device; looked for CIFAR-10 in {}, from {})", p.string(),
+                 dir, from);
         if (!fs::is_regular_file(p, ec))
             fail("{}: missing (looked for CIFAR-10 in {}, from {}; it needs data_batch_1..5.bin and "
                  "test_batch.bin{})",

@@ -40,6 +40,9 @@ struct LimitsSax : StructureSax {
 }  // namespace
 
 nlohmann::json parse_json_input(std::string_view text, const std::string& what, int max_depth) {
+    // (the parser ends its input at a NUL byte: what follows one would go unread, not refused)
+    if (const size_t nul = text.find('\0'); nul != std::string_view::npos)
+        fail("{}: not valid JSON (a NUL byte at offset {})", what, nul);
     LimitsSax limits;
     limits.max_depth = max_depth;
     if (!nlohmann::json::sax_parse(text.begin(), text.end(), &limits)) fail("{}: {}", what, limits.error);

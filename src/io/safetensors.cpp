@@ -402,7 +402,9 @@ StFile parse_safetensors(const std::string& name_for_errors, const uint8_t* byte
 
 StFile read_safetensors(const std::string& path) {
     Fd fd;
-    fd.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: a FIFO opens at once (and is refused below) instead of waiting for a writer;
+    // reads of a regular file do not see the flag
+    fd.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd.fd < 0) {
         if (errno == ENOENT) fail("{}: missing (no such file)", path);
         fail("{}: cannot open: {}", path, std::strerror(errno));

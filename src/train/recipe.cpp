@@ -513,9 +513,17 @@ Recipe load_recipe(const std::string& preset, const std::string& config_path) {
     std::error_code ec;
     if (std::filesystem::is_directory(config_path, ec))
         fail("{}: is a directory, not a config file", config_path);
-    std::ifstream f(config_path);
+    std::ifstream f(config_path, std::ios::binary);
     if (!f) fail("{}: cannot open the config file", config_path);
-    const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    // read in pieces up to a limit (a pipe, <(...), is fine; /dev/zero or a wrong file is not)
+    constexpr size_t kMaxConfigBytes = size_t(16) << 20;
+    std::string text;
+    char buf[1 << 16];
+    while (f.read(buf, sizeof buf) || f.gcount() > 0) {
+        text.append(buf, size_t(f.gcount()));
+        if (text.size() > kMaxConfigBytes)
+            fail("{}: larger than {} MiB, not a config file", config_path, kMaxConfigBytes >> 20);
+    }
     if (f.bad()) fail("{}: cannot read the config file", config_path);
     const nlohmann::json patch = parse_json_input(text, config_path);
     if (!patch.is_object()) fail("{}: a config file must be a JSON object", config_path);

@@ -351,6 +351,13 @@ TEST(Cifar10Find, FlagAtAnEmptyDirectoryIsAnError) {
     const std::string msg2 = error_of([&] { find_cifar10_dir(empty / "not-there"); });
     EXPECT_TRUE(contains(msg2, empty / "not-there"));
     EXPECT_TRUE(contains(msg2, "--data"));
+    // a batch file that is there but a folder is not called missing
+    TempDir folders;
+    write_six(folders, 2, 41);
+    fs::remove(folders.path / "data_batch_3.bin");
+    fs::create_directory(folders.path / "data_batch_3.bin");
+    const std::string msg3 = error_of([&] { find_cifar10_dir(folders.str()); });
+    EXPECT_TRUE(contains(msg3, (folders.path / "data_batch_3.bin").string() + ": not a regular file")) << msg3;
 }
 
 TEST(Cifar10Find, EnvironmentVariableAtAnIncompleteDirectoryIsAnError) {

@@ -5,6 +5,8 @@
 // the safetensors and CIFAR-10 readers (Fuzz.*): every mutated input must either parse or throw
 // sr::Error. Fuzz iterations: $SPEEDRUN_FUZZ_ITERS, default 10000. Run them under
 // AddressSanitizer and UBSan with tools/fuzz-check.
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -276,6 +278,26 @@ TEST(Safetensors, MissingFileOrDirectoryIsNamed) {
     TempDir d;
     EXPECT_TRUE(contains(error_of([&] { read_safetensors(d / "nope.safetensors"); }), "nope.safetensors: missing"));
     EXPECT_TRUE(contains(error_of([&] { read_safetensors(d / ""); }), "is a directory"));
+}
+
+TEST(Safetensors, AFifoIsRefusedAtOnce) {
+    // (open() of a FIFO waited for a writer: `eval --checkpoint fifo` hung); in a child process
+    // that a timer ends, so that a hang fails the test instead of stopping the suite
+    TempDir d;
+    const std::string fifo = d / "ck.safetensors";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    std::fflush(stdout);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::alarm(10);
+        const std::string why = error_of([&] { read_safetensors(fifo); });
+        ::_exit(why.find(fifo + ": is not a regular file") != std::string::npos ? 0 : 1);
+    }
+    int st = 0;
+    ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        << (WIFSIGNALED(st) ? "still waiting after 10 s" : "another message");
 }
 
 TEST(Safetensors, TooShortFiles) {
