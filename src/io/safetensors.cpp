@@ -98,8 +98,9 @@ public:
     std::string error;
 
     bool start_object(std::size_t) override {
-        if (!deeper()) return false;
+        if (!value() || !deeper()) return false;
         keys_.emplace_back();
+        open_.push_back(-1);
         return true;
     }
     bool key(string_t& k) override {
@@ -114,14 +115,26 @@ public:
     }
     bool end_object() override {
         keys_.pop_back();
+        open_.pop_back();
         --depth_;
         return true;
     }
-    bool start_array(std::size_t) override { return deeper(); }
+    bool start_array(std::size_t) override {
+        if (!value() || !deeper()) return false;
+        open_.push_back(0);
+        return true;
+    }
     bool end_array() override {
+        open_.pop_back();
         --depth_;
         return true;
     }
+    bool null() override { return value(); }
+    bool boolean(bool) override { return value(); }
+    bool number_integer(number_integer_t) override { return value(); }
+    bool number_unsigned(number_unsigned_t) override { return value(); }
+    bool number_float(number_float_t, const string_t&) override { return value(); }
+    bool string(string_t&) override { return value(); }
     bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
         std::string m = e.what();
         if (const size_t p = m.find("] "); m.rfind("[json.exception.", 0) == 0 && p != std::string::npos)
@@ -138,9 +151,22 @@ private:
         }
         return true;
     }
+    // One more value in the innermost container: an array may hold at most kMaxArrayValues (a
+    // shape has a few dimensions, data_offsets two; a shape of 50 million zeros, 0 bytes of data,
+    // built a header of gigabytes in memory).
+    bool value() {
+        if (!open_.empty() && open_.back() >= 0 && ++open_.back() > kMaxArrayValues) {
+            error = fmt::format("an array in the header holds more than {} values (a tensor's shape has a few)",
+                                kMaxArrayValues);
+            return false;
+        }
+        return true;
+    }
+    static constexpr int kMaxArrayValues = 64;
     int depth_ = 0;
     // std::unordered_set<std::string> per open object (up to depth 2 used)
     std::vector<std::unordered_set<std::string>> keys_;
+    std::vector<int> open_;  // per open container: -1 an object, else the values of an array so far
 };
 
 struct Entry {

@@ -16,8 +16,9 @@
 // non-negative integers or whose element count overflows, data_offsets that are not two
 // integers begin <= end inside the data section, a byte length other than elements * dtype
 // size, tensors that overlap or leave holes in the data section (the format forbids both), and
-// metadata that is not an object of strings. It never reads out of bounds and never allocates
-// more than the file (or buffer) holds.
+// metadata that is not an object of strings, and an array of more than 64 values (no shape has
+// that many dimensions). It never reads out of bounds, and what it allocates is bounded by a small
+// multiple of the file's (or buffer's) size.
 #pragma once
 #include <cstddef>
 #include <cstdint>

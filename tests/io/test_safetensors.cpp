@@ -354,6 +354,15 @@ TEST(Safetensors, BadTensorEntries) {
     EXPECT_TRUE(contains(with("{\"dtype\":\"F32\",\"shape\":[2]}"), "entry has no \"data_offsets\""));
     EXPECT_TRUE(contains(with("{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"x\":1}"),
                          "tensor 't': unknown key 'x'"));
+    // a shape of more values than any tensor has dimensions: refused before the header is built
+    // (a shape of 50 million zeros, 0 bytes of data, took gigabytes of memory); 64 are read
+    std::string zeros64 = "[2";
+    for (int i = 1; i < 64; ++i) zeros64 += ",1";
+    zeros64 += "]";
+    const Bytes dims64 = file_of("{\"t\":" + entry("\"F32\"", zeros64, "[0,8]") + "}", d8);
+    EXPECT_EQ(parse_safetensors("x", dims64.data(), dims64.size()).tensors.at("t").shape.size(), 64u);
+    EXPECT_TRUE(contains(with(entry("\"F32\"", zeros64.substr(0, zeros64.size() - 1) + ",1]", "[0,8]")),
+                         "an array in the header holds more than 64 values"));
     // dtype
     EXPECT_TRUE(contains(with(entry("\"F16\"", "[4]", "[0,8]")), "tensor 't': unsupported dtype 'F16'"));
     EXPECT_TRUE(contains(with(entry("\"f32\"", "[2]", "[0,8]")), "unsupported dtype 'f32'"));
