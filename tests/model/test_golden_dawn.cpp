@@ -10,6 +10,7 @@
 
 #include "model/network.h"
 #include "optim/optimizer.h"
+#include "optim/schedule.h"
 #include "train/recipe.h"
 #include "golden_util.h"
 #include "test_util.h"
@@ -60,10 +61,14 @@ TEST(GoldenDawn, MyrtlePresetsAreTheNotebookCells) {
     }
     Network nb(*b, base.net);
     Optimizer ob(nb, base);
-    // baseline: PiecewiseLinear([0, 15, 30, 35], [0, 0.1, 0.005, 0]) at step / 390 (+1 step)
+    // baseline: PiecewiseLinear([0, 15, 30, 35], [0, 0.1, 0.005, 0]) at step / spe (+1 step),
+    // spe the run's 391 steps an epoch (50,000 images at batch 128, the last one partial)
+    const int spe = steps_per_epoch(50000, base.batch_size, base.drop_last);
+    EXPECT_EQ(spe, 391);
     EXPECT_NEAR(base.lr * base.batch_size, 0.1, 1e-12);
-    EXPECT_NEAR(base.lr * base.batch_size * ob.lr_multiplier_at(15 * 390 - 1, 35 * 390, 390), 0.1, 1e-9);
-    EXPECT_NEAR(base.lr * base.batch_size * ob.lr_multiplier_at(30 * 390 - 1, 35 * 390, 390), 0.005, 1e-9);
+    EXPECT_NEAR(base.lr * base.batch_size * ob.lr_multiplier_at(15 * spe - 1, 35 * spe, spe), 0.1, 1e-9);
+    EXPECT_NEAR(base.lr * base.batch_size * ob.lr_multiplier_at(30 * spe - 1, 35 * spe, spe), 0.005, 1e-9);
+    EXPECT_NEAR(base.lr * base.batch_size * ob.lr_multiplier_at(35 * spe - 1, 35 * spe, spe), 0.0, 1e-9);
     EXPECT_NEAR(bs.lr * bs.batch_size, 0.44, 1e-12);
     EXPECT_EQ(reg.cutout, 8);
     EXPECT_NEAR(reg.lr * reg.batch_size, 0.6, 1e-12);
