@@ -76,7 +76,8 @@ int main(int argc, char** argv) {
         ->check(kNonNegative);
     train->add_option("--summary-json", ta.summary_json, "Write the runs and statistics as JSON");
     train->add_option("--log", ta.log, "Append a JSONL log (one line per epoch and per run; a run stopped by a "
-                      "signal, --stop-after-step or a non-finite loss ends with a \"stopped\" line)");
+                      "signal, --stop-after-step, a non-finite loss or a checkpoint it cannot write ends with a \"stopped\" "
+                      "line)");
     train->add_flag("--no-epoch-eval", ta.no_epoch_eval, "Skip the untimed test evaluation after each epoch");
     train->add_option("--plot", ta.plot, "PNG of test accuracy and train loss per epoch (gnuplot)");
     train->add_option("--dawnbench", ta.dawnbench, "DAWNBench logs.tsv of the first run");

@@ -510,6 +510,61 @@ TEST(Checkpoint, AnUnwritableFinalCheckpointKeepsTheRunsFigures) {
     fs::remove_all(blocker);
 }
 
+// A run stopped by --stop-after-step (or a signal) whose own checkpoint cannot be written (its
+// folder's name taken by a file after an earlier save; a full disk alike): an error that says
+// the run stopped, that this save failed, and which save the file still holds; the log's last
+// line says so too.
+struct FolderTakerAtStep : ForwardingBackend {
+    using ForwardingBackend::ForwardingBackend;
+    fs::path folder;
+    int at_step = 0, steps = 0;
+    void run_op(const char*, const std::function<std::string()>&, double, double,
+                std::function<void()> f) override {
+        f();
+    }
+    void cross_entropy(float* dlogits, float* stats, const float* logits, const int32_t* labels, int N, int O,
+                       float smoothing) override {
+        if (dlogits && ++steps == at_step) {  // (a training step's loss: it has a gradient)
+            fs::rename(folder, folder.string() + ".kept");
+            std::ofstream(folder) << "a file where the checkpoint's folder was\n";
+        }
+        ForwardingBackend::cross_entropy(dlogits, stats, logits, labels, N, O, smoothing);
+    }
+};
+
+TEST(Checkpoint, AStoppedRunWhoseSaveFailsSaysWhatTheFileHolds) {
+    const Cifar10 data = make_synthetic_cifar10(2048, 256, 8);
+    const Recipe r = tiny_recipe();  // (airbench94: no cutmix, the plain loss op)
+    auto cpu = make_cpu_backend(2);
+    FolderTakerAtStep backend(*cpu);
+    backend.folder = test::temp_path("ckfolder");
+    backend.at_step = 6;
+    fs::remove_all(backend.folder);
+    fs::remove_all(backend.folder.string() + ".kept");
+    const std::string p = (backend.folder / "c.safetensors").string();
+    TrainOptions o = tiny_options(p);
+    o.checkpoint_every = 4;
+    o.stop_after_step = 8;
+    const std::string log = temp("stopfail.jsonl");
+    fs::remove(log);
+    o.log_path = log;
+    Trainer t(backend, r, data, o);
+    const std::string m = test::error_of([&] { t.run(3); });
+    EXPECT_TRUE(test::contains(m, "stopped after step 8 of ")) << m;
+    EXPECT_TRUE(test::contains(m, "(--stop-after-step), but its checkpoint was not written: ")) << m;
+    EXPECT_TRUE(test::contains(m, p + " is as it was (step 4, this run's last save)")) << m;
+    EXPECT_GE(backend.steps, 8);
+    EXPECT_EQ(read_checkpoint(backend.folder.string() + ".kept/c.safetensors").state.step, 4);
+    const nlohmann::json j = last_log_line(log);
+    EXPECT_EQ(j["event"], "stopped");
+    EXPECT_EQ(j["reason"], "stop_after_step");
+    EXPECT_EQ(j["steps"], 8);
+    EXPECT_TRUE(test::contains(j.value("checkpoint_error", ""), backend.folder.string())) << j.dump();
+    fs::remove_all(backend.folder);
+    fs::remove_all(backend.folder.string() + ".kept");
+    fs::remove(log);
+}
+
 // A log that cannot be written (/dev/full: every write says the disk is full) warns once and
 // ends; the run it records goes on.
 TEST(Checkpoint, AFullLogWarnsAndStops) {

@@ -609,7 +609,26 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
             const bool stop = interrupted || (!warmup && o_.stop_after_step >= 0 && step >= o_.stop_after_step);
             if (stop || (o_.checkpoint_every > 0 && step % o_.checkpoint_every == 0 && step < total)) {
                 epoch_time += timer->stop_seconds();
-                save(step, epoch, steps_here, rng0, timed + epoch_time, epoch_time);
+                const int saved_before = saved_step;
+                try {
+                    save(step, epoch, steps_here, rng0, timed + epoch_time, epoch_time);
+                } catch (const Diverged&) {
+                    throw;
+                } catch (const Error& e) {
+                    // (a full disk, the file's folder gone): the run ends, saying what is kept;
+                    // the file is as it was, a failed write never touches it
+                    const char* reason = interrupted ? "interrupted" : stop ? "stop_after_step" : "checkpoint not written";
+                    if (!warmup && log_)
+                        log_->write({{"event", "stopped"}, {"seed", seed}, {"steps", step}, {"total_steps", total},
+                                     {"reason", reason}, {"checkpoint_error", e.what()}});
+                    fail("{} was not written: {}; {} is as it was ({})",
+                         stop ? fmt::format("stopped after step {} of {} ({}), but its checkpoint", step, total,
+                                            interrupted ? "a signal" : "--stop-after-step")
+                              : fmt::format("the checkpoint of step {} of {}", step, total),
+                         e.what(), o_.checkpoint_path,
+                         saved_before >= 0 ? fmt::format("step {}, this run's last save", saved_before)
+                                           : std::string("this run saved nothing to it before"));
+                }
                 if (stop) {
                     // (the log's last line then says why no "run" line follows)
                     if (!warmup && log_)
