@@ -560,6 +560,8 @@ TEST(Checkpoint, AStoppedRunWhoseSaveFailsSaysWhatTheFileHolds) {
     EXPECT_EQ(j["reason"], "stop_after_step");
     EXPECT_EQ(j["steps"], 8);
     EXPECT_TRUE(test::contains(j.value("checkpoint_error", ""), backend.folder.string())) << j.dump();
+    EXPECT_EQ(j["checkpoint"], p);  // (what a resume can start from: this run's last save)
+    EXPECT_EQ(j["checkpoint_step"], 4);
     fs::remove_all(backend.folder);
     fs::remove_all(backend.folder.string() + ".kept");
     fs::remove(log);

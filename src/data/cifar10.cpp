@@ -170,15 +170,21 @@ bool install_dir(const fs::path& new_dir, const fs::path& target) {
         fs::rename(target, old, ec);
         if (ec) {
             if (has_all_six(target)) return false;
-            fail("{}: exists and cannot be moved aside to make room for the new data ({})", target.string(),
-                 ec.message());
+            // (gone meanwhile: another process moved it aside first; ours goes in below)
+            if (fs::exists(fs::symlink_status(target, ec)))
+                fail("{}: exists and cannot be moved aside to make room for the new data ({})", target.string(),
+                     ec.message());
+            old.clear();
         }
     }
     fs::rename(new_dir, target, ec);
     if (ec) {
         std::error_code ec2;
         if (!old.empty()) fs::rename(old, target, ec2);
-        if (has_all_six(target)) return false;  // (another process's rename came first)
+        if (has_all_six(target)) {  // (another process's rename came first: theirs stays)
+            if (!old.empty()) fs::remove_all(old, ec2);  // (ours moved aside, not put back)
+            return false;
+        }
         fail("{}: cannot rename the unpacked data to {} ({})", new_dir.string(), target.string(),
              ec.message());
     }
@@ -440,7 +446,7 @@ std::string unpack_cifar10_archive(const std::string& archive_path, const std::s
         }
         // (on disk before the folder is renamed into place: a crash soon after must not leave a
         // complete-looking cache of short files, which nothing would download again)
-        if (std::fflush(f.get()) != 0 || ::fsync(::fileno(f.get())) != 0)
+        if (std::fflush(f.get()) != 0 || (::fsync(::fileno(f.get())) != 0 && errno != EINVAL))
             fail("{}: write failed ({})", out.string(), errno_text());
         if (std::fclose(f.release()) != 0) fail("{}: write failed ({})", out.string(), errno_text());
     }
@@ -472,6 +478,7 @@ size_t curl_write(char* data, size_t size, size_t nmemb, void* sink_ptr) {
         sink->too_large = true;
         return 0;
     }
+    errno = 0;  // (what a short write leaves is its reason; an older value is not)
     const size_t w = std::fwrite(data, 1, n, sink->file);
     if (w != n && sink->write_errno == 0) sink->write_errno = errno ? errno : EIO;
     sink->bytes += w;

@@ -2,6 +2,7 @@
 #include "io/atomic_file.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -65,17 +66,25 @@ mode_t process_umask() {
 }  // namespace
 
 void fsync_folder_of(const std::string& path) {
+    // Best effort: the file is in place already, so a folder that cannot be opened (no read
+    // permission: a "drop" folder) or synced (some network and FUSE file systems) costs only the
+    // durability of the new name, said once, not the write.
     fs::path dir = fs::path(path).parent_path();
     if (dir.empty()) dir = ".";
     const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) fail("{}: cannot open its folder {} to make the new name durable: {}", path, dir.string(),
-                     std::strerror(errno));
-    const int rc = ::fsync(fd);
-    const int e = errno;
-    ::close(fd);
-    // (EINVAL: a file system whose folders take no fsync; the rename is as durable as it gets)
-    if (rc != 0 && e != EINVAL)
-        fail("{}: fsync of its folder {} failed: {}", path, dir.string(), std::strerror(e));
+    int e = 0;
+    if (fd < 0) {
+        e = errno;
+    } else {
+        if (::fsync(fd) != 0 && errno != EINVAL) e = errno;  // (EINVAL: folders take no fsync there)
+        ::close(fd);
+    }
+    static std::atomic<bool> warned{false};
+    if (e != 0 && !warned.exchange(true))
+        std::fprintf(stderr,
+                     "speedrun: warning: %s is written, but its folder %s could not be synced (%s): a crash "
+                     "soon after may lose the new file (said once)\n",
+                     path.c_str(), dir.c_str(), std::strerror(e));
 }
 
 namespace {
@@ -182,13 +191,19 @@ void check_distinct_outputs(const std::vector<std::pair<std::string, std::string
 
 void check_inputs_kept(const std::vector<std::pair<std::string, std::string>>& outputs,
                        const std::vector<std::pair<std::string, std::string>>& inputs) {
+    // one file: the same device and inode (through links; hard links too). Only a regular file
+    // read as an input can be lost: a terminal or pipe (--config /dev/stdin beside --log
+    // /dev/stdout) is not replaced by an output.
     for (const auto& in : inputs) {
-        if (in.first.empty()) continue;
-        const std::string key = same_file_key(in.first);
-        for (const auto& out : outputs)
-            if (!out.first.empty() && same_file_key(out.first) == key)
+        struct stat si {};
+        if (in.first.empty() || ::stat(in.first.c_str(), &si) != 0 || !S_ISREG(si.st_mode)) continue;
+        for (const auto& out : outputs) {
+            struct stat so {};
+            if (!out.first.empty() && ::stat(out.first.c_str(), &so) == 0 && so.st_dev == si.st_dev &&
+                so.st_ino == si.st_ino)
                 fail("{} {} is the file {} {} names: writing it would replace that input; name another file",
                      out.second, out.first, in.second, in.first);
+        }
     }
 }
 
@@ -242,13 +257,13 @@ void write_file_atomic(const std::string& given, const std::string& content) {
     const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
     if (fd < 0) fail("{}: cannot create a temporary file beside it: {}", path, std::strerror(errno));
     try {
-        // the mode a plain create would give (mkstemp makes 0600), or the replaced file's
+        // the mode open(path, O_CREAT, 0644) would give (mkstemp makes 0600), or the replaced
+        // file's; where the file system takes no mode (a mount of another owner) it stays as made
         struct stat old {};
         const mode_t mode = ::stat(path.c_str(), &old) == 0 && S_ISREG(old.st_mode)
                                 ? (old.st_mode & 07777)
-                                : (0666 & ~process_umask());
-        if (::fchmod(fd, mode) != 0)
-            fail("{}: cannot set the mode of its temporary file {}: {}", path, tmp, std::strerror(errno));
+                                : (0644 & ~process_umask());
+        (void)::fchmod(fd, mode);
         write_all(fd, content.data(), content.size(), fmt::format("{} (temporary file {})", path, tmp));
         if (::fsync(fd) != 0) fail("{}: fsync of its temporary file {} failed: {}", path, tmp, std::strerror(errno));
     } catch (...) {

@@ -12,11 +12,13 @@ namespace sr {
 
 // (a symbolic link at path stays: the file it points to is replaced; see output_target). The
 // temporary file is a new one of our own (.speedrun-tmp.XXXXXX beside the target); it takes the
-// mode of the file it replaces, else 0666 less the umask. After the rename the folder is fsynced.
+// mode of the file it replaces, else 0644 less the umask. After the rename the folder is fsynced
+// (fsync_folder_of).
 void write_file_atomic(const std::string& path, const std::string& content);
 
 // fsyncs the folder that holds path, so that a rename or a new file there survives a crash
-// (a rename is durable only once its folder is); fails naming path.
+// (a rename is durable only once its folder is). Best effort: where the folder cannot be opened
+// or synced, a warning (once a process) and no error: the file itself is in place.
 void fsync_folder_of(const std::string& path);
 
 // A file made by another writer (gnuplot, graphviz) put in place: fsynced, renamed to `to` (on

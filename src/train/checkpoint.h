@@ -65,7 +65,8 @@ struct Checkpoint {
 
 void save_checkpoint(const std::string& path, const Network& net, const Recipe& r, const RunState& st);
 // Reads and validates (format, version, recipe, state, the tensors' checksum where saved, the
-// flips and generator state); throws sr::Error naming the file.
+// flips; the generator state is checked where a run resumes from it); throws sr::Error naming
+// the file.
 Checkpoint read_checkpoint(const std::string& path);
 // Copies the checkpoint's arrays into net (whose config must match the checkpoint's recipe);
 // every tensor is checked for presence, dtype and shape. with_optimizer: momentum and EMA too.

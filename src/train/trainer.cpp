@@ -620,7 +620,11 @@ RunResult Trainer::run(uint64_t seed, bool warmup, const Checkpoint* resume) {
                     const char* reason = interrupted ? "interrupted" : stop ? "stop_after_step" : "checkpoint not written";
                     if (!warmup && log_)
                         log_->write({{"event", "stopped"}, {"seed", seed}, {"steps", step}, {"total_steps", total},
-                                     {"reason", reason}, {"checkpoint_error", e.what()}});
+                                     {"reason", reason}, {"checkpoint_error", e.what()},
+                                     {"checkpoint", saved_before >= 0 ? nlohmann::json(o_.checkpoint_path)
+                                                                      : nlohmann::json(nullptr)},
+                                     {"checkpoint_step",
+                                      saved_before >= 0 ? nlohmann::json(saved_before) : nlohmann::json(nullptr)}});
                     fail("{} was not written: {}; {} is as it was ({})",
                          stop ? fmt::format("stopped after step {} of {} ({}), but its checkpoint", step, total,
                                             interrupted ? "a signal" : "--stop-after-step")

@@ -111,12 +111,12 @@ TEST(AtomicFile, TheTemporaryFileIsANewFileOfItsOwn) {
     EXPECT_EQ(slurp(sentinel), "keep");
     EXPECT_FALSE(fs::is_symlink(target));
     EXPECT_EQ(slurp(target), "new");
-    // the mode: a new file gets 0666 less the umask, a replaced one keeps its own
+    // the mode: a new file gets 0644 less the umask (as open(O_CREAT, 0644)), a replaced one keeps its own
     const mode_t mask = ::umask(022);
     ::umask(mask);
     struct stat st {};
     ASSERT_EQ(::stat(target.c_str(), &st), 0);
-    EXPECT_EQ(st.st_mode & 0777, 0666u & ~mask);
+    EXPECT_EQ(st.st_mode & 0777, 0644u & ~mask);
     fs::permissions(target, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
     write_file_atomic(target.string(), "newer");
     ASSERT_EQ(::stat(target.c_str(), &st), 0);
@@ -179,6 +179,28 @@ TEST(AtomicFile, ALogWhoseLastLineWasCutGoesOnOnANewLine) {
         l.write({{"e", 5}});
     }
     EXPECT_EQ(slurp(log), "{\"a\":1}\n{\"b\":\n{\"c\":3}\n{\"d\":4}\n{\"e\":5}\n");
+    fs::remove_all(dir);
+}
+
+TEST(AtomicFile, AnOutputThatIsAnInputIsRefused) {
+    const fs::path dir = test::temp_path("inputs");
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const fs::path cfg = dir / "cfg.json", hard = dir / "hard.json", soft = dir / "soft.json";
+    std::ofstream(cfg) << "{}";
+    fs::create_hard_link(cfg, hard);
+    fs::create_symlink(cfg, soft);
+    for (const fs::path& out : {cfg, hard, soft, dir / "." / "cfg.json"}) {
+        const std::string why = test::error_of([&] { check_inputs_kept({{out.string(), "--log"}}, {{cfg.string(), "--config"}}); });
+        EXPECT_TRUE(test::contains(why, "--log " + out.string() + " is the file --config " + cfg.string() + " names"))
+            << why;
+    }
+    // another file, a file not there yet, and what no output replaces (a terminal or pipe read
+    // as /dev/stdin beside /dev/stdout) are fine
+    std::ofstream(dir / "other.json") << "{}";
+    EXPECT_NO_THROW(check_inputs_kept({{(dir / "other.json").string(), "--log"}, {(dir / "new.json").string(), "--svg"}, {"", "--plot"}},
+                                      {{cfg.string(), "--config"}, {"", "--resume"}}));
+    EXPECT_NO_THROW(check_inputs_kept({{"/dev/stdout", "--log"}}, {{"/dev/stdin", "--config"}}));
     fs::remove_all(dir);
 }
 
