@@ -74,6 +74,14 @@ std::string slurp(const fs::path& p) {
     return ss.str();
 }
 
+// An empty folder of the tests' own, made anew.
+fs::path fresh_dir(const std::string& name) {
+    const fs::path dir = test::temp_path(name);
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    return dir;
+}
+
 // Files in dir other than the given ones (temporary files left behind).
 std::vector<std::string> others_in(const fs::path& dir, const std::vector<std::string>& known) {
     std::vector<std::string> left;
@@ -85,9 +93,7 @@ std::vector<std::string> others_in(const fs::path& dir, const std::vector<std::s
 }
 
 TEST(AtomicFile, NamesOfTwoHundredAndFiftySixBytesAreRefusedBeforeTheWork) {
-    const fs::path dir = test::temp_path("longname");
-    fs::remove_all(dir);
-    fs::create_directories(dir);
+    const fs::path dir = fresh_dir("longname");
     const std::string ok(255, 'a'), too_long(256, 'a');
     check_output_path((dir / ok).string(), "--summary-json");
     write_file_atomic((dir / ok).string(), "x");  // (its temporary name is short)
@@ -100,9 +106,7 @@ TEST(AtomicFile, NamesOfTwoHundredAndFiftySixBytesAreRefusedBeforeTheWork) {
 TEST(AtomicFile, TheTemporaryFileIsANewFileOfItsOwn) {
     // a link placed where a temporary name was predictable (path.tmp.<pid>, as written before)
     // is not written through, and the target becomes a file, not that link
-    const fs::path dir = test::temp_path("tmplink");
-    fs::remove_all(dir);
-    fs::create_directories(dir);
+    const fs::path dir = fresh_dir("tmplink");
     const fs::path target = dir / "out.json", sentinel = dir / "sentinel";
     std::ofstream(sentinel) << "keep";
     const std::string old_tmp = fmt::format("out.json.tmp.{}", ::getpid());
@@ -128,9 +132,7 @@ TEST(AtomicFile, TheTemporaryFileIsANewFileOfItsOwn) {
 }
 
 TEST(AtomicFile, AWriteThatFailsPartwayLeavesTheOldFileAndNoTemporaryOne) {
-    const fs::path dir = test::temp_path("efbig");
-    fs::remove_all(dir);
-    fs::create_directories(dir);
+    const fs::path dir = fresh_dir("efbig");
     const fs::path target = dir / "ck.safetensors";
     std::ofstream(target) << "old";
     // a file size limit of 4 KiB (SIGXFSZ ignored: write() fails with EFBIG) in a child process,
@@ -163,9 +165,7 @@ TEST(AtomicFile, AWriteThatFailsPartwayLeavesTheOldFileAndNoTemporaryOne) {
 }
 
 TEST(AtomicFile, ALogWhoseLastLineWasCutGoesOnOnANewLine) {
-    const fs::path dir = test::temp_path("tornlog");
-    fs::remove_all(dir);
-    fs::create_directories(dir);
+    const fs::path dir = fresh_dir("tornlog");
     const fs::path log = dir / "log.jsonl";
     std::ofstream(log) << "{\"a\":1}\n{\"b\":";  // a full disk cut the second line
     {
@@ -183,9 +183,7 @@ TEST(AtomicFile, ALogWhoseLastLineWasCutGoesOnOnANewLine) {
 }
 
 TEST(AtomicFile, AnOutputThatIsAnInputIsRefused) {
-    const fs::path dir = test::temp_path("inputs");
-    fs::remove_all(dir);
-    fs::create_directories(dir);
+    const fs::path dir = fresh_dir("inputs");
     const fs::path cfg = dir / "cfg.json", hard = dir / "hard.json", soft = dir / "soft.json";
     std::ofstream(cfg) << "{}";
     fs::create_hard_link(cfg, hard);
