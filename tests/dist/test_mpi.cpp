@@ -439,28 +439,36 @@ TEST(Mpi, TrainDistributedErrorOfOneRankInALaterRunEndsTheJob) {
 
 TEST(Mpi, AMissingDataSetIsDownloadedByRankZeroAlone) {
     // No data anywhere and a mirror that fails: rank 0 tries first and its error ends the job;
-    // the other rank never starts a download of its own (each rank downloaded at once before)
+    // the other rank never starts a download of its own (each rank downloaded at once before);
+    // train --distributed and sweep alike
     SKIP_WITHOUT_MPI();
     const fs::path dir = temp_dir("download");
     const fs::path cwd = dir / "a" / "b";  // (no ../shared/data from there)
     fs::create_directories(cwd);
     const std::string log = (dir / "log").string();
     const std::string url = "file:///speedrun-no-such-mirror/cifar-10-binary.tar.gz";
-    const Child c = spawn(mpirun(2) + std::vector<std::string>{"-wdir", cwd.string(), "-x", "CIFAR10_DIR=", "-x",
-                                                               "XDG_CACHE_HOME=" + (dir / "cache").string(), "-x",
-                                                               "SPEEDRUN_CIFAR10_URL=" + url, SPEEDRUN_BINARY,
-                                                               "train", "--distributed", "--device", "cpu"},
-                          log);
-    const int rc = wait_for(c, 60s);
-    const std::string out = slurp(log);
-    ASSERT_NE(rc, -1000) << "still running after 60 s:\n" << out;
-    EXPECT_NE(rc, 0) << out;
-    size_t downloads = 0;
-    for (size_t at = out.find("downloading " + url + " to"); at != std::string::npos;
-         at = out.find("downloading " + url + " to", at + 1))
-        ++downloads;
-    EXPECT_EQ(downloads, 1u) << out;
-    EXPECT_NE(out.find("speedrun: error (rank 0 of 2): downloading " + url + " failed"), std::string::npos) << out;
+    for (const auto& command : {std::vector<std::string>{"train", "--distributed", "--device", "cpu"},
+                                std::vector<std::string>{"sweep", "--runs", "2", "--device", "cpu", "--results",
+                                                         (dir / "r.jsonl").string()}}) {
+        SCOPED_TRACE(command[0]);
+        const Child c = spawn(mpirun(2) +
+                                  std::vector<std::string>{"-wdir", cwd.string(), "-x", "CIFAR10_DIR=", "-x",
+                                                           "XDG_CACHE_HOME=" + (dir / "cache").string(), "-x",
+                                                           "SPEEDRUN_CIFAR10_URL=" + url, SPEEDRUN_BINARY} +
+                                  command,
+                              log);
+        const int rc = wait_for(c, 60s);
+        const std::string out = slurp(log);
+        ASSERT_NE(rc, -1000) << "still running after 60 s:\n" << out;
+        EXPECT_NE(rc, 0) << out;
+        size_t downloads = 0;
+        for (size_t at = out.find("downloading " + url + " to"); at != std::string::npos;
+             at = out.find("downloading " + url + " to", at + 1))
+            ++downloads;
+        EXPECT_EQ(downloads, 1u) << out;
+        EXPECT_NE(out.find("speedrun: error (rank 0 of 2): downloading " + url + " failed"), std::string::npos)
+            << out;
+    }
     fs::remove_all(dir);
 }
 
