@@ -1183,10 +1183,19 @@ int cmd_data(const DataArgs& a) {
             fsync_folder_of(target.string());  // (the files and their folder are synced already)
         } else {  // a folder with other files: the six files join them
             if (!fs::is_directory(target, ec)) fail("--write-synthetic {}: not a directory", a.write_synthetic);
+            // all six or none: a part of a set left there would be refused by the next attempt
+            // ("already holds") and taken for a data set by nothing (the loader wants all six)
+            std::vector<fs::path> moved;
             for (const auto& entry : fs::directory_iterator(tmp.path())) {
-                fs::rename(entry.path(), target / entry.path().filename(), ec);
-                if (ec) fail("--write-synthetic {}: cannot move {} into place: {}", a.write_synthetic,
-                             entry.path().filename().string(), ec.message());
+                const fs::path to = target / entry.path().filename();
+                fs::rename(entry.path(), to, ec);
+                if (ec) {
+                    std::error_code ec2;
+                    for (const auto& m : moved) fs::remove(m, ec2);
+                    fail("--write-synthetic {}: cannot move {} into place: {} (nothing of the set is left there)",
+                         a.write_synthetic, entry.path().filename().string(), ec.message());
+                }
+                moved.push_back(to);
             }
             fsync_folder_of((target / "test_batch.bin").string());
         }
