@@ -18,6 +18,20 @@ constexpr int kVersion = 1;
 
 std::vector<int64_t> shape64(const TensorSpec& t) { return {t.shape.begin(), t.shape.end()}; }
 
+// FNV-1a, one 64-bit word a step: the hashes of tensors_hash and data_fingerprint.
+constexpr uint64_t kFnvBasis = 0xcbf29ce484222325ull;
+void fnv_mix(uint64_t& h, uint64_t w) { h = (h ^ w) * 0x100000001b3ull; }
+// n bytes at p, 8 to a word, the tail's bytes one a word
+void fnv_mix_bytes(uint64_t& h, const uint8_t* p, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, p + i, 8);
+        fnv_mix(h, w);
+    }
+    for (; i < n; ++i) fnv_mix(h, p[i]);
+}
+
 std::vector<float> download_range(const Network& net, const float* base, const TensorSpec& t) {
     std::vector<float> v(t.count);
     net.backend.download(v.data(), base + t.offset, t.count * sizeof(float));
@@ -144,39 +158,23 @@ void load_network(const Checkpoint& c, Network& net, bool with_optimizer) {
 }
 
 uint64_t tensors_hash(const StFile& f) {
-    uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a, a 64-bit word at a time where it can
-    auto mix = [&](uint64_t w) { h = (h ^ w) * 0x100000001b3ull; };
+    uint64_t h = kFnvBasis;
     for (const auto& [name, t] : f.tensors) {
-        for (char c : name) mix(uint8_t(c));
-        mix(uint64_t(t.dtype));
-        mix(t.shape.size());
-        for (int64_t d : t.shape) mix(uint64_t(d));
-        const size_t n = t.data.size();
-        size_t i = 0;
-        for (; i + 8 <= n; i += 8) {
-            uint64_t w;
-            std::memcpy(&w, t.data.data() + i, 8);
-            mix(w);
-        }
-        for (; i < n; ++i) mix(t.data[i]);
-        mix(n);
+        for (char c : name) fnv_mix(h, uint8_t(c));
+        fnv_mix(h, uint64_t(t.dtype));
+        fnv_mix(h, t.shape.size());
+        for (int64_t d : t.shape) fnv_mix(h, uint64_t(d));
+        fnv_mix_bytes(h, t.data.data(), t.data.size());
+        fnv_mix(h, t.data.size());
     }
     return h;
 }
 
 std::string data_fingerprint(const std::vector<uint8_t>& images, const std::vector<int32_t>& labels, int n) {
-    uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a, a 64-bit word at a time (a run's set: ~150 MB)
-    auto mix = [&](uint64_t w) { h = (h ^ w) * 0x100000001b3ull; };
-    const size_t bytes = std::min(images.size(), size_t(n) * 3072);
-    size_t i = 0;
-    for (; i + 8 <= bytes; i += 8) {
-        uint64_t w;
-        std::memcpy(&w, images.data() + i, 8);
-        mix(w);
-    }
-    for (; i < bytes; ++i) mix(images[i]);
-    for (int k = 0; k < n && k < int(labels.size()); ++k) mix(uint64_t(uint32_t(labels[size_t(k)])));
-    mix(uint64_t(n));
+    uint64_t h = kFnvBasis;  // (a run's set: ~150 MB)
+    fnv_mix_bytes(h, images.data(), std::min(images.size(), size_t(n) * 3072));
+    for (int k = 0; k < n && k < int(labels.size()); ++k) fnv_mix(h, uint64_t(uint32_t(labels[size_t(k)])));
+    fnv_mix(h, uint64_t(n));
     return fmt::format("fnv1a64:{:016x}", h);
 }
 
