@@ -15,6 +15,7 @@ constexpr double kF = sizeof(float);  // bytes per fp32 value
 const char* const kBn = op_kind::bn;
 const char* const kAct = op_kind::act;
 const char* const kPool = op_kind::pool;
+const char* const kPoolBn = op_kind::pool_bn;
 const char* const kLinear = op_kind::linear;
 const char* const kLoss = op_kind::loss;
 const char* const kOpt = op_kind::opt;
@@ -267,7 +268,7 @@ void ForwardingBackend::pool_bn_act_forward_train(float* z, float* p, uint8_t* a
                                                   float alpha) {
     // x once; p and arg written, p read again to normalise; z written
     const double in = double(N) * H * W * C, out = double(N) * (H / k) * (W / k) * C;
-    run_op(kPool,
+    run_op(kPoolBn,
            [&] { return fmt::format("maxpool{}+bn+{} train fwd {}x{} C{} N{}", k, act_name(act), H, W, C, N); },
            0, kF * in + (3 * kF + 1) * out, [=, this] {
                in_.pool_bn_act_forward_train(z, p, arg, mean, invstd, rm, rv, x, gamma, beta, N, H,
@@ -281,7 +282,7 @@ void ForwardingBackend::bn_act_pool_backward(float* dx, float* dgamma, float* db
                                              int W, int C, int k, ActKind act, float alpha) {
     // dz and p for the sums and again for dx, arg once, dx written
     const double in = double(N) * H * W * C, out = double(N) * (H / k) * (W / k) * C;
-    run_op(kPool,
+    run_op(kPoolBn,
            [&] { return fmt::format("bn+{}+maxpool{} bwd {}x{} C{} N{}", act_name(act), k, H, W, C, N); },
            0, kF * in + (4 * kF + 1) * out, [=, this] {
                in_.bn_act_pool_backward(dx, dgamma, dbeta, dp, dz, p, arg, mean, invstd, gamma,

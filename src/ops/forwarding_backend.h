@@ -22,6 +22,8 @@ inline constexpr const char* conv = "convolution";
 inline constexpr const char* bn = "batch norm";
 inline constexpr const char* act = "activation";
 inline constexpr const char* pool = "pooling";
+// the fused max pooling + BN + activation (one op, so its time cannot be split between the two)
+inline constexpr const char* pool_bn = "pooling + BN";
 inline constexpr const char* linear = "linear";
 inline constexpr const char* loss = "loss";
 inline constexpr const char* opt = "optimizer";

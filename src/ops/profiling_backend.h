@@ -20,8 +20,8 @@
 namespace sr {
 
 struct OpTime {
-    std::string kind;  // "convolution", "batch norm", "activation", "pooling", "linear", "loss",
-                       // "optimizer", "elementwise", "augmentation", "memory"
+    std::string kind;  // "convolution", "batch norm", "activation", "pooling", "pooling + BN",
+                       // "linear", "loss", "optimizer", "elementwise", "augmentation", "memory"
     std::string name;  // the op and its shape, e.g. "conv fwd 3x3 s1 64->128 32x32 N512"
     long calls = 0;
     double seconds = 0, flops = 0, bytes = 0;  // totals over the calls
