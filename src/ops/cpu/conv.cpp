@@ -297,10 +297,30 @@ void ConvWorkspace::reserve(size_t floats) {
 
 void ConvWorkspace::reserve_scratch(size_t bytes) { grow(scratch, bytes); }
 
+namespace {
+// oneDNN 2.6.3's 1x1 weight gradient with a stride on NHWC activations (its jit_1x1 kernels,
+// which first copy x to unit stride, per thread, into the scratchpad) places each thread's copy
+// at offsets counted in channel blocks (8 floats on AVX2, 16 on AVX-512) instead of channels.
+// With fewer input channels than a block the copies overlap: with two or more threads dw comes
+// out wrong from run to run, with one the copy runs past the end of the scratchpad (measured with
+// ONEDNN_MAX_CPU_ISA=AVX2, cpu2, 2026-12-07: 3 -> 16 at 8x8 N8, dw wrong in 45 of 100 calls on 2
+// threads, 388 floats written past the scratchpad on 1; oneDNN issue 6035). No preset has such
+// a conv (DAWN_net's projections start at 64 channels), but narrower --set widths or a test
+// shape do; those small convs take the plain loops (conv2d_backward_weights_naive), on every CPU
+// (AVX-512 showed no fault, but its kernel has the same offsets).
+bool library_strided_1x1_dw_unsafe(const ConvShape& s, const Primitives& direct) {
+    if (s.R != 1 || s.S != 1 || s.stride == 1 || s.C >= 16) return false;
+    for (const auto& pd : {direct.bwd_w_pd, direct.bwd_wb_pd})
+        if (std::string(pd.impl_info_str()).rfind("jit_1x1", 0) == 0) return true;
+    return false;
+}
+}  // namespace
+
 struct CpuConv2d::Impl {
     dnnl::engine& eng;
     dnnl::stream& strm;
     ConvWorkspace& ws;
+    const ConvShape shape;
     memory::desc x_md, y_md, w_user_md;  // the interface's: NHWC activations, OHWI weights
     Primitives direct;
     std::optional<Primitives> wino;
@@ -313,13 +333,15 @@ struct CpuConv2d::Impl {
     dnnl::convolution_forward::primitive_desc tfwd_pd;
     dnnl::convolution_forward tfwd;
     AlignedVector<float> w_t, w_t_prim;
+    // the weight gradient in the plain loops (library_strided_1x1_dw_unsafe)
+    bool naive_dw = false;
 
     static memory::desc nhwc(int n, int c, int h, int w) {
         return memory::desc({n, c, h, w}, dt::f32, tag::nhwc);
     }
 
     Impl(const ConvShape& s, dnnl::engine& e, dnnl::stream& st, ConvWorkspace& w)
-        : eng(e), strm(st), ws(w), x_md(nhwc(s.N, s.C, s.H, s.W)),
+        : eng(e), strm(st), ws(w), shape(s), x_md(nhwc(s.N, s.C, s.H, s.W)),
           y_md(nhwc(s.N, s.K, s.P(), s.Q())),
           w_user_md({s.K, s.C, s.R, s.S}, dt::f32, tag::ohwi),
           direct(s, dnnl::algorithm::convolution_direct, x_md, y_md, e),
@@ -345,6 +367,7 @@ struct CpuConv2d::Impl {
             w_t_prim.resize(std::max(w_t.size(), tfwd_pd.weights_desc().get_size() / sizeof(float)));
         }
         ws.reserve_scratch(sp + 64);
+        naive_dw = library_strided_1x1_dw_unsafe(s, direct);
     }
 
     memory mem(const memory::desc& d, const void* p) { return memory(d, eng, const_cast<void*>(p)); }
@@ -425,6 +448,7 @@ struct CpuConv2d::Impl {
 
     // dw (and db) from x and dy in the layout of the path computing (blocked for Winograd).
     void weights_grad(float* dw, float* db, const float* dya, const float* xa) {
+        if (naive_dw && !winograd) return conv2d_backward_weights_naive(dw, db, dya, xa, shape);
         Primitives& p = winograd ? *wino : direct;
         const auto& pd = db ? p.bwd_wb_pd : p.bwd_w_pd;
         const memory::desc want = pd.diff_weights_desc();
@@ -584,5 +608,15 @@ void CpuConv2d::backward_weights(float* dw, float* db, const float* dy, const fl
 bool CpuConv2d::data_grad_transposed() const { return !impl_->winograd && impl_->transposed; }
 
 bool CpuConv2d::winograd() const { return impl_->winograd; }
+
+bool CpuConv2d::plain_loop_weight_grad() const { return impl_->naive_dw; }
+
+bool winograd_available() {
+    static const bool has = [] {
+        dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+        return make_winograd(ConvShape{1, 8, 8, 16, 16, 3, 3, 1}, eng).has_value();
+    }();
+    return has;
+}
 
 }  // namespace sr::cpu

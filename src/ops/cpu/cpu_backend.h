@@ -65,6 +65,9 @@ public:
     bool data_grad_transposed() const;
     // true when this conv computes with oneDNN's Winograd kernels (cpu_ops.h, ConvAlgorithm)
     bool winograd() const;
+    // true when dw is computed by the plain loops: a strided 1x1 conv with under 16 input
+    // channels, whose oneDNN kernel overlaps its threads' copies of x (conv.cpp)
+    bool plain_loop_weight_grad() const;
 
 private:
     struct Impl;

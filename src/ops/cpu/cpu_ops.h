@@ -51,6 +51,9 @@ void set_conv_data_grad(ConvDataGrad mode);
 // at the same tolerances). Applies to convs made after the call.
 enum class ConvAlgorithm { fastest, direct, winograd };
 void set_conv_algorithm(ConvAlgorithm a);
+// Whether oneDNN has Winograd kernels on this CPU (as oneDNN sees it: ONEDNN_MAX_CPU_ISA=AVX2
+// hides them on an AVX-512 machine)
+bool winograd_available();
 
 // How both "fastest" choices decide. They lean towards --deterministic's fixed rule (library,
 // winograd): the other path is taken only where its timed call beats the rule's by more than
