@@ -22,7 +22,7 @@ inline constexpr const char* conv = "convolution";
 inline constexpr const char* bn = "batch norm";
 inline constexpr const char* act = "activation";
 inline constexpr const char* pool = "pooling";
-// the fused max pooling + BN + activation (one op, so its time cannot be split between the two)
+// the fused max pooling + BN + activation (one op: its time cannot be split among the three)
 inline constexpr const char* pool_bn = "pooling + BN";
 inline constexpr const char* linear = "linear";
 inline constexpr const char* loss = "loss";

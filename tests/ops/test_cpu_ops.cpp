@@ -251,41 +251,52 @@ TEST_P(ConvOneDnn, ConvsMadeTogetherShareTheWorkspace) {
 // jit_1x1 weight gradient overlaps its threads' copies of x there (with ONEDNN_MAX_CPU_ISA=AVX2,
 // at the first shape below, dw came out wrong in 49 of 50 calls on 2 threads, and one thread
 // wrote 956 floats past the scratchpad), so such convs take the plain loops (conv.cpp,
-// library_strided_1x1_dw_unsafe). ctest runs this test also as `cpu_convs_avx2`, with oneDNN
-// held to AVX2, where the library's fault shows; here it checks which convs take the loops and
-// that every one gives the reference's gradients, call after call.
+// library_strided_1x1_dw_unsafe). Here: which convs take the loops (those where oneDNN picked
+// jit_1x1; from 16 channels, or without a stride, oneDNN's kernel runs), and that 20 calls in a
+// row give the reference's gradients. Where the loops run, that comparison shows the routing only
+// where the library would have failed: ctest runs this test also as `cpu_convs_avx2`, with oneDNN
+// held to AVX2 (with the loops switched off it failed there in 16 of 20 calls).
 TEST(CpuOps, StridedOneByOneWeightGradientWithFewChannelsIsRight) {
     auto b = make_cpu_backend(2);
-    struct Case {
-        ConvShape s;
-        bool plain_loops;
-    };
-    for (const Case& c : {Case{{32, 32, 32, 4, 8, 1, 1, 0, 2}, true}, Case{{8, 16, 16, 3, 16, 1, 1, 0, 2}, true},
-                          Case{{8, 16, 16, 15, 16, 1, 1, 0, 2}, true},
-                          // from 16 channels, and without a stride, oneDNN's kernels
-                          Case{{8, 16, 16, 16, 32, 1, 1, 0, 2}, false}, Case{{8, 16, 16, 4, 8, 1, 1, 0, 1}, false}}) {
-        const ConvShape& s = c.s;
-        SCOPED_TRACE(fmt::format("N{} {}x{} {}->{} 1x1 stride {}", s.N, s.H, s.W, s.C, s.K, s.stride));
+    int plain = 0, library_jit_1x1 = 0;
+    for (const ConvShape& s : {ConvShape{32, 32, 32, 4, 8, 1, 1, 0, 2}, ConvShape{8, 16, 16, 3, 16, 1, 1, 0, 2},
+                               ConvShape{8, 16, 16, 15, 16, 1, 1, 0, 2}, ConvShape{8, 16, 16, 16, 32, 1, 1, 0, 2},
+                               ConvShape{8, 16, 16, 4, 8, 1, 1, 0, 1}}) {
         auto conv = b->make_conv(s);
-        EXPECT_EQ(dynamic_cast<cpu::CpuConv2d&>(*conv).plain_loop_weight_grad(), c.plain_loops);
+        const auto& cc = dynamic_cast<cpu::CpuConv2d&>(*conv);
+        const std::string impl = cc.library_weight_grad_impl();
+        SCOPED_TRACE(fmt::format("N{} {}x{} {}->{} 1x1 stride {}, oneDNN's dw: {}", s.N, s.H, s.W, s.C, s.K,
+                                 s.stride, impl));
+        const bool jit_1x1 = impl.rfind("jit_1x1", 0) == 0;
+        EXPECT_EQ(cc.plain_loop_weight_grad(), jit_1x1 && s.stride > 1 && s.C < 16);
+        plain += cc.plain_loop_weight_grad();
+        library_jit_1x1 += jit_1x1 && !cc.plain_loop_weight_grad();
         const size_t nx = size_t(s.N) * s.H * s.W * s.C, ny = size_t(s.N) * s.P() * s.Q() * s.K,
                      nw = size_t(s.K) * s.C;
         const auto x = randn(nx, 41), dy = randn(ny, 42), w = randn(nw, 43, 0.3f);
-        std::vector<float> dw_ref(nw), db_ref(s.K);
+        std::vector<float> dw_ref(nw), db_ref(s.K), dx_ref(nx);
         cpu::conv2d_backward_weights_naive(dw_ref.data(), db_ref.data(), dy.data(), x.data(), s);
+        cpu::conv2d_backward_data_naive(dx_ref.data(), dy.data(), w.data(), s);
         int wrong = 0;
         for (int call = 0; call < 20; ++call) {
             std::vector<float> dw(nw, 7.f), db(s.K, 7.f), dx(nx, 7.f);
             // with and without the bias gradient, alone and with dx
-            const bool with_db = call % 4 < 2;
-            if (call % 2)
+            const bool with_db = call % 4 < 2, with_dx = call % 2;
+            if (with_dx)
                 conv->backward(dx.data(), dw.data(), with_db ? db.data() : nullptr, dy.data(), x.data(), w.data());
             else
                 conv->backward_weights(dw.data(), with_db ? db.data() : nullptr, dy.data(), x.data());
             // sums of up to 8,192 products
-            wrong += !all_close(dw, dw_ref, 2e-3, 1e-4) || (with_db && !all_close(db, db_ref, 2e-3, 1e-4));
+            wrong += !all_close(dw, dw_ref, 2e-3, 1e-4) || (with_db && !all_close(db, db_ref, 2e-3, 1e-4)) ||
+                     (with_dx && !all_close(dx, dx_ref, 1e-4, 1e-4));
         }
-        EXPECT_EQ(wrong, 0) << "calls of 20 with a wrong dw or db";
+        EXPECT_EQ(wrong, 0) << "calls of 20 with a wrong dw, db or dx";
+    }
+    // x86-64 with AVX2 or AVX-512: oneDNN's jit_1x1 is the kernel at every shape above, so three
+    // take the loops and two oneDNN's kernel (on an older CPU, the gemm-based one everywhere)
+    if (__builtin_cpu_supports("avx2")) {
+        EXPECT_EQ(plain, 3);
+        EXPECT_EQ(library_jit_1x1, 2);
     }
 }
 

@@ -298,20 +298,22 @@ void ConvWorkspace::reserve(size_t floats) {
 void ConvWorkspace::reserve_scratch(size_t bytes) { grow(scratch, bytes); }
 
 namespace {
-// oneDNN 2.6.3's 1x1 weight gradient with a stride on NHWC activations (its jit_1x1 kernels,
-// which first copy x to unit stride, per thread, into the scratchpad) places each thread's copy
-// at offsets counted in channel blocks (8 floats on AVX2, 16 on AVX-512) instead of channels.
-// With fewer input channels than a block the copies overlap: with two or more threads dw comes
-// out wrong from run to run, with one the copy runs past the end of the scratchpad (measured with
-// ONEDNN_MAX_CPU_ISA=AVX2, cpu2, 2026-12-07: 3 -> 16 at 8x8 N8, dw wrong in 45 of 100 calls on 2
-// threads, 388 floats written past the scratchpad on 1; oneDNN issue 6035). No preset has such
-// a conv (DAWN_net's projections start at 64 channels), but narrower --set widths or a test
-// shape do; those small convs take the plain loops (conv2d_backward_weights_naive), on every CPU
-// (AVX-512 showed no fault, but its kernel has the same offsets).
+// oneDNN 2.6.3's 1x1 weight gradient with a stride on NHWC activations (its jit_1x1 kernels)
+// first copies x to unit stride, chunk by chunk, into each thread's part of the scratchpad; a
+// chunk starts at an offset counted in channel blocks (8 floats on AVX2, 16 on AVX-512) while the
+// copy advances by the real channel count per pixel. With fewer input channels than a block the
+// chunks run past the thread's part: into the next thread's (with two or more threads dw comes
+// out wrong from call to call) or, for the last thread, past the scratchpad's end. Measured with
+// ONEDNN_MAX_CPU_ISA=AVX2 (cpu2, 2026-12-07): 4 -> 8 channels at 32x32 N32, dw wrong in 49 of 50
+// calls on 2 threads and 956 floats written past the scratchpad on 1; 1 -> 16 at 16x16 N8, 45 of
+// 100 and 388 floats (oneDNN issue 6035). AVX-512 showed no fault (its blocking mostly gives a
+// thread one chunk), but its kernel computes the same offsets. No preset has such a conv
+// (DAWN_net's projections start at 64 channels); narrower --set widths or a test shape do. Those
+// small convs compute dw in the plain loops (conv2d_backward_weights_naive), on every CPU.
 bool library_strided_1x1_dw_unsafe(const ConvShape& s, const Primitives& direct) {
     if (s.R != 1 || s.S != 1 || s.stride == 1 || s.C >= 16) return false;
-    for (const auto& pd : {direct.bwd_w_pd, direct.bwd_wb_pd})
-        if (std::string(pd.impl_info_str()).rfind("jit_1x1", 0) == 0) return true;
+    for (const auto* pd : {&direct.bwd_w_pd, &direct.bwd_wb_pd})
+        if (std::string(pd->impl_info_str()).rfind("jit_1x1", 0) == 0) return true;
     return false;
 }
 }  // namespace
@@ -448,7 +450,8 @@ struct CpuConv2d::Impl {
 
     // dw (and db) from x and dy in the layout of the path computing (blocked for Winograd).
     void weights_grad(float* dw, float* db, const float* dya, const float* xa) {
-        if (naive_dw && !winograd) return conv2d_backward_weights_naive(dw, db, dya, xa, shape);
+        // (1x1 convs never compute with Winograd: naive_dw always sees the NHWC tensors)
+        if (naive_dw) return conv2d_backward_weights_naive(dw, db, dya, xa, shape);
         Primitives& p = winograd ? *wino : direct;
         const auto& pd = db ? p.bwd_wb_pd : p.bwd_w_pd;
         const memory::desc want = pd.diff_weights_desc();
@@ -610,6 +613,10 @@ bool CpuConv2d::data_grad_transposed() const { return !impl_->winograd && impl_-
 bool CpuConv2d::winograd() const { return impl_->winograd; }
 
 bool CpuConv2d::plain_loop_weight_grad() const { return impl_->naive_dw; }
+
+std::string CpuConv2d::library_weight_grad_impl() const {
+    return impl_->direct.bwd_w_pd.impl_info_str();
+}
 
 bool winograd_available() {
     static const bool has = [] {

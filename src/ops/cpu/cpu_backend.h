@@ -4,6 +4,7 @@
 #pragma once
 #include <memory>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "ops/backend.h"
@@ -66,8 +67,11 @@ public:
     // true when this conv computes with oneDNN's Winograd kernels (cpu_ops.h, ConvAlgorithm)
     bool winograd() const;
     // true when dw is computed by the plain loops: a strided 1x1 conv with under 16 input
-    // channels, whose oneDNN kernel overlaps its threads' copies of x (conv.cpp)
+    // channels where oneDNN picked its jit_1x1 kernel, which overlaps its threads' copies of x
+    // (conv.cpp)
     bool plain_loop_weight_grad() const;
+    // the oneDNN implementation of the direct path's weight gradient (e.g. "jit_1x1:avx2")
+    std::string library_weight_grad_impl() const;
 
 private:
     struct Impl;
